@@ -1,0 +1,1 @@
+"""Engine: label spaces, networks, bundles, preprocessing and inference. Never imports slicer."""

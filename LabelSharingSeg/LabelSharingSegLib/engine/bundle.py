@@ -1,0 +1,434 @@
+"""Model bundles: the contract between training and Slicer.
+
+A bundle is a folder (or a .zip of one) holding ``bundle.json`` (schema version, kind, network config,
+preprocessing, tasks with labels and channels, label space, atlas file names, training provenance and the
+sha256 of every other file), ``weights.safetensors`` and, for LCS, the atlas image and label map (NIfTI)
+with a names table. Loading never unpickles: weights are read with safetensors only, after the file hash
+matched, and every tensor's shape is checked against the network the config describes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .atomic import atomic_path, require_parent_dir
+from .errors import BundleError, InputError
+from .labels import LabelInfo, labels_from_csv, labels_to_csv
+from .labelspace import SharedLabelSpace
+from .networks import build_network, complete_config
+
+SCHEMA_VERSION = 1
+BUNDLE_FORMAT = "labelsharingseg.bundle"
+MANIFEST = "bundle.json"
+WEIGHTS = "weights.safetensors"
+ATLAS_IMAGE = "atlas_image.nii.gz"
+ATLAS_LABELS = "atlas_labels.nii.gz"
+ATLAS_NAMES = "atlas_labels.csv"
+KINDS = ("labelsharing", "lcs", "multichannel", "dodnet", "individual")
+_ARCH_OF_KIND = {"labelsharing": "unet", "multichannel": "unet", "individual": "unet", "lcs": "lcs", "dodnet": "dodnet"}
+_MAX_ZIP_BYTES = 4 * 1024**3
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """A task of a bundle: its labels and which network output channel each label value reads."""
+
+    name: str
+    index: int
+    labels: tuple[LabelInfo, ...]
+    channels: dict[int, int]  # label value -> output channel (0 is background)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "index": self.index,
+            "labels": [{**label.to_dict(), "channel": self.channels[label.value]} for label in self.labels],
+        }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _parse_tasks(manifest: dict, source: str) -> list[TaskInfo]:
+    tasks = []
+    try:
+        for position, entry in enumerate(manifest.get("tasks", [])):
+            labels, channels = [], {}
+            for item in entry["labels"]:
+                label = LabelInfo.from_dict(item)
+                labels.append(label)
+                channels[label.value] = int(item["channel"])
+            tasks.append(TaskInfo(str(entry["name"]), int(entry.get("index", position)), tuple(labels), channels))
+    except (KeyError, TypeError, ValueError, InputError) as exc:
+        raise BundleError(f"{source}: malformed task entry ({exc})") from None
+    return tasks
+
+
+@dataclass
+class Bundle:
+    """A validated, loaded model bundle. Create with :func:`load_bundle`."""
+
+    path: Path
+    manifest: dict
+    bundle_id: str
+    tasks: list[TaskInfo]
+    state_dict: dict[str, torch.Tensor]
+    label_space: SharedLabelSpace | None = None
+    _folder: Path | None = None
+    _tempdir: Any = field(default=None, repr=False)
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def network_config(self) -> dict:
+        return self.manifest["network"]
+
+    @property
+    def preprocessing(self) -> dict:
+        return self.manifest["preprocessing"]
+
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def task(self, name: str) -> TaskInfo:
+        for task in self.tasks:
+            if task.name == name:
+                return task
+        known = ", ".join(self.task_names()) or "none (this is an atlas-conditioned LCS bundle)"
+        raise InputError(f"unknown task {name!r}; this bundle's tasks: {known}")
+
+    def task_labels(self, name: str) -> list[LabelInfo]:
+        return list(self.task(name).labels)
+
+    def build_network(self, device: torch.device | str = "cpu") -> torch.nn.Module:
+        """The network with this bundle's weights, in eval mode, on ``device``."""
+        network = build_network(self.network_config)
+        network.load_state_dict(self.state_dict, strict=True)
+        return network.to(device).eval()
+
+    def _require_lcs(self) -> Path:
+        if self.kind != "lcs":
+            raise BundleError(f"{self.path}: a {self.kind} bundle has no atlas (atlas labels need an LCS bundle)")
+        assert self._folder is not None
+        return self._folder
+
+    def atlas_image(self) -> tuple[np.ndarray, np.ndarray]:
+        from .nifti_io import load_nifti
+
+        folder = self._require_lcs()
+        return load_nifti(folder / self.manifest["atlas"]["image"], dtype=np.float32)
+
+    def atlas_labels(self) -> tuple[np.ndarray, np.ndarray, list[LabelInfo]]:
+        from .nifti_io import load_nifti
+
+        folder = self._require_lcs()
+        atlas = self.manifest["atlas"]
+        labelmap, affine = load_nifti(folder / atlas["labels"], dtype=np.int32)
+        return labelmap, affine, labels_from_csv(folder / atlas["names"])
+
+    def summary(self) -> str:
+        m = self.manifest
+        lines = [f"Bundle: {m.get('name') or self.path.name}  (kind: {self.kind}, id {self.bundle_id[:12]})"]
+        if m.get("description"):
+            lines.append(m["description"])
+        net = self.network_config
+        lines.append(
+            f"Network: {net['arch']} {net['spatial_dims']}D, channels {net['channels']}, "
+            f"{net['out_channels']} output channel(s)"
+        )
+        prep = self.preprocessing
+        lines.append(f"Input: spacing {prep.get('spacing')} mm, intensity {prep.get('intensity', {}).get('mode')}")
+        for task in self.tasks:
+            names = ", ".join(label.name for label in task.labels)
+            lines.append(f"Task {task.name} ({len(task.labels)} labels): {names}")
+        if self.kind == "lcs":
+            names = [label.name for label in labels_from_csv(self._require_lcs() / m["atlas"]["names"])]
+            lines.append(f"Atlas labels ({len(names)}): {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}")
+        training = m.get("training") or {}
+        if training:
+            parts = [f"{k}: {v}" for k, v in training.items() if isinstance(v, (str, int, float)) and k != "metrics"]
+            if parts:
+                lines.append("Training: " + "; ".join(parts))
+            metrics = training.get("metrics") or {}
+            if metrics:
+                lines.append("Metrics: " + "; ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                                     for k, v in metrics.items()))
+        return "\n".join(lines)
+
+
+def _validate_manifest(manifest: Any, source: str) -> tuple[dict, list[TaskInfo], SharedLabelSpace | None]:
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{source}: must hold a JSON object")
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{source}: not a LabelSharingSeg bundle manifest (format {manifest.get('format')!r})")
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BundleError(
+            f"{source}: schema version {version!r} is not supported (this version reads {SCHEMA_VERSION}); "
+            "update the extension or re-export the bundle"
+        )
+    kind = manifest.get("kind")
+    if kind not in KINDS:
+        raise BundleError(f"{source}: unknown bundle kind {kind!r} (expected one of {', '.join(KINDS)})")
+    for key in ("network", "preprocessing", "files"):
+        if not isinstance(manifest.get(key), dict):
+            raise BundleError(f"{source}: missing or malformed {key!r}")
+    network = complete_config(manifest["network"])
+    if network["arch"] != _ARCH_OF_KIND[kind]:
+        raise BundleError(f"{source}: a {kind} bundle needs a {_ARCH_OF_KIND[kind]} network, not {network['arch']}")
+    tasks = _parse_tasks(manifest, source)
+    out = network["out_channels"]
+    if kind == "lcs":
+        atlas = manifest.get("atlas")
+        if not isinstance(atlas, dict) or not all(isinstance(atlas.get(k), str) for k in ("image", "labels", "names")):
+            raise BundleError(f"{source}: an lcs bundle must name its atlas image, labels and names files")
+    elif not tasks:
+        raise BundleError(f"{source}: a {kind} bundle must list at least one task")
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise BundleError(f"{source}: task names repeat")
+    for task in tasks:
+        values = [label.value for label in task.labels]
+        if len(set(values)) != len(values) or any(v <= 0 for v in values):
+            raise BundleError(f"{source}: task {task.name!r} has repeated or non-positive label values")
+        if any(not (1 <= c < out) for c in task.channels.values()) or len(set(task.channels.values())) != len(values):
+            raise BundleError(f"{source}: task {task.name!r} maps labels to invalid or shared output channels")
+    if kind == "dodnet" and network["num_tasks"] != len(tasks):
+        raise BundleError(f"{source}: dodnet num_tasks {network['num_tasks']} != {len(tasks)} tasks")
+    space = None
+    if kind == "labelsharing":
+        try:
+            space = SharedLabelSpace.from_dict(manifest.get("label_space"))
+        except Exception as exc:
+            raise BundleError(f"{source}: label space invalid ({exc})") from None
+        if out != space.n_shared + 1:
+            raise BundleError(f"{source}: network has {out} outputs but the label space needs {space.n_shared + 1}")
+        for task in tasks:
+            if space.task_to_shared(task.name) != task.channels:
+                raise BundleError(f"{source}: task {task.name!r} channels disagree with the label space")
+    prep = manifest["preprocessing"]
+    if prep.get("spatial_dims") != network["spatial_dims"]:
+        raise BundleError(f"{source}: preprocessing and network disagree on spatial_dims")
+    return {**manifest, "network": network}, tasks, space
+
+
+def _safe_extract(zip_path: Path, target: Path) -> Path:
+    """Extract a bundle zip, refusing absolute paths, '..', links and oversized archives."""
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            members = archive.infolist()
+            if sum(m.file_size for m in members) > _MAX_ZIP_BYTES:
+                raise BundleError(f"{zip_path}: archive unpacks to more than {_MAX_ZIP_BYTES >> 30} GiB")
+            for member in members:
+                name = member.filename
+                parts = Path(name).parts
+                if name.startswith(("/", "\\")) or ".." in parts or (member.external_attr >> 16) & 0o170000 == 0o120000:
+                    raise BundleError(f"{zip_path}: refusing unsafe archive member {name!r}")
+            archive.extractall(target)
+    except zipfile.BadZipFile as exc:
+        raise BundleError(f"{zip_path}: not a readable zip archive ({exc})") from None
+    manifests = sorted(target.rglob(MANIFEST), key=lambda p: len(p.parts))
+    if not manifests:
+        raise BundleError(f"{zip_path}: archive holds no {MANIFEST}")
+    return manifests[0].parent
+
+
+def load_bundle(path: str | os.PathLike) -> Bundle:
+    """Load and validate a bundle folder or .zip. Raises BundleError naming the file and the problem."""
+    path = Path(path)
+    tempdir = None
+    if path.is_file() and path.suffix.lower() == ".zip":
+        tempdir = tempfile.TemporaryDirectory(prefix="lsseg-bundle-")
+        folder = _safe_extract(path, Path(tempdir.name))
+    elif path.is_dir():
+        folder = path
+    elif path.exists():
+        raise BundleError(f"{path}: a bundle is a folder or a .zip file")
+    else:
+        raise BundleError(f"{path}: bundle not found")
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{manifest_path}: missing (is {path} a bundle folder?)")
+    raw = manifest_path.read_bytes()
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
+    manifest, tasks, space = _validate_manifest(manifest, str(manifest_path))
+    files = manifest["files"]
+    if WEIGHTS not in files:
+        raise BundleError(f"{manifest_path}: does not list {WEIGHTS}")
+    if manifest["kind"] == "lcs":
+        missing = [f for f in manifest["atlas"].values() if f not in files]
+        if missing:
+            raise BundleError(f"{manifest_path}: atlas files not hashed: {', '.join(missing)}")
+    for name, expected in files.items():
+        file_path = folder / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise BundleError(f"{manifest_path}: unsafe file name {name!r}")
+        if not file_path.is_file():
+            raise BundleError(f"{file_path}: missing from the bundle")
+        if _sha256(file_path) != expected:
+            raise BundleError(f"{file_path}: sha256 does not match bundle.json (file changed or corrupt)")
+    state_dict = _load_weights(folder / WEIGHTS, manifest["network"])
+    bundle = Bundle(
+        path=path,
+        manifest=manifest,
+        bundle_id=hashlib.sha256(raw).hexdigest(),
+        tasks=tasks,
+        state_dict=state_dict,
+        label_space=space,
+        _folder=folder,
+        _tempdir=tempdir,
+    )
+    if bundle.kind == "lcs":
+        _validate_atlas(bundle)
+    return bundle
+
+
+def _load_weights(path: Path, network_config: dict) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise BundleError(f"{path}: not a valid safetensors file ({exc})") from None
+    expected = build_network(network_config).state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise BundleError(
+            f"{path}: tensors do not match the network config (missing {missing[:3]}, unexpected {extra[:3]})"
+        )
+    for key, tensor in expected.items():
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise BundleError(f"{path}: tensor {key} has shape {tuple(state[key].shape)}, config needs {tuple(tensor.shape)}")
+        if state[key].is_floating_point() and not torch.isfinite(state[key]).all():
+            raise BundleError(f"{path}: tensor {key} holds NaN/Inf")
+    return state
+
+
+def _validate_atlas(bundle: Bundle) -> None:
+    image, image_affine = bundle.atlas_image()
+    labels, label_affine, names = bundle.atlas_labels()
+    source = bundle._folder
+    if image.ndim != 3 or labels.shape != image.shape:
+        raise BundleError(f"{source}: atlas image {image.shape} and labels {labels.shape} must be one 3D grid")
+    if not np.allclose(image_affine, label_affine, atol=1e-3):
+        raise BundleError(f"{source}: atlas image and labels have different affines")
+    present = set(np.unique(labels).tolist()) - {0}
+    unnamed = sorted(present - {label.value for label in names})
+    if unnamed:
+        raise BundleError(f"{source}: atlas label values without a name in {ATLAS_NAMES}: {unnamed[:10]}")
+
+
+def build_manifest(
+    *,
+    kind: str,
+    network: dict,
+    preprocessing: dict,
+    tasks: list[TaskInfo] | None = None,
+    label_space: SharedLabelSpace | None = None,
+    name: str = "",
+    description: str = "",
+    training: dict | None = None,
+) -> dict:
+    """A manifest without file hashes (``write_bundle`` adds them)."""
+    manifest: dict[str, Any] = {
+        "format": BUNDLE_FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "name": name,
+        "description": description,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "network": complete_config(network),
+        "preprocessing": preprocessing,
+        "tasks": [t.to_dict() for t in (tasks or [])],
+        "training": training or {},
+    }
+    if label_space is not None:
+        manifest["label_space"] = label_space.to_dict()
+    if kind == "lcs":
+        manifest["atlas"] = {"image": ATLAS_IMAGE, "labels": ATLAS_LABELS, "names": ATLAS_NAMES}
+    return manifest
+
+
+def write_bundle(
+    out: str | os.PathLike,
+    manifest: dict,
+    state_dict: dict[str, torch.Tensor],
+    *,
+    atlas: tuple[np.ndarray, np.ndarray, np.ndarray, list[LabelInfo]] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a bundle folder atomically (built in a temporary sibling folder, then renamed into place).
+
+    ``atlas`` = (image, labelmap, affine, labels) for LCS bundles. Validates by loading the result before
+    it replaces anything. Returns the bundle folder.
+    """
+    from safetensors.torch import save_file
+
+    from .nifti_io import save_nifti
+
+    out = require_parent_dir(out)
+    if out.exists() and not overwrite:
+        raise InputError(f"{out}: already exists (choose a new bundle path; bundles are never overwritten silently)")
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+        save_file(tensors, str(staging / WEIGHTS))
+        if manifest["kind"] == "lcs":
+            if atlas is None:
+                raise InputError("an lcs bundle needs its atlas (image, labelmap, affine, labels)")
+            image, labelmap, affine, labels = atlas
+            save_nifti(staging / ATLAS_IMAGE, np.asarray(image, dtype=np.float32), affine)
+            save_nifti(staging / ATLAS_LABELS, np.asarray(labelmap, dtype=np.int16), affine)
+            (staging / ATLAS_NAMES).write_text(labels_to_csv(labels), encoding="utf-8")
+        manifest = dict(manifest)
+        manifest["files"] = {p.name: _sha256(p) for p in sorted(staging.iterdir()) if p.is_file()}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        load_bundle(staging)  # never publish a bundle that would not load
+        if out.exists():
+            backup = out.with_name(f".{out.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            os.replace(out, backup)
+            os.replace(staging, out)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def zip_bundle(folder: str | os.PathLike, zip_path: str | os.PathLike) -> Path:
+    """Pack a bundle folder into a .zip atomically (for sharing one file)."""
+    folder = Path(folder)
+    load_bundle(folder)
+    with atomic_path(zip_path, suffix=".zip") as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for file in sorted(folder.iterdir()):
+                if file.is_file():
+                    archive.write(file, arcname=file.name)
+    return Path(zip_path)

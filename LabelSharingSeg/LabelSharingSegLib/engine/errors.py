@@ -1,0 +1,25 @@
+"""The one exception family of LabelSharingSeg: every user-facing error says what is wrong and what to do."""
+
+
+class LabelSharingSegError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class InputError(LabelSharingSegError):
+    """An image, mask, affine or argument a user passed is unusable."""
+
+
+class DatasetError(LabelSharingSegError):
+    """A dataset folder (nnU-Net v2 raw layout) is missing, unreadable or inconsistent."""
+
+
+class LabelSpaceError(LabelSharingSegError):
+    """A shared label space cannot be built or a task cannot be placed on it."""
+
+
+class BundleError(LabelSharingSegError):
+    """A model bundle is missing files, corrupt, tampered with or of an unexpected kind."""
+
+
+class CancelledError(LabelSharingSegError):
+    """The user cancelled a running job; nothing was written."""

@@ -1,0 +1,305 @@
+"""Inference for every bundle kind, on numpy arrays + affines (no Slicer here).
+
+Task bundles (label sharing, multi-channel, individual, DoD-Net): the image is brought onto the bundle's
+grid, the network runs by sliding window (3D) or slice by slice (2D), only the chosen task's channels and
+background compete (softmax over those channels only), the probabilities are resampled back onto the
+input grid and the argmax is mapped from channel to the task's own label values.
+
+LCS bundles: the target is resampled onto the atlas grid, the label-independent encoder runs once, the
+conditioned bottleneck + decoder runs batched over chunks of atlas masks sized to a memory budget.
+**Combining labels**: each label k gives a sigmoid probability p_k per voxel. A voxel is background when
+max_k p_k < 0.5 (no label claims it); otherwise it takes argmax_k p_k. This is the same decision as
+normalising the probabilities to sum to one per voxel (paper 002), which does not change the argmax, plus
+an explicit background rule, because LCS has no background channel. Only the running maximum and its
+index are kept, so memory does not grow with the number of labels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .bundle import Bundle
+from .device import resolve_device
+from .errors import CancelledError, InputError
+from .labels import LabelInfo
+from .networks import downsample_factor
+from .preprocessing import check_image, resample_to_grid, to_model_grid, normalise_intensity
+
+ProgressCallback = Callable[[float, str], None]
+CancelCheck = Callable[[], bool]
+
+LCS_THRESHOLD = 0.5
+TASK_KINDS = ("labelsharing", "multichannel", "individual", "dodnet")
+
+
+@dataclass
+class SegmentationResult:
+    """A label map on the input grid (same shape and affine as the input) and its label descriptions."""
+
+    labelmap: np.ndarray
+    affine: np.ndarray
+    labels: list[LabelInfo]
+    device_note: str | None = None
+
+
+class _Reporter:
+    """Wraps the optional progress callback and cancel check."""
+
+    def __init__(self, progress: ProgressCallback | None, cancel):
+        self._progress = progress
+        if cancel is not None and hasattr(cancel, "is_set"):
+            cancel = cancel.is_set
+        self._cancel = cancel
+
+    def __call__(self, fraction: float, message: str) -> None:
+        self.check()
+        if self._progress is not None:
+            self._progress(float(min(max(fraction, 0.0), 1.0)), message)
+
+    def check(self) -> None:
+        if self._cancel is not None and self._cancel():
+            raise CancelledError("cancelled by the user; nothing was written")
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def _window_count(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
+    count = 1
+    for size, r in zip(shape, roi):
+        step = max(1, int(r * (1 - overlap)))
+        count *= 1 if size <= r else math.ceil((size - r) / step) + 1
+    return count
+
+
+def _predict_logits(network, x: torch.Tensor, prep: dict, device, report: _Reporter, task_index: int | None):
+    """Sliding-window logits for a (1, X, Y, Z) model-grid tensor -> (C, X, Y, Z) on the CPU."""
+    from monai.inferers import sliding_window_inference
+
+    dims = prep["spatial_dims"]
+    roi = [int(r) for r in prep["patch_size"]]
+    overlap = float(prep.get("overlap", 0.5))
+    batch = int(prep.get("sw_batch_size", 2 if dims == 3 else 16))
+    if dims == 3:
+        inputs = x[None]  # (1, 1, X, Y, Z)
+    else:
+        inputs = x.permute(3, 0, 1, 2)  # slices as a batch: (Z, 1, X, Y)
+    total = max(1, math.ceil(_window_count(inputs.shape[2:], roi, overlap) * inputs.shape[0] / batch))
+    done = [0]
+
+    def predictor(patch: torch.Tensor) -> torch.Tensor:
+        report(done[0] / total * 0.9 + 0.05, "running the network")
+        with torch.no_grad(), _autocast(device):
+            patch = patch.to(device)
+            if task_index is None:
+                out = network(patch)
+            else:
+                out = network(patch, torch.full((patch.shape[0],), task_index, device=device))
+        done[0] += 1
+        return out.float()
+
+    with torch.no_grad():
+        logits = sliding_window_inference(
+            inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs,
+            roi_size=roi,
+            sw_batch_size=batch,
+            predictor=predictor,
+            overlap=overlap,
+            mode="gaussian",
+            sw_device=device,
+            device=torch.device("cpu"),
+        )
+    return logits[0] if dims == 3 else logits.permute(1, 2, 3, 0)
+
+
+def segment_task(
+    bundle: Bundle,
+    image: np.ndarray,
+    affine: np.ndarray,
+    task: str,
+    *,
+    device: str = "auto",
+    progress: ProgressCallback | None = None,
+    cancel: CancelCheck | None = None,
+    network: torch.nn.Module | None = None,
+) -> SegmentationResult:
+    """Segment ``task`` on ``image`` (3D [i, j, k], affine voxel -> RAS mm); result on the input grid."""
+    if bundle.kind not in TASK_KINDS:
+        raise InputError(f"{bundle.path}: an {bundle.kind} bundle segments atlas labels, not tasks "
+                         "(use segment_atlas_labels / --atlas-labels)")
+    info = bundle.task(task)
+    image, affine = check_image(image, affine)
+    report = _Reporter(progress, cancel)
+    torch_device, note = resolve_device(device)
+    report(0.0, "preparing the image")
+    prep = bundle.preprocessing
+    x = to_model_grid(image, affine, prep)
+    model_affine = x.affine.numpy()
+    net = network if network is not None else bundle.build_network(torch_device)
+    task_index = info.index if bundle.kind == "dodnet" else None
+    logits = _predict_logits(net, x, prep, torch_device, report, task_index)
+    values = [label.value for label in info.labels]
+    channels = [0] + [info.channels[v] for v in values]
+    probabilities = torch.softmax(logits[channels].float(), dim=0)
+    report(0.95, "mapping back onto the input grid")
+    back = resample_to_grid(probabilities, affine, image.shape, mode="bilinear", src_affine=model_affine)
+    winner = back.argmax(dim=0).numpy()
+    lookup = np.array([0] + values, dtype=np.int32)
+    labelmap = lookup[winner].astype(np.uint16 if max(values) > 32767 else np.int16)
+    report(1.0, "done")
+    return SegmentationResult(labelmap, affine.copy(), list(info.labels), note)
+
+
+# ---------------------------------------------------------------------------------------------- LCS
+
+
+def check_atlas_masks(masks: np.ndarray, atlas_shape: tuple[int, ...], labels: Sequence[LabelInfo]) -> np.ndarray:
+    """Validate masks (K, *atlas_shape) against the atlas grid and the label list; returns a bool array."""
+    masks = np.asarray(masks)
+    if masks.ndim == len(atlas_shape):
+        masks = masks[None]
+    if masks.ndim != len(atlas_shape) + 1 or tuple(masks.shape[1:]) != tuple(atlas_shape):
+        raise InputError(
+            f"atlas masks of shape {tuple(masks.shape[1:])} do not lie on the atlas grid {tuple(atlas_shape)}; "
+            "draw them on the bundle's atlas (or resample them onto it)"
+        )
+    if len(labels) != masks.shape[0]:
+        raise InputError(f"{masks.shape[0]} atlas masks but {len(labels)} label descriptions")
+    values = [label.value for label in labels]
+    if len(set(values)) != len(values) or any(v <= 0 for v in values):
+        raise InputError("atlas label values must be distinct positive integers")
+    masks = masks.astype(bool)
+    empty = [labels[k].name for k in range(masks.shape[0]) if not masks[k].any()]
+    if empty:
+        raise InputError(f"empty atlas mask(s): {', '.join(empty)}; draw something on the atlas first")
+    return masks
+
+
+def _pad_amounts(shape: Sequence[int], factor: int) -> list[tuple[int, int]]:
+    pads = []
+    for size in shape:
+        extra = (-size) % factor
+        pads.append((extra // 2, extra - extra // 2))
+    return pads
+
+
+def _pad(t: torch.Tensor, pads: list[tuple[int, int]]) -> torch.Tensor:
+    flat = [p for pair in reversed(pads) for p in pair]
+    return torch.nn.functional.pad(t, flat)
+
+
+def _crop(t: torch.Tensor, pads: list[tuple[int, int]]) -> torch.Tensor:
+    index = [slice(None)] * (t.ndim - len(pads)) + [slice(lo, t.shape[t.ndim - len(pads) + i] - hi)
+                                                     for i, (lo, hi) in enumerate(pads)]
+    return t[tuple(index)]
+
+
+def lcs_chunk_size(network_config: dict, grid_shape: Sequence[int], budget_mb: float) -> int:
+    """Masks per batch so that decoder activations stay within ``budget_mb`` (rough, conservative)."""
+    voxels = float(np.prod(grid_shape))
+    channels = network_config["channels"]
+    dims = network_config["spatial_dims"]
+    per_mask = 0.0
+    for level, c in enumerate(channels):
+        # up-conv output, concatenation, conv + norm outputs, kept in float32
+        per_mask += 6 * c * voxels / (2 ** (dims * level)) * 4
+    return max(1, int(budget_mb * 1024**2 // per_mask))
+
+
+def _default_budget_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return 0.5 * free / 1024**2
+    return 1024.0
+
+
+class PreparedLCS:
+    """Target and atlas on the padded atlas grid, ready for conditioned decoding (used by inference and tests)."""
+
+    def __init__(self, bundle: Bundle, image: np.ndarray, affine: np.ndarray, device: torch.device):
+        prep = bundle.preprocessing
+        atlas_image, atlas_affine = bundle.atlas_image()
+        self.atlas_shape = atlas_image.shape
+        self.atlas_affine = atlas_affine
+        self.dims = prep["spatial_dims"]
+        target = resample_to_grid(torch.as_tensor(image)[None], atlas_affine, atlas_image.shape,
+                                  mode="bilinear", src_affine=affine)[0]
+        target = normalise_intensity(target, prep.get("intensity", {}))
+        atlas = normalise_intensity(atlas_image, prep.get("intensity", {}))
+        if self.dims == 2:  # 2D atlas stored as (X, Y, 1)
+            target, atlas = target[..., 0], atlas[..., 0]
+        self.pads = _pad_amounts(target.shape, downsample_factor(bundle.network_config))
+        self.device = device
+        self.target = _pad(target[None, None], self.pads).to(device)
+        self.atlas = _pad(atlas[None, None], self.pads).to(device)
+
+    def masks_tensor(self, masks: np.ndarray) -> torch.Tensor:
+        m = torch.as_tensor(masks[..., 0] if self.dims == 2 else masks)[:, None].float()
+        return _pad(m, self.pads).to(self.device)
+
+
+def lcs_probabilities_chunks(network, prepared: PreparedLCS, masks: np.ndarray, chunk: int, report: _Reporter):
+    """Yield (first index, probabilities (n, *atlas grid)) per chunk; the encoder runs once."""
+    with torch.no_grad(), _autocast(prepared.device):
+        encoded = network.encode(prepared.target)
+        for start in range(0, masks.shape[0], chunk):
+            report(0.1 + 0.8 * start / masks.shape[0], f"labels {start + 1}-{min(start + chunk, masks.shape[0])} "
+                   f"of {masks.shape[0]}")
+            conditioning = network.condition(prepared.atlas, prepared.masks_tensor(masks[start:start + chunk]))
+            logits = network.decode_conditioned(encoded, conditioning)
+            probs = _crop(torch.sigmoid(logits.float())[:, 0], prepared.pads).cpu()
+            if prepared.dims == 2:
+                probs = probs[..., None]
+            yield start, probs
+
+
+def segment_atlas_labels(
+    bundle: Bundle,
+    image: np.ndarray,
+    affine: np.ndarray,
+    masks: np.ndarray,
+    labels: Sequence[LabelInfo],
+    *,
+    device: str = "auto",
+    progress: ProgressCallback | None = None,
+    cancel: CancelCheck | None = None,
+    memory_budget_mb: float | None = None,
+    network: torch.nn.Module | None = None,
+) -> SegmentationResult:
+    """Segment the structures that ``masks`` (K, *atlas grid) outline on the atlas, on a target image."""
+    if bundle.kind != "lcs":
+        raise InputError(f"{bundle.path}: a {bundle.kind} bundle has no atlas; atlas labels need an LCS bundle")
+    image, affine = check_image(image, affine)
+    atlas_image, _ = bundle.atlas_image()
+    masks = check_atlas_masks(masks, atlas_image.shape, labels)
+    report = _Reporter(progress, cancel)
+    torch_device, note = resolve_device(device)
+    report(0.0, "bringing the target onto the atlas grid")
+    prepared = PreparedLCS(bundle, image, affine, torch_device)
+    net = network if network is not None else bundle.build_network(torch_device)
+    budget = memory_budget_mb if memory_budget_mb is not None else _default_budget_mb(torch_device)
+    chunk = lcs_chunk_size(bundle.network_config, prepared.target.shape[2:], budget)
+    best = torch.zeros(prepared.atlas_shape)
+    best_index = torch.zeros(prepared.atlas_shape, dtype=torch.int32)
+    for start, probs in lcs_probabilities_chunks(net, prepared, masks, chunk, report):
+        value, index = probs.max(dim=0)
+        better = value > best
+        best = torch.where(better, value, best)
+        best_index = torch.where(better, index.to(torch.int32) + start, best_index)
+    lookup = torch.tensor([label.value for label in labels], dtype=torch.int32)
+    on_atlas = torch.where(best >= LCS_THRESHOLD, lookup[best_index.long()], torch.zeros_like(best_index))
+    report(0.95, "mapping back onto the input grid")
+    back = resample_to_grid(on_atlas[None].float(), affine, image.shape, mode="nearest",
+                            src_affine=prepared.atlas_affine)[0]
+    labelmap = back.round().numpy().astype(np.int32)
+    labelmap = labelmap.astype(np.int16 if labelmap.max(initial=0) < 32768 else np.int32)
+    report(1.0, "done")
+    return SegmentationResult(labelmap, affine.copy(), list(labels), note)

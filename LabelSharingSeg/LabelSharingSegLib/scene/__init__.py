@@ -1,0 +1,1 @@
+"""Scene side: MRML nodes <-> engine arrays. Imports slicer MRML classes, never Qt."""

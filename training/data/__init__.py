@@ -1,0 +1,1 @@
+"""Dataset builders (packaged real atlases, phantoms) and checks, nnU-Net v2 raw layout."""
