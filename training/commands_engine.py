@@ -1,0 +1,165 @@
+"""``lsseg plan``, ``lsseg segment`` and ``lsseg info``: the engine from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from LabelSharingSegLib.engine.atomic import require_parent_dir, write_text_atomic
+from LabelSharingSegLib.engine.device import DEVICE_CHOICES
+from LabelSharingSegLib.engine.errors import InputError
+from LabelSharingSegLib.engine.labels import LabelInfo, default_color, labels_from_csv, labels_to_csv
+from LabelSharingSegLib.engine.labelspace import SharedLabelSpace, TaskSizes, average_relative_sizes
+from LabelSharingSegLib.engine.nifti_io import has_nifti_ending, load_nifti, save_nifti
+
+
+def register(subparsers) -> None:
+    plan = subparsers.add_parser(
+        "plan",
+        help="compute relative label sizes and the shared label space of task datasets",
+        description="Read nnU-Net v2 raw dataset folders (one per task), check them, compute each label's "
+        "average relative size (label voxels / foreground voxels, averaged over the cases containing the "
+        "label), rank-match labels across tasks into shared labels, print the table and write it as JSON.",
+    )
+    plan.add_argument("datasets", nargs="+", metavar="DATASET_DIR", help="one nnU-Net v2 raw folder per task")
+    plan.add_argument("--out", type=Path, help="write the label space JSON here (default: print only)")
+    plan.set_defaults(func=run_plan)
+
+    segment = subparsers.add_parser(
+        "segment",
+        help="segment an image with a model bundle",
+        description="Segment a NIfTI image with a bundle: a task of a label-sharing (or baseline) bundle "
+        "(--task), or atlas labels with an LCS bundle (--atlas-labels: a label map on the bundle's atlas "
+        "grid, one value per structure; --atlas-names names them). Writes a label map on the input grid "
+        "and a names table beside it (OUT.csv: value,name,color).",
+    )
+    segment.add_argument("bundle", type=Path, help="bundle folder or .zip")
+    segment.add_argument("-i", "--input", type=Path, required=True, help="input image (.nii/.nii.gz)")
+    segment.add_argument("-o", "--output", type=Path, required=True, help="output label map (.nii/.nii.gz)")
+    target = segment.add_mutually_exclusive_group(required=True)
+    target.add_argument("--task", help="task name (label-sharing and baseline bundles)")
+    target.add_argument("--atlas-labels", type=Path, metavar="MASKS.nii.gz",
+                        help="label map drawn on the atlas grid (LCS bundles); use the bundle's own atlas "
+                        "labels with --atlas-labels bundle")
+    segment.add_argument("--atlas-names", type=Path, metavar="NAMES.csv",
+                         help="value,name[,#rrggbb] table for --atlas-labels (default: the bundle's names "
+                         "where values match, else 'label N')")
+    segment.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    segment.add_argument("--quiet", action="store_true", help="no progress output")
+    segment.set_defaults(func=run_segment)
+
+    info = subparsers.add_parser("info", help="validate a bundle and describe it",
+                                 description="Load a bundle (checks schema, hashes, tensor shapes) and print its summary.")
+    info.add_argument("bundle", type=Path)
+    info.add_argument("--json", action="store_true", help="print bundle.json instead")
+    info.set_defaults(func=run_info)
+
+
+def plan_label_space(dataset_dirs: list[Path], progress=print) -> SharedLabelSpace:
+    """Check every dataset, compute relative sizes from its training label maps and build the space."""
+    from LabelSharingSegLib.engine.datasets import load_case, require_valid_dataset
+
+    tasks = []
+    for folder in dataset_dirs:
+        dataset = require_valid_dataset(folder)
+        progress(f"{dataset.task_name()}: {len(dataset.training)} training cases, "
+                 f"{len(dataset.foreground_labels())} labels")
+        maps = (load_case(case)[1] for case in dataset.training)
+        tasks.append(average_relative_sizes(maps, dataset.foreground_labels(), dataset.task_name()))
+    return SharedLabelSpace.build(tasks)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        require_parent_dir(args.out)
+    space = plan_label_space([Path(d) for d in args.datasets])
+    print()
+    print(f"Shared label space: n* = {space.n_shared} shared labels (+ background) for {len(space.task_names)} tasks")
+    print(space.format_table())
+    if args.out is not None:
+        write_text_atomic(args.out, json.dumps(space.to_dict(), indent=2))
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+def _atlas_masks_from_labelmap(bundle, path: Path | None, names_path: Path | None):
+    """Masks (K, *atlas grid) and LabelInfo for every non-zero value of a label map drawn on the atlas."""
+    atlas_image, atlas_affine = bundle.atlas_image()
+    atlas_map, _, atlas_names = bundle.atlas_labels()
+    if path is not None and str(path) != "bundle":
+        labelmap, affine = load_nifti(path, dtype=np.int32)
+        if labelmap.ndim == 4 and labelmap.shape[3] == 1:
+            labelmap = labelmap[..., 0]
+        if labelmap.shape != atlas_image.shape or not np.allclose(affine, atlas_affine, atol=1e-3):
+            raise InputError(f"{path}: atlas labels must lie on the bundle's atlas grid (shape {atlas_image.shape} "
+                             f"and the atlas affine); got shape {labelmap.shape}")
+    else:
+        labelmap = atlas_map
+    values = [int(v) for v in np.unique(labelmap) if v != 0]
+    if not values:
+        raise InputError(f"{path}: the atlas label map is empty (no non-zero voxels)")
+    known = {label.value: label for label in atlas_names}
+    if names_path is not None:
+        known = {label.value: label for label in labels_from_csv(names_path)}
+    labels = [known.get(v, LabelInfo(v, f"label {v}", default_color(v))) for v in values]
+    masks = np.stack([labelmap == v for v in values])
+    return masks, labels
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    from LabelSharingSegLib.engine.bundle import load_bundle
+    from LabelSharingSegLib.engine.inference import segment_atlas_labels, segment_task
+
+    if not has_nifti_ending(args.output):
+        raise InputError(f"{args.output}: output must end in .nii or .nii.gz")
+    require_parent_dir(args.output)
+    names_path = _names_path(args.output)
+    bundle = load_bundle(args.bundle)
+    image, affine = load_nifti(args.input)
+    progress = None if args.quiet else _print_progress
+    if args.task is not None:
+        result = segment_task(bundle, image, affine, args.task, device=args.device, progress=progress)
+    else:
+        masks, labels = _atlas_masks_from_labelmap(bundle, args.atlas_labels, args.atlas_names)
+        result = segment_atlas_labels(bundle, image, affine, masks, labels, device=args.device, progress=progress)
+    if not args.quiet:
+        print()
+        if result.device_note:
+            print(result.device_note)
+    save_nifti(args.output, result.labelmap, result.affine)
+    write_text_atomic(names_path, labels_to_csv(result.labels))
+    counts = {int(v): int(c) for v, c in zip(*np.unique(result.labelmap, return_counts=True))}
+    print(f"wrote {args.output} ({result.labelmap.shape}, {len(result.labels)} labels) and {names_path}")
+    for label in result.labels:
+        print(f"  {label.value:5d}  {label.name:30s} {counts.get(label.value, 0)} voxels")
+    return 0
+
+
+def _names_path(output: Path) -> Path:
+    name = output.name
+    for ending in (".nii.gz", ".nii"):
+        if name.lower().endswith(ending):
+            name = name[: -len(ending)]
+            break
+    return output.with_name(name + ".csv")
+
+
+def _print_progress(fraction: float, message: str) -> None:
+    print(f"\r[{int(fraction * 100):3d}%] {message:60s}", end="", flush=True)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from LabelSharingSegLib.engine.bundle import load_bundle
+
+    bundle = load_bundle(args.bundle)
+    if args.json:
+        print(json.dumps(bundle.manifest, indent=2))
+    else:
+        print(bundle.summary())
+        if bundle.label_space is not None:
+            print()
+            print(bundle.label_space.format_table())
+    return 0
