@@ -12,7 +12,7 @@ from LabelSharingSegLib.engine.atomic import require_parent_dir, write_text_atom
 from LabelSharingSegLib.engine.device import DEVICE_CHOICES
 from LabelSharingSegLib.engine.errors import InputError
 from LabelSharingSegLib.engine.labels import LabelInfo, default_color, labels_from_csv, labels_to_csv
-from LabelSharingSegLib.engine.labelspace import SharedLabelSpace, TaskSizes, average_relative_sizes
+from LabelSharingSegLib.engine.labelspace import SharedLabelSpace, average_relative_sizes
 from LabelSharingSegLib.engine.nifti_io import has_nifti_ending, load_nifti, save_nifti
 
 
