@@ -48,6 +48,9 @@ def register(subparsers) -> None:
                          help="value,name[,#rrggbb] table for --atlas-labels (default: the bundle's names "
                          "where values match, else 'label N')")
     segment.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    segment.add_argument("--align", choices=("auto", "on", "off"), default="auto",
+                         help="register the scan to the bundle's reference image first (affine, SimpleITK); "
+                         "auto: when the bundle carries one (LCS atlases, 3D bundles with a reference)")
     segment.add_argument("--quiet", action="store_true", help="no progress output")
     segment.set_defaults(func=run_segment)
 
@@ -120,15 +123,19 @@ def run_segment(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.bundle)
     image, affine = load_nifti(args.input)
     progress = None if args.quiet else _print_progress
+    align = {"auto": None, "on": True, "off": False}[args.align]
     if args.task is not None:
-        result = segment_task(bundle, image, affine, args.task, device=args.device, progress=progress)
+        result = segment_task(bundle, image, affine, args.task, device=args.device, progress=progress, align=align)
     else:
         masks, labels = _atlas_masks_from_labelmap(bundle, args.atlas_labels, args.atlas_names)
-        result = segment_atlas_labels(bundle, image, affine, masks, labels, device=args.device, progress=progress)
+        result = segment_atlas_labels(bundle, image, affine, masks, labels, device=args.device, progress=progress,
+                                      align=align)
     if not args.quiet:
         print()
         if result.device_note:
             print(result.device_note)
+    if result.alignment is not None and not args.quiet:
+        print(f"aligned the scan to the bundle's reference (mutual information {result.alignment.metric:.3f})")
     save_nifti(args.output, result.labelmap, result.affine)
     write_text_atomic(names_path, labels_to_csv(result.labels))
     counts = {int(v): int(c) for v, c in zip(*np.unique(result.labelmap, return_counts=True))}

@@ -36,6 +36,7 @@ WEIGHTS = "weights.safetensors"
 ATLAS_IMAGE = "atlas_image.nii.gz"
 ATLAS_LABELS = "atlas_labels.nii.gz"
 ATLAS_NAMES = "atlas_labels.csv"
+REFERENCE_IMAGE = "reference_image.nii.gz"
 KINDS = ("labelsharing", "lcs", "multichannel", "dodnet", "individual")
 _ARCH_OF_KIND = {"labelsharing": "unet", "multichannel": "unet", "individual": "unet", "lcs": "lcs", "dodnet": "dodnet"}
 _MAX_ZIP_BYTES = 4 * 1024**3
@@ -145,6 +146,21 @@ class Bundle:
         labelmap, affine = load_nifti(folder / atlas["labels"], dtype=np.int32)
         return labelmap, affine, labels_from_csv(folder / atlas["names"])
 
+    def has_reference(self) -> bool:
+        """True when scans can be aligned automatically: LCS atlases, or a stored reference image (3D only)."""
+        return self.preprocessing.get("spatial_dims") == 3 and (self.kind == "lcs" or "reference" in self.manifest)
+
+    def reference_image(self) -> tuple[np.ndarray, np.ndarray]:
+        """The image scans are aligned to: the atlas for LCS, else the stored reference (BundleError if none)."""
+        from .nifti_io import load_nifti
+
+        if self.kind == "lcs":
+            return self.atlas_image()
+        if "reference" not in self.manifest:
+            raise BundleError(f"{self.path}: this bundle carries no reference image, so scans cannot be aligned")
+        assert self._folder is not None
+        return load_nifti(self._folder / self.manifest["reference"]["image"], dtype=np.float32)
+
     def summary(self) -> str:
         m = self.manifest
         lines = [f"Bundle: {m.get('name') or self.path.name}  (kind: {self.kind}, id {self.bundle_id[:12]})"]
@@ -196,6 +212,9 @@ def _validate_manifest(manifest: Any, source: str) -> tuple[dict, list[TaskInfo]
     if network["arch"] != _ARCH_OF_KIND[kind]:
         raise BundleError(f"{source}: a {kind} bundle needs a {_ARCH_OF_KIND[kind]} network, not {network['arch']}")
     tasks = _parse_tasks(manifest, source)
+    reference = manifest.get("reference")
+    if reference is not None and not (isinstance(reference, dict) and isinstance(reference.get("image"), str)):
+        raise BundleError(f"{source}: 'reference' must name its image file")
     out = network["out_channels"]
     if kind == "lcs":
         atlas = manifest.get("atlas")
@@ -277,10 +296,11 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     files = manifest["files"]
     if WEIGHTS not in files:
         raise BundleError(f"{manifest_path}: does not list {WEIGHTS}")
-    if manifest["kind"] == "lcs":
-        missing = [f for f in manifest["atlas"].values() if f not in files]
-        if missing:
-            raise BundleError(f"{manifest_path}: atlas files not hashed: {', '.join(missing)}")
+    named = list(manifest["atlas"].values()) if manifest["kind"] == "lcs" else []
+    named += [manifest["reference"]["image"]] if "reference" in manifest else []
+    missing = [f for f in named if f not in files]
+    if missing:
+        raise BundleError(f"{manifest_path}: files not hashed: {', '.join(missing)}")
     for name, expected in files.items():
         file_path = folder / name
         if Path(name).is_absolute() or ".." in Path(name).parts:
@@ -379,11 +399,13 @@ def write_bundle(
     state_dict: dict[str, torch.Tensor],
     *,
     atlas: tuple[np.ndarray, np.ndarray, np.ndarray, list[LabelInfo]] | None = None,
+    reference: tuple[np.ndarray, np.ndarray] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a bundle folder atomically (built in a temporary sibling folder, then renamed into place).
 
-    ``atlas`` = (image, labelmap, affine, labels) for LCS bundles. Validates by loading the result before
+    ``atlas`` = (image, labelmap, affine, labels) for LCS bundles; ``reference`` = (image, affine), a 3D
+    image that scans are aligned to before segmenting (task bundles; LCS aligns to its atlas). Validates by loading the result before
     it replaces anything. Returns the bundle folder.
     """
     from safetensors.torch import save_file
@@ -405,6 +427,9 @@ def write_bundle(
             save_nifti(staging / ATLAS_LABELS, np.asarray(labelmap, dtype=np.int16), affine)
             (staging / ATLAS_NAMES).write_text(labels_to_csv(labels), encoding="utf-8")
         manifest = dict(manifest)
+        if reference is not None:
+            save_nifti(staging / REFERENCE_IMAGE, np.asarray(reference[0], dtype=np.float32), reference[1])
+            manifest["reference"] = {"image": REFERENCE_IMAGE}
         manifest["files"] = {p.name: _sha256(p) for p in sorted(staging.iterdir()) if p.is_file()}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         load_bundle(staging)  # never publish a bundle that would not load

@@ -28,7 +28,8 @@ from .device import resolve_device
 from .errors import CancelledError, InputError
 from .labels import LabelInfo
 from .networks import downsample_factor
-from .preprocessing import check_image, resample_to_grid, to_model_grid, normalise_intensity
+from .preprocessing import check_image, normalise_intensity, resample_to_grid, to_model_grid
+from .registration import Alignment, register_affine
 
 ProgressCallback = Callable[[float, str], None]
 CancelCheck = Callable[[], bool]
@@ -45,6 +46,7 @@ class SegmentationResult:
     affine: np.ndarray
     labels: list[LabelInfo]
     device_note: str | None = None
+    alignment: Alignment | None = None  # set when the scan was aligned to the bundle's reference first
 
 
 class _Reporter:
@@ -70,6 +72,20 @@ def _autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
     return torch.autocast(device.type, enabled=False)
+
+
+def _align(bundle: Bundle, image: np.ndarray, affine: np.ndarray, align: bool | None, report: _Reporter):
+    """(working affine, alignment or None). ``align=None`` aligns when the bundle carries a reference image."""
+    if align is None:
+        align = bundle.has_reference()
+    if not align:
+        return affine, None
+    if not bundle.has_reference():
+        raise InputError(f"{bundle.path}: this bundle carries no reference image to align to; turn alignment off")
+    reference, reference_affine = bundle.reference_image()
+    alignment = register_affine(image, affine, reference, reference_affine,
+                                progress=lambda f, m: report(0.02 + 0.08 * f, m))
+    return alignment.aligned_affine(affine), alignment
 
 
 def _window_count(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
@@ -130,8 +146,12 @@ def segment_task(
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
     network: torch.nn.Module | None = None,
+    align: bool | None = None,
 ) -> SegmentationResult:
-    """Segment ``task`` on ``image`` (3D [i, j, k], affine voxel -> RAS mm); result on the input grid."""
+    """Segment ``task`` on ``image`` (3D [i, j, k], affine voxel -> RAS mm); result on the input grid.
+
+    ``align``: first register the scan to the bundle's reference image (None: when the bundle has one).
+    """
     if bundle.kind not in TASK_KINDS:
         raise InputError(f"{bundle.path}: an {bundle.kind} bundle segments atlas labels, not tasks "
                          "(use segment_atlas_labels / --atlas-labels)")
@@ -141,7 +161,8 @@ def segment_task(
     torch_device, note = resolve_device(device)
     report(0.0, "preparing the image")
     prep = bundle.preprocessing
-    x = to_model_grid(image, affine, prep)
+    working_affine, alignment = _align(bundle, image, affine, align, report)
+    x = to_model_grid(image, working_affine, prep)
     model_affine = x.affine.numpy()
     net = network if network is not None else bundle.build_network(torch_device)
     task_index = info.index if bundle.kind == "dodnet" else None
@@ -150,12 +171,12 @@ def segment_task(
     channels = [0] + [info.channels[v] for v in values]
     probabilities = torch.softmax(logits[channels].float(), dim=0)
     report(0.95, "mapping back onto the input grid")
-    back = resample_to_grid(probabilities, affine, image.shape, mode="bilinear", src_affine=model_affine)
+    back = resample_to_grid(probabilities, working_affine, image.shape, mode="bilinear", src_affine=model_affine)
     winner = back.argmax(dim=0).numpy()
     lookup = np.array([0] + values, dtype=np.int32)
     labelmap = lookup[winner].astype(np.uint16 if max(values) > 32767 else np.int16)
     report(1.0, "done")
-    return SegmentationResult(labelmap, affine.copy(), list(info.labels), note)
+    return SegmentationResult(labelmap, affine.copy(), list(info.labels), note, alignment)
 
 
 # ---------------------------------------------------------------------------------------------- LCS
@@ -273,8 +294,12 @@ def segment_atlas_labels(
     cancel: CancelCheck | None = None,
     memory_budget_mb: float | None = None,
     network: torch.nn.Module | None = None,
+    align: bool | None = None,
 ) -> SegmentationResult:
-    """Segment the structures that ``masks`` (K, *atlas grid) outline on the atlas, on a target image."""
+    """Segment the structures that ``masks`` (K, *atlas grid) outline on the atlas, on a target image.
+
+    ``align``: first register the scan to the atlas image (None: on, for 3D bundles).
+    """
     if bundle.kind != "lcs":
         raise InputError(f"{bundle.path}: a {bundle.kind} bundle has no atlas; atlas labels need an LCS bundle")
     image, affine = check_image(image, affine)
@@ -283,7 +308,8 @@ def segment_atlas_labels(
     report = _Reporter(progress, cancel)
     torch_device, note = resolve_device(device)
     report(0.0, "bringing the target onto the atlas grid")
-    prepared = PreparedLCS(bundle, image, affine, torch_device)
+    working_affine, alignment = _align(bundle, image, affine, align, report)
+    prepared = PreparedLCS(bundle, image, working_affine, torch_device)
     net = network if network is not None else bundle.build_network(torch_device)
     budget = memory_budget_mb if memory_budget_mb is not None else _default_budget_mb(torch_device)
     chunk = lcs_chunk_size(bundle.network_config, prepared.target.shape[2:], budget)
@@ -297,9 +323,9 @@ def segment_atlas_labels(
     lookup = torch.tensor([label.value for label in labels], dtype=torch.int32)
     on_atlas = torch.where(best >= LCS_THRESHOLD, lookup[best_index.long()], torch.zeros_like(best_index))
     report(0.95, "mapping back onto the input grid")
-    back = resample_to_grid(on_atlas[None].float(), affine, image.shape, mode="nearest",
+    back = resample_to_grid(on_atlas[None].float(), working_affine, image.shape, mode="nearest",
                             src_affine=prepared.atlas_affine)[0]
     labelmap = back.round().numpy().astype(np.int32)
     labelmap = labelmap.astype(np.int16 if labelmap.max(initial=0) < 32768 else np.int32)
     report(1.0, "done")
-    return SegmentationResult(labelmap, affine.copy(), list(labels), note)
+    return SegmentationResult(labelmap, affine.copy(), list(labels), note, alignment)
