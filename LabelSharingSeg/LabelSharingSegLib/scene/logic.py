@@ -1,0 +1,430 @@
+"""SegmentationSceneLogic: every decision of the Slicer module, on MRML only (no Qt, no widget).
+
+A run has three phases so that the scene is only touched on the calling (main) thread and never changes
+when a run fails or is cancelled:
+
+1. ``prepare...`` (main thread): validate the inputs, copy voxels / atlas masks out of the nodes.
+2. ``compute`` (any thread, e.g. a :class:`~.jobs.BackgroundJob` worker): engine inference on arrays only.
+3. ``applyRun`` (main thread): write the result into the output segmentation in one step.
+
+``segmentTask`` and ``segmentAtlasLabels`` run the three phases synchronously for the Python console.
+The engine is imported lazily so that this module loads (and can report missing packages) without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..engine.errors import CancelledError, InputError, LabelSharingSegError
+from ..engine.labels import LabelInfo
+from . import geometry as geo
+from . import segments as seg
+from .jobs import BackgroundJob, cancelCallable, progressCallable, raiseIfCancelled, scaledProgress
+
+DEVICE_CHOICES = ("auto", "cuda", "cpu", "mps")
+TASK_KIND = "task"
+ATLAS_KIND = "atlas"
+
+
+@dataclass
+class PreparedRun:
+    """Everything a run needs, captured on the main thread. ``compute`` touches no MRML node."""
+
+    kind: str
+    bundle: Any
+    device: str
+    image: np.ndarray
+    volumeGeometry: geo.VolumeGeometry
+    volumeNode: Any
+    outputNode: Any
+    outputName: str
+    taskName: str | None = None
+    masks: np.ndarray | None = None
+    labels: list = field(default_factory=list)
+    terminologies: dict = field(default_factory=dict)
+    description: str = ""
+
+    def compute(self, progress=None, cancel=None):
+        """Run the engine (safe off the main thread). Returns the engine's SegmentationResult."""
+        from ..engine import inference
+
+        report = progressCallable(progress)
+        isCancelled = cancelCallable(cancel)
+        raiseIfCancelled(isCancelled)
+        affine = self.volumeGeometry.engineAffine
+        if self.kind == TASK_KIND:
+            result = inference.segment_task(
+                self.bundle, self.image, affine, self.taskName,
+                device=self.device, progress=report, cancel=isCancelled,
+            )
+        else:
+            result = inference.segment_atlas_labels(
+                self.bundle, self.image, affine, self.masks, self.labels,
+                device=self.device, progress=report, cancel=isCancelled,
+            )
+        raiseIfCancelled(isCancelled)
+        labelmap = np.asarray(result.labelmap)
+        if labelmap.shape != tuple(self.volumeGeometry.shape):
+            raise LabelSharingSegError(
+                f"internal error: the engine returned a label map of shape {labelmap.shape} for a volume of "
+                f"shape {tuple(self.volumeGeometry.shape)}; nothing was written"
+            )
+        return result
+
+
+class SegmentationSceneLogic:
+    """Holds the loaded bundle and the device choice; implements both segmentation flows on ``scene``.
+
+    ``segmentationsLogic`` is Slicer's ``vtkSlicerSegmentationsModuleLogic`` (in the app:
+    ``slicer.modules.segmentations.logic()``); one is created when not given.
+    """
+
+    def __init__(self, scene, device: str = "auto", segmentationsLogic=None):
+        import slicer
+
+        if scene is None:
+            raise InputError("SegmentationSceneLogic needs an MRML scene")
+        self.scene = scene
+        self._device = "auto"
+        self.device = device
+        if segmentationsLogic is None:
+            segmentationsLogic = slicer.vtkSlicerSegmentationsModuleLogic()
+            segmentationsLogic.SetMRMLScene(scene)
+        self.segmentationsLogic = segmentationsLogic
+        self.bundle = None
+        self._atlasGeometry: tuple[tuple[int, int, int], np.ndarray] | None = None
+
+    # ------------------------------------------------------------------ device
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @device.setter
+    def device(self, name: str) -> None:
+        name = (name or "auto").strip().lower()
+        if name.split(":")[0] not in DEVICE_CHOICES:
+            raise InputError(f"unknown device {name!r}: choose one of {', '.join(DEVICE_CHOICES)}")
+        self._device = name
+
+    def deviceNote(self, device: str | None = None) -> str | None:
+        """The engine's note about the effective device (e.g. running on the CPU), or None."""
+        from ..engine.device import resolve_device
+
+        _, note = resolve_device(device or self._device)
+        return note
+
+    # ------------------------------------------------------------------ bundle
+    def loadBundle(self, path):
+        """Load and validate a bundle folder or .zip; on failure the previously loaded bundle stays."""
+        from ..engine.bundle import load_bundle
+
+        if not path:
+            raise InputError("No bundle chosen: select a bundle folder or .zip file.")
+        bundle = load_bundle(path)
+        self.bundle = bundle
+        self._atlasGeometry = None
+        return bundle
+
+    def unloadBundle(self) -> None:
+        self.bundle = None
+        self._atlasGeometry = None
+
+    def requireBundle(self):
+        if self.bundle is None:
+            raise InputError("No model bundle loaded: choose a bundle (folder or .zip) first, e.g. logic.loadBundle(path).")
+        return self.bundle
+
+    @property
+    def bundleKind(self) -> str | None:
+        return None if self.bundle is None else self.bundle.kind
+
+    def isAtlasBundle(self) -> bool:
+        return self.bundle is not None and self.bundle.kind == "lcs"
+
+    def taskNames(self) -> list[str]:
+        return [] if self.bundle is None else list(self.bundle.task_names())
+
+    def taskLabels(self, taskName: str) -> list[LabelInfo]:
+        return list(self.requireBundle().task_labels(taskName))
+
+    def bundleSummary(self) -> str:
+        return "No bundle loaded." if self.bundle is None else self.bundle.summary()
+
+    def _bundleDims(self, bundle) -> int:
+        try:
+            return int((bundle.manifest.get("network") or {}).get("spatial_dims", 3))
+        except (TypeError, ValueError, AttributeError):
+            return 3
+
+    # ------------------------------------------------------------------ common checks
+    def _checkInputVolume(self, volumeNode, bundle, role="input volume"):
+        geo.checkScalarVolumeNode(volumeNode, role)
+        if volumeNode.GetScene() is not self.scene:
+            raise InputError(f"'{volumeNode.GetName()}' is not in this logic's MRML scene.")
+        image, geometry = geo.arrayFromVolumeNode(volumeNode)
+        if self._bundleDims(bundle) == 3 and min(geometry.shape) < 2:
+            raise InputError(
+                f"'{volumeNode.GetName()}' is a 2D image (dimensions {geometry.shape}); this bundle segments "
+                "3D volumes. Choose a 3D volume."
+            )
+        if not np.all(np.isfinite(image)):
+            raise InputError(f"'{volumeNode.GetName()}' contains NaN or infinite voxel values.")
+        return image, geometry
+
+    def _checkOutputNode(self, outputNode):
+        if outputNode is None:
+            return
+        seg.checkWritableSegmentation(outputNode)
+        if outputNode.GetScene() is not self.scene:
+            raise InputError(f"The output segmentation '{outputNode.GetName()}' is not in this scene.")
+        if outputNode.GetAttribute(seg.ATTRIBUTE_ROLE) == seg.ROLE_ATLAS_LABELS:
+            raise InputError(
+                f"'{outputNode.GetName()}' is an atlas segmentation, which is never overwritten: choose a new "
+                "output segmentation."
+            )
+        # the result must be expressible in the output's coordinates
+        return
+
+    # ------------------------------------------------------------------ task flow
+    def prepareSegmentTask(self, volumeNode, taskName: str, outputSegmentationNode=None) -> PreparedRun:
+        bundle = self.requireBundle()
+        if bundle.kind == "lcs":
+            raise InputError(
+                "The loaded bundle is an atlas-conditioned (LCS) bundle: it has no tasks. Use the atlas flow "
+                "(loadAtlas / segmentAtlasLabels) or load a label-sharing bundle."
+            )
+        if not taskName:
+            raise InputError(f"No task chosen: pick one of {', '.join(bundle.task_names())}.")
+        bundle.task_labels(taskName)  # InputError naming the known tasks
+        image, geometry = self._checkInputVolume(volumeNode, bundle)
+        self._checkOutputNode(outputSegmentationNode)
+        if outputSegmentationNode is not None:
+            geo.localToLocal(volumeNode, outputSegmentationNode)
+        return PreparedRun(
+            kind=TASK_KIND, bundle=bundle, device=self._device, image=image, volumeGeometry=geometry,
+            volumeNode=volumeNode, outputNode=outputSegmentationNode,
+            outputName=f"{volumeNode.GetName()} {taskName}", taskName=taskName,
+            description=f"Segmenting task '{taskName}' on '{volumeNode.GetName()}'",
+        )
+
+    def segmentTask(self, volumeNode, taskName: str, outputSegmentationNode=None, progress=None, cancel=None):
+        """Segment ``taskName`` on ``volumeNode``; returns the output segmentation node."""
+        run = self.prepareSegmentTask(volumeNode, taskName, outputSegmentationNode)
+        return self._runSynchronously(run, progress, cancel)
+
+    # ------------------------------------------------------------------ atlas flow
+    def _requireAtlasBundle(self):
+        bundle = self.requireBundle()
+        if bundle.kind != "lcs":
+            raise InputError(
+                f"The loaded bundle is a {bundle.kind} bundle without an atlas: use segmentTask with one of its "
+                "tasks, or load an atlas-conditioned (LCS) bundle for atlas labels."
+            )
+        return bundle
+
+    def atlasGeometry(self) -> tuple[tuple[int, int, int], np.ndarray]:
+        """(shape, voxel->RAS affine) of the loaded LCS bundle's atlas grid."""
+        bundle = self._requireAtlasBundle()
+        if self._atlasGeometry is None:
+            image, affine = bundle.atlas_image()
+            self._atlasGeometry = (tuple(int(s) for s in image.shape), np.asarray(affine, dtype=np.float64))
+        return self._atlasGeometry
+
+    def findAtlasNodes(self):
+        """(atlas volume node, atlas segmentation node) of the loaded bundle already in the scene, else None
+        for each missing one."""
+        bundle = self._requireAtlasBundle()
+        found = {seg.ROLE_ATLAS_IMAGE: None, seg.ROLE_ATLAS_LABELS: None}
+        for className in ("vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode"):
+            nodes = self.scene.GetNodesByClass(className)
+            for index in range(nodes.GetNumberOfItems()):
+                node = nodes.GetItemAsObject(index)
+                role = node.GetAttribute(seg.ATTRIBUTE_ROLE)
+                if role in found and found[role] is None and node.GetAttribute(seg.ATTRIBUTE_BUNDLE_ID) == bundle.bundle_id:
+                    found[role] = node
+        return found[seg.ROLE_ATLAS_IMAGE], found[seg.ROLE_ATLAS_LABELS]
+
+    def loadAtlas(self):
+        """Put the bundle's atlas image and labels into the scene; returns (volume node, segmentation node).
+
+        Nodes of this bundle already in the scene are reused (so segments drawn there are kept).
+        """
+        bundle = self._requireAtlasBundle()
+        volumeNode, segmentationNode = self.findAtlasNodes()
+        if volumeNode is not None and segmentationNode is not None:
+            return volumeNode, segmentationNode
+        # read everything before touching the scene
+        image, affine = bundle.atlas_image()
+        labelmap, labelAffine, labels = bundle.atlas_labels()
+        self._atlasGeometry = (tuple(int(s) for s in image.shape), np.asarray(affine, dtype=np.float64))
+        name = (bundle.manifest.get("name") or "LCS").strip() or "LCS"
+        specs = seg.specsFromLabelmap(labelmap, labels)
+        created = []
+        try:
+            if volumeNode is None:
+                volumeNode = geo.createScalarVolumeNode(self.scene, f"{name} atlas", image, affine)
+                created.append(volumeNode)
+                volumeNode.SetAttribute(seg.ATTRIBUTE_BUNDLE_ID, bundle.bundle_id)
+                volumeNode.SetAttribute(seg.ATTRIBUTE_ROLE, seg.ROLE_ATLAS_IMAGE)
+            if segmentationNode is None:
+                segmentationNode = seg.createSegmentationNode(self.scene, f"{name} atlas labels", volumeNode)
+                created.append(segmentationNode)
+                segmentationNode.SetAttribute(seg.ATTRIBUTE_BUNDLE_ID, bundle.bundle_id)
+                segmentationNode.SetAttribute(seg.ATTRIBUTE_ROLE, seg.ROLE_ATLAS_LABELS)
+                seg.writeSegments(segmentationNode, specs, np.asarray(labelAffine, dtype=np.float64))
+        except Exception:
+            for node in created:
+                self.scene.RemoveNode(node)
+            raise
+        return volumeNode, segmentationNode
+
+    def checkAtlasSegmentation(self, atlasSegmentationNode) -> None:
+        bundle = self._requireAtlasBundle()
+        if atlasSegmentationNode is None:
+            raise InputError("No atlas segmentation selected: click 'Load atlas' (logic.loadAtlas()) first.")
+        if not hasattr(atlasSegmentationNode, "IsA") or not atlasSegmentationNode.IsA("vtkMRMLSegmentationNode"):
+            raise InputError("The atlas segmentation must be a segmentation node (from 'Load atlas').")
+        bundleId = atlasSegmentationNode.GetAttribute(seg.ATTRIBUTE_BUNDLE_ID)
+        if atlasSegmentationNode.GetAttribute(seg.ATTRIBUTE_ROLE) != seg.ROLE_ATLAS_LABELS or not bundleId:
+            raise InputError(
+                f"'{atlasSegmentationNode.GetName()}' is not an atlas segmentation: click 'Load atlas' and draw "
+                "or edit segments on the segmentation it creates."
+            )
+        if bundleId != bundle.bundle_id:
+            raise InputError(
+                f"'{atlasSegmentationNode.GetName()}' belongs to the atlas of another bundle (id {bundleId[:12]}), "
+                f"not the loaded one (id {bundle.bundle_id[:12]}): load that bundle again, or click 'Load atlas' "
+                "for the loaded bundle and draw there."
+            )
+
+    def atlasSegmentMasks(self, atlasSegmentationNode, segmentIds=None):
+        """(masks bool[K, *atlas_shape], list of segment IDs, names, colours, terminologies) read from the
+        atlas segmentation on the bundle's atlas grid. Raises InputError for unknown or empty segments."""
+        self.checkAtlasSegmentation(atlasSegmentationNode)
+        shape, affine = self.atlasGeometry()
+        segmentation = atlasSegmentationNode.GetSegmentation()
+        available = seg.segmentIds(atlasSegmentationNode)
+        if segmentIds is None:
+            chosen = list(available)
+        else:
+            if isinstance(segmentIds, str):
+                segmentIds = [segmentIds]
+            chosen = []
+            for requested in segmentIds:
+                if requested in available:
+                    chosen.append(requested)
+                    continue
+                byName = seg.segmentIdsByName(atlasSegmentationNode, requested)
+                if not byName:
+                    raise InputError(
+                        f"'{atlasSegmentationNode.GetName()}' has no segment '{requested}' "
+                        f"(its segments: {', '.join(segmentation.GetSegment(s).GetName() for s in available)})"
+                    )
+                chosen.append(byName[0])
+        if not chosen:
+            raise InputError("No atlas segments selected: check at least one segment to segment on the target.")
+        if len(set(chosen)) != len(chosen):
+            raise InputError("The same atlas segment was selected twice.")
+        names = [segmentation.GetSegment(s).GetName() for s in chosen]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise InputError(
+                f"Selected atlas segments share the name(s) {', '.join(duplicates)}: output segments are matched "
+                "by name, so rename them in the Segment Editor first."
+            )
+        masks = np.zeros((len(chosen),) + tuple(shape), dtype=bool)
+        for index, segmentId in enumerate(chosen):
+            masks[index] = seg.segmentMask(atlasSegmentationNode, segmentId, shape, affine)
+            if not masks[index].any():
+                raise InputError(
+                    f"Atlas segment '{names[index]}' is empty on the atlas grid: draw it with the Segment Editor "
+                    "(inside the atlas image) or uncheck it."
+                )
+        colors = [tuple(float(c) for c in segmentation.GetSegment(s).GetColor()) for s in chosen]
+        terminologies = [seg.segmentTerminology(segmentation.GetSegment(s)) for s in chosen]
+        return masks, chosen, names, colors, terminologies
+
+    def prepareSegmentAtlasLabels(self, volumeNode, atlasSegmentationNode, segmentIds=None,
+                                  outputSegmentationNode=None) -> PreparedRun:
+        bundle = self._requireAtlasBundle()
+        image, geometry = self._checkInputVolume(volumeNode, bundle, role="target volume")
+        self._checkOutputNode(outputSegmentationNode)
+        if outputSegmentationNode is not None:
+            geo.localToLocal(volumeNode, outputSegmentationNode)
+        masks, chosen, names, colors, terminologies = self.atlasSegmentMasks(atlasSegmentationNode, segmentIds)
+        labels = [
+            LabelInfo(value=index + 1, name=name, color=color)
+            for index, (name, color) in enumerate(zip(names, colors))
+        ]
+        return PreparedRun(
+            kind=ATLAS_KIND, bundle=bundle, device=self._device, image=image, volumeGeometry=geometry,
+            volumeNode=volumeNode, outputNode=outputSegmentationNode,
+            outputName=f"{volumeNode.GetName()} atlas labels", masks=masks, labels=labels,
+            terminologies={index + 1: text for index, text in enumerate(terminologies) if text},
+            description=f"Segmenting {len(labels)} atlas label(s) on '{volumeNode.GetName()}'",
+        )
+
+    def segmentAtlasLabels(self, volumeNode, atlasSegmentationNode, segmentIds=None, outputSegmentationNode=None,
+                           progress=None, cancel=None):
+        """Segment the chosen atlas segments (all when ``segmentIds`` is None) on ``volumeNode``; returns the
+        output segmentation node."""
+        run = self.prepareSegmentAtlasLabels(volumeNode, atlasSegmentationNode, segmentIds, outputSegmentationNode)
+        return self._runSynchronously(run, progress, cancel)
+
+    # ------------------------------------------------------------------ running and applying
+    def _runSynchronously(self, run: PreparedRun, progress=None, cancel=None):
+        report = progressCallable(progress)
+        isCancelled = cancelCallable(cancel)
+        note = self.deviceNote(run.device)
+        report(0.0, note or run.description)
+        result = run.compute(scaledProgress(report, 0.0, 0.95), isCancelled)
+        raiseIfCancelled(isCancelled)
+        report(0.95, "Writing segments")
+        outputNode = self.applyRun(run, result)
+        report(1.0, "Done")
+        return outputNode
+
+    def startJob(self, run: PreparedRun) -> BackgroundJob:
+        """Start ``run.compute`` in a worker thread; poll the job on the main thread and call
+        ``applyRun(run, job.result())`` once it finished."""
+        return BackgroundJob(run.compute, name=run.description or "LabelSharingSeg").start()
+
+    def applyRun(self, run: PreparedRun, result):
+        """Write a finished run's result into the scene (main thread only); returns the output node.
+
+        A new output node is created only here, after the engine succeeded. An existing output keeps every
+        segment whose name this run does not produce.
+        """
+        labels = list(result.labels) or (run.labels if run.kind == ATLAS_KIND else self._taskLabels(run))
+        specs = seg.specsFromLabelmap(np.asarray(result.labelmap), labels, run.terminologies)
+        outputNode = run.outputNode
+        if outputNode is not None and outputNode.GetScene() is not self.scene:
+            outputNode = None  # deleted while the run was going on: write to a new node instead
+        created = outputNode is None
+        if created:
+            ijkToOutput = run.volumeGeometry.ijkToLocal
+        else:
+            ijkToOutput = geo.localToLocal(run.volumeNode, outputNode) @ run.volumeGeometry.ijkToLocal
+        if created:
+            parent = run.volumeNode.GetParentTransformNode() if run.volumeNode.GetScene() is self.scene else None
+            reference = run.volumeNode if run.volumeNode.GetScene() is self.scene else None
+            outputNode = seg.createSegmentationNode(self.scene, run.outputName, reference, parent)
+            outputNode.SetAttribute(seg.ATTRIBUTE_ROLE, seg.ROLE_OUTPUT)
+            outputNode.SetAttribute(seg.ATTRIBUTE_BUNDLE_ID, run.bundle.bundle_id)
+        try:
+            seg.writeSegments(outputNode, specs, ijkToOutput)
+        except Exception:
+            if created:
+                self.scene.RemoveNode(outputNode)
+            raise
+        return outputNode
+
+    @staticmethod
+    def _taskLabels(run: PreparedRun):
+        return run.bundle.task_labels(run.taskName)
+
+
+__all__ = ["SegmentationSceneLogic", "PreparedRun", "DEVICE_CHOICES", "CancelledError"]
