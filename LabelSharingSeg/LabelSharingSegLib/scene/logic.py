@@ -46,6 +46,7 @@ class PreparedRun:
     labels: list = field(default_factory=list)
     terminologies: dict = field(default_factory=dict)
     description: str = ""
+    align: bool | None = None  # register to the bundle's reference first; None: when the bundle has one
 
     def compute(self, progress=None, cancel=None):
         """Run the engine (safe off the main thread). Returns the engine's SegmentationResult."""
@@ -58,12 +59,12 @@ class PreparedRun:
         if self.kind == TASK_KIND:
             result = inference.segment_task(
                 self.bundle, self.image, affine, self.taskName,
-                device=self.device, progress=report, cancel=isCancelled,
+                device=self.device, progress=report, cancel=isCancelled, align=self.align,
             )
         else:
             result = inference.segment_atlas_labels(
                 self.bundle, self.image, affine, self.masks, self.labels,
-                device=self.device, progress=report, cancel=isCancelled,
+                device=self.device, progress=report, cancel=isCancelled, align=self.align,
             )
         raiseIfCancelled(isCancelled)
         labelmap = np.asarray(result.labelmap)
@@ -95,6 +96,9 @@ class SegmentationSceneLogic:
             segmentationsLogic.SetMRMLScene(scene)
         self.segmentationsLogic = segmentationsLogic
         self.bundle = None
+        # Automatic alignment to the bundle's reference image: None = whenever the bundle carries one
+        # (scans as acquired are rarely in atlas space), True = always (error if none), False = never.
+        self.align: bool | None = None
         self._atlasGeometry: tuple[tuple[int, int, int], np.ndarray] | None = None
 
     # ------------------------------------------------------------------ device
@@ -207,7 +211,7 @@ class SegmentationSceneLogic:
             kind=TASK_KIND, bundle=bundle, device=self._device, image=image, volumeGeometry=geometry,
             volumeNode=volumeNode, outputNode=outputSegmentationNode,
             outputName=f"{volumeNode.GetName()} {taskName}", taskName=taskName,
-            description=f"Segmenting task '{taskName}' on '{volumeNode.GetName()}'",
+            description=f"Segmenting task '{taskName}' on '{volumeNode.GetName()}'", align=self.align,
         )
 
     def segmentTask(self, volumeNode, taskName: str, outputSegmentationNode=None, progress=None, cancel=None):
@@ -364,7 +368,7 @@ class SegmentationSceneLogic:
             volumeNode=volumeNode, outputNode=outputSegmentationNode,
             outputName=f"{volumeNode.GetName()} atlas labels", masks=masks, labels=labels,
             terminologies={index + 1: text for index, text in enumerate(terminologies) if text},
-            description=f"Segmenting {len(labels)} atlas label(s) on '{volumeNode.GetName()}'",
+            description=f"Segmenting {len(labels)} atlas label(s) on '{volumeNode.GetName()}'", align=self.align,
         )
 
     def segmentAtlasLabels(self, volumeNode, atlasSegmentationNode, segmentIds=None, outputSegmentationNode=None,
