@@ -91,6 +91,7 @@ Medical Imaging with Deep Learning (MIDL).</li>
 class LabelSharingSegParameterNode:
     bundlePath: str = ""
     device: str = "auto"
+    alignToReference: bool = True
     taskName: str = ""
     inputVolume: slicer.vtkMRMLScalarVolumeNode
     outputSegmentation: slicer.vtkMRMLSegmentationNode
@@ -142,6 +143,7 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.loadBundleButton.connect("clicked(bool)", self.onLoadBundle)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.alignCheckBox.connect("toggled(bool)", self.onAlignToggled)
         self.ui.taskComboBox.connect("currentIndexChanged(int)", self.onTaskChanged)
         self.ui.applyTaskButton.connect("clicked(bool)", self.onApplyTask)
         self.ui.loadAtlasButton.connect("clicked(bool)", self.onLoadAtlas)
@@ -298,6 +300,10 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             note = f"Cannot check the device: {error}"
         self.ui.deviceNoteLabel.setText(note or "")
         self.ui.deviceNoteLabel.setVisible(bool(note))
+
+    def onAlignToggled(self, checked):
+        # checked: align whenever the bundle carries a reference; unchecked: never
+        self.logic.setAlign(None if checked else False)
 
     def onTaskChanged(self, *unused):
         if self._parameterNode and self.ui.taskComboBox.currentText:
@@ -493,6 +499,10 @@ class LabelSharingSegLogic(ScriptedLoadableModuleLogic):
 
     def device(self):
         return self.sceneLogic.device
+
+    def setAlign(self, align):
+        """None: align scans to the bundle's reference when it has one (default); True: always; False: never."""
+        self.sceneLogic.align = align
 
     def deviceNote(self):
         return self.sceneLogic.deviceNote()
