@@ -12,6 +12,7 @@ from LabelSharingSegLib.engine.inference import segment_atlas_labels
 from LabelSharingSegLib.engine.labels import LabelInfo
 from LabelSharingSegLib.engine.preprocessing import resample_to_grid
 from LabelSharingSegLib.engine.registration import register_affine
+from lsseg_training.offatlas import move_off_atlas, random_transform
 
 sources = pytest.importorskip("lsseg_training.data.sources")
 
@@ -44,33 +45,6 @@ def _reference(spacing=3.0):
     return image, labels, ref_affine, list(atlas.names)
 
 
-def _random_transform(rng, degrees=15.0, shift=15.0, scale=0.08):
-    from scipy.spatial.transform import Rotation
-
-    t = np.eye(4)
-    t[:3, :3] = Rotation.from_euler("xyz", rng.uniform(-degrees, degrees, 3), degrees=True).as_matrix() @ np.diag(
-        rng.uniform(1 - scale, 1 + scale, 3))
-    t[:3, 3] = rng.uniform(-shift, shift, 3)
-    return t
-
-
-def _moved_scan(image, labels, ref_affine, transform, spacing=(2.0, 2.4, 2.0), crop=0.15):
-    """Resample the reference, moved by ``transform`` (reference world -> scan world), onto an oblique
-    anisotropic scan grid that crops ``crop`` of the field of view on one side of every axis."""
-    extent = np.array(image.shape) * np.linalg.norm(ref_affine[:3, :3], axis=0)
-    shape = tuple(int(e * (1 - crop) / s) for e, s in zip(extent, spacing))
-    scan_in_ref = ref_affine.copy()
-    scan_in_ref[:3, :3] = ref_affine[:3, :3] / np.linalg.norm(ref_affine[:3, :3], axis=0) * np.array(spacing)
-    scan_in_ref[:3, 3] = ref_affine[:3, 3] + ref_affine[:3, :3] @ (np.array(image.shape) * crop)
-    scan_affine = transform @ scan_in_ref
-    moved_src = transform @ ref_affine
-    scan = resample_to_grid(torch.as_tensor(image)[None], scan_affine, shape, mode="bilinear",
-                            src_affine=moved_src)[0].numpy()
-    truth = resample_to_grid(torch.as_tensor(labels.astype(np.float32))[None], scan_affine, shape, mode="nearest",
-                             src_affine=moved_src)[0].numpy().astype(np.int16)
-    return scan, truth, scan_affine
-
-
 def _mean_dice(a, b, values):
     scores = [2 * np.sum((a == v) & (b == v)) / max(1, np.sum(a == v) + np.sum(b == v)) for v in values]
     return float(np.mean(scores)), scores
@@ -83,8 +57,9 @@ def reference():
 
 def test_registration_recovers_a_random_affine(reference):
     image, labels, ref_affine, _ = reference
-    transform = _random_transform(np.random.default_rng(7))
-    scan, _, scan_affine = _moved_scan(image, labels, ref_affine, transform)
+    transform = random_transform(np.random.default_rng(7))
+    moved = move_off_atlas(image, labels, ref_affine, transform)
+    scan, scan_affine = moved.image, moved.affine
     alignment = register_affine(scan, scan_affine, image, ref_affine)
     probe = ref_affine @ np.array([[image.shape[0] / 2], [image.shape[1] / 2], [image.shape[2] / 2], [1.0]])
     error = np.linalg.norm((alignment.matrix - transform) @ probe)
@@ -100,8 +75,8 @@ def test_labels_come_back_onto_the_moved_anatomy(reference, tmp_path):
                             make_preprocessing(3, [3.0] * 3, [32] * 3), channels=(2, 4, 8))
     bundle = load_bundle(path)
     masks = np.stack([labels == info.value for info in infos])
-    transform = _random_transform(np.random.default_rng(11), degrees=20, shift=20)
-    scan, truth, scan_affine = _moved_scan(image, labels, ref_affine, transform)
+    moved = move_off_atlas(image, labels, ref_affine, random_transform(np.random.default_rng(11), degrees=20, shift=20))
+    scan, truth, scan_affine = moved.image, moved.labels, moved.affine
     values = [info.value for info in infos]
     aligned = segment_atlas_labels(bundle, scan, scan_affine, masks, infos, device="cpu", network=MaskEcho())
     assert aligned.alignment is not None and aligned.labelmap.shape == scan.shape
