@@ -1,0 +1,279 @@
+"""``lsseg evaluate``: segment every labelled test case (imagesTs/labelsTs) of the given datasets with every
+bundle, through the same inference functions ``lsseg segment`` and Slicer call, and write
+
+* ``metrics.csv`` - one row per (method, task, case, label): Dice, HD95 (mm), voxel counts;
+* ``summary.md``  - mean Dice/HD95 per task and method, per label, and for LCS bundles trained on a coarse map
+  paper 002's Table 1 (per fine label: Dice of the prediction conditioned on the coarse training label vs
+  conditioned on the fine atlas label that was never trained);
+* plots - ``paired_<task>.png`` (per-case mean Dice, one line per case across methods, as paper 002 Fig. 2)
+  and ``labels_<task>.png`` (mean Dice per label, one bar per method).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from LabelSharingSegLib.engine.atomic import write_text_atomic
+from LabelSharingSegLib.engine.bundle import load_bundle
+from LabelSharingSegLib.engine.datasets import load_case, require_valid_dataset
+from LabelSharingSegLib.engine.device import resolve_device
+from LabelSharingSegLib.engine.errors import InputError
+from LabelSharingSegLib.engine.inference import segment_atlas_labels, segment_task
+from LabelSharingSegLib.engine.labels import LabelInfo
+from LabelSharingSegLib.engine.preprocessing import resample_to_grid
+
+from .metrics import label_metrics, nanmean, voxel_spacing, dice
+
+FIELDS = ("method", "kind", "task", "case", "label_value", "label_name", "dice", "hd95", "pred_voxels", "true_voxels")
+
+
+def _method_names(paths: list[Path]) -> list[str]:
+    names = []
+    for path in paths:
+        base = Path(path).name
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names.append(name)
+    return names
+
+
+def _test_cases(dataset):
+    cases = [c for c in dataset.test if c.label_path is not None]
+    return cases
+
+
+def _volume(image: np.ndarray) -> np.ndarray:
+    first = image[0]
+    return first[..., None] if first.ndim == 2 else first
+
+
+def _label(label: np.ndarray) -> np.ndarray:
+    return label[..., None] if label.ndim == 2 else label
+
+
+def _rows_for(method, kind, task, case_id, prediction, truth, labels, spacing, with_hd95):
+    metrics = label_metrics(prediction, truth, [l.value for l in labels], spacing, with_hd95=with_hd95)
+    for label in labels:
+        m = metrics[label.value]
+        yield {"method": method, "kind": kind, "task": task, "case": case_id, "label_value": label.value,
+               "label_name": label.name, **m}
+
+
+def _evaluate_task_bundle(bundle, method, datasets, device, with_hd95):
+    rows = []
+    network = bundle.build_network(device)
+    for dataset in datasets:
+        task = dataset.task_name()
+        if task not in bundle.task_names():
+            continue
+        labels = bundle.task_labels(task)
+        for case in _test_cases(dataset):
+            image, truth, affine = load_case(case)
+            result = segment_task(bundle, _volume(image), affine, task, device=str(device), network=network)
+            rows += _rows_for(method, bundle.kind, task, case.case_id, result.labelmap, _label(truth), labels,
+                              voxel_spacing(affine), with_hd95)
+    return rows
+
+
+def _lcs_truth_lut(coarse_map: dict[int, int], max_value: int) -> np.ndarray:
+    lut = np.arange(max(max_value, max(coarse_map, default=0)) + 1)
+    for fine, coarse in coarse_map.items():
+        lut[fine] = coarse
+    return lut
+
+
+def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95):
+    """Rows for the trained (atlas) labels and, with a coarse map, the Table 1 entries."""
+    rows, table1 = [], []
+    network = bundle.build_network(device)
+    atlas_labels, atlas_affine, infos = bundle.atlas_labels()
+    masks = np.stack([atlas_labels == info.value for info in infos])
+    training = bundle.manifest.get("training") or {}
+    coarse_map = {int(f): int(c) for f, c in training.get("coarse_map") or []}
+    fine_names = {int(v): str(n) for v, n in training.get("fine_labels") or []}
+    for dataset in datasets:
+        declared = set(dataset.foreground_labels())
+        if fine_names and not set(fine_names) <= declared:
+            continue
+        task = dataset.task_name()
+        fine_atlas = _fine_atlas(dataset, training.get("atlas_case"), atlas_affine, atlas_labels.shape) \
+            if coarse_map else None
+        for case in _test_cases(dataset):
+            image, truth, affine = load_case(case)
+            volume, truth = _volume(image), _label(truth).astype(np.int64)
+            result = segment_atlas_labels(bundle, volume, affine, masks, infos, device=str(device), network=network)
+            mapped = _lcs_truth_lut(coarse_map, int(truth.max(initial=0)))[truth] if coarse_map else truth
+            spacing = voxel_spacing(affine)
+            rows += _rows_for(method, "lcs", task, case.case_id, result.labelmap, mapped, infos, spacing, with_hd95)
+            if fine_atlas is None:
+                continue
+            for fine, coarse in sorted(coarse_map.items()):
+                fine_mask = fine_atlas == fine
+                if not fine_mask.any():
+                    continue
+                fine_info = LabelInfo(fine, fine_names.get(fine, f"label_{fine}"), (1.0, 0.0, 0.0))
+                single = segment_atlas_labels(bundle, volume, affine, fine_mask[None], [fine_info],
+                                              device=str(device), network=network)
+                table1.append({
+                    "method": method, "task": task, "case": case.case_id, "coarse_value": coarse,
+                    "coarse_name": next((i.name for i in infos if i.value == coarse), str(coarse)),
+                    "coarse_dice": dice(result.labelmap == coarse, mapped == coarse),
+                    "fine_value": fine, "fine_name": fine_info.name,
+                    "naive_dice": dice(result.labelmap == coarse, truth == fine),
+                    "fine_dice": dice(single.labelmap == fine, truth == fine),
+                })
+    return rows, table1
+
+
+def _fine_atlas(dataset, atlas_id, atlas_affine, atlas_shape):
+    """The atlas case's fine labels on the bundle's atlas grid (only evaluate uses them)."""
+    case = next((c for c in dataset.training if c.case_id == atlas_id), None)
+    if case is None:
+        return None
+    _, label, affine = load_case(case)
+    label = _label(label).astype(np.float32)
+    on_grid = resample_to_grid(torch.as_tensor(label)[None], atlas_affine, atlas_shape, mode="nearest",
+                               src_affine=affine)[0]
+    return on_grid.round().numpy().astype(np.int64)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else ("inf" if math.isinf(value) else f"{value:.4f}")
+    return str(value)
+
+
+def _write_csv(path: Path, rows: list[dict], fields) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(row[k]) for k in fields})
+    write_text_atomic(path, buffer.getvalue())
+
+
+def _finite_mean(values) -> float:
+    finite = [v for v in values if not math.isnan(v) and not math.isinf(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+def _plots(out: Path, rows: list[dict], methods: list[str]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for task in sorted({r["task"] for r in rows}):
+        task_rows = [r for r in rows if r["task"] == task]
+        task_methods = [m for m in methods if any(r["method"] == m for r in task_rows)]
+        cases = sorted({r["case"] for r in task_rows})
+        fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(task_methods), 4.2))
+        for case in cases:
+            ys = [nanmean(r["dice"] for r in task_rows if r["case"] == case and r["method"] == m)
+                  for m in task_methods]
+            ax.plot(range(len(task_methods)), ys, marker="o", color="tab:blue", alpha=0.5, linewidth=1)
+        means = [nanmean(r["dice"] for r in task_rows if r["method"] == m) for m in task_methods]
+        ax.plot(range(len(task_methods)), means, marker="s", color="black", linewidth=2.5, label="mean")
+        ax.set_xticks(range(len(task_methods)), task_methods, rotation=20, ha="right")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("Dice (mean over labels, per test case)")
+        ax.set_title(f"{task}: paired per-case Dice")
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        path = out / f"paired_{task}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+
+        labels = sorted({(r["label_value"], r["label_name"]) for r in task_rows})
+        fig, ax = plt.subplots(figsize=(2.5 + 1.1 * len(labels) * max(1, len(task_methods)) / 2, 4.2))
+        width = 0.8 / max(1, len(task_methods))
+        for k, m in enumerate(task_methods):
+            ys = [nanmean(r["dice"] for r in task_rows if r["method"] == m and (r["label_value"], r["label_name"]) == (v, n))
+                  for v, n in labels]
+            ax.bar(np.arange(len(labels)) + k * width - 0.4 + width / 2, np.nan_to_num(ys), width, label=m)
+        ax.set_xticks(range(len(labels)), [n for _, n in labels], rotation=20, ha="right")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("mean Dice over test cases")
+        ax.set_title(f"{task}: Dice per label")
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        path = out / f"labels_{task}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _summary(rows: list[dict], table1: list[dict], methods: list[str], plots: list[Path]) -> str:
+    lines = ["# Evaluation", "",
+             "Dice per label and test case (NaN when the label is absent from both prediction and truth, skipped "
+             "in means); HD95 in mm (inf when exactly one of them is empty; finite values averaged).", "",
+             "## Mean per task and method", "", "| task | method | cases | mean Dice | mean HD95 (mm) |",
+             "|---|---|---|---|---|"]
+    for task in sorted({r["task"] for r in rows}):
+        for m in methods:
+            sel = [r for r in rows if r["task"] == task and r["method"] == m]
+            if sel:
+                lines.append(f"| {task} | {m} | {len({r['case'] for r in sel})} | "
+                             f"{_fmt(nanmean(r['dice'] for r in sel))} | {_fmt(_finite_mean([r['hd95'] for r in sel]))} |")
+    lines += ["", "## Mean Dice per label", "", "| task | label | " + " | ".join(methods) + " |",
+              "|---|---|" + "---|" * len(methods)]
+    for task in sorted({r["task"] for r in rows}):
+        for value, name in sorted({(r["label_value"], r["label_name"]) for r in rows if r["task"] == task}):
+            cells = [_fmt(nanmean(r["dice"] for r in rows if r["task"] == task and r["method"] == m
+                                  and (r["label_value"], r["label_name"]) == (value, name))) for m in methods]
+            lines.append(f"| {task} | {name} ({value}) | " + " | ".join(cells) + " |")
+    if table1:
+        lines += ["", "## Coarse training labels, fine labels at test time (paper 002, Table 1)", "",
+                  "Naive Dice: prediction conditioned on the coarse training label vs the fine truth. Fine-grained "
+                  "Dice: prediction conditioned on the fine atlas label (never trained) vs the fine truth.", "",
+                  "| method | coarse training label | Dice | fine label | naive Dice | fine-grained Dice |",
+                  "|---|---|---|---|---|---|"]
+        keys = sorted({(t["method"], t["coarse_value"], t["fine_value"]) for t in table1})
+        for method, coarse, fine in keys:
+            sel = [t for t in table1 if (t["method"], t["coarse_value"], t["fine_value"]) == (method, coarse, fine)]
+            lines.append(f"| {method} | {sel[0]['coarse_name']} ({coarse}) | {_fmt(nanmean(t['coarse_dice'] for t in sel))} "
+                         f"| {sel[0]['fine_name']} ({fine}) | {_fmt(nanmean(t['naive_dice'] for t in sel))} | "
+                         f"{_fmt(nanmean(t['fine_dice'] for t in sel))} |")
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(bundle_paths, data_paths, out, *, device: str = "auto", with_hd95: bool = True) -> str:
+    """Evaluate bundles on the datasets' labelled test cases; returns the summary markdown."""
+    out = Path(out)
+    datasets = [require_valid_dataset(p) for p in data_paths]
+    if not any(_test_cases(d) for d in datasets):
+        raise InputError("none of the --data folders has labelled test cases (imagesTs/ + labelsTs/)")
+    torch_device, _ = resolve_device(device)
+    methods = _method_names([Path(p) for p in bundle_paths])
+    rows, table1 = [], []
+    for path, method in zip(bundle_paths, methods):
+        bundle = load_bundle(path)
+        if bundle.kind == "lcs":
+            more, t1 = _evaluate_lcs_bundle(bundle, method, datasets, torch_device, with_hd95)
+            table1 += t1
+        else:
+            more = _evaluate_task_bundle(bundle, method, datasets, torch_device, with_hd95)
+        if not more:
+            raise InputError(f"{path}: none of its tasks/labels matches a --data folder "
+                             f"({', '.join(d.task_name() for d in datasets)})")
+        rows += more
+    out.mkdir(parents=True, exist_ok=True)
+    _write_csv(out / "metrics.csv", rows, FIELDS)
+    if table1:
+        _write_csv(out / "table1.csv", table1, list(table1[0]))
+    plots = _plots(out, rows, methods)
+    summary = _summary(rows, table1, methods, plots)
+    write_text_atomic(out / "summary.md", summary)
+    return summary

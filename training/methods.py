@@ -1,0 +1,228 @@
+"""What differs between the methods: how a labelled sample becomes network input + target, the forward call,
+the loss, and the validation score. The data pipeline, optimiser and loop are shared (``trainer.py``).
+
+* Task methods (labelsharing, multichannel, individual, dodnet): a task's label values are mapped to output
+  channels with the bundle's own ``TaskInfo.channels`` (the same table inference decodes with). Only the
+  sample's task channels and background compete in the softmax, exactly as at inference; the loss is
+  cross-entropy + soft Dice (batch Dice over the task's foreground channels).
+* LCS (paper 002): each sample draws a random atlas label and, with probability 0.5, merges it with a second
+  one; the network gets the atlas image + that label's atlas mask and is trained with soft Dice on the
+  conditioned label only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from LabelSharingSegLib.engine.bundle import TaskInfo
+from LabelSharingSegLib.engine.networks import downsample_factor
+
+from .metrics import dice as dice_score
+from .samples import PatchSampler, build_augmentation, pad_to, step_rng
+
+MASKED_LOGIT = -1.0e4  # fits float16 and bfloat16
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+class TaskMethod:
+    """Label sharing and the task baselines."""
+
+    def __init__(self, kind: str, tasks: list[TaskInfo], network_config: dict, prep: dict):
+        self.kind = kind
+        self.tasks = tasks
+        self.out_channels = network_config["out_channels"]
+        self.prep = prep
+        self.patch = tuple(int(p) for p in prep["patch_size"])
+        self.spatial_dims = prep["spatial_dims"]
+        self.luts, masks = [], []
+        for task in tasks:
+            size = max(task.channels) + 1
+            lut = torch.zeros(size, dtype=torch.int64)
+            mask = torch.zeros(self.out_channels, dtype=torch.bool)
+            mask[0] = True
+            for value, channel in task.channels.items():
+                lut[value] = channel
+                mask[channel] = True
+            self.luts.append(lut)
+            masks.append(mask)
+        self.channel_masks = torch.stack(masks)
+
+    # -- data ------------------------------------------------------------------------------------------
+    def prepare_items(self, items: list[dict]) -> list[dict]:
+        """Map each cached label map from task values to output channels (once, after caching)."""
+        for item in items:
+            item["label"] = self.luts[int(item["task"])][item["label"]]
+        return items
+
+    def make_sampler(self, items, foreground_prob: float, augment: bool):
+        self.sampler = PatchSampler(items, self.patch, self.spatial_dims, foreground_prob)
+        self.augmentation = build_augmentation(self.spatial_dims) if augment else None
+        return self.sampler
+
+    def batch(self, seed: int, rank: int, step: int, batch_size: int) -> dict:
+        rng = step_rng(seed, rank, step)
+        samples = []
+        for _ in range(batch_size):
+            sample = self.sampler.draw(rng)
+            if self.augmentation is not None:
+                self.augmentation.set_random_state(seed=int(rng.integers(2**31)))
+                out = self.augmentation({"image": sample["image"], "label": sample["label"].float()})
+                sample = {"image": torch.as_tensor(out["image"]).float(),
+                          "label": torch.as_tensor(out["label"]).round().long(), "task": sample["task"]}
+            samples.append(sample)
+        return {
+            "image": torch.stack([s["image"] for s in samples]),
+            "target": torch.stack([s["label"][0] for s in samples]),
+            "task": torch.tensor([s["task"] for s in samples], dtype=torch.int64),
+        }
+
+    # -- network ---------------------------------------------------------------------------------------
+    def forward(self, model, image: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        if self.kind == "dodnet":
+            return model(image, task)
+        return model(image)
+
+    def loss(self, model, batch: dict, device: torch.device) -> torch.Tensor:
+        image = batch["image"].to(device)
+        target = batch["target"].to(device)
+        task = batch["task"].to(device)
+        logits = self.forward(model, image, task).float()
+        allowed = self.channel_masks.to(device)[task]  # (B, K)
+        view = allowed.view(*allowed.shape, *([1] * (logits.ndim - 2)))
+        logits = logits.masked_fill(~view, MASKED_LOGIT)
+        ce = F.cross_entropy(logits, target)
+        probs = torch.softmax(logits, dim=1)
+        onehot = F.one_hot(target, self.out_channels).movedim(-1, 1).to(probs.dtype)
+        dims = tuple(range(2, logits.ndim))
+        weight = allowed.to(probs.dtype)
+        intersect = ((probs * onehot).sum(dims) * weight).sum(0)
+        total = ((probs.sum(dims) + onehot.sum(dims)) * weight).sum(0)
+        used = allowed.any(0).clone()
+        used[0] = False
+        soft_dice = (2 * intersect + 1.0) / (total + 1.0)
+        dice_loss = 1.0 - soft_dice[used].mean() if bool(used.any()) else torch.zeros((), device=device)
+        return ce + dice_loss
+
+    # -- validation ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_channels(self, model, image: torch.Tensor, task: int, device: torch.device) -> torch.Tensor:
+        """Model-grid image (C, X, Y, Z) -> predicted channel map (X, Y, Z), the task's channels only."""
+        from monai.inferers import sliding_window_inference
+
+        net = _unwrap(model)
+        if self.spatial_dims == 3:
+            inputs = image[None]
+        else:
+            inputs = image.permute(3, 0, 1, 2)
+        task_tensor = torch.tensor([task], device=device)
+
+        def predictor(patch):
+            return self.forward(net, patch.to(device), task_tensor.expand(patch.shape[0])).float()
+
+        logits = sliding_window_inference(inputs, roi_size=list(self.patch), sw_batch_size=4, predictor=predictor,
+                                          overlap=float(self.prep.get("overlap", 0.5)), mode="gaussian",
+                                          sw_device=device, device=torch.device("cpu"))
+        logits = logits[0] if self.spatial_dims == 3 else logits.permute(1, 2, 3, 0)
+        allowed = self.channel_masks[task].view(-1, *([1] * (logits.ndim - 1)))
+        return logits.masked_fill(~allowed, MASKED_LOGIT).argmax(0)
+
+    def validate(self, model, items: list[dict], device: torch.device) -> float:
+        """Mean Dice over every (validation case, task label) on the model grid."""
+        scores = []
+        for item in items:
+            task = int(item["task"])
+            pred = self.predict_channels(model, item["image"], task, device).numpy()
+            truth = item["label"].numpy()
+            for channel in self.tasks[task].channels.values():
+                score = dice_score(pred == channel, truth == channel)
+                if not math.isnan(score):
+                    scores.append(score)
+        return float(np.mean(scores)) if scores else float("nan")
+
+
+class LCSMethod:
+    """Label conditioned segmentation: whole atlas-grid volumes (the conditioning is spatial)."""
+
+    def __init__(self, atlas_image: torch.Tensor, atlas_label: torch.Tensor, label_values: list[int],
+                 network_config: dict, prep: dict, merge_prob: float = 0.5):
+        self.factor = downsample_factor(network_config)
+        self.spatial_dims = prep["spatial_dims"]
+        self.values = [int(v) for v in label_values]
+        self.merge_prob = merge_prob
+        self.grid = tuple(int(s) for s in atlas_label.shape)
+        self.atlas_image = self._to_net(atlas_image)  # (C, *net grid)
+        self.atlas_label = self._to_net(atlas_label[None].float())[0].long()
+
+    def _to_net(self, volume: torch.Tensor) -> torch.Tensor:
+        """(C, X, Y, Z) on the atlas grid -> (C, *net grid): 2D drops the singleton slice axis; padded at the
+        far end to the pooling factor (inference pads centred; padding is background either way)."""
+        if self.spatial_dims == 2:
+            volume = volume[..., 0]
+        shape = [s + (-s) % self.factor for s in volume.shape[1:]]
+        return pad_to(volume, shape)
+
+    def prepare_items(self, items: list[dict]) -> list[dict]:
+        for item in items:
+            item["image"] = self._to_net(item["image"])
+            item["label"] = self._to_net(item["label"][None].float())[0].long()
+        return items
+
+    def make_sampler(self, items, foreground_prob: float, augment: bool):
+        self.items = items
+        self.augmentation = build_augmentation(self.spatial_dims, spatial=False) if augment else None
+        return self
+
+    def draw_labels(self, rng: np.random.Generator) -> list[int]:
+        first = self.values[int(rng.integers(len(self.values)))]
+        chosen = [first]
+        if len(self.values) > 1 and rng.random() < self.merge_prob:
+            others = [v for v in self.values if v != first]
+            chosen.append(others[int(rng.integers(len(others)))])
+        return chosen
+
+    def batch(self, seed: int, rank: int, step: int, batch_size: int) -> dict:
+        rng = step_rng(seed, rank, step)
+        images, masks, targets = [], [], []
+        for _ in range(batch_size):
+            item = self.items[int(rng.integers(len(self.items)))]
+            chosen = torch.tensor(self.draw_labels(rng))
+            image = item["image"]
+            if self.augmentation is not None:
+                self.augmentation.set_random_state(seed=int(rng.integers(2**31)))
+                image = torch.as_tensor(self.augmentation({"image": image})["image"]).float()
+            images.append(image)
+            masks.append(torch.isin(self.atlas_label, chosen)[None].float())
+            targets.append(torch.isin(item["label"], chosen)[None].float())
+        return {"image": torch.stack(images), "atlas_mask": torch.stack(masks), "target": torch.stack(targets)}
+
+    def loss(self, model, batch: dict, device: torch.device) -> torch.Tensor:
+        image = batch["image"].to(device)
+        atlas = self.atlas_image[None].to(device)
+        logits = model(image, atlas, batch["atlas_mask"].to(device)).float()
+        probs = torch.sigmoid(logits)
+        target = batch["target"].to(device)
+        dims = tuple(range(1, probs.ndim))
+        soft = (2 * (probs * target).sum(dims) + 1.0) / (probs.sum(dims) + target.sum(dims) + 1.0)
+        return 1.0 - soft.mean()
+
+    @torch.no_grad()
+    def validate(self, model, items: list[dict], device: torch.device) -> float:
+        net = _unwrap(model)
+        atlas = self.atlas_image[None].to(device)
+        scores = []
+        for item in items:
+            encoded = net.encode(item["image"][None].to(device))
+            masks = torch.stack([(self.atlas_label == v)[None].float() for v in self.values]).to(device)
+            logits = net.decode_conditioned(encoded, net.condition(atlas, masks)).float().cpu()
+            for k, value in enumerate(self.values):
+                score = dice_score((logits[k, 0] > 0).numpy(), (item["label"] == value).numpy())
+                if not math.isnan(score):
+                    scores.append(score)
+        return float(np.mean(scores)) if scores else float("nan")

@@ -1,0 +1,552 @@
+"""``lsseg train {labelsharing,lcs,individual,multichannel,dodnet}``, ``lsseg add-task`` and ``lsseg evaluate``.
+
+Run on several GPUs (or CPU processes) with ``torchrun --nproc_per_node N -m lsseg_training.cli train ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from LabelSharingSegLib.engine.datasets import NnUNetDataset, require_valid_dataset
+from LabelSharingSegLib.engine.errors import InputError, LabelSpaceError
+from LabelSharingSegLib.engine.labels import LabelInfo, default_color
+from LabelSharingSegLib.engine.labelspace import SharedLabelSpace, average_relative_sizes
+from LabelSharingSegLib.engine.networks import build_network, complete_config, downsample_factor
+from LabelSharingSegLib.engine.nifti_io import load_nifti
+
+from . import bundle_factory as factory
+from .checkpoint import fingerprint
+from .distributed import setup as setup_distributed
+from .methods import LCSMethod, TaskMethod
+from .samples import ToAtlasGrid, ToModelGrid, cache_items, spacing_in_model_axes
+from .trainer import TrainingError, TrainingInterrupted, TrainOptions, train
+
+TASK_KINDS = ("labelsharing", "individual", "multichannel", "dodnet")
+
+
+# ------------------------------------------------------------------------------------------------ options
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 64,64,64, got {text!r}") from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 1,1,1, got {text!r}") from None
+
+
+def _add_budget_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("budget and optimisation")
+    g.add_argument("--steps", type=int, help="optimiser steps (default 1000; overrides --epochs)")
+    g.add_argument("--epochs", type=int, help="passes over the training cases (steps = epochs x cases / global batch)")
+    g.add_argument("--batch", type=int, default=2, help="samples per step and process (default 2)")
+    g.add_argument("--patch", type=_int_list, help="patch size, e.g. 64,64,64 (3D) or 128,128 (2D); "
+                   "divisible by the network's pooling factor (default: the data's grid, capped at 128/64)")
+    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--optimizer", choices=("adamw", "adam"), default="adamw")
+    g.add_argument("--schedule", choices=("cosine", "poly", "constant"), default="cosine")
+    g.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
+    g.add_argument("--seed", type=int, default=0, help="seed for weights, split, patches and augmentation")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    g.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
+                   help="mixed precision: auto = float16 on CUDA, none on CPU; bf16 = bfloat16 autocast (CPU too)")
+    g.add_argument("--foreground-prob", type=float, default=0.5,
+                   help="chance a patch is centred on a label (drawn uniformly among labels, so small ones are found)")
+    g.add_argument("--no-augment", action="store_true", help="switch off augmentation")
+    g.add_argument("--cache-workers", type=int, default=0, help="threads preprocessing cases into the cache")
+    d = p.add_argument_group("network and preprocessing")
+    d.add_argument("--channels", type=_int_list, default=[8, 16, 32, 64, 128],
+                   help="feature channels per U-Net level (default 8,16,32,64,128)")
+    d.add_argument("--spacing", type=_float_list, help="model grid spacing in mm (default: median of the data)")
+    d.add_argument("--intensity", choices=("zscore", "percentile", "ct_window", "none"), default="zscore")
+    v = p.add_argument_group("validation, checkpoints, logs")
+    v.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of each task's training cases held out for validation (never test cases)")
+    v.add_argument("--val-every", type=int, default=0, help="validate every N steps (default: 10 times per run)")
+    v.add_argument("--checkpoint-every", type=int, default=50, help="write the resumable checkpoint every N steps")
+    v.add_argument("--checkpoint-dir", type=Path, help="default: OUT + '.training'")
+    v.add_argument("--resume", action="store_true", help="continue the run saved in --checkpoint-dir")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
+    v.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs")
+    p.add_argument("--name", default="", help="bundle name shown in Slicer")
+    p.add_argument("--sleep-per-step", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--weights-hash-dir", type=Path, help=argparse.SUPPRESS)
+
+
+def register(subparsers) -> None:
+    train_p = subparsers.add_parser("train", help="train a model and write a bundle",
+                                    description="Train one of the methods and write a model bundle.")
+    methods = train_p.add_subparsers(dest="method", metavar="METHOD")
+    helps = {
+        "labelsharing": "one network, shared labels over several tasks (paper 000)",
+        "individual": "baseline: one network (bundle) per task; --out is a folder receiving one bundle per task",
+        "multichannel": "baseline: one output channel per label of all tasks together",
+        "dodnet": "baseline: task-conditioned dynamic head (DoD-Net)",
+    }
+    for kind, text in helps.items():
+        p = methods.add_parser(kind, help=text, description=text)
+        p.add_argument("--data", nargs="+", required=True, type=Path, help="task dataset folders (nnU-Net layout)")
+        p.add_argument("--out", required=True, type=Path, help="bundle folder to write (must not exist)")
+        _add_budget_options(p)
+        p.set_defaults(func=lambda args, kind=kind: cmd_train_tasks(args, kind))
+    p = methods.add_parser("lcs", help="label conditioned segmentation with an atlas (paper 002)",
+                           description="Train an atlas-conditioned LCS network on one dataset with many labels.")
+    p.add_argument("--data", required=True, type=Path, help="one dataset folder")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--atlas-case", help="training case id used as the atlas (default: the first)")
+    p.add_argument("--coarse-map", type=Path,
+                   help="CSV fine_value,coarse_value[,coarse_name]: train on the merged (coarse) labels")
+    p.add_argument("--merge-prob", type=float, default=0.5, help="chance a sample merges two labels (default 0.5)")
+    _add_budget_options(p)
+    p.set_defaults(func=cmd_train_lcs)
+    train_p.set_defaults(func=lambda args: (train_p.print_help(), 2)[1])
+
+    p = subparsers.add_parser("add-task", help="add a task to a label-sharing bundle (incremental learning)",
+                              description="Place a new task on the bundle's size table and fine-tune; the old "
+                              "bundle is left untouched.")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--data", required=True, type=Path, help="the new task's dataset folder")
+    p.add_argument("--out", required=True, type=Path, help="the new bundle")
+    p.add_argument("--replay", nargs="*", type=Path, default=[], help="old tasks' dataset folders to mix in")
+    p.add_argument("--widen", action="store_true", help="allow more labels than the space holds (adds shared labels)")
+    _add_budget_options(p)
+    p.set_defaults(func=cmd_add_task)
+
+    p = subparsers.add_parser("evaluate", help="Dice/HD95 of bundles on the datasets' test cases",
+                              description="Segment every test case through the inference code Slicer uses; write "
+                              "metrics.csv, summary.md and plots.")
+    p.add_argument("bundles", nargs="+", type=Path)
+    p.add_argument("--data", nargs="+", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="report folder")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-hd95", action="store_true", help="skip HD95 (faster)")
+    p.set_defaults(func=cmd_evaluate)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def load_datasets(paths: list[Path]) -> list[NnUNetDataset]:
+    datasets = [require_valid_dataset(p) for p in paths]
+    names = [d.task_name() for d in datasets]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise InputError(f"task names must be unique, but {', '.join(repeated)} appear(s) more than once "
+                         "(set a distinct 'name' in each dataset.json)")
+    return datasets
+
+
+def split_cases(cases, fraction: float, seed: int):
+    """(train, validation) split of training cases, deterministic in the seed; at least one of each when the
+    fraction is positive and there are 3 or more cases."""
+    cases = list(cases)
+    if fraction <= 0 or len(cases) < 3:
+        return cases, []
+    order = np.random.default_rng(seed).permutation(len(cases))
+    n_val = min(len(cases) - 1, max(1, int(round(fraction * len(cases)))))
+    val = {int(i) for i in order[:n_val]}
+    return [c for i, c in enumerate(cases) if i not in val], [c for i, c in enumerate(cases) if i in val]
+
+
+def _label_maps(dataset: NnUNetDataset):
+    for case in dataset.training:
+        yield load_nifti(case.label_path, dtype=np.int32)[0]
+
+
+def task_sizes(dataset: NnUNetDataset):
+    return average_relative_sizes(_label_maps(dataset), dataset.foreground_labels(), dataset.task_name())
+
+
+def detect_dims(dataset: NnUNetDataset) -> tuple[int, list[float], list[int]]:
+    """(spatial dims, median spacing on the model axes, median shape) over the training cases."""
+    import nibabel as nib
+
+    shapes, spacings = [], []
+    for case in dataset.training:
+        header = nib.load(str(case.image_paths[0]))
+        shape = list(header.shape[:3]) + [1] * (3 - len(header.shape[:3]))
+        shapes.append(shape)
+        spacings.append(header.affine)
+    dims = 2 if all(s[2] == 1 for s in shapes) else 3
+    spacing = np.median([spacing_in_model_axes(a, dims) for a in spacings], axis=0).tolist()
+    return dims, [float(s) for s in spacing], [int(s) for s in np.median(shapes, axis=0)]
+
+
+def _preprocessing(args, datasets, factor: int, *, patch_override=None) -> dict:
+    dims, spacing, shape = detect_dims(datasets[0])
+    for other in datasets[1:]:
+        if detect_dims(other)[0] != dims:
+            raise InputError("all tasks must be 2D or all 3D; mixed dimensionality found")
+    spacing = args.spacing or spacing
+    if len(spacing) != dims:
+        raise InputError(f"--spacing needs {dims} values for {dims}D data")
+    patch = patch_override or args.patch
+    if patch is None:
+        cap = 128 if dims == 2 else 64
+        patch = [min(cap, s + (-s) % factor) for s in shape[:dims]]
+    if len(patch) != dims:
+        raise InputError(f"--patch needs {dims} values for {dims}D data")
+    return factory.make_preprocessing(dims, spacing, patch, {"mode": args.intensity}, factor=factor)
+
+
+def _options(args, out: Path, n_train: int, world: int) -> TrainOptions:
+    if args.steps is not None:
+        steps = args.steps
+    elif args.epochs is not None:
+        steps = args.epochs * max(1, -(-n_train // (args.batch * world)))
+    else:
+        steps = 1000
+    if steps < 1 or args.batch < 1:
+        raise InputError("--steps/--epochs and --batch must be positive")
+    return TrainOptions(
+        steps=steps, batch=args.batch, lr=args.lr, weight_decay=args.weight_decay, optimizer=args.optimizer,
+        schedule=args.schedule, warmup=args.warmup, seed=args.seed, amp=args.amp,
+        val_every=args.val_every or max(1, steps // 10), checkpoint_every=args.checkpoint_every,
+        checkpoint_dir=args.checkpoint_dir or out.with_name(out.name + ".training"), resume=args.resume,
+        quiet=args.quiet, tensorboard=args.tensorboard, sleep_per_step=args.sleep_per_step,
+        weights_hash_dir=args.weights_hash_dir)
+
+
+def _check_out(out: Path) -> None:
+    if out.exists():
+        raise InputError(f"{out}: already exists (bundles are never overwritten; choose a new --out)")
+    if not out.parent.is_dir():
+        raise InputError(f"{out.parent}: output folder does not exist; create it first")
+
+
+def _run(method, model, val_items, options: TrainOptions, ctx, run_config: dict):
+    """The shared part of every command: checkpoint folder, fingerprint, loop."""
+    config_path = Path(options.checkpoint_dir) / "config.json"
+    saved = None
+    if options.resume and config_path.is_file():
+        saved = json.loads(config_path.read_text(encoding="utf-8"))
+    if ctx.is_main:
+        Path(options.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        if not options.resume and not (Path(options.checkpoint_dir) / "last.safetensors").exists():
+            config_path.write_text(json.dumps(run_config, indent=2, default=str), encoding="utf-8")
+    ctx.barrier()
+    if ctx.device_note and ctx.is_main and not options.quiet:
+        print(ctx.device_note)
+
+    def describe(_state):
+        if saved is None:
+            return ""
+        current = json.loads(json.dumps(run_config, default=str))
+        differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        return "differing settings: " + ", ".join(differ) if differ else ""
+
+    return train(method, model, val_items, options, ctx, fingerprint(run_config), describe)
+
+
+def _summary(ctx, result, out, options: TrainOptions, extra: str = "") -> None:
+    if not ctx.is_main:
+        return
+    best = f"{result.best_val:.4f} (step {result.best_step})" if result.best_step > 0 else "n/a (no validation cases)"
+    print(f"Trained {result.steps} steps in {result.seconds:.1f} s; loss {result.first_loss:.4f} -> "
+          f"{result.last_loss:.4f}; best validation Dice {best}\nBundle: {out}\n"
+          f"Checkpoints and log.csv: {options.checkpoint_dir}{extra}")
+
+
+def _training_meta(method: str, result, options: TrainOptions, datasets, val_ids, ctx, **extra) -> dict:
+    return {
+        "method": method,
+        "steps": result.steps,
+        "seconds": round(result.seconds, 1),
+        "batch": options.batch,
+        "world_size": ctx.world_size,
+        "lr": options.lr,
+        "optimizer": options.optimizer,
+        "schedule": options.schedule,
+        "seed": options.seed,
+        "datasets": ", ".join(str(d.root) for d in datasets),
+        "validation_cases": sorted(val_ids),
+        "metrics": {"best_val_dice": result.best_val, "best_step": result.best_step,
+                    "final_loss": result.last_loss},
+        **extra,
+    }
+
+
+def _interruptible(fn):
+    def wrapper(*args):
+        try:
+            return fn(*args)
+        except TrainingInterrupted as exc:
+            print(f"lsseg: {exc}")
+            return 130
+    return wrapper
+
+
+# ------------------------------------------------------------------------------------------------ task methods
+
+
+def _task_infos(kind: str, datasets) -> tuple[list, SharedLabelSpace | None]:
+    task_labels = {d.task_name(): d.foreground_labels() for d in datasets}
+    if kind == "labelsharing":
+        space = SharedLabelSpace.build([task_sizes(d) for d in datasets])
+        return factory.labelsharing_tasks(space), space
+    if kind == "multichannel":
+        return factory.multichannel_tasks(task_labels), None
+    return factory.per_task_rank_tasks(task_labels), None
+
+
+def _train_task_model(kind, datasets, tasks, space, args, ctx, out: Path, *, prep=None, config=None,
+                      init_state=None, extra_config=None):
+    channels = list(args.channels)
+    config = config or factory.network_config_for(kind, tasks, 2, channels)
+    factor = downsample_factor(config)
+    prep = prep or _preprocessing(args, datasets, factor)
+    config = complete_config({**config, "spatial_dims": prep["spatial_dims"]})
+    index_of = {t.name: t.index for t in tasks}
+    train_cases, val_cases = [], []
+    for d in datasets:
+        tr, va = split_cases(d.training, args.val_fraction, args.seed)
+        train_cases += [(c, index_of[d.task_name()]) for c in tr]
+        val_cases += [(c, index_of[d.task_name()]) for c in va]
+    options = _options(args, out, len(train_cases), ctx.world_size)
+    method = TaskMethod(kind, tasks, config, prep)
+    items = method.prepare_items(cache_items(train_cases, ToModelGrid(prep), args.cache_workers))
+    val_items = method.prepare_items(cache_items(val_cases, ToModelGrid(prep), args.cache_workers)) if ctx.is_main else []
+    method.make_sampler(items, args.foreground_prob, not args.no_augment)
+    torch.manual_seed(args.seed)
+    model = build_network(config)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    run_config = {"method": kind, "network": config, "preprocessing": prep,
+                  "tasks": [t.to_dict() for t in tasks], "train_cases": [c.case_id for c, _ in train_cases],
+                  "val_cases": [c.case_id for c, _ in val_cases], "batch": options.batch, "lr": options.lr,
+                  "weight_decay": options.weight_decay, "optimizer": options.optimizer, "schedule": options.schedule,
+                  "warmup": options.warmup, "seed": options.seed, "amp": options.amp, "world_size": ctx.world_size,
+                  "foreground_prob": args.foreground_prob, "augment": not args.no_augment, **(extra_config or {})}
+    result = _run(method, model, val_items, options, ctx, run_config)
+    if ctx.is_main:
+        meta = _training_meta(kind, result, options, datasets, [c.case_id for c, _ in val_cases], ctx,
+                              **(extra_config or {}))
+        factory.write_task_bundle(out, kind, tasks, prep, label_space=space, state_dict=result.state_dict,
+                                  network_config=config, name=args.name or out.name, training=meta)
+    ctx.barrier()
+    return result, options
+
+
+@_interruptible
+def cmd_train_tasks(args, kind: str) -> int:
+    _check_out(args.out)
+    datasets = load_datasets(args.data)
+    ctx = setup_distributed(args.device)
+    try:
+        if kind == "individual":
+            if ctx.is_main:
+                args.out.mkdir()
+            ctx.barrier()
+            base_ckpt = args.checkpoint_dir or args.out.with_name(args.out.name + ".training")
+            for d in datasets:
+                tasks, _ = _task_infos(kind, [d])
+                args.checkpoint_dir = base_ckpt / d.task_name()
+                out = args.out / d.task_name()
+                result, options = _train_task_model(kind, [d], tasks, None, args, ctx, out)
+                _summary(ctx, result, out, options)
+            return 0
+        tasks, space = _task_infos(kind, datasets)
+        if space is not None and ctx.is_main and not args.quiet:
+            print(space.format_table())
+        result, options = _train_task_model(kind, datasets, tasks, space, args, ctx, args.out)
+        _summary(ctx, result, args.out, options)
+        return 0
+    finally:
+        ctx.close()
+
+
+# ------------------------------------------------------------------------------------------------ add-task
+
+
+def _widen_state(old_state: dict, new_model: torch.nn.Module) -> dict:
+    """Old weights in the new (possibly wider) network: equal shapes copied; the head's old channels kept."""
+    state = new_model.state_dict()
+    for key, value in old_state.items():
+        if key not in state:
+            continue
+        if state[key].shape == value.shape:
+            state[key] = value.clone()
+        elif key.startswith("head.") and value.shape[1:] == state[key].shape[1:]:
+            state[key][: value.shape[0]] = value
+    return state
+
+
+@_interruptible
+def cmd_add_task(args) -> int:
+    from LabelSharingSegLib.engine.bundle import load_bundle
+
+    _check_out(args.out)
+    bundle = load_bundle(args.bundle)
+    if bundle.kind != "labelsharing":
+        raise InputError(f"{args.bundle}: add-task needs a labelsharing bundle, not {bundle.kind}")
+    new = load_datasets([args.data])[0]
+    replay = load_datasets(args.replay) if args.replay else []
+    for d in replay:
+        if d.task_name() not in bundle.task_names():
+            raise InputError(f"--replay {d.root}: task {d.task_name()!r} is not in the bundle "
+                             f"(its tasks: {', '.join(bundle.task_names())})")
+    if new.task_name() in bundle.task_names():
+        raise LabelSpaceError(f"task {new.task_name()!r} is already in {args.bundle}; rename the new dataset")
+    space = bundle.label_space.place_task(task_sizes(new), widen=args.widen)
+    colors = {t.name: {label.value: label.color for label in t.labels} for t in bundle.tasks}
+    tasks = factory.labelsharing_tasks(space, colors)
+    config = complete_config({**bundle.network_config, "out_channels": space.n_shared + 1})
+    model = build_network(config)
+    init = _widen_state(bundle.state_dict, model)
+    ctx = setup_distributed(args.device)
+    try:
+        if ctx.is_main and not args.quiet:
+            print(space.format_table())
+        result, options = _train_task_model(
+            "labelsharing", [new] + replay, tasks, space, args, ctx, args.out, prep=bundle.preprocessing,
+            config=config, init_state=init, extra_config={"base_bundle": bundle.bundle_id})
+        _summary(ctx, result, args.out, options, f"\nOld bundle untouched: {args.bundle}")
+        return 0
+    finally:
+        ctx.close()
+
+
+# ------------------------------------------------------------------------------------------------ LCS
+
+
+def read_coarse_map(path: Path) -> tuple[dict[int, int], dict[int, str]]:
+    """CSV fine_value,coarse_value[,coarse_name] (header optional) -> (fine->coarse, coarse names)."""
+    if not path.is_file():
+        raise InputError(f"{path}: coarse map not found")
+    mapping, names = {}, {}
+    with open(path, newline="", encoding="utf-8") as handle:
+        for number, row in enumerate(csv.reader(handle), 1):
+            if not row or not "".join(row).strip():
+                continue
+            try:
+                fine, coarse = int(row[0]), int(row[1])
+            except (ValueError, IndexError):
+                if number == 1:
+                    continue  # header
+                raise InputError(f"{path}:{number}: expected fine_value,coarse_value[,coarse_name]") from None
+            if fine <= 0 or coarse <= 0:
+                raise InputError(f"{path}:{number}: label values must be positive")
+            mapping[fine] = coarse
+            if len(row) > 2 and row[2].strip():
+                names[coarse] = row[2].strip()
+    if not mapping:
+        raise InputError(f"{path}: the coarse map holds no rows")
+    return mapping, names
+
+
+@_interruptible
+def cmd_train_lcs(args) -> int:
+    from LabelSharingSegLib.engine.datasets import load_case
+    from LabelSharingSegLib.engine.preprocessing import normalise_intensity, resample_to_grid, to_model_grid
+
+    _check_out(args.out)
+    dataset = load_datasets([args.data])[0]
+    fine_labels = dataset.foreground_labels()
+    coarse_map, coarse_names = read_coarse_map(args.coarse_map) if args.coarse_map else ({}, {})
+    unknown = sorted(set(coarse_map) - set(fine_labels))
+    if unknown:
+        raise InputError(f"{args.coarse_map}: fine values {unknown} are not labels of {dataset.root}")
+    labels: dict[int, str] = {}
+    for value, name in fine_labels.items():
+        target = coarse_map.get(value, value)
+        labels[target] = coarse_names.get(target) or (name if target == value else labels.get(target, f"coarse_{target}"))
+    max_value = max(list(fine_labels) + list(labels))
+    lut = torch.arange(max_value + 1)
+    for fine, coarse in coarse_map.items():
+        lut[fine] = coarse
+    ids = [c.case_id for c in dataset.training]
+    atlas_id = args.atlas_case or ids[0]
+    if atlas_id not in ids:
+        raise InputError(f"--atlas-case {atlas_id!r} is not a training case of {dataset.root}; "
+                         f"choose one of: {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}")
+    atlas_case = dataset.training[ids.index(atlas_id)]
+    channels = list(args.channels)
+    factor = 2 ** (len(channels) - 1)
+    dims, spacing, _ = detect_dims(dataset)
+    spacing = args.spacing or spacing
+    image, label, affine = load_case(atlas_case)
+    raw = image[0][..., None] if image[0].ndim == 2 else image[0]
+    label = label[..., None] if label.ndim == 2 else label
+    probe_prep = {"spatial_dims": dims, "spacing": spacing, "orientation": "RAS", "intensity": {"mode": "none"}}
+    grid = to_model_grid(raw, affine, probe_prep)
+    grid_affine, grid_shape = grid.affine.numpy(), tuple(grid.shape[1:])
+    atlas_raw = resample_to_grid(torch.as_tensor(raw)[None], grid_affine, grid_shape, mode="bilinear",
+                                 src_affine=affine)[0]
+    atlas_fine = resample_to_grid(torch.as_tensor(label.astype(np.float32))[None], grid_affine, grid_shape,
+                                  mode="nearest", src_affine=affine)[0].round().long()
+    atlas_labels = lut[atlas_fine]
+    patch = [s + (-s) % factor for s in grid_shape[:dims]]
+    prep = factory.make_preprocessing(dims, spacing, patch, {"mode": args.intensity}, factor=factor)
+    present = sorted(set(torch.unique(atlas_labels).tolist()) - {0})
+    if not present:
+        raise InputError(f"atlas case {atlas_id!r} has no labels on the model grid")
+    others = [c for c in dataset.training if c.case_id != atlas_id] or [atlas_case]
+    train_cases, val_cases = split_cases(others, args.val_fraction, args.seed)
+    config = factory.network_config_for("lcs", [], dims, channels)
+    atlas_norm = normalise_intensity(atlas_raw, prep["intensity"])[None]
+    method = LCSMethod(atlas_norm, atlas_labels, present, config, prep, merge_prob=args.merge_prob)
+    transform = ToAtlasGrid(prep, grid_affine, grid_shape)
+
+    def mapped(items):
+        for item in items:
+            item["label"] = lut[item["label"].clamp(0, max_value)]
+        return method.prepare_items(items)
+
+    ctx = setup_distributed(args.device)
+    try:
+        items = mapped(cache_items([(c, 0) for c in train_cases], transform, args.cache_workers))
+        val_items = mapped(cache_items([(c, 0) for c in val_cases], transform, args.cache_workers)) if ctx.is_main else []
+        method.make_sampler(items, args.foreground_prob, not args.no_augment)
+        options = _options(args, args.out, len(train_cases), ctx.world_size)
+        torch.manual_seed(args.seed)
+        model = build_network(config)
+        run_config = {"method": "lcs", "network": config, "preprocessing": prep, "atlas_case": atlas_id,
+                      "coarse_map": {str(k): v for k, v in sorted(coarse_map.items())}, "labels": present,
+                      "train_cases": [c.case_id for c in train_cases], "val_cases": [c.case_id for c in val_cases],
+                      "batch": options.batch, "lr": options.lr, "weight_decay": options.weight_decay,
+                      "optimizer": options.optimizer, "schedule": options.schedule, "warmup": options.warmup,
+                      "seed": options.seed, "amp": options.amp, "world_size": ctx.world_size,
+                      "merge_prob": args.merge_prob, "augment": not args.no_augment}
+        result = _run(method, model, val_items, options, ctx, run_config)
+        if ctx.is_main:
+            infos = [LabelInfo(v, labels[v], default_color(v)) for v in present]
+            meta = _training_meta("lcs", result, options, [dataset], [c.case_id for c in val_cases], ctx,
+                                  atlas_case=atlas_id,
+                                  coarse_map=[[f, c] for f, c in sorted(coarse_map.items())],
+                                  fine_labels=[[v, n] for v, n in sorted(fine_labels.items())])
+            factory.write_lcs_bundle(args.out, atlas_raw.numpy(), atlas_labels.numpy().astype(np.int16),
+                                     grid_affine, infos, prep, channels=channels, state_dict=result.state_dict,
+                                     name=args.name or args.out.name, training=meta)
+        ctx.barrier()
+        _summary(ctx, result, args.out, options)
+        return 0
+    finally:
+        ctx.close()
+
+
+# ------------------------------------------------------------------------------------------------ evaluate
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate
+
+    report = evaluate(args.bundles, args.data, args.out, device=args.device, with_hd95=not args.no_hd95)
+    print(report)
+    return 0
+
+
+__all__ = ["register", "TrainingError"]

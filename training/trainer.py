@@ -1,0 +1,274 @@
+"""The shared training loop: optimiser + schedule, mixed precision, DDP, progress bar, CSV log, validation to
+keep the best weights, atomic checkpoints every N steps, exact ``--resume``, Ctrl-C and out-of-memory handling.
+
+The method object (``methods.py``) supplies ``batch(seed, rank, step, batch_size)``, ``loss(model, batch,
+device)`` and ``validate(model, items, device)``; everything else is here.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from LabelSharingSegLib.engine.atomic import write_text_atomic
+from LabelSharingSegLib.engine.errors import LabelSharingSegError
+
+from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from .distributed import DistContext
+
+LOG_FIELDS = ("step", "loss", "lr", "elapsed_s", "samples_per_s", "val_dice")
+
+
+class TrainingError(LabelSharingSegError):
+    """Training cannot start or continue (bad options, out of memory, ...)."""
+
+
+class TrainingInterrupted(LabelSharingSegError):
+    """Ctrl-C: the loop stopped cleanly after writing a checkpoint."""
+
+
+@dataclass
+class TrainOptions:
+    steps: int = 100
+    batch: int = 2
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    schedule: str = "cosine"
+    warmup: int = 0
+    seed: int = 0
+    amp: str = "auto"  # auto (fp16 on CUDA), bf16, off
+    grad_clip: float = 12.0
+    val_every: int = 0  # 0: only at the end
+    checkpoint_every: int = 50
+    checkpoint_dir: Path = Path("checkpoints")
+    resume: bool = False
+    quiet: bool = False
+    tensorboard: bool = False
+    sleep_per_step: float = 0.0  # testing aid (lets a test kill a run mid-way)
+    weights_hash_dir: Path | None = None
+
+
+@dataclass
+class TrainResult:
+    state_dict: dict
+    steps: int
+    seconds: float
+    best_val: float
+    best_step: int
+    first_loss: float
+    last_loss: float
+    losses: list = field(default_factory=list)
+
+
+def learning_rate(options: TrainOptions, step: int) -> float:
+    """Linear warm-up, then cosine / polynomial (nnU-Net's 0.9) decay or constant."""
+    if options.warmup and step < options.warmup:
+        return options.lr * (step + 1) / options.warmup
+    span = max(1, options.steps - options.warmup)
+    progress = min(1.0, (step - options.warmup) / span)
+    if options.schedule == "cosine":
+        return options.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if options.schedule == "poly":
+        return options.lr * (1.0 - progress) ** 0.9
+    return options.lr
+
+
+def make_optimizer(model: torch.nn.Module, options: TrainOptions) -> torch.optim.Optimizer:
+    if options.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    if options.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    raise TrainingError(f"unknown optimizer {options.optimizer!r}; choose adamw or adam")
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == "off":
+        return torch.autocast(device.type, enabled=False)
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    if amp == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom_type is not None and isinstance(exc, oom_type)) or "out of memory" in str(exc).lower()
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class _CsvLog:
+    """log.csv in the checkpoint folder; on resume, rows after the resumed step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        rows = []
+        if resume_step > 0 and path.is_file():
+            with open(path, newline="", encoding="utf-8") as handle:
+                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= resume_step]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=LOG_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text_atomic(path, buffer.getvalue())
+        self.handle = open(path, "a", newline="", encoding="utf-8")
+        self.writer = csv.DictWriter(self.handle, fieldnames=LOG_FIELDS, lineterminator="\n")
+
+    def row(self, **values) -> None:
+        self.writer.writerow({k: values.get(k, "") for k in LOG_FIELDS})
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def train(method, model: torch.nn.Module, val_items: list[dict], options: TrainOptions, ctx: DistContext,
+          config_fingerprint: str, describe=None) -> TrainResult:
+    """Run (or resume) the loop; returns the best (or last, without validation) weights on rank 0."""
+    device = ctx.device
+    model.to(device)
+    optimizer = make_optimizer(model, options)
+    start, best_val, best_step = 0, float("nan"), -1
+    ckpt_dir = Path(options.checkpoint_dir)
+    last_path, best_path = ckpt_dir / LAST, ckpt_dir / BEST
+    if options.resume:
+        state = load_checkpoint(last_path, model, optimizer, config_fingerprint, describe)
+        start, best_val, best_step = int(state["step"]), float(state["best_val"]), int(state["best_step"])
+        if start >= options.steps:
+            raise TrainingError(f"{last_path}: the run already finished {start} of {options.steps} steps; "
+                                "raise --steps to train longer")
+    elif last_path.exists():
+        raise TrainingError(f"{last_path}: a checkpoint of an earlier run exists; pass --resume to continue it "
+                            "or choose another --checkpoint-dir")
+    use_scaler = device.type == "cuda" and options.amp == "auto"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    net = model
+    if ctx.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    log = _CsvLog(ckpt_dir / "log.csv", start) if ctx.is_main else None
+    board = None
+    if options.tensorboard and ctx.is_main:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise TrainingError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
+        board = SummaryWriter(str(ckpt_dir / "tensorboard"))
+    from tqdm import tqdm
+
+    bar = tqdm(total=options.steps, initial=start, unit="step", dynamic_ncols=True,
+               disable=options.quiet or not ctx.is_main or not sys.stderr.isatty())
+    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if options.resume and best_path.is_file():
+        from safetensors.torch import load_file
+
+        best_state = {k[len("model."):]: v for k, v in load_file(str(best_path)).items() if k.startswith("model.")}
+
+    def checkpoint(step: int) -> None:
+        if ctx.is_main:
+            save_checkpoint(last_path, model, optimizer, {"step": step, "best_val": best_val, "best_step": best_step,
+                                                          "scaler": scaler.state_dict() if use_scaler else None},
+                            config_fingerprint)
+
+    if options.resume and use_scaler:
+        state_scaler = state.get("scaler")
+        if state_scaler:
+            scaler.load_state_dict(state_scaler)
+    began = time.time()
+    losses: list[float] = []
+    step = start
+    samples_per_step = options.batch * ctx.world_size
+    try:
+        for step in range(start, options.steps):
+            tick = time.time()
+            lr = learning_rate(options, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            net.train()
+            batch = method.batch(options.seed, ctx.rank, step, options.batch)
+            optimizer.zero_grad(set_to_none=True)
+            with _autocast(device, options.amp):
+                loss = method.loss(net, batch, device)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"the loss became {float(loss)} at step {step + 1}; lower --lr "
+                                    f"(now {options.lr}) or use --amp off")
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            value = loss.detach()
+            if ctx.distributed:
+                torch.distributed.all_reduce(value)
+                value = value / ctx.world_size
+            value = float(value)
+            losses.append(value)
+            done = step + 1
+            val = ""
+            if ctx.is_main and val_items and (done == options.steps or (options.val_every and done % options.val_every == 0)):
+                net.eval()
+                score = method.validate(model, val_items, device)
+                val = f"{score:.4f}"
+                if not math.isnan(score) and (math.isnan(best_val) or score > best_val):
+                    best_val, best_step = score, done
+                    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                    save_checkpoint(best_path, model, None, {"step": done, "val_dice": score}, config_fingerprint)
+            if options.sleep_per_step:
+                time.sleep(options.sleep_per_step)
+            seconds = time.time() - tick
+            if log is not None:
+                log.row(step=done, loss=f"{value:.6f}", lr=f"{lr:.6g}", elapsed_s=f"{time.time() - began:.2f}",
+                        samples_per_s=f"{samples_per_step / max(seconds, 1e-9):.2f}", val_dice=val)
+            if board is not None:
+                board.add_scalar("loss", value, done)
+                if val:
+                    board.add_scalar("val_dice", float(val), done)
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", **({"val": val} if val else {}))
+            if done % max(1, options.checkpoint_every) == 0 or done == options.steps:
+                checkpoint(done)
+            ctx.barrier()
+        step = options.steps
+    except KeyboardInterrupt:
+        bar.close()
+        completed = start + len(losses)
+        checkpoint(completed)
+        raise TrainingInterrupted(
+            f"interrupted at step {completed}; checkpoint saved in {last_path} - run the same command with "
+            "--resume to continue") from None
+    except RuntimeError as exc:
+        if _is_oom(exc):
+            raise TrainingError(
+                f"out of memory on {device}: lower --patch (now {getattr(method, 'patch', 'the full grid')}) or "
+                f"--batch (now {options.batch}), or use --amp bf16 / fewer --channels") from None
+        raise
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+        if board is not None:
+            board.close()
+    if options.weights_hash_dir is not None:
+        Path(options.weights_hash_dir).mkdir(parents=True, exist_ok=True)
+        (Path(options.weights_hash_dir) / f"rank{ctx.rank}.sha256").write_text(weights_hash(model) + "\n")
+    final_state = best_state if best_step > 0 else {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return TrainResult(final_state, step, time.time() - began, best_val, best_step,
+                       losses[0] if losses else float("nan"), losses[-1] if losses else float("nan"), losses)
