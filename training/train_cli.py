@@ -109,7 +109,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--atlas-case", help="training case id used as the atlas (default: the first)")
     p.add_argument("--coarse-map", type=Path,
-                   help="CSV fine_value,coarse_value[,coarse_name]: train on the merged (coarse) labels")
+                   help="CSV fine_value,coarse_value[,coarse_name], or a dataset's label_hierarchy.json: train "
+                   "on the merged (coarse) labels")
     p.add_argument("--merge-prob", type=float, default=0.5, help="chance a sample merges two labels (default 0.5)")
     _add_budget_options(p)
     p.set_defaults(func=cmd_train_lcs)
@@ -424,9 +425,12 @@ def cmd_add_task(args) -> int:
 
 
 def read_coarse_map(path: Path) -> tuple[dict[int, int], dict[int, str]]:
-    """CSV fine_value,coarse_value[,coarse_name] (header optional) -> (fine->coarse, coarse names)."""
+    """CSV fine_value,coarse_value[,coarse_name] (header optional), or the ``label_hierarchy.json`` that
+    ``lsseg data build`` writes beside dataset.json -> (fine->coarse, coarse names)."""
     if not path.is_file():
         raise InputError(f"{path}: coarse map not found")
+    if path.suffix.lower() == ".json":
+        return _read_hierarchy_json(path)
     mapping, names = {}, {}
     with open(path, newline="", encoding="utf-8") as handle:
         for number, row in enumerate(csv.reader(handle), 1):
@@ -445,6 +449,18 @@ def read_coarse_map(path: Path) -> tuple[dict[int, int], dict[int, str]]:
                 names[coarse] = row[2].strip()
     if not mapping:
         raise InputError(f"{path}: the coarse map holds no rows")
+    return mapping, names
+
+
+def _read_hierarchy_json(path: Path) -> tuple[dict[int, int], dict[int, str]]:
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+        mapping = {int(fine): int(coarse) for fine, coarse in table["fine_to_coarse"].items()}
+        names = {int(value): str(name) for name, value in table.get("coarse_labels", {}).items() if int(value) > 0}
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a label hierarchy (expected 'fine_to_coarse'; {exc})") from None
+    if not mapping or any(f <= 0 or c <= 0 for f, c in mapping.items()):
+        raise InputError(f"{path}: the label hierarchy holds no positive fine -> coarse pairs")
     return mapping, names
 
 
