@@ -88,3 +88,22 @@ def test_labels_come_back_onto_the_moved_anatomy(reference, tmp_path):
     # Measured (seeds 11-13): mean Dice 1.00 aligned vs 0.17-0.34 without alignment (3 mm voxels, lobe labels).
     assert dice_aligned > 0.8, per_label
     assert dice_unaligned < dice_aligned - 0.2
+
+
+def test_an_earlier_alignment_is_reused(reference, tmp_path):
+    from lsseg_training.bundle_factory import make_preprocessing, write_lcs_bundle
+
+    image, labels, ref_affine, names = reference
+    infos = [LabelInfo(1, names[0], (0.5, 0.5, 0.5))]
+    path = write_lcs_bundle(tmp_path / "lcs", image, (labels == 1).astype(np.int16), ref_affine, infos,
+                            make_preprocessing(3, [3.0] * 3, [32] * 3), channels=(2, 4, 8))
+    bundle = load_bundle(path)
+    moved = move_off_atlas(image, labels, ref_affine, random_transform(np.random.default_rng(5)))
+    first = segment_atlas_labels(bundle, moved.image, moved.affine, (labels == 1)[None], infos, device="cpu",
+                                 network=MaskEcho())
+    steps = []
+    again = segment_atlas_labels(bundle, moved.image, moved.affine, (labels == 1)[None], infos, device="cpu",
+                                 network=MaskEcho(), align=first.alignment, progress=lambda f, m: steps.append(m))
+    assert again.alignment is first.alignment
+    assert not any("aligning" in m for m in steps)
+    np.testing.assert_array_equal(again.labelmap, first.labelmap)

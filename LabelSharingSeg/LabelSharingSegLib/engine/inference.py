@@ -74,8 +74,11 @@ def _autocast(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
 
-def _align(bundle: Bundle, image: np.ndarray, affine: np.ndarray, align: bool | None, report: _Reporter):
-    """(working affine, alignment or None). ``align=None`` aligns when the bundle carries a reference image."""
+def _align(bundle: Bundle, image: np.ndarray, affine: np.ndarray, align, report: _Reporter):
+    """(working affine, alignment or None). ``align=None`` aligns when the bundle carries a reference image;
+    an :class:`Alignment` from an earlier call on the same scan is reused (no second registration)."""
+    if isinstance(align, Alignment):
+        return align.aligned_affine(affine), align
     if align is None:
         align = bundle.has_reference()
     if not align:
@@ -146,11 +149,12 @@ def segment_task(
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
     network: torch.nn.Module | None = None,
-    align: bool | None = None,
+    align: bool | Alignment | None = None,
 ) -> SegmentationResult:
     """Segment ``task`` on ``image`` (3D [i, j, k], affine voxel -> RAS mm); result on the input grid.
 
-    ``align``: first register the scan to the bundle's reference image (None: when the bundle has one).
+    ``align``: first register the scan to the bundle's reference image (None: when the bundle has one; an
+    ``Alignment`` from an earlier result on the same scan is reused).
     """
     if bundle.kind not in TASK_KINDS:
         raise InputError(f"{bundle.path}: an {bundle.kind} bundle segments atlas labels, not tasks "
@@ -294,11 +298,12 @@ def segment_atlas_labels(
     cancel: CancelCheck | None = None,
     memory_budget_mb: float | None = None,
     network: torch.nn.Module | None = None,
-    align: bool | None = None,
+    align: bool | Alignment | None = None,
 ) -> SegmentationResult:
     """Segment the structures that ``masks`` (K, *atlas grid) outline on the atlas, on a target image.
 
-    ``align``: first register the scan to the atlas image (None: on, for 3D bundles).
+    ``align``: first register the scan to the atlas image (None: on, for 3D bundles; an ``Alignment`` from
+    an earlier result on the same scan is reused).
     """
     if bundle.kind != "lcs":
         raise InputError(f"{bundle.path}: a {bundle.kind} bundle has no atlas; atlas labels need an LCS bundle")
