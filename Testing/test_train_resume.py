@@ -1,8 +1,10 @@
 """A run killed with SIGKILL resumes exactly from its last checkpoint; checkpoints are never half-written;
-resuming another configuration is refused; Ctrl-C stops cleanly with a checkpoint."""
+resuming another configuration is refused; Ctrl-C stops cleanly with a checkpoint; --resume with a larger
+--steps extends a finished run (and recomputes the lr schedule) but still refuses changed semantics."""
 
 from __future__ import annotations
 
+import csv
 import signal
 import time
 
@@ -11,7 +13,8 @@ import torch
 
 from LabelSharingSegLib.engine.bundle import load_bundle
 from lsseg_training.checkpoint import LAST, read_checkpoint, save_checkpoint
-from train_helpers import TINY, lsseg, lsseg_process, phantoms
+from lsseg_training.trainer import TrainOptions, learning_rate
+from train_helpers import TINY, lsseg, lsseg_process, phantoms, tree_hashes
 
 STEPS = 10
 COMMON = ["--steps", STEPS, "--checkpoint-every", 2, "--val-fraction", 0, "--seed", 3]
@@ -119,3 +122,58 @@ def test_ctrl_c_stops_cleanly_with_checkpoint(tmp_path, data):
     _, meta = read_checkpoint(tmp_path / "interrupted.training" / LAST)
     assert 2 <= meta["state"]["step"] < 200
     assert not out.exists()
+
+
+def test_resume_extends_a_finished_run_to_more_steps(tmp_path, data, capsys):
+    base = ["--checkpoint-every", 2, "--val-fraction", 0, "--seed", 3, "--schedule", "constant", *TINY]
+    straight = tmp_path / "straight"
+    assert lsseg("train", "labelsharing", "--data", *data, "--out", straight, "--steps", 5, *base) == 0
+    first = tmp_path / "first"
+    assert lsseg("train", "labelsharing", "--data", *data, "--out", first, "--steps", 3, *base) == 0
+    first_files = tree_hashes(first)
+    capsys.readouterr()
+    # the finished bundle is never overwritten; the error says how to extend into a new one
+    assert lsseg("train", "labelsharing", "--data", *data, "--out", first, "--steps", 5, "--resume", *base) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--checkpoint-dir" in err and "first.training" in err
+
+    extended = tmp_path / "extended"
+    ckpt = tmp_path / "first.training"
+    assert lsseg("train", "labelsharing", "--data", *data, "--out", extended, "--steps", 5, "--checkpoint-dir", ckpt,
+                 "--resume", *base) == 0
+    a, b = load_bundle(straight).state_dict, load_bundle(extended).state_dict
+    for key in a:  # 3 steps + 2 more steps == 5 steps in one go
+        assert torch.equal(a[key], b[key]), key
+    assert load_bundle(extended).manifest["training"]["steps"] == 5
+    assert read_checkpoint(ckpt / LAST)[1]["state"]["step"] == 5
+    rows = (ckpt / "log.csv").read_text().strip().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3, 4, 5]
+    assert tree_hashes(first) == first_files
+    capsys.readouterr()
+
+    # as many steps as already trained: nothing to do, said so
+    assert lsseg("train", "labelsharing", "--data", *data, "--out", tmp_path / "x", "--steps", 5,
+                 "--checkpoint-dir", ckpt, "--resume", *base) == 2
+    assert "already finished 5 steps" in capsys.readouterr().err
+    # more steps do not excuse a change of the run's semantics
+    for changed in (["--batch", "1"], ["--lr", "0.002"], ["--seed", "4"], ["--channels", "4,8,8"]):
+        assert lsseg("train", "labelsharing", "--data", *data, "--out", tmp_path / "y", "--steps", 8,
+                     "--checkpoint-dir", ckpt, "--resume", *base, *changed) == 2
+        err = capsys.readouterr().err
+        assert "different training run" in err, changed
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_extended_run_recomputes_the_lr_schedule(tmp_path, data):
+    base = ["--val-fraction", 0, "--lr", "0.001", "--schedule", "cosine", *TINY]
+    ckpt = tmp_path / "ck"
+    assert lsseg("train", "multichannel", "--data", data[0], "--out", tmp_path / "a", "--steps", 2,
+                 "--checkpoint-dir", ckpt, *base) == 0
+    assert lsseg("train", "multichannel", "--data", data[0], "--out", tmp_path / "b", "--steps", 4,
+                 "--checkpoint-dir", ckpt, "--resume", *base) == 0
+    with open(ckpt / "log.csv", newline="") as handle:
+        lrs = [float(r["lr"]) for r in csv.DictReader(handle)]
+    old, new = TrainOptions(steps=2, lr=1e-3), TrainOptions(steps=4, lr=1e-3)
+    expected = [learning_rate(old, 0), learning_rate(old, 1), learning_rate(new, 2), learning_rate(new, 3)]
+    assert lrs == pytest.approx(expected, rel=1e-5)
+    assert lrs[2] > 0 and learning_rate(old, 2) == 0.0  # the old 2-step schedule would have ended at 0

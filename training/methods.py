@@ -7,7 +7,8 @@ the loss, and the validation score. The data pipeline, optimiser and loop are sh
   cross-entropy + soft Dice (batch Dice over the task's foreground channels).
 * LCS (paper 002): each sample draws a random atlas label and, with probability 0.5, merges it with a second
   one; the network gets the atlas image + that label's atlas mask and is trained with soft Dice on the
-  conditioned label only.
+  conditioned label only. Its inputs are normalised and padded (centred, with the engine's own helpers) exactly
+  as ``PreparedLCS`` prepares them at inference.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from LabelSharingSegLib.engine.bundle import TaskInfo
+# The LCS network input is padded exactly as inference pads it (centred); these helpers are the engine's own.
+from LabelSharingSegLib.engine.inference import _crop, _pad, _pad_amounts
 from LabelSharingSegLib.engine.networks import downsample_factor
+from LabelSharingSegLib.engine.preprocessing import normalise_intensity
 
 from .metrics import dice as dice_score
-from .samples import PatchSampler, build_augmentation, pad_to, step_rng
+from .samples import PatchSampler, build_augmentation, step_rng
 
 MASKED_LOGIT = -1.0e4  # fits float16 and bfloat16
 
@@ -148,25 +152,40 @@ class TaskMethod:
 
 
 class LCSMethod:
-    """Label conditioned segmentation: whole atlas-grid volumes (the conditioning is spatial)."""
+    """Label conditioned segmentation: whole atlas-grid volumes (the conditioning is spatial).
 
-    def __init__(self, atlas_image: torch.Tensor, atlas_label: torch.Tensor, label_values: list[int],
+    Network inputs are built exactly as ``PreparedLCS`` (inference) builds them: the atlas image is intensity-
+    normalised on the atlas grid, 2D drops the singleton slice axis, and every volume (target, atlas image,
+    atlas masks) is zero-padded *centred* to the pooling factor with the engine's ``_pad_amounts``/``_pad``.
+    """
+
+    def __init__(self, atlas_raw: torch.Tensor, atlas_label: torch.Tensor, label_values: list[int],
                  network_config: dict, prep: dict, merge_prob: float = 0.5):
+        """``atlas_raw``: the atlas image on its grid, (X, Y, Z), before normalisation (as the bundle stores
+        it); ``atlas_label``: (X, Y, Z) label values on the same grid."""
         self.factor = downsample_factor(network_config)
         self.spatial_dims = prep["spatial_dims"]
         self.values = [int(v) for v in label_values]
         self.merge_prob = merge_prob
         self.grid = tuple(int(s) for s in atlas_label.shape)
-        self.atlas_image = self._to_net(atlas_image)  # (C, *net grid)
-        self.atlas_label = self._to_net(atlas_label[None].float())[0].long()
+        net_grid = self.grid[:2] if self.spatial_dims == 2 else self.grid
+        self.pads = _pad_amounts(net_grid, self.factor)
+        atlas_norm = normalise_intensity(torch.as_tensor(atlas_raw), prep.get("intensity", {}))
+        self.atlas_image = self._to_net(atlas_norm[None])  # (1, *net grid)
+        self.atlas_label = self._to_net(torch.as_tensor(atlas_label)[None].float())[0].long()
 
     def _to_net(self, volume: torch.Tensor) -> torch.Tensor:
-        """(C, X, Y, Z) on the atlas grid -> (C, *net grid): 2D drops the singleton slice axis; padded at the
-        far end to the pooling factor (inference pads centred; padding is background either way)."""
+        """(C, X, Y, Z) on the atlas grid -> (C, *net grid): 2D drops the singleton slice axis, then centred zero
+        padding to the pooling factor (the same amounts inference uses, so no voxel shifts between them)."""
         if self.spatial_dims == 2:
             volume = volume[..., 0]
-        shape = [s + (-s) % self.factor for s in volume.shape[1:]]
-        return pad_to(volume, shape)
+        if tuple(volume.shape[1:]) != (self.grid[:2] if self.spatial_dims == 2 else self.grid):
+            raise ValueError(f"volume of shape {tuple(volume.shape[1:])} is not on the atlas grid {self.grid}")
+        return _pad(volume[None], self.pads)[0]
+
+    def crop(self, volume: torch.Tensor) -> torch.Tensor:
+        """Undo ``_to_net``'s padding on the trailing spatial axes (as inference crops its probabilities)."""
+        return _crop(volume, self.pads)
 
     def prepare_items(self, items: list[dict]) -> list[dict]:
         for item in items:
@@ -220,9 +239,10 @@ class LCSMethod:
         for item in items:
             encoded = net.encode(item["image"][None].to(device))
             masks = torch.stack([(self.atlas_label == v)[None].float() for v in self.values]).to(device)
-            logits = net.decode_conditioned(encoded, net.condition(atlas, masks)).float().cpu()
+            logits = self.crop(net.decode_conditioned(encoded, net.condition(atlas, masks)).float().cpu())
+            truth = self.crop(item["label"])  # scored on the atlas grid, as inference crops the padding away
             for k, value in enumerate(self.values):
-                score = dice_score((logits[k, 0] > 0).numpy(), (item["label"] == value).numpy())
+                score = dice_score((logits[k, 0] > 0).numpy(), (truth == value).numpy())
                 if not math.isnan(score):
                     scores.append(score)
         return float(np.mean(scores)) if scores else float("nan")

@@ -48,9 +48,24 @@ def _float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected numbers like 1,1,1, got {text!r}") from None
 
 
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected minutes like 30 or 0.5, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"the time limit must be a positive number of minutes, got {text!r}")
+    return value
+
+
 def _add_budget_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("budget and optimisation")
-    g.add_argument("--steps", type=int, help="optimiser steps (default 1000; overrides --epochs)")
+    g.add_argument("--steps", type=int, help="optimiser steps (default 1000; overrides --epochs). With --resume it "
+                   "may be raised to extend a run; the learning-rate schedule is then recomputed for the new total")
+    g.add_argument("--time-limit", type=_minutes, metavar="MINUTES",
+                   help="stop the training loop after MINUTES (checked after every step): validate once more, keep "
+                   "the best weights, write the checkpoint and the bundle, and report the step reached. Counts "
+                   "loop time of this invocation (not data loading); `individual` shares it between the tasks")
     g.add_argument("--epochs", type=int, help="passes over the training cases (steps = epochs x cases / global batch)")
     g.add_argument("--batch", type=int, default=2, help="samples per step and process (default 2)")
     g.add_argument("--patch", type=_int_list, help="patch size, e.g. 64,64,64 (3D) or 128,128 (2D); "
@@ -204,7 +219,10 @@ def _preprocessing(args, datasets, factor: int, *, patch_override=None) -> dict:
     return factory.make_preprocessing(dims, spacing, patch, {"mode": args.intensity}, factor=factor)
 
 
-def _options(args, out: Path, n_train: int, world: int) -> TrainOptions:
+def _options(args, out: Path, n_train: int, world: int, time_limit_s: float | None = None) -> TrainOptions:
+    """TrainOptions from the command line; ``time_limit_s`` overrides ``--time-limit`` (``individual``'s share)."""
+    if time_limit_s is None and args.time_limit is not None:
+        time_limit_s = args.time_limit * 60.0
     if args.steps is not None:
         steps = args.steps
     elif args.epochs is not None:
@@ -219,18 +237,35 @@ def _options(args, out: Path, n_train: int, world: int) -> TrainOptions:
         val_every=args.val_every or max(1, steps // 10), checkpoint_every=args.checkpoint_every,
         checkpoint_dir=args.checkpoint_dir or out.with_name(out.name + ".training"), resume=args.resume,
         quiet=args.quiet, tensorboard=args.tensorboard, sleep_per_step=args.sleep_per_step,
-        weights_hash_dir=args.weights_hash_dir)
+        weights_hash_dir=args.weights_hash_dir,
+        time_limit=None if time_limit_s is None else max(0.0, time_limit_s))
 
 
-def _check_out(out: Path) -> None:
+def _check_out(out: Path, args=None) -> None:
     if out.exists():
-        raise InputError(f"{out}: already exists (bundles are never overwritten; choose a new --out)")
+        hint = "choose a new --out"
+        if args is not None and args.resume and args.checkpoint_dir is None:
+            # the default checkpoint folder follows --out: extending a finished run names the old one
+            hint = (f"to extend the finished run into a new bundle, pass a new --out and --checkpoint-dir "
+                    f"{out.with_name(out.name + '.training')} with --resume and a larger --steps")
+        raise InputError(f"{out}: already exists (bundles are never overwritten; {hint})")
     if not out.parent.is_dir():
         raise InputError(f"{out.parent}: output folder does not exist; create it first")
 
 
+# What ``--resume`` may change: how long to train and how the run is watched. They are never part of the run
+# configuration, so they are not fingerprinted; everything in ``run_config`` (method, network, preprocessing,
+# tasks, case split, batch, optimiser, lr, schedule kind, warm-up, seed, amp, world size, sampling, augmentation)
+# must match the checkpoint. A larger --steps continues the run; the lr schedule is recomputed for the new total.
+RESUME_MAY_CHANGE = ("steps", "epochs", "time_limit", "val_every", "checkpoint_every", "quiet", "tensorboard",
+                     "name", "out", "device", "cache_workers")
+
+
 def _run(method, model, val_items, options: TrainOptions, ctx, run_config: dict):
     """The shared part of every command: checkpoint folder, fingerprint, loop."""
+    leaked = sorted(set(run_config) & set(RESUME_MAY_CHANGE))
+    if leaked:  # a programming error: these would make extending a run impossible
+        raise TrainingError(f"internal: run configuration must not hold {', '.join(leaked)}")
     config_path = Path(options.checkpoint_dir) / "config.json"
     saved = None
     if options.resume and config_path.is_file():
@@ -257,7 +292,12 @@ def _summary(ctx, result, out, options: TrainOptions, extra: str = "") -> None:
     if not ctx.is_main:
         return
     best = f"{result.best_val:.4f} (step {result.best_step})" if result.best_step > 0 else "n/a (no validation cases)"
-    print(f"Trained {result.steps} steps in {result.seconds:.1f} s; loss {result.first_loss:.4f} -> "
+    stopped = ""
+    if result.stopped_by_time:
+        stopped = (f"Time limit ({options.time_limit / 60:g} min) reached: stopped at step {result.steps} of "
+                   f"{result.planned_steps}; the bundle holds the best weights so far (continue with a new --out, "
+                   f"--checkpoint-dir {options.checkpoint_dir} --resume)\n")
+    print(f"{stopped}Trained {result.steps} steps in {result.seconds:.1f} s; loss {result.first_loss:.4f} -> "
           f"{result.last_loss:.4f}; best validation Dice {best}\nBundle: {out}\n"
           f"Checkpoints and log.csv: {options.checkpoint_dir}{extra}")
 
@@ -275,6 +315,9 @@ def _training_meta(method: str, result, options: TrainOptions, datasets, val_ids
         "seed": options.seed,
         "datasets": ", ".join(str(d.root) for d in datasets),
         "validation_cases": sorted(val_ids),
+        "planned_steps": result.planned_steps,
+        "stopped_by": "time_limit" if result.stopped_by_time else "steps",
+        "time_limit_min": None if options.time_limit is None else round(options.time_limit / 60.0, 4),
         "metrics": {"best_val_dice": result.best_val, "best_step": result.best_step,
                     "final_loss": result.last_loss},
         **extra,
@@ -305,7 +348,7 @@ def _task_infos(kind: str, datasets) -> tuple[list, SharedLabelSpace | None]:
 
 
 def _train_task_model(kind, datasets, tasks, space, args, ctx, out: Path, *, prep=None, config=None,
-                      init_state=None, extra_config=None):
+                      init_state=None, extra_config=None, time_limit_s=None):
     channels = list(args.channels)
     config = config or factory.network_config_for(kind, tasks, 2, channels)
     factor = downsample_factor(config)
@@ -317,7 +360,7 @@ def _train_task_model(kind, datasets, tasks, space, args, ctx, out: Path, *, pre
         tr, va = split_cases(d.training, args.val_fraction, args.seed)
         train_cases += [(c, index_of[d.task_name()]) for c in tr]
         val_cases += [(c, index_of[d.task_name()]) for c in va]
-    options = _options(args, out, len(train_cases), ctx.world_size)
+    options = _options(args, out, len(train_cases), ctx.world_size, time_limit_s)
     method = TaskMethod(kind, tasks, config, prep)
     items = method.prepare_items(cache_items(train_cases, ToModelGrid(prep), args.cache_workers))
     val_items = method.prepare_items(cache_items(val_cases, ToModelGrid(prep), args.cache_workers)) if ctx.is_main else []
@@ -344,7 +387,7 @@ def _train_task_model(kind, datasets, tasks, space, args, ctx, out: Path, *, pre
 
 @_interruptible
 def cmd_train_tasks(args, kind: str) -> int:
-    _check_out(args.out)
+    _check_out(args.out, args)
     datasets = load_datasets(args.data)
     ctx = setup_distributed(args.device)
     try:
@@ -353,11 +396,14 @@ def cmd_train_tasks(args, kind: str) -> int:
                 args.out.mkdir()
             ctx.barrier()
             base_ckpt = args.checkpoint_dir or args.out.with_name(args.out.name + ".training")
-            for d in datasets:
+            deadline = None if args.time_limit is None else time.time() + args.time_limit * 60.0
+            for k, d in enumerate(datasets):
                 tasks, _ = _task_infos(kind, [d])
                 args.checkpoint_dir = base_ckpt / d.task_name()
                 out = args.out / d.task_name()
-                result, options = _train_task_model(kind, [d], tasks, None, args, ctx, out)
+                # each task gets an equal share of what is left, so time a task does not use passes on
+                share = None if deadline is None else (deadline - time.time()) / (len(datasets) - k)
+                result, options = _train_task_model(kind, [d], tasks, None, args, ctx, out, time_limit_s=share)
                 _summary(ctx, result, out, options)
             return 0
         tasks, space = _task_infos(kind, datasets)
@@ -390,7 +436,7 @@ def _widen_state(old_state: dict, new_model: torch.nn.Module) -> dict:
 def cmd_add_task(args) -> int:
     from LabelSharingSegLib.engine.bundle import load_bundle
 
-    _check_out(args.out)
+    _check_out(args.out, args)
     bundle = load_bundle(args.bundle)
     if bundle.kind != "labelsharing":
         raise InputError(f"{args.bundle}: add-task needs a labelsharing bundle, not {bundle.kind}")
@@ -467,9 +513,9 @@ def _read_hierarchy_json(path: Path) -> tuple[dict[int, int], dict[int, str]]:
 @_interruptible
 def cmd_train_lcs(args) -> int:
     from LabelSharingSegLib.engine.datasets import load_case
-    from LabelSharingSegLib.engine.preprocessing import normalise_intensity, resample_to_grid, to_model_grid
+    from LabelSharingSegLib.engine.preprocessing import resample_to_grid, to_model_grid
 
-    _check_out(args.out)
+    _check_out(args.out, args)
     dataset = load_datasets([args.data])[0]
     fine_labels = dataset.foreground_labels()
     coarse_map, coarse_names = read_coarse_map(args.coarse_map) if args.coarse_map else ({}, {})
@@ -513,8 +559,7 @@ def cmd_train_lcs(args) -> int:
     others = [c for c in dataset.training if c.case_id != atlas_id] or [atlas_case]
     train_cases, val_cases = split_cases(others, args.val_fraction, args.seed)
     config = factory.network_config_for("lcs", [], dims, channels)
-    atlas_norm = normalise_intensity(atlas_raw, prep["intensity"])[None]
-    method = LCSMethod(atlas_norm, atlas_labels, present, config, prep, merge_prob=args.merge_prob)
+    method = LCSMethod(atlas_raw, atlas_labels, present, config, prep, merge_prob=args.merge_prob)
     transform = ToAtlasGrid(prep, grid_affine, grid_shape)
 
     def mapped(items):

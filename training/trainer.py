@@ -1,5 +1,10 @@
 """The shared training loop: optimiser + schedule, mixed precision, DDP, progress bar, CSV log, validation to
-keep the best weights, atomic checkpoints every N steps, exact ``--resume``, Ctrl-C and out-of-memory handling.
+keep the best weights, atomic checkpoints every N steps, exact ``--resume``, a time limit, Ctrl-C and
+out-of-memory handling.
+
+The time limit (``TrainOptions.time_limit``, seconds of loop time in this invocation) is checked after every
+step; when it has passed, the loop validates once more, writes the checkpoint and returns normally with
+``TrainResult.stopped_by_time`` set. Under DDP rank 0 decides and broadcasts, so every rank stops at the same step.
 
 The method object (``methods.py``) supplies ``batch(seed, rank, step, batch_size)``, ``loss(model, batch,
 device)`` and ``validate(model, items, device)``; everything else is here.
@@ -55,6 +60,7 @@ class TrainOptions:
     quiet: bool = False
     tensorboard: bool = False
     sleep_per_step: float = 0.0  # testing aid (lets a test kill a run mid-way)
+    time_limit: float | None = None  # seconds of training loop; None: no limit
     weights_hash_dir: Path | None = None
 
 
@@ -68,6 +74,8 @@ class TrainResult:
     first_loss: float
     last_loss: float
     losses: list = field(default_factory=list)
+    planned_steps: int = 0
+    stopped_by_time: bool = False  # the time limit ended the run before ``planned_steps``
 
 
 def learning_rate(options: TrainOptions, step: int) -> float:
@@ -152,8 +160,9 @@ def train(method, model: torch.nn.Module, val_items: list[dict], options: TrainO
         state = load_checkpoint(last_path, model, optimizer, config_fingerprint, describe)
         start, best_val, best_step = int(state["step"]), float(state["best_val"]), int(state["best_step"])
         if start >= options.steps:
-            raise TrainingError(f"{last_path}: the run already finished {start} of {options.steps} steps; "
-                                "raise --steps to train longer")
+            raise TrainingError(f"{last_path}: the run already finished {start} steps, so --steps {options.steps} "
+                                f"adds none; pass --steps larger than {start} to extend it (the learning-rate "
+                                "schedule is recomputed for the new total)")
     elif last_path.exists():
         raise TrainingError(f"{last_path}: a checkpoint of an earlier run exists; pass --resume to continue it "
                             "or choose another --checkpoint-dir")
@@ -194,7 +203,8 @@ def train(method, model: torch.nn.Module, val_items: list[dict], options: TrainO
             scaler.load_state_dict(state_scaler)
     began = time.time()
     losses: list[float] = []
-    step = start
+    completed = start
+    stopped_by_time = False
     samples_per_step = options.batch * ctx.world_size
     try:
         for step in range(start, options.steps):
@@ -222,8 +232,13 @@ def train(method, model: torch.nn.Module, val_items: list[dict], options: TrainO
             value = float(value)
             losses.append(value)
             done = step + 1
+            if options.sleep_per_step:
+                time.sleep(options.sleep_per_step)
+            if options.time_limit is not None and done < options.steps:
+                stopped_by_time = ctx.broadcast_flag(time.time() - began >= options.time_limit)
+            last_step = done == options.steps or stopped_by_time
             val = ""
-            if ctx.is_main and val_items and (done == options.steps or (options.val_every and done % options.val_every == 0)):
+            if ctx.is_main and val_items and (last_step or (options.val_every and done % options.val_every == 0)):
                 net.eval()
                 score = method.validate(model, val_items, device)
                 val = f"{score:.4f}"
@@ -231,8 +246,6 @@ def train(method, model: torch.nn.Module, val_items: list[dict], options: TrainO
                     best_val, best_step = score, done
                     best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
                     save_checkpoint(best_path, model, None, {"step": done, "val_dice": score}, config_fingerprint)
-            if options.sleep_per_step:
-                time.sleep(options.sleep_per_step)
             seconds = time.time() - tick
             if log is not None:
                 log.row(step=done, loss=f"{value:.6f}", lr=f"{lr:.6g}", elapsed_s=f"{time.time() - began:.2f}",
@@ -243,10 +256,12 @@ def train(method, model: torch.nn.Module, val_items: list[dict], options: TrainO
                     board.add_scalar("val_dice", float(val), done)
             bar.update(1)
             bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", **({"val": val} if val else {}))
-            if done % max(1, options.checkpoint_every) == 0 or done == options.steps:
+            completed = done
+            if done % max(1, options.checkpoint_every) == 0 or last_step:
                 checkpoint(done)
             ctx.barrier()
-        step = options.steps
+            if stopped_by_time:
+                break
     except KeyboardInterrupt:
         bar.close()
         completed = start + len(losses)
@@ -270,5 +285,6 @@ def train(method, model: torch.nn.Module, val_items: list[dict], options: TrainO
         Path(options.weights_hash_dir).mkdir(parents=True, exist_ok=True)
         (Path(options.weights_hash_dir) / f"rank{ctx.rank}.sha256").write_text(weights_hash(model) + "\n")
     final_state = best_state if best_step > 0 else {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return TrainResult(final_state, step, time.time() - began, best_val, best_step,
-                       losses[0] if losses else float("nan"), losses[-1] if losses else float("nan"), losses)
+    return TrainResult(final_state, completed, time.time() - began, best_val, best_step,
+                       losses[0] if losses else float("nan"), losses[-1] if losses else float("nan"), losses,
+                       planned_steps=options.steps, stopped_by_time=stopped_by_time)

@@ -1,0 +1,92 @@
+"""The LCS network sees the same input in training as at inference: the target, the atlas image and the atlas
+masks that ``lsseg train lcs`` feeds the network equal what ``PreparedLCS`` (the inference path Slicer uses)
+builds for the same image - same centred padding, same intensity normalisation - within 1e-5."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lsseg_training.train_cli as train_cli
+from LabelSharingSegLib.engine.bundle import load_bundle
+from LabelSharingSegLib.engine.datasets import load_case, read_dataset
+from LabelSharingSegLib.engine.inference import PreparedLCS
+from lsseg_training.methods import LCSMethod
+from lsseg_training.samples import ToAtlasGrid, cache_items
+from train_helpers import TINY, lsseg, phantoms
+
+
+def _first_channel(image: np.ndarray) -> np.ndarray:
+    return image[0][..., None] if image[0].ndim == 2 else image[0]
+
+
+@pytest.mark.parametrize("dims,size", [(2, 30), (3, 18)])
+def test_training_lcs_input_equals_inference_input(tmp_path, monkeypatch, dims, size):
+    # 30 (2D) and 18 (3D) are not multiples of the pooling factor 4: two voxels of padding per axis, which
+    # inference splits (1, 1); padding at the far end (0, 2) would shift every voxel by one
+    data = phantoms(tmp_path / "data", tasks=1, dims=dims, size=size, cases=3, test_cases=1)
+    seen = {}
+    real_train = train_cli.train
+
+    def recording_train(method, model, val_items, options, ctx, *args, **kwargs):
+        seen["method"], seen["val_items"] = method, val_items
+        return real_train(method, model, val_items, options, ctx, *args, **kwargs)
+
+    monkeypatch.setattr(train_cli, "train", recording_train)
+    out = tmp_path / "lcs"
+    assert lsseg("train", "lcs", "--data", data[0], "--out", out, "--steps", 1, *TINY) == 0
+    method: LCSMethod = seen["method"]
+    bundle = load_bundle(out)
+    assert method.pads == [(1, 1)] * dims
+
+    dataset = read_dataset(data[0])
+    by_id = {c.case_id: c for c in dataset.training + dataset.test}
+    checked = 0
+    for item in method.items + seen["val_items"]:
+        case = item["case"]
+        image, label, affine = load_case(by_id[case.case_id])
+        prepared = PreparedLCS(bundle, _first_channel(image), affine, torch.device("cpu"))
+        assert item["image"].shape == prepared.target[0].shape
+        assert torch.allclose(item["image"], prepared.target[0], atol=1e-5), case.case_id
+        checked += 1
+    assert checked == 3 - 1  # every training and validation case except the atlas
+
+    # the atlas image and its masks, as the network's conditioning receives them
+    assert method.atlas_image.shape == prepared.atlas[0].shape
+    assert torch.allclose(method.atlas_image, prepared.atlas[0], atol=1e-5)
+    atlas_labels, _, infos = bundle.atlas_labels()
+    masks = np.stack([atlas_labels == info.value for info in infos])
+    inference_masks = prepared.masks_tensor(masks)[:, 0]
+    training_masks = torch.stack([(method.atlas_label == info.value).float() for info in infos])
+    assert torch.equal(training_masks, inference_masks)
+
+    # the padding is centred: the first and last voxel of every padded axis are zero, the content is unshifted
+    unpadded = method.crop(method.atlas_label[None])[0]
+    expected = torch.as_tensor(atlas_labels[..., 0] if dims == 2 else atlas_labels).long()
+    assert torch.equal(unpadded, expected)
+    for axis in range(dims):
+        assert not method.atlas_label.select(axis, 0).any() and not method.atlas_label.select(axis, -1).any()
+
+
+def test_lcs_input_for_a_new_image_matches_prepared_lcs(tmp_path):
+    """The training transform applied to a test case (never seen in training) equals the inference input."""
+    data = phantoms(tmp_path / "data", tasks=1, dims=2, size=30, cases=3, test_cases=1)
+    out = tmp_path / "lcs"
+    assert lsseg("train", "lcs", "--data", data[0], "--out", out, "--steps", 1, "--intensity", "percentile",
+                 *TINY) == 0
+    bundle = load_bundle(out)
+    atlas_raw, atlas_affine = bundle.atlas_image()
+    atlas_labels, _, infos = bundle.atlas_labels()
+    prep = bundle.preprocessing
+    assert prep["intensity"]["mode"] == "percentile"
+    method = LCSMethod(torch.as_tensor(atlas_raw), torch.as_tensor(atlas_labels), [i.value for i in infos],
+                       bundle.network_config, prep)
+    case = read_dataset(data[0]).test[0]
+    item = method.prepare_items(cache_items([(case, 0)], ToAtlasGrid(prep, atlas_affine, atlas_raw.shape)))[0]
+    image, _, affine = load_case(case)
+    prepared = PreparedLCS(bundle, _first_channel(image), affine, torch.device("cpu"))
+    assert torch.allclose(item["image"], prepared.target[0], atol=1e-5)
+    assert torch.allclose(method.atlas_image, prepared.atlas[0], atol=1e-5)
+    # and the value range really is the percentile one (normalisation applied once, not twice or never)
+    assert float(item["image"].max()) <= 1.0 + 1e-6 and float(item["image"].min()) >= 0.0
