@@ -119,8 +119,9 @@ def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95):
                 if not fine_mask.any():
                     continue
                 fine_info = LabelInfo(fine, fine_names.get(fine, f"label_{fine}"), (1.0, 0.0, 0.0))
+                # the scan was aligned once above; every fine label reuses that alignment
                 single = segment_atlas_labels(bundle, volume, affine, fine_mask[None], [fine_info],
-                                              device=str(device), network=network)
+                                              device=str(device), network=network, align=result.alignment)
                 table1.append({
                     "method": method, "task": task, "case": case.case_id, "coarse_value": coarse,
                     "coarse_name": next((i.name for i in infos if i.value == coarse), str(coarse)),
