@@ -160,6 +160,11 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.initializeParameterNode()
         demo = self._demoBundlePaths()
+        self.ui.shippedBundleComboBox.addItem("Shipped models..." if demo else "No shipped models", "")
+        for path in demo:
+            self.ui.shippedBundleComboBox.addItem(os.path.basename(path), path)
+        self.ui.shippedBundleComboBox.setEnabled(bool(demo))
+        self.ui.shippedBundleComboBox.connect("currentIndexChanged(int)", self.onShippedBundleChosen)
         if not self.ui.bundlePathLineEdit.currentPath and demo:
             self.ui.bundlePathLineEdit.currentPath = demo[0]
         self._updatePackagesStatus()
@@ -264,6 +269,12 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             except Exception as error:
                 self._showError("Installing Python packages failed", error)
         self._updatePackagesStatus()
+
+    def onShippedBundleChosen(self, index):
+        path = self.ui.shippedBundleComboBox.itemData(index)
+        if path:
+            self.ui.bundlePathLineEdit.currentPath = path
+            self.onLoadBundle()
 
     def onLoadBundle(self):
         if not self._updatePackagesStatus():

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the shipped demo bundles (LabelSharingSeg/Resources/Bundles) on a CPU: builds the demo data
 # exactly as `lsseg demo` does (seed 0), trains both bundles and evaluates them on the held-out test cases.
-# About 30-40 minutes on 2 CPU cores. Usage: bash scripts/train_demo_bundles.sh [WORK_DIR]
+# About an hour on 2 CPU cores (each training run also stops at its --time-limit). Usage: bash scripts/train_demo_bundles.sh [WORK_DIR]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$(bash "$root/scripts/bootstrap.sh" | tail -n 1)"
@@ -14,11 +14,11 @@ cd "$work"
   "$lsseg" data build --set brain-aal --out data --cases 20 --test-cases 5 --spacing 2 --seed 0
 "$lsseg" train labelsharing \
   --data data/Dataset811_AxialTissue data/Dataset812_SagittalLobes data/Dataset813_CoronalSubcortical \
-  --out labelsharing-multitask --steps 2000 --batch 8 --patch 96,96 --spacing 1.5,1.5 --seed 0 \
+  --out labelsharing-multitask --steps 6000 --batch 8 --patch 96,96 --spacing 1.5,1.5 --seed 0 --time-limit 20 \
   --name "Label sharing: brain slices (axial tissue, sagittal lobes, coronal subcortical)" --quiet
 "$lsseg" train lcs --data data/Dataset801_BrainAAL \
   --coarse-map data/Dataset801_BrainAAL/label_hierarchy.json \
-  --out lcs-brain-aal --steps 800 --spacing 3,3,3 --seed 0 \
+  --out lcs-brain-aal --steps 1800 --spacing 3,3,3 --seed 0 --time-limit 45 \
   --name "LCS: brain atlas (AAL lobes, draw finer regions)" --quiet
 "$lsseg" evaluate labelsharing-multitask \
   --data data/Dataset811_AxialTissue data/Dataset812_SagittalLobes data/Dataset813_CoronalSubcortical \
