@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from LabelSharingSegLib.engine.bundle import TaskInfo
 # The LCS network input is padded exactly as inference pads it (centred); these helpers are the engine's own.
-from LabelSharingSegLib.engine.inference import _crop, _pad, _pad_amounts
+from LabelSharingSegLib.engine.preprocessing import centred_pad_amounts, crop_spatial, pad_spatial
 from LabelSharingSegLib.engine.networks import downsample_factor
 from LabelSharingSegLib.engine.preprocessing import normalise_intensity
 
@@ -156,7 +156,7 @@ class LCSMethod:
 
     Network inputs are built exactly as ``PreparedLCS`` (inference) builds them: the atlas image is intensity-
     normalised on the atlas grid, 2D drops the singleton slice axis, and every volume (target, atlas image,
-    atlas masks) is zero-padded *centred* to the pooling factor with the engine's ``_pad_amounts``/``_pad``.
+    atlas masks) is zero-padded *centred* to the pooling factor with the engine's ``centred_pad_amounts``.
     """
 
     def __init__(self, atlas_raw: torch.Tensor, atlas_label: torch.Tensor, label_values: list[int],
@@ -169,7 +169,7 @@ class LCSMethod:
         self.merge_prob = merge_prob
         self.grid = tuple(int(s) for s in atlas_label.shape)
         net_grid = self.grid[:2] if self.spatial_dims == 2 else self.grid
-        self.pads = _pad_amounts(net_grid, self.factor)
+        self.pads = centred_pad_amounts(net_grid, self.factor)
         atlas_norm = normalise_intensity(torch.as_tensor(atlas_raw), prep.get("intensity", {}))
         self.atlas_image = self._to_net(atlas_norm[None])  # (1, *net grid)
         self.atlas_label = self._to_net(torch.as_tensor(atlas_label)[None].float())[0].long()
@@ -181,11 +181,11 @@ class LCSMethod:
             volume = volume[..., 0]
         if tuple(volume.shape[1:]) != (self.grid[:2] if self.spatial_dims == 2 else self.grid):
             raise ValueError(f"volume of shape {tuple(volume.shape[1:])} is not on the atlas grid {self.grid}")
-        return _pad(volume[None], self.pads)[0]
+        return pad_spatial(volume[None], self.pads)[0]
 
     def crop(self, volume: torch.Tensor) -> torch.Tensor:
         """Undo ``_to_net``'s padding on the trailing spatial axes (as inference crops its probabilities)."""
-        return _crop(volume, self.pads)
+        return crop_spatial(volume, self.pads)
 
     def prepare_items(self, items: list[dict]) -> list[dict]:
         for item in items:

@@ -28,7 +28,15 @@ from .device import resolve_device
 from .errors import CancelledError, InputError
 from .labels import LabelInfo
 from .networks import downsample_factor
-from .preprocessing import check_image, normalise_intensity, resample_to_grid, to_model_grid
+from .preprocessing import (
+    centred_pad_amounts,
+    check_image,
+    crop_spatial,
+    normalise_intensity,
+    pad_spatial,
+    resample_to_grid,
+    to_model_grid,
+)
 from .registration import Alignment, register_affine
 
 ProgressCallback = Callable[[float, str], None]
@@ -208,25 +216,6 @@ def check_atlas_masks(masks: np.ndarray, atlas_shape: tuple[int, ...], labels: S
     return masks
 
 
-def _pad_amounts(shape: Sequence[int], factor: int) -> list[tuple[int, int]]:
-    pads = []
-    for size in shape:
-        extra = (-size) % factor
-        pads.append((extra // 2, extra - extra // 2))
-    return pads
-
-
-def _pad(t: torch.Tensor, pads: list[tuple[int, int]]) -> torch.Tensor:
-    flat = [p for pair in reversed(pads) for p in pair]
-    return torch.nn.functional.pad(t, flat)
-
-
-def _crop(t: torch.Tensor, pads: list[tuple[int, int]]) -> torch.Tensor:
-    index = [slice(None)] * (t.ndim - len(pads)) + [slice(lo, t.shape[t.ndim - len(pads) + i] - hi)
-                                                     for i, (lo, hi) in enumerate(pads)]
-    return t[tuple(index)]
-
-
 def lcs_chunk_size(network_config: dict, grid_shape: Sequence[int], budget_mb: float) -> int:
     """Masks per batch so that decoder activations stay within ``budget_mb`` (rough, conservative)."""
     voxels = float(np.prod(grid_shape))
@@ -261,14 +250,14 @@ class PreparedLCS:
         atlas = normalise_intensity(atlas_image, prep.get("intensity", {}))
         if self.dims == 2:  # 2D atlas stored as (X, Y, 1)
             target, atlas = target[..., 0], atlas[..., 0]
-        self.pads = _pad_amounts(target.shape, downsample_factor(bundle.network_config))
+        self.pads = centred_pad_amounts(target.shape, downsample_factor(bundle.network_config))
         self.device = device
-        self.target = _pad(target[None, None], self.pads).to(device)
-        self.atlas = _pad(atlas[None, None], self.pads).to(device)
+        self.target = pad_spatial(target[None, None], self.pads).to(device)
+        self.atlas = pad_spatial(atlas[None, None], self.pads).to(device)
 
     def masks_tensor(self, masks: np.ndarray) -> torch.Tensor:
         m = torch.as_tensor(masks[..., 0] if self.dims == 2 else masks)[:, None].float()
-        return _pad(m, self.pads).to(self.device)
+        return pad_spatial(m, self.pads).to(self.device)
 
 
 def lcs_probabilities_chunks(network, prepared: PreparedLCS, masks: np.ndarray, chunk: int, report: _Reporter):
@@ -280,7 +269,7 @@ def lcs_probabilities_chunks(network, prepared: PreparedLCS, masks: np.ndarray, 
                    f"of {masks.shape[0]}")
             conditioning = network.condition(prepared.atlas, prepared.masks_tensor(masks[start:start + chunk]))
             logits = network.decode_conditioned(encoded, conditioning)
-            probs = _crop(torch.sigmoid(logits.float())[:, 0], prepared.pads).cpu()
+            probs = crop_spatial(torch.sigmoid(logits.float())[:, 0], prepared.pads).cpu()
             if prepared.dims == 2:
                 probs = probs[..., None]
             yield start, probs

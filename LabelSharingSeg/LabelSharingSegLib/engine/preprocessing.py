@@ -17,6 +17,7 @@ to 0..1) or ``none``.
 from __future__ import annotations
 
 import warnings
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -128,3 +129,25 @@ def _meta_tensor_channels(data: torch.Tensor, affine: np.ndarray):
     from monai.data import MetaTensor
 
     return MetaTensor(torch.as_tensor(data).float(), affine=torch.as_tensor(affine, dtype=torch.float64))
+
+
+def centred_pad_amounts(shape: Sequence[int], factor: int) -> list[tuple[int, int]]:
+    """(before, after) zero padding per spatial axis making each size divisible by ``factor``, centred."""
+    pads = []
+    for size in shape:
+        extra = (-size) % factor
+        pads.append((extra // 2, extra - extra // 2))
+    return pads
+
+
+def pad_spatial(t: torch.Tensor, pads: list[tuple[int, int]]) -> torch.Tensor:
+    """Zero-pad the trailing spatial axes of ``t`` by ``pads`` (from :func:`centred_pad_amounts`)."""
+    flat = [p for pair in reversed(pads) for p in pair]
+    return torch.nn.functional.pad(t, flat)
+
+
+def crop_spatial(t: torch.Tensor, pads: list[tuple[int, int]]) -> torch.Tensor:
+    """Undo :func:`pad_spatial`."""
+    index = [slice(None)] * (t.ndim - len(pads)) + [slice(lo, t.shape[t.ndim - len(pads) + i] - hi)
+                                                     for i, (lo, hi) in enumerate(pads)]
+    return t[tuple(index)]
