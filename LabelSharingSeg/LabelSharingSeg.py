@@ -33,6 +33,7 @@ logic.taskNames()
 seg = logic.segmentTask(volumeNode, "brain")            # -> segmentation node
 atlasVolume, atlasSeg = logic.loadAtlas()              # LCS bundles
 seg = logic.segmentAtlasLabels(volumeNode, atlasSeg, segmentIds=None)
+logic.setDevice("auto"); logic.setAlign(None)          # align: None (when possible) / True / False
 </pre>
 <p>Both segment calls accept <code>progress=lambda fraction, message: ...</code> and
 <code>cancel=</code> a callable returning True or a <code>threading.Event</code>.</p>
@@ -58,7 +59,9 @@ class LabelSharingSeg(ScriptedLoadableModule):
 today, without retraining).</p>
 <ol>
 <li><b>Model</b>: choose a bundle folder or .zip and click <i>Load</i>; its kind, tasks, labels and training
-summary appear. Choose the device (auto / CUDA / CPU / MPS).</li>
+summary appear (shipped demo models are listed beside the path). Choose the device (auto / CUDA / CPU / MPS).
+Keep <i>Align scans to the bundle's reference automatically</i> on for scans that are not in the atlas
+space: they are registered (affine) first and the result is written on the scan's own grid.</li>
 <li><b>Segment a task</b> (label-sharing bundle): choose task, input volume and output segmentation
 (default: a new one named after volume and task), then <i>Apply</i>.</li>
 <li><b>Atlas labels</b> (LCS bundle): <i>Load atlas</i>, optionally <i>Edit atlas segments</i> to draw new
@@ -73,8 +76,9 @@ the scene unchanged. Choosing an existing output replaces only the segments of t
         self.parent.acknowledgementText = """
 <p>Developed by the LabelSharingSeg team. It implements:</p>
 <ul>
-<li>Anand, V. et al. (2024). <i>Label sharing: training one network for many segmentation tasks with
-disparate label sets.</i></li>
+<li>Anand, D., Das, B., Dangeti, V., Jerald, A., Mullick, R., Patil, U., Sharma, P., Sudhakar, P. (2024).
+<i>Label Sharing Incremental Learning Framework for Independent Multi-Label Segmentation Tasks.</i>
+arXiv:2411.11105.</li>
 <li>Ma, T., Lee, B., Sabuncu, M. R. (2022). <i>Label conditioned segmentation</i> (LCS).
 Medical Imaging with Deep Learning (MIDL).</li>
 </ul>

@@ -86,6 +86,13 @@ def network_config_for(kind: str, tasks: list[TaskInfo], spatial_dims: int, chan
     return complete_config(config)
 
 
+def fresh_weights(config: dict, seed: int) -> dict[str, torch.Tensor]:
+    """Randomly initialised weights, repeatable for ``seed``, without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_network(config).state_dict()
+
+
 def write_task_bundle(
     out: str | Path,
     kind: str,
@@ -107,8 +114,7 @@ def write_task_bundle(
     if preprocessing["patch_size"] and any(p % downsample_factor(config) for p in preprocessing["patch_size"]):
         raise InputError(f"patch size must be divisible by {downsample_factor(config)}")
     if state_dict is None:
-        torch.manual_seed(seed)
-        state_dict = build_network(config).state_dict()
+        state_dict = fresh_weights(config, seed)
     manifest = build_manifest(kind=kind, network=config, preprocessing=preprocessing, tasks=tasks,
                               label_space=label_space, name=name, description=description, training=training)
     return write_bundle(out, manifest, state_dict, overwrite=overwrite)
@@ -132,8 +138,7 @@ def write_lcs_bundle(
 ) -> Path:
     config = network_config_for("lcs", [], preprocessing["spatial_dims"], channels)
     if state_dict is None:
-        torch.manual_seed(seed)
-        state_dict = build_network(config).state_dict()
+        state_dict = fresh_weights(config, seed)
     manifest = build_manifest(kind="lcs", network=config, preprocessing=preprocessing, name=name,
                               description=description, training=training)
     return write_bundle(out, manifest, state_dict, atlas=(atlas_image, atlas_labels, atlas_affine, labels),
