@@ -107,9 +107,11 @@ def write_task_bundle(
     name: str = "",
     description: str = "",
     training: dict | None = None,
+    reference: tuple[np.ndarray, np.ndarray] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write a label-sharing / multi-channel / individual / dodnet bundle; fresh weights when no state dict."""
+    """Write a label-sharing / multi-channel / individual / dodnet bundle; fresh weights when no state dict.
+    ``reference`` = (3D image, affine) that scans are aligned to before segmenting."""
     config = network_config or network_config_for(kind, tasks, preprocessing["spatial_dims"], channels)
     if preprocessing["patch_size"] and any(p % downsample_factor(config) for p in preprocessing["patch_size"]):
         raise InputError(f"patch size must be divisible by {downsample_factor(config)}")
@@ -117,7 +119,7 @@ def write_task_bundle(
         state_dict = fresh_weights(config, seed)
     manifest = build_manifest(kind=kind, network=config, preprocessing=preprocessing, tasks=tasks,
                               label_space=label_space, name=name, description=description, training=training)
-    return write_bundle(out, manifest, state_dict, overwrite=overwrite)
+    return write_bundle(out, manifest, state_dict, reference=reference, overwrite=overwrite)
 
 
 def write_lcs_bundle(

@@ -116,6 +116,9 @@ def register(subparsers) -> None:
         p = methods.add_parser(kind, help=text, description=text)
         p.add_argument("--data", nargs="+", required=True, type=Path, help="task dataset folders (nnU-Net layout)")
         p.add_argument("--out", required=True, type=Path, help="bundle folder to write (must not exist)")
+        p.add_argument("--reference", type=Path, metavar="IMAGE.nii.gz",
+                       help="3D image stored in the bundle as its reference: scans are aligned (affine) to it "
+                       "before segmenting (lsseg segment --align, on by default); e.g. a training case or template")
         _add_budget_options(p)
         p.set_defaults(func=lambda args, kind=kind: cmd_train_tasks(args, kind))
     p = methods.add_parser("lcs", help="label conditioned segmentation with an atlas (paper 002)",
@@ -347,13 +350,28 @@ def _task_infos(kind: str, datasets) -> tuple[list, SharedLabelSpace | None]:
     return factory.per_task_rank_tasks(task_labels), None
 
 
+def _reference_image(args, prep: dict):
+    """(image, affine) of ``--reference``, checked before any training time is spent; None without it."""
+    path = getattr(args, "reference", None)
+    if path is None:
+        return None
+    image, affine = load_nifti(path)
+    if prep["spatial_dims"] != 3 or image.ndim != 3 or min(image.shape) < 4:
+        raise InputError(f"{path}: a reference must be a 3D image for a 3D bundle (this bundle is "
+                         f"{prep['spatial_dims']}D, the image has shape {image.shape})")
+    if not np.all(np.isfinite(image)):
+        raise InputError(f"{path}: the reference image holds NaN/Inf voxels")
+    return image, affine
+
+
 def _train_task_model(kind, datasets, tasks, space, args, ctx, out: Path, *, prep=None, config=None,
-                      init_state=None, extra_config=None, time_limit_s=None):
+                      init_state=None, extra_config=None, time_limit_s=None, reference=None):
     channels = list(args.channels)
     config = config or factory.network_config_for(kind, tasks, 2, channels)
     factor = downsample_factor(config)
     prep = prep or _preprocessing(args, datasets, factor)
     config = complete_config({**config, "spatial_dims": prep["spatial_dims"]})
+    reference = reference if reference is not None else _reference_image(args, prep)
     index_of = {t.name: t.index for t in tasks}
     train_cases, val_cases = [], []
     for d in datasets:
@@ -380,7 +398,8 @@ def _train_task_model(kind, datasets, tasks, space, args, ctx, out: Path, *, pre
         meta = _training_meta(kind, result, options, datasets, [c.case_id for c, _ in val_cases], ctx,
                               **(extra_config or {}))
         factory.write_task_bundle(out, kind, tasks, prep, label_space=space, state_dict=result.state_dict,
-                                  network_config=config, name=args.name or out.name, training=meta)
+                                  network_config=config, name=args.name or out.name, training=meta,
+                                  reference=reference)
     ctx.barrier()
     return result, options
 
@@ -460,7 +479,8 @@ def cmd_add_task(args) -> int:
             print(space.format_table())
         result, options = _train_task_model(
             "labelsharing", [new] + replay, tasks, space, args, ctx, args.out, prep=bundle.preprocessing,
-            config=config, init_state=init, extra_config={"base_bundle": bundle.bundle_id})
+            config=config, init_state=init, extra_config={"base_bundle": bundle.bundle_id},
+            reference=bundle.reference_image() if bundle.has_reference() else None)
         _summary(ctx, result, args.out, options, f"\nOld bundle untouched: {args.bundle}")
         return 0
     finally:
