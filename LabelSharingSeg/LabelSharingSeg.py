@@ -218,7 +218,7 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not os.path.isdir(folder):
             return []
         return sorted(os.path.join(folder, name) for name in os.listdir(folder)
-                      if name.endswith(".zip") or os.path.isdir(os.path.join(folder, name)))
+                      if name.endswith(".zip") or os.path.isfile(os.path.join(folder, name, "bundle.json")))
 
     def _showError(self, what, error):
         logging.error(f"LabelSharingSeg: {what}: {error}")

@@ -71,7 +71,8 @@ def test_tiny_demo_writes_every_promised_file(tmp_path, capsys):
 SHIPPED = shipped_bundles_dir()
 
 
-@pytest.mark.skipif(not (SHIPPED / LS_BUNDLE).exists(), reason="demo bundles not shipped in this checkout")
+@pytest.mark.skipif(not ((SHIPPED / LS_BUNDLE).exists() and (SHIPPED / LCS_BUNDLE).exists()),
+                    reason="demo bundles not shipped in this checkout")
 def test_shipped_bundles_segment_held_out_cases_above_floor(tmp_path):
     from LabelSharingSegLib.engine.datasets import load_case, read_dataset
     from LabelSharingSegLib.engine.inference import segment_atlas_labels, segment_task
@@ -102,10 +103,16 @@ def test_shipped_bundles_segment_held_out_cases_above_floor(tmp_path):
     dice["lcs"] = float(np.mean([2 * np.sum((result.labelmap == l.value) & (coarse == l.value))
                                  / max(1, np.sum(result.labelmap == l.value) + np.sum(coarse == l.value))
                                  for l in labels]))
-    # Floors set below the Dice measured on these cases when the bundles were trained (docs/DEMO.md).
-    floors = FLOORS
     for name, value in dice.items():
-        assert value > floors[name], (name, value, dice)
+        assert value > FLOORS[name], (name, value, dice)
 
 
-FLOORS = {"AxialTissue": 0.0, "SagittalLobes": 0.0, "CoronalSubcortical": 0.0, "lcs": 0.0}
+# Mean Dice over labels on test case 000 of each task, measured with the shipped bundles on the CPU (see
+# docs/DEMO.md): AxialTissue 0.707, SagittalLobes 0.805, CoronalSubcortical 0.567. Floors leave ~0.1 for
+# platform differences; a retrained or broken bundle that falls below them fails here.
+FLOORS = {"AxialTissue": 0.60, "SagittalLobes": 0.70, "CoronalSubcortical": 0.45, "lcs": 0.0}
+
+
+def test_shipped_bundles_fit_the_size_budget():
+    files = [p for p in SHIPPED.rglob("*") if p.is_file()] if SHIPPED.is_dir() else []
+    assert sum(p.stat().st_size for p in files) <= 20 * 1024 * 1024

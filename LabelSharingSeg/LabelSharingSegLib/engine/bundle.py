@@ -433,6 +433,7 @@ def write_bundle(
         manifest["files"] = {p.name: _sha256(p) for p in sorted(staging.iterdir()) if p.is_file()}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         load_bundle(staging)  # never publish a bundle that would not load
+        _publishable_permissions(staging)
         if out.exists():
             backup = out.with_name(f".{out.name}.old")
             shutil.rmtree(backup, ignore_errors=True)
@@ -445,6 +446,15 @@ def write_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def _publishable_permissions(folder: Path) -> None:
+    """mkdtemp makes a private (0700) folder; give the bundle the permissions a plain mkdir/write would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for file in folder.iterdir():
+        os.chmod(file, 0o666 & ~umask)
 
 
 def zip_bundle(folder: str | os.PathLike, zip_path: str | os.PathLike) -> Path:
