@@ -180,3 +180,25 @@ def test_cancel_raises_and_bad_input(ls_bundle_path, lcs_bundle_path):
         segment_atlas_labels(lcs, image, affine, np.zeros((1, *shape), bool), [LabelInfo(1, "drawn", (1, 0, 0))])
     with pytest.raises(InputError, match="do not lie on the atlas grid"):
         segment_atlas_labels(lcs, image, affine, np.ones((1, 5, 5, 5), bool), [LabelInfo(1, "drawn", (1, 0, 0))])
+
+
+def test_independent_atlas_labels_equal_one_label_at_a_time(lcs_bundle_path):
+    from LabelSharingSegLib.engine.inference import atlas_labels_independently
+
+    bundle = load_bundle(lcs_bundle_path)
+    atlas, affine = bundle.atlas_image()
+    labels, _, names = bundle.atlas_labels()
+    masks = np.stack([labels == n.value for n in names] + [labels > 0])
+    infos = names + [LabelInfo(9, "all", (1.0, 1.0, 1.0))]
+    target_affine = np.diag([1.5, 2.5, 1.0, 1.0])
+    target_affine[:3, 3] = [-22.0, -26.0, -18.0]
+    rng = np.random.default_rng(0)
+    target = rng.normal(size=(28, 22, 36)).astype(np.float32)
+    together, alignment = atlas_labels_independently(bundle, target, target_affine, masks, infos, device="cpu",
+                                                     align=False, memory_budget_mb=0.001)
+    assert together.shape == (4, 28, 22, 36) and alignment is None
+    assert 0.0 < together.mean() < 1.0  # a non-trivial decision, so the comparison below can fail
+    for k, info in enumerate(infos):
+        single = segment_atlas_labels(bundle, target, target_affine, masks[k:k + 1], [info], device="cpu",
+                                      align=False)
+        np.testing.assert_array_equal(together[k], single.labelmap == info.value)

@@ -24,7 +24,7 @@ from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.datasets import load_case, require_valid_dataset
 from LabelSharingSegLib.engine.device import resolve_device
 from LabelSharingSegLib.engine.errors import InputError
-from LabelSharingSegLib.engine.inference import segment_atlas_labels, segment_task
+from LabelSharingSegLib.engine.inference import atlas_labels_independently, segment_atlas_labels, segment_task
 from LabelSharingSegLib.engine.labels import LabelInfo
 from LabelSharingSegLib.engine.preprocessing import resample_to_grid
 
@@ -114,21 +114,22 @@ def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95):
             rows += _rows_for(method, "lcs", task, case.case_id, result.labelmap, mapped, infos, spacing, with_hd95)
             if fine_atlas is None:
                 continue
-            for fine, coarse in sorted(coarse_map.items()):
-                fine_mask = fine_atlas == fine
-                if not fine_mask.any():
-                    continue
-                fine_info = LabelInfo(fine, fine_names.get(fine, f"label_{fine}"), (1.0, 0.0, 0.0))
-                # the scan was aligned once above; every fine label reuses that alignment
-                single = segment_atlas_labels(bundle, volume, affine, fine_mask[None], [fine_info],
-                                              device=str(device), network=network, align=result.alignment)
+            fine_pairs = [(f, c) for f, c in sorted(coarse_map.items()) if (fine_atlas == f).any()]
+            if not fine_pairs:
+                continue
+            fine_infos = [LabelInfo(f, fine_names.get(f, f"label_{f}"), (1.0, 0.0, 0.0)) for f, _ in fine_pairs]
+            # every fine label conditioned on its own (as one at a time), batched; the scan's alignment reused
+            decided, _ = atlas_labels_independently(
+                bundle, volume, affine, np.stack([fine_atlas == f for f, _ in fine_pairs]), fine_infos,
+                device=str(device), network=network, align=result.alignment)
+            for (fine, coarse), info, fine_prediction in zip(fine_pairs, fine_infos, decided):
                 table1.append({
                     "method": method, "task": task, "case": case.case_id, "coarse_value": coarse,
                     "coarse_name": next((i.name for i in infos if i.value == coarse), str(coarse)),
                     "coarse_dice": dice(result.labelmap == coarse, mapped == coarse),
-                    "fine_value": fine, "fine_name": fine_info.name,
+                    "fine_value": fine, "fine_name": info.name,
                     "naive_dice": dice(result.labelmap == coarse, truth == fine),
-                    "fine_dice": dice(single.labelmap == fine, truth == fine),
+                    "fine_dice": dice(fine_prediction, truth == fine),
                 })
     return rows, table1
 

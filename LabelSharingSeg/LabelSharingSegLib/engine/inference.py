@@ -275,6 +275,41 @@ def lcs_probabilities_chunks(network, prepared: PreparedLCS, masks: np.ndarray, 
             yield start, probs
 
 
+@dataclass
+class _LCSRun:
+    """What both LCS entry points set up: checked inputs, alignment, the target on the atlas grid, the network
+    and the number of masks per batch."""
+
+    image: np.ndarray
+    affine: np.ndarray
+    masks: np.ndarray
+    report: _Reporter
+    note: str | None
+    working_affine: np.ndarray
+    alignment: Alignment | None
+    prepared: PreparedLCS
+    network: torch.nn.Module
+    chunk: int
+
+
+def _lcs_setup(bundle, image, affine, masks, labels, device, progress, cancel, memory_budget_mb, network,
+               align) -> _LCSRun:
+    if bundle.kind != "lcs":
+        raise InputError(f"{bundle.path}: a {bundle.kind} bundle has no atlas; atlas labels need an LCS bundle")
+    image, affine = check_image(image, affine)
+    atlas_image, _ = bundle.atlas_image()
+    masks = check_atlas_masks(masks, atlas_image.shape, labels)
+    report = _Reporter(progress, cancel)
+    torch_device, note = resolve_device(device)
+    report(0.0, "bringing the target onto the atlas grid")
+    working_affine, alignment = _align(bundle, image, affine, align, report)
+    prepared = PreparedLCS(bundle, image, working_affine, torch_device)
+    net = network if network is not None else bundle.build_network(torch_device)
+    budget = memory_budget_mb if memory_budget_mb is not None else _default_budget_mb(torch_device)
+    chunk = lcs_chunk_size(bundle.network_config, prepared.target.shape[2:], budget)
+    return _LCSRun(image, affine, masks, report, note, working_affine, alignment, prepared, net, chunk)
+
+
 def segment_atlas_labels(
     bundle: Bundle,
     image: np.ndarray,
@@ -294,32 +329,51 @@ def segment_atlas_labels(
     ``align``: first register the scan to the atlas image (None: on, for 3D bundles; an ``Alignment`` from
     an earlier result on the same scan is reused).
     """
-    if bundle.kind != "lcs":
-        raise InputError(f"{bundle.path}: a {bundle.kind} bundle has no atlas; atlas labels need an LCS bundle")
-    image, affine = check_image(image, affine)
-    atlas_image, _ = bundle.atlas_image()
-    masks = check_atlas_masks(masks, atlas_image.shape, labels)
-    report = _Reporter(progress, cancel)
-    torch_device, note = resolve_device(device)
-    report(0.0, "bringing the target onto the atlas grid")
-    working_affine, alignment = _align(bundle, image, affine, align, report)
-    prepared = PreparedLCS(bundle, image, working_affine, torch_device)
-    net = network if network is not None else bundle.build_network(torch_device)
-    budget = memory_budget_mb if memory_budget_mb is not None else _default_budget_mb(torch_device)
-    chunk = lcs_chunk_size(bundle.network_config, prepared.target.shape[2:], budget)
-    best = torch.zeros(prepared.atlas_shape)
-    best_index = torch.zeros(prepared.atlas_shape, dtype=torch.int32)
-    for start, probs in lcs_probabilities_chunks(net, prepared, masks, chunk, report):
+    run = _lcs_setup(bundle, image, affine, masks, labels, device, progress, cancel, memory_budget_mb, network,
+                     align)
+    best = torch.zeros(run.prepared.atlas_shape)
+    best_index = torch.zeros(run.prepared.atlas_shape, dtype=torch.int32)
+    for start, probs in lcs_probabilities_chunks(run.network, run.prepared, run.masks, run.chunk, run.report):
         value, index = probs.max(dim=0)
         better = value > best
         best = torch.where(better, value, best)
         best_index = torch.where(better, index.to(torch.int32) + start, best_index)
     lookup = torch.tensor([label.value for label in labels], dtype=torch.int32)
     on_atlas = torch.where(best >= LCS_THRESHOLD, lookup[best_index.long()], torch.zeros_like(best_index))
-    report(0.95, "mapping back onto the input grid")
-    back = resample_to_grid(on_atlas[None].float(), working_affine, image.shape, mode="nearest",
-                            src_affine=prepared.atlas_affine)[0]
+    run.report(0.95, "mapping back onto the input grid")
+    back = resample_to_grid(on_atlas[None].float(), run.working_affine, run.image.shape, mode="nearest",
+                            src_affine=run.prepared.atlas_affine)[0]
     labelmap = back.round().numpy().astype(np.int32)
     labelmap = labelmap.astype(np.int16 if labelmap.max(initial=0) < 32768 else np.int32)
-    report(1.0, "done")
-    return SegmentationResult(labelmap, affine.copy(), list(labels), note, alignment)
+    run.report(1.0, "done")
+    return SegmentationResult(labelmap, run.affine.copy(), list(labels), run.note, run.alignment)
+
+
+def atlas_labels_independently(
+    bundle: Bundle,
+    image: np.ndarray,
+    affine: np.ndarray,
+    masks: np.ndarray,
+    labels: Sequence[LabelInfo],
+    *,
+    device: str = "auto",
+    progress: ProgressCallback | None = None,
+    cancel: CancelCheck | None = None,
+    memory_budget_mb: float | None = None,
+    network: torch.nn.Module | None = None,
+    align: bool | Alignment | None = None,
+) -> tuple[np.ndarray, Alignment | None]:
+    """Each atlas label decided on its own (p >= 0.5, overlaps allowed), as when conditioning on one label at
+    a time, but with the encoder run once and the labels batched. Returns (bool masks (K, *input shape) on
+    the input grid, alignment). Used by evaluation (paper 002, Table 1); users want :func:`segment_atlas_labels`.
+    """
+    run = _lcs_setup(bundle, image, affine, masks, labels, device, progress, cancel, memory_budget_mb, network,
+                     align)
+    out = np.zeros((run.masks.shape[0], *run.image.shape), dtype=bool)
+    for start, probs in lcs_probabilities_chunks(run.network, run.prepared, run.masks, run.chunk, run.report):
+        decided = (probs >= LCS_THRESHOLD).float()
+        back = resample_to_grid(decided, run.working_affine, run.image.shape, mode="nearest",
+                                src_affine=run.prepared.atlas_affine)
+        out[start:start + decided.shape[0]] = back.numpy() > 0.5
+    run.report(1.0, "done")
+    return out, run.alignment
