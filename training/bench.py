@@ -13,7 +13,6 @@ import argparse
 import json
 import time
 
-import numpy as np
 import torch
 
 from LabelSharingSegLib.engine.device import DEVICE_CHOICES, resolve_device

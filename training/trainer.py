@@ -16,7 +16,6 @@ import csv
 import hashlib
 import io
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
