@@ -18,7 +18,7 @@ cd "$work"
   --name "Label sharing: brain slices (axial tissue, sagittal lobes, coronal subcortical)" --quiet
 "$lsseg" train lcs --data data/Dataset801_BrainAAL \
   --coarse-map data/Dataset801_BrainAAL/label_hierarchy.json \
-  --out lcs-brain-aal --steps 1800 --spacing 3,3,3 --seed 0 --time-limit 45 \
+  --out lcs-brain-aal --steps 2400 --spacing 3,3,3 --channels 8,16,32,64 --seed 0 --time-limit 45 \
   --name "LCS: brain atlas (AAL lobes, draw finer regions)" --quiet
 "$lsseg" evaluate labelsharing-multitask \
   --data data/Dataset811_AxialTissue data/Dataset812_SagittalLobes data/Dataset813_CoronalSubcortical \

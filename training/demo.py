@@ -60,15 +60,19 @@ class DemoSettings:
     ls_batch: int
     ls_patch: tuple[int, ...]
     ls_spacing: tuple[float, ...]
+    ls_channels: tuple[int, ...]
     lcs_steps: int
     lcs_spacing: tuple[float, ...]
-    channels: tuple[int, ...]
+    # four levels: the atlas mask reaches the bottleneck pooled by 8 (24 mm cells at 3 mm), fine enough for
+    # sub-regions; five levels (pooling by 16, as paper 002 at 1 mm) gave 48 mm cells and learnt far slower
+    lcs_channels: tuple[int, ...]
     seed: int = 0
 
 
-FULL = DemoSettings(40, 10, 1.0, 20, 5, 2.0, 2000, 8, (96, 96), (1.5, 1.5), 450, (3.0, 3.0, 3.0),
-                    (8, 16, 32, 64, 128))
-TINY = DemoSettings(5, 1, 2.0, 3, 1, 6.0, 4, 2, (32, 32), (4.0, 4.0), 3, (6.0, 6.0, 6.0), (4, 8, 16, 32, 64))
+FULL = DemoSettings(40, 10, 1.0, 20, 5, 2.0, 2000, 8, (96, 96), (1.5, 1.5), (8, 16, 32, 64, 128),
+                    1500, (3.0, 3.0, 3.0), (8, 16, 32, 64))
+TINY = DemoSettings(5, 1, 2.0, 3, 1, 6.0, 4, 2, (32, 32), (4.0, 4.0), (4, 8, 16, 32, 64),
+                    3, (6.0, 6.0, 6.0), (4, 8, 16, 32))
 
 
 def shipped_bundles_dir() -> Path:
@@ -145,7 +149,7 @@ def train_bundles(target: Path, multitask: list[Path], brain: Path, settings: De
 
     target.mkdir(parents=True, exist_ok=True)
     ls_out, lcs_out = target / LS_BUNDLE, target / LCS_BUNDLE
-    common = ["--seed", str(settings.seed), "--device", device, "--channels", ",".join(map(str, settings.channels))]
+    common = ["--seed", str(settings.seed), "--device", device]
     if not (ls_out / "bundle.json").is_file():
         _say(f"training the label-sharing bundle (up to {minutes / 3:.1f} min)")
         code = lsseg(["train", "labelsharing", "--data", *map(str, multitask), "--out", str(ls_out),
@@ -153,7 +157,7 @@ def train_bundles(target: Path, multitask: list[Path], brain: Path, settings: De
                       "--patch", ",".join(map(str, settings.ls_patch)),
                       "--spacing", ",".join(map(str, settings.ls_spacing)), "--time-limit", f"{minutes / 3:.3f}",
                       "--name", "Label sharing demo (brain slices: axial tissue, sagittal lobes, coronal deep grey)",
-                      *common])
+                      "--channels", ",".join(map(str, settings.ls_channels)), *common])
         if code:
             raise InputError("training the label-sharing demo bundle failed (see above)")
     else:
@@ -164,7 +168,8 @@ def train_bundles(target: Path, multitask: list[Path], brain: Path, settings: De
                       "--out", str(lcs_out), "--steps", str(settings.lcs_steps),
                       "--spacing", ",".join(map(str, settings.lcs_spacing)),
                       "--time-limit", f"{2 * minutes / 3:.3f}",
-                      "--name", "LCS demo (AAL lobes; draw finer regions on the atlas)", *common])
+                      "--name", "LCS demo (AAL lobes; draw finer regions on the atlas)",
+                      "--channels", ",".join(map(str, settings.lcs_channels)), *common])
         if code:
             raise InputError("training the LCS demo bundle failed (see above)")
     else:
