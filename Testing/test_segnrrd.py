@@ -33,24 +33,23 @@ def test_slicer_reads_names_colours_and_geometry(tmp_path):
     segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("liver / left"))
     assert segment is not None
     assert segment.GetColor() == pytest.approx((1.0, 0.5, 0.0))
-    # the voxel (8, 1, 6) of label 3 sits at the same world position in Slicer's segment
-    spot = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("spot"))
-    image = spot.GetRepresentation("Binary labelmap")
+    # every voxel keeps its world position: look the written voxels up in Slicer's segment images
     import vtk
-
-    matrix = vtk.vtkMatrix4x4()
-    image.GetImageToWorldMatrix(matrix)
-    ijk_to_ras = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
-    extent = image.GetExtent()
     from vtk.util.numpy_support import vtk_to_numpy
 
-    dims = [extent[1] - extent[0] + 1, extent[3] - extent[2] + 1, extent[5] - extent[4] + 1]
-    voxels = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1]).transpose(2, 1, 0)
-    ijk = np.argwhere(voxels == image.GetLabelValue() if hasattr(image, "GetLabelValue") else voxels > 0)
-    found = [ijk_to_ras @ np.array([i + extent[0], j + extent[2], k + extent[4], 1.0]) for i, j, k in ijk
-             if voxels[i, j, k] == 3 or voxels[i, j, k] == 1 and False]
-    expected = affine @ np.array([8, 1, 6, 1.0])
-    assert any(np.allclose(p, expected, atol=1e-4) for p in found)
+    for name, voxel in (("spot", (8, 1, 6)), ("liver / left", (3, 4, 2))):
+        segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(name))
+        image = segment.GetRepresentation("Binary labelmap")
+        matrix = vtk.vtkMatrix4x4()
+        image.GetImageToWorldMatrix(matrix)
+        ijk_to_ras = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+        extent = image.GetExtent()
+        dims = [extent[1] - extent[0] + 1, extent[3] - extent[2] + 1, extent[5] - extent[4] + 1]
+        values = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1]).transpose(2, 1, 0)
+        world = affine @ np.array([*voxel, 1.0])
+        ijk = np.linalg.solve(ijk_to_ras, world)[:3].round().astype(int) - np.array(extent[::2])
+        assert values[tuple(ijk)] == segment.GetLabelValue(), name
+        assert (values == segment.GetLabelValue()).sum() == (labelmap == (3 if name == "spot" else 1)).sum()
 
 
 def test_bad_paths_and_shapes(tmp_path):
