@@ -177,3 +177,22 @@ def test_extended_run_recomputes_the_lr_schedule(tmp_path, data):
     expected = [learning_rate(old, 0), learning_rate(old, 1), learning_rate(new, 2), learning_rate(new, 3)]
     assert lrs == pytest.approx(expected, rel=1e-5)
     assert lrs[2] > 0 and learning_rate(old, 2) == 0.0  # the old 2-step schedule would have ended at 0
+
+
+def test_individual_killed_between_tasks_resumes_and_skips_finished_ones(tmp_path, data, capsys):
+    out = tmp_path / "individual"
+    common = ["--steps", 6, "--checkpoint-every", 2, "--val-fraction", 0, "--seed", 3, *TINY]
+    proc = lsseg_process("train", "individual", "--data", *data, "--out", out, *common, "--sleep-per-step", "0.4")
+    second = tmp_path / "individual.training" / "Phantom1" / LAST
+    _wait_for_checkpoint(second, proc, 2, timeout=120.0)  # the first task is done, the second under way
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "Phantom0" / "bundle.json").is_file() and not (out / "Phantom1").exists()
+    first = tree_hashes(out / "Phantom0")
+    capsys.readouterr()
+    assert lsseg("train", "individual", "--data", *data, "--out", out, *common, "--resume") == 0
+    assert "Phantom0: already trained" in capsys.readouterr().out
+    assert tree_hashes(out / "Phantom0") == first  # the finished task is left as it was
+    assert load_bundle(out / "Phantom1").task_names() == ["Phantom1"]
+    rows = (tmp_path / "individual.training" / "Phantom1" / "log.csv").read_text().strip().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, 7))

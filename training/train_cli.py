@@ -22,7 +22,7 @@ from LabelSharingSegLib.engine.networks import build_network, complete_config, d
 from LabelSharingSegLib.engine.nifti_io import load_nifti
 
 from . import bundle_factory as factory
-from .checkpoint import fingerprint
+from .checkpoint import LAST, fingerprint
 from .distributed import setup as setup_distributed
 from .methods import LCSMethod, TaskMethod
 from .samples import ToAtlasGrid, ToModelGrid, cache_items, spacing_in_model_axes
@@ -406,20 +406,30 @@ def _train_task_model(kind, datasets, tasks, space, args, ctx, out: Path, *, pre
 
 @_interruptible
 def cmd_train_tasks(args, kind: str) -> int:
-    _check_out(args.out, args)
+    # individual: --out is a folder of per-task bundles; a resumed run continues in it and skips finished tasks
+    continuing = kind == "individual" and args.resume and args.out.is_dir() and not (args.out / "bundle.json").exists()
+    if not continuing:
+        _check_out(args.out, args)
     datasets = load_datasets(args.data)
     ctx = setup_distributed(args.device)
     try:
         if kind == "individual":
             if ctx.is_main:
-                args.out.mkdir()
+                args.out.mkdir(exist_ok=continuing)
             ctx.barrier()
             base_ckpt = args.checkpoint_dir or args.out.with_name(args.out.name + ".training")
             deadline = None if args.time_limit is None else time.time() + args.time_limit * 60.0
+            resume_requested = args.resume
             for k, d in enumerate(datasets):
                 tasks, _ = _task_infos(kind, [d])
                 args.checkpoint_dir = base_ckpt / d.task_name()
                 out = args.out / d.task_name()
+                if continuing and (out / "bundle.json").is_file():
+                    if ctx.is_main:
+                        print(f"{d.task_name()}: already trained in {out}, skipping")
+                    continue
+                # tasks the killed run never reached start fresh; the interrupted one continues
+                args.resume = resume_requested and (args.checkpoint_dir / LAST).is_file()
                 # each task gets an equal share of what is left, so time a task does not use passes on
                 share = None if deadline is None else (deadline - time.time()) / (len(datasets) - k)
                 result, options = _train_task_model(kind, [d], tasks, None, args, ctx, out, time_limit_s=share)
