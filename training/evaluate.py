@@ -166,6 +166,15 @@ def _finite_mean(values) -> float:
     return sum(finite) / len(finite) if finite else float("nan")
 
 
+def _save_figure(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _plots(out: Path, rows: list[dict], methods: list[str]) -> list[Path]:
     import matplotlib
 
@@ -189,11 +198,7 @@ def _plots(out: Path, rows: list[dict], methods: list[str]) -> list[Path]:
         ax.set_ylabel("Dice (mean over labels, per test case)")
         ax.set_title(f"{task}: paired per-case Dice")
         ax.legend(loc="lower right")
-        fig.tight_layout()
-        path = out / f"paired_{task}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save_figure(fig, out / f"paired_{task}.png"))
 
         labels = sorted({(r["label_value"], r["label_name"]) for r in task_rows})
         fig, ax = plt.subplots(figsize=(2.5 + 1.1 * len(labels) * max(1, len(task_methods)) / 2, 4.2))
@@ -207,11 +212,7 @@ def _plots(out: Path, rows: list[dict], methods: list[str]) -> list[Path]:
         ax.set_ylabel("mean Dice over test cases")
         ax.set_title(f"{task}: Dice per label")
         ax.legend(fontsize="small")
-        fig.tight_layout()
-        path = out / f"labels_{task}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save_figure(fig, out / f"labels_{task}.png"))
     return written
 
 
