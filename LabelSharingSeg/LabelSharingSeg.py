@@ -11,13 +11,13 @@ import os
 import qt
 import slicer
 import vtk
+from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
-from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 
 from LabelSharingSegLib.engine.errors import CancelledError, LabelSharingSegError
@@ -152,14 +152,20 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyTaskButton.connect("clicked(bool)", self.onApplyTask)
         self.ui.loadAtlasButton.connect("clicked(bool)", self.onLoadAtlas)
         self.ui.editAtlasButton.connect("clicked(bool)", self.onEditAtlas)
-        self.ui.atlasSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onAtlasSegmentationChanged)
+        self.ui.atlasSegmentationSelector.connect(
+            "currentNodeChanged(vtkMRMLNode*)", self.onAtlasSegmentationChanged
+        )
         self.ui.selectAllSegmentsButton.connect("clicked(bool)", lambda: self._checkAllSegments(True))
         self.ui.selectNoSegmentsButton.connect("clicked(bool)", lambda: self._checkAllSegments(False))
         self.ui.applyAtlasButton.connect("clicked(bool)", self.onApplyAtlas)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.installPackagesButton.connect("clicked(bool)", self.onInstallPackages)
-        for selector in (self.ui.inputVolumeSelector, self.ui.targetVolumeSelector,
-                         self.ui.outputSegmentationSelector, self.ui.atlasOutputSegmentationSelector):
+        for selector in (
+            self.ui.inputVolumeSelector,
+            self.ui.targetVolumeSelector,
+            self.ui.outputSegmentationSelector,
+            self.ui.atlasOutputSegmentationSelector,
+        ):
             selector.connect("currentNodeChanged(vtkMRMLNode*)", self._updateButtons)
 
         self.initializeParameterNode()
@@ -217,8 +223,11 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         folder = self.resourcePath("Bundles")
         if not os.path.isdir(folder):
             return []
-        return sorted(os.path.join(folder, name) for name in os.listdir(folder)
-                      if name.endswith(".zip") or os.path.isfile(os.path.join(folder, name, "bundle.json")))
+        return sorted(
+            os.path.join(folder, name)
+            for name in os.listdir(folder)
+            if name.endswith(".zip") or os.path.isfile(os.path.join(folder, name, "bundle.json"))
+        )
 
     def _showError(self, what, error):
         logging.error(f"LabelSharingSeg: {what}: {error}")
@@ -249,14 +258,21 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         idle = self._job is None
         hasBundle = self.logic is not None and self.logic.bundleKind() is not None
         self.ui.loadBundleButton.enabled = idle
-        self.ui.applyTaskButton.enabled = (idle and hasBundle and self.ui.taskComboBox.count > 0
-                                           and self.ui.inputVolumeSelector.currentNode() is not None)
+        self.ui.applyTaskButton.enabled = (
+            idle
+            and hasBundle
+            and self.ui.taskComboBox.count > 0
+            and self.ui.inputVolumeSelector.currentNode() is not None
+        )
         self.ui.loadAtlasButton.enabled = idle and hasBundle
         self.ui.editAtlasButton.enabled = self.ui.atlasSegmentationSelector.currentNode() is not None
-        self.ui.applyAtlasButton.enabled = (idle and hasBundle
-                                            and self.ui.atlasSegmentationSelector.currentNode() is not None
-                                            and self.ui.targetVolumeSelector.currentNode() is not None
-                                            and bool(self._checkedSegmentIds()))
+        self.ui.applyAtlasButton.enabled = (
+            idle
+            and hasBundle
+            and self.ui.atlasSegmentationSelector.currentNode() is not None
+            and self.ui.targetVolumeSelector.currentNode() is not None
+            and bool(self._checkedSegmentIds())
+        )
 
     # ---- model section
     def onInstallPackages(self):
@@ -264,8 +280,9 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not missing:
             self._updatePackagesStatus()
             return
-        if not slicer.util.confirmOkCancelDisplay(packages.missingPackagesMessage(missing),
-                                                  windowTitle="LabelSharingSeg: install Python packages"):
+        if not slicer.util.confirmOkCancelDisplay(
+            packages.missingPackagesMessage(missing), windowTitle="LabelSharingSeg: install Python packages"
+        ):
             return
         with slicer.util.WaitCursor():
             try:
@@ -328,9 +345,11 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ---- task section
     def onApplyTask(self):
         try:
-            run = self.logic.prepareSegmentTask(self.ui.inputVolumeSelector.currentNode(),
-                                                self.ui.taskComboBox.currentText,
-                                                self.ui.outputSegmentationSelector.currentNode())
+            run = self.logic.prepareSegmentTask(
+                self.ui.inputVolumeSelector.currentNode(),
+                self.ui.taskComboBox.currentText,
+                self.ui.outputSegmentationSelector.currentNode(),
+            )
         except LabelSharingSegError as error:
             self._showError("Cannot segment", error)
             return
@@ -363,7 +382,9 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onAtlasSegmentationChanged(self, node):
         if self._observedSegmentation is not None:
-            self.removeObserver(self._observedSegmentation, vtk.vtkCommand.ModifiedEvent, self._refreshSegmentList)
+            self.removeObserver(
+                self._observedSegmentation, vtk.vtkCommand.ModifiedEvent, self._refreshSegmentList
+            )
         self._observedSegmentation = node
         if node is not None:
             self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self._refreshSegmentList)
@@ -386,14 +407,19 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 item.setData(qt.Qt.DecorationRole, qt.QColor.fromRgbF(color[0], color[1], color[2]))
                 item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
                 # keep the user's ticks; new segments (just drawn) start ticked
-                item.setCheckState(qt.Qt.Checked if segmentId in checked or segmentId not in known else qt.Qt.Unchecked)
+                item.setCheckState(
+                    qt.Qt.Checked if segmentId in checked or segmentId not in known else qt.Qt.Unchecked
+                )
                 listWidget.addItem(item)
         self._updateButtons()
 
     def _checkedSegmentIds(self):
         listWidget = self.ui.atlasSegmentsListWidget
-        return [listWidget.item(i).data(qt.Qt.UserRole) for i in range(listWidget.count)
-                if listWidget.item(i).checkState() == qt.Qt.Checked]
+        return [
+            listWidget.item(i).data(qt.Qt.UserRole)
+            for i in range(listWidget.count)
+            if listWidget.item(i).checkState() == qt.Qt.Checked
+        ]
 
     def _checkAllSegments(self, checked):
         listWidget = self.ui.atlasSegmentsListWidget
@@ -403,10 +429,12 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onApplyAtlas(self):
         try:
-            run = self.logic.prepareSegmentAtlasLabels(self.ui.targetVolumeSelector.currentNode(),
-                                                       self.ui.atlasSegmentationSelector.currentNode(),
-                                                       self._checkedSegmentIds(),
-                                                       self.ui.atlasOutputSegmentationSelector.currentNode())
+            run = self.logic.prepareSegmentAtlasLabels(
+                self.ui.targetVolumeSelector.currentNode(),
+                self.ui.atlasSegmentationSelector.currentNode(),
+                self._checkedSegmentIds(),
+                self.ui.atlasOutputSegmentationSelector.currentNode(),
+            )
         except LabelSharingSegError as error:
             self._showError("Cannot segment the atlas labels", error)
             return
@@ -485,7 +513,9 @@ class LabelSharingSegLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        self.sceneLogic = SegmentationSceneLogic(slicer.mrmlScene, segmentationsLogic=slicer.modules.segmentations.logic())
+        self.sceneLogic = SegmentationSceneLogic(
+            slicer.mrmlScene, segmentationsLogic=slicer.modules.segmentations.logic()
+        )
 
     def getParameterNode(self):
         return LabelSharingSegParameterNode(super().getParameterNode())
@@ -538,7 +568,9 @@ class LabelSharingSegLogic(ScriptedLoadableModuleLogic):
         return self.sceneLogic.prepareSegmentTask(volumeNode, taskName, outputSegmentationNode)
 
     def segmentTask(self, volumeNode, taskName, outputSegmentationNode=None, progress=None, cancel=None):
-        return self.sceneLogic.segmentTask(volumeNode, taskName, outputSegmentationNode, progress=progress, cancel=cancel)
+        return self.sceneLogic.segmentTask(
+            volumeNode, taskName, outputSegmentationNode, progress=progress, cancel=cancel
+        )
 
     # atlas flow
     def loadAtlas(self):
@@ -547,14 +579,30 @@ class LabelSharingSegLogic(ScriptedLoadableModuleLogic):
     def findAtlasNodes(self):
         return self.sceneLogic.findAtlasNodes()
 
-    def prepareSegmentAtlasLabels(self, volumeNode, atlasSegmentationNode, segmentIds=None, outputSegmentationNode=None):
-        return self.sceneLogic.prepareSegmentAtlasLabels(volumeNode, atlasSegmentationNode, segmentIds,
-                                                         outputSegmentationNode)
+    def prepareSegmentAtlasLabels(
+        self, volumeNode, atlasSegmentationNode, segmentIds=None, outputSegmentationNode=None
+    ):
+        return self.sceneLogic.prepareSegmentAtlasLabels(
+            volumeNode, atlasSegmentationNode, segmentIds, outputSegmentationNode
+        )
 
-    def segmentAtlasLabels(self, volumeNode, atlasSegmentationNode, segmentIds=None, outputSegmentationNode=None,
-                           progress=None, cancel=None):
-        return self.sceneLogic.segmentAtlasLabels(volumeNode, atlasSegmentationNode, segmentIds,
-                                                  outputSegmentationNode, progress=progress, cancel=cancel)
+    def segmentAtlasLabels(
+        self,
+        volumeNode,
+        atlasSegmentationNode,
+        segmentIds=None,
+        outputSegmentationNode=None,
+        progress=None,
+        cancel=None,
+    ):
+        return self.sceneLogic.segmentAtlasLabels(
+            volumeNode,
+            atlasSegmentationNode,
+            segmentIds,
+            outputSegmentationNode,
+            progress=progress,
+            cancel=cancel,
+        )
 
     # background runs (used by the widget)
     def startJob(self, run):
@@ -614,8 +662,10 @@ class LabelSharingSegTest(ScriptedLoadableModuleTest):
         before = slicer.util.arrayFromVolume(volume).copy()
         fractions = []
         output = logic.segmentTask(volume, "Brain", progress=lambda f, m: fractions.append(f))
-        names = [output.GetSegmentation().GetNthSegment(i).GetName()
-                 for i in range(output.GetSegmentation().GetNumberOfSegments())]
+        names = [
+            output.GetSegmentation().GetNthSegment(i).GetName()
+            for i in range(output.GetSegmentation().GetNumberOfSegments())
+        ]
         self.assertEqual(names, [label.name for label in logic.taskLabels("Brain")])
         self.assertEqual(fractions[-1], 1.0)
         self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(volume), before))

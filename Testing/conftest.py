@@ -16,10 +16,14 @@ TINY_CHANNELS = (4, 8, 16)  # pooling factor 4: keeps CPU tests fast
 
 
 def tiny_label_space() -> SharedLabelSpace:
-    return SharedLabelSpace.build([
-        TaskSizes("organs", {1: "liver", 2: "kidney"}, {1: 0.7, 2: 0.3}),
-        TaskSizes("brain", {1: "white matter", 2: "grey matter", 3: "ventricles"}, {1: 0.5, 2: 0.4, 3: 0.1}),
-    ])
+    return SharedLabelSpace.build(
+        [
+            TaskSizes("organs", {1: "liver", 2: "kidney"}, {1: 0.7, 2: 0.3}),
+            TaskSizes(
+                "brain", {1: "white matter", 2: "grey matter", 3: "ventricles"}, {1: 0.5, 2: 0.4, 3: 0.1}
+            ),
+        ]
+    )
 
 
 def atlas_volume() -> tuple[np.ndarray, np.ndarray, np.ndarray, list[LabelInfo]]:
@@ -34,8 +38,11 @@ def atlas_volume() -> tuple[np.ndarray, np.ndarray, np.ndarray, list[LabelInfo]]
     image = (labels * 30.0 + 20.0 + rng.normal(0, 2, shape)).astype(np.float32)
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
     affine[:3, 3] = [-24.0, -28.0, -20.0]
-    names = [LabelInfo(1, "left blob", (0.9, 0.2, 0.2)), LabelInfo(2, "right blob", (0.2, 0.8, 0.2)),
-             LabelInfo(3, "box", (0.2, 0.3, 0.9))]
+    names = [
+        LabelInfo(1, "left blob", (0.9, 0.2, 0.2)),
+        LabelInfo(2, "right blob", (0.2, 0.8, 0.2)),
+        LabelInfo(3, "box", (0.2, 0.3, 0.9)),
+    ]
     return image, labels, affine, names
 
 
@@ -47,8 +54,16 @@ def ls_bundle_path(tmp_path_factory):
     space = tiny_label_space()
     prep = make_preprocessing(3, [2.0, 2.0, 2.0], [16, 16, 16], factor=4)
     out = tmp_path_factory.mktemp("bundles") / "labelsharing"
-    return write_task_bundle(out, "labelsharing", labelsharing_tasks(space), prep, channels=TINY_CHANNELS,
-                             label_space=space, name="tiny label sharing", seed=1)
+    return write_task_bundle(
+        out,
+        "labelsharing",
+        labelsharing_tasks(space),
+        prep,
+        channels=TINY_CHANNELS,
+        label_space=space,
+        name="tiny label sharing",
+        seed=1,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -59,4 +74,6 @@ def lcs_bundle_path(tmp_path_factory):
     image, labels, affine, names = atlas_volume()
     prep = make_preprocessing(3, [2.0, 2.0, 2.0], [16, 16, 16], factor=4)
     out = tmp_path_factory.mktemp("bundles") / "lcs"
-    return write_lcs_bundle(out, image, labels, affine, names, prep, channels=TINY_CHANNELS, name="tiny lcs", seed=2)
+    return write_lcs_bundle(
+        out, image, labels, affine, names, prep, channels=TINY_CHANNELS, name="tiny lcs", seed=2
+    )

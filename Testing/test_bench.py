@@ -8,14 +8,48 @@ from lsseg_training.cli import main
 
 
 def test_bench_lcs_and_heads(capsys):
-    assert main(["bench", "lcs", "--labels", "3", "--size", "32", "--chunk", "2", "--repeats", "1",
-                 "--device", "cpu", "--json"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "lcs",
+                "--labels",
+                "3",
+                "--size",
+                "32",
+                "--chunk",
+                "2",
+                "--repeats",
+                "1",
+                "--device",
+                "cpu",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    result = json.loads(out[out.index("{"):])
+    result = json.loads(out[out.index("{") :])
     assert result["labels"] == 3 and result["max_abs_difference"] < 1e-5 and result["speedup"] > 0
-    assert main(["bench", "heads", "--task-labels", "2,5", "--size", "32", "--repeats", "1", "--device", "cpu",
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "heads",
+                "--task-labels",
+                "2,5",
+                "--size",
+                "32",
+                "--repeats",
+                "1",
+                "--device",
+                "cpu",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    rows = json.loads(out[out.index("{"):])["rows"]
+    rows = json.loads(out[out.index("{") :])["rows"]
     assert rows["labelsharing"]["output_channels"] == 6 and rows["multichannel"]["output_channels"] == 8
     assert rows["individual"]["models"] == 2

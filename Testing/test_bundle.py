@@ -18,7 +18,7 @@ def test_round_trip(ls_bundle_path, lcs_bundle_path, tmp_path):
     bundle = load_bundle(ls_bundle_path)
     assert bundle.kind == "labelsharing"
     assert bundle.task_names() == ["organs", "brain"]
-    assert [l.name for l in bundle.task_labels("brain")] == ["white matter", "grey matter", "ventricles"]
+    assert [lab.name for lab in bundle.task_labels("brain")] == ["white matter", "grey matter", "ventricles"]
     assert bundle.label_space.n_shared == 3
     net = bundle.build_network()
     for key, tensor in net.state_dict().items():
@@ -100,8 +100,11 @@ def test_shape_mismatch_with_config_is_rejected(bundle_copy):
 
 def test_schema_kind_and_missing_files(bundle_copy, tmp_path):
     manifest = json.loads((bundle_copy / MANIFEST).read_text())
-    for change, message in [({"schema_version": 99}, "schema version 99"), ({"kind": "magic"}, "unknown bundle kind"),
-                            ({"kind": "lcs"}, "needs a lcs network")]:
+    for change, message in [
+        ({"schema_version": 99}, "schema version 99"),
+        ({"kind": "magic"}, "unknown bundle kind"),
+        ({"kind": "lcs"}, "needs a lcs network"),
+    ]:
         (bundle_copy / MANIFEST).write_text(json.dumps({**manifest, **change}))
         with pytest.raises(BundleError, match=message):
             load_bundle(bundle_copy)
@@ -130,15 +133,28 @@ def test_unsafe_zip_is_refused(tmp_path):
 
 
 def test_write_refuses_existing_and_missing_parent(ls_bundle_path, tmp_path):
-    from lsseg_training.bundle_factory import labelsharing_tasks, make_preprocessing, write_task_bundle
     from conftest import tiny_label_space
+
+    from lsseg_training.bundle_factory import labelsharing_tasks, make_preprocessing, write_task_bundle
 
     space = tiny_label_space()
     prep = make_preprocessing(3, [2, 2, 2], [16, 16, 16], factor=4)
     with pytest.raises(InputError, match="already exists"):
-        write_task_bundle(ls_bundle_path, "labelsharing", labelsharing_tasks(space), prep, channels=(4, 8, 16),
-                          label_space=space)
+        write_task_bundle(
+            ls_bundle_path,
+            "labelsharing",
+            labelsharing_tasks(space),
+            prep,
+            channels=(4, 8, 16),
+            label_space=space,
+        )
     with pytest.raises(InputError, match="does not exist"):
-        write_task_bundle(tmp_path / "no" / "b", "labelsharing", labelsharing_tasks(space), prep,
-                          channels=(4, 8, 16), label_space=space)
+        write_task_bundle(
+            tmp_path / "no" / "b",
+            "labelsharing",
+            labelsharing_tasks(space),
+            prep,
+            channels=(4, 8, 16),
+            label_space=space,
+        )
     assert not list(tmp_path.glob(".*"))  # no staging folder left behind

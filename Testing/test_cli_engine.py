@@ -19,7 +19,9 @@ from lsseg_training.cli import main
 def phantoms(tmp_path_factory):
     from lsseg_training.data.phantom import make_phantom_tasks
 
-    return make_phantom_tasks(tmp_path_factory.mktemp("phantoms"), tasks=3, dims=2, size=32, cases=3, test_cases=1)
+    return make_phantom_tasks(
+        tmp_path_factory.mktemp("phantoms"), tasks=3, dims=2, size=32, cases=3, test_cases=1
+    )
 
 
 def test_plan_prints_table_and_writes_json(phantoms, tmp_path, capsys):
@@ -54,14 +56,30 @@ def test_segment_task_writes_map_on_input_grid_and_names(ls_bundle_path, tmp_pat
     image = tmp_path / "ct.nii.gz"
     affine = _write_image(image)
     out = tmp_path / "seg.nii.gz"
-    assert main(["segment", str(ls_bundle_path), "-i", str(image), "-o", str(out), "--task", "brain",
-                 "--device", "cpu", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(ls_bundle_path),
+                "-i",
+                str(image),
+                "-o",
+                str(out),
+                "--task",
+                "brain",
+                "--device",
+                "cpu",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     result = nib.load(str(out))
     assert result.shape == (30, 34, 22)
     np.testing.assert_allclose(result.affine, affine)
     assert set(np.unique(np.asarray(result.dataobj))) <= {0, 1, 2, 3}
     names = labels_from_csv(tmp_path / "seg.csv")
-    assert [l.name for l in names] == ["white matter", "grey matter", "ventricles"]
+    assert [lab.name for lab in names] == ["white matter", "grey matter", "ventricles"]
     assert "wrote" in capsys.readouterr().out
 
 
@@ -77,14 +95,47 @@ def test_segment_atlas_labels(lcs_bundle_path, tmp_path):
     (tmp_path / "drawn.csv").write_text("value,name,color\n7,my structure,#ff8000\n")
     nib.save(nib.Nifti1Image(atlas, affine), str(tmp_path / "target.nii.gz"))
     out = tmp_path / "out.nii"
-    assert main(["segment", str(lcs_bundle_path), "-i", str(tmp_path / "target.nii.gz"), "-o", str(out),
-                 "--atlas-labels", str(tmp_path / "drawn.nii.gz"), "--atlas-names", str(tmp_path / "drawn.csv"),
-                 "--device", "cpu", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(lcs_bundle_path),
+                "-i",
+                str(tmp_path / "target.nii.gz"),
+                "-o",
+                str(out),
+                "--atlas-labels",
+                str(tmp_path / "drawn.nii.gz"),
+                "--atlas-names",
+                str(tmp_path / "drawn.csv"),
+                "--device",
+                "cpu",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert nib.load(str(out)).shape == atlas.shape
-    assert [l.name for l in labels_from_csv(tmp_path / "out.csv")] == ["my structure"]
+    assert [lab.name for lab in labels_from_csv(tmp_path / "out.csv")] == ["my structure"]
     # the bundle's own atlas labels
-    assert main(["segment", str(lcs_bundle_path), "-i", str(tmp_path / "target.nii.gz"), "-o", str(out),
-                 "--atlas-labels", "bundle", "--device", "cpu", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(lcs_bundle_path),
+                "-i",
+                str(tmp_path / "target.nii.gz"),
+                "-o",
+                str(out),
+                "--atlas-labels",
+                "bundle",
+                "--device",
+                "cpu",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert len(labels_from_csv(tmp_path / "out.csv")) == 3
 
 
@@ -96,32 +147,77 @@ def test_segment_bad_input_is_one_clear_line(ls_bundle_path, lcs_bundle_path, tm
         (["--atlas-labels", "bundle"], "atlas labels need an LCS bundle"),
     ]
     for extra, message in cases:
-        assert main(["segment", str(ls_bundle_path), "-i", str(image), "-o", str(tmp_path / "o.nii.gz"), *extra]) == 2
+        assert (
+            main(["segment", str(ls_bundle_path), "-i", str(image), "-o", str(tmp_path / "o.nii.gz"), *extra])
+            == 2
+        )
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
-    assert main(["segment", str(ls_bundle_path), "-i", str(image), "-o", str(tmp_path / "missing" / "o.nii.gz"),
-                 "--task", "brain"]) == 2
+    assert (
+        main(
+            [
+                "segment",
+                str(ls_bundle_path),
+                "-i",
+                str(image),
+                "-o",
+                str(tmp_path / "missing" / "o.nii.gz"),
+                "--task",
+                "brain",
+            ]
+        )
+        == 2
+    )
     assert "Output folder does not exist" in capsys.readouterr().err
     empty = np.zeros((24, 28, 20), np.int16)
     nib.save(nib.Nifti1Image(empty, np.diag([2.0, 2, 2, 1])), str(tmp_path / "empty.nii.gz"))
-    assert main(["segment", str(lcs_bundle_path), "-i", str(image), "-o", str(tmp_path / "o.nii.gz"),
-                 "--atlas-labels", str(tmp_path / "empty.nii.gz")]) == 2
+    assert (
+        main(
+            [
+                "segment",
+                str(lcs_bundle_path),
+                "-i",
+                str(image),
+                "-o",
+                str(tmp_path / "o.nii.gz"),
+                "--atlas-labels",
+                str(tmp_path / "empty.nii.gz"),
+            ]
+        )
+        == 2
+    )
     assert "atlas grid" in capsys.readouterr().err
     nan_image = tmp_path / "nan.nii.gz"
     data = np.ones((10, 10, 10), np.float32)
     data[0, 0, 0] = np.nan
     nib.save(nib.Nifti1Image(data, np.eye(4)), str(nan_image))
-    assert main(["segment", str(ls_bundle_path), "-i", str(nan_image), "-o", str(tmp_path / "o.nii.gz"),
-                 "--task", "brain"]) == 2
+    assert (
+        main(
+            [
+                "segment",
+                str(ls_bundle_path),
+                "-i",
+                str(nan_image),
+                "-o",
+                str(tmp_path / "o.nii.gz"),
+                "--task",
+                "brain",
+            ]
+        )
+        == 2
+    )
     assert "NaN" in capsys.readouterr().err
     assert not (tmp_path / "o.nii.gz").exists()
 
 
 def test_console_script_help_and_info(ls_bundle_path):
     for args in (["--help"], ["plan", "--help"], ["segment", "--help"], ["info", str(ls_bundle_path)]):
-        proc = subprocess.run([sys.executable, "-m", "lsseg_training.cli", *args], capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "lsseg_training.cli", *args], capture_output=True, text=True
+        )
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip()
-    proc = subprocess.run([sys.executable, "-m", "lsseg_training.cli", "info", "/nonexistent"], capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lsseg_training.cli", "info", "/nonexistent"], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "bundle not found" in proc.stderr

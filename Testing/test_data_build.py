@@ -22,8 +22,10 @@ SETS_3D = ("brain-aal", "brain-neuromorphometrics", "brain-hcpex")
 def built(tmp_path_factory) -> dict[str, list[Path]]:
     out = tmp_path_factory.mktemp("sets")
     messages: list[str] = []
-    result = {name: build_set(name, out, cases=2, test_cases=1, seed=3, spacing=SPACING, progress=messages.append)
-              for name in (*SETS_3D, "multitask")}
+    result = {
+        name: build_set(name, out, cases=2, test_cases=1, seed=3, spacing=SPACING, progress=messages.append)
+        for name in (*SETS_3D, "multitask")
+    }
     assert any("wrote" in m for m in messages)
     return result
 
@@ -126,7 +128,9 @@ def test_deterministic_for_a_seed(tmp_path):
     differs = False
     for fa, fb, fc in zip(a, b, c):
         assert json.loads((fa / "dataset.json").read_text()) == json.loads((fb / "dataset.json").read_text())
-        for ca, cb, cc in zip(read_dataset(fa).training, read_dataset(fb).training, read_dataset(fc).training):
+        for ca, cb, cc in zip(
+            read_dataset(fa).training, read_dataset(fb).training, read_dataset(fc).training
+        ):
             ia, la, _ = load_case(ca)
             ib, lb, _ = load_case(cb)
             ic, _, _ = load_case(cc)
@@ -144,8 +148,9 @@ def test_no_label_lost_at_default_spacing():
         spec = build.SETS[name][0]
         n = len(spec.atlas().names)
         for template in (sources.TEST_TEMPLATE, sources.TRAIN_TEMPLATES[0]):
-            _, label, _ = build.make_case(spec, template, np.random.default_rng(0), build.DEFAULT_SPACING_MM,
-                                          identity=True)
+            _, label, _ = build.make_case(
+                spec, template, np.random.default_rng(0), build.DEFAULT_SPACING_MM, identity=True
+            )
             counts = np.bincount(label.ravel(), minlength=n + 1)[None]
             lost = [spec.atlas().names[v - 1] for v in range(1, n + 1) if counts[0, v] == 0]
             assert not lost, (name, template, lost)
@@ -168,8 +173,9 @@ def test_refuses_non_empty_output_and_force_replaces(tmp_path):
     first = build_set("multitask", tmp_path, cases=1, test_cases=0, seed=0, spacing=8.0, progress=None)
     with pytest.raises(DatasetError, match="--force"):
         build_set("multitask", tmp_path, cases=1, test_cases=0, seed=0, spacing=8.0, progress=None)
-    again = build_set("multitask", tmp_path, cases=2, test_cases=0, seed=0, spacing=8.0, overwrite=True,
-                      progress=None)
+    again = build_set(
+        "multitask", tmp_path, cases=2, test_cases=0, seed=0, spacing=8.0, overwrite=True, progress=None
+    )
     assert again == first and len(read_dataset(again[0]).training) == 2
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
     stranger = tmp_path / "other"
@@ -181,8 +187,25 @@ def test_refuses_non_empty_output_and_force_replaces(tmp_path):
 
 
 def test_cli_build_and_errors(tmp_path, capsys):
-    assert lsseg_main(["data", "build", "--set", "multitask", "--out", str(tmp_path), "--cases", "1",
-                       "--test-cases", "1", "--spacing", "8"]) == 0
+    assert (
+        lsseg_main(
+            [
+                "data",
+                "build",
+                "--set",
+                "multitask",
+                "--out",
+                str(tmp_path),
+                "--cases",
+                "1",
+                "--test-cases",
+                "1",
+                "--spacing",
+                "8",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "Built 3 dataset folder(s)" in out and "test case 1/1" in out
     assert lsseg_main(["data", "build", "--set", "multitask", "--out", str(tmp_path), "--spacing", "8"]) == 2

@@ -32,7 +32,9 @@ def test_phantom_2d_tasks(tmp_path):
             assert image.shape == (1, 48, 48, 1) and label.shape == (48, 48, 1)
             sizes = np.bincount(label.ravel())[1:]
             assert np.all(sizes > 0)
-            assert np.all(sizes[:-1] > 2 * sizes[1:]) or len(sizes) == 1  # clearly different sizes, largest first
+            assert (
+                np.all(sizes[:-1] > 2 * sizes[1:]) or len(sizes) == 1
+            )  # clearly different sizes, largest first
     assert label_counts == [3, 2, 1, 3]
 
 
@@ -66,11 +68,32 @@ def test_phantom_3d_and_determinism(tmp_path):
 
 
 def test_phantom_cli_and_errors(tmp_path, capsys):
-    assert lsseg_main(["data", "phantom", "--out", str(tmp_path), "--tasks", "2", "--cases", "2",
-                       "--test-cases", "1", "--size", "32"]) == 0
+    assert (
+        lsseg_main(
+            [
+                "data",
+                "phantom",
+                "--out",
+                str(tmp_path),
+                "--tasks",
+                "2",
+                "--cases",
+                "2",
+                "--test-cases",
+                "1",
+                "--size",
+                "32",
+            ]
+        )
+        == 0
+    )
     assert "Wrote 2 phantom task folder(s)" in capsys.readouterr().out
-    assert lsseg_main(["data", "check", str(tmp_path / "Dataset900_Phantom0"),
-                       str(tmp_path / "Dataset901_Phantom1")]) == 0
+    assert (
+        lsseg_main(
+            ["data", "check", str(tmp_path / "Dataset900_Phantom0"), str(tmp_path / "Dataset901_Phantom1")]
+        )
+        == 0
+    )
     with pytest.raises(DatasetError, match="--force"):
         make_phantom_tasks(tmp_path, tasks=1, cases=1)
     make_phantom_tasks(tmp_path, tasks=1, cases=3, size=32, overwrite=True)

@@ -35,12 +35,21 @@ def _image(rng, shape=SHAPE):
 def _label(shape=SHAPE, values=(1, 2)):
     label = np.zeros(shape, dtype=np.uint8)
     for i, value in enumerate(values):
-        label[1 + 3 * i: 3 + 3 * i, 2:6, 1:5] = value
+        label[1 + 3 * i : 3 + 3 * i, 2:6, 1:5] = value
     return label
 
 
-def make_dataset(root: Path, *, channels=("T1",), n_train=3, n_test=2, test_labels=True, shape=SHAPE,
-                 name="Dataset042_Toy", labels=None) -> Path:
+def make_dataset(
+    root: Path,
+    *,
+    channels=("T1",),
+    n_train=3,
+    n_test=2,
+    test_labels=True,
+    shape=SHAPE,
+    name="Dataset042_Toy",
+    labels=None,
+) -> Path:
     """A clean toy dataset; returns its folder."""
     rng = np.random.default_rng(7)
     root = root / name
@@ -55,8 +64,14 @@ def make_dataset(root: Path, *, channels=("T1",), n_train=3, n_test=2, test_labe
             save_nifti(root / "imagesTs" / f"toyts_{i:03d}_{c:04d}.nii.gz", _image(rng, shape), AFFINE)
         if test_labels and i == 0:
             save_nifti(root / "labelsTs" / f"toyts_{i:03d}.nii.gz", _label(shape), AFFINE)
-    write_dataset_json(root, name="Toy", labels=labels or {"background": 0, "liver": 1, "tumour": 2},
-                       channel_names=list(channels), num_training=n_train, licence="CC0")
+    write_dataset_json(
+        root,
+        name="Toy",
+        labels=labels or {"background": 0, "liver": 1, "tumour": 2},
+        channel_names=list(channels),
+        num_training=n_train,
+        licence="CC0",
+    )
     return root
 
 
@@ -123,17 +138,29 @@ def test_write_dataset_json_validates(tmp_path):
     with pytest.raises(DatasetError, match="background"):
         write_dataset_json(tmp_path, name="x", labels={"a": 1}, channel_names=["T1"], num_training=1)
     with pytest.raises(DatasetError, match="share the value"):
-        write_dataset_json(tmp_path, name="x", labels={"background": 0, "a": 1, "b": 1}, channel_names=["T1"],
-                           num_training=1)
+        write_dataset_json(
+            tmp_path, name="x", labels={"background": 0, "a": 1, "b": 1}, channel_names=["T1"], num_training=1
+        )
     with pytest.raises(DatasetError, match="does not exist"):
-        write_dataset_json(tmp_path / "nope", name="x", labels={"background": 0}, channel_names=["T1"],
-                           num_training=1)
-    path = write_dataset_json(tmp_path, name="x", labels={"b": 2, "background": 0, "a": 1},
-                              channel_names={0: "CT"}, num_training=4, reference="paper")
+        write_dataset_json(
+            tmp_path / "nope", name="x", labels={"background": 0}, channel_names=["T1"], num_training=1
+        )
+    path = write_dataset_json(
+        tmp_path,
+        name="x",
+        labels={"b": 2, "background": 0, "a": 1},
+        channel_names={0: "CT"},
+        num_training=4,
+        reference="paper",
+    )
     content = json.loads(path.read_text())
     assert content["channel_names"] == {"0": "CT"}
     assert list(content["labels"]) == ["background", "a", "b"]
-    assert content["numTraining"] == 4 and content["file_ending"] == ".nii.gz" and content["reference"] == "paper"
+    assert (
+        content["numTraining"] == 4
+        and content["file_ending"] == ".nii.gz"
+        and content["reference"] == "paper"
+    )
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left behind
 
 
@@ -173,38 +200,81 @@ def _truncate(path: Path):
 BREAKERS = {
     "missing dataset.json": (lambda r: (r / "dataset.json").unlink(), r"dataset\.json: missing"),
     "malformed json": (lambda r: (r / "dataset.json").write_text('{"labels": '), "malformed JSON"),
-    "missing keys": (lambda r: _edit_json(r, channel_names=None, numTraining=None), "missing key.*channel_names"),
+    "missing keys": (
+        lambda r: _edit_json(r, channel_names=None, numTraining=None),
+        "missing key.*channel_names",
+    ),
     "image without label": (lambda r: (r / "labelsTr" / "toy_001.nii.gz").unlink(), "toy_001.*has no label"),
-    "label without image": (lambda r: (r / "imagesTr" / "toy_002_0000.nii.gz").unlink(), "label without image"),
-    "test label without image": (lambda r: (r / "imagesTs" / "toyts_000_0000.nii.gz").unlink(),
-                                 "label without image"),
-    "shape mismatch": (lambda r: _rewrite_image(r, "toy_000_0000.nii.gz", np.ones((10, 9, 7), np.float32)),
-                       "label shape .* differs"),
-    "affine mismatch": (lambda r: _rewrite_image(r, "toy_000_0000.nii.gz", _image(np.random.default_rng(1)),
-                                                 AFFINE + np.pad(np.full((3, 1), 0.01), ((0, 1), (3, 0)))),
-                        "affine differs"),
-    "undeclared label": (lambda r: _rewrite_image(r, "toy_001.nii.gz", _label(values=(1, 2, 5)), sub="labelsTr"),
-                         r"value\(s\) 5 not declared"),
-    "declared never present": (lambda r: _edit_json(r, labels={"background": 0, "liver": 1, "tumour": 2,
-                                                               "cyst": 3}),
-                               r"never present.*cyst \(3\)"),
-    "nan voxels": (lambda r: _rewrite_image(r, "toy_001_0000.nii.gz",
-                                            np.where(_label() == 1, np.nan, 1.0).astype(np.float32)), "NaN/Inf"),
-    "inf voxels": (lambda r: _rewrite_image(r, "toy_002_0000.nii.gz",
-                                            np.where(_label() == 2, np.inf, 1.0).astype(np.float32)), "NaN/Inf"),
-    "empty image": (lambda r: _rewrite_image(r, "toy_001_0000.nii.gz", np.zeros(SHAPE, np.float32)),
-                    r"empty \(every voxel is 0\)"),
-    "wrong ending": (lambda r: (r / "imagesTr" / "toy_001_0000.nii.gz").rename(r / "imagesTr" / "toy_001_0000.nii"),
-                     "wrong file ending"),
-    "corrupt file": (lambda r: (r / "imagesTr" / "toy_002_0000.nii.gz").write_bytes(
-        gzip.compress(b"\x00" * 40)), "unreadable or corrupt"),
+    "label without image": (
+        lambda r: (r / "imagesTr" / "toy_002_0000.nii.gz").unlink(),
+        "label without image",
+    ),
+    "test label without image": (
+        lambda r: (r / "imagesTs" / "toyts_000_0000.nii.gz").unlink(),
+        "label without image",
+    ),
+    "shape mismatch": (
+        lambda r: _rewrite_image(r, "toy_000_0000.nii.gz", np.ones((10, 9, 7), np.float32)),
+        "label shape .* differs",
+    ),
+    "affine mismatch": (
+        lambda r: _rewrite_image(
+            r,
+            "toy_000_0000.nii.gz",
+            _image(np.random.default_rng(1)),
+            AFFINE + np.pad(np.full((3, 1), 0.01), ((0, 1), (3, 0))),
+        ),
+        "affine differs",
+    ),
+    "undeclared label": (
+        lambda r: _rewrite_image(r, "toy_001.nii.gz", _label(values=(1, 2, 5)), sub="labelsTr"),
+        r"value\(s\) 5 not declared",
+    ),
+    "declared never present": (
+        lambda r: _edit_json(r, labels={"background": 0, "liver": 1, "tumour": 2, "cyst": 3}),
+        r"never present.*cyst \(3\)",
+    ),
+    "nan voxels": (
+        lambda r: _rewrite_image(
+            r, "toy_001_0000.nii.gz", np.where(_label() == 1, np.nan, 1.0).astype(np.float32)
+        ),
+        "NaN/Inf",
+    ),
+    "inf voxels": (
+        lambda r: _rewrite_image(
+            r, "toy_002_0000.nii.gz", np.where(_label() == 2, np.inf, 1.0).astype(np.float32)
+        ),
+        "NaN/Inf",
+    ),
+    "empty image": (
+        lambda r: _rewrite_image(r, "toy_001_0000.nii.gz", np.zeros(SHAPE, np.float32)),
+        r"empty \(every voxel is 0\)",
+    ),
+    "wrong ending": (
+        lambda r: (r / "imagesTr" / "toy_001_0000.nii.gz").rename(r / "imagesTr" / "toy_001_0000.nii"),
+        "wrong file ending",
+    ),
+    "corrupt file": (
+        lambda r: (r / "imagesTr" / "toy_002_0000.nii.gz").write_bytes(gzip.compress(b"\x00" * 40)),
+        "unreadable or corrupt",
+    ),
     "truncated file": (lambda r: _truncate(r / "labelsTr" / "toy_000.nii.gz"), "unreadable or corrupt"),
-    "non-integer labels": (lambda r: _rewrite_image(r, "toy_000.nii.gz", _label().astype(np.float32) * 0.75,
-                                                    sub="labelsTr"), "non-integer"),
-    "numTraining mismatch": (lambda r: _edit_json(r, numTraining=5), "numTraining is 5 but imagesTr/ holds 3"),
-    "bad channel name": (lambda r: (r / "imagesTr" / "toy_001_0000.nii.gz").rename(
-        r / "imagesTr" / "toy_001.nii.gz"), "4-digit channel index"),
-    "background missing": (lambda r: _edit_json(r, labels={"liver": 1, "tumour": 2}), "background with value 0"),
+    "non-integer labels": (
+        lambda r: _rewrite_image(r, "toy_000.nii.gz", _label().astype(np.float32) * 0.75, sub="labelsTr"),
+        "non-integer",
+    ),
+    "numTraining mismatch": (
+        lambda r: _edit_json(r, numTraining=5),
+        "numTraining is 5 but imagesTr/ holds 3",
+    ),
+    "bad channel name": (
+        lambda r: (r / "imagesTr" / "toy_001_0000.nii.gz").rename(r / "imagesTr" / "toy_001.nii.gz"),
+        "4-digit channel index",
+    ),
+    "background missing": (
+        lambda r: _edit_json(r, labels={"liver": 1, "tumour": 2}),
+        "background with value 0",
+    ),
     "unsupported ending": (lambda r: _edit_json(r, file_ending=".png"), "not supported"),
 }
 
@@ -248,8 +318,15 @@ def test_every_problem_is_reported_at_once(tmp_path):
     save_nifti(root / "imagesTs" / "toyts_001_0000.nii.gz", np.full(SHAPE, np.nan, np.float32), AFFINE)
     (root / "labelsTs" / "stray.nii").write_bytes(b"x")
     problems = check_dataset(root)
-    patterns = ["toy_001.*has no label", r"value\(s\) 5 not declared", "unreadable or corrupt",
-                "numTraining is 5", r"empty \(every voxel is 0\)", "NaN/Inf", "stray.nii: wrong file ending"]
+    patterns = [
+        "toy_001.*has no label",
+        r"value\(s\) 5 not declared",
+        "unreadable or corrupt",
+        "numTraining is 5",
+        r"empty \(every voxel is 0\)",
+        "NaN/Inf",
+        "stray.nii: wrong file ending",
+    ]
     for pattern in patterns:
         assert any(re.search(pattern, p) for p in problems), (pattern, problems)
     assert len(problems) >= len(patterns)

@@ -19,8 +19,11 @@ pytest.importorskip("lsseg_training.data.sources")
 
 def _csv_mean(path, column, **where):
     with open(path, newline="") as handle:
-        values = [float(r[column]) for r in csv.DictReader(handle)
-                  if all(r[k] == v for k, v in where.items()) and r[column] not in ("", "nan")]
+        values = [
+            float(r[column])
+            for r in csv.DictReader(handle)
+            if all(r[k] == v for k, v in where.items()) and r[column] not in ("", "nan")
+        ]
     values = [v for v in values if not math.isnan(v)]
     return sum(values) / len(values)
 
@@ -33,7 +36,12 @@ def test_tiny_demo_writes_every_promised_file(tmp_path, capsys):
     report = (out / "report.md").read_text()
     for task in ("AxialTissue", "SagittalLobes", "CoronalSubcortical"):
         folder = out / "results" / "labelsharing" / task
-        for pattern in ("*_segmentation.nii.gz", "*_segmentation.csv", "*_segmentation.seg.nrrd", "*_image.nii.gz"):
+        for pattern in (
+            "*_segmentation.nii.gz",
+            "*_segmentation.csv",
+            "*_segmentation.seg.nrrd",
+            "*_image.nii.gz",
+        ):
             assert list(folder.glob(pattern)), (task, pattern)
         assert (out / "figures" / f"labelsharing_{task}.png").stat().st_size > 1000
         # the report's number is the mean of the evaluation CSV, not typed in
@@ -43,8 +51,13 @@ def test_tiny_demo_writes_every_promised_file(tmp_path, capsys):
     for stem in ("coarse", "fine"):
         for ending in (".nii.gz", ".csv", ".seg.nrrd"):
             assert list((out / "results" / "lcs").glob(f"*_{stem}{ending}")), (stem, ending)
-    for name in ("scan_image.nii.gz", "scan_truth_coarse.nii.gz", "scan_segmentation_aligned.nii.gz",
-                 "scan_segmentation_aligned.seg.nrrd", "offatlas.csv"):
+    for name in (
+        "scan_image.nii.gz",
+        "scan_truth_coarse.nii.gz",
+        "scan_segmentation_aligned.nii.gz",
+        "scan_segmentation_aligned.seg.nrrd",
+        "offatlas.csv",
+    ):
         assert (out / "results" / "offatlas" / name).is_file(), name
     for name in ("lcs_coarse.png", "lcs_fine.png", "offatlas.png"):
         assert (out / "figures" / name).is_file()
@@ -71,8 +84,10 @@ def test_tiny_demo_writes_every_promised_file(tmp_path, capsys):
 SHIPPED = shipped_bundles_dir()
 
 
-@pytest.mark.skipif(not ((SHIPPED / LS_BUNDLE).exists() and (SHIPPED / LCS_BUNDLE).exists()),
-                    reason="demo bundles not shipped in this checkout")
+@pytest.mark.skipif(
+    not ((SHIPPED / LS_BUNDLE).exists() and (SHIPPED / LCS_BUNDLE).exists()),
+    reason="demo bundles not shipped in this checkout",
+)
 def test_shipped_bundles_segment_held_out_cases_above_floor(tmp_path):
     from LabelSharingSegLib.engine.datasets import load_case, read_dataset
     from LabelSharingSegLib.engine.inference import segment_atlas_labels, segment_task
@@ -83,26 +98,53 @@ def test_shipped_bundles_segment_held_out_cases_above_floor(tmp_path):
     lcs = load_bundle(SHIPPED / LCS_BUNDLE)
     assert ls.kind == "labelsharing" and lcs.kind == "lcs"
     # test cases depend only on the seed and their index, so one training case is enough to rebuild them
-    folders = build_set("multitask", tmp_path, cases=1, test_cases=1, spacing=FULL.multitask_spacing,
-                        seed=FULL.seed, progress=None)
+    folders = build_set(
+        "multitask",
+        tmp_path,
+        cases=1,
+        test_cases=1,
+        spacing=FULL.multitask_spacing,
+        seed=FULL.seed,
+        progress=None,
+    )
     dice = {}
     for folder in folders:
         dataset = read_dataset(folder)
         image, truth, affine = load_case(dataset.test[0])
         result = segment_task(ls, image[0], affine, dataset.task_name(), device="cpu")
-        scores = [2 * np.sum((result.labelmap == v) & (truth == v)) / max(1, np.sum(result.labelmap == v) + np.sum(truth == v))
-                  for v in dataset.foreground_labels() if (truth == v).any()]
+        scores = [
+            2
+            * np.sum((result.labelmap == v) & (truth == v))
+            / max(1, np.sum(result.labelmap == v) + np.sum(truth == v))
+            for v in dataset.foreground_labels()
+            if (truth == v).any()
+        ]
         dice[dataset.task_name()] = float(np.mean(scores))
-    brain = build_set("brain-aal", tmp_path, cases=1, test_cases=1, spacing=FULL.brain_spacing, seed=FULL.seed,
-                      progress=None)[0]
+    brain = build_set(
+        "brain-aal",
+        tmp_path,
+        cases=1,
+        test_cases=1,
+        spacing=FULL.brain_spacing,
+        seed=FULL.seed,
+        progress=None,
+    )[0]
     image, truth, affine = load_case(read_dataset(brain).test[0])
     atlas, _, labels = lcs.atlas_labels()
-    result = segment_atlas_labels(lcs, image[0], affine, np.stack([atlas == l.value for l in labels]), labels,
-                                  device="cpu")
+    result = segment_atlas_labels(
+        lcs, image[0], affine, np.stack([atlas == lab.value for lab in labels]), labels, device="cpu"
+    )
     coarse = _coarse_lut(brain, int(truth.max()))[truth]
-    dice["lcs"] = float(np.mean([2 * np.sum((result.labelmap == l.value) & (coarse == l.value))
-                                 / max(1, np.sum(result.labelmap == l.value) + np.sum(coarse == l.value))
-                                 for l in labels]))
+    dice["lcs"] = float(
+        np.mean(
+            [
+                2
+                * np.sum((result.labelmap == lab.value) & (coarse == lab.value))
+                / max(1, np.sum(result.labelmap == lab.value) + np.sum(coarse == lab.value))
+                for lab in labels
+            ]
+        )
+    )
     for name, value in dice.items():
         assert value > FLOORS[name], (name, value, dice)
 

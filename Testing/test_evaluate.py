@@ -8,9 +8,9 @@ import math
 
 import numpy as np
 import pytest
+from train_helpers import TINY, lsseg, phantoms
 
 from lsseg_training.metrics import dice, hd95, voxel_spacing
-from train_helpers import TINY, lsseg, phantoms
 
 
 def test_dice_known_values():
@@ -42,7 +42,10 @@ def test_evaluate_writes_csv_summary_plots_and_table1(tmp_path):
     coarse = tmp_path / "coarse.csv"
     coarse.write_text("2,2,merged\n3,2,merged\n")
     lcs = tmp_path / "lcs"
-    assert lsseg("train", "lcs", "--data", data[0], "--out", lcs, "--steps", 2, "--coarse-map", coarse, *TINY) == 0
+    assert (
+        lsseg("train", "lcs", "--data", data[0], "--out", lcs, "--steps", 2, "--coarse-map", coarse, *TINY)
+        == 0
+    )
     report = tmp_path / "report"
     assert lsseg("evaluate", ls, lcs, "--data", *data, "--out", report, "--device", "cpu") == 0
     with open(report / "metrics.csv", newline="") as handle:

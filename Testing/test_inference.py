@@ -102,13 +102,20 @@ def test_model_grid_round_trip_preserves_world_positions():
 
 
 def test_2d_bundle_segments_slice_by_slice(tmp_path):
-    from lsseg_training.bundle_factory import labelsharing_tasks, make_preprocessing, write_task_bundle
     from conftest import tiny_label_space
+
+    from lsseg_training.bundle_factory import labelsharing_tasks, make_preprocessing, write_task_bundle
 
     space = tiny_label_space()
     prep = make_preprocessing(2, [1.0, 1.0], [16, 16], factor=4)
-    path = write_task_bundle(tmp_path / "b2d", "labelsharing", labelsharing_tasks(space), prep,
-                             channels=(4, 8, 16), label_space=space)
+    path = write_task_bundle(
+        tmp_path / "b2d",
+        "labelsharing",
+        labelsharing_tasks(space),
+        prep,
+        channels=(4, 8, 16),
+        label_space=space,
+    )
     bundle = load_bundle(path)
     net = IntensityThreshold(4, 1)
     for shape in [(30, 26, 1), (30, 26, 5)]:
@@ -143,15 +150,24 @@ def test_lcs_combination_and_geometry(lcs_bundle_path):
     # a target on an anisotropic, shifted grid covering the atlas
     target_affine = np.diag([1.5, 2.5, 1.0, 1.0])
     target_affine[:3, 3] = [-22.0, -26.0, -18.0]
-    grid = resample_to_grid(torch.as_tensor(atlas)[None], target_affine, (28, 22, 36), mode="bilinear",
-                            src_affine=atlas_affine)[0].numpy()
+    grid = resample_to_grid(
+        torch.as_tensor(atlas)[None], target_affine, (28, 22, 36), mode="bilinear", src_affine=atlas_affine
+    )[0].numpy()
     seen = []
-    result = segment_atlas_labels(bundle, grid, target_affine, masks, names, device="cpu",
-                                  progress=lambda f, m: seen.append(f), memory_budget_mb=0.001)
+    result = segment_atlas_labels(
+        bundle,
+        grid,
+        target_affine,
+        masks,
+        names,
+        device="cpu",
+        progress=lambda f, m: seen.append(f),
+        memory_budget_mb=0.001,
+    )
     assert result.labelmap.shape == (28, 22, 36)
     assert set(np.unique(result.labelmap)) <= {0, 1, 2, 3}
     assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen)
-    assert [l.name for l in result.labels] == ["left blob", "right blob", "box"]
+    assert [lab.name for lab in result.labels] == ["left blob", "right blob", "box"]
 
 
 def test_cancel_raises_and_bad_input(ls_bundle_path, lcs_bundle_path):
@@ -177,9 +193,13 @@ def test_cancel_raises_and_bad_input(ls_bundle_path, lcs_bundle_path):
     with pytest.raises(InputError, match="segments atlas labels"):
         segment_task(lcs, image, affine, "brain")
     with pytest.raises(InputError, match="empty atlas mask"):
-        segment_atlas_labels(lcs, image, affine, np.zeros((1, *shape), bool), [LabelInfo(1, "drawn", (1, 0, 0))])
+        segment_atlas_labels(
+            lcs, image, affine, np.zeros((1, *shape), bool), [LabelInfo(1, "drawn", (1, 0, 0))]
+        )
     with pytest.raises(InputError, match="do not lie on the atlas grid"):
-        segment_atlas_labels(lcs, image, affine, np.ones((1, 5, 5, 5), bool), [LabelInfo(1, "drawn", (1, 0, 0))])
+        segment_atlas_labels(
+            lcs, image, affine, np.ones((1, 5, 5, 5), bool), [LabelInfo(1, "drawn", (1, 0, 0))]
+        )
 
 
 def test_independent_atlas_labels_equal_one_label_at_a_time(lcs_bundle_path):
@@ -194,11 +214,13 @@ def test_independent_atlas_labels_equal_one_label_at_a_time(lcs_bundle_path):
     target_affine[:3, 3] = [-22.0, -26.0, -18.0]
     rng = np.random.default_rng(0)
     target = rng.normal(size=(28, 22, 36)).astype(np.float32)
-    together, alignment = atlas_labels_independently(bundle, target, target_affine, masks, infos, device="cpu",
-                                                     align=False, memory_budget_mb=0.001)
+    together, alignment = atlas_labels_independently(
+        bundle, target, target_affine, masks, infos, device="cpu", align=False, memory_budget_mb=0.001
+    )
     assert together.shape == (4, 28, 22, 36) and alignment is None
     assert 0.0 < together.mean() < 1.0  # a non-trivial decision, so the comparison below can fail
     for k, info in enumerate(infos):
-        single = segment_atlas_labels(bundle, target, target_affine, masks[k:k + 1], [info], device="cpu",
-                                      align=False)
+        single = segment_atlas_labels(
+            bundle, target, target_affine, masks[k : k + 1], [info], device="cpu", align=False
+        )
         np.testing.assert_array_equal(together[k], single.labelmap == info.value)

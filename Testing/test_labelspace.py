@@ -23,7 +23,9 @@ def task_sizes(draw, name=None, max_labels=8):
     n = draw(st.integers(1, max_labels))
     values = draw(st.lists(st.integers(1, 300), min_size=n, max_size=n, unique=True))
     # coarse sizes make ties likely, which exercises deterministic tie-breaking
-    sizes = draw(st.lists(st.sampled_from([0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]), min_size=n, max_size=n))
+    sizes = draw(
+        st.lists(st.sampled_from([0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]), min_size=n, max_size=n)
+    )
     task = name or draw(st.text("abcdefgh", min_size=1, max_size=6))
     return TaskSizes(task, {v: f"L{v}" for v in values}, dict(zip(values, sizes)))
 
@@ -112,14 +114,18 @@ def test_placement_minimises_total_size_mismatch(tasks, new):
     ref = space.reference_sizes()
     mapping = placed.task_to_shared("newtask")
     cost = sum(abs(math.log(new.sizes[v]) - math.log(ref[mapping[v]])) for v in new.labels)
-    expected = _brute_force_cost([new.sizes[v] for v in new.ranked()], [ref[s] for s in range(1, space.n_shared + 1)])
+    expected = _brute_force_cost(
+        [new.sizes[v] for v in new.ranked()], [ref[s] for s in range(1, space.n_shared + 1)]
+    )
     assert cost == pytest.approx(expected, abs=1e-9)
 
 
 def test_placement_follows_size_table():
-    space = SharedLabelSpace.build([
-        TaskSizes("a", {1: "big", 2: "mid", 3: "small"}, {1: 0.6, 2: 0.3, 3: 0.1}),
-    ])
+    space = SharedLabelSpace.build(
+        [
+            TaskSizes("a", {1: "big", 2: "mid", 3: "small"}, {1: 0.6, 2: 0.3, 3: 0.1}),
+        ]
+    )
     # a two-label task whose labels are 'mid'- and 'small'-sized goes to shared 2 and 3, not 1 and 2
     placed = space.place_task(TaskSizes("b", {7: "m", 9: "s"}, {7: 0.28, 9: 0.09}))
     assert placed.task_to_shared("b") == {7: 2, 9: 3}

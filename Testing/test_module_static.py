@@ -43,8 +43,11 @@ def test_every_python_file_is_listed_and_every_listed_file_exists(cmake):
 
 def test_every_resource_is_listed_and_exists(cmake):
     _, _, resources = cmake
-    on_disk = {p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "Resources").rglob("*")
-               if p.is_file() and "__pycache__" not in p.parts}
+    on_disk = {
+        p.relative_to(MODULE_DIR).as_posix()
+        for p in (MODULE_DIR / "Resources").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
     assert on_disk - resources == set(), "resources not installed"
     assert resources - on_disk == set(), "listed resources missing"
     # the resources the code opens are among them
@@ -62,8 +65,13 @@ def test_cmake_builds_the_module_and_registers_the_self_test(cmake):
     root = (ROOT / "CMakeLists.txt").read_text()
     assert re.search(r'EXTENSION_DEPENDS\s+"?PyTorch"?', root)
     assert re.search(r'EXTENSION_CATEGORY\s+"Segmentation"', root)
-    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_DESCRIPTION", "EXTENSION_CONTRIBUTORS", "EXTENSION_ICONURL",
-                "EXTENSION_SCREENSHOTURLS"):
+    for key in (
+        "EXTENSION_HOMEPAGE",
+        "EXTENSION_DESCRIPTION",
+        "EXTENSION_CONTRIBUTORS",
+        "EXTENSION_ICONURL",
+        "EXTENSION_SCREENSHOTURLS",
+    ):
         assert re.search(key + r'\s+"[^"]+"', root), key
     assert re.search(r"add_subdirectory\(\s*LabelSharingSeg\s*\)", root)
 
@@ -93,11 +101,17 @@ def test_ui_parameter_bindings_match_the_parameter_node():
             if prop.get("name") == "SlicerParameterName":
                 bound.add(prop.find("string").text)
     module = ast.parse(MODULE_SCRIPT.read_text())
-    wrapper = next(n for n in module.body if isinstance(n, ast.ClassDef) and n.name == "LabelSharingSegParameterNode")
+    wrapper = next(
+        n for n in module.body if isinstance(n, ast.ClassDef) and n.name == "LabelSharingSegParameterNode"
+    )
     fields = {n.target.id for n in wrapper.body if isinstance(n, ast.AnnAssign)}
     assert bound and bound <= fields
     # every node selector gets the scene from the top widget
-    connected = {c.findtext("receiver") for c in tree.iter("connection") if c.findtext("signal").startswith("mrmlSceneChanged")}
+    connected = {
+        c.findtext("receiver")
+        for c in tree.iter("connection")
+        if c.findtext("signal").startswith("mrmlSceneChanged")
+    }
     selectors = {w.get("name") for w in tree.iter("widget") if w.get("class") == "qMRMLNodeComboBox"}
     assert selectors and selectors <= connected
 
@@ -108,8 +122,12 @@ def _class(module, name):
 
 def test_module_classes_and_console_api():
     module = ast.parse(MODULE_SCRIPT.read_text())
-    for name, base in (("LabelSharingSeg", "ScriptedLoadableModule"), ("LabelSharingSegWidget", "ScriptedLoadableModuleWidget"),
-                       ("LabelSharingSegLogic", "ScriptedLoadableModuleLogic"), ("LabelSharingSegTest", "ScriptedLoadableModuleTest")):
+    for name, base in (
+        ("LabelSharingSeg", "ScriptedLoadableModule"),
+        ("LabelSharingSegWidget", "ScriptedLoadableModuleWidget"),
+        ("LabelSharingSegLogic", "ScriptedLoadableModuleLogic"),
+        ("LabelSharingSegTest", "ScriptedLoadableModuleTest"),
+    ):
         assert base in {b.id for b in _class(module, name).bases if isinstance(b, ast.Name)}
     logic = _class(module, "LabelSharingSegLogic")
     methods = {f.name: [a.arg for a in f.args.args] for f in logic.body if isinstance(f, ast.FunctionDef)}
@@ -118,8 +136,13 @@ def test_module_classes_and_console_api():
     assert methods["segmentTask"][:4] == ["self", "volumeNode", "taskName", "outputSegmentationNode"]
     assert {"progress", "cancel"} <= set(methods["segmentTask"])
     assert methods["loadAtlas"] == ["self"]
-    assert methods["segmentAtlasLabels"][:5] == ["self", "volumeNode", "atlasSegmentationNode", "segmentIds",
-                                                 "outputSegmentationNode"]
+    assert methods["segmentAtlasLabels"][:5] == [
+        "self",
+        "volumeNode",
+        "atlasSegmentationNode",
+        "segmentIds",
+        "outputSegmentationNode",
+    ]
     assert {"progress", "cancel"} <= set(methods["segmentAtlasLabels"])
     # help cites both papers and documents the console API
     text = MODULE_SCRIPT.read_text()
@@ -140,7 +163,14 @@ def test_library_never_imports_qt():
                 names = [node.module]
             for name in names:
                 top = name.split(".")[0]
-                assert top not in ("qt", "ctk", "PythonQt", "PyQt5", "PySide2", "slicer.ScriptedLoadableModule"), path
+                assert top not in (
+                    "qt",
+                    "ctk",
+                    "PythonQt",
+                    "PyQt5",
+                    "PySide2",
+                    "slicer.ScriptedLoadableModule",
+                ), path
                 if "engine" in path.parts:
                     assert top not in ("slicer", "vtk", "mrml"), f"{path}: the engine must not import {name}"
 

@@ -23,8 +23,9 @@ def test_output_shapes(dims):
 
 def test_dodnet_output_depends_on_task():
     torch.manual_seed(0)
-    dod = build_network({"arch": "dodnet", "spatial_dims": 2, "channels": [4, 8, 16], "out_channels": 3,
-                         "num_tasks": 2}).eval()
+    dod = build_network(
+        {"arch": "dodnet", "spatial_dims": 2, "channels": [4, 8, 16], "out_channels": 3, "num_tasks": 2}
+    ).eval()
     x = torch.randn(1, 1, 16, 16)
     assert not torch.allclose(dod(x, torch.tensor([0])), dod(x, torch.tensor([1])))
 

@@ -21,7 +21,9 @@ def _volume(scene, array_kji, ijk_to_ras, cls=None):
     image.SetDimensions(i, j, k)
     components = array_kji.shape[3] if array_kji.ndim == 4 else 1
     image.AllocateScalars(numpy_support.get_vtk_array_type(array_kji.dtype), components)
-    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = array_kji.reshape(-1, components).squeeze()
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = array_kji.reshape(
+        -1, components
+    ).squeeze()
     node.SetAndObserveImageData(image)
     node.SetIJKToRASMatrix(geo.arrayToVtkMatrix(ijk_to_ras))
     scene.AddNode(node)
@@ -76,8 +78,16 @@ def test_created_volume_round_trips():
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda s: _volume(s, np.zeros((3, 4, 5), np.int16), np.eye(4), slicer.vtkMRMLLabelMapVolumeNode), "labelmap"),
-        (lambda s: _volume(s, np.zeros((3, 4, 5, 3), np.float32), np.eye(4), slicer.vtkMRMLVectorVolumeNode), "multi-component"),
+        (
+            lambda s: _volume(s, np.zeros((3, 4, 5), np.int16), np.eye(4), slicer.vtkMRMLLabelMapVolumeNode),
+            "labelmap",
+        ),
+        (
+            lambda s: _volume(
+                s, np.zeros((3, 4, 5, 3), np.float32), np.eye(4), slicer.vtkMRMLVectorVolumeNode
+            ),
+            "multi-component",
+        ),
         (lambda s: _volume(s, np.zeros((3, 4, 5, 2), np.float32), np.eye(4)), "components"),
         (lambda s: s.AddNode(slicer.vtkMRMLScalarVolumeNode()), "no voxels"),
         (lambda s: None, "No input volume"),
@@ -115,9 +125,13 @@ def test_mask_written_as_segment_reads_back_on_other_grids():
 
 
 def test_terminology_dict_is_serialised_for_slicer():
-    text = seg.terminologyString({"category": ["SCT", "123037004", "Anatomical Structure"],
-                                  "type": ["SCT", "12738006", "Brain"],
-                                  "anatomicRegion": ["SCT", "39607008", "Lung"]})
+    text = seg.terminologyString(
+        {
+            "category": ["SCT", "123037004", "Anatomical Structure"],
+            "type": ["SCT", "12738006", "Brain"],
+            "anatomicRegion": ["SCT", "39607008", "Lung"],
+        }
+    )
     entry = slicer.vtkSlicerTerminologyEntry()
     assert slicer.vtkSlicerTerminologiesModuleLogic.DeserializeTerminologyEntry(text, entry)
     assert entry.GetTypeObject().GetCodeMeaning() == "Brain"

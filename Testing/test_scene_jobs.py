@@ -90,5 +90,10 @@ def test_missing_packages_are_reported_not_installed():
     message = packages.missingPackagesMessage(missing)
     assert "surely-not-installed>=1" in message and "Install them now" in message
     assert packages.pipRequirements(missing) == ["surely-not-installed>=1"]
-    assert {r.importName for r in packages.REQUIRED_PACKAGES} == {"monai", "safetensors", "nibabel", "SimpleITK"}
+    assert {r.importName for r in packages.REQUIRED_PACKAGES} == {
+        "monai",
+        "safetensors",
+        "nibabel",
+        "SimpleITK",
+    }
     assert packages.torchAvailable()

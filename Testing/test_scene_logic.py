@@ -76,7 +76,9 @@ def _world_voxels(segmentation_node, segment_id):
     if extent[1] < extent[0]:
         return np.zeros((0, 3))
     dims = (extent[1] - extent[0] + 1, extent[3] - extent[2] + 1, extent[5] - extent[4] + 1)
-    values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1]).transpose(2, 1, 0)
+    values = (
+        numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1]).transpose(2, 1, 0)
+    )
     ijk = np.argwhere(values != 0) + np.array([extent[0], extent[2], extent[4]])
     matrix = vtk.vtkMatrix4x4()
     image.GetImageToWorldMatrix(matrix)
@@ -119,8 +121,10 @@ def test_segment_task_on_oblique_volume_sits_on_the_anatomy(scene, ls_bundle_pat
 
     assert output.GetName() == f"target {task}"
     assert _segment_names(output) == [label.name for label in logic.taskLabels(task)]
-    colors = [tuple(round(c, 4) for c in output.GetSegmentation().GetNthSegment(i).GetColor())
-              for i in range(len(_segment_names(output)))]
+    colors = [
+        tuple(round(c, 4) for c in output.GetSegmentation().GetNthSegment(i).GetColor())
+        for i in range(len(_segment_names(output)))
+    ]
     assert colors == [tuple(round(c, 4) for c in label.color) for label in logic.taskLabels(task)]
     assert progress[-1][0] == 1.0 and all(0.0 <= f <= 1.0 for f, _ in progress)
     assert [f for f, _ in progress] == sorted(f for f, _ in progress)
@@ -131,7 +135,9 @@ def test_segment_task_on_oblique_volume_sits_on_the_anatomy(scene, ls_bundle_pat
     # independent check: every segment voxel lands, in world coordinates, on a voxel centre of the input
     # where the engine (run directly on the same arrays) predicted that label
     image, geometry = geo.arrayFromVolumeNode(volume)
-    expected = inference.segment_task(load_bundle(ls_bundle_path), image, geometry.engineAffine, task, device="cpu")
+    expected = inference.segment_task(
+        load_bundle(ls_bundle_path), image, geometry.engineAffine, task, device="cpu"
+    )
     ras_to_ijk = np.linalg.inv(matrix_before)
     seen = 0
     for index, label in enumerate(logic.taskLabels(task)):
@@ -184,8 +190,14 @@ def test_existing_output_keeps_unrelated_segments_and_replaces_matched_ones(scen
     keep[3:9, 4:8, 2:6] = True
     stale = np.ones(TARGET_SHAPE, bool)
     ijk_to_ras = _ijk_to_ras(volume)
-    ids = seg.writeSegments(output, [seg.SegmentSpec("my tumour", (0.1, 0.9, 0.1), keep),
-                                     seg.SegmentSpec(labels[0].name, (0.5, 0.5, 0.5), stale)], ijk_to_ras)
+    ids = seg.writeSegments(
+        output,
+        [
+            seg.SegmentSpec("my tumour", (0.1, 0.9, 0.1), keep),
+            seg.SegmentSpec(labels[0].name, (0.5, 0.5, 0.5), stale),
+        ],
+        ijk_to_ras,
+    )
     result = logic.segmentTask(volume, task, outputSegmentationNode=output)
     assert result is output
     names = _segment_names(output)
@@ -195,8 +207,9 @@ def test_existing_output_keeps_unrelated_segments_and_replaces_matched_ones(scen
     np.testing.assert_array_equal(seg.segmentMask(output, ids[0], TARGET_SHAPE, ijk_to_ras), keep)
     replaced = seg.segmentMask(output, ids[1], TARGET_SHAPE, ijk_to_ras)
     assert not replaced.all()  # the all-ones stale segment is gone
-    assert tuple(round(c, 4) for c in output.GetSegmentation().GetSegment(ids[1]).GetColor()) == \
-        tuple(round(c, 4) for c in labels[0].color)
+    assert tuple(round(c, 4) for c in output.GetSegmentation().GetSegment(ids[1]).GetColor()) == tuple(
+        round(c, 4) for c in labels[0].color
+    )
     # running again does not duplicate segments
     logic.segmentTask(volume, task, outputSegmentationNode=output)
     assert sorted(_segment_names(output)) == sorted(names)
@@ -206,8 +219,15 @@ def test_cancel_mid_run_leaves_the_scene_unchanged(scene, ls_bundle_path):
     logic = _logic(scene, ls_bundle_path)
     volume = _target(scene)
     existing = seg.createSegmentationNode(scene, "existing", volume)
-    seg.writeSegments(existing, [seg.SegmentSpec(logic.taskLabels(logic.taskNames()[0])[0].name, (1, 0, 0),
-                                                 np.ones(TARGET_SHAPE, bool))], _ijk_to_ras(volume))
+    seg.writeSegments(
+        existing,
+        [
+            seg.SegmentSpec(
+                logic.taskLabels(logic.taskNames()[0])[0].name, (1, 0, 0), np.ones(TARGET_SHAPE, bool)
+            )
+        ],
+        _ijk_to_ras(volume),
+    )
     before = _snapshot(scene)
     stop = threading.Event()
     polls = []
@@ -219,8 +239,13 @@ def test_cancel_mid_run_leaves_the_scene_unchanged(scene, ls_bundle_path):
     with pytest.raises(CancelledError):
         logic.segmentTask(volume, logic.taskNames()[0], progress=lambda f, m: None, cancel=cancel)
     with pytest.raises(CancelledError):
-        logic.segmentTask(volume, logic.taskNames()[0], outputSegmentationNode=existing,
-                          progress=lambda f, m: stop.set() if f > 0.05 else None, cancel=stop)
+        logic.segmentTask(
+            volume,
+            logic.taskNames()[0],
+            outputSegmentationNode=existing,
+            progress=lambda f, m: stop.set() if f > 0.05 else None,
+            cancel=stop,
+        )
     assert _snapshot(scene) == before
 
 
@@ -273,7 +298,8 @@ def _draw_segment(segmentation_node, name, color, mask, ijk_to_ras):
     oriented.ShallowCopy(image)
     oriented.SetImageToWorldMatrix(geo.arrayToVtkMatrix(ijk_to_ras))
     slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-        oriented, segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+        oriented, segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
+    )
     return segment_id
 
 
@@ -404,8 +430,12 @@ def test_empty_drawn_segment_and_foreign_atlas(scene, lcs_bundle_path, demo_bund
     with pytest.raises(InputError, match="no segment 'nonexistent'"):
         logic.segmentAtlasLabels(target, atlas_segmentation, ["nonexistent"])
     with pytest.raises(InputError, match="never overwritten"):
-        logic.segmentAtlasLabels(target, atlas_segmentation, seg.segmentIds(atlas_segmentation)[:1],
-                                 outputSegmentationNode=atlas_segmentation)
+        logic.segmentAtlasLabels(
+            target,
+            atlas_segmentation,
+            seg.segmentIds(atlas_segmentation)[:1],
+            outputSegmentationNode=atlas_segmentation,
+        )
     assert _snapshot(scene) == before
 
 

@@ -7,10 +7,10 @@ import csv
 import math
 
 import numpy as np
+from train_helpers import TINY, lsseg, phantoms
 
 from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.nifti_io import load_nifti
-from train_helpers import TINY, lsseg, phantoms
 
 
 def test_3d_labelsharing_trains_segments_and_evaluates(tmp_path):

@@ -7,11 +7,11 @@ import itertools
 import math
 
 import pytest
+from train_helpers import TINY, lsseg, phantoms, tree_hashes
 
 from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.datasets import read_dataset
 from lsseg_training.train_cli import task_sizes
-from train_helpers import TINY, lsseg, phantoms, tree_hashes
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,10 @@ def test_add_task_keeps_old_bundle_and_follows_size_table(setup, tmp_path):
     root, data, base, _ = setup
     before = tree_hashes(base)
     out = tmp_path / "plus"
-    assert lsseg("add-task", base, "--data", data[1], "--out", out, "--replay", data[0], "--steps", 2, *TINY) == 0
+    assert (
+        lsseg("add-task", base, "--data", data[1], "--out", out, "--replay", data[0], "--steps", 2, *TINY)
+        == 0
+    )
     assert tree_hashes(base) == before
     old, new = load_bundle(base), load_bundle(out)
     assert new.task_names() == ["Phantom0", "Phantom1"]
@@ -47,7 +50,9 @@ def test_add_task_keeps_old_bundle_and_follows_size_table(setup, tmp_path):
     sizes = task_sizes(read_dataset(data[1]))
     ranked = sizes.ranked()
     reference = old.label_space.reference_sizes()
-    positions = _best_order_preserving([sizes.sizes[v] for v in ranked], [reference[s] for s in sorted(reference)])
+    positions = _best_order_preserving(
+        [sizes.sizes[v] for v in ranked], [reference[s] for s in sorted(reference)]
+    )
     expected = {value: position + 1 for value, position in zip(ranked, positions)}
     assert new.label_space.task_to_shared("Phantom1") == expected
     assert new.task("Phantom1").channels == expected
@@ -69,5 +74,7 @@ def test_too_many_labels_need_widen(setup, tmp_path, capsys):
 
 def test_replay_of_unknown_task_rejected(setup, tmp_path, capsys):
     root, data, base, _ = setup
-    assert lsseg("add-task", base, "--data", data[1], "--replay", data[2], "--out", tmp_path / "x", *TINY) == 2
+    assert (
+        lsseg("add-task", base, "--data", data[1], "--replay", data[2], "--out", tmp_path / "x", *TINY) == 2
+    )
     assert "not in the bundle" in capsys.readouterr().err

@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from LabelSharingSegLib.engine.bundle import load_bundle
 from train_helpers import TINY, phantoms
+
+from LabelSharingSegLib.engine.bundle import load_bundle
 
 
 def test_torchrun_two_processes_gloo(tmp_path):
@@ -17,10 +18,32 @@ def test_torchrun_two_processes_gloo(tmp_path):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     hashes = tmp_path / "hashes"
     out = tmp_path / "ddp"
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "lsseg_training.cli", "train", "labelsharing",
-           "--data", *map(str, data), "--out", str(out), "--steps", "400", "--time-limit", "0.02", "--sleep-per-step", "0.2",
-           "--weights-hash-dir", str(hashes), *TINY]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    cmd = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "lsseg_training.cli",
+        "train",
+        "labelsharing",
+        "--data",
+        *map(str, data),
+        "--out",
+        str(out),
+        "--steps",
+        "400",
+        "--time-limit",
+        "0.02",
+        "--sleep-per-step",
+        "0.2",
+        "--weights-hash-dir",
+        str(hashes),
+        *TINY,
+    ]
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1")
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rank0 = (hashes / "rank0.sha256").read_text()
     rank1 = (hashes / "rank1.sha256").read_text()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from train_helpers import TINY, lsseg, phantoms
 
 import lsseg_training.train_cli as train_cli
 from LabelSharingSegLib.engine.bundle import load_bundle
@@ -14,7 +15,6 @@ from LabelSharingSegLib.engine.datasets import load_case, read_dataset
 from LabelSharingSegLib.engine.inference import PreparedLCS
 from lsseg_training.methods import LCSMethod
 from lsseg_training.samples import ToAtlasGrid, cache_items
-from train_helpers import TINY, lsseg, phantoms
 
 
 def _first_channel(image: np.ndarray) -> np.ndarray:
@@ -73,15 +73,24 @@ def test_lcs_input_for_a_new_image_matches_prepared_lcs(tmp_path):
     """The training transform applied to a test case (never seen in training) equals the inference input."""
     data = phantoms(tmp_path / "data", tasks=1, dims=2, size=30, cases=3, test_cases=1)
     out = tmp_path / "lcs"
-    assert lsseg("train", "lcs", "--data", data[0], "--out", out, "--steps", 1, "--intensity", "percentile",
-                 *TINY) == 0
+    assert (
+        lsseg(
+            "train", "lcs", "--data", data[0], "--out", out, "--steps", 1, "--intensity", "percentile", *TINY
+        )
+        == 0
+    )
     bundle = load_bundle(out)
     atlas_raw, atlas_affine = bundle.atlas_image()
     atlas_labels, _, infos = bundle.atlas_labels()
     prep = bundle.preprocessing
     assert prep["intensity"]["mode"] == "percentile"
-    method = LCSMethod(torch.as_tensor(atlas_raw), torch.as_tensor(atlas_labels), [i.value for i in infos],
-                       bundle.network_config, prep)
+    method = LCSMethod(
+        torch.as_tensor(atlas_raw),
+        torch.as_tensor(atlas_labels),
+        [i.value for i in infos],
+        bundle.network_config,
+        prep,
+    )
     case = read_dataset(data[0]).test[0]
     item = method.prepare_items(cache_items([(case, 0)], ToAtlasGrid(prep, atlas_affine, atlas_raw.shape)))[0]
     image, _, affine = load_case(case)

@@ -10,11 +10,11 @@ import time
 
 import pytest
 import torch
+from train_helpers import TINY, lsseg, lsseg_process, phantoms, tree_hashes
 
 from LabelSharingSegLib.engine.bundle import load_bundle
 from lsseg_training.checkpoint import LAST, read_checkpoint, save_checkpoint
 from lsseg_training.trainer import TrainOptions, learning_rate
-from train_helpers import TINY, lsseg, lsseg_process, phantoms, tree_hashes
 
 STEPS = 10
 COMMON = ["--steps", STEPS, "--checkpoint-every", 2, "--val-fraction", 0, "--seed", 3]
@@ -46,8 +46,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, data):
     assert lsseg("train", "labelsharing", "--data", *data, "--out", reference, *COMMON, *TINY) == 0
 
     killed = tmp_path / "killed"
-    proc = lsseg_process("train", "labelsharing", "--data", *data, "--out", killed, *COMMON, *TINY,
-                         "--sleep-per-step", "0.4")
+    proc = lsseg_process(
+        "train", "labelsharing", "--data", *data, "--out", killed, *COMMON, *TINY, "--sleep-per-step", "0.4"
+    )
     ckpt = tmp_path / "killed.training" / LAST
     step = _wait_for_checkpoint(ckpt, proc, 2)
     proc.send_signal(signal.SIGKILL)
@@ -68,18 +69,78 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, data):
 def test_resume_of_other_config_or_method_refused(tmp_path, data, capsys):
     first = tmp_path / "first"
     ckpt_dir = tmp_path / "ck"
-    assert lsseg("train", "labelsharing", "--data", *data, "--out", first, "--steps", 2,
-                 "--checkpoint-dir", ckpt_dir, *TINY) == 0
+    assert (
+        lsseg(
+            "train",
+            "labelsharing",
+            "--data",
+            *data,
+            "--out",
+            first,
+            "--steps",
+            2,
+            "--checkpoint-dir",
+            ckpt_dir,
+            *TINY,
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert lsseg("train", "labelsharing", "--data", *data, "--out", tmp_path / "b", "--steps", 4, "--lr", "0.01",
-                 "--checkpoint-dir", ckpt_dir, "--resume", *TINY) == 2
+    assert (
+        lsseg(
+            "train",
+            "labelsharing",
+            "--data",
+            *data,
+            "--out",
+            tmp_path / "b",
+            "--steps",
+            4,
+            "--lr",
+            "0.01",
+            "--checkpoint-dir",
+            ckpt_dir,
+            "--resume",
+            *TINY,
+        )
+        == 2
+    )
     assert "different training run" in capsys.readouterr().err
-    assert lsseg("train", "multichannel", "--data", *data, "--out", tmp_path / "c", "--steps", 4,
-                 "--checkpoint-dir", ckpt_dir, "--resume", *TINY) == 2
+    assert (
+        lsseg(
+            "train",
+            "multichannel",
+            "--data",
+            *data,
+            "--out",
+            tmp_path / "c",
+            "--steps",
+            4,
+            "--checkpoint-dir",
+            ckpt_dir,
+            "--resume",
+            *TINY,
+        )
+        == 2
+    )
     assert "different training run" in capsys.readouterr().err
     # without --resume an existing checkpoint is not silently overwritten
-    assert lsseg("train", "labelsharing", "--data", *data, "--out", tmp_path / "d", "--steps", 2,
-                 "--checkpoint-dir", ckpt_dir, *TINY) == 2
+    assert (
+        lsseg(
+            "train",
+            "labelsharing",
+            "--data",
+            *data,
+            "--out",
+            tmp_path / "d",
+            "--steps",
+            2,
+            "--checkpoint-dir",
+            ckpt_dir,
+            *TINY,
+        )
+        == 2
+    )
     assert "--resume" in capsys.readouterr().err
 
 
@@ -108,8 +169,23 @@ def test_failed_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
 
 def test_ctrl_c_stops_cleanly_with_checkpoint(tmp_path, data):
     out = tmp_path / "interrupted"
-    proc = lsseg_process("train", "labelsharing", "--data", *data, "--out", out, "--steps", 200,
-                         "--checkpoint-every", 1000, "--val-fraction", 0, *TINY, "--sleep-per-step", "0.2")
+    proc = lsseg_process(
+        "train",
+        "labelsharing",
+        "--data",
+        *data,
+        "--out",
+        out,
+        "--steps",
+        200,
+        "--checkpoint-every",
+        1000,
+        "--val-fraction",
+        0,
+        *TINY,
+        "--sleep-per-step",
+        "0.2",
+    )
     log = tmp_path / "interrupted.training" / "log.csv"
     start = time.time()
     while not (log.is_file() and len(log.read_text().splitlines()) >= 3):
@@ -133,14 +209,31 @@ def test_resume_extends_a_finished_run_to_more_steps(tmp_path, data, capsys):
     first_files = tree_hashes(first)
     capsys.readouterr()
     # the finished bundle is never overwritten; the error says how to extend into a new one
-    assert lsseg("train", "labelsharing", "--data", *data, "--out", first, "--steps", 5, "--resume", *base) == 2
+    assert (
+        lsseg("train", "labelsharing", "--data", *data, "--out", first, "--steps", 5, "--resume", *base) == 2
+    )
     err = capsys.readouterr().err
     assert "already exists" in err and "--checkpoint-dir" in err and "first.training" in err
 
     extended = tmp_path / "extended"
     ckpt = tmp_path / "first.training"
-    assert lsseg("train", "labelsharing", "--data", *data, "--out", extended, "--steps", 5, "--checkpoint-dir", ckpt,
-                 "--resume", *base) == 0
+    assert (
+        lsseg(
+            "train",
+            "labelsharing",
+            "--data",
+            *data,
+            "--out",
+            extended,
+            "--steps",
+            5,
+            "--checkpoint-dir",
+            ckpt,
+            "--resume",
+            *base,
+        )
+        == 0
+    )
     a, b = load_bundle(straight).state_dict, load_bundle(extended).state_dict
     for key in a:  # 3 steps + 2 more steps == 5 steps in one go
         assert torch.equal(a[key], b[key]), key
@@ -152,13 +245,44 @@ def test_resume_extends_a_finished_run_to_more_steps(tmp_path, data, capsys):
     capsys.readouterr()
 
     # as many steps as already trained: nothing to do, said so
-    assert lsseg("train", "labelsharing", "--data", *data, "--out", tmp_path / "x", "--steps", 5,
-                 "--checkpoint-dir", ckpt, "--resume", *base) == 2
+    assert (
+        lsseg(
+            "train",
+            "labelsharing",
+            "--data",
+            *data,
+            "--out",
+            tmp_path / "x",
+            "--steps",
+            5,
+            "--checkpoint-dir",
+            ckpt,
+            "--resume",
+            *base,
+        )
+        == 2
+    )
     assert "already finished 5 steps" in capsys.readouterr().err
     # more steps do not excuse a change of the run's semantics
     for changed in (["--batch", "1"], ["--lr", "0.002"], ["--seed", "4"], ["--channels", "4,8,8"]):
-        assert lsseg("train", "labelsharing", "--data", *data, "--out", tmp_path / "y", "--steps", 8,
-                     "--checkpoint-dir", ckpt, "--resume", *base, *changed) == 2
+        assert (
+            lsseg(
+                "train",
+                "labelsharing",
+                "--data",
+                *data,
+                "--out",
+                tmp_path / "y",
+                "--steps",
+                8,
+                "--checkpoint-dir",
+                ckpt,
+                "--resume",
+                *base,
+                *changed,
+            )
+            == 2
+        )
         err = capsys.readouterr().err
         assert "different training run" in err, changed
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
@@ -167,10 +291,39 @@ def test_resume_extends_a_finished_run_to_more_steps(tmp_path, data, capsys):
 def test_extended_run_recomputes_the_lr_schedule(tmp_path, data):
     base = ["--val-fraction", 0, "--lr", "0.001", "--schedule", "cosine", *TINY]
     ckpt = tmp_path / "ck"
-    assert lsseg("train", "multichannel", "--data", data[0], "--out", tmp_path / "a", "--steps", 2,
-                 "--checkpoint-dir", ckpt, *base) == 0
-    assert lsseg("train", "multichannel", "--data", data[0], "--out", tmp_path / "b", "--steps", 4,
-                 "--checkpoint-dir", ckpt, "--resume", *base) == 0
+    assert (
+        lsseg(
+            "train",
+            "multichannel",
+            "--data",
+            data[0],
+            "--out",
+            tmp_path / "a",
+            "--steps",
+            2,
+            "--checkpoint-dir",
+            ckpt,
+            *base,
+        )
+        == 0
+    )
+    assert (
+        lsseg(
+            "train",
+            "multichannel",
+            "--data",
+            data[0],
+            "--out",
+            tmp_path / "b",
+            "--steps",
+            4,
+            "--checkpoint-dir",
+            ckpt,
+            "--resume",
+            *base,
+        )
+        == 0
+    )
     with open(ckpt / "log.csv", newline="") as handle:
         lrs = [float(r["lr"]) for r in csv.DictReader(handle)]
     old, new = TrainOptions(steps=2, lr=1e-3), TrainOptions(steps=4, lr=1e-3)
@@ -182,7 +335,9 @@ def test_extended_run_recomputes_the_lr_schedule(tmp_path, data):
 def test_individual_killed_between_tasks_resumes_and_skips_finished_ones(tmp_path, data, capsys):
     out = tmp_path / "individual"
     common = ["--steps", 6, "--checkpoint-every", 2, "--val-fraction", 0, "--seed", 3, *TINY]
-    proc = lsseg_process("train", "individual", "--data", *data, "--out", out, *common, "--sleep-per-step", "0.4")
+    proc = lsseg_process(
+        "train", "individual", "--data", *data, "--out", out, *common, "--sleep-per-step", "0.4"
+    )
     second = tmp_path / "individual.training" / "Phantom1" / LAST
     _wait_for_checkpoint(second, proc, 2, timeout=120.0)  # the first task is done, the second under way
     proc.send_signal(signal.SIGKILL)

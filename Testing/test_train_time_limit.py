@@ -6,11 +6,11 @@ from __future__ import annotations
 import csv
 
 import pytest
+from train_helpers import TINY, lsseg, phantoms
 
 from LabelSharingSegLib.engine.bundle import load_bundle
 from lsseg_training.checkpoint import BEST, LAST, read_checkpoint
 from lsseg_training.cli import build_parser
-from train_helpers import TINY, lsseg, phantoms
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,26 @@ def data(tmp_path_factory):
 def test_time_limit_stops_cleanly_and_writes_the_bundle(tmp_path, data, capsys):
     out = tmp_path / "timed"
     # 0.02 min = 1.2 s of loop time at >= 0.3 s per step: a few steps of 500
-    assert lsseg("train", "labelsharing", "--data", *data, "--out", out, "--steps", 500, "--time-limit", "0.02",
-                 "--checkpoint-every", 1000, *TINY, "--sleep-per-step", "0.3") == 0
+    assert (
+        lsseg(
+            "train",
+            "labelsharing",
+            "--data",
+            *data,
+            "--out",
+            out,
+            "--steps",
+            500,
+            "--time-limit",
+            "0.02",
+            "--checkpoint-every",
+            1000,
+            *TINY,
+            "--sleep-per-step",
+            "0.3",
+        )
+        == 0
+    )
     stdout = capsys.readouterr().out
     training = load_bundle(out).manifest["training"]
     stopped = training["steps"]
@@ -31,7 +49,9 @@ def test_time_limit_stops_cleanly_and_writes_the_bundle(tmp_path, data, capsys):
     assert training["stopped_by"] == "time_limit" and training["planned_steps"] == 500
     assert training["time_limit_min"] == pytest.approx(0.02)
     ckpt = tmp_path / "timed.training"
-    assert read_checkpoint(ckpt / LAST)[1]["state"]["step"] == stopped  # written although not a checkpoint step
+    assert (
+        read_checkpoint(ckpt / LAST)[1]["state"]["step"] == stopped
+    )  # written although not a checkpoint step
     with open(ckpt / "log.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["step"]) for r in rows] == list(range(1, stopped + 1))
@@ -42,15 +62,38 @@ def test_time_limit_stops_cleanly_and_writes_the_bundle(tmp_path, data, capsys):
 
 def test_no_time_limit_message_when_steps_finish_first(tmp_path, data, capsys):
     out = tmp_path / "quick"
-    assert lsseg("train", "multichannel", "--data", data[0], "--out", out, "--steps", 2, "--time-limit", "10",
-                 *TINY) == 0
+    assert (
+        lsseg(
+            "train",
+            "multichannel",
+            "--data",
+            data[0],
+            "--out",
+            out,
+            "--steps",
+            2,
+            "--time-limit",
+            "10",
+            *TINY,
+        )
+        == 0
+    )
     assert "Time limit" not in capsys.readouterr().out
     training = load_bundle(out).manifest["training"]
     assert training["steps"] == 2 and training["stopped_by"] == "steps"
 
 
-@pytest.mark.parametrize("command", [["train", "labelsharing"], ["train", "individual"], ["train", "multichannel"],
-                                     ["train", "dodnet"], ["train", "lcs"], ["add-task", "old_bundle"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "labelsharing"],
+        ["train", "individual"],
+        ["train", "multichannel"],
+        ["train", "dodnet"],
+        ["train", "lcs"],
+        ["add-task", "old_bundle"],
+    ],
+)
 def test_every_train_command_accepts_time_limit(command):
     data = ["--data", "d"] if command[0] == "add-task" or command[1] == "lcs" else ["--data", "d1", "d2"]
     args = build_parser().parse_args([*command, *data, "--out", "o", "--steps", "9", "--time-limit", "1.5"])

@@ -17,7 +17,9 @@ TINY = ["--channels", "4,8,16", "--device", "cpu", "--quiet", "--batch", "2"]
 def phantoms(root: Path, tasks: int = 2, dims: int = 2, size: int = 32, cases: int = 5, test_cases: int = 1):
     from lsseg_training.data.phantom import make_phantom_tasks
 
-    return make_phantom_tasks(root, tasks=tasks, dims=dims, size=size, cases=cases, test_cases=test_cases, seed=0)
+    return make_phantom_tasks(
+        root, tasks=tasks, dims=dims, size=size, cases=cases, test_cases=test_cases, seed=0
+    )
 
 
 def lsseg(*args) -> int:
@@ -26,8 +28,14 @@ def lsseg(*args) -> int:
 
 def lsseg_process(*args, env=None, **kwargs) -> subprocess.Popen:
     full_env = dict(os.environ, **(env or {}))
-    return subprocess.Popen([sys.executable, "-m", "lsseg_training.cli", *[str(a) for a in args]],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lsseg_training.cli", *[str(a) for a in args]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        **kwargs,
+    )
 
 
 def log_losses(checkpoint_dir: Path) -> list[float]:
@@ -36,5 +44,8 @@ def log_losses(checkpoint_dir: Path) -> list[float]:
 
 
 def tree_hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }

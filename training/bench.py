@@ -71,17 +71,34 @@ def run_lcs(args: argparse.Namespace) -> int:
     def split():
         with torch.no_grad():
             encoded = net.encode(image)
-            return torch.cat([torch.sigmoid(net.decode_conditioned(encoded, net.condition(atlas, masks[s : s + args.chunk])))
-                              for s in range(0, args.labels, args.chunk)])
+            return torch.cat(
+                [
+                    torch.sigmoid(
+                        net.decode_conditioned(encoded, net.condition(atlas, masks[s : s + args.chunk]))
+                    )
+                    for s in range(0, args.labels, args.chunk)
+                ]
+            )
 
     difference = float((naive() - split()).abs().max())
     t_naive = _timed(naive, args.repeats, device)
     t_split = _timed(split, args.repeats, device)
-    result = {"device": str(device), "labels": args.labels, "size": args.size, "chunk": args.chunk,
-              "naive_s": round(t_naive, 4), "split_s": round(t_split, 4), "speedup": round(t_naive / t_split, 3),
-              "max_abs_difference": difference}
-    _report(result, args.json, f"LCS, {args.labels} labels on {args.size}^3: naive {t_naive:.3f} s, encoder-once "
-            f"batched {t_split:.3f} s -> {t_naive / t_split:.2f}x faster (max |diff| {difference:.2e})")
+    result = {
+        "device": str(device),
+        "labels": args.labels,
+        "size": args.size,
+        "chunk": args.chunk,
+        "naive_s": round(t_naive, 4),
+        "split_s": round(t_split, 4),
+        "speedup": round(t_naive / t_split, 3),
+        "max_abs_difference": difference,
+    }
+    _report(
+        result,
+        args.json,
+        f"LCS, {args.labels} labels on {args.size}^3: naive {t_naive:.3f} s, encoder-once "
+        f"batched {t_split:.3f} s -> {t_naive / t_split:.2f}x faster (max |diff| {difference:.2e})",
+    )
     return 0
 
 
@@ -115,11 +132,15 @@ def run_heads(args: argparse.Namespace) -> int:
     for row in rows.values():
         row["parameters_ratio"] = round(row["parameters"] / base["parameters"], 3)
         row["time_ratio"] = round(row["forward_all_tasks_s"] / base["forward_all_tasks_s"], 3)
-    lines = [f"tasks with {counts} labels, batch 4 of {args.size}x{args.size} (ratios relative to label sharing):"]
+    lines = [
+        f"tasks with {counts} labels, batch 4 of {args.size}x{args.size} (ratios relative to label sharing):"
+    ]
     for name, row in rows.items():
-        lines.append(f"  {name:13s} models {row['models']}  outputs {row['output_channels']:3d}  params "
-                     f"{row['parameters']:8d} ({row['parameters_ratio']}x)  time {row['forward_all_tasks_s']:.4f} s "
-                     f"({row['time_ratio']}x)")
+        lines.append(
+            f"  {name:13s} models {row['models']}  outputs {row['output_channels']:3d}  params "
+            f"{row['parameters']:8d} ({row['parameters_ratio']}x)  time {row['forward_all_tasks_s']:.4f} s "
+            f"({row['time_ratio']}x)"
+        )
     _report({"device": str(device), "task_labels": counts, "rows": rows}, args.json, "\n".join(lines))
     return 0
 

@@ -3,8 +3,8 @@ bundle kind maps its tasks onto network output channels."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -42,17 +42,26 @@ def make_preprocessing(
     }
 
 
-def task_label_infos(labels: dict[int, str], colors: dict[int, Sequence[float]] | None = None) -> list[LabelInfo]:
+def task_label_infos(
+    labels: dict[int, str], colors: dict[int, Sequence[float]] | None = None
+) -> list[LabelInfo]:
     colors = colors or {}
-    return [LabelInfo(int(v), str(n), tuple(colors.get(v, default_color(int(v))))) for v, n in sorted(labels.items())]
+    return [
+        LabelInfo(int(v), str(n), tuple(colors.get(v, default_color(int(v)))))
+        for v, n in sorted(labels.items())
+    ]
 
 
 def labelsharing_tasks(space: SharedLabelSpace, colors: dict[str, dict[int, Sequence[float]]] | None = None):
     """TaskInfo per task: channel = the label's shared index."""
     colors = colors or {}
     return [
-        TaskInfo(name, index, tuple(task_label_infos(space.task(name).labels, colors.get(name))),
-                 space.task_to_shared(name))
+        TaskInfo(
+            name,
+            index,
+            tuple(task_label_infos(space.task(name).labels, colors.get(name))),
+            space.task_to_shared(name),
+        )
         for index, name in enumerate(space.task_names)
     ]
 
@@ -72,15 +81,25 @@ def multichannel_tasks(task_labels: dict[str, dict[int, str]]) -> list[TaskInfo]
 def per_task_rank_tasks(task_labels: dict[str, dict[int, str]]) -> list[TaskInfo]:
     """Channel = 1 + position of the label value in the task (DoD-Net and individual models)."""
     return [
-        TaskInfo(name, index, tuple(task_label_infos(labels)), {v: i + 1 for i, v in enumerate(sorted(labels))})
+        TaskInfo(
+            name, index, tuple(task_label_infos(labels)), {v: i + 1 for i, v in enumerate(sorted(labels))}
+        )
         for index, (name, labels) in enumerate(task_labels.items())
     ]
 
 
-def network_config_for(kind: str, tasks: list[TaskInfo], spatial_dims: int, channels: Sequence[int], **extra) -> dict:
+def network_config_for(
+    kind: str, tasks: list[TaskInfo], spatial_dims: int, channels: Sequence[int], **extra
+) -> dict:
     arch = {"lcs": "lcs", "dodnet": "dodnet"}.get(kind, "unet")
     out = 1 if kind == "lcs" else 1 + max(max(t.channels.values()) for t in tasks)
-    config = {"arch": arch, "spatial_dims": spatial_dims, "out_channels": out, "channels": list(channels), **extra}
+    config = {
+        "arch": arch,
+        "spatial_dims": spatial_dims,
+        "out_channels": out,
+        "channels": list(channels),
+        **extra,
+    }
     if kind == "dodnet":
         config["num_tasks"] = len(tasks)
     return complete_config(config)
@@ -113,12 +132,22 @@ def write_task_bundle(
     """Write a label-sharing / multi-channel / individual / dodnet bundle; fresh weights when no state dict.
     ``reference`` = (3D image, affine) that scans are aligned to before segmenting."""
     config = network_config or network_config_for(kind, tasks, preprocessing["spatial_dims"], channels)
-    if preprocessing["patch_size"] and any(p % downsample_factor(config) for p in preprocessing["patch_size"]):
+    if preprocessing["patch_size"] and any(
+        p % downsample_factor(config) for p in preprocessing["patch_size"]
+    ):
         raise InputError(f"patch size must be divisible by {downsample_factor(config)}")
     if state_dict is None:
         state_dict = fresh_weights(config, seed)
-    manifest = build_manifest(kind=kind, network=config, preprocessing=preprocessing, tasks=tasks,
-                              label_space=label_space, name=name, description=description, training=training)
+    manifest = build_manifest(
+        kind=kind,
+        network=config,
+        preprocessing=preprocessing,
+        tasks=tasks,
+        label_space=label_space,
+        name=name,
+        description=description,
+        training=training,
+    )
     return write_bundle(out, manifest, state_dict, reference=reference, overwrite=overwrite)
 
 
@@ -141,7 +170,18 @@ def write_lcs_bundle(
     config = network_config_for("lcs", [], preprocessing["spatial_dims"], channels)
     if state_dict is None:
         state_dict = fresh_weights(config, seed)
-    manifest = build_manifest(kind="lcs", network=config, preprocessing=preprocessing, name=name,
-                              description=description, training=training)
-    return write_bundle(out, manifest, state_dict, atlas=(atlas_image, atlas_labels, atlas_affine, labels),
-                        overwrite=overwrite)
+    manifest = build_manifest(
+        kind="lcs",
+        network=config,
+        preprocessing=preprocessing,
+        name=name,
+        description=description,
+        training=training,
+    )
+    return write_bundle(
+        out,
+        manifest,
+        state_dict,
+        atlas=(atlas_image, atlas_labels, atlas_affine, labels),
+        overwrite=overwrite,
+    )

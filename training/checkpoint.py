@@ -43,8 +43,13 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                    state: dict, config_fingerprint: str) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    state: dict,
+    config_fingerprint: str,
+) -> Path:
     """Write model (+ optimizer) tensors and ``state`` (JSON-serialisable) atomically."""
     from safetensors.torch import save_file
 
@@ -84,8 +89,13 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, metadata
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                    config_fingerprint: str | None, describe_mismatch=None) -> dict:
+def load_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    config_fingerprint: str | None,
+    describe_mismatch=None,
+) -> dict:
     """Restore model (+ optimizer) in place and return the saved training state.
 
     Refuses (CheckpointError) a checkpoint written for another configuration; ``describe_mismatch(saved_state)``
@@ -98,12 +108,15 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
         raise CheckpointError(
             f"{path}: this checkpoint belongs to a different training run (method, data, network or options "
             f"differ{': ' + detail if detail else ''}); resume with the same command, or choose a new "
-            "--checkpoint-dir / drop --resume to start fresh")
-    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+            "--checkpoint-dir / drop --resume to start fresh"
+        )
+    model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model.load_state_dict(model_state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit this network ({str(exc).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{path}: weights do not fit this network ({str(exc).splitlines()[0]})"
+        ) from None
     if optimizer is not None and metadata["optimizer"] is not None:
         meta = metadata["optimizer"]
         opt_state: dict = {}

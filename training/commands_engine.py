@@ -41,21 +41,36 @@ def register(subparsers) -> None:
     segment.add_argument("-o", "--output", type=Path, required=True, help="output label map (.nii/.nii.gz)")
     target = segment.add_mutually_exclusive_group(required=True)
     target.add_argument("--task", help="task name (label-sharing and baseline bundles)")
-    target.add_argument("--atlas-labels", type=Path, metavar="MASKS.nii.gz",
-                        help="label map drawn on the atlas grid (LCS bundles); use the bundle's own atlas "
-                        "labels with --atlas-labels bundle")
-    segment.add_argument("--atlas-names", type=Path, metavar="NAMES.csv",
-                         help="value,name[,#rrggbb] table for --atlas-labels (default: the bundle's names "
-                         "where values match, else 'label N')")
+    target.add_argument(
+        "--atlas-labels",
+        type=Path,
+        metavar="MASKS.nii.gz",
+        help="label map drawn on the atlas grid (LCS bundles); use the bundle's own atlas "
+        "labels with --atlas-labels bundle",
+    )
+    segment.add_argument(
+        "--atlas-names",
+        type=Path,
+        metavar="NAMES.csv",
+        help="value,name[,#rrggbb] table for --atlas-labels (default: the bundle's names "
+        "where values match, else 'label N')",
+    )
     segment.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-    segment.add_argument("--align", choices=("auto", "on", "off"), default="auto",
-                         help="register the scan to the bundle's reference image first (affine, SimpleITK); "
-                         "auto: when the bundle carries one (LCS atlases, 3D bundles with a reference)")
+    segment.add_argument(
+        "--align",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="register the scan to the bundle's reference image first (affine, SimpleITK); "
+        "auto: when the bundle carries one (LCS atlases, 3D bundles with a reference)",
+    )
     segment.add_argument("--quiet", action="store_true", help="no progress output")
     segment.set_defaults(func=run_segment)
 
-    info = subparsers.add_parser("info", help="validate a bundle and describe it",
-                                 description="Load a bundle (checks schema, hashes, tensor shapes) and print its summary.")
+    info = subparsers.add_parser(
+        "info",
+        help="validate a bundle and describe it",
+        description="Load a bundle (checks schema, hashes, tensor shapes) and print its summary.",
+    )
     info.add_argument("bundle", type=Path)
     info.add_argument("--json", action="store_true", help="print bundle.json instead")
     info.set_defaults(func=run_info)
@@ -68,8 +83,10 @@ def plan_label_space(dataset_dirs: list[Path], progress=print) -> SharedLabelSpa
     tasks = []
     for folder in dataset_dirs:
         dataset = require_valid_dataset(folder)
-        progress(f"{dataset.task_name()}: {len(dataset.training)} training cases, "
-                 f"{len(dataset.foreground_labels())} labels")
+        progress(
+            f"{dataset.task_name()}: {len(dataset.training)} training cases, "
+            f"{len(dataset.foreground_labels())} labels"
+        )
         maps = (load_case(case)[1] for case in dataset.training)
         tasks.append(average_relative_sizes(maps, dataset.foreground_labels(), dataset.task_name()))
     return SharedLabelSpace.build(tasks)
@@ -80,7 +97,9 @@ def run_plan(args: argparse.Namespace) -> int:
         require_parent_dir(args.out)
     space = plan_label_space([Path(d) for d in args.datasets])
     print()
-    print(f"Shared label space: n* = {space.n_shared} shared labels (+ background) for {len(space.task_names)} tasks")
+    print(
+        f"Shared label space: n* = {space.n_shared} shared labels (+ background) for {len(space.task_names)} tasks"
+    )
     print(space.format_table())
     if args.out is not None:
         write_text_atomic(args.out, json.dumps(space.to_dict(), indent=2))
@@ -97,8 +116,10 @@ def _atlas_masks_from_labelmap(bundle, path: Path | None, names_path: Path | Non
         if labelmap.ndim == 4 and labelmap.shape[3] == 1:
             labelmap = labelmap[..., 0]
         if labelmap.shape != atlas_image.shape or not np.allclose(affine, atlas_affine, atol=1e-3):
-            raise InputError(f"{path}: atlas labels must lie on the bundle's atlas grid (shape {atlas_image.shape} "
-                             f"and the atlas affine); got shape {labelmap.shape}")
+            raise InputError(
+                f"{path}: atlas labels must lie on the bundle's atlas grid (shape {atlas_image.shape} "
+                f"and the atlas affine); got shape {labelmap.shape}"
+            )
     else:
         labelmap = atlas_map
     values = [int(v) for v in np.unique(labelmap) if v != 0]
@@ -125,17 +146,22 @@ def run_segment(args: argparse.Namespace) -> int:
     progress = None if args.quiet else _print_progress
     align = {"auto": None, "on": True, "off": False}[args.align]
     if args.task is not None:
-        result = segment_task(bundle, image, affine, args.task, device=args.device, progress=progress, align=align)
+        result = segment_task(
+            bundle, image, affine, args.task, device=args.device, progress=progress, align=align
+        )
     else:
         masks, labels = _atlas_masks_from_labelmap(bundle, args.atlas_labels, args.atlas_names)
-        result = segment_atlas_labels(bundle, image, affine, masks, labels, device=args.device, progress=progress,
-                                      align=align)
+        result = segment_atlas_labels(
+            bundle, image, affine, masks, labels, device=args.device, progress=progress, align=align
+        )
     if not args.quiet:
         print()
         if result.device_note:
             print(result.device_note)
     if result.alignment is not None and not args.quiet:
-        print(f"aligned the scan to the bundle's reference (mutual information {result.alignment.metric:.3f})")
+        print(
+            f"aligned the scan to the bundle's reference (mutual information {result.alignment.metric:.3f})"
+        )
     save_nifti(args.output, result.labelmap, result.affine)
     write_text_atomic(names_path, labels_to_csv(result.labels))
     counts = {int(v): int(c) for v, c in zip(*np.unique(result.labelmap, return_counts=True))}

@@ -69,10 +69,25 @@ class DemoSettings:
     seed: int = 0
 
 
-FULL = DemoSettings(40, 10, 1.0, 20, 5, 2.0, 2000, 8, (96, 96), (1.5, 1.5), (8, 16, 32, 64, 128),
-                    1500, (3.0, 3.0, 3.0), (8, 16, 32, 64))
-TINY = DemoSettings(5, 1, 2.0, 3, 1, 6.0, 4, 2, (32, 32), (4.0, 4.0), (4, 8, 16, 32, 64),
-                    3, (6.0, 6.0, 6.0), (4, 8, 16, 32))
+FULL = DemoSettings(
+    40,
+    10,
+    1.0,
+    20,
+    5,
+    2.0,
+    2000,
+    8,
+    (96, 96),
+    (1.5, 1.5),
+    (8, 16, 32, 64, 128),
+    1500,
+    (3.0, 3.0, 3.0),
+    (8, 16, 32, 64),
+)
+TINY = DemoSettings(
+    5, 1, 2.0, 3, 1, 6.0, 4, 2, (32, 32), (4.0, 4.0), (4, 8, 16, 32, 64), 3, (6.0, 6.0, 6.0), (4, 8, 16, 32)
+)
 
 
 def shipped_bundles_dir() -> Path:
@@ -86,15 +101,26 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
         help="build real-anatomy demo data, segment and evaluate with the shipped bundles, write a report",
-        description=__doc__.split("\n\n")[0] + " Writes OUT/report.md; see the module docstring for the steps.",
+        description=__doc__.split("\n\n")[0]
+        + " Writes OUT/report.md; see the module docstring for the steps.",
     )
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default ./demo-out)")
-    p.add_argument("--train", action="store_true",
-                   help="retrain both bundles from scratch first (bounded by --minutes) instead of the shipped ones")
-    p.add_argument("--minutes", type=float, default=15.0,
-                   help="time budget for --train, both bundles together (default 15; 1/3 label sharing, 2/3 LCS)")
-    p.add_argument("--bundles", type=Path,
-                   help=f"folder holding {LS_BUNDLE}/ and {LCS_BUNDLE}/ (default: the shipped bundles)")
+    p.add_argument(
+        "--train",
+        action="store_true",
+        help="retrain both bundles from scratch first (bounded by --minutes) instead of the shipped ones",
+    )
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=15.0,
+        help="time budget for --train, both bundles together (default 15; 1/3 label sharing, 2/3 LCS)",
+    )
+    p.add_argument(
+        "--bundles",
+        type=Path,
+        help=f"folder holding {LS_BUNDLE}/ and {LCS_BUNDLE}/ (default: the shipped bundles)",
+    )
     p.add_argument("--tiny", action="store_true", help="CI-sized data and training (fast, low accuracy)")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     p.set_defaults(func=run_demo)
@@ -116,13 +142,27 @@ def prepare_data(root: Path, settings: DemoSettings) -> tuple[list[Path], Path]:
     if all((d / "dataset.json").is_file() for d in multitask):
         _say(f"reusing multitask data in {root}")
     else:
-        build_set("multitask", root, cases=settings.multitask_cases, test_cases=settings.multitask_test_cases,
-                  spacing=settings.multitask_spacing, seed=settings.seed, progress=_say)
+        build_set(
+            "multitask",
+            root,
+            cases=settings.multitask_cases,
+            test_cases=settings.multitask_test_cases,
+            spacing=settings.multitask_spacing,
+            seed=settings.seed,
+            progress=_say,
+        )
     if (brain / "dataset.json").is_file():
         _say(f"reusing brain-aal data in {brain}")
     else:
-        build_set("brain-aal", root, cases=settings.brain_cases, test_cases=settings.brain_test_cases,
-                  spacing=settings.brain_spacing, seed=settings.seed, progress=_say)
+        build_set(
+            "brain-aal",
+            root,
+            cases=settings.brain_cases,
+            test_cases=settings.brain_test_cases,
+            spacing=settings.brain_spacing,
+            seed=settings.seed,
+            progress=_say,
+        )
     return multitask, brain
 
 
@@ -133,8 +173,10 @@ def _check_settings(out: Path, settings: DemoSettings, source: str) -> None:
     if path.is_file():
         previous = json.loads(path.read_text(encoding="utf-8"))
         if previous != json.loads(json.dumps(record)):
-            raise InputError(f"{out} holds a demo run with other settings ({previous.get('bundles')}); "
-                             "choose another --out folder or delete this one")
+            raise InputError(
+                f"{out} holds a demo run with other settings ({previous.get('bundles')}); "
+                "choose another --out folder or delete this one"
+            )
     else:
         write_text_atomic(path, json.dumps(record, indent=2))
 
@@ -142,8 +184,9 @@ def _check_settings(out: Path, settings: DemoSettings, source: str) -> None:
 # ------------------------------------------------------------------------------------------ bundles
 
 
-def train_bundles(target: Path, multitask: list[Path], brain: Path, settings: DemoSettings, minutes: float,
-                  device: str) -> tuple[Path, Path]:
+def train_bundles(
+    target: Path, multitask: list[Path], brain: Path, settings: DemoSettings, minutes: float, device: str
+) -> tuple[Path, Path]:
     """Train both demo bundles with the same commands as scripts/train_demo_bundles.sh, time-bounded."""
     from .cli import main as lsseg
 
@@ -152,24 +195,60 @@ def train_bundles(target: Path, multitask: list[Path], brain: Path, settings: De
     common = ["--seed", str(settings.seed), "--device", device]
     if not (ls_out / "bundle.json").is_file():
         _say(f"training the label-sharing bundle (up to {minutes / 3:.1f} min)")
-        code = lsseg(["train", "labelsharing", "--data", *map(str, multitask), "--out", str(ls_out),
-                      "--steps", str(settings.ls_steps), "--batch", str(settings.ls_batch),
-                      "--patch", ",".join(map(str, settings.ls_patch)),
-                      "--spacing", ",".join(map(str, settings.ls_spacing)), "--time-limit", f"{minutes / 3:.3f}",
-                      "--name", "Label sharing demo (brain slices: axial tissue, sagittal lobes, coronal deep grey)",
-                      "--channels", ",".join(map(str, settings.ls_channels)), *common])
+        code = lsseg(
+            [
+                "train",
+                "labelsharing",
+                "--data",
+                *map(str, multitask),
+                "--out",
+                str(ls_out),
+                "--steps",
+                str(settings.ls_steps),
+                "--batch",
+                str(settings.ls_batch),
+                "--patch",
+                ",".join(map(str, settings.ls_patch)),
+                "--spacing",
+                ",".join(map(str, settings.ls_spacing)),
+                "--time-limit",
+                f"{minutes / 3:.3f}",
+                "--name",
+                "Label sharing demo (brain slices: axial tissue, sagittal lobes, coronal deep grey)",
+                "--channels",
+                ",".join(map(str, settings.ls_channels)),
+                *common,
+            ]
+        )
         if code:
             raise InputError("training the label-sharing demo bundle failed (see above)")
     else:
         _say(f"reusing {ls_out}")
     if not (lcs_out / "bundle.json").is_file():
         _say(f"training the LCS bundle on coarse labels (up to {2 * minutes / 3:.1f} min)")
-        code = lsseg(["train", "lcs", "--data", str(brain), "--coarse-map", str(brain / HIERARCHY),
-                      "--out", str(lcs_out), "--steps", str(settings.lcs_steps),
-                      "--spacing", ",".join(map(str, settings.lcs_spacing)),
-                      "--time-limit", f"{2 * minutes / 3:.3f}",
-                      "--name", "LCS demo (AAL lobes; draw finer regions on the atlas)",
-                      "--channels", ",".join(map(str, settings.lcs_channels)), *common])
+        code = lsseg(
+            [
+                "train",
+                "lcs",
+                "--data",
+                str(brain),
+                "--coarse-map",
+                str(brain / HIERARCHY),
+                "--out",
+                str(lcs_out),
+                "--steps",
+                str(settings.lcs_steps),
+                "--spacing",
+                ",".join(map(str, settings.lcs_spacing)),
+                "--time-limit",
+                f"{2 * minutes / 3:.3f}",
+                "--name",
+                "LCS demo (AAL lobes; draw finer regions on the atlas)",
+                "--channels",
+                ",".join(map(str, settings.lcs_channels)),
+                *common,
+            ]
+        )
         if code:
             raise InputError("training the LCS demo bundle failed (see above)")
     else:
@@ -183,7 +262,9 @@ def find_bundles(folder: Path) -> tuple[Path, Path]:
         candidates = [folder / name, folder / f"{name}.zip"]
         found = next((c for c in candidates if c.exists()), None)
         if found is None:
-            raise InputError(f"{folder}: no {name} bundle; run 'lsseg demo --train' to train the demo bundles")
+            raise InputError(
+                f"{folder}: no {name} bundle; run 'lsseg demo --train' to train the demo bundles"
+            )
         paths.append(found)
     return paths[0], paths[1]
 
@@ -195,8 +276,9 @@ def _stem(case_id: str) -> str:
     return case_id.replace("/", "_")
 
 
-def write_result(folder: Path, stem: str, labelmap: np.ndarray, affine: np.ndarray,
-                 labels: list[LabelInfo]) -> list[Path]:
+def write_result(
+    folder: Path, stem: str, labelmap: np.ndarray, affine: np.ndarray, labels: list[LabelInfo]
+) -> list[Path]:
     """Label map (.nii.gz) + names table (.csv) + Slicer segmentation (.seg.nrrd)."""
     folder.mkdir(parents=True, exist_ok=True)
     nifti = save_nifti(folder / f"{stem}.nii.gz", labelmap, affine)
@@ -216,8 +298,9 @@ def _display_slice(volume: np.ndarray, focus: np.ndarray) -> tuple[int, np.ndarr
     return k, np.rot90(volume[:, :, k])
 
 
-def save_overlay(path: Path, image: np.ndarray, panels: list[tuple[str, np.ndarray]], labels: list[LabelInfo],
-                 title: str) -> Path:
+def save_overlay(
+    path: Path, image: np.ndarray, panels: list[tuple[str, np.ndarray]], labels: list[LabelInfo], title: str
+) -> Path:
     """Image with each label map in ``panels`` overlaid (label colours), side by side."""
     import matplotlib
 
@@ -285,11 +368,17 @@ def labelsharing_examples(out: Path, bundle_path: Path, multitask: list[Path], d
         volume, truth, affine = _volume_and_truth(case)
         result = segment_task(bundle, volume, affine, task, device=device, network=network)
         target = out / "results" / "labelsharing" / task
-        files = write_result(target, f"{_stem(case.case_id)}_segmentation", result.labelmap, affine, result.labels)
+        files = write_result(
+            target, f"{_stem(case.case_id)}_segmentation", result.labelmap, affine, result.labels
+        )
         save_nifti(target / f"{_stem(case.case_id)}_image.nii.gz", volume, affine)
-        picture = save_overlay(out / "figures" / f"labelsharing_{task}.png", volume,
-                               [("ground truth", truth), ("label sharing", result.labelmap)], result.labels,
-                               f"{task}: {case.case_id}")
+        picture = save_overlay(
+            out / "figures" / f"labelsharing_{task}.png",
+            volume,
+            [("ground truth", truth), ("label sharing", result.labelmap)],
+            result.labels,
+            f"{task}: {case.case_id}",
+        )
         examples.append({"task": task, "case": case.case_id, "files": files, "figure": picture})
         _say(f"label sharing, task {task}: wrote {files[0]}")
     return examples
@@ -319,20 +408,45 @@ def lcs_examples(out: Path, bundle_path: Path, brain: Path, device: str) -> dict
     volume, truth, affine = _volume_and_truth(case)
     target = out / "results" / "lcs"
     stem = _stem(case.case_id)
-    coarse = segment_atlas_labels(bundle, volume, affine, np.stack([atlas_map == l.value for l in coarse_labels]),
-                                  coarse_labels, device=device, network=network)
+    coarse = segment_atlas_labels(
+        bundle,
+        volume,
+        affine,
+        np.stack([atlas_map == lab.value for lab in coarse_labels]),
+        coarse_labels,
+        device=device,
+        network=network,
+    )
     files = write_result(target, f"{stem}_coarse", coarse.labelmap, affine, coarse.labels)
     fine_atlas, fine_labels = _fine_atlas_labels(bundle, brain)
-    fine = segment_atlas_labels(bundle, volume, affine, np.stack([fine_atlas == l.value for l in fine_labels]),
-                                fine_labels, device=device, network=network, align=coarse.alignment)
+    fine = segment_atlas_labels(
+        bundle,
+        volume,
+        affine,
+        np.stack([fine_atlas == lab.value for lab in fine_labels]),
+        fine_labels,
+        device=device,
+        network=network,
+        align=coarse.alignment,
+    )
     files += write_result(target, f"{stem}_fine", fine.labelmap, affine, fine.labels)
     save_nifti(target / f"{stem}_image.nii.gz", volume, affine)
     coarse_truth = _coarse_lut(brain, int(truth.max()))[truth]
     figures = [
-        save_overlay(out / "figures" / "lcs_coarse.png", volume, [("ground truth (coarse)", coarse_truth),
-                     ("LCS, trained coarse labels", coarse.labelmap)], coarse.labels, f"LCS coarse: {case.case_id}"),
-        save_overlay(out / "figures" / "lcs_fine.png", volume, [("ground truth (fine AAL)", truth),
-                     ("LCS, fine labels never trained", fine.labelmap)], fine.labels, f"LCS fine: {case.case_id}"),
+        save_overlay(
+            out / "figures" / "lcs_coarse.png",
+            volume,
+            [("ground truth (coarse)", coarse_truth), ("LCS, trained coarse labels", coarse.labelmap)],
+            coarse.labels,
+            f"LCS coarse: {case.case_id}",
+        ),
+        save_overlay(
+            out / "figures" / "lcs_fine.png",
+            volume,
+            [("ground truth (fine AAL)", truth), ("LCS, fine labels never trained", fine.labelmap)],
+            fine.labels,
+            f"LCS fine: {case.case_id}",
+        ),
     ]
     _say(f"LCS: wrote {files[0]} and {files[3]} ({len(fine_labels)} fine labels drawn on the atlas)")
     return {"case": case.case_id, "files": files, "figures": figures}
@@ -346,12 +460,17 @@ def off_atlas_example(out: Path, bundle_path: Path, brain: Path, device: str, se
     bundle = load_bundle(bundle_path)
     network = _network(bundle, device)
     atlas_map, _, coarse_labels = bundle.atlas_labels()
-    masks = np.stack([atlas_map == l.value for l in coarse_labels])
+    masks = np.stack([atlas_map == lab.value for lab in coarse_labels])
     dataset = read_dataset(brain)
     case = dataset.test[0]
     volume, truth, affine = _volume_and_truth(case)
-    moved = move_off_atlas(volume, _coarse_lut(brain, int(truth.max()))[truth], affine, random_transform(np.random.default_rng(seed), degrees=20,
-                                                                         shift=25), spacing=(1.8, 2.6, 2.2))
+    moved = move_off_atlas(
+        volume,
+        _coarse_lut(brain, int(truth.max()))[truth],
+        affine,
+        random_transform(np.random.default_rng(seed), degrees=20, shift=25),
+        spacing=(1.8, 2.6, 2.2),
+    )
     target = out / "results" / "offatlas"
     target.mkdir(parents=True, exist_ok=True)
     save_nifti(target / "scan_image.nii.gz", moved.image, moved.affine)
@@ -360,22 +479,44 @@ def off_atlas_example(out: Path, bundle_path: Path, brain: Path, device: str, se
     results = {}
     for mode, align in (("aligned", None), ("not aligned", False)):
         started = time.perf_counter()
-        result = segment_atlas_labels(bundle, moved.image, moved.affine, masks, coarse_labels, device=device,
-                                      network=network, align=align)
+        result = segment_atlas_labels(
+            bundle,
+            moved.image,
+            moved.affine,
+            masks,
+            coarse_labels,
+            device=device,
+            network=network,
+            align=align,
+        )
         seconds = time.perf_counter() - started
         results[mode] = result
         for label in coarse_labels:
-            rows.append({"mode": mode, "label_value": label.value, "label_name": label.name,
-                         "dice": _dice(result.labelmap == label.value, moved.labels == label.value),
-                         "seconds": round(seconds, 2)})
-    files = write_result(target, "scan_segmentation_aligned", results["aligned"].labelmap, moved.affine,
-                         coarse_labels)
+            rows.append(
+                {
+                    "mode": mode,
+                    "label_value": label.value,
+                    "label_name": label.name,
+                    "dice": _dice(result.labelmap == label.value, moved.labels == label.value),
+                    "seconds": round(seconds, 2),
+                }
+            )
+    files = write_result(
+        target, "scan_segmentation_aligned", results["aligned"].labelmap, moved.affine, coarse_labels
+    )
     csv_path = target / "offatlas.csv"
     _write_rows(csv_path, rows)
-    figure = save_overlay(out / "figures" / "offatlas.png", moved.image,
-                          [("ground truth (moved)", moved.labels), ("aligned automatically", results["aligned"].labelmap),
-                           ("without alignment", results["not aligned"].labelmap)], coarse_labels,
-                          f"Off-atlas scan ({case.case_id} moved by a random affine, cropped)")
+    figure = save_overlay(
+        out / "figures" / "offatlas.png",
+        moved.image,
+        [
+            ("ground truth (moved)", moved.labels),
+            ("aligned automatically", results["aligned"].labelmap),
+            ("without alignment", results["not aligned"].labelmap),
+        ],
+        coarse_labels,
+        f"Off-atlas scan ({case.case_id} moved by a random affine, cropped)",
+    )
     _say(f"off-atlas scan: wrote {files[0]}")
     return {"case": case.case_id, "files": files, "csv": csv_path, "figure": figure}
 
@@ -413,15 +554,27 @@ def report_numbers(out: Path) -> dict:
     off = _read_csv(out / "results" / "offatlas" / "offatlas.csv")
     tasks = sorted({r["task"] for r in ls_rows})
     return {
-        "labelsharing": {t: {"dice": _mean(r["dice"] for r in ls_rows if r["task"] == t),
-                             "cases": len({r["case"] for r in ls_rows if r["task"] == t}),
-                             "labels": len({r["label_value"] for r in ls_rows if r["task"] == t})} for t in tasks},
-        "lcs_coarse": {"dice": _mean(r["dice"] for r in lcs_rows), "cases": len({r["case"] for r in lcs_rows}),
-                       "labels": len({r["label_value"] for r in lcs_rows})},
-        "lcs_fine": {"fine_dice": _mean(r["fine_dice"] for r in table1),
-                     "naive_dice": _mean(r["naive_dice"] for r in table1),
-                     "labels": len({r["fine_value"] for r in table1})},
-        "offatlas": {mode: _mean(r["dice"] for r in off if r["mode"] == mode) for mode in ("aligned", "not aligned")},
+        "labelsharing": {
+            t: {
+                "dice": _mean(r["dice"] for r in ls_rows if r["task"] == t),
+                "cases": len({r["case"] for r in ls_rows if r["task"] == t}),
+                "labels": len({r["label_value"] for r in ls_rows if r["task"] == t}),
+            }
+            for t in tasks
+        },
+        "lcs_coarse": {
+            "dice": _mean(r["dice"] for r in lcs_rows),
+            "cases": len({r["case"] for r in lcs_rows}),
+            "labels": len({r["label_value"] for r in lcs_rows}),
+        },
+        "lcs_fine": {
+            "fine_dice": _mean(r["fine_dice"] for r in table1),
+            "naive_dice": _mean(r["naive_dice"] for r in table1),
+            "labels": len({r["fine_value"] for r in table1}),
+        },
+        "offatlas": {
+            mode: _mean(r["dice"] for r in off if r["mode"] == mode) for mode in ("aligned", "not aligned")
+        },
     }
 
 
@@ -429,55 +582,82 @@ def _f(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
-def write_report(out: Path, numbers: dict, bundles: tuple[Path, Path], source: str, examples: list[dict],
-                 lcs: dict, off: dict) -> Path:
+def write_report(
+    out: Path,
+    numbers: dict,
+    bundles: tuple[Path, Path],
+    source: str,
+    examples: list[dict],
+    lcs: dict,
+    off: dict,
+) -> Path:
     rel = lambda p: Path(p).resolve().relative_to(out.resolve()).as_posix()  # noqa: E731
     ls_bundle, lcs_bundle = (load_bundle(p) for p in bundles)
     lines = [
-        "# LabelSharingSeg demo report", "",
+        "# LabelSharingSeg demo report",
+        "",
         f"Bundles: {source}. Label sharing: `{bundles[0]}` (id {ls_bundle.bundle_id[:12]}); "
         f"LCS: `{bundles[1]}` (id {lcs_bundle.bundle_id[:12]}).",
         "Test cases come from the FSL MNI152 template, which no training case was made from (training: ICBM "
         "2009c/2009a templates with random deformations and intensity changes). Every number below is read from "
         "the evaluation files (`evaluation/*/metrics.csv`, `evaluation/lcs/table1.csv`, "
-        "`results/offatlas/offatlas.csv`).", "",
-        "## Label sharing: one network, three tasks", "",
+        "`results/offatlas/offatlas.csv`).",
+        "",
+        "## Label sharing: one network, three tasks",
+        "",
         f"Shared label space: n* = {ls_bundle.label_space.n_shared} shared labels serve "
-        f"{len(ls_bundle.task_names())} tasks (see `evaluation/labelsharing/summary.md` for per-label Dice).", "",
-        "| task | test cases | labels | mean Dice |", "|---|---|---|---|",
+        f"{len(ls_bundle.task_names())} tasks (see `evaluation/labelsharing/summary.md` for per-label Dice).",
+        "",
+        "| task | test cases | labels | mean Dice |",
+        "|---|---|---|---|",
     ]
     for task, row in numbers["labelsharing"].items():
         lines.append(f"| {task} | {row['cases']} | {row['labels']} | {_f(row['dice'])} |")
     lines += [""] + [f"![{e['task']}]({rel(e['figure'])})" for e in examples]
     lines += [
-        "", "## LCS: atlas-conditioned, trained on coarse labels", "",
-        "| conditioned on | labels | mean Dice |", "|---|---|---|",
+        "",
+        "## LCS: atlas-conditioned, trained on coarse labels",
+        "",
+        "| conditioned on | labels | mean Dice |",
+        "|---|---|---|",
         f"| trained coarse labels (atlas) | {numbers['lcs_coarse']['labels']} | {_f(numbers['lcs_coarse']['dice'])} |",
         f"| fine AAL labels drawn on the atlas, never trained | {numbers['lcs_fine']['labels']} | "
         f"{_f(numbers['lcs_fine']['fine_dice'])} |",
         f"| (naive: coarse prediction scored against fine truth) | {numbers['lcs_fine']['labels']} | "
-        f"{_f(numbers['lcs_fine']['naive_dice'])} |", "",
-        "Per fine label: `evaluation/lcs/summary.md` (paper 002, Table 1).", "",
+        f"{_f(numbers['lcs_fine']['naive_dice'])} |",
+        "",
+        "Per fine label: `evaluation/lcs/summary.md` (paper 002, Table 1).",
+        "",
     ] + [f"![lcs]({rel(p)})" for p in lcs["figures"]]
     lines += [
-        "", "## A scan that is not in atlas space", "",
+        "",
+        "## A scan that is not in atlas space",
+        "",
         f"Test case `{off['case']}` moved by a random affine transform (rotation up to 20 degrees, shift up to "
-        "25 mm, scaling), resampled onto an oblique, anisotropic (1.8 x 2.6 x 2.2 mm), cropped grid.", "",
-        "| segmentation | mean Dice (coarse labels) |", "|---|---|",
+        "25 mm, scaling), resampled onto an oblique, anisotropic (1.8 x 2.6 x 2.2 mm), cropped grid.",
+        "",
+        "| segmentation | mean Dice (coarse labels) |",
+        "|---|---|",
         f"| aligned automatically to the atlas (default) | {_f(numbers['offatlas']['aligned'])} |",
-        f"| without alignment | {_f(numbers['offatlas']['not aligned'])} |", "",
-        f"![off-atlas]({rel(off['figure'])})", "",
-        "## Files", "",
+        f"| without alignment | {_f(numbers['offatlas']['not aligned'])} |",
+        "",
+        f"![off-atlas]({rel(off['figure'])})",
+        "",
+        "## Files",
+        "",
         "Each result is a label map on the scan's own grid (`.nii.gz`) with its names table (`.csv`: value, name, "
-        "colour) and the same as a Slicer segmentation (`.seg.nrrd`), beside the image it was made from:", "",
+        "colour) and the same as a Slicer segmentation (`.seg.nrrd`), beside the image it was made from:",
+        "",
     ]
     for e in examples:
         lines.append(f"- label sharing, {e['task']}: " + ", ".join(f"`{rel(f)}`" for f in e["files"]))
     lines.append("- LCS: " + ", ".join(f"`{rel(f)}`" for f in lcs["files"]))
     lines.append("- off-atlas scan: " + ", ".join(f"`{rel(f)}`" for f in off["files"]))
     lines += [
-        "", "Open in 3D Slicer: drag the `*_image.nii.gz` and the matching `.seg.nrrd` into the Slicer window "
-        "(or File > Add Data); the segments carry their names and colours.", "",
+        "",
+        "Open in 3D Slicer: drag the `*_image.nii.gz` and the matching `.seg.nrrd` into the Slicer window "
+        "(or File > Add Data); the segments carry their names and colours.",
+        "",
         "Evaluation details and plots: `evaluation/labelsharing/summary.md`, `evaluation/lcs/summary.md`.",
     ]
     return _write(out / "report.md", "\n".join(lines) + "\n")
@@ -498,7 +678,9 @@ def run_demo(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     settings = TINY if args.tiny else FULL
-    source = "trained by this run (--train)" if args.train else f"from {args.bundles or 'the shipped bundles'}"
+    source = (
+        "trained by this run (--train)" if args.train else f"from {args.bundles or 'the shipped bundles'}"
+    )
     _check_settings(out, settings, source)
     multitask, brain = prepare_data(out / "data", settings)
     if args.train:
@@ -522,10 +704,14 @@ def run_demo(args: argparse.Namespace) -> int:
     for task, row in numbers["labelsharing"].items():
         print(f"  label sharing  {task:22s} mean Dice {_f(row['dice'])} over {row['cases']} test case(s)")
     print(f"  LCS            coarse (trained) labels  mean Dice {_f(numbers['lcs_coarse']['dice'])}")
-    print(f"  LCS            fine labels, never trained mean Dice {_f(numbers['lcs_fine']['fine_dice'])} "
-          f"(naive {_f(numbers['lcs_fine']['naive_dice'])})")
-    print(f"  off-atlas scan aligned {_f(numbers['offatlas']['aligned'])} vs not aligned "
-          f"{_f(numbers['offatlas']['not aligned'])}")
+    print(
+        f"  LCS            fine labels, never trained mean Dice {_f(numbers['lcs_fine']['fine_dice'])} "
+        f"(naive {_f(numbers['lcs_fine']['naive_dice'])})"
+    )
+    print(
+        f"  off-atlas scan aligned {_f(numbers['offatlas']['aligned'])} vs not aligned "
+        f"{_f(numbers['offatlas']['not aligned'])}"
+    )
     print(f"Report: {report}")
     print(f"Open in Slicer: drag {out / 'results'}/*/*_image.nii.gz and the matching .seg.nrrd into Slicer.")
     return 0

@@ -62,15 +62,19 @@ def setup(device_name: str = "auto") -> DistContext:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise InputError(f"torchrun started {world} processes per node but only {torch.cuda.device_count()} "
-                             "GPU(s) are visible; lower --nproc_per_node")
+            raise InputError(
+                f"torchrun started {world} processes per node but only {torch.cuda.device_count()} "
+                "GPU(s) are visible; lower --nproc_per_node"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"
     elif device.type == "cpu":
         backend = "gloo"
         # share the cores between the processes instead of oversubscribing them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world)))))
+        torch.set_num_threads(
+            max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+        )
     else:
         raise InputError(f"distributed training runs on CUDA (NCCL) or CPU (gloo), not {device.type}")
     dist.init_process_group(backend=backend)

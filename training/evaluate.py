@@ -28,9 +28,20 @@ from LabelSharingSegLib.engine.inference import atlas_labels_independently, segm
 from LabelSharingSegLib.engine.labels import LabelInfo
 from LabelSharingSegLib.engine.preprocessing import resample_to_grid
 
-from .metrics import label_metrics, nanmean, voxel_spacing, dice
+from .metrics import dice, label_metrics, nanmean, voxel_spacing
 
-FIELDS = ("method", "kind", "task", "case", "label_value", "label_name", "dice", "hd95", "pred_voxels", "true_voxels")
+FIELDS = (
+    "method",
+    "kind",
+    "task",
+    "case",
+    "label_value",
+    "label_name",
+    "dice",
+    "hd95",
+    "pred_voxels",
+    "true_voxels",
+)
 
 
 def _method_names(paths: list[Path]) -> list[str]:
@@ -59,11 +70,18 @@ def _label(label: np.ndarray) -> np.ndarray:
 
 
 def _rows_for(method, kind, task, case_id, prediction, truth, labels, spacing, with_hd95):
-    metrics = label_metrics(prediction, truth, [l.value for l in labels], spacing, with_hd95=with_hd95)
+    metrics = label_metrics(prediction, truth, [lab.value for lab in labels], spacing, with_hd95=with_hd95)
     for label in labels:
         m = metrics[label.value]
-        yield {"method": method, "kind": kind, "task": task, "case": case_id, "label_value": label.value,
-               "label_name": label.name, **m}
+        yield {
+            "method": method,
+            "kind": kind,
+            "task": task,
+            "case": case_id,
+            "label_value": label.value,
+            "label_name": label.name,
+            **m,
+        }
 
 
 def _evaluate_task_bundle(bundle, method, datasets, device, with_hd95):
@@ -77,8 +95,17 @@ def _evaluate_task_bundle(bundle, method, datasets, device, with_hd95):
         for case in _test_cases(dataset):
             image, truth, affine = load_case(case)
             result = segment_task(bundle, _volume(image), affine, task, device=str(device), network=network)
-            rows += _rows_for(method, bundle.kind, task, case.case_id, result.labelmap, _label(truth), labels,
-                              voxel_spacing(affine), with_hd95)
+            rows += _rows_for(
+                method,
+                bundle.kind,
+                task,
+                case.case_id,
+                result.labelmap,
+                _label(truth),
+                labels,
+                voxel_spacing(affine),
+                with_hd95,
+            )
     return rows
 
 
@@ -103,34 +130,56 @@ def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95):
         if fine_names and not set(fine_names) <= declared:
             continue
         task = dataset.task_name()
-        fine_atlas = _fine_atlas(dataset, training.get("atlas_case"), atlas_affine, atlas_labels.shape) \
-            if coarse_map else None
+        fine_atlas = (
+            _fine_atlas(dataset, training.get("atlas_case"), atlas_affine, atlas_labels.shape)
+            if coarse_map
+            else None
+        )
         for case in _test_cases(dataset):
             image, truth, affine = load_case(case)
             volume, truth = _volume(image), _label(truth).astype(np.int64)
-            result = segment_atlas_labels(bundle, volume, affine, masks, infos, device=str(device), network=network)
+            result = segment_atlas_labels(
+                bundle, volume, affine, masks, infos, device=str(device), network=network
+            )
             mapped = _lcs_truth_lut(coarse_map, int(truth.max(initial=0)))[truth] if coarse_map else truth
             spacing = voxel_spacing(affine)
-            rows += _rows_for(method, "lcs", task, case.case_id, result.labelmap, mapped, infos, spacing, with_hd95)
+            rows += _rows_for(
+                method, "lcs", task, case.case_id, result.labelmap, mapped, infos, spacing, with_hd95
+            )
             if fine_atlas is None:
                 continue
             fine_pairs = [(f, c) for f, c in sorted(coarse_map.items()) if (fine_atlas == f).any()]
             if not fine_pairs:
                 continue
-            fine_infos = [LabelInfo(f, fine_names.get(f, f"label_{f}"), (1.0, 0.0, 0.0)) for f, _ in fine_pairs]
+            fine_infos = [
+                LabelInfo(f, fine_names.get(f, f"label_{f}"), (1.0, 0.0, 0.0)) for f, _ in fine_pairs
+            ]
             # every fine label conditioned on its own (as one at a time), batched; the scan's alignment reused
             decided, _ = atlas_labels_independently(
-                bundle, volume, affine, np.stack([fine_atlas == f for f, _ in fine_pairs]), fine_infos,
-                device=str(device), network=network, align=result.alignment)
+                bundle,
+                volume,
+                affine,
+                np.stack([fine_atlas == f for f, _ in fine_pairs]),
+                fine_infos,
+                device=str(device),
+                network=network,
+                align=result.alignment,
+            )
             for (fine, coarse), info, fine_prediction in zip(fine_pairs, fine_infos, decided):
-                table1.append({
-                    "method": method, "task": task, "case": case.case_id, "coarse_value": coarse,
-                    "coarse_name": next((i.name for i in infos if i.value == coarse), str(coarse)),
-                    "coarse_dice": dice(result.labelmap == coarse, mapped == coarse),
-                    "fine_value": fine, "fine_name": info.name,
-                    "naive_dice": dice(result.labelmap == coarse, truth == fine),
-                    "fine_dice": dice(fine_prediction, truth == fine),
-                })
+                table1.append(
+                    {
+                        "method": method,
+                        "task": task,
+                        "case": case.case_id,
+                        "coarse_value": coarse,
+                        "coarse_name": next((i.name for i in infos if i.value == coarse), str(coarse)),
+                        "coarse_dice": dice(result.labelmap == coarse, mapped == coarse),
+                        "fine_value": fine,
+                        "fine_name": info.name,
+                        "naive_dice": dice(result.labelmap == coarse, truth == fine),
+                        "fine_dice": dice(fine_prediction, truth == fine),
+                    }
+                )
     return rows, table1
 
 
@@ -141,8 +190,9 @@ def _fine_atlas(dataset, atlas_id, atlas_affine, atlas_shape):
         return None
     _, label, affine = load_case(case)
     label = _label(label).astype(np.float32)
-    on_grid = resample_to_grid(torch.as_tensor(label)[None], atlas_affine, atlas_shape, mode="nearest",
-                               src_affine=affine)[0]
+    on_grid = resample_to_grid(
+        torch.as_tensor(label)[None], atlas_affine, atlas_shape, mode="nearest", src_affine=affine
+    )[0]
     return on_grid.round().numpy().astype(np.int64)
 
 
@@ -188,8 +238,10 @@ def _plots(out: Path, rows: list[dict], methods: list[str]) -> list[Path]:
         cases = sorted({r["case"] for r in task_rows})
         fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(task_methods), 4.2))
         for case in cases:
-            ys = [nanmean(r["dice"] for r in task_rows if r["case"] == case and r["method"] == m)
-                  for m in task_methods]
+            ys = [
+                nanmean(r["dice"] for r in task_rows if r["case"] == case and r["method"] == m)
+                for m in task_methods
+            ]
             ax.plot(range(len(task_methods)), ys, marker="o", color="tab:blue", alpha=0.5, linewidth=1)
         means = [nanmean(r["dice"] for r in task_rows if r["method"] == m) for m in task_methods]
         ax.plot(range(len(task_methods)), means, marker="s", color="black", linewidth=2.5, label="mean")
@@ -204,8 +256,14 @@ def _plots(out: Path, rows: list[dict], methods: list[str]) -> list[Path]:
         fig, ax = plt.subplots(figsize=(2.5 + 1.1 * len(labels) * max(1, len(task_methods)) / 2, 4.2))
         width = 0.8 / max(1, len(task_methods))
         for k, m in enumerate(task_methods):
-            ys = [nanmean(r["dice"] for r in task_rows if r["method"] == m and (r["label_value"], r["label_name"]) == (v, n))
-                  for v, n in labels]
+            ys = [
+                nanmean(
+                    r["dice"]
+                    for r in task_rows
+                    if r["method"] == m and (r["label_value"], r["label_name"]) == (v, n)
+                )
+                for v, n in labels
+            ]
             ax.bar(np.arange(len(labels)) + k * width - 0.4 + width / 2, np.nan_to_num(ys), width, label=m)
         ax.set_xticks(range(len(labels)), [n for _, n in labels], rotation=20, ha="right")
         ax.set_ylim(0, 1)
@@ -217,36 +275,70 @@ def _plots(out: Path, rows: list[dict], methods: list[str]) -> list[Path]:
 
 
 def _summary(rows: list[dict], table1: list[dict], methods: list[str], plots: list[Path]) -> str:
-    lines = ["# Evaluation", "",
-             "Dice per label and test case (NaN when the label is absent from both prediction and truth, skipped "
-             "in means); HD95 in mm (inf when exactly one of them is empty; finite values averaged).", "",
-             "## Mean per task and method", "", "| task | method | cases | mean Dice | mean HD95 (mm) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "# Evaluation",
+        "",
+        "Dice per label and test case (NaN when the label is absent from both prediction and truth, skipped "
+        "in means); HD95 in mm (inf when exactly one of them is empty; finite values averaged).",
+        "",
+        "## Mean per task and method",
+        "",
+        "| task | method | cases | mean Dice | mean HD95 (mm) |",
+        "|---|---|---|---|---|",
+    ]
     for task in sorted({r["task"] for r in rows}):
         for m in methods:
             sel = [r for r in rows if r["task"] == task and r["method"] == m]
             if sel:
-                lines.append(f"| {task} | {m} | {len({r['case'] for r in sel})} | "
-                             f"{_fmt(nanmean(r['dice'] for r in sel))} | {_fmt(_finite_mean([r['hd95'] for r in sel]))} |")
-    lines += ["", "## Mean Dice per label", "", "| task | label | " + " | ".join(methods) + " |",
-              "|---|---|" + "---|" * len(methods)]
+                lines.append(
+                    f"| {task} | {m} | {len({r['case'] for r in sel})} | "
+                    f"{_fmt(nanmean(r['dice'] for r in sel))} | {_fmt(_finite_mean([r['hd95'] for r in sel]))} |"
+                )
+    lines += [
+        "",
+        "## Mean Dice per label",
+        "",
+        "| task | label | " + " | ".join(methods) + " |",
+        "|---|---|" + "---|" * len(methods),
+    ]
     for task in sorted({r["task"] for r in rows}):
         for value, name in sorted({(r["label_value"], r["label_name"]) for r in rows if r["task"] == task}):
-            cells = [_fmt(nanmean(r["dice"] for r in rows if r["task"] == task and r["method"] == m
-                                  and (r["label_value"], r["label_name"]) == (value, name))) for m in methods]
+            cells = [
+                _fmt(
+                    nanmean(
+                        r["dice"]
+                        for r in rows
+                        if r["task"] == task
+                        and r["method"] == m
+                        and (r["label_value"], r["label_name"]) == (value, name)
+                    )
+                )
+                for m in methods
+            ]
             lines.append(f"| {task} | {name} ({value}) | " + " | ".join(cells) + " |")
     if table1:
-        lines += ["", "## Coarse training labels, fine labels at test time (paper 002, Table 1)", "",
-                  "Naive Dice: prediction conditioned on the coarse training label vs the fine truth. Fine-grained "
-                  "Dice: prediction conditioned on the fine atlas label (never trained) vs the fine truth.", "",
-                  "| method | coarse training label | Dice | fine label | naive Dice | fine-grained Dice |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Coarse training labels, fine labels at test time (paper 002, Table 1)",
+            "",
+            "Naive Dice: prediction conditioned on the coarse training label vs the fine truth. Fine-grained "
+            "Dice: prediction conditioned on the fine atlas label (never trained) vs the fine truth.",
+            "",
+            "| method | coarse training label | Dice | fine label | naive Dice | fine-grained Dice |",
+            "|---|---|---|---|---|---|",
+        ]
         keys = sorted({(t["method"], t["coarse_value"], t["fine_value"]) for t in table1})
         for method, coarse, fine in keys:
-            sel = [t for t in table1 if (t["method"], t["coarse_value"], t["fine_value"]) == (method, coarse, fine)]
-            lines.append(f"| {method} | {sel[0]['coarse_name']} ({coarse}) | {_fmt(nanmean(t['coarse_dice'] for t in sel))} "
-                         f"| {sel[0]['fine_name']} ({fine}) | {_fmt(nanmean(t['naive_dice'] for t in sel))} | "
-                         f"{_fmt(nanmean(t['fine_dice'] for t in sel))} |")
+            sel = [
+                t
+                for t in table1
+                if (t["method"], t["coarse_value"], t["fine_value"]) == (method, coarse, fine)
+            ]
+            lines.append(
+                f"| {method} | {sel[0]['coarse_name']} ({coarse}) | {_fmt(nanmean(t['coarse_dice'] for t in sel))} "
+                f"| {sel[0]['fine_name']} ({fine}) | {_fmt(nanmean(t['naive_dice'] for t in sel))} | "
+                f"{_fmt(nanmean(t['fine_dice'] for t in sel))} |"
+            )
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"
@@ -269,8 +361,10 @@ def evaluate(bundle_paths, data_paths, out, *, device: str = "auto", with_hd95: 
         else:
             more = _evaluate_task_bundle(bundle, method, datasets, torch_device, with_hd95)
         if not more:
-            raise InputError(f"{path}: none of its tasks/labels matches a --data folder "
-                             f"({', '.join(d.task_name() for d in datasets)})")
+            raise InputError(
+                f"{path}: none of its tasks/labels matches a --data folder "
+                f"({', '.join(d.task_name() for d in datasets)})"
+            )
         rows += more
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / "metrics.csv", rows, FIELDS)

@@ -20,10 +20,15 @@ import torch
 import torch.nn.functional as F
 
 from LabelSharingSegLib.engine.bundle import TaskInfo
-# The LCS network input is padded exactly as inference pads it (centred); these helpers are the engine's own.
-from LabelSharingSegLib.engine.preprocessing import centred_pad_amounts, crop_spatial, pad_spatial
 from LabelSharingSegLib.engine.networks import downsample_factor
-from LabelSharingSegLib.engine.preprocessing import normalise_intensity
+
+# The LCS network input is padded exactly as inference pads it (centred); these helpers are the engine's own.
+from LabelSharingSegLib.engine.preprocessing import (
+    centred_pad_amounts,
+    crop_spatial,
+    normalise_intensity,
+    pad_spatial,
+)
 
 from .metrics import dice as dice_score
 from .samples import PatchSampler, build_augmentation, step_rng
@@ -78,8 +83,11 @@ class TaskMethod:
             if self.augmentation is not None:
                 self.augmentation.set_random_state(seed=int(rng.integers(2**31)))
                 out = self.augmentation({"image": sample["image"], "label": sample["label"].float()})
-                sample = {"image": torch.as_tensor(out["image"]).float(),
-                          "label": torch.as_tensor(out["label"]).round().long(), "task": sample["task"]}
+                sample = {
+                    "image": torch.as_tensor(out["image"]).float(),
+                    "label": torch.as_tensor(out["label"]).round().long(),
+                    "task": sample["task"],
+                }
             samples.append(sample)
         return {
             "image": torch.stack([s["image"] for s in samples]),
@@ -130,9 +138,16 @@ class TaskMethod:
         def predictor(patch):
             return self.forward(net, patch.to(device), task_tensor.expand(patch.shape[0])).float()
 
-        logits = sliding_window_inference(inputs, roi_size=list(self.patch), sw_batch_size=4, predictor=predictor,
-                                          overlap=float(self.prep.get("overlap", 0.5)), mode="gaussian",
-                                          sw_device=device, device=torch.device("cpu"))
+        logits = sliding_window_inference(
+            inputs,
+            roi_size=list(self.patch),
+            sw_batch_size=4,
+            predictor=predictor,
+            overlap=float(self.prep.get("overlap", 0.5)),
+            mode="gaussian",
+            sw_device=device,
+            device=torch.device("cpu"),
+        )
         logits = logits[0] if self.spatial_dims == 3 else logits.permute(1, 2, 3, 0)
         allowed = self.channel_masks[task].view(-1, *([1] * (logits.ndim - 1)))
         return logits.masked_fill(~allowed, MASKED_LOGIT).argmax(0)
@@ -159,8 +174,15 @@ class LCSMethod:
     atlas masks) is zero-padded *centred* to the pooling factor with the engine's ``centred_pad_amounts``.
     """
 
-    def __init__(self, atlas_raw: torch.Tensor, atlas_label: torch.Tensor, label_values: list[int],
-                 network_config: dict, prep: dict, merge_prob: float = 0.5):
+    def __init__(
+        self,
+        atlas_raw: torch.Tensor,
+        atlas_label: torch.Tensor,
+        label_values: list[int],
+        network_config: dict,
+        prep: dict,
+        merge_prob: float = 0.5,
+    ):
         """``atlas_raw``: the atlas image on its grid, (X, Y, Z), before normalisation (as the bundle stores
         it); ``atlas_label``: (X, Y, Z) label values on the same grid."""
         self.factor = downsample_factor(network_config)
@@ -180,7 +202,9 @@ class LCSMethod:
         if self.spatial_dims == 2:
             volume = volume[..., 0]
         if tuple(volume.shape[1:]) != (self.grid[:2] if self.spatial_dims == 2 else self.grid):
-            raise ValueError(f"volume of shape {tuple(volume.shape[1:])} is not on the atlas grid {self.grid}")
+            raise ValueError(
+                f"volume of shape {tuple(volume.shape[1:])} is not on the atlas grid {self.grid}"
+            )
         return pad_spatial(volume[None], self.pads)[0]
 
     def crop(self, volume: torch.Tensor) -> torch.Tensor:
@@ -219,7 +243,11 @@ class LCSMethod:
             images.append(image)
             masks.append(torch.isin(self.atlas_label, chosen)[None].float())
             targets.append(torch.isin(item["label"], chosen)[None].float())
-        return {"image": torch.stack(images), "atlas_mask": torch.stack(masks), "target": torch.stack(targets)}
+        return {
+            "image": torch.stack(images),
+            "atlas_mask": torch.stack(masks),
+            "target": torch.stack(targets),
+        }
 
     def loss(self, model, batch: dict, device: torch.device) -> torch.Tensor:
         image = batch["image"].to(device)

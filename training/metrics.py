@@ -33,8 +33,9 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
-    eroded = ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(mask.ndim, 1),
-                                    border_value=0)
+    eroded = ndimage.binary_erosion(
+        mask, structure=ndimage.generate_binary_structure(mask.ndim, 1), border_value=0
+    )
     return mask & ~eroded
 
 
@@ -55,8 +56,9 @@ def hd95(prediction: np.ndarray, truth: np.ndarray, spacing=None) -> float:
     return float(np.percentile(distances, 95))
 
 
-def label_metrics(prediction: np.ndarray, truth: np.ndarray, values, spacing=None, *, with_hd95: bool = True
-                  ) -> dict[int, dict[str, float]]:
+def label_metrics(
+    prediction: np.ndarray, truth: np.ndarray, values, spacing=None, *, with_hd95: bool = True
+) -> dict[int, dict[str, float]]:
     """Per label value: dice, hd95 (mm), voxel counts of prediction and truth."""
     out = {}
     for value in values:

@@ -20,8 +20,9 @@ class OffAtlasScan:
     transform: np.ndarray  # reference world (RAS mm) -> scan world
 
 
-def random_transform(rng: np.random.Generator, degrees: float = 15.0, shift: float = 15.0,
-                     scale: float = 0.08) -> np.ndarray:
+def random_transform(
+    rng: np.random.Generator, degrees: float = 15.0, shift: float = 15.0, scale: float = 0.08
+) -> np.ndarray:
     """Rotation (per-axis uniform in +-degrees), anisotropic scaling (1 +- scale) and shift (+-shift mm)."""
     from scipy.spatial.transform import Rotation
 
@@ -32,8 +33,14 @@ def random_transform(rng: np.random.Generator, degrees: float = 15.0, shift: flo
     return transform
 
 
-def move_off_atlas(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, transform: np.ndarray,
-                   spacing=(2.0, 2.4, 2.0), crop: float = 0.15) -> OffAtlasScan:
+def move_off_atlas(
+    image: np.ndarray,
+    labels: np.ndarray,
+    affine: np.ndarray,
+    transform: np.ndarray,
+    spacing=(2.0, 2.4, 2.0),
+    crop: float = 0.15,
+) -> OffAtlasScan:
     """Resample ``image``/``labels`` (on ``affine``), moved by ``transform``, onto a scan grid with ``spacing``
     that crops ``crop`` of the field of view at the start of every axis."""
     voxel = np.linalg.norm(affine[:3, :3], axis=0)
@@ -44,8 +51,23 @@ def move_off_atlas(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, tr
     scan_in_reference[:3, 3] = affine[:3, 3] + affine[:3, :3] @ (np.array(image.shape) * crop)
     scan_affine = transform @ scan_in_reference
     moved = transform @ affine
-    scan = resample_to_grid(torch.as_tensor(np.asarray(image, np.float32))[None], scan_affine, shape,
-                            mode="bilinear", src_affine=moved)[0].numpy()
-    truth = resample_to_grid(torch.as_tensor(np.asarray(labels, np.float32))[None], scan_affine, shape,
-                             mode="nearest", src_affine=moved)[0].numpy().round().astype(np.int16)
+    scan = resample_to_grid(
+        torch.as_tensor(np.asarray(image, np.float32))[None],
+        scan_affine,
+        shape,
+        mode="bilinear",
+        src_affine=moved,
+    )[0].numpy()
+    truth = (
+        resample_to_grid(
+            torch.as_tensor(np.asarray(labels, np.float32))[None],
+            scan_affine,
+            shape,
+            mode="nearest",
+            src_affine=moved,
+        )[0]
+        .numpy()
+        .round()
+        .astype(np.int16)
+    )
     return OffAtlasScan(scan.astype(np.float32), truth, scan_affine, transform)

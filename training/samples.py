@@ -39,8 +39,13 @@ def spacing_in_model_axes(affine: np.ndarray, spatial_dims: int) -> list[float]:
 
 
 def _resample_label(label: np.ndarray, affine: np.ndarray, dst_affine: np.ndarray, dst_shape) -> torch.Tensor:
-    out = resample_to_grid(torch.as_tensor(label.astype(np.float32))[None], dst_affine, dst_shape,
-                           mode="nearest", src_affine=affine)[0]
+    out = resample_to_grid(
+        torch.as_tensor(label.astype(np.float32))[None],
+        dst_affine,
+        dst_shape,
+        mode="nearest",
+        src_affine=affine,
+    )[0]
     return out.round().to(torch.int64)
 
 
@@ -87,8 +92,9 @@ class ToAtlasGrid:
         channels = []
         for c in range(image.shape[0]):
             raw = image[c][..., None] if image[c].ndim == 2 else image[c]
-            on_grid = resample_to_grid(torch.as_tensor(raw)[None], self.affine, self.shape, mode="bilinear",
-                                       src_affine=affine)[0]
+            on_grid = resample_to_grid(
+                torch.as_tensor(raw)[None], self.affine, self.shape, mode="bilinear", src_affine=affine
+            )[0]
             channels.append(normalise_intensity(on_grid, self.prep.get("intensity", {}))[None])
         out = dict(item)
         out["image"] = torch.cat(channels, dim=0).float()
@@ -108,23 +114,41 @@ def cache_items(cases: list[tuple[Case, int]], transform, workers: int = 0) -> l
     data = [{"case": case, "task": task} for case, task in cases]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dataset = CacheDataset(data=data, transform=transform, cache_rate=1.0, num_workers=workers or None,
-                               progress=False, copy_cache=False)
+        dataset = CacheDataset(
+            data=data,
+            transform=transform,
+            cache_rate=1.0,
+            num_workers=workers or None,
+            progress=False,
+            copy_cache=False,
+        )
         return [dataset[i] for i in range(len(dataset))]
 
 
 def build_augmentation(spatial_dims: int, spatial: bool = True):
     """MONAI dictionary transforms on {'image', 'label'}: small rotation/scaling (labels nearest), noise,
     intensity scale and shift. ``spatial=False`` keeps geometry (LCS: target and atlas stay aligned)."""
-    from monai.transforms import (Compose, RandAffined, RandGaussianNoised, RandScaleIntensityd,
-                                  RandShiftIntensityd)
+    from monai.transforms import (
+        Compose,
+        RandAffined,
+        RandGaussianNoised,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+    )
 
     transforms = []
     if spatial:
         rotate = (0.26,) if spatial_dims == 2 else (0.26, 0.26, 0.26)
-        transforms.append(RandAffined(keys=("image", "label"), prob=0.3, rotate_range=rotate,
-                                      scale_range=(0.15,) * spatial_dims, mode=("bilinear", "nearest"),
-                                      padding_mode="zeros"))
+        transforms.append(
+            RandAffined(
+                keys=("image", "label"),
+                prob=0.3,
+                rotate_range=rotate,
+                scale_range=(0.15,) * spatial_dims,
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            )
+        )
     transforms += [
         RandGaussianNoised(keys="image", prob=0.15, std=0.05),
         RandScaleIntensityd(keys="image", prob=0.3, factors=0.15),
@@ -135,7 +159,7 @@ def build_augmentation(spatial_dims: int, spatial: bool = True):
 
 def pad_to(tensor: torch.Tensor, shape, value: float = 0.0) -> torch.Tensor:
     """Pad the trailing spatial axes at the far end up to ``shape`` (no-op where already large enough)."""
-    spatial = tensor.shape[-len(shape):]
+    spatial = tensor.shape[-len(shape) :]
     pads = []
     for size, want in zip(reversed(spatial), reversed(list(shape))):
         pads += [0, max(0, int(want) - int(size))]

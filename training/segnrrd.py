@@ -29,7 +29,9 @@ def _clean(text: str) -> str:
     return " ".join(str(text).replace("|", "/").split())
 
 
-def write_seg_nrrd(path: str | os.PathLike, labelmap: np.ndarray, affine: np.ndarray, labels: list[LabelInfo]) -> Path:
+def write_seg_nrrd(
+    path: str | os.PathLike, labelmap: np.ndarray, affine: np.ndarray, labels: list[LabelInfo]
+) -> Path:
     """Write ``labelmap`` ([i, j, k], values = ``labels``' values, 0 background) with RAS ``affine`` atomically."""
     path = Path(path)
     if not path.name.lower().endswith(".seg.nrrd"):

@@ -60,16 +60,30 @@ def _minutes(text: str) -> float:
 
 def _add_budget_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("budget and optimisation")
-    g.add_argument("--steps", type=int, help="optimiser steps (default 1000; overrides --epochs). With --resume it "
-                   "may be raised to extend a run; the learning-rate schedule is then recomputed for the new total")
-    g.add_argument("--time-limit", type=_minutes, metavar="MINUTES",
-                   help="stop the training loop after MINUTES (checked after every step): validate once more, keep "
-                   "the best weights, write the checkpoint and the bundle, and report the step reached. Counts "
-                   "loop time of this invocation (not data loading); `individual` shares it between the tasks")
-    g.add_argument("--epochs", type=int, help="passes over the training cases (steps = epochs x cases / global batch)")
+    g.add_argument(
+        "--steps",
+        type=int,
+        help="optimiser steps (default 1000; overrides --epochs). With --resume it "
+        "may be raised to extend a run; the learning-rate schedule is then recomputed for the new total",
+    )
+    g.add_argument(
+        "--time-limit",
+        type=_minutes,
+        metavar="MINUTES",
+        help="stop the training loop after MINUTES (checked after every step): validate once more, keep "
+        "the best weights, write the checkpoint and the bundle, and report the step reached. Counts "
+        "loop time of this invocation (not data loading); `individual` shares it between the tasks",
+    )
+    g.add_argument(
+        "--epochs", type=int, help="passes over the training cases (steps = epochs x cases / global batch)"
+    )
     g.add_argument("--batch", type=int, default=2, help="samples per step and process (default 2)")
-    g.add_argument("--patch", type=_int_list, help="patch size, e.g. 64,64,64 (3D) or 128,128 (2D); "
-                   "divisible by the network's pooling factor (default: the data's grid, capped at 128/64)")
+    g.add_argument(
+        "--patch",
+        type=_int_list,
+        help="patch size, e.g. 64,64,64 (3D) or 128,128 (2D); "
+        "divisible by the network's pooling factor (default: the data's grid, capped at 128/64)",
+    )
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     g.add_argument("--weight-decay", type=float, default=1e-4)
     g.add_argument("--optimizer", choices=("adamw", "adam"), default="adamw")
@@ -77,22 +91,44 @@ def _add_budget_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
     g.add_argument("--seed", type=int, default=0, help="seed for weights, split, patches and augmentation")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    g.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
-                   help="mixed precision: auto = float16 on CUDA, none on CPU; bf16 = bfloat16 autocast (CPU too)")
-    g.add_argument("--foreground-prob", type=float, default=0.5,
-                   help="chance a patch is centred on a label (drawn uniformly among labels, so small ones are found)")
+    g.add_argument(
+        "--amp",
+        choices=("auto", "bf16", "off"),
+        default="auto",
+        help="mixed precision: auto = float16 on CUDA, none on CPU; bf16 = bfloat16 autocast (CPU too)",
+    )
+    g.add_argument(
+        "--foreground-prob",
+        type=float,
+        default=0.5,
+        help="chance a patch is centred on a label (drawn uniformly among labels, so small ones are found)",
+    )
     g.add_argument("--no-augment", action="store_true", help="switch off augmentation")
     g.add_argument("--cache-workers", type=int, default=0, help="threads preprocessing cases into the cache")
     d = p.add_argument_group("network and preprocessing")
-    d.add_argument("--channels", type=_int_list, default=[8, 16, 32, 64, 128],
-                   help="feature channels per U-Net level (default 8,16,32,64,128)")
-    d.add_argument("--spacing", type=_float_list, help="model grid spacing in mm (default: median of the data)")
+    d.add_argument(
+        "--channels",
+        type=_int_list,
+        default=[8, 16, 32, 64, 128],
+        help="feature channels per U-Net level (default 8,16,32,64,128)",
+    )
+    d.add_argument(
+        "--spacing", type=_float_list, help="model grid spacing in mm (default: median of the data)"
+    )
     d.add_argument("--intensity", choices=("zscore", "percentile", "ct_window", "none"), default="zscore")
     v = p.add_argument_group("validation, checkpoints, logs")
-    v.add_argument("--val-fraction", type=float, default=0.2,
-                   help="share of each task's training cases held out for validation (never test cases)")
-    v.add_argument("--val-every", type=int, default=0, help="validate every N steps (default: 10 times per run)")
-    v.add_argument("--checkpoint-every", type=int, default=50, help="write the resumable checkpoint every N steps")
+    v.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share of each task's training cases held out for validation (never test cases)",
+    )
+    v.add_argument(
+        "--val-every", type=int, default=0, help="validate every N steps (default: 10 times per run)"
+    )
+    v.add_argument(
+        "--checkpoint-every", type=int, default=50, help="write the resumable checkpoint every N steps"
+    )
     v.add_argument("--checkpoint-dir", type=Path, help="default: OUT + '.training'")
     v.add_argument("--resume", action="store_true", help="continue the run saved in --checkpoint-dir")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -103,8 +139,11 @@ def _add_budget_options(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    train_p = subparsers.add_parser("train", help="train a model and write a bundle",
-                                    description="Train one of the methods and write a model bundle.")
+    train_p = subparsers.add_parser(
+        "train",
+        help="train a model and write a bundle",
+        description="Train one of the methods and write a model bundle.",
+    )
     methods = train_p.add_subparsers(dest="method", metavar="METHOD")
     helps = {
         "labelsharing": "one network, shared labels over several tasks (paper 000)",
@@ -114,40 +153,62 @@ def register(subparsers) -> None:
     }
     for kind, text in helps.items():
         p = methods.add_parser(kind, help=text, description=text)
-        p.add_argument("--data", nargs="+", required=True, type=Path, help="task dataset folders (nnU-Net layout)")
+        p.add_argument(
+            "--data", nargs="+", required=True, type=Path, help="task dataset folders (nnU-Net layout)"
+        )
         p.add_argument("--out", required=True, type=Path, help="bundle folder to write (must not exist)")
-        p.add_argument("--reference", type=Path, metavar="IMAGE.nii.gz",
-                       help="3D image stored in the bundle as its reference: scans are aligned (affine) to it "
-                       "before segmenting (lsseg segment --align, on by default); e.g. a training case or template")
+        p.add_argument(
+            "--reference",
+            type=Path,
+            metavar="IMAGE.nii.gz",
+            help="3D image stored in the bundle as its reference: scans are aligned (affine) to it "
+            "before segmenting (lsseg segment --align, on by default); e.g. a training case or template",
+        )
         _add_budget_options(p)
         p.set_defaults(func=lambda args, kind=kind: cmd_train_tasks(args, kind))
-    p = methods.add_parser("lcs", help="label conditioned segmentation with an atlas (paper 002)",
-                           description="Train an atlas-conditioned LCS network on one dataset with many labels.")
+    p = methods.add_parser(
+        "lcs",
+        help="label conditioned segmentation with an atlas (paper 002)",
+        description="Train an atlas-conditioned LCS network on one dataset with many labels.",
+    )
     p.add_argument("--data", required=True, type=Path, help="one dataset folder")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--atlas-case", help="training case id used as the atlas (default: the first)")
-    p.add_argument("--coarse-map", type=Path,
-                   help="CSV fine_value,coarse_value[,coarse_name], or a dataset's label_hierarchy.json: train "
-                   "on the merged (coarse) labels")
-    p.add_argument("--merge-prob", type=float, default=0.5, help="chance a sample merges two labels (default 0.5)")
+    p.add_argument(
+        "--coarse-map",
+        type=Path,
+        help="CSV fine_value,coarse_value[,coarse_name], or a dataset's label_hierarchy.json: train "
+        "on the merged (coarse) labels",
+    )
+    p.add_argument(
+        "--merge-prob", type=float, default=0.5, help="chance a sample merges two labels (default 0.5)"
+    )
     _add_budget_options(p)
     p.set_defaults(func=cmd_train_lcs)
     train_p.set_defaults(func=lambda args: (train_p.print_help(), 2)[1])
 
-    p = subparsers.add_parser("add-task", help="add a task to a label-sharing bundle (incremental learning)",
-                              description="Place a new task on the bundle's size table and fine-tune; the old "
-                              "bundle is left untouched.")
+    p = subparsers.add_parser(
+        "add-task",
+        help="add a task to a label-sharing bundle (incremental learning)",
+        description="Place a new task on the bundle's size table and fine-tune; the old "
+        "bundle is left untouched.",
+    )
     p.add_argument("bundle", type=Path)
     p.add_argument("--data", required=True, type=Path, help="the new task's dataset folder")
     p.add_argument("--out", required=True, type=Path, help="the new bundle")
     p.add_argument("--replay", nargs="*", type=Path, default=[], help="old tasks' dataset folders to mix in")
-    p.add_argument("--widen", action="store_true", help="allow more labels than the space holds (adds shared labels)")
+    p.add_argument(
+        "--widen", action="store_true", help="allow more labels than the space holds (adds shared labels)"
+    )
     _add_budget_options(p)
     p.set_defaults(func=cmd_add_task)
 
-    p = subparsers.add_parser("evaluate", help="Dice/HD95 of bundles on the datasets' test cases",
-                              description="Segment every test case through the inference code Slicer uses; write "
-                              "metrics.csv, summary.md and plots.")
+    p = subparsers.add_parser(
+        "evaluate",
+        help="Dice/HD95 of bundles on the datasets' test cases",
+        description="Segment every test case through the inference code Slicer uses; write "
+        "metrics.csv, summary.md and plots.",
+    )
     p.add_argument("bundles", nargs="+", type=Path)
     p.add_argument("--data", nargs="+", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="report folder")
@@ -164,8 +225,10 @@ def load_datasets(paths: list[Path]) -> list[NnUNetDataset]:
     names = [d.task_name() for d in datasets]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise InputError(f"task names must be unique, but {', '.join(repeated)} appear(s) more than once "
-                         "(set a distinct 'name' in each dataset.json)")
+        raise InputError(
+            f"task names must be unique, but {', '.join(repeated)} appear(s) more than once "
+            "(set a distinct 'name' in each dataset.json)"
+        )
     return datasets
 
 
@@ -235,13 +298,25 @@ def _options(args, out: Path, n_train: int, world: int, time_limit_s: float | No
     if steps < 1 or args.batch < 1:
         raise InputError("--steps/--epochs and --batch must be positive")
     return TrainOptions(
-        steps=steps, batch=args.batch, lr=args.lr, weight_decay=args.weight_decay, optimizer=args.optimizer,
-        schedule=args.schedule, warmup=args.warmup, seed=args.seed, amp=args.amp,
-        val_every=args.val_every or max(1, steps // 10), checkpoint_every=args.checkpoint_every,
-        checkpoint_dir=args.checkpoint_dir or out.with_name(out.name + ".training"), resume=args.resume,
-        quiet=args.quiet, tensorboard=args.tensorboard, sleep_per_step=args.sleep_per_step,
+        steps=steps,
+        batch=args.batch,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        optimizer=args.optimizer,
+        schedule=args.schedule,
+        warmup=args.warmup,
+        seed=args.seed,
+        amp=args.amp,
+        val_every=args.val_every or max(1, steps // 10),
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_dir=args.checkpoint_dir or out.with_name(out.name + ".training"),
+        resume=args.resume,
+        quiet=args.quiet,
+        tensorboard=args.tensorboard,
+        sleep_per_step=args.sleep_per_step,
         weights_hash_dir=args.weights_hash_dir,
-        time_limit=None if time_limit_s is None else max(0.0, time_limit_s))
+        time_limit=None if time_limit_s is None else max(0.0, time_limit_s),
+    )
 
 
 def _check_out(out: Path, args=None) -> None:
@@ -249,8 +324,10 @@ def _check_out(out: Path, args=None) -> None:
         hint = "choose a new --out"
         if args is not None and args.resume and args.checkpoint_dir is None:
             # the default checkpoint folder follows --out: extending a finished run names the old one
-            hint = (f"to extend the finished run into a new bundle, pass a new --out and --checkpoint-dir "
-                    f"{out.with_name(out.name + '.training')} with --resume and a larger --steps")
+            hint = (
+                f"to extend the finished run into a new bundle, pass a new --out and --checkpoint-dir "
+                f"{out.with_name(out.name + '.training')} with --resume and a larger --steps"
+            )
         raise InputError(f"{out}: already exists (bundles are never overwritten; {hint})")
     if not out.parent.is_dir():
         raise InputError(f"{out.parent}: output folder does not exist; create it first")
@@ -260,8 +337,19 @@ def _check_out(out: Path, args=None) -> None:
 # configuration, so they are not fingerprinted; everything in ``run_config`` (method, network, preprocessing,
 # tasks, case split, batch, optimiser, lr, schedule kind, warm-up, seed, amp, world size, sampling, augmentation)
 # must match the checkpoint. A larger --steps continues the run; the lr schedule is recomputed for the new total.
-RESUME_MAY_CHANGE = ("steps", "epochs", "time_limit", "val_every", "checkpoint_every", "quiet", "tensorboard",
-                     "name", "out", "device", "cache_workers")
+RESUME_MAY_CHANGE = (
+    "steps",
+    "epochs",
+    "time_limit",
+    "val_every",
+    "checkpoint_every",
+    "quiet",
+    "tensorboard",
+    "name",
+    "out",
+    "device",
+    "cache_workers",
+)
 
 
 def _run(method, model, val_items, options: TrainOptions, ctx, run_config: dict):
@@ -294,15 +382,23 @@ def _run(method, model, val_items, options: TrainOptions, ctx, run_config: dict)
 def _summary(ctx, result, out, options: TrainOptions, extra: str = "") -> None:
     if not ctx.is_main:
         return
-    best = f"{result.best_val:.4f} (step {result.best_step})" if result.best_step > 0 else "n/a (no validation cases)"
+    best = (
+        f"{result.best_val:.4f} (step {result.best_step})"
+        if result.best_step > 0
+        else "n/a (no validation cases)"
+    )
     stopped = ""
     if result.stopped_by_time:
-        stopped = (f"Time limit ({options.time_limit / 60:g} min) reached: stopped at step {result.steps} of "
-                   f"{result.planned_steps}; the bundle holds the best weights so far (continue with a new --out, "
-                   f"--checkpoint-dir {options.checkpoint_dir} --resume)\n")
-    print(f"{stopped}Trained {result.steps} steps in {result.seconds:.1f} s; loss {result.first_loss:.4f} -> "
-          f"{result.last_loss:.4f}; best validation Dice {best}\nBundle: {out}\n"
-          f"Checkpoints and log.csv: {options.checkpoint_dir}{extra}")
+        stopped = (
+            f"Time limit ({options.time_limit / 60:g} min) reached: stopped at step {result.steps} of "
+            f"{result.planned_steps}; the bundle holds the best weights so far (continue with a new --out, "
+            f"--checkpoint-dir {options.checkpoint_dir} --resume)\n"
+        )
+    print(
+        f"{stopped}Trained {result.steps} steps in {result.seconds:.1f} s; loss {result.first_loss:.4f} -> "
+        f"{result.last_loss:.4f}; best validation Dice {best}\nBundle: {out}\n"
+        f"Checkpoints and log.csv: {options.checkpoint_dir}{extra}"
+    )
 
 
 def _training_meta(method: str, result, options: TrainOptions, datasets, val_ids, ctx, **extra) -> dict:
@@ -321,8 +417,11 @@ def _training_meta(method: str, result, options: TrainOptions, datasets, val_ids
         "planned_steps": result.planned_steps,
         "stopped_by": "time_limit" if result.stopped_by_time else "steps",
         "time_limit_min": None if options.time_limit is None else round(options.time_limit / 60.0, 4),
-        "metrics": {"best_val_dice": result.best_val, "best_step": result.best_step,
-                    "final_loss": result.last_loss},
+        "metrics": {
+            "best_val_dice": result.best_val,
+            "best_step": result.best_step,
+            "final_loss": result.last_loss,
+        },
         **extra,
     }
 
@@ -334,6 +433,7 @@ def _interruptible(fn):
         except TrainingInterrupted as exc:
             print(f"lsseg: {exc}")
             return 130
+
     return wrapper
 
 
@@ -357,15 +457,31 @@ def _reference_image(args, prep: dict):
         return None
     image, affine = load_nifti(path)
     if prep["spatial_dims"] != 3 or image.ndim != 3 or min(image.shape) < 4:
-        raise InputError(f"{path}: a reference must be a 3D image for a 3D bundle (this bundle is "
-                         f"{prep['spatial_dims']}D, the image has shape {image.shape})")
+        raise InputError(
+            f"{path}: a reference must be a 3D image for a 3D bundle (this bundle is "
+            f"{prep['spatial_dims']}D, the image has shape {image.shape})"
+        )
     if not np.all(np.isfinite(image)):
         raise InputError(f"{path}: the reference image holds NaN/Inf voxels")
     return image, affine
 
 
-def _train_task_model(kind, datasets, tasks, space, args, ctx, out: Path, *, prep=None, config=None,
-                      init_state=None, extra_config=None, time_limit_s=None, reference=None):
+def _train_task_model(
+    kind,
+    datasets,
+    tasks,
+    space,
+    args,
+    ctx,
+    out: Path,
+    *,
+    prep=None,
+    config=None,
+    init_state=None,
+    extra_config=None,
+    time_limit_s=None,
+    reference=None,
+):
     channels = list(args.channels)
     config = config or factory.network_config_for(kind, tasks, 2, channels)
     factor = downsample_factor(config)
@@ -381,25 +497,53 @@ def _train_task_model(kind, datasets, tasks, space, args, ctx, out: Path, *, pre
     options = _options(args, out, len(train_cases), ctx.world_size, time_limit_s)
     method = TaskMethod(kind, tasks, config, prep)
     items = method.prepare_items(cache_items(train_cases, ToModelGrid(prep), args.cache_workers))
-    val_items = method.prepare_items(cache_items(val_cases, ToModelGrid(prep), args.cache_workers)) if ctx.is_main else []
+    val_items = (
+        method.prepare_items(cache_items(val_cases, ToModelGrid(prep), args.cache_workers))
+        if ctx.is_main
+        else []
+    )
     method.make_sampler(items, args.foreground_prob, not args.no_augment)
     torch.manual_seed(args.seed)
     model = build_network(config)
     if init_state is not None:
         model.load_state_dict(init_state)
-    run_config = {"method": kind, "network": config, "preprocessing": prep,
-                  "tasks": [t.to_dict() for t in tasks], "train_cases": [c.case_id for c, _ in train_cases],
-                  "val_cases": [c.case_id for c, _ in val_cases], "batch": options.batch, "lr": options.lr,
-                  "weight_decay": options.weight_decay, "optimizer": options.optimizer, "schedule": options.schedule,
-                  "warmup": options.warmup, "seed": options.seed, "amp": options.amp, "world_size": ctx.world_size,
-                  "foreground_prob": args.foreground_prob, "augment": not args.no_augment, **(extra_config or {})}
+    run_config = {
+        "method": kind,
+        "network": config,
+        "preprocessing": prep,
+        "tasks": [t.to_dict() for t in tasks],
+        "train_cases": [c.case_id for c, _ in train_cases],
+        "val_cases": [c.case_id for c, _ in val_cases],
+        "batch": options.batch,
+        "lr": options.lr,
+        "weight_decay": options.weight_decay,
+        "optimizer": options.optimizer,
+        "schedule": options.schedule,
+        "warmup": options.warmup,
+        "seed": options.seed,
+        "amp": options.amp,
+        "world_size": ctx.world_size,
+        "foreground_prob": args.foreground_prob,
+        "augment": not args.no_augment,
+        **(extra_config or {}),
+    }
     result = _run(method, model, val_items, options, ctx, run_config)
     if ctx.is_main:
-        meta = _training_meta(kind, result, options, datasets, [c.case_id for c, _ in val_cases], ctx,
-                              **(extra_config or {}))
-        factory.write_task_bundle(out, kind, tasks, prep, label_space=space, state_dict=result.state_dict,
-                                  network_config=config, name=args.name or out.name, training=meta,
-                                  reference=reference)
+        meta = _training_meta(
+            kind, result, options, datasets, [c.case_id for c, _ in val_cases], ctx, **(extra_config or {})
+        )
+        factory.write_task_bundle(
+            out,
+            kind,
+            tasks,
+            prep,
+            label_space=space,
+            state_dict=result.state_dict,
+            network_config=config,
+            name=args.name or out.name,
+            training=meta,
+            reference=reference,
+        )
     ctx.barrier()
     return result, options
 
@@ -407,7 +551,9 @@ def _train_task_model(kind, datasets, tasks, space, args, ctx, out: Path, *, pre
 @_interruptible
 def cmd_train_tasks(args, kind: str) -> int:
     # individual: --out is a folder of per-task bundles; a resumed run continues in it and skips finished tasks
-    continuing = kind == "individual" and args.resume and args.out.is_dir() and not (args.out / "bundle.json").exists()
+    continuing = (
+        kind == "individual" and args.resume and args.out.is_dir() and not (args.out / "bundle.json").exists()
+    )
     if not continuing:
         _check_out(args.out, args)
     datasets = load_datasets(args.data)
@@ -432,7 +578,9 @@ def cmd_train_tasks(args, kind: str) -> int:
                 args.resume = resume_requested and (args.checkpoint_dir / LAST).is_file()
                 # each task gets an equal share of what is left, so time a task does not use passes on
                 share = None if deadline is None else (deadline - time.time()) / (len(datasets) - k)
-                result, options = _train_task_model(kind, [d], tasks, None, args, ctx, out, time_limit_s=share)
+                result, options = _train_task_model(
+                    kind, [d], tasks, None, args, ctx, out, time_limit_s=share
+                )
                 _summary(ctx, result, out, options)
             return 0
         tasks, space = _task_infos(kind, datasets)
@@ -473,8 +621,10 @@ def cmd_add_task(args) -> int:
     replay = load_datasets(args.replay) if args.replay else []
     for d in replay:
         if d.task_name() not in bundle.task_names():
-            raise InputError(f"--replay {d.root}: task {d.task_name()!r} is not in the bundle "
-                             f"(its tasks: {', '.join(bundle.task_names())})")
+            raise InputError(
+                f"--replay {d.root}: task {d.task_name()!r} is not in the bundle "
+                f"(its tasks: {', '.join(bundle.task_names())})"
+            )
     if new.task_name() in bundle.task_names():
         raise LabelSpaceError(f"task {new.task_name()!r} is already in {args.bundle}; rename the new dataset")
     space = bundle.label_space.place_task(task_sizes(new), widen=args.widen)
@@ -488,9 +638,19 @@ def cmd_add_task(args) -> int:
         if ctx.is_main and not args.quiet:
             print(space.format_table())
         result, options = _train_task_model(
-            "labelsharing", [new] + replay, tasks, space, args, ctx, args.out, prep=bundle.preprocessing,
-            config=config, init_state=init, extra_config={"base_bundle": bundle.bundle_id},
-            reference=bundle.reference_image() if bundle.has_reference() else None)
+            "labelsharing",
+            [new] + replay,
+            tasks,
+            space,
+            args,
+            ctx,
+            args.out,
+            prep=bundle.preprocessing,
+            config=config,
+            init_state=init,
+            extra_config={"base_bundle": bundle.bundle_id},
+            reference=bundle.reference_image() if bundle.has_reference() else None,
+        )
         _summary(ctx, result, args.out, options, f"\nOld bundle untouched: {args.bundle}")
         return 0
     finally:
@@ -532,7 +692,9 @@ def _read_hierarchy_json(path: Path) -> tuple[dict[int, int], dict[int, str]]:
     try:
         table = json.loads(path.read_text(encoding="utf-8"))
         mapping = {int(fine): int(coarse) for fine, coarse in table["fine_to_coarse"].items()}
-        names = {int(value): str(name) for name, value in table.get("coarse_labels", {}).items() if int(value) > 0}
+        names = {
+            int(value): str(name) for name, value in table.get("coarse_labels", {}).items() if int(value) > 0
+        }
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not a label hierarchy (expected 'fine_to_coarse'; {exc})") from None
     if not mapping or any(f <= 0 or c <= 0 for f, c in mapping.items()):
@@ -555,7 +717,9 @@ def cmd_train_lcs(args) -> int:
     labels: dict[int, str] = {}
     for value, name in fine_labels.items():
         target = coarse_map.get(value, value)
-        labels[target] = coarse_names.get(target) or (name if target == value else labels.get(target, f"coarse_{target}"))
+        labels[target] = coarse_names.get(target) or (
+            name if target == value else labels.get(target, f"coarse_{target}")
+        )
     max_value = max(list(fine_labels) + list(labels))
     lut = torch.arange(max_value + 1)
     for fine, coarse in coarse_map.items():
@@ -563,8 +727,10 @@ def cmd_train_lcs(args) -> int:
     ids = [c.case_id for c in dataset.training]
     atlas_id = args.atlas_case or ids[0]
     if atlas_id not in ids:
-        raise InputError(f"--atlas-case {atlas_id!r} is not a training case of {dataset.root}; "
-                         f"choose one of: {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}")
+        raise InputError(
+            f"--atlas-case {atlas_id!r} is not a training case of {dataset.root}; "
+            f"choose one of: {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}"
+        )
     atlas_case = dataset.training[ids.index(atlas_id)]
     channels = list(args.channels)
     factor = 2 ** (len(channels) - 1)
@@ -573,13 +739,28 @@ def cmd_train_lcs(args) -> int:
     image, label, affine = load_case(atlas_case)
     raw = image[0][..., None] if image[0].ndim == 2 else image[0]
     label = label[..., None] if label.ndim == 2 else label
-    probe_prep = {"spatial_dims": dims, "spacing": spacing, "orientation": "RAS", "intensity": {"mode": "none"}}
+    probe_prep = {
+        "spatial_dims": dims,
+        "spacing": spacing,
+        "orientation": "RAS",
+        "intensity": {"mode": "none"},
+    }
     grid = to_model_grid(raw, affine, probe_prep)
     grid_affine, grid_shape = grid.affine.numpy(), tuple(grid.shape[1:])
-    atlas_raw = resample_to_grid(torch.as_tensor(raw)[None], grid_affine, grid_shape, mode="bilinear",
-                                 src_affine=affine)[0]
-    atlas_fine = resample_to_grid(torch.as_tensor(label.astype(np.float32))[None], grid_affine, grid_shape,
-                                  mode="nearest", src_affine=affine)[0].round().long()
+    atlas_raw = resample_to_grid(
+        torch.as_tensor(raw)[None], grid_affine, grid_shape, mode="bilinear", src_affine=affine
+    )[0]
+    atlas_fine = (
+        resample_to_grid(
+            torch.as_tensor(label.astype(np.float32))[None],
+            grid_affine,
+            grid_shape,
+            mode="nearest",
+            src_affine=affine,
+        )[0]
+        .round()
+        .long()
+    )
     atlas_labels = lut[atlas_fine]
     patch = [s + (-s) % factor for s in grid_shape[:dims]]
     prep = factory.make_preprocessing(dims, spacing, patch, {"mode": args.intensity}, factor=factor)
@@ -600,28 +781,62 @@ def cmd_train_lcs(args) -> int:
     ctx = setup_distributed(args.device)
     try:
         items = mapped(cache_items([(c, 0) for c in train_cases], transform, args.cache_workers))
-        val_items = mapped(cache_items([(c, 0) for c in val_cases], transform, args.cache_workers)) if ctx.is_main else []
+        val_items = (
+            mapped(cache_items([(c, 0) for c in val_cases], transform, args.cache_workers))
+            if ctx.is_main
+            else []
+        )
         method.make_sampler(items, args.foreground_prob, not args.no_augment)
         options = _options(args, args.out, len(train_cases), ctx.world_size)
         torch.manual_seed(args.seed)
         model = build_network(config)
-        run_config = {"method": "lcs", "network": config, "preprocessing": prep, "atlas_case": atlas_id,
-                      "coarse_map": {str(k): v for k, v in sorted(coarse_map.items())}, "labels": present,
-                      "train_cases": [c.case_id for c in train_cases], "val_cases": [c.case_id for c in val_cases],
-                      "batch": options.batch, "lr": options.lr, "weight_decay": options.weight_decay,
-                      "optimizer": options.optimizer, "schedule": options.schedule, "warmup": options.warmup,
-                      "seed": options.seed, "amp": options.amp, "world_size": ctx.world_size,
-                      "merge_prob": args.merge_prob, "augment": not args.no_augment}
+        run_config = {
+            "method": "lcs",
+            "network": config,
+            "preprocessing": prep,
+            "atlas_case": atlas_id,
+            "coarse_map": {str(k): v for k, v in sorted(coarse_map.items())},
+            "labels": present,
+            "train_cases": [c.case_id for c in train_cases],
+            "val_cases": [c.case_id for c in val_cases],
+            "batch": options.batch,
+            "lr": options.lr,
+            "weight_decay": options.weight_decay,
+            "optimizer": options.optimizer,
+            "schedule": options.schedule,
+            "warmup": options.warmup,
+            "seed": options.seed,
+            "amp": options.amp,
+            "world_size": ctx.world_size,
+            "merge_prob": args.merge_prob,
+            "augment": not args.no_augment,
+        }
         result = _run(method, model, val_items, options, ctx, run_config)
         if ctx.is_main:
             infos = [LabelInfo(v, labels[v], default_color(v)) for v in present]
-            meta = _training_meta("lcs", result, options, [dataset], [c.case_id for c in val_cases], ctx,
-                                  atlas_case=atlas_id,
-                                  coarse_map=[[f, c] for f, c in sorted(coarse_map.items())],
-                                  fine_labels=[[v, n] for v, n in sorted(fine_labels.items())])
-            factory.write_lcs_bundle(args.out, atlas_raw.numpy(), atlas_labels.numpy().astype(np.int16),
-                                     grid_affine, infos, prep, channels=channels, state_dict=result.state_dict,
-                                     name=args.name or args.out.name, training=meta)
+            meta = _training_meta(
+                "lcs",
+                result,
+                options,
+                [dataset],
+                [c.case_id for c in val_cases],
+                ctx,
+                atlas_case=atlas_id,
+                coarse_map=[[f, c] for f, c in sorted(coarse_map.items())],
+                fine_labels=[[v, n] for v, n in sorted(fine_labels.items())],
+            )
+            factory.write_lcs_bundle(
+                args.out,
+                atlas_raw.numpy(),
+                atlas_labels.numpy().astype(np.int16),
+                grid_affine,
+                infos,
+                prep,
+                channels=channels,
+                state_dict=result.state_dict,
+                name=args.name or args.out.name,
+                training=meta,
+            )
         ctx.barrier()
         _summary(ctx, result, args.out, options)
         return 0

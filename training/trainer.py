@@ -146,8 +146,15 @@ class _CsvLog:
         self.handle.close()
 
 
-def train(method, model: torch.nn.Module, val_items: list[dict], options: TrainOptions, ctx: DistContext,
-          config_fingerprint: str, describe=None) -> TrainResult:
+def train(
+    method,
+    model: torch.nn.Module,
+    val_items: list[dict],
+    options: TrainOptions,
+    ctx: DistContext,
+    config_fingerprint: str,
+    describe=None,
+) -> TrainResult:
     """Run (or resume) the loop; returns the best (or last, without validation) weights on rank 0."""
     device = ctx.device
     model.to(device)
@@ -159,12 +166,16 @@ def train(method, model: torch.nn.Module, val_items: list[dict], options: TrainO
         state = load_checkpoint(last_path, model, optimizer, config_fingerprint, describe)
         start, best_val, best_step = int(state["step"]), float(state["best_val"]), int(state["best_step"])
         if start >= options.steps:
-            raise TrainingError(f"{last_path}: the run already finished {start} steps, so --steps {options.steps} "
-                                f"adds none; pass --steps larger than {start} to extend it (the learning-rate "
-                                "schedule is recomputed for the new total)")
+            raise TrainingError(
+                f"{last_path}: the run already finished {start} steps, so --steps {options.steps} "
+                f"adds none; pass --steps larger than {start} to extend it (the learning-rate "
+                "schedule is recomputed for the new total)"
+            )
     elif last_path.exists():
-        raise TrainingError(f"{last_path}: a checkpoint of an earlier run exists; pass --resume to continue it "
-                            "or choose another --checkpoint-dir")
+        raise TrainingError(
+            f"{last_path}: a checkpoint of an earlier run exists; pass --resume to continue it "
+            "or choose another --checkpoint-dir"
+        )
     use_scaler = device.type == "cuda" and options.amp == "auto"
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     net = model
@@ -178,23 +189,41 @@ def train(method, model: torch.nn.Module, val_items: list[dict], options: TrainO
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise TrainingError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
+            raise TrainingError(
+                "--tensorboard needs the tensorboard package (pip install tensorboard)"
+            ) from None
         board = SummaryWriter(str(ckpt_dir / "tensorboard"))
     from tqdm import tqdm
 
-    bar = tqdm(total=options.steps, initial=start, unit="step", dynamic_ncols=True,
-               disable=options.quiet or not ctx.is_main or not sys.stderr.isatty())
+    bar = tqdm(
+        total=options.steps,
+        initial=start,
+        unit="step",
+        dynamic_ncols=True,
+        disable=options.quiet or not ctx.is_main or not sys.stderr.isatty(),
+    )
     best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if options.resume and best_path.is_file():
         from safetensors.torch import load_file
 
-        best_state = {k[len("model."):]: v for k, v in load_file(str(best_path)).items() if k.startswith("model.")}
+        best_state = {
+            k[len("model.") :]: v for k, v in load_file(str(best_path)).items() if k.startswith("model.")
+        }
 
     def checkpoint(step: int) -> None:
         if ctx.is_main:
-            save_checkpoint(last_path, model, optimizer, {"step": step, "best_val": best_val, "best_step": best_step,
-                                                          "scaler": scaler.state_dict() if use_scaler else None},
-                            config_fingerprint)
+            save_checkpoint(
+                last_path,
+                model,
+                optimizer,
+                {
+                    "step": step,
+                    "best_val": best_val,
+                    "best_step": best_step,
+                    "scaler": scaler.state_dict() if use_scaler else None,
+                },
+                config_fingerprint,
+            )
 
     if options.resume and use_scaler:
         state_scaler = state.get("scaler")
@@ -217,8 +246,10 @@ def train(method, model: torch.nn.Module, val_items: list[dict], options: TrainO
             with _autocast(device, options.amp):
                 loss = method.loss(net, batch, device)
             if not torch.isfinite(loss):
-                raise TrainingError(f"the loss became {float(loss)} at step {step + 1}; lower --lr "
-                                    f"(now {options.lr}) or use --amp off")
+                raise TrainingError(
+                    f"the loss became {float(loss)} at step {step + 1}; lower --lr "
+                    f"(now {options.lr}) or use --amp off"
+                )
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
@@ -237,18 +268,30 @@ def train(method, model: torch.nn.Module, val_items: list[dict], options: TrainO
                 stopped_by_time = ctx.broadcast_flag(time.time() - began >= options.time_limit)
             last_step = done == options.steps or stopped_by_time
             val = ""
-            if ctx.is_main and val_items and (last_step or (options.val_every and done % options.val_every == 0)):
+            if (
+                ctx.is_main
+                and val_items
+                and (last_step or (options.val_every and done % options.val_every == 0))
+            ):
                 net.eval()
                 score = method.validate(model, val_items, device)
                 val = f"{score:.4f}"
                 if not math.isnan(score) and (math.isnan(best_val) or score > best_val):
                     best_val, best_step = score, done
                     best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                    save_checkpoint(best_path, model, None, {"step": done, "val_dice": score}, config_fingerprint)
+                    save_checkpoint(
+                        best_path, model, None, {"step": done, "val_dice": score}, config_fingerprint
+                    )
             seconds = time.time() - tick
             if log is not None:
-                log.row(step=done, loss=f"{value:.6f}", lr=f"{lr:.6g}", elapsed_s=f"{time.time() - began:.2f}",
-                        samples_per_s=f"{samples_per_step / max(seconds, 1e-9):.2f}", val_dice=val)
+                log.row(
+                    step=done,
+                    loss=f"{value:.6f}",
+                    lr=f"{lr:.6g}",
+                    elapsed_s=f"{time.time() - began:.2f}",
+                    samples_per_s=f"{samples_per_step / max(seconds, 1e-9):.2f}",
+                    val_dice=val,
+                )
             if board is not None:
                 board.add_scalar("loss", value, done)
                 if val:
@@ -267,12 +310,14 @@ def train(method, model: torch.nn.Module, val_items: list[dict], options: TrainO
         checkpoint(completed)
         raise TrainingInterrupted(
             f"interrupted at step {completed}; checkpoint saved in {last_path} - run the same command with "
-            "--resume to continue") from None
+            "--resume to continue"
+        ) from None
     except RuntimeError as exc:
         if _is_oom(exc):
             raise TrainingError(
                 f"out of memory on {device}: lower --patch (now {getattr(method, 'patch', 'the full grid')}) or "
-                f"--batch (now {options.batch}), or use --amp bf16 / fewer --channels") from None
+                f"--batch (now {options.batch}), or use --amp bf16 / fewer --channels"
+            ) from None
         raise
     finally:
         bar.close()
@@ -283,7 +328,18 @@ def train(method, model: torch.nn.Module, val_items: list[dict], options: TrainO
     if options.weights_hash_dir is not None:
         Path(options.weights_hash_dir).mkdir(parents=True, exist_ok=True)
         (Path(options.weights_hash_dir) / f"rank{ctx.rank}.sha256").write_text(weights_hash(model) + "\n")
-    final_state = best_state if best_step > 0 else {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return TrainResult(final_state, completed, time.time() - began, best_val, best_step,
-                       losses[0] if losses else float("nan"), losses[-1] if losses else float("nan"), losses,
-                       planned_steps=options.steps, stopped_by_time=stopped_by_time)
+    final_state = (
+        best_state if best_step > 0 else {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    )
+    return TrainResult(
+        final_state,
+        completed,
+        time.time() - began,
+        best_val,
+        best_step,
+        losses[0] if losses else float("nan"),
+        losses[-1] if losses else float("nan"),
+        losses,
+        planned_steps=options.steps,
+        stopped_by_time=stopped_by_time,
+    )

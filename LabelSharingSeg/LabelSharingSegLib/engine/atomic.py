@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .errors import InputError
 
@@ -16,7 +16,9 @@ def require_parent_dir(path: str | os.PathLike) -> Path:
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise InputError(f"Output folder does not exist: {parent} (create it first or choose another output path)")
+        raise InputError(
+            f"Output folder does not exist: {parent} (create it first or choose another output path)"
+        )
     return path
 
 

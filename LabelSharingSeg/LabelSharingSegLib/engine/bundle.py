@@ -38,7 +38,13 @@ ATLAS_LABELS = "atlas_labels.nii.gz"
 ATLAS_NAMES = "atlas_labels.csv"
 REFERENCE_IMAGE = "reference_image.nii.gz"
 KINDS = ("labelsharing", "lcs", "multichannel", "dodnet", "individual")
-_ARCH_OF_KIND = {"labelsharing": "unet", "multichannel": "unet", "individual": "unet", "lcs": "lcs", "dodnet": "dodnet"}
+_ARCH_OF_KIND = {
+    "labelsharing": "unet",
+    "multichannel": "unet",
+    "individual": "unet",
+    "lcs": "lcs",
+    "dodnet": "dodnet",
+}
 _MAX_ZIP_BYTES = 4 * 1024**3
 
 
@@ -76,7 +82,9 @@ def _parse_tasks(manifest: dict, source: str) -> list[TaskInfo]:
                 label = LabelInfo.from_dict(item)
                 labels.append(label)
                 channels[label.value] = int(item["channel"])
-            tasks.append(TaskInfo(str(entry["name"]), int(entry.get("index", position)), tuple(labels), channels))
+            tasks.append(
+                TaskInfo(str(entry["name"]), int(entry.get("index", position)), tuple(labels), channels)
+            )
     except (KeyError, TypeError, ValueError, InputError) as exc:
         raise BundleError(f"{source}: malformed task entry ({exc})") from None
     return tasks
@@ -128,7 +136,9 @@ class Bundle:
 
     def _require_lcs(self) -> Path:
         if self.kind != "lcs":
-            raise BundleError(f"{self.path}: a {self.kind} bundle has no atlas (atlas labels need an LCS bundle)")
+            raise BundleError(
+                f"{self.path}: a {self.kind} bundle has no atlas (atlas labels need an LCS bundle)"
+            )
         assert self._folder is not None
         return self._folder
 
@@ -148,7 +158,9 @@ class Bundle:
 
     def has_reference(self) -> bool:
         """True when scans can be aligned automatically: LCS atlases, or a stored reference image (3D only)."""
-        return self.preprocessing.get("spatial_dims") == 3 and (self.kind == "lcs" or "reference" in self.manifest)
+        return self.preprocessing.get("spatial_dims") == 3 and (
+            self.kind == "lcs" or "reference" in self.manifest
+        )
 
     def reference_image(self) -> tuple[np.ndarray, np.ndarray]:
         """The image scans are aligned to: the atlas for LCS, else the stored reference (BundleError if none)."""
@@ -157,7 +169,9 @@ class Bundle:
         if self.kind == "lcs":
             return self.atlas_image()
         if "reference" not in self.manifest:
-            raise BundleError(f"{self.path}: this bundle carries no reference image, so scans cannot be aligned")
+            raise BundleError(
+                f"{self.path}: this bundle carries no reference image, so scans cannot be aligned"
+            )
         assert self._folder is not None
         return load_nifti(self._folder / self.manifest["reference"]["image"], dtype=np.float32)
 
@@ -172,22 +186,34 @@ class Bundle:
             f"{net['out_channels']} output channel(s)"
         )
         prep = self.preprocessing
-        lines.append(f"Input: spacing {prep.get('spacing')} mm, intensity {prep.get('intensity', {}).get('mode')}")
+        lines.append(
+            f"Input: spacing {prep.get('spacing')} mm, intensity {prep.get('intensity', {}).get('mode')}"
+        )
         for task in self.tasks:
             names = ", ".join(label.name for label in task.labels)
             lines.append(f"Task {task.name} ({len(task.labels)} labels): {names}")
         if self.kind == "lcs":
             names = [label.name for label in labels_from_csv(self._require_lcs() / m["atlas"]["names"])]
-            lines.append(f"Atlas labels ({len(names)}): {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}")
+            lines.append(
+                f"Atlas labels ({len(names)}): {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}"
+            )
         training = m.get("training") or {}
         if training:
-            parts = [f"{k}: {v}" for k, v in training.items() if isinstance(v, (str, int, float)) and k != "metrics"]
+            parts = [
+                f"{k}: {v}"
+                for k, v in training.items()
+                if isinstance(v, (str, int, float)) and k != "metrics"
+            ]
             if parts:
                 lines.append("Training: " + "; ".join(parts))
             metrics = training.get("metrics") or {}
             if metrics:
-                lines.append("Metrics: " + "; ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                                                     for k, v in metrics.items()))
+                lines.append(
+                    "Metrics: "
+                    + "; ".join(
+                        f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+                    )
+                )
         return "\n".join(lines)
 
 
@@ -195,7 +221,9 @@ def _validate_manifest(manifest: Any, source: str) -> tuple[dict, list[TaskInfo]
     if not isinstance(manifest, dict):
         raise BundleError(f"{source}: must hold a JSON object")
     if manifest.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{source}: not a LabelSharingSeg bundle manifest (format {manifest.get('format')!r})")
+        raise BundleError(
+            f"{source}: not a LabelSharingSeg bundle manifest (format {manifest.get('format')!r})"
+        )
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
         raise BundleError(
@@ -210,15 +238,21 @@ def _validate_manifest(manifest: Any, source: str) -> tuple[dict, list[TaskInfo]
             raise BundleError(f"{source}: missing or malformed {key!r}")
     network = complete_config(manifest["network"])
     if network["arch"] != _ARCH_OF_KIND[kind]:
-        raise BundleError(f"{source}: a {kind} bundle needs a {_ARCH_OF_KIND[kind]} network, not {network['arch']}")
+        raise BundleError(
+            f"{source}: a {kind} bundle needs a {_ARCH_OF_KIND[kind]} network, not {network['arch']}"
+        )
     tasks = _parse_tasks(manifest, source)
     reference = manifest.get("reference")
-    if reference is not None and not (isinstance(reference, dict) and isinstance(reference.get("image"), str)):
+    if reference is not None and not (
+        isinstance(reference, dict) and isinstance(reference.get("image"), str)
+    ):
         raise BundleError(f"{source}: 'reference' must name its image file")
     out = network["out_channels"]
     if kind == "lcs":
         atlas = manifest.get("atlas")
-        if not isinstance(atlas, dict) or not all(isinstance(atlas.get(k), str) for k in ("image", "labels", "names")):
+        if not isinstance(atlas, dict) or not all(
+            isinstance(atlas.get(k), str) for k in ("image", "labels", "names")
+        ):
             raise BundleError(f"{source}: an lcs bundle must name its atlas image, labels and names files")
     elif not tasks:
         raise BundleError(f"{source}: a {kind} bundle must list at least one task")
@@ -229,8 +263,12 @@ def _validate_manifest(manifest: Any, source: str) -> tuple[dict, list[TaskInfo]
         values = [label.value for label in task.labels]
         if len(set(values)) != len(values) or any(v <= 0 for v in values):
             raise BundleError(f"{source}: task {task.name!r} has repeated or non-positive label values")
-        if any(not (1 <= c < out) for c in task.channels.values()) or len(set(task.channels.values())) != len(values):
-            raise BundleError(f"{source}: task {task.name!r} maps labels to invalid or shared output channels")
+        if any(not (1 <= c < out) for c in task.channels.values()) or len(set(task.channels.values())) != len(
+            values
+        ):
+            raise BundleError(
+                f"{source}: task {task.name!r} maps labels to invalid or shared output channels"
+            )
     if kind == "dodnet" and network["num_tasks"] != len(tasks):
         raise BundleError(f"{source}: dodnet num_tasks {network['num_tasks']} != {len(tasks)} tasks")
     space = None
@@ -240,7 +278,9 @@ def _validate_manifest(manifest: Any, source: str) -> tuple[dict, list[TaskInfo]
         except Exception as exc:
             raise BundleError(f"{source}: label space invalid ({exc})") from None
         if out != space.n_shared + 1:
-            raise BundleError(f"{source}: network has {out} outputs but the label space needs {space.n_shared + 1}")
+            raise BundleError(
+                f"{source}: network has {out} outputs but the label space needs {space.n_shared + 1}"
+            )
         for task in tasks:
             if space.task_to_shared(task.name) != task.channels:
                 raise BundleError(f"{source}: task {task.name!r} channels disagree with the label space")
@@ -260,7 +300,11 @@ def _safe_extract(zip_path: Path, target: Path) -> Path:
             for member in members:
                 name = member.filename
                 parts = Path(name).parts
-                if name.startswith(("/", "\\")) or ".." in parts or (member.external_attr >> 16) & 0o170000 == 0o120000:
+                if (
+                    name.startswith(("/", "\\"))
+                    or ".." in parts
+                    or (member.external_attr >> 16) & 0o170000 == 0o120000
+                ):
                     raise BundleError(f"{zip_path}: refusing unsafe archive member {name!r}")
             archive.extractall(target)
     except zipfile.BadZipFile as exc:
@@ -342,7 +386,9 @@ def _load_weights(path: Path, network_config: dict) -> dict[str, torch.Tensor]:
         )
     for key, tensor in expected.items():
         if tuple(state[key].shape) != tuple(tensor.shape):
-            raise BundleError(f"{path}: tensor {key} has shape {tuple(state[key].shape)}, config needs {tuple(tensor.shape)}")
+            raise BundleError(
+                f"{path}: tensor {key} has shape {tuple(state[key].shape)}, config needs {tuple(tensor.shape)}"
+            )
         if state[key].is_floating_point() and not torch.isfinite(state[key]).all():
             raise BundleError(f"{path}: tensor {key} holds NaN/Inf")
     return state
@@ -353,7 +399,9 @@ def _validate_atlas(bundle: Bundle) -> None:
     labels, label_affine, names = bundle.atlas_labels()
     source = bundle._folder
     if image.ndim != 3 or labels.shape != image.shape:
-        raise BundleError(f"{source}: atlas image {image.shape} and labels {labels.shape} must be one 3D grid")
+        raise BundleError(
+            f"{source}: atlas image {image.shape} and labels {labels.shape} must be one 3D grid"
+        )
     if not np.allclose(image_affine, label_affine, atol=1e-3):
         raise BundleError(f"{source}: atlas image and labels have different affines")
     present = set(np.unique(labels).tolist()) - {0}
@@ -414,7 +462,9 @@ def write_bundle(
 
     out = require_parent_dir(out)
     if out.exists() and not overwrite:
-        raise InputError(f"{out}: already exists (choose a new bundle path; bundles are never overwritten silently)")
+        raise InputError(
+            f"{out}: already exists (choose a new bundle path; bundles are never overwritten silently)"
+        )
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}

@@ -58,7 +58,9 @@ class NnUNetDataset:
 
     def foreground_labels(self) -> dict[int, str]:
         """Label value -> name for every label except background, sorted by value."""
-        return {value: name for name, value in sorted(self.labels.items(), key=lambda item: item[1]) if value != 0}
+        return {
+            value: name for name, value in sorted(self.labels.items(), key=lambda item: item[1]) if value != 0
+        }
 
     def task_name(self) -> str:
         """The task name: dataset.json ``name`` (or the folder name) without an nnU-Net ``DatasetNNN_`` prefix."""
@@ -106,12 +108,16 @@ def _validate_labels(labels, where: str, problems: list[str]) -> dict[str, int]:
     seen: dict[int, str] = {}
     for name, value in labels.items():
         if isinstance(value, (list, tuple)):
-            problems.append(f"{where}: label {name!r} is region-based ({value}); only plain integer labels are supported")
+            problems.append(
+                f"{where}: label {name!r} is region-based ({value}); only plain integer labels are supported"
+            )
             continue
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if not _is_int(value) or value < 0:
-            problems.append(f"{where}: label {name!r} has value {value!r}; values must be non-negative integers")
+            problems.append(
+                f"{where}: label {name!r} has value {value!r}; values must be non-negative integers"
+            )
             continue
         if value in seen:
             problems.append(f"{where}: labels {seen[value]!r} and {name!r} share the value {value}")
@@ -125,12 +131,12 @@ def _validate_labels(labels, where: str, problems: list[str]) -> dict[str, int]:
 
 def _validate_channels(channels, where: str, problems: list[str]) -> dict[str, str]:
     if not isinstance(channels, dict) or not channels:
-        problems.append(f"{where}: 'channel_names' must be a non-empty object such as {{\"0\": \"T1\"}}")
+        problems.append(f'{where}: \'channel_names\' must be a non-empty object such as {{"0": "T1"}}')
         return {}
     keys = list(channels)
     expected = [str(i) for i in range(len(keys))]
     if sorted(keys, key=lambda k: (len(k), k)) != expected:
-        problems.append(f"{where}: 'channel_names' keys must be \"0\"..\"{len(keys) - 1}\", found {keys}")
+        problems.append(f'{where}: \'channel_names\' keys must be "0".."{len(keys) - 1}", found {keys}')
         return {}
     return {key: str(channels[key]) for key in expected}
 
@@ -151,7 +157,9 @@ def _header(root: Path, problems: list[str]) -> tuple[dict | None, dict[str, int
         problems.append(f"{where}: 'file_ending' must be a string such as \".nii.gz\", found {ending!r}")
         ending = ".nii.gz"
     elif ending.lower() not in NIFTI_ENDINGS:
-        problems.append(f"{where}: file_ending {ending!r} is not supported; convert the images to .nii.gz or .nii")
+        problems.append(
+            f"{where}: file_ending {ending!r} is not supported; convert the images to .nii.gz or .nii"
+        )
     if "numTraining" in meta and not _is_int(meta["numTraining"]):
         problems.append(f"{where}: 'numTraining' must be an integer, found {meta['numTraining']!r}")
     return meta, labels, channels, ending
@@ -169,7 +177,9 @@ def _strip_ending(name: str, ending: str) -> str | None:
     return name[: -len(ending)] if name.endswith(ending) and len(name) > len(ending) else None
 
 
-def _scan_images(folder: Path, ending: str, n_channels: int, problems: list[str]) -> dict[str, tuple[Path, ...]]:
+def _scan_images(
+    folder: Path, ending: str, n_channels: int, problems: list[str]
+) -> dict[str, tuple[Path, ...]]:
     """Group ``{case}_{XXXX}{ending}`` files by case; report bad names, wrong endings and missing channels."""
     grouped: dict[str, dict[int, Path]] = {}
     for path in _visible_files(folder):
@@ -182,7 +192,9 @@ def _scan_images(folder: Path, ending: str, n_channels: int, problems: list[str]
             continue
         match = _CHANNEL_RE.match(stem)
         if not match:
-            problems.append(f"{path}: image name must be {{case}}_{{XXXX}}{ending} with a 4-digit channel index")
+            problems.append(
+                f"{path}: image name must be {{case}}_{{XXXX}}{ending} with a 4-digit channel index"
+            )
             continue
         grouped.setdefault(match["case"], {})[int(match["channel"])] = path
     cases: dict[str, tuple[Path, ...]] = {}
@@ -195,7 +207,9 @@ def _scan_images(folder: Path, ending: str, n_channels: int, problems: list[str]
             problems.append(f"{folder}: case {case_id!r} is missing channel file(s) {names}")
         if extra:
             names = ", ".join(f"{case_id}_{c:04d}{ending}" for c in extra)
-            problems.append(f"{folder}: case {case_id!r} has channel file(s) {names} not declared in channel_names")
+            problems.append(
+                f"{folder}: case {case_id!r} has channel file(s) {names} not declared in channel_names"
+            )
         if not missing:
             cases[case_id] = tuple(channels[c] for c in sorted(wanted))
     return cases
@@ -215,8 +229,15 @@ def _scan_labels(folder: Path, ending: str, problems: list[str]) -> dict[str, Pa
     return labels
 
 
-def _pair(images_dir: Path, labels_dir: Path, ending: str, n_channels: int, *, labels_required: bool,
-          problems: list[str]) -> tuple[tuple[Case, ...], set[str]]:
+def _pair(
+    images_dir: Path,
+    labels_dir: Path,
+    ending: str,
+    n_channels: int,
+    *,
+    labels_required: bool,
+    problems: list[str],
+) -> tuple[tuple[Case, ...], set[str]]:
     """Pair images with labels; return (complete cases, ids of every case with at least one image file)."""
     images = _scan_images(images_dir, ending, n_channels, problems) if images_dir.is_dir() else {}
     labels = _scan_labels(labels_dir, ending, problems) if labels_dir.is_dir() else {}
@@ -229,12 +250,16 @@ def _pair(images_dir: Path, labels_dir: Path, ending: str, n_channels: int, *, l
             if match:
                 image_ids.add(match["case"])
     for case_id in sorted(set(labels) - image_ids):
-        problems.append(f"{labels[case_id]}: label without image (expected {images_dir.name}/{case_id}_0000{ending})")
+        problems.append(
+            f"{labels[case_id]}: label without image (expected {images_dir.name}/{case_id}_0000{ending})"
+        )
     cases = []
     for case_id in sorted(images):
         label = labels.get(case_id)
         if label is None and labels_required:
-            problems.append(f"{images_dir}: case {case_id!r} has no label (expected {labels_dir.name}/{case_id}{ending})")
+            problems.append(
+                f"{images_dir}: case {case_id!r} has no label (expected {labels_dir.name}/{case_id}{ending})"
+            )
             continue
         cases.append(Case(case_id, images[case_id], label))
     return tuple(cases), image_ids
@@ -256,19 +281,32 @@ def _scan(root) -> tuple[NnUNetDataset | None, list[str]]:
         problems.append(f"{root / 'labelsTr'}: missing (training labels go in labelsTr/{{case}}{ending})")
     if (root / "labelsTs").is_dir() and not (root / "imagesTs").is_dir():
         problems.append(f"{root / 'labelsTs'}: present but imagesTs/ is missing")
-    training, training_ids = _pair(images_tr, root / "labelsTr", ending, len(channels), labels_required=True, problems=problems)
-    test, _ = _pair(root / "imagesTs", root / "labelsTs", ending, len(channels), labels_required=False,
-                 problems=problems)
+    training, training_ids = _pair(
+        images_tr, root / "labelsTr", ending, len(channels), labels_required=True, problems=problems
+    )
+    test, _ = _pair(
+        root / "imagesTs", root / "labelsTs", ending, len(channels), labels_required=False, problems=problems
+    )
     if images_tr.is_dir() and not training_ids:
         problems.append(f"{images_tr}: holds no training cases")
     num_training = meta.get("numTraining")
     if _is_int(num_training) and images_tr.is_dir():
         n_found = len(training_ids)
         if num_training != n_found:
-            problems.append(f"{root / DATASET_JSON}: numTraining is {num_training} but imagesTr/ holds {n_found} case(s)")
+            problems.append(
+                f"{root / DATASET_JSON}: numTraining is {num_training} but imagesTr/ holds {n_found} case(s)"
+            )
     name = meta.get("name") if isinstance(meta.get("name"), str) and meta.get("name") else root.name
-    dataset = NnUNetDataset(root=root, name=name, labels=labels, channel_names=channels, file_ending=ending,
-                            training=training, test=test, metadata=meta)
+    dataset = NnUNetDataset(
+        root=root,
+        name=name,
+        labels=labels,
+        channel_names=channels,
+        file_ending=ending,
+        training=training,
+        test=test,
+        metadata=meta,
+    )
     return dataset, problems
 
 
@@ -347,9 +385,13 @@ def _check_case(case: Case, declared: set[int], present: set[int], problems: lis
             reference_shape, reference_affine, reference_path = image.shape, affine, path
         else:
             if image.shape != reference_shape:
-                problems.append(f"{path}: shape {image.shape} differs from {reference_path.name} {reference_shape}")
+                problems.append(
+                    f"{path}: shape {image.shape} differs from {reference_path.name} {reference_shape}"
+                )
             elif not _affines_match(affine, reference_affine):
-                problems.append(f"{path}: affine differs from {reference_path.name} (by more than {AFFINE_TOLERANCE_MM} mm)")
+                problems.append(
+                    f"{path}: affine differs from {reference_path.name} (by more than {AFFINE_TOLERANCE_MM} mm)"
+                )
         del image
     if case.label_path is None:
         return
@@ -360,10 +402,14 @@ def _check_case(case: Case, declared: set[int], present: set[int], problems: lis
         return
     if reference_shape is not None:
         if label.shape != reference_shape:
-            problems.append(f"{case.label_path}: label shape {label.shape} differs from image shape {reference_shape}")
+            problems.append(
+                f"{case.label_path}: label shape {label.shape} differs from image shape {reference_shape}"
+            )
         elif not _affines_match(label_affine, reference_affine):
             delta = float(np.max(np.abs(label_affine - reference_affine)))
-            problems.append(f"{case.label_path}: label affine differs from the image affine by up to {delta:.4g} mm")
+            problems.append(
+                f"{case.label_path}: label affine differs from the image affine by up to {delta:.4g} mm"
+            )
     values = _label_values(label, case.label_path, problems)
     if values is None:
         return
@@ -395,8 +441,10 @@ def check_dataset(root) -> list[str]:
         if absent:
             names = {v: n for n, v in dataset.labels.items()}
             shown = ", ".join(f"{names[v]} ({v})" for v in absent[:20]) + (" ..." if len(absent) > 20 else "")
-            problems.append(f"{Path(root) / DATASET_JSON}: {len(absent)} declared label(s) never present in any "
-                            f"case: {shown}")
+            problems.append(
+                f"{Path(root) / DATASET_JSON}: {len(absent)} declared label(s) never present in any "
+                f"case: {shown}"
+            )
     return problems
 
 
@@ -424,7 +472,9 @@ def load_case(case: Case) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         if affine is None:
             affine, shape = image_affine, image.shape
         elif image.shape != shape or not _affines_match(image_affine, affine):
-            raise DatasetError(f"{path}: shape/affine differs from {case.image_paths[0].name}; run `lsseg data check`")
+            raise DatasetError(
+                f"{path}: shape/affine differs from {case.image_paths[0].name}; run `lsseg data check`"
+            )
         channels.append(image)
     if not channels:
         raise DatasetError(f"case {case.case_id!r} has no image files")
@@ -436,7 +486,9 @@ def load_case(case: Case) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     except InputError as exc:
         raise DatasetError(str(exc)) from None
     if label.shape != shape or not _affines_match(label_affine, affine):
-        raise DatasetError(f"{case.label_path}: label shape/affine differs from its image; run `lsseg data check`")
+        raise DatasetError(
+            f"{case.label_path}: label shape/affine differs from its image; run `lsseg data check`"
+        )
     if label.dtype.kind == "f":
         if not np.all(np.isfinite(label)) or not np.array_equal(label, np.round(label)):
             raise DatasetError(f"{case.label_path}: label holds non-integer or NaN values")
@@ -445,8 +497,16 @@ def load_case(case: Case) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     return image, label.astype(target, copy=False), affine
 
 
-def write_dataset_json(root, *, name: str, labels: dict[str, int], channel_names, num_training: int,
-                       file_ending: str = ".nii.gz", **extra) -> Path:
+def write_dataset_json(
+    root,
+    *,
+    name: str,
+    labels: dict[str, int],
+    channel_names,
+    num_training: int,
+    file_ending: str = ".nii.gz",
+    **extra,
+) -> Path:
     """Write ``root/dataset.json`` atomically in nnU-Net v2 form; ``extra`` keys (licence, description...) are kept."""
     root = Path(root)
     if not root.is_dir():

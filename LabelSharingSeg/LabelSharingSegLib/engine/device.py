@@ -32,7 +32,9 @@ def resolve_device(name: str = "auto") -> tuple[torch.device, str | None]:
         return torch.device("cpu"), "No GPU found: running on the CPU (this works but is slower)."
     if base == "cuda":
         if not torch.cuda.is_available():
-            return torch.device("cpu"), "CUDA was requested but is not available: running on the CPU (slower)."
+            return torch.device(
+                "cpu"
+            ), "CUDA was requested but is not available: running on the CPU (slower)."
         index = int(requested.split(":")[1]) if ":" in requested else 0
         if index >= torch.cuda.device_count():
             raise InputError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) present")

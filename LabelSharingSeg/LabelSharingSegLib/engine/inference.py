@@ -17,8 +17,8 @@ index are kept, so memory does not grow with the number of labels.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -92,10 +92,13 @@ def _align(bundle: Bundle, image: np.ndarray, affine: np.ndarray, align, report:
     if not align:
         return affine, None
     if not bundle.has_reference():
-        raise InputError(f"{bundle.path}: this bundle carries no reference image to align to; turn alignment off")
+        raise InputError(
+            f"{bundle.path}: this bundle carries no reference image to align to; turn alignment off"
+        )
     reference, reference_affine = bundle.reference_image()
-    alignment = register_affine(image, affine, reference, reference_affine,
-                                progress=lambda f, m: report(0.02 + 0.08 * f, m))
+    alignment = register_affine(
+        image, affine, reference, reference_affine, progress=lambda f, m: report(0.02 + 0.08 * f, m)
+    )
     return alignment.aligned_affine(affine), alignment
 
 
@@ -165,8 +168,10 @@ def segment_task(
     ``Alignment`` from an earlier result on the same scan is reused).
     """
     if bundle.kind not in TASK_KINDS:
-        raise InputError(f"{bundle.path}: an {bundle.kind} bundle segments atlas labels, not tasks "
-                         "(use segment_atlas_labels / --atlas-labels)")
+        raise InputError(
+            f"{bundle.path}: an {bundle.kind} bundle segments atlas labels, not tasks "
+            "(use segment_atlas_labels / --atlas-labels)"
+        )
     info = bundle.task(task)
     image, affine = check_image(image, affine)
     report = _Reporter(progress, cancel)
@@ -183,7 +188,9 @@ def segment_task(
     channels = [0] + [info.channels[v] for v in values]
     probabilities = torch.softmax(logits[channels].float(), dim=0)
     report(0.95, "mapping back onto the input grid")
-    back = resample_to_grid(probabilities, working_affine, image.shape, mode="bilinear", src_affine=model_affine)
+    back = resample_to_grid(
+        probabilities, working_affine, image.shape, mode="bilinear", src_affine=model_affine
+    )
     winner = back.argmax(dim=0).numpy()
     lookup = np.array([0] + values, dtype=np.int32)
     labelmap = lookup[winner].astype(np.uint16 if max(values) > 32767 else np.int16)
@@ -194,7 +201,9 @@ def segment_task(
 # ---------------------------------------------------------------------------------------------- LCS
 
 
-def check_atlas_masks(masks: np.ndarray, atlas_shape: tuple[int, ...], labels: Sequence[LabelInfo]) -> np.ndarray:
+def check_atlas_masks(
+    masks: np.ndarray, atlas_shape: tuple[int, ...], labels: Sequence[LabelInfo]
+) -> np.ndarray:
     """Validate masks (K, *atlas_shape) against the atlas grid and the label list; returns a bool array."""
     masks = np.asarray(masks)
     if masks.ndim == len(atlas_shape):
@@ -244,8 +253,9 @@ class PreparedLCS:
         self.atlas_shape = atlas_image.shape
         self.atlas_affine = atlas_affine
         self.dims = prep["spatial_dims"]
-        target = resample_to_grid(torch.as_tensor(image)[None], atlas_affine, atlas_image.shape,
-                                  mode="bilinear", src_affine=affine)[0]
+        target = resample_to_grid(
+            torch.as_tensor(image)[None], atlas_affine, atlas_image.shape, mode="bilinear", src_affine=affine
+        )[0]
         target = normalise_intensity(target, prep.get("intensity", {}))
         atlas = normalise_intensity(atlas_image, prep.get("intensity", {}))
         if self.dims == 2:  # 2D atlas stored as (X, Y, 1)
@@ -260,14 +270,20 @@ class PreparedLCS:
         return pad_spatial(m, self.pads).to(self.device)
 
 
-def lcs_probabilities_chunks(network, prepared: PreparedLCS, masks: np.ndarray, chunk: int, report: _Reporter):
+def lcs_probabilities_chunks(
+    network, prepared: PreparedLCS, masks: np.ndarray, chunk: int, report: _Reporter
+):
     """Yield (first index, probabilities (n, *atlas grid)) per chunk; the encoder runs once."""
     with torch.no_grad(), _autocast(prepared.device):
         encoded = network.encode(prepared.target)
         for start in range(0, masks.shape[0], chunk):
-            report(0.1 + 0.8 * start / masks.shape[0], f"labels {start + 1}-{min(start + chunk, masks.shape[0])} "
-                   f"of {masks.shape[0]}")
-            conditioning = network.condition(prepared.atlas, prepared.masks_tensor(masks[start:start + chunk]))
+            report(
+                0.1 + 0.8 * start / masks.shape[0],
+                f"labels {start + 1}-{min(start + chunk, masks.shape[0])} of {masks.shape[0]}",
+            )
+            conditioning = network.condition(
+                prepared.atlas, prepared.masks_tensor(masks[start : start + chunk])
+            )
             logits = network.decode_conditioned(encoded, conditioning)
             probs = crop_spatial(torch.sigmoid(logits.float())[:, 0], prepared.pads).cpu()
             if prepared.dims == 2:
@@ -292,10 +308,13 @@ class _LCSRun:
     chunk: int
 
 
-def _lcs_setup(bundle, image, affine, masks, labels, device, progress, cancel, memory_budget_mb, network,
-               align) -> _LCSRun:
+def _lcs_setup(
+    bundle, image, affine, masks, labels, device, progress, cancel, memory_budget_mb, network, align
+) -> _LCSRun:
     if bundle.kind != "lcs":
-        raise InputError(f"{bundle.path}: a {bundle.kind} bundle has no atlas; atlas labels need an LCS bundle")
+        raise InputError(
+            f"{bundle.path}: a {bundle.kind} bundle has no atlas; atlas labels need an LCS bundle"
+        )
     image, affine = check_image(image, affine)
     atlas_image, _ = bundle.atlas_image()
     masks = check_atlas_masks(masks, atlas_image.shape, labels)
@@ -329,8 +348,9 @@ def segment_atlas_labels(
     ``align``: first register the scan to the atlas image (None: on, for 3D bundles; an ``Alignment`` from
     an earlier result on the same scan is reused).
     """
-    run = _lcs_setup(bundle, image, affine, masks, labels, device, progress, cancel, memory_budget_mb, network,
-                     align)
+    run = _lcs_setup(
+        bundle, image, affine, masks, labels, device, progress, cancel, memory_budget_mb, network, align
+    )
     best = torch.zeros(run.prepared.atlas_shape)
     best_index = torch.zeros(run.prepared.atlas_shape, dtype=torch.int32)
     for start, probs in lcs_probabilities_chunks(run.network, run.prepared, run.masks, run.chunk, run.report):
@@ -341,8 +361,13 @@ def segment_atlas_labels(
     lookup = torch.tensor([label.value for label in labels], dtype=torch.int32)
     on_atlas = torch.where(best >= LCS_THRESHOLD, lookup[best_index.long()], torch.zeros_like(best_index))
     run.report(0.95, "mapping back onto the input grid")
-    back = resample_to_grid(on_atlas[None].float(), run.working_affine, run.image.shape, mode="nearest",
-                            src_affine=run.prepared.atlas_affine)[0]
+    back = resample_to_grid(
+        on_atlas[None].float(),
+        run.working_affine,
+        run.image.shape,
+        mode="nearest",
+        src_affine=run.prepared.atlas_affine,
+    )[0]
     labelmap = back.round().numpy().astype(np.int32)
     labelmap = labelmap.astype(np.int16 if labelmap.max(initial=0) < 32768 else np.int32)
     run.report(1.0, "done")
@@ -367,13 +392,15 @@ def atlas_labels_independently(
     a time, but with the encoder run once and the labels batched. Returns (bool masks (K, *input shape) on
     the input grid, alignment). Used by evaluation (paper 002, Table 1); users want :func:`segment_atlas_labels`.
     """
-    run = _lcs_setup(bundle, image, affine, masks, labels, device, progress, cancel, memory_budget_mb, network,
-                     align)
+    run = _lcs_setup(
+        bundle, image, affine, masks, labels, device, progress, cancel, memory_budget_mb, network, align
+    )
     out = np.zeros((run.masks.shape[0], *run.image.shape), dtype=bool)
     for start, probs in lcs_probabilities_chunks(run.network, run.prepared, run.masks, run.chunk, run.report):
         decided = (probs >= LCS_THRESHOLD).float()
-        back = resample_to_grid(decided, run.working_affine, run.image.shape, mode="nearest",
-                                src_affine=run.prepared.atlas_affine)
-        out[start:start + decided.shape[0]] = back.numpy() > 0.5
+        back = resample_to_grid(
+            decided, run.working_affine, run.image.shape, mode="nearest", src_affine=run.prepared.atlas_affine
+        )
+        out[start : start + decided.shape[0]] = back.numpy() > 0.5
     run.report(1.0, "done")
     return out, run.alignment

@@ -28,7 +28,7 @@ class LabelInfo:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict) -> "LabelInfo":
+    def from_dict(cls, data: dict) -> LabelInfo:
         color = tuple(float(c) for c in data.get("color") or default_color(int(data["value"])))
         if len(color) != 3 or not all(0.0 <= c <= 1.0 for c in color):
             raise InputError(f"label {data.get('name')!r}: colour must be three numbers in 0..1, got {color}")

@@ -21,8 +21,8 @@ Definitions used throughout (also in README):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -45,7 +45,9 @@ class TaskSizes:
         if not self.labels:
             raise LabelSpaceError(f"task {self.task!r} has no foreground labels")
         if 0 in self.labels:
-            raise LabelSpaceError(f"task {self.task!r}: label value 0 is background and cannot be a task label")
+            raise LabelSpaceError(
+                f"task {self.task!r}: label value 0 is background and cannot be a task label"
+            )
         if set(self.labels) != set(self.sizes):
             missing = sorted(set(self.labels) ^ set(self.sizes))
             raise LabelSpaceError(f"task {self.task!r}: labels and sizes disagree on values {missing}")
@@ -64,12 +66,13 @@ class TaskSizes:
         return {
             "task": self.task,
             "labels": [
-                {"value": v, "name": self.labels[v], "relative_size": self.sizes[v]} for v in sorted(self.labels)
+                {"value": v, "name": self.labels[v], "relative_size": self.sizes[v]}
+                for v in sorted(self.labels)
             ],
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "TaskSizes":
+    def from_dict(cls, data: Mapping) -> TaskSizes:
         try:
             entries = data["labels"]
             return cls(
@@ -91,7 +94,9 @@ def relative_sizes_of_case(label_map: np.ndarray) -> dict[int, float]:
     return {int(v): float(c) / foreground for v, c in zip(values[keep], counts[keep])}
 
 
-def average_relative_sizes(label_maps: Iterable[np.ndarray], labels: Mapping[int, str], task: str) -> TaskSizes:
+def average_relative_sizes(
+    label_maps: Iterable[np.ndarray], labels: Mapping[int, str], task: str
+) -> TaskSizes:
     """Average relative sizes of ``labels`` over ``label_maps`` (mean over the cases containing each label).
 
     Raises LabelSpaceError naming labels that occur in no case, or values that are not declared.
@@ -108,7 +113,9 @@ def average_relative_sizes(label_maps: Iterable[np.ndarray], labels: Mapping[int
             hits[value] += 1
     absent = [f"{v} ({labels[v]})" for v in sorted(hits) if hits[v] == 0]
     if absent:
-        raise LabelSpaceError(f"task {task!r}: declared labels never present in any case: {', '.join(absent)}")
+        raise LabelSpaceError(
+            f"task {task!r}: declared labels never present in any case: {', '.join(absent)}"
+        )
     sizes = {v: totals[v] / hits[v] for v in totals}
     return TaskSizes(task, {int(v): str(n) for v, n in labels.items()}, sizes)
 
@@ -123,7 +130,9 @@ class SharedLabelSpace:
     Immutable in use: :meth:`place_task` returns a new space and leaves this one untouched.
     """
 
-    def __init__(self, tasks: Mapping[str, TaskSizes], assignment: Mapping[str, Mapping[int, int]], n_shared: int):
+    def __init__(
+        self, tasks: Mapping[str, TaskSizes], assignment: Mapping[str, Mapping[int, int]], n_shared: int
+    ):
         self._tasks = dict(tasks)
         self._assignment = {t: dict(m) for t, m in assignment.items()}
         self._n_shared = int(n_shared)
@@ -131,7 +140,7 @@ class SharedLabelSpace:
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
-    def build(cls, tasks: Iterable[TaskSizes]) -> "SharedLabelSpace":
+    def build(cls, tasks: Iterable[TaskSizes]) -> SharedLabelSpace:
         """Rank-match the tasks' labels (paper 000, section 2.1)."""
         tasks = list(tasks)
         if not tasks:
@@ -144,7 +153,7 @@ class SharedLabelSpace:
         n_shared = max(len(t.labels) for t in tasks)
         return cls({t.task: t for t in tasks}, assignment, n_shared)
 
-    def place_task(self, task: TaskSizes, *, widen: bool = False) -> "SharedLabelSpace":
+    def place_task(self, task: TaskSizes, *, widen: bool = False) -> SharedLabelSpace:
         """Place a new task on the stored size table (incremental learning); returns a new space."""
         if task.task in self._tasks:
             raise LabelSpaceError(f"task {task.task!r} is already in the label space; choose another name")
@@ -218,12 +227,16 @@ class SharedLabelSpace:
         for name, mapping in self._assignment.items():
             labels = set(self._tasks[name].labels)
             if set(mapping) != labels:
-                raise LabelSpaceError(f"label space: task {name!r} does not map each of its labels exactly once")
+                raise LabelSpaceError(
+                    f"label space: task {name!r} does not map each of its labels exactly once"
+                )
             targets = list(mapping.values())
             if len(set(targets)) != len(targets):
                 raise LabelSpaceError(f"label space: task {name!r} puts two labels into one shared label")
             if any(not (1 <= s <= self._n_shared) for s in targets):
-                raise LabelSpaceError(f"label space: task {name!r} maps outside shared labels 1..{self._n_shared}")
+                raise LabelSpaceError(
+                    f"label space: task {name!r} maps outside shared labels 1..{self._n_shared}"
+                )
 
     # -- serialisation ------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -233,14 +246,17 @@ class SharedLabelSpace:
             "definition": "relative size = label voxels / foreground voxels per case, averaged over cases "
             "containing the label; shared label = rank by size (largest first)",
             "tasks": [
-                {**self._tasks[t].to_dict(), "shared": {str(v): s for v, s in sorted(self._assignment[t].items())}}
+                {
+                    **self._tasks[t].to_dict(),
+                    "shared": {str(v): s for v, s in sorted(self._assignment[t].items())},
+                }
                 for t in self._tasks
             ],
             "reference_sizes": {str(s): r for s, r in self.reference_sizes().items()},
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "SharedLabelSpace":
+    def from_dict(cls, data: Mapping) -> SharedLabelSpace:
         if not isinstance(data, Mapping) or data.get("format") != SPACE_FORMAT:
             raise LabelSpaceError(f"not a label space (expected format {SPACE_FORMAT!r})")
         try:

@@ -50,11 +50,17 @@ def complete_config(config: dict) -> dict:
     full = copy.deepcopy(DEFAULT_CONFIG)
     full.update(copy.deepcopy(config))
     if full["arch"] not in ARCHITECTURES:
-        raise BundleError(f"network config: unknown arch {full['arch']!r} (choose {', '.join(ARCHITECTURES)})")
+        raise BundleError(
+            f"network config: unknown arch {full['arch']!r} (choose {', '.join(ARCHITECTURES)})"
+        )
     if full["spatial_dims"] not in (2, 3):
         raise BundleError("network config: spatial_dims must be 2 or 3")
     channels = full["channels"]
-    if not (isinstance(channels, list) and len(channels) >= 2 and all(isinstance(c, int) and c > 0 for c in channels)):
+    if not (
+        isinstance(channels, list)
+        and len(channels) >= 2
+        and all(isinstance(c, int) and c > 0 for c in channels)
+    ):
         raise BundleError("network config: channels must be a list of at least two positive integers")
     for key in ("in_channels", "out_channels", "convs_per_level", "num_tasks", "head_channels"):
         if not (isinstance(full[key], int) and full[key] >= 1):
@@ -130,7 +136,9 @@ class UNetBackbone(nn.Module):
             x = self.pool(x)
         return skips, x
 
-    def decode(self, bottleneck_input: torch.Tensor, skips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(
+        self, bottleneck_input: torch.Tensor, skips: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (top-level decoder features, bottleneck features)."""
         bottom = self.bottleneck(bottleneck_input)
         x = bottom
@@ -203,7 +211,9 @@ class LCSNet(nn.Module):
         features, _ = self.backbone.decode(torch.cat([bottom_in, conditioning], dim=1), skips)
         return self.head(features)
 
-    def forward(self, image: torch.Tensor, atlas_image: torch.Tensor, atlas_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, image: torch.Tensor, atlas_image: torch.Tensor, atlas_mask: torch.Tensor
+    ) -> torch.Tensor:
         return self.decode_conditioned(self.encode(image), self.condition(atlas_image, atlas_mask))
 
 

@@ -17,7 +17,7 @@ to 0..1) or ``none``.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -27,7 +27,9 @@ from .errors import InputError
 INTENSITY_MODES = ("zscore", "percentile", "ct_window", "none")
 
 
-def check_image(image: np.ndarray, affine: np.ndarray, *, what: str = "image") -> tuple[np.ndarray, np.ndarray]:
+def check_image(
+    image: np.ndarray, affine: np.ndarray, *, what: str = "image"
+) -> tuple[np.ndarray, np.ndarray]:
     """Return (float32 3D array, float64 4x4 affine) or raise InputError saying what is wrong.
 
     A 2D array (X, Y) becomes (X, Y, 1); a 4D array is accepted only with a trailing singleton axis.
@@ -47,7 +49,9 @@ def check_image(image: np.ndarray, affine: np.ndarray, *, what: str = "image") -
     array = array.astype(np.float32, copy=True)
     bad = ~np.isfinite(array)
     if bad.any():
-        raise InputError(f"{what}: {int(bad.sum())} voxel(s) are NaN or Inf; fix or mask them before segmenting")
+        raise InputError(
+            f"{what}: {int(bad.sum())} voxel(s) are NaN or Inf; fix or mask them before segmenting"
+        )
     matrix = np.asarray(affine, dtype=np.float64)
     if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)):
         raise InputError(f"{what}: affine must be a finite 4x4 matrix")
@@ -76,7 +80,10 @@ def normalise_intensity(array: torch.Tensor | np.ndarray, config: dict) -> torch
         flat = x.flatten().double()
         if flat.numel() > 2_000_000:  # quantile of a strided sample keeps this fast on big volumes
             flat = flat[:: flat.numel() // 1_000_000]
-        lo, hi = (float(torch.quantile(flat, q / 100.0)) for q in (config.get("lower", 0.5), config.get("upper", 99.5)))
+        lo, hi = (
+            float(torch.quantile(flat, q / 100.0))
+            for q in (config.get("lower", 0.5), config.get("upper", 99.5))
+        )
         return ((x.clamp(lo, hi) - lo) / (hi - lo if hi - lo > 1e-8 else 1.0)).float()
     if mode == "ct_window":
         lo, hi = config.get("window", [-1000.0, 1000.0])
@@ -120,7 +127,9 @@ def resample_to_grid(data, dst_affine: np.ndarray, dst_shape: tuple[int, ...], *
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = SpatialResample(mode=mode, padding_mode="zeros" if mode == "nearest" else "border")(
-            data, dst_affine=torch.as_tensor(dst_affine, dtype=torch.float64), spatial_size=tuple(int(s) for s in dst_shape)
+            data,
+            dst_affine=torch.as_tensor(dst_affine, dtype=torch.float64),
+            spatial_size=tuple(int(s) for s in dst_shape),
         )
     return out.as_tensor() if hasattr(out, "as_tensor") else out
 
@@ -148,6 +157,7 @@ def pad_spatial(t: torch.Tensor, pads: list[tuple[int, int]]) -> torch.Tensor:
 
 def crop_spatial(t: torch.Tensor, pads: list[tuple[int, int]]) -> torch.Tensor:
     """Undo :func:`pad_spatial`."""
-    index = [slice(None)] * (t.ndim - len(pads)) + [slice(lo, t.shape[t.ndim - len(pads) + i] - hi)
-                                                     for i, (lo, hi) in enumerate(pads)]
+    index = [slice(None)] * (t.ndim - len(pads)) + [
+        slice(lo, t.shape[t.ndim - len(pads) + i] - hi) for i, (lo, hi) in enumerate(pads)
+    ]
     return t[tuple(index)]

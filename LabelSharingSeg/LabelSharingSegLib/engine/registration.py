@@ -11,8 +11,8 @@ back onto the scan's own grid.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -38,7 +38,9 @@ def _to_sitk(array: np.ndarray, affine: np.ndarray):
 
     lps = _LPS @ np.asarray(affine, dtype=np.float64)
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array, dtype=np.float32).transpose(2, 1, 0)))
+    image = sitk.GetImageFromArray(
+        np.ascontiguousarray(np.asarray(array, dtype=np.float32).transpose(2, 1, 0))
+    )
     image.SetSpacing([float(s) for s in spacing])
     image.SetOrigin([float(o) for o in lps[:3, 3]])
     image.SetDirection([float(d) for d in (lps[:3, :3] / spacing).flatten()])
@@ -97,7 +99,10 @@ def register_affine(
         method.SetMetricSamplingPercentage(0.15, max(1, int(seed)))
         method.SetInterpolator(sitk.sitkLinear)
         method.SetOptimizerAsRegularStepGradientDescent(
-            learningRate=1.0, minStep=1e-4, numberOfIterations=200, relaxationFactor=0.6,
+            learningRate=1.0,
+            minStep=1e-4,
+            numberOfIterations=200,
+            relaxationFactor=0.6,
             gradientMagnitudeTolerance=1e-6,
         )
         method.SetOptimizerScalesFromPhysicalShift()
@@ -108,8 +113,10 @@ def register_affine(
         try:
             method.Execute(fixed, moving)
         except RuntimeError as exc:
-            raise InputError(f"automatic alignment failed ({str(exc).splitlines()[-1][:200]}); check that the scan "
-                             "shows the same anatomy as the bundle's reference, or turn alignment off") from None
+            raise InputError(
+                f"automatic alignment failed ({str(exc).splitlines()[-1][:200]}); check that the scan "
+                "shows the same anatomy as the bundle's reference, or turn alignment off"
+            ) from None
         metric = float(method.GetMetricValue())
     if progress:
         progress(1.0, "alignment done")

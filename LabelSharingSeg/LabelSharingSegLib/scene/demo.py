@@ -18,8 +18,10 @@ DEMO_TASKS = {
     "Tumour": {1: "Oedema", 2: "Enhancing core"},
 }
 DEMO_TERMINOLOGY = {
-    "White matter": {"category": ["SCT", "123037004", "Anatomical Structure"],
-                     "type": ["SCT", "68523003", "White matter"]},
+    "White matter": {
+        "category": ["SCT", "123037004", "Anatomical Structure"],
+        "type": ["SCT", "68523003", "White matter"],
+    },
 }
 
 
@@ -53,14 +55,23 @@ def writeTinyLabelSharingBundle(out, seed: int = 0, spacing=(2.0, 2.0, 2.0)) -> 
             LabelInfo(v, n, default_color(v), DEMO_TERMINOLOGY.get(n)) for v, n in sorted(labels.items())
         )
         tasks.append(TaskInfo(name, index, infos, space.task_to_shared(name)))
-    network = {"arch": "unet", "spatial_dims": 3, "out_channels": space.n_shared + 1, "channels": TINY_CHANNELS}
+    network = {
+        "arch": "unet",
+        "spatial_dims": 3,
+        "out_channels": space.n_shared + 1,
+        "channels": TINY_CHANNELS,
+    }
     torch.manual_seed(seed)
     from ..engine.networks import complete_config
 
     state = build_network(complete_config(network)).state_dict()
     manifest = build_manifest(
-        kind="labelsharing", network=network, preprocessing=_preprocessing(spacing), tasks=tasks,
-        label_space=space, name="Tiny label-sharing demo",
+        kind="labelsharing",
+        network=network,
+        preprocessing=_preprocessing(spacing),
+        tasks=tasks,
+        label_space=space,
+        name="Tiny label-sharing demo",
         description="Randomly initialised demo bundle (no training): for testing the module only.",
         training={"note": "random weights", "seed": seed},
     )
@@ -100,18 +111,25 @@ def writeTinyAtlasBundle(out, seed: int = 0, shape=(24, 24, 20), spacing=(2.0, 2
     from ..engine.networks import build_network, complete_config
 
     image, labelmap, affine, labels = syntheticAtlas(shape, spacing)
-    network = complete_config({"arch": "lcs", "spatial_dims": 3, "out_channels": 1, "channels": TINY_CHANNELS})
+    network = complete_config(
+        {"arch": "lcs", "spatial_dims": 3, "out_channels": 1, "channels": TINY_CHANNELS}
+    )
     torch.manual_seed(seed)
     state = build_network(network).state_dict()
     manifest = build_manifest(
-        kind="lcs", network=network, preprocessing=_preprocessing(spacing), name="Tiny LCS demo",
+        kind="lcs",
+        network=network,
+        preprocessing=_preprocessing(spacing),
+        name="Tiny LCS demo",
         description="Randomly initialised atlas-conditioned demo bundle (no training): for testing only.",
         training={"note": "random weights", "seed": seed},
     )
     return write_bundle(out, manifest, state, atlas=(image, labelmap, affine, labels))
 
 
-def obliqueAffine(spacing=(1.3, 0.9, 2.1), angles=(0.3, -0.2, 0.5), origin=(12.0, -30.0, 7.5), lps=True) -> np.ndarray:
+def obliqueAffine(
+    spacing=(1.3, 0.9, 2.1), angles=(0.3, -0.2, 0.5), origin=(12.0, -30.0, 7.5), lps=True
+) -> np.ndarray:
     """A voxel->RAS affine with rotation about all three axes, anisotropic spacing and (optionally) the
     LPS->RAS axis flip a DICOM-derived volume has."""
     ax, ay, az = angles

@@ -195,7 +195,9 @@ def orientedImageFromMask(mask: np.ndarray, ijkToLocal: np.ndarray, crop: bool =
     mask = np.asarray(mask, dtype=bool)
     oriented = slicer.vtkOrientedImageData()
     if crop:
-        nonzero = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+        nonzero = [
+            np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)
+        ]
         if any(len(n) == 0 for n in nonzero):
             oriented.SetExtent(0, -1, 0, -1, 0, -1)
             oriented.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
@@ -243,7 +245,7 @@ def maskOnGrid(oriented, shape, ijkToLocal: np.ndarray) -> np.ndarray:
     # place the resampled block (its extent may be a sub-box of the reference extent) into the full grid
     lo = [max(ext[2 * a], 0) for a in range(3)]
     hi = [min(ext[2 * a + 1], int(shape[a]) - 1) for a in range(3)]
-    if any(h < l for l, h in zip(lo, hi)):
+    if any(high < low for low, high in zip(lo, hi)):
         return out
     src = values[
         lo[0] - ext[0] : hi[0] - ext[0] + 1,

@@ -10,8 +10,9 @@ from __future__ import annotations
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..engine.errors import CancelledError, InputError
 
@@ -48,7 +49,9 @@ def progressCallable(progress) -> ProgressCallback:
 
 def scaledProgress(progress: ProgressCallback, start: float, stop: float) -> ProgressCallback:
     """Map a sub-step's 0..1 onto [start, stop] of the overall progress."""
-    return lambda fraction, message="": progress(start + (stop - start) * min(1.0, max(0.0, float(fraction))), message)
+    return lambda fraction, message="": progress(
+        start + (stop - start) * min(1.0, max(0.0, float(fraction))), message
+    )
 
 
 def raiseIfCancelled(cancel: Callable[[], bool] | None) -> None:
@@ -77,7 +80,9 @@ class BackgroundJob:
     ``work`` are captured and re-raised by ``result()`` on the caller's thread.
     """
 
-    def __init__(self, work: Callable[[ProgressCallback, Callable[[], bool]], Any], name: str = "LabelSharingSeg job"):
+    def __init__(
+        self, work: Callable[[ProgressCallback, Callable[[], bool]], Any], name: str = "LabelSharingSeg job"
+    ):
         self._work = work
         self._name = name
         self._lock = threading.Lock()
@@ -112,7 +117,7 @@ class BackgroundJob:
             self._done.set()
 
     # ---- main-thread side
-    def start(self) -> "BackgroundJob":
+    def start(self) -> BackgroundJob:
         if self._thread is not None:
             raise RuntimeError("a BackgroundJob can only be started once")
         self.startTime = time.monotonic()

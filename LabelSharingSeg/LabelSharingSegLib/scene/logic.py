@@ -58,13 +58,26 @@ class PreparedRun:
         affine = self.volumeGeometry.engineAffine
         if self.kind == TASK_KIND:
             result = inference.segment_task(
-                self.bundle, self.image, affine, self.taskName,
-                device=self.device, progress=report, cancel=isCancelled, align=self.align,
+                self.bundle,
+                self.image,
+                affine,
+                self.taskName,
+                device=self.device,
+                progress=report,
+                cancel=isCancelled,
+                align=self.align,
             )
         else:
             result = inference.segment_atlas_labels(
-                self.bundle, self.image, affine, self.masks, self.labels,
-                device=self.device, progress=report, cancel=isCancelled, align=self.align,
+                self.bundle,
+                self.image,
+                affine,
+                self.masks,
+                self.labels,
+                device=self.device,
+                progress=report,
+                cancel=isCancelled,
+                align=self.align,
             )
         raiseIfCancelled(isCancelled)
         labelmap = np.asarray(result.labelmap)
@@ -138,7 +151,9 @@ class SegmentationSceneLogic:
 
     def requireBundle(self):
         if self.bundle is None:
-            raise InputError("No model bundle loaded: choose a bundle (folder or .zip) first, e.g. logic.loadBundle(path).")
+            raise InputError(
+                "No model bundle loaded: choose a bundle (folder or .zip) first, e.g. logic.loadBundle(path)."
+            )
         return self.bundle
 
     @property
@@ -208,10 +223,17 @@ class SegmentationSceneLogic:
         if outputSegmentationNode is not None:
             geo.localToLocal(volumeNode, outputSegmentationNode)
         return PreparedRun(
-            kind=TASK_KIND, bundle=bundle, device=self._device, image=image, volumeGeometry=geometry,
-            volumeNode=volumeNode, outputNode=outputSegmentationNode,
-            outputName=f"{volumeNode.GetName()} {taskName}", taskName=taskName,
-            description=f"Segmenting task '{taskName}' on '{volumeNode.GetName()}'", align=self.align,
+            kind=TASK_KIND,
+            bundle=bundle,
+            device=self._device,
+            image=image,
+            volumeGeometry=geometry,
+            volumeNode=volumeNode,
+            outputNode=outputSegmentationNode,
+            outputName=f"{volumeNode.GetName()} {taskName}",
+            taskName=taskName,
+            description=f"Segmenting task '{taskName}' on '{volumeNode.GetName()}'",
+            align=self.align,
         )
 
     def segmentTask(self, volumeNode, taskName: str, outputSegmentationNode=None, progress=None, cancel=None):
@@ -247,7 +269,11 @@ class SegmentationSceneLogic:
             for index in range(nodes.GetNumberOfItems()):
                 node = nodes.GetItemAsObject(index)
                 role = node.GetAttribute(seg.ATTRIBUTE_ROLE)
-                if role in found and found[role] is None and node.GetAttribute(seg.ATTRIBUTE_BUNDLE_ID) == bundle.bundle_id:
+                if (
+                    role in found
+                    and found[role] is None
+                    and node.GetAttribute(seg.ATTRIBUTE_BUNDLE_ID) == bundle.bundle_id
+                ):
                     found[role] = node
         return found[seg.ROLE_ATLAS_IMAGE], found[seg.ROLE_ATLAS_LABELS]
 
@@ -289,7 +315,9 @@ class SegmentationSceneLogic:
         bundle = self._requireAtlasBundle()
         if atlasSegmentationNode is None:
             raise InputError("No atlas segmentation selected: click 'Load atlas' (logic.loadAtlas()) first.")
-        if not hasattr(atlasSegmentationNode, "IsA") or not atlasSegmentationNode.IsA("vtkMRMLSegmentationNode"):
+        if not hasattr(atlasSegmentationNode, "IsA") or not atlasSegmentationNode.IsA(
+            "vtkMRMLSegmentationNode"
+        ):
             raise InputError("The atlas segmentation must be a segmentation node (from 'Load atlas').")
         bundleId = atlasSegmentationNode.GetAttribute(seg.ATTRIBUTE_BUNDLE_ID)
         if atlasSegmentationNode.GetAttribute(seg.ATTRIBUTE_ROLE) != seg.ROLE_ATLAS_LABELS or not bundleId:
@@ -329,7 +357,9 @@ class SegmentationSceneLogic:
                     )
                 chosen.append(byName[0])
         if not chosen:
-            raise InputError("No atlas segments selected: check at least one segment to segment on the target.")
+            raise InputError(
+                "No atlas segments selected: check at least one segment to segment on the target."
+            )
         if len(set(chosen)) != len(chosen):
             raise InputError("The same atlas segment was selected twice.")
         names = [segmentation.GetSegment(s).GetName() for s in chosen]
@@ -351,31 +381,51 @@ class SegmentationSceneLogic:
         terminologies = [seg.segmentTerminology(segmentation.GetSegment(s)) for s in chosen]
         return masks, chosen, names, colors, terminologies
 
-    def prepareSegmentAtlasLabels(self, volumeNode, atlasSegmentationNode, segmentIds=None,
-                                  outputSegmentationNode=None) -> PreparedRun:
+    def prepareSegmentAtlasLabels(
+        self, volumeNode, atlasSegmentationNode, segmentIds=None, outputSegmentationNode=None
+    ) -> PreparedRun:
         bundle = self._requireAtlasBundle()
         image, geometry = self._checkInputVolume(volumeNode, bundle, role="target volume")
         self._checkOutputNode(outputSegmentationNode)
         if outputSegmentationNode is not None:
             geo.localToLocal(volumeNode, outputSegmentationNode)
-        masks, chosen, names, colors, terminologies = self.atlasSegmentMasks(atlasSegmentationNode, segmentIds)
+        masks, chosen, names, colors, terminologies = self.atlasSegmentMasks(
+            atlasSegmentationNode, segmentIds
+        )
         labels = [
             LabelInfo(value=index + 1, name=name, color=color)
             for index, (name, color) in enumerate(zip(names, colors))
         ]
         return PreparedRun(
-            kind=ATLAS_KIND, bundle=bundle, device=self._device, image=image, volumeGeometry=geometry,
-            volumeNode=volumeNode, outputNode=outputSegmentationNode,
-            outputName=f"{volumeNode.GetName()} atlas labels", masks=masks, labels=labels,
+            kind=ATLAS_KIND,
+            bundle=bundle,
+            device=self._device,
+            image=image,
+            volumeGeometry=geometry,
+            volumeNode=volumeNode,
+            outputNode=outputSegmentationNode,
+            outputName=f"{volumeNode.GetName()} atlas labels",
+            masks=masks,
+            labels=labels,
             terminologies={index + 1: text for index, text in enumerate(terminologies) if text},
-            description=f"Segmenting {len(labels)} atlas label(s) on '{volumeNode.GetName()}'", align=self.align,
+            description=f"Segmenting {len(labels)} atlas label(s) on '{volumeNode.GetName()}'",
+            align=self.align,
         )
 
-    def segmentAtlasLabels(self, volumeNode, atlasSegmentationNode, segmentIds=None, outputSegmentationNode=None,
-                           progress=None, cancel=None):
+    def segmentAtlasLabels(
+        self,
+        volumeNode,
+        atlasSegmentationNode,
+        segmentIds=None,
+        outputSegmentationNode=None,
+        progress=None,
+        cancel=None,
+    ):
         """Segment the chosen atlas segments (all when ``segmentIds`` is None) on ``volumeNode``; returns the
         output segmentation node."""
-        run = self.prepareSegmentAtlasLabels(volumeNode, atlasSegmentationNode, segmentIds, outputSegmentationNode)
+        run = self.prepareSegmentAtlasLabels(
+            volumeNode, atlasSegmentationNode, segmentIds, outputSegmentationNode
+        )
         return self._runSynchronously(run, progress, cancel)
 
     # ------------------------------------------------------------------ running and applying
@@ -413,7 +463,9 @@ class SegmentationSceneLogic:
         else:
             ijkToOutput = geo.localToLocal(run.volumeNode, outputNode) @ run.volumeGeometry.ijkToLocal
         if created:
-            parent = run.volumeNode.GetParentTransformNode() if run.volumeNode.GetScene() is self.scene else None
+            parent = (
+                run.volumeNode.GetParentTransformNode() if run.volumeNode.GetScene() is self.scene else None
+            )
             reference = run.volumeNode if run.volumeNode.GetScene() is self.scene else None
             outputNode = seg.createSegmentationNode(self.scene, run.outputName, reference, parent)
             outputNode.SetAttribute(seg.ATTRIBUTE_ROLE, seg.ROLE_OUTPUT)

@@ -53,7 +53,10 @@ def missingPackagesMessage(missing: list[PackageRequirement]) -> str:
         return "All required Python packages are installed."
     lines = ["LabelSharingSeg needs these Python packages, which are not installed:", ""]
     lines += [f"  - {req.requirement}  ({req.purpose})" for req in missing]
-    lines += ["", "Install them now with pip? This downloads from the Python Package Index and may take a few minutes."]
+    lines += [
+        "",
+        "Install them now with pip? This downloads from the Python Package Index and may take a few minutes.",
+    ]
     return "\n".join(lines)
 
 

@@ -43,9 +43,11 @@ _TERMINOLOGY_ALIASES = {"region": "anatomicRegion", "regionModifier": "anatomicR
 
 def _codeTriple(value) -> tuple[str, str, str] | None:
     if isinstance(value, dict):
-        value = [value.get("CodingSchemeDesignator") or value.get("scheme"),
-                 value.get("CodeValue") or value.get("value"),
-                 value.get("CodeMeaning") or value.get("meaning")]
+        value = [
+            value.get("CodingSchemeDesignator") or value.get("scheme"),
+            value.get("CodeValue") or value.get("value"),
+            value.get("CodeMeaning") or value.get("meaning"),
+        ]
     if not isinstance(value, (list, tuple)) or len(value) != 3:
         return None
     scheme, code, meaning = (str(v) if v is not None else "" for v in value)
@@ -71,7 +73,7 @@ def terminologyString(terminology: dict | None) -> str | None:
     entry.SetTerminologyContextName(str(terminology.get("contextName") or _DEFAULT_TERMINOLOGY_CONTEXT))
     if "anatomicRegion" in codes:
         regionContext = str(terminology.get("anatomicContextName") or _DEFAULT_REGION_CONTEXT)
-        setter = getattr(entry, "SetRegionContextName", None) or getattr(entry, "SetAnatomicContextName")
+        setter = getattr(entry, "SetRegionContextName", None) or entry.SetAnatomicContextName
         setter(regionContext)
     for key, getterName, alternative in _TERMINOLOGY_FIELDS:
         if key not in codes:
@@ -203,7 +205,9 @@ def writeSegments(segmentationNode, specs: list[SegmentSpec], ijkToLocal: np.nda
                 for duplicate in existing:
                     segmentation.RemoveSegment(duplicate)
                 if not segmentation.AddSegment(segment, segmentId, following):
-                    raise InputError(f"could not write segment '{spec.name}' into '{segmentationNode.GetName()}'")
+                    raise InputError(
+                        f"could not write segment '{spec.name}' into '{segmentationNode.GetName()}'"
+                    )
             else:
                 segmentId = segmentation.GenerateUniqueSegmentID(spec.name)
                 if not segmentation.AddSegment(segment, segmentId):
