@@ -1,4 +1,4 @@
-"""lsseg evaluate writes metrics.csv, summary.md (with paper 002's Table 1 for a coarse-trained LCS bundle) and
+"""lsseg evaluate writes metrics.csv, summary.md (with Table 1 of Ma et al. (2022) for a coarse-trained LCS bundle) and
 plots; Dice and HD95 are right on known shapes."""
 
 from __future__ import annotations

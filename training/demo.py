@@ -5,7 +5,7 @@
 2. Uses the shipped bundles (``LabelSharingSeg/Resources/Bundles``) or, with ``--train``, trains both from
    scratch within a time budget.
 3. Evaluates (the same inference code Slicer uses): label sharing on every task; LCS on its trained coarse
-   labels and on fine labels it never saw, drawn as atlas masks (paper 002, Table 1).
+   labels and on fine labels it never saw, drawn as atlas masks (Ma et al. 2022, Table 1).
 4. Moves a held-out scan off the atlas (random affine, oblique anisotropic cropped grid) and segments it with
    and without automatic alignment.
 5. Writes ``report.md`` (tables read from the evaluation CSV files, overlay pictures, Dice plots), results as
@@ -64,7 +64,7 @@ class DemoSettings:
     lcs_steps: int
     lcs_spacing: tuple[float, ...]
     # four levels: the atlas mask reaches the bottleneck pooled by 8 (24 mm cells at 3 mm), fine enough for
-    # sub-regions; five levels (pooling by 16, as paper 002 at 1 mm) gave 48 mm cells and learnt far slower
+    # sub-regions; five levels (pooling by 16, as Ma et al. 2022 at 1 mm) gave 48 mm cells and learnt far slower
     lcs_channels: tuple[int, ...]
     seed: int = 0
 
@@ -626,7 +626,7 @@ def write_report(
         f"| (naive: coarse prediction scored against fine truth) | {numbers['lcs_fine']['labels']} | "
         f"{_f(numbers['lcs_fine']['naive_dice'])} |",
         "",
-        "Per fine label: `evaluation/lcs/summary.md` (paper 002, Table 1).",
+        "Per fine label: `evaluation/lcs/summary.md` (Ma et al. 2022, Table 1).",
         "",
     ] + [f"![lcs]({rel(p)})" for p in lcs["figures"]]
     lines += [

@@ -3,9 +3,9 @@ bundle, through the same inference functions ``lsseg segment`` and Slicer call, 
 
 * ``metrics.csv`` - one row per (method, task, case, label): Dice, HD95 (mm), voxel counts;
 * ``summary.md``  - mean Dice/HD95 per task and method, per label, and for LCS bundles trained on a coarse map
-  paper 002's Table 1 (per fine label: Dice of the prediction conditioned on the coarse training label vs
+  Table 1 of Ma et al. (2022) (per fine label: Dice of the prediction conditioned on the coarse training label vs
   conditioned on the fine atlas label that was never trained);
-* plots - ``paired_<task>.png`` (per-case mean Dice, one line per case across methods, as paper 002 Fig. 2)
+* plots - ``paired_<task>.png`` (per-case mean Dice, one line per case across methods, as Ma et al. 2022 Fig. 2)
   and ``labels_<task>.png`` (mean Dice per label, one bar per method).
 """
 
@@ -319,7 +319,7 @@ def _summary(rows: list[dict], table1: list[dict], methods: list[str], plots: li
     if table1:
         lines += [
             "",
-            "## Coarse training labels, fine labels at test time (paper 002, Table 1)",
+            "## Coarse training labels, fine labels at test time (Ma et al. 2022, Table 1)",
             "",
             "Naive Dice: prediction conditioned on the coarse training label vs the fine truth. Fine-grained "
             "Dice: prediction conditioned on the fine atlas label (never trained) vs the fine truth.",

@@ -5,7 +5,7 @@ the loss, and the validation score. The data pipeline, optimiser and loop are sh
   channels with the bundle's own ``TaskInfo.channels`` (the same table inference decodes with). Only the
   sample's task channels and background compete in the softmax, exactly as at inference; the loss is
   cross-entropy + soft Dice (batch Dice over the task's foreground channels).
-* LCS (paper 002): each sample draws a random atlas label and, with probability 0.5, merges it with a second
+* LCS (Ma et al. 2022): each sample draws a random atlas label and, with probability 0.5, merges it with a second
   one; the network gets the atlas image + that label's atlas mask and is trained with soft Dice on the
   conditioned label only. Its inputs are normalised and padded (centred, with the engine's own helpers) exactly
   as ``PreparedLCS`` prepares them at inference.

@@ -146,7 +146,7 @@ def register(subparsers) -> None:
     )
     methods = train_p.add_subparsers(dest="method", metavar="METHOD")
     helps = {
-        "labelsharing": "one network, shared labels over several tasks (paper 000)",
+        "labelsharing": "one network, shared labels over several tasks (Anand et al. 2024)",
         "individual": "baseline: one network (bundle) per task; --out is a folder receiving one bundle per task",
         "multichannel": "baseline: one output channel per label of all tasks together",
         "dodnet": "baseline: task-conditioned dynamic head (DoD-Net)",
@@ -168,7 +168,7 @@ def register(subparsers) -> None:
         p.set_defaults(func=lambda args, kind=kind: cmd_train_tasks(args, kind))
     p = methods.add_parser(
         "lcs",
-        help="label conditioned segmentation with an atlas (paper 002)",
+        help="label conditioned segmentation with an atlas (Ma et al. 2022)",
         description="Train an atlas-conditioned LCS network on one dataset with many labels.",
     )
     p.add_argument("--data", required=True, type=Path, help="one dataset folder")

@@ -9,7 +9,7 @@ LCS bundles: the target is resampled onto the atlas grid, the label-independent 
 conditioned bottleneck + decoder runs batched over chunks of atlas masks sized to a memory budget.
 **Combining labels**: each label k gives a sigmoid probability p_k per voxel. A voxel is background when
 max_k p_k < 0.5 (no label claims it); otherwise it takes argmax_k p_k. This is the same decision as
-normalising the probabilities to sum to one per voxel (paper 002), which does not change the argmax, plus
+normalising the probabilities to sum to one per voxel (Ma et al. 2022), which does not change the argmax, plus
 an explicit background rule, because LCS has no background channel. Only the running maximum and its
 index are kept, so memory does not grow with the number of labels.
 """
@@ -390,7 +390,7 @@ def atlas_labels_independently(
 ) -> tuple[np.ndarray, Alignment | None]:
     """Each atlas label decided on its own (p >= 0.5, overlaps allowed), as when conditioning on one label at
     a time, but with the encoder run once and the labels batched. Returns (bool masks (K, *input shape) on
-    the input grid, alignment). Used by evaluation (paper 002, Table 1); users want :func:`segment_atlas_labels`.
+    the input grid, alignment). Used by evaluation (Ma et al. 2022, Table 1); users want :func:`segment_atlas_labels`.
     """
     run = _lcs_setup(
         bundle, image, affine, masks, labels, device, progress, cancel, memory_budget_mb, network, align

@@ -141,7 +141,7 @@ class SharedLabelSpace:
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
     def build(cls, tasks: Iterable[TaskSizes]) -> SharedLabelSpace:
-        """Rank-match the tasks' labels (paper 000, section 2.1)."""
+        """Rank-match the tasks' labels (Anand et al. 2024, section 2.1)."""
         tasks = list(tasks)
         if not tasks:
             raise LabelSpaceError("a shared label space needs at least one task")

@@ -2,7 +2,7 @@
 
 * ``unet``   - the U-Net backbone with ``out_channels`` logits. Used by the label-sharing model
                (``n* + 1`` channels), the multi-channel baseline (1 + all labels) and individual models.
-* ``lcs``    - label conditioned segmentation (paper 002): the atlas image and one binary atlas mask are
+* ``lcs``    - label conditioned segmentation (Ma et al. 2022): the atlas image and one binary atlas mask are
                reduced to the bottleneck grid (mask max-pooled, image average-pooled, by 2**levels) and
                concatenated to the bottleneck input; one output channel (a logit; sigmoid gives the
                probability). Split into ``encode`` (label independent, run once per volume) and
@@ -29,7 +29,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "spatial_dims": 3,
     "in_channels": 1,
     "out_channels": 2,
-    "channels": [8, 16, 32, 64, 128],  # paper 002: 8 at full resolution, doubling per level
+    "channels": [8, 16, 32, 64, 128],  # Ma et al. 2022: 8 at full resolution, doubling per level
     "convs_per_level": 1,
     "norm": "instance",
     # lcs only
@@ -170,7 +170,7 @@ class UNet(nn.Module):
 
 
 class LCSNet(nn.Module):
-    """Label conditioned segmentation network (paper 002)."""
+    """Label conditioned segmentation network (Ma et al. 2022)."""
 
     def __init__(self, config: dict):
         super().__init__()
