@@ -18,6 +18,7 @@ _COMMAND_MODULES = (
     "lsseg_training.train_cli",  # train, add-task, evaluate
     "lsseg_training.demo",  # demo
     "lsseg_training.bench",  # bench
+    "lsseg_training.experiments.cli",  # experiment labelsharing / lcs
 )
 
 

@@ -1,0 +1,1 @@
+"""Experiments that measure the papers' claims under equal compute (`lsseg experiment ...`)."""

@@ -1,0 +1,130 @@
+"""``lsseg experiment labelsharing`` and ``lsseg experiment lcs``: the papers' claims, one command each."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..train_cli import _int_list
+
+
+def _budget_options(p: argparse.ArgumentParser, steps: int) -> None:
+    g = p.add_argument_group("budget (the same for every compared method)")
+    g.add_argument("--steps", type=int, default=steps, help=f"optimiser steps per method (default {steps})")
+    g.add_argument("--batch", type=int, default=2, help="samples per step (default 2)")
+    g.add_argument("--seed", type=int, default=0, help="seed of every run (weights, split, sampling)")
+    g.add_argument(
+        "--channels", type=_int_list, default=[8, 16, 32, 64, 128], help="U-Net channels per level"
+    )
+    g.add_argument("--patch", type=_int_list, help="training patch (default: the data's grid, capped)")
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--val-fraction", type=float, default=0.2)
+    g.add_argument("--no-augment", action="store_true")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    g.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--out", required=True, type=Path, help="experiment folder (rerun to continue it)")
+    p.add_argument("--verbose", action="store_true", help="show each run's training output")
+
+
+def register(subparsers) -> None:
+    exp = subparsers.add_parser(
+        "experiment",
+        help="measure the papers' claims under equal compute; one report per experiment",
+        description="Train and evaluate every compared method under one stated budget and write report.md.",
+    )
+    sub = exp.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
+    ls = sub.add_parser(
+        "labelsharing",
+        help="label sharing vs one model per task, multi-channel and DoD-Net; add-task and forgetting",
+        description="Anand et al. 2024: all methods under the same steps x batch; incremental learning with "
+        "and without replay for each held-out task.",
+    )
+    ls.add_argument("--data", nargs="+", required=True, type=Path, help="task dataset folders")
+    ls.add_argument(
+        "--add-steps", type=int, help="add-task fine-tuning steps (default: --steps / number of tasks)"
+    )
+    ls.add_argument(
+        "--holdout",
+        nargs="*",
+        help="tasks held out for incremental learning (default: every task; none given: skip)",
+    )
+    _budget_options(ls, 1000)
+    ls.set_defaults(func=cmd_labelsharing)
+
+    lcs = sub.add_parser(
+        "lcs",
+        help="LCS vs multi-channel: Dice and memory against the label count; coarse-to-fine table",
+        description="Ma, Lee, Sabuncu 2022: LCS and a multi-channel U-Net with the same budget at several "
+        "label counts, the coarse-to-fine table, and training/inference memory of both.",
+    )
+    lcs.add_argument("--data", required=True, type=Path, help="one dataset with many labels")
+    lcs.add_argument(
+        "--label-counts",
+        type=_int_list,
+        help="label counts to train at (the first K labels by value; default: 2, 4, 8, ... and all)",
+    )
+    lcs.add_argument(
+        "--memory-label-counts",
+        type=_int_list,
+        help="label counts for the memory measurement (default: 2, 4, ..., 128 and the data's count)",
+    )
+    lcs.add_argument(
+        "--coarse-map",
+        type=Path,
+        help="fine->coarse CSV or label_hierarchy.json (default: the dataset's label_hierarchy.json, else "
+        "neighbouring label values merged in pairs)",
+    )
+    _budget_options(lcs, 1000)
+    lcs.set_defaults(func=cmd_lcs)
+
+
+def _budget(args):
+    import torch
+
+    from .runner import Budget
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return Budget(
+        steps=args.steps,
+        batch=args.batch,
+        seed=args.seed,
+        channels=tuple(args.channels),
+        patch=tuple(args.patch) if args.patch else None,
+        lr=args.lr,
+        device=args.device,
+        val_fraction=args.val_fraction,
+        augment=not args.no_augment,
+        quiet=not args.verbose,
+    )
+
+
+def cmd_labelsharing(args) -> int:
+    from .labelsharing import run_labelsharing
+
+    report = run_labelsharing(
+        args.data,
+        args.out,
+        _budget(args),
+        add_steps=args.add_steps,
+        holdout=args.holdout,
+    )
+    print(report.read_text(encoding="utf-8"))
+    print(f"Report: {report}")
+    return 0
+
+
+def cmd_lcs(args) -> int:
+    from .lcs import run_lcs
+
+    report = run_lcs(
+        args.data,
+        args.out,
+        _budget(args),
+        label_counts=args.label_counts,
+        memory_label_counts=args.memory_label_counts,
+        coarse_map=args.coarse_map,
+    )
+    print(report.read_text(encoding="utf-8"))
+    print(f"Report: {report}")
+    return 0

@@ -1,0 +1,209 @@
+"""The experiments' one door into training and evaluation.
+
+Every experiment trains and evaluates only through the functions here, so the experiments stay the same when the
+training code behind them changes (the typed training API of the train-API issue replaces the bridge below; only this
+module then changes). Each call is *resumable*: a finished bundle or evaluation is kept and skipped, a run killed
+mid-way continues from its checkpoint (bit-identical to an uninterrupted run, see docs/TRAINING.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from LabelSharingSegLib.engine.errors import InputError
+
+from .. import train_cli
+from ..checkpoint import LAST
+from ..evaluate import evaluate
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one training run may spend, plus the settings every compared method shares."""
+
+    steps: int
+    batch: int = 2
+    seed: int = 0
+    channels: tuple[int, ...] = (8, 16, 32, 64, 128)
+    patch: tuple[int, ...] | None = None
+    lr: float = 1e-3
+    device: str = "auto"
+    val_fraction: float = 0.2
+    augment: bool = True
+    quiet: bool = True
+    extra: dict = field(default_factory=dict)  # any further `lsseg train` option by its argparse name
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch < 1:
+            raise InputError(f"a budget needs steps >= 1 and batch >= 1, got {self.steps} x {self.batch}")
+
+    @property
+    def samples(self) -> int:
+        return self.steps * self.batch
+
+    def with_steps(self, steps: int) -> Budget:
+        return Budget(**{**self.__dict__, "steps": steps})
+
+    def to_args(self) -> list[str]:
+        """The `lsseg experiment` options that give this budget (for the report's reproduce line)."""
+        args = ["--steps", str(self.steps), "--batch", str(self.batch), "--seed", str(self.seed)]
+        args += ["--channels", ",".join(map(str, self.channels)), "--lr", str(self.lr)]
+        args += ["--val-fraction", str(self.val_fraction), "--device", self.device]
+        args += ["--patch", ",".join(map(str, self.patch))] if self.patch else []
+        return args + ([] if self.augment else ["--no-augment"])
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "channels": list(self.channels), "patch": list(self.patch or [])}
+
+
+# ------------------------------------------------------------------------------------------------ bridge
+
+# Until the typed training API lands on main, the run settings are put into the namespace the `lsseg train`
+# command functions read: its defaults come from the command's own parser, so no option is missed.
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lsseg")
+    train_cli.register(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def _namespace(command: list[str], budget: Budget, checkpoint_dir: Path) -> argparse.Namespace:
+    args = _parser().parse_args(command)
+    args.steps = budget.steps
+    args.batch = budget.batch
+    args.seed = budget.seed
+    args.channels = list(budget.channels)
+    args.patch = list(budget.patch) if budget.patch else None
+    args.lr = budget.lr
+    args.device = budget.device
+    args.val_fraction = budget.val_fraction
+    args.no_augment = not budget.augment
+    args.quiet = budget.quiet
+    args.checkpoint_dir = checkpoint_dir
+    # a run interrupted before its bundle was written continues from its checkpoint
+    args.resume = (checkpoint_dir / LAST).is_file()
+    for key, value in budget.extra.items():
+        if not hasattr(args, key):
+            raise InputError(f"unknown training setting {key!r}")
+        setattr(args, key, value)
+    return args
+
+
+def _status(code) -> None:
+    if int(code or 0) != 0:
+        raise InputError(f"training stopped with status {code}")
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+
+def checkpoint_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".training")
+
+
+def is_bundle(path: Path) -> bool:
+    """A finished bundle: bundles are written atomically, so the manifest exists only when all of it does."""
+    return (Path(path) / "bundle.json").is_file()
+
+
+def train_tasks(kind: str, data: list[Path], out: Path, budget: Budget) -> bool:
+    """`lsseg train KIND`; ``individual`` writes ``out/<task>``. True when it trained, False when already done."""
+    if kind == "individual":
+        raise InputError(
+            "train one-model-per-task runs one task at a time (train_tasks('individual') per task)"
+        )
+    if is_bundle(out):
+        return False
+    command = ["train", kind, "--data", *map(str, data), "--out", str(out)]
+    _status(train_cli.cmd_train_tasks(_namespace(command, budget, checkpoint_dir(out)), kind))
+    return True
+
+
+def train_individual(data: Path, out: Path, budget: Budget) -> bool:
+    """One model for one task, as a plain bundle at ``out`` (the `individual` method of `lsseg train`)."""
+    if is_bundle(out):
+        return False
+    # `train individual` writes FOLDER/<task>; train into a staging folder, then move the one bundle into place
+    staging = out.with_name(out.name + ".individual")
+    command = ["train", "individual", "--data", str(data), "--out", str(staging)]
+    args = _namespace(command, budget, checkpoint_dir(out))
+    # a killed run left the staging folder: continue in it (finished task skipped, interrupted one resumed)
+    args.resume = staging.is_dir()
+    _status(train_cli.cmd_train_tasks(args, "individual"))
+    bundles = [p for p in staging.iterdir() if is_bundle(p)]
+    if len(bundles) != 1:
+        raise InputError(f"{staging}: expected one task bundle, found {len(bundles)}")
+    bundles[0].rename(out)
+    staging.rmdir()
+    return True
+
+
+def add_task(base: Path, data: Path, out: Path, budget: Budget, replay: list[Path] = ()) -> bool:
+    """`lsseg add-task BASE --data DATA --widen [--replay ...]`.
+
+    ``--widen`` only acts when the task has more labels than the shared space: those get new shared labels
+    (otherwise a held-out task larger than the others could not be added at all)."""
+    if is_bundle(out):
+        return False
+    command = ["add-task", str(base), "--data", str(data), "--out", str(out), "--widen"]
+    args = _namespace(command, budget, checkpoint_dir(out))
+    args.replay = [Path(p) for p in replay]
+    _status(train_cli.cmd_add_task(args))
+    return True
+
+
+def train_lcs(data: Path, out: Path, budget: Budget, coarse_map: Path | None = None) -> bool:
+    """`lsseg train lcs --data DATA [--coarse-map MAP]`."""
+    if is_bundle(out):
+        return False
+    command = ["train", "lcs", "--data", str(data), "--out", str(out)]
+    args = _namespace(command, budget, checkpoint_dir(out))
+    args.coarse_map = coarse_map
+    _status(train_cli.cmd_train_lcs(args))
+    return True
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+def atlas_baselines_available() -> bool:
+    """Whether `lsseg evaluate` has the registration-propagation atlas methods (atlas-labels issue)."""
+    return "atlas_methods" in inspect.signature(evaluate).parameters
+
+
+def evaluate_bundle(
+    bundle: Path, data: list[Path], out: Path, method: str, device: str = "auto", **options
+) -> list[dict]:
+    """Dice rows of one bundle on the datasets' test cases, the ``method`` column set to our name.
+
+    Kept in ``out`` (metrics.csv, and table1.csv for coarse LCS bundles); a finished evaluation is read back."""
+    metrics = Path(out) / "metrics.csv"
+    if not metrics.is_file():
+        evaluate([bundle], data, out, device=device, with_hd95=False, **options)
+    return [{**row, "method": method} for row in read_csv(metrics)]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Rows (dicts, the union of their keys as columns) written atomically."""
+    import io
+
+    from LabelSharingSegLib.engine.atomic import write_text_atomic
+
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
