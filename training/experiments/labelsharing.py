@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from LabelSharingSegLib.engine.bundle import load_bundle
@@ -20,20 +19,11 @@ from LabelSharingSegLib.engine.errors import InputError
 from .. import train_cli
 from . import runner
 from .budget import BudgetLedger, split_steps
-from .report import fmt, grouped_bars, header, mean_dice, table, write_report
+from .report import fmt, grouped_bars, header, mean, mean_dice, table, write_report, yes
 from .workspace import Workspace
 
 METHODS = ("labelsharing", "individual", "multichannel", "dodnet")
 JOINT_METHODS = ("labelsharing", "multichannel", "dodnet")
-
-
-def _timed(ws: Workspace, name: str, fn, *args, **kwargs):
-    start = time.perf_counter()
-    with ws.capture():
-        result = fn(*args, **kwargs)
-    if isinstance(result, bool):  # a training run: False when an earlier invocation finished it
-        ws.step(name, result, time.perf_counter() - start)
-    return result
 
 
 def plan_budget(tasks: list[str], budget: runner.Budget, add_steps: int, holdout: list[str]) -> BudgetLedger:
@@ -95,9 +85,8 @@ def run_labelsharing(
     bundles: dict[str, list[Path]] = {}
     for method in JOINT_METHODS:
         path = ws.run(method)
-        _timed(ws, f"train {method}", runner.train_tasks, method, list(folder.values()), path, budget)
-        rows += _timed(
-            ws,
+        ws.timed(f"train {method}", runner.train_tasks, method, list(folder.values()), path, budget)
+        rows += ws.timed(
             f"evaluate {method}",
             runner.evaluate_bundle,
             path,
@@ -110,16 +99,14 @@ def run_labelsharing(
     bundles["individual"] = []
     for task, steps in zip(tasks, split_steps(budget.steps, len(tasks))):
         path = ws.run(f"individual_{task}")
-        _timed(
-            ws,
+        ws.timed(
             f"train individual {task}",
             runner.train_individual,
             folder[task],
             path,
             budget.with_steps(steps),
         )
-        rows += _timed(
-            ws,
+        rows += ws.timed(
             f"evaluate individual {task}",
             runner.evaluate_bundle,
             path,
@@ -135,8 +122,7 @@ def run_labelsharing(
         rest = [t for t in tasks if t != held]
         rest_data = [folder[t] for t in rest]
         base = ws.run(f"base_without_{held}")
-        _timed(
-            ws,
+        ws.timed(
             f"train labelsharing without {held}",
             runner.train_tasks,
             "labelsharing",
@@ -144,8 +130,7 @@ def run_labelsharing(
             base,
             budget,
         )
-        before = _timed(
-            ws,
+        before = ws.timed(
             f"evaluate base without {held}",
             runner.evaluate_bundle,
             base,
@@ -157,8 +142,7 @@ def run_labelsharing(
         after = {}
         for variant, replay in (("no replay", []), ("replay", rest_data)):
             name = f"add_{held}" + ("_replay" if replay else "")
-            _timed(
-                ws,
+            ws.timed(
                 f"add-task {held} ({variant})",
                 runner.add_task,
                 base,
@@ -167,8 +151,7 @@ def run_labelsharing(
                 budget.with_steps(add_steps),
                 replay,
             )
-            after[variant] = _timed(
-                ws,
+            after[variant] = ws.timed(
                 f"evaluate {name}",
                 runner.evaluate_bundle,
                 ws.run(name),
@@ -211,7 +194,7 @@ def _report(ws, tasks, budget, add_steps, ledger, rows, bundles, incremental) ->
     ]
     lines += ["## Dice per task and method", "", "Mean Dice over test cases and labels.", ""]
     dice = {m: [mean_dice(rows, method=m, task=t) for t in tasks] for m in METHODS}
-    means = {m: _mean(v) for m, v in dice.items()}
+    means = {m: mean(v) for m, v in dice.items()}
     lines += table(
         ["task", *METHODS, "label sharing - one model per task"],
         [
@@ -232,10 +215,10 @@ def _report(ws, tasks, budget, add_steps, ledger, rows, bundles, incremental) ->
     lines += [
         "Goals of the issue, on this run:",
         "",
-        f"- label sharing at least one-model-per-task - 0.02 on every task: {_yes(all(g >= -0.02 for g in gaps))} "
+        f"- label sharing at least one-model-per-task - 0.02 on every task: {yes(all(g >= -0.02 for g in gaps))} "
         f"(worst gap {fmt(min(gaps))})",
         "- label sharing above multi-channel and DoD-Net (mean): "
-        f"{_yes(means['labelsharing'] > max(means['multichannel'], means['dodnet']))}",
+        f"{yes(means['labelsharing'] > max(means['multichannel'], means['dodnet']))}",
         "",
     ]
     plots = [
@@ -281,8 +264,8 @@ def _incremental_section(ws, incremental, dice, tasks, plots) -> list[str]:
         own = dice["individual"][tasks.index(held)]
         new = {v: mean_dice(after[v], task=held) for v in after}
         new_rows.append([held, new["no replay"], new["replay"], own, new["replay"] - own])
-        old_before = _mean([mean_dice(before, task=t) for t in rest])
-        old_after = {v: _mean([mean_dice(after[v], task=t) for t in rest]) for v in after}
+        old_before = mean([mean_dice(before, task=t) for t in rest])
+        old_after = {v: mean([mean_dice(after[v], task=t) for t in rest]) for v in after}
         old_rows.append(
             [
                 held,
@@ -317,9 +300,9 @@ def _incremental_section(ws, incremental, dice, tasks, plots) -> list[str]:
     gaps = [r[4] for r in new_rows]
     drops = [r[5] for r in old_rows]
     lines += [
-        f"- added task within 0.03 of its own model (replay): {_yes(all(g >= -0.03 for g in gaps))} "
+        f"- added task within 0.03 of its own model (replay): {yes(all(g >= -0.03 for g in gaps))} "
         f"(worst {fmt(min(gaps))})",
-        f"- old tasks drop at most 0.01 with replay: {_yes(all(d <= 0.01 for d in drops))} (worst {fmt(max(drops))})",
+        f"- old tasks drop at most 0.01 with replay: {yes(all(d <= 0.01 for d in drops))} (worst {fmt(max(drops))})",
         "",
     ]
     plots.append(
@@ -346,12 +329,3 @@ def _incremental_section(ws, incremental, dice, tasks, plots) -> list[str]:
         )
     )
     return lines
-
-
-def _mean(values) -> float:
-    finite = [v for v in values if v == v]
-    return sum(finite) / len(finite) if finite else float("nan")
-
-
-def _yes(flag: bool) -> str:
-    return "**yes**" if flag else "**no**"

@@ -27,6 +27,16 @@ def mean_dice(rows: Iterable[dict], **match) -> float:
     return sum(finite) / len(finite) if finite else float("nan")
 
 
+def mean(values) -> float:
+    """Mean of the values that are not NaN (NaN when none is)."""
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+def yes(flag: bool) -> str:
+    return "**yes**" if flag else "**no**"
+
+
 def fmt(value, digits: int = 3) -> str:
     if isinstance(value, float):
         return "n/a" if math.isnan(value) else f"{value:.{digits}f}"

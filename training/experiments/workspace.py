@@ -69,6 +69,15 @@ class Workspace:
         with open(self.root / "log.txt", "a", encoding="utf-8") as handle, contextlib.redirect_stdout(handle):
             yield
 
+    def timed(self, name: str, fn, *args, **kwargs):
+        """Run one training step of the plan with its output captured; log whether it trained or was skipped."""
+        start = time.perf_counter()
+        with self.capture():
+            result = fn(*args, **kwargs)
+        if isinstance(result, bool):  # a training run: False when an earlier invocation finished it
+            self.step(name, result, time.perf_counter() - start)
+        return result
+
     def step(self, name: str, did_work: bool, seconds: float) -> None:
         """Log one run: done now (with its time) or skipped because an earlier invocation did it."""
         self.log(f"{name}: done in {seconds:.1f} s" if did_work else f"{name}: already done, skipped")

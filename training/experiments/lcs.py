@@ -1,0 +1,298 @@
+"""`lsseg experiment lcs`: the claims of Ma, Lee, Sabuncu 2022 measured under equal compute.
+
+1. LCS against a multi-channel U-Net at several label counts (the first K labels of the dataset, the others made
+   background), both with the same steps x batch; Dice on the test cases against the label count.
+2. The coarse-to-fine table (the paper's Table 1): LCS trained on coarse labels (pairs merged), then conditioned at
+   test time on the fine atlas labels it never saw, against the naive use of the coarse prediction. The registration
+   baselines join the table when `lsseg evaluate` has them (atlas-labels issue).
+3. Memory of both against the label count, for training and inference (memory.py says how it is measured).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from LabelSharingSegLib.engine.datasets import NnUNetDataset
+from LabelSharingSegLib.engine.errors import InputError
+
+from .. import train_cli
+from . import runner
+from .budget import BudgetLedger
+from .label_subset import write_label_subset
+from .memory import measure
+from .report import fmt, grouped_bars, header, lines_plot, mean, mean_dice, table, write_report, yes
+from .workspace import Workspace
+
+METHODS = ("lcs", "multichannel")
+PAPER = "Ma et al. 2022 report LCS 0.713 against multi-channel 0.680 mean Dice at 116 labels (AAL)"
+
+
+def default_counts(total: int, up_to: int) -> list[int]:
+    """2, 4, 8, ... below ``up_to``, then ``up_to`` and the dataset's own count ``total`` (<= ``up_to``)."""
+    counts, k = {up_to, total}, 2
+    while k < up_to:
+        counts.add(k)
+        k *= 2
+    return sorted(counts)
+
+
+def pair_coarse_map(dataset: NnUNetDataset, path: Path) -> Path:
+    """Neighbouring label values merged in pairs (1,2 -> 1; 3,4 -> 3; ...), written as a fine,coarse CSV."""
+    values = list(dataset.foreground_labels())
+    names = dataset.foreground_labels()
+    rows = ["fine_value,coarse_value,coarse_name"]
+    for i in range(0, len(values) - 1, 2):
+        first, second = values[i], values[i + 1]
+        rows += [f"{v},{first},{names[first]}+{names[second]}" for v in (first, second)]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def _coarse_map(dataset: NnUNetDataset, given: Path | None, ws: Workspace) -> tuple[Path | None, str]:
+    if given is not None:
+        return Path(given).resolve(), f"`{given}`"
+    hierarchy = Path(dataset.root) / "label_hierarchy.json"
+    if hierarchy.is_file():
+        return hierarchy, f"the dataset's `{hierarchy.name}`"
+    if len(dataset.foreground_labels()) < 2:
+        return None, "none (the dataset has a single label)"
+    path = pair_coarse_map(dataset, ws.root / "coarse_map.csv")
+    return path, "neighbouring label values merged in pairs (`coarse_map.csv`)"
+
+
+def _memory_size(dataset: NnUNetDataset, budget: runner.Budget) -> tuple[int, int]:
+    dims, _, shape = train_cli.detect_dims(dataset)
+    factor = 2 ** (len(budget.channels) - 1)
+    edge = max(shape[:dims])
+    edge = min(edge + (-edge) % factor, 128 if dims == 2 else 64)
+    return dims, max(factor, edge - edge % factor)
+
+
+def run_lcs(
+    data: Path,
+    out: Path,
+    budget: runner.Budget,
+    *,
+    label_counts: list[int] | None = None,
+    memory_label_counts: list[int] | None = None,
+    coarse_map: Path | None = None,
+) -> Path:
+    """Run (or continue) the experiment into ``out``; returns ``out/report.md``."""
+    dataset = train_cli.load_datasets([Path(data)])[0]
+    total = len(dataset.foreground_labels())
+    counts = sorted(set(label_counts or default_counts(total, total)))
+    bad = [k for k in counts if not 1 <= k <= total]
+    if bad:
+        raise InputError(f"--label-counts {bad}: {dataset.root} has {total} labels (choose 1-{total})")
+    memory_counts = sorted(set(memory_label_counts or default_counts(total, max(128, total))))
+    if any(k < 1 for k in memory_counts):
+        raise InputError("--memory-label-counts must be positive")
+    dims, memory_size = _memory_size(dataset, budget)
+    config = {
+        "experiment": "lcs",
+        "data": str(Path(dataset.root).resolve()),
+        "budget": budget.to_dict(),
+        "label_counts": counts,
+        "memory_label_counts": memory_counts,
+        "coarse_map": str(Path(coarse_map).resolve()) if coarse_map else None,
+    }
+    ws = Workspace(out, config, echo=not budget.quiet)
+    ledger = BudgetLedger()
+    for k in counts:
+        for method in METHODS:
+            ledger.record(f"{k} labels", method, f"{method}_{k}", budget.steps, budget.batch)
+    ledger.record("coarse-to-fine", "lcs", "lcs_coarse", budget.steps, budget.batch)
+    ledger.check_equal()
+    ws.log(
+        f"lcs experiment: {dataset.task_name()} ({total} labels); {budget.steps} steps x batch {budget.batch}"
+    )
+
+    rows: list[dict] = []
+    for k in counts:
+        path = Path(dataset.root) if k == total else ws.root / "data" / f"{dataset.task_name()}_{k}labels"
+        if k != total:
+            (ws.root / "data").mkdir(exist_ok=True)
+            write_label_subset(dataset, k, path)
+        ws.timed(f"train lcs at {k} labels", runner.train_lcs, path, ws.run(f"lcs_{k}"), budget)
+        ws.timed(f"train multichannel at {k} labels", runner.train_tasks, "multichannel", [path],
+               ws.run(f"multichannel_{k}"), budget)  # fmt: skip
+        for method in METHODS:
+            more = runner.evaluate_bundle(ws.run(f"{method}_{k}"), [path], ws.evaluation(f"{method}_{k}"), method,
+                                          budget.device)  # fmt: skip
+            rows += [{**r, "label_count": k} for r in more]
+
+    map_path, map_source = _coarse_map(dataset, coarse_map, ws)
+    table1: list[dict] = []
+    if map_path is not None:
+        coarse = ws.run("lcs_coarse")
+        ws.timed("train lcs on coarse labels", runner.train_lcs, Path(dataset.root), coarse, budget, map_path)
+        runner.evaluate_bundle(
+            coarse, [Path(dataset.root)], ws.evaluation("lcs_coarse"), "lcs_coarse", budget.device
+        )
+        table1_path = ws.evaluation("lcs_coarse") / "table1.csv"
+        table1 = runner.read_csv(table1_path) if table1_path.is_file() else []
+
+    memory = _memory(ws, memory_counts, dims, memory_size, budget)
+    runner.write_csv(ws.root / "budget.csv", ledger.rows())
+    runner.write_csv(ws.root / "metrics.csv", rows)
+    report = _report(ws, dataset, counts, budget, ledger, rows, table1, map_source, memory, dims, memory_size)
+    ws.log(f"report: {report}")
+    return report
+
+
+def _memory(ws: Workspace, counts: list[int], dims: int, size: int, budget: runner.Budget) -> list[dict]:
+    """Memory rows, measured once per experiment folder (memory.csv is kept and read back)."""
+    path = ws.root / "memory.csv"
+    if path.is_file():
+        return runner.read_csv(path)
+    from LabelSharingSegLib.engine.device import resolve_device
+
+    device, _ = resolve_device(budget.device)
+    rows = [
+        measure(method, k, dims, size, list(budget.channels), budget.batch, str(device))
+        for k in counts
+        for method in METHODS
+    ]
+    runner.write_csv(path, rows)
+    ws.log(f"memory measured at {len(counts)} label counts on {device}")
+    return runner.read_csv(path)
+
+
+def _report(ws, dataset, counts, budget, ledger, rows, table1, map_source, memory, dims, size) -> Path:
+    command = ["lsseg", "experiment", "lcs", "--data", ws.config["data"], "--out", str(ws.root)]
+    command += budget.to_args() + ["--label-counts", ",".join(map(str, counts))]
+    command += ["--memory-label-counts", ",".join(map(str, ws.config["memory_label_counts"]))]
+    command += ["--coarse-map", ws.config["coarse_map"]] if ws.config["coarse_map"] else []
+    lines = header("LCS against a multi-channel U-Net (Ma, Lee, Sabuncu 2022)", ws.config, command)
+    lines += [
+        "## Data, seeds and budgets",
+        "",
+        f"- dataset `{dataset.task_name()}` ({len(dataset.foreground_labels())} labels): `{ws.config['data']}`; "
+        "fewer labels = the first K label values kept, the others made background (copies in `data/`)",
+        f"- seed {budget.seed}; network channels {','.join(map(str, budget.channels))}; learning rate {budget.lr}",
+        f"- every run: {budget.steps} steps x batch {budget.batch} = {budget.samples} training samples (checked)",
+        "",
+    ]
+    dice = {m: [mean_dice(rows, method=m, label_count=k) for k in counts] for m in METHODS}
+    top = counts[-1]
+    lines += [f"## Mean Dice at {top} labels", ""]
+    lines += table(["method", "mean Dice"], [[m, dice[m][-1]] for m in METHODS])
+    lines += [f"For comparison: {PAPER}.", ""]
+    lines += ["## Dice against the label count", ""]
+    lines += table(
+        ["labels", *METHODS, "LCS - multi-channel"],
+        [
+            [k, dice["lcs"][i], dice["multichannel"][i], dice["lcs"][i] - dice["multichannel"][i]]
+            for i, k in enumerate(counts)
+        ],  # fmt: skip
+    )
+    plots = [
+        lines_plot(ws.root / "dice_vs_labels.png", counts, dice, "labels", "mean Dice", "Dice against labels")
+    ]
+    lines += _coarse_section(table1, map_source, ws, plots)
+    lines += _memory_section(memory, dims, size, ws, plots)
+    training = {m: [float(r["training_mb"]) for r in memory if r["method"] == m] for m in METHODS}
+    flat = max(training["lcs"]) <= 1.05 * min(training["lcs"])
+    grows = max(training["multichannel"]) > 1.05 * min(training["multichannel"])
+    lines += [
+        "Goals of the issue, on this run:",
+        "",
+        f"- LCS at least multi-channel at {top} labels: {yes(dice['lcs'][-1] >= dice['multichannel'][-1])} "
+        f"({fmt(dice['lcs'][-1])} vs {fmt(dice['multichannel'][-1])})",
+        f"- LCS training memory flat in the label count while multi-channel grows: {yes(flat and grows)}",
+        "",
+        "## Plots",
+        "",
+        *[f"![{p.stem}]({p.name})" for p in plots],
+        "",
+        "## Files",
+        "",
+        "`metrics.csv` (every Dice, with `label_count`), `memory.csv`, `budget.csv`, `runs/` (bundles and "
+        "checkpoints), `evals/` (each evaluation; `evals/lcs_coarse/table1.csv` per case), `log.txt`.",
+    ]
+    return write_report(ws.root / "report.md", lines)
+
+
+def _coarse_section(table1, map_source, ws, plots) -> list[str]:
+    lines = ["## Coarse training labels, fine labels at test time (Table 1 of Ma et al. 2022)", ""]
+    if not table1:
+        return lines + [
+            f"Not measured: coarse map {map_source}; no fine label inside a coarse one on the atlas.",
+            "",
+        ]
+    lines += [
+        f"LCS trained on coarse labels ({map_source}). *Naive*: the coarse prediction scored against each fine "
+        "label inside it. *Fine-grained*: LCS conditioned on the fine atlas label, never trained, against the "
+        "fine truth.",
+        "",
+    ]
+    keys = sorted({(int(t["coarse_value"]), int(t["fine_value"])) for t in table1})
+    entries = []
+    for coarse, fine in keys:
+        sel = [t for t in table1 if (int(t["coarse_value"]), int(t["fine_value"])) == (coarse, fine)]
+        entries.append(
+            [f"{sel[0]['coarse_name']} ({coarse})", _col(sel, "coarse_dice"),
+             f"{sel[0]['fine_name']} ({fine})", _col(sel, "naive_dice"), _col(sel, "fine_dice")]
+        )  # fmt: skip
+    registration = "registration baselines" if runner.atlas_baselines_available() else None
+    lines += table(["coarse label", "coarse Dice", "fine label", "naive Dice", "fine-grained Dice"], entries)
+    lines += [
+        "Mean over fine labels: naive "
+        f"{fmt(mean([e[3] for e in entries]))}, fine-grained {fmt(mean([e[4] for e in entries]))}.",
+        "",
+        "Registration baselines (atlas-labels issue): "
+        + (
+            "see `evals/lcs_coarse/summary.md`."
+            if registration
+            else "not in this build's `lsseg evaluate`; their columns join this table when it has them."
+        ),
+        "",
+    ]
+    plots.append(
+        grouped_bars(ws.root / "coarse_to_fine.png", [e[2] for e in entries],
+                     {"naive": [e[3] for e in entries], "fine-grained": [e[4] for e in entries]},
+                     "Dice against the fine truth", "Fine labels never trained")
+    )  # fmt: skip
+    return lines
+
+
+def _col(rows: list[dict], key: str) -> float:
+    values = [float(r[key]) for r in rows if r[key] not in ("", "nan")]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _memory_section(memory, dims, size, ws, plots) -> list[str]:
+    counts = sorted({int(r["labels"]) for r in memory})
+
+    def col(method, key):
+        return [
+            float(next(r[key] for r in memory if r["method"] == method and int(r["labels"]) == k))
+            for k in counts
+        ]
+
+    measure_name = memory[0]["measure"] if memory else ""
+    lines = [
+        "## Memory against the label count",
+        "",
+        f"One {'x'.join([str(size)] * dims)} volume, batch as trained; {measure_name}; MB. Training: one optimiser "
+        "step with the method's loss. Inference: multi-channel one forward pass, LCS the encoder once and the "
+        "decoder per label.",
+        "",
+    ]
+    lines += table(
+        ["labels", "LCS training", "multi-channel training", "LCS inference", "multi-channel inference",
+         "LCS parameters", "multi-channel parameters"],
+        zip(counts, col("lcs", "training_mb"), col("multichannel", "training_mb"), col("lcs", "inference_mb"),
+            col("multichannel", "inference_mb"), map(int, col("lcs", "parameters")),
+            map(int, col("multichannel", "parameters"))),
+    )  # fmt: skip
+    series = {
+        "LCS training": col("lcs", "training_mb"),
+        "multi-channel training": col("multichannel", "training_mb"),
+        "LCS inference": col("lcs", "inference_mb"),
+        "multi-channel inference": col("multichannel", "inference_mb"),
+    }
+    plots.append(lines_plot(ws.root / "memory_vs_labels.png", counts, series, "labels", "MB", "Memory"))
+    return lines
