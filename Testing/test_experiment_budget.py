@@ -1,0 +1,57 @@
+"""Equal-compute accounting of the experiments and their folders' refusal of mixed configurations."""
+
+from __future__ import annotations
+
+import pytest
+
+from LabelSharingSegLib.engine.errors import InputError
+from lsseg_training.experiments.budget import BudgetLedger, split_steps
+from lsseg_training.experiments.labelsharing import plan_budget
+from lsseg_training.experiments.runner import Budget
+from lsseg_training.experiments.workspace import Workspace
+
+
+def test_split_steps_shares_the_whole_budget():
+    assert split_steps(10, 3) == [4, 3, 3]
+    assert sum(split_steps(1001, 7)) == 1001
+    with pytest.raises(InputError, match="cannot train 3 models"):
+        split_steps(2, 3)
+
+
+def test_labelsharing_plan_spends_the_same_samples_per_method():
+    ledger = plan_budget(["A", "B", "C"], Budget(steps=100, batch=3), add_steps=20, holdout=["B"])
+    assert ledger.totals("methods") == {
+        "labelsharing": 300,
+        "multichannel": 300,
+        "dodnet": 300,
+        "individual": 300,  # 34 + 33 + 33 steps over its three models
+    }
+    individual = [r for r in ledger.rows() if r["method"] == "individual"]
+    assert [r["steps"] for r in individual] == [34, 33, 33]
+    assert ledger.totals("add B") == {"no replay": 60, "replay": 60}
+
+
+def test_unequal_budgets_are_refused():
+    ledger = BudgetLedger()
+    ledger.record("methods", "labelsharing", "ls", 100, 2)
+    ledger.record("methods", "individual", "ind_a", 60, 2)
+    ledger.record("methods", "individual", "ind_b", 60, 2)
+    with pytest.raises(InputError, match="unequal budgets in 'methods'.*individual 240, labelsharing 200"):
+        ledger.check_equal()
+
+
+def test_budget_refuses_empty_runs():
+    with pytest.raises(InputError, match="steps >= 1"):
+        Budget(steps=0)
+
+
+def test_workspace_refuses_another_configuration(tmp_path):
+    Workspace(tmp_path / "exp", {"steps": 10}, echo=False)
+    again = Workspace(tmp_path / "exp", {"steps": 10}, echo=False)
+    assert again.resumed
+    with pytest.raises(InputError, match=r"other settings \(steps\)"):
+        Workspace(tmp_path / "exp", {"steps": 20}, echo=False)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "file.txt").write_text("x")
+    with pytest.raises(InputError, match="not an experiment folder"):
+        Workspace(tmp_path / "other", {"steps": 10}, echo=False)

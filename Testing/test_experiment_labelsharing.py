@@ -1,0 +1,74 @@
+"""`lsseg experiment labelsharing` end to end on phantom tasks: killed mid-way, continued, full report."""
+
+from __future__ import annotations
+
+import csv
+import signal
+import time
+
+from train_helpers import lsseg, lsseg_process, phantoms, tree_hashes
+
+ARGS = ["--steps", 4, "--batch", 2, "--channels", "4,8,16", "--device", "cpu", "--threads", 1]
+
+
+def test_killed_experiment_resumes_and_reports_everything(tmp_path):
+    data = phantoms(tmp_path / "data", tasks=2, cases=3)
+    out = tmp_path / "exp"
+    command = ["experiment", "labelsharing", "--data", *data, "--out", out, "--holdout", "Phantom1", *ARGS]
+    first = out / "runs" / "labelsharing"
+    process = lsseg_process(*command)
+    try:
+        deadline = time.time() + 240
+        while not (first / "bundle.json").is_file():
+            assert process.poll() is None, process.communicate()
+            assert time.time() < deadline, "no bundle written"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.communicate()
+    assert not (out / "report.md").exists()
+    kept = tree_hashes(first)
+
+    assert lsseg(*command) == 0
+    assert tree_hashes(first) == kept  # the finished run was not redone
+    log = (out / "log.txt").read_text()
+    assert "train labelsharing: already done, skipped" in log
+    assert "train multichannel: done in" in log
+
+    report = (out / "report.md").read_text()
+    for heading in ("## Data, seeds and budgets", "## Dice per task and method", "## Incremental learning"):
+        assert heading in report
+    for plot in ("dice_per_task", "incremental_new_task", "forgetting"):
+        assert (out / f"{plot}.png").stat().st_size > 1000
+        assert f"![{plot}]({plot}.png)" in report
+    assert "--holdout Phantom1" in report and "8 training samples" in report
+    for run in ("labelsharing", "multichannel", "dodnet", "individual_Phantom0", "individual_Phantom1",
+                "base_without_Phantom1", "add_Phantom1", "add_Phantom1_replay"):  # fmt: skip
+        assert (out / "runs" / run / "bundle.json").is_file(), run
+
+    with open(out / "budget.csv", newline="") as handle:
+        budget = list(csv.DictReader(handle))
+    samples = {}
+    for row in budget:
+        if row["comparison"] == "methods":
+            samples[row["method"]] = samples.get(row["method"], 0) + int(row["samples"])
+    assert samples == {"labelsharing": 8, "multichannel": 8, "dodnet": 8, "individual": 8}
+    with open(out / "metrics.csv", newline="") as handle:
+        metrics = list(csv.DictReader(handle))
+    assert {(r["method"], r["task"]) for r in metrics} == {
+        (m, t)
+        for m in ("labelsharing", "multichannel", "dodnet", "individual")
+        for t in ("Phantom0", "Phantom1")
+    }
+
+    # a third invocation trains nothing and writes the same tables
+    assert lsseg(*command) == 0
+    assert (out / "report.md").read_text() == report
+
+
+def test_unknown_holdout_task_is_refused(tmp_path, capsys):
+    data = phantoms(tmp_path / "data", tasks=2, cases=3)
+    command = ["experiment", "labelsharing", "--data", *data, "--out", tmp_path / "exp", "--holdout", "Nope"]
+    assert lsseg(*command, *ARGS) == 2
+    assert "--holdout Nope: not a task of --data" in capsys.readouterr().err
+    assert not (tmp_path / "exp").exists()

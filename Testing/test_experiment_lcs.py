@@ -1,0 +1,70 @@
+"""`lsseg experiment lcs` end to end on a phantom task: every table and plot, equal budgets, nothing redone."""
+
+from __future__ import annotations
+
+import csv
+
+from train_helpers import lsseg, phantoms
+
+from lsseg_training import train_cli
+from lsseg_training.experiments.lcs import default_counts
+from lsseg_training.experiments.memory import measure
+
+
+def test_lcs_experiment_reports_every_table_and_resumes(tmp_path, monkeypatch):
+    data = phantoms(tmp_path / "data", tasks=1, cases=3)[0]  # Phantom0: 3 labels
+    out = tmp_path / "exp"
+    command = ["experiment", "lcs", "--data", data, "--out", out, "--steps", 3, "--label-counts", "2,3"]
+    command += ["--memory-label-counts", "2,16", "--channels", "4,8,16", "--device", "cpu", "--threads", 1]
+    assert lsseg(*command) == 0
+    report = (out / "report.md").read_text()
+    for heading in (
+        "## Mean Dice at 3 labels",
+        "## Dice against the label count",
+        "## Coarse training labels, fine labels at test time",
+        "## Memory against the label count",
+    ):
+        assert heading in report, heading
+    for plot in ("dice_vs_labels", "coarse_to_fine", "memory_vs_labels"):
+        assert (out / f"{plot}.png").stat().st_size > 1000
+        assert f"![{plot}]({plot}.png)" in report
+    # the 2-label copy keeps labels 1 and 2 only; the source dataset is untouched
+    subset = out / "data" / "Phantom0_2labels"
+    assert '"large_blob": 1' in (subset / "dataset.json").read_text()
+    assert "small_blob" not in (subset / "dataset.json").read_text()
+    with open(out / "budget.csv", newline="") as handle:
+        assert {int(r["samples"]) for r in csv.DictReader(handle)} == {6}
+    with open(out / "metrics.csv", newline="") as handle:
+        metrics = list(csv.DictReader(handle))
+    assert {(r["method"], r["label_count"]) for r in metrics} == {
+        (m, k) for m in ("lcs", "multichannel") for k in ("2", "3")
+    }
+    assert {r["label_value"] for r in metrics if r["label_count"] == "2"} == {"1", "2"}
+    assert "| large_blob+medium_blob (1) |" in report  # the pairwise coarse map: labels 1 and 2 merged
+
+    # continuing a finished experiment trains and measures nothing again
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(train_cli, "cmd_train_lcs", refuse)
+    monkeypatch.setattr(train_cli, "cmd_train_tasks", refuse)
+    monkeypatch.setattr("lsseg_training.experiments.lcs.measure", refuse)
+    assert lsseg(*command) == 0
+    assert (out / "report.md").read_text() == report
+
+
+def test_memory_multichannel_grows_with_labels_lcs_does_not():
+    small = {m: measure(m, 2, 2, 32, [4, 8, 16], 2, "cpu") for m in ("lcs", "multichannel")}
+    large = {m: measure(m, 64, 2, 32, [4, 8, 16], 2, "cpu") for m in ("lcs", "multichannel")}
+    assert large["lcs"]["training_mb"] == small["lcs"]["training_mb"]
+    assert large["lcs"]["parameters"] == small["lcs"]["parameters"]
+    # 62 more output channels of 2 x 32 x 32 float32 logits alone add about 0.5 MB (plus softmax, one-hot, grads)
+    assert large["multichannel"]["training_mb"] - small["multichannel"]["training_mb"] > 0.5
+    assert large["multichannel"]["inference_mb"] > small["multichannel"]["inference_mb"]
+
+
+def test_default_label_counts():
+    assert default_counts(3, 3) == [2, 3]
+    assert default_counts(116, 116) == [2, 4, 8, 16, 32, 64, 116]
+    assert default_counts(136, 136)[-2:] == [128, 136]
+    assert default_counts(5, 128) == [2, 4, 5, 8, 16, 32, 64, 128]
