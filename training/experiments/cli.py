@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..train_cli import _int_list
+from ..train_cli import _float_list, _int_list
 
 
 def _budget_options(p: argparse.ArgumentParser, steps: int) -> None:
@@ -17,6 +17,9 @@ def _budget_options(p: argparse.ArgumentParser, steps: int) -> None:
         "--channels", type=_int_list, default=[8, 16, 32, 64, 128], help="U-Net channels per level"
     )
     g.add_argument("--patch", type=_int_list, help="training patch (default: the data's grid, capped)")
+    g.add_argument(
+        "--spacing", type=_float_list, help="model grid spacing in mm (default: the data's median)"
+    )
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--val-fraction", type=float, default=0.2)
     g.add_argument("--no-augment", action="store_true")
@@ -91,6 +94,7 @@ def _budget(args):
         seed=args.seed,
         channels=tuple(args.channels),
         patch=tuple(args.patch) if args.patch else None,
+        spacing=tuple(args.spacing) if args.spacing else None,
         lr=args.lr,
         device=args.device,
         val_fraction=args.val_fraction,

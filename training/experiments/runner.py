@@ -30,6 +30,7 @@ class Budget:
     seed: int = 0
     channels: tuple[int, ...] = (8, 16, 32, 64, 128)
     patch: tuple[int, ...] | None = None
+    spacing: tuple[float, ...] | None = None  # model grid in mm (default: the data's median)
     lr: float = 1e-3
     device: str = "auto"
     val_fraction: float = 0.2
@@ -54,10 +55,16 @@ class Budget:
         args += ["--channels", ",".join(map(str, self.channels)), "--lr", str(self.lr)]
         args += ["--val-fraction", str(self.val_fraction), "--device", self.device]
         args += ["--patch", ",".join(map(str, self.patch))] if self.patch else []
+        args += ["--spacing", ",".join(map(str, self.spacing))] if self.spacing else []
         return args + ([] if self.augment else ["--no-augment"])
 
     def to_dict(self) -> dict:
-        return {**self.__dict__, "channels": list(self.channels), "patch": list(self.patch or [])}
+        return {
+            **self.__dict__,
+            "channels": list(self.channels),
+            "patch": list(self.patch or []),
+            "spacing": list(self.spacing or []),
+        }
 
 
 # ------------------------------------------------------------------------------------------------ bridge
@@ -79,6 +86,7 @@ def _namespace(command: list[str], budget: Budget, checkpoint_dir: Path) -> argp
     args.seed = budget.seed
     args.channels = list(budget.channels)
     args.patch = list(budget.patch) if budget.patch else None
+    args.spacing = list(budget.spacing) if budget.spacing else None
     args.lr = budget.lr
     args.device = budget.device
     args.val_fraction = budget.val_fraction
