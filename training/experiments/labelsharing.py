@@ -46,7 +46,7 @@ def _parameters(bundles: list[Path]) -> tuple[int, int]:
     for path in bundles:
         bundle = load_bundle(path)
         params += sum(p.numel() for p in bundle.build_network("cpu").parameters())
-        outputs += int(bundle.network_config["out_channels"])
+        outputs += int(bundle.network_config.out_channels)
     return params, outputs
 
 

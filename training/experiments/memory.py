@@ -24,7 +24,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from LabelSharingSegLib.engine.bundle import TaskInfo
 from LabelSharingSegLib.engine.labels import LabelInfo, default_color
-from LabelSharingSegLib.engine.networks import build_network, complete_config
+from LabelSharingSegLib.engine.networks import build_network, network_config_from_dict
+from LabelSharingSegLib.engine.preprocessing_config import IntensityConfig, Preprocessing
 
 from ..methods import LCSMethod, TaskMethod
 
@@ -58,14 +59,10 @@ class _LiveTensorBytes(TorchDispatchMode):
 
 
 def _networks(method: str, labels: int, dims: int, channels: list[int]):
-    if method == "multichannel":
-        config = complete_config(
-            {"arch": "unet", "spatial_dims": dims, "channels": channels, "out_channels": labels + 1}
-        )
-    else:
-        config = complete_config(
-            {"arch": "lcs", "spatial_dims": dims, "channels": channels, "out_channels": 1}
-        )
+    arch, outputs = ("unet", labels + 1) if method == "multichannel" else ("lcs", 1)
+    config = network_config_from_dict(
+        {"arch": arch, "spatial_dims": dims, "channels": list(channels), "out_channels": outputs}
+    )
     return build_network(config), config
 
 
@@ -92,14 +89,19 @@ def _training_step(method: str, net, config, labels: int, shape, batch: int, dev
     if method == "multichannel":
         infos = tuple(LabelInfo(v, f"label_{v}", default_color(v)) for v in range(1, labels + 1))
         task = TaskInfo("task", 0, infos, {v: v for v in range(1, labels + 1)})
-        prep = {"spatial_dims": dims, "patch_size": list(shape)}
+        prep = Preprocessing(spatial_dims=dims, spacing=(1.0,) * dims, patch_size=tuple(shape))
         loss_method = TaskMethod("multichannel", [task], config, prep)
         target = torch.randint(0, labels + 1, (batch, *shape), generator=generator)
         data = {"image": image, "target": target, "task": torch.zeros(batch, dtype=torch.int64)}
     else:
         grid = tuple(shape) if dims == 3 else (*shape, 1)
         atlas_labels = torch.randint(0, labels + 1, grid, generator=generator)
-        prep = {"spatial_dims": dims, "intensity": {"mode": "none"}}
+        prep = Preprocessing(
+            spatial_dims=dims,
+            spacing=(1.0,) * dims,
+            patch_size=tuple(shape),
+            intensity=IntensityConfig(mode="none"),
+        )
         loss_method = LCSMethod(torch.randn(grid), atlas_labels, list(range(1, labels + 1)), config, prep)
         masks = (torch.rand((batch, 1, *shape), generator=generator) > 0.8).float()
         data = {"image": image, "atlas_mask": masks, "target": masks}
