@@ -255,7 +255,8 @@ def _incremental_section(ws, incremental, dice, tasks, plots) -> list[str]:
         "## Incremental learning (add-task)",
         "",
         "Each held-out task is added to a label-sharing model trained on the other tasks. *Own model*: the "
-        "one-model-per-task run of that task. *Drop*: old tasks' mean Dice before minus after (forgetting).",
+        "one-model-per-task run of that task. *Drop*: old tasks' mean Dice before minus after (forgetting). "
+        "`add-task --widen`: a task with more labels than the shared space gets new shared labels.",
         "",
     ]
     new_rows, old_rows, forgetting = [], [], {"no replay": [], "replay": []}

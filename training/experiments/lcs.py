@@ -294,5 +294,9 @@ def _memory_section(memory, dims, size, ws, plots) -> list[str]:
         "LCS inference": col("lcs", "inference_mb"),
         "multi-channel inference": col("multichannel", "inference_mb"),
     }
-    plots.append(lines_plot(ws.root / "memory_vs_labels.png", counts, series, "labels", "MB", "Memory"))
+    plots.append(
+        lines_plot(
+            ws.root / "memory_vs_labels.png", counts, series, "labels", "MB", "Memory against the label count"
+        )
+    )
     return lines
