@@ -1,6 +1,7 @@
-"""Tiny, randomly initialised bundles and synthetic volumes for the module self-test and for trying the
-module without a trained model. Built only through the engine's public bundle API (so a bundle written
-here is validated exactly like a trained one). The weights are random: the segmentations are meaningless,
+"""Test fixtures for the scene tests: tiny, randomly initialised bundles and synthetic volumes.
+
+Built only through the engine's public bundle API (so a bundle written here is validated exactly like a
+trained one). The weights are random: the segmentations are meaningless,
 only the plumbing (names, colours, geometry, progress, cancel) is exercised.
 """
 
@@ -40,10 +41,10 @@ def writeTinyLabelSharingBundle(out, seed: int = 0, spacing=(2.0, 2.0, 2.0)) -> 
     """A 2-task label-sharing bundle (random weights) written to the folder ``out``."""
     import torch
 
-    from ..engine.bundle import TaskInfo, build_manifest, write_bundle
-    from ..engine.labels import LabelInfo, default_color
-    from ..engine.labelspace import SharedLabelSpace, TaskSizes
-    from ..engine.networks import build_network
+    from LabelSharingSegLib.engine.bundle import TaskInfo, build_manifest, write_bundle
+    from LabelSharingSegLib.engine.labels import LabelInfo, default_color
+    from LabelSharingSegLib.engine.labelspace import SharedLabelSpace, TaskSizes
+    from LabelSharingSegLib.engine.networks import build_network
 
     sizes = []
     for name, labels in DEMO_TASKS.items():
@@ -62,7 +63,7 @@ def writeTinyLabelSharingBundle(out, seed: int = 0, spacing=(2.0, 2.0, 2.0)) -> 
         "channels": TINY_CHANNELS,
     }
     torch.manual_seed(seed)
-    from ..engine.networks import complete_config
+    from LabelSharingSegLib.engine.networks import complete_config
 
     state = build_network(complete_config(network)).state_dict()
     manifest = build_manifest(
@@ -81,7 +82,7 @@ def writeTinyLabelSharingBundle(out, seed: int = 0, spacing=(2.0, 2.0, 2.0)) -> 
 def syntheticAtlas(shape=(24, 24, 20), spacing=(2.0, 2.0, 2.0)):
     """(image [i,j,k] float32, labelmap int16, affine, LabelInfo list): an ellipsoid 'brain' with two
     hemispheres and a central 'ventricle'."""
-    from ..engine.labels import LabelInfo
+    from LabelSharingSegLib.engine.labels import LabelInfo
 
     grid = np.indices(shape).astype(np.float32)
     centre = (np.array(shape, dtype=np.float32) - 1) / 2
@@ -107,8 +108,8 @@ def writeTinyAtlasBundle(out, seed: int = 0, shape=(24, 24, 20), spacing=(2.0, 2
     """A small LCS bundle (random weights) with a synthetic atlas, written to the folder ``out``."""
     import torch
 
-    from ..engine.bundle import build_manifest, write_bundle
-    from ..engine.networks import build_network, complete_config
+    from LabelSharingSegLib.engine.bundle import build_manifest, write_bundle
+    from LabelSharingSegLib.engine.networks import build_network, complete_config
 
     image, labelmap, affine, labels = syntheticAtlas(shape, spacing)
     network = complete_config(
