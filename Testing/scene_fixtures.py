@@ -144,3 +144,51 @@ def obliqueAffine(
     affine[:3, :3] = rotation @ np.diag(spacing)
     affine[:3, 3] = origin
     return affine
+
+
+def _ijkToRas(node) -> np.ndarray:
+    import vtk
+
+    from LabelSharingSegLib.scene import geometry
+
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return geometry.vtkMatrixToArray(matrix)
+
+
+def sceneSnapshot(scene):
+    """What a user could see change: nodes, their names, segments, voxels and matrices."""
+    import slicer
+    from vtk.util import numpy_support
+
+    from LabelSharingSegLib.scene import geometry as geo
+
+    state = []
+    nodes = scene.GetNodes()
+    for index in range(nodes.GetNumberOfItems()):
+        node = nodes.GetItemAsObject(index)
+        entry = [node.GetID(), node.GetClassName(), node.GetName()]
+        if node.IsA("vtkMRMLSegmentationNode"):
+            segmentation = node.GetSegmentation()
+            for s in range(segmentation.GetNumberOfSegments()):
+                segment = segmentation.GetNthSegment(s)
+                image = segment.GetRepresentation(geo.BINARY_LABELMAP)
+                total = 0
+                if image is not None and image.GetPointData().GetScalars() is not None:
+                    values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+                    total = int((values == segment.GetLabelValue()).sum())
+                terminology = segment.GetTerminology() if hasattr(segment, "GetTerminology") else ""
+                entry.append(
+                    (
+                        segmentation.GetNthSegmentID(s),
+                        segment.GetName(),
+                        segment.GetColor(),
+                        total,
+                        terminology,
+                    )
+                )
+        elif node.IsA("vtkMRMLVolumeNode") and node.GetImageData() is not None:
+            entry.append(slicer.util.arrayFromVolume(node).copy().tobytes())
+            entry.append(_ijkToRas(node).tobytes())
+        state.append(tuple(entry))
+    return state

@@ -43,28 +43,7 @@ def _ijk_to_ras(node):
     return geo.vtkMatrixToArray(matrix)
 
 
-def _snapshot(scene):
-    """What a user could see change: nodes, their names, segments, voxels and matrices."""
-    state = []
-    nodes = scene.GetNodes()
-    for index in range(nodes.GetNumberOfItems()):
-        node = nodes.GetItemAsObject(index)
-        entry = [node.GetID(), node.GetClassName(), node.GetName()]
-        if node.IsA("vtkMRMLSegmentationNode"):
-            segmentation = node.GetSegmentation()
-            for s in range(segmentation.GetNumberOfSegments()):
-                segment = segmentation.GetNthSegment(s)
-                image = segment.GetRepresentation(geo.BINARY_LABELMAP)
-                total = 0
-                if image is not None and image.GetPointData().GetScalars() is not None:
-                    values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
-                    total = int((values == segment.GetLabelValue()).sum())
-                entry.append((segmentation.GetNthSegmentID(s), segment.GetName(), segment.GetColor(), total))
-        elif node.IsA("vtkMRMLVolumeNode") and node.GetImageData() is not None:
-            entry.append(_voxels(node).tobytes())
-            entry.append(_ijk_to_ras(node).tobytes())
-        state.append(tuple(entry))
-    return state
+_snapshot = demo.sceneSnapshot
 
 
 def _world_voxels(segmentation_node, segment_id):

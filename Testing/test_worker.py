@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from LabelSharingSegLib.worker.protocol import (
     labelsFromJson,
     labelsToJson,
 )
+from LabelSharingSegLib.worker.runner import runRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_TASK_BUNDLE = ROOT / "LabelSharingSeg" / "Resources" / "Bundles" / "labelsharing-multitask"
@@ -180,31 +180,6 @@ def shipped_task_bundle():
     return load_bundle(SHIPPED_TASK_BUNDLE)
 
 
-def test_worker_process_segments_like_the_engine_in_process(shipped_task_bundle):
-    bundle = shipped_task_bundle
-    task = bundle.task_names()[0]
-    image, affine = _volume()
-    job = WorkerJob.create(
-        "task", SHIPPED_TASK_BUNDLE, image, affine, task=task, device="cpu", bundleId=bundle.bundle_id
-    )
-    assert job.command[1:3] == ["-m", "LabelSharingSegLib.worker"]
-    seen = []
-    worker = SubprocessWorker(job).start()
-    while not worker.wait(0.05):
-        seen.append(worker.poll().fraction)
-    result = worker.result(TIMEOUT_S)
-    assert not job.workDir.exists(), "temporary files are removed"
-    expected = inference.segment_task(bundle, image, affine, task, device="cpu")
-    assert result.labelmap.shape == image.shape
-    assert np.array_equal(result.labelmap, expected.labelmap)
-    assert np.allclose(result.affine, affine)
-    assert [(label.value, label.name) for label in result.labels] == [
-        (label.value, label.name) for label in expected.labels
-    ]
-    assert result.seconds > 0
-    assert seen == sorted(seen) and max(seen) >= 0.9, seen
-
-
 def test_worker_command_line_reports_progress_lines_and_refuses_existing_outputs(
     tmp_path, shipped_task_bundle
 ):
@@ -246,31 +221,60 @@ def test_worker_command_line_reports_progress_lines_and_refuses_existing_outputs
 
 def test_worker_errors_arrive_as_one_line(shipped_task_bundle):
     image, affine = _volume()
-    for kwargs, message in (
-        ({"task": "NoSuchTask"}, "NoSuchTask"),
-        ({"task": shipped_task_bundle.task_names()[0], "bundleId": "0" * 64}, "changed since it was loaded"),
-    ):
-        job = WorkerJob.create("task", SHIPPED_TASK_BUNDLE, image, affine, device="cpu", **kwargs)
-        worker = SubprocessWorker(job).start()
-        with pytest.raises(LabelSharingSegError, match=message) as info:
-            worker.result(TIMEOUT_S)
-        assert "\n" not in str(info.value) and job.exitCode == 1
-        assert not job.workDir.exists()
-
-
-def test_killing_the_worker_mid_run_cancels_and_leaves_no_output(shipped_task_bundle):
-    image, affine = _volume()
-    job = WorkerJob.create(
-        "task", SHIPPED_TASK_BUNDLE, image, affine, task=shipped_task_bundle.task_names()[0], device="cpu"
-    )
+    job = WorkerJob.create("task", SHIPPED_TASK_BUNDLE, image, affine, device="cpu", task="NoSuchTask")
     worker = SubprocessWorker(job).start()
-    deadline = time.monotonic() + TIMEOUT_S
-    while worker.poll().message == "Starting the worker" and time.monotonic() < deadline:
-        time.sleep(0.01)  # wait for the first progress line: the worker is running
-    assert not worker.poll().finished
-    worker.cancel()
-    assert job.finished and job.exitCode != 0
-    assert not Path(job.request.output).exists() and not Path(job.request.labelsOutput).exists()
-    with pytest.raises(CancelledError):
-        worker.result()
+    with pytest.raises(LabelSharingSegError, match="NoSuchTask") as info:
+        worker.result(TIMEOUT_S)
+    assert "\n" not in str(info.value) and job.exitCode == 1
     assert not job.workDir.exists()
+
+
+def test_runner_refuses_before_writing_anything(shipped_task_bundle, tmp_path):
+    """The same runner the process runs, called in this process (fast): every refusal writes nothing."""
+    image, affine = _volume()
+    task = shipped_task_bundle.task_names()[0]
+    cases = [
+        ({"bundleId": "0" * 64}, "changed since it was loaded"),
+        ({"options": {"sigma": 2}}, "unknown option"),
+        ({"method": "os:system"}, "unknown method"),
+        ({"imageAffine": (np.eye(4) * 3).tolist()}, "does not match"),
+    ]
+    for changes, message in cases:
+        job = WorkerJob.create(
+            "task", SHIPPED_TASK_BUNDLE, image, affine, device="cpu", task=task, tempRoot=tmp_path
+        )
+        request = WorkerRequest.fromDict({**job.request.toDict(), **changes})
+        with pytest.raises(LabelSharingSegError, match=message):
+            runRequest(request, lambda event: None)
+        assert not Path(request.output).exists() and not Path(request.labelsOutput).exists()
+        job.cleanup()
+    job = WorkerJob.create(
+        "task", SHIPPED_TASK_BUNDLE, image, affine, device="cpu", task=task, tempRoot=tmp_path
+    )
+    Path(job.request.labelsOutput).write_text("mine")
+    with pytest.raises(InputError, match="never overwrites"):
+        runRequest(job.request, lambda event: None)
+    assert Path(job.request.labelsOutput).read_text() == "mine"
+    job.cleanup()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_runner_checks_the_atlas_masks(lcs_bundle_path, tmp_path):
+    image, affine = _volume()
+    labels = [LabelInfo(1, "a", (1.0, 0.0, 0.0)), LabelInfo(2, "b", (0.0, 1.0, 0.0))]
+    masks = np.zeros((2, 4, 4, 4), bool)
+    job = WorkerJob.create(
+        "atlas-labels",
+        lcs_bundle_path,
+        image,
+        affine,
+        masks=masks,
+        masksAffine=np.eye(4),
+        labels=labels,
+        device="cpu",
+        tempRoot=tmp_path,
+    )
+    request = WorkerRequest.fromDict({**job.request.toDict(), "atlasLabels": [{"value": 1, "name": "a"}]})
+    with pytest.raises(InputError, match="expected a 4D mask volume with 1 masks"):
+        runRequest(request, lambda event: None)
+    job.cleanup()

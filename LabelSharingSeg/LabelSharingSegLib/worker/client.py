@@ -130,6 +130,7 @@ class WorkerJob:
                 atlasMasks=str(masksPath) if masksPath else None,
                 atlasLabels=specs,
                 bundleId=bundleId,
+                imageAffine=np.asarray(affine, dtype=np.float64).tolist(),
             )
             job = cls(request, workDir, python)
             job.requestPath.write_text(request.toJson(), encoding="utf-8")

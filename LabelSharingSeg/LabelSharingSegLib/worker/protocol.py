@@ -92,6 +92,7 @@ class WorkerRequest:
     atlasMasks: str | None = None  # NIfTI, 4D uint8: (*atlas grid, K)
     atlasLabels: list = field(default_factory=list)  # LabelSpec dicts, one per mask, in mask order
     bundleId: str | None = None
+    imageAffine: list | None = None  # exact 4x4 voxel->RAS (NIfTI headers hold it only in float32)
     protocol: int = PROTOCOL_VERSION
 
     def __post_init__(self):
@@ -121,6 +122,19 @@ class WorkerRequest:
                 label if isinstance(label, LabelSpec) else LabelSpec.fromDict(label)
                 for label in self.atlasLabels
             ]
+        if self.imageAffine is not None:
+            rows = self.imageAffine
+            if not (
+                isinstance(rows, list)
+                and len(rows) == 4
+                and all(isinstance(r, list) and len(r) == 4 for r in rows)
+                and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    for r in rows
+                    for v in r
+                )
+            ):
+                raise InputError("request: 'imageAffine' must be a 4x4 array of finite numbers")
         if self.output == self.labelsOutput:
             raise InputError("request: 'output' and 'labelsOutput' must differ")
 

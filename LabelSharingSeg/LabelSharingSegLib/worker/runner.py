@@ -59,6 +59,11 @@ def runRequest(request: WorkerRequest, emit: EventSink) -> WorkerEvent:
     if request.bundleId and bundle.bundle_id != request.bundleId:
         raise BundleError(f"{request.bundle}: changed since it was loaded; load the bundle again")
     image, affine = load_nifti(request.image)
+    if request.imageAffine is not None:
+        exact = np.asarray(request.imageAffine, dtype=np.float64)
+        if not np.allclose(exact, affine, rtol=1e-4, atol=1e-3):
+            raise InputError(f"{request.image}: its affine does not match the request's imageAffine")
+        affine = exact
     if request.kind == KIND_TASK:
         result = function(
             bundle, image, affine, request.task, device=request.device, progress=progress, **options
