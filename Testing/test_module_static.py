@@ -1,6 +1,6 @@
 """Static checks that catch breakage that would only show inside Slicer: files missing from the module's
-CMakeLists (not installed), widget names the code reads but the .ui lacks, Python syntax newer than 3.10,
-Qt imports in the MRML-only library, and the console API contract."""
+CMakeLists (not installed), widget names the code reads but the .ui lacks, Python syntax newer than the
+oldest supported Python, imports crossing the layers, the version check at load, and the console API."""
 
 import ast
 import re
@@ -15,6 +15,7 @@ MODULE_DIR = ROOT / "LabelSharingSeg"
 MODULE_SCRIPT = MODULE_DIR / "LabelSharingSeg.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "LabelSharingSeg.ui"
 ICON_FILE = MODULE_DIR / "Resources" / "Icons" / "LabelSharingSeg.png"
+SCENE_LOGIC = MODULE_DIR / "LabelSharingSegLib" / "scene" / "logic.py"
 
 
 def _cmake_list(text, variable):
@@ -76,9 +77,34 @@ def test_cmake_builds_the_module_and_registers_the_self_test(cmake):
     assert re.search(r"add_subdirectory\(\s*LabelSharingSeg\s*\)", root)
 
 
+# The module needs Slicer 5.10+ (Python 3.12); its library also runs outside Slicer on Python 3.10+, so every
+# file must parse with the oldest of those grammars.
+OLDEST_PYTHON = (3, 10)
+
+
 @pytest.mark.parametrize("path", _module_python_files(), ids=lambda p: p.relative_to(MODULE_DIR).as_posix())
-def test_module_files_parse_as_python_310(path):
-    ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 10))
+def test_module_files_parse_with_the_oldest_supported_python(path):
+    ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=OLDEST_PYTHON)
+
+
+def test_the_oldest_grammar_check_can_fail():
+    newer = "try:\n    pass\nexcept* ValueError:\n    pass\n"  # Python 3.11 syntax
+    with pytest.raises(SyntaxError):
+        ast.parse(newer, feature_version=OLDEST_PYTHON)
+    ast.parse(newer, feature_version=(3, 11))
+
+
+def test_module_checks_the_slicer_version_at_load():
+    from LabelSharingSegLib.scene import packages
+
+    assert packages.MINIMUM_SLICER_VERSION == (5, 10)
+    assert packages.MINIMUM_PYTHON_VERSION <= OLDEST_PYTHON
+    module = ast.parse(MODULE_SCRIPT.read_text())
+    init = next(f for f in _class(module, "LabelSharingSeg").body if isinstance(f, ast.FunctionDef))
+    called = {
+        n.func.attr for n in ast.walk(init) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+    }
+    assert "unsupportedVersionMessage" in called
 
 
 def _ui_widget_names():
@@ -130,7 +156,14 @@ def test_module_classes_and_console_api():
     ):
         assert base in {b.id for b in _class(module, name).bases if isinstance(b, ast.Name)}
     logic = _class(module, "LabelSharingSegLogic")
-    methods = {f.name: [a.arg for a in f.args.args] for f in logic.body if isinstance(f, ast.FunctionDef)}
+    # one API: the Slicer Logic is the scene logic bound to slicer.mrmlScene, not a re-declaration of it
+    assert "SegmentationSceneLogic" in {b.id for b in logic.bases if isinstance(b, ast.Name)}
+    own = {f.name for f in logic.body if isinstance(f, ast.FunctionDef)}
+    assert own <= {"__init__", "getParameterNode", "missingPythonPackages", "installMissingPythonPackages"}
+    scene_logic = _class(ast.parse(SCENE_LOGIC.read_text()), "SegmentationSceneLogic")
+    methods = {
+        f.name: [a.arg for a in f.args.args] for f in scene_logic.body if isinstance(f, ast.FunctionDef)
+    }
     assert methods["loadBundle"] == ["self", "path"]
     assert methods["taskNames"] == ["self"]
     assert methods["segmentTask"][:4] == ["self", "volumeNode", "taskName", "outputSegmentationNode"]
@@ -144,6 +177,9 @@ def test_module_classes_and_console_api():
         "outputSegmentationNode",
     ]
     assert {"progress", "cancel"} <= set(methods["segmentAtlasLabels"])
+    assert "device" in methods and "setDevice" not in methods  # a property, as docs/SLICER.md says
+    docs = (ROOT / "docs" / "SLICER.md").read_text()
+    assert "setDevice(" not in docs and "setAlign(" not in docs and "logic.device = " in docs
     # help cites both papers and documents the console API
     text = MODULE_SCRIPT.read_text()
     assert "Anand" in text and "Sabuncu" in text and "segmentAtlasLabels(" in text
@@ -151,28 +187,80 @@ def test_module_classes_and_console_api():
     assert "runTest" in {f.name for f in test.body if isinstance(f, ast.FunctionDef)}
 
 
-def test_library_never_imports_qt():
+QT_MODULES = (
+    "qt",
+    "ctk",
+    "PythonQt",
+    "PyQt5",
+    "PyQt6",
+    "PySide2",
+    "PySide6",
+    "slicer.ScriptedLoadableModule",
+)
+SLICER_MODULES = ("slicer", "vtk", "mrml", "ctk", "qt")
+
+
+def _imported_names(source: str) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+            names += [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            names += [("." * node.level) + (node.module or "") + "." + a.name for a in node.names]
+    return names
+
+
+def _matches(name: str, forbidden: str) -> bool:
+    return name == forbidden or name.startswith(forbidden + ".")
+
+
+def _layer_violations(room: str, source: str) -> list[str]:
+    """Imports that ``room`` (engine, scene, worker) must not make: Qt anywhere in the library; MRML/VTK/Slicer
+    and the scene in the engine and the worker; training everywhere."""
+    found = []
+    for name in _imported_names(source):
+        forbidden = list(QT_MODULES) + ["lsseg_training"]
+        if room in ("engine", "worker"):
+            forbidden += list(SLICER_MODULES)
+        for bad in forbidden:
+            if _matches(name, bad):
+                found.append(name)
+        relative = name.lstrip(".")
+        if room in ("engine", "worker") and (
+            relative.startswith("scene") or ".scene" in name.split("..")[-1][:7]
+        ):
+            found.append(name)
+        if room == "engine" and (relative.startswith("worker") or name.startswith("..worker")):
+            found.append(name)
+    return found
+
+
+def test_library_imports_stay_in_their_layers():
     lib = MODULE_DIR / "LabelSharingSegLib"
     for path in lib.rglob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            for name in names:
-                top = name.split(".")[0]
-                assert top not in (
-                    "qt",
-                    "ctk",
-                    "PythonQt",
-                    "PyQt5",
-                    "PySide2",
-                    "slicer.ScriptedLoadableModule",
-                ), path
-                if "engine" in path.parts:
-                    assert top not in ("slicer", "vtk", "mrml"), f"{path}: the engine must not import {name}"
+        room = path.relative_to(lib).parts[0] if len(path.relative_to(lib).parts) > 1 else "lib"
+        assert _layer_violations(room, path.read_text()) == [], path
+
+
+@pytest.mark.parametrize(
+    ("room", "source"),
+    [
+        ("scene", "from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic\n"),
+        ("scene", "from slicer import ScriptedLoadableModule\n"),
+        ("scene", "import qt\n"),
+        ("scene", "import lsseg_training.bundle_factory\n"),
+        ("engine", "import vtk\n"),
+        ("engine", "from ..scene import logic\n"),
+        ("engine", "from ..worker.client import WorkerJob\n"),
+        ("worker", "import slicer\n"),
+        ("worker", "from ..scene.logic import SegmentationSceneLogic\n"),
+    ],
+)
+def test_the_layer_check_can_fail(room, source):
+    assert _layer_violations(room, source), source
 
 
 def test_icon_is_a_drawn_128px_png():
