@@ -166,7 +166,8 @@ class WorkerProcess:
             self.process.kill()
 
     def _readOutput(self):
-        self.job.feed(self.process.readAllStandardOutput().data().decode("utf-8", "replace"))
+        data = self.process.readAllStandardOutput().data()  # bytes (str in some PythonQt builds)
+        self.job.feed(data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data))
         self._onProgress(self.job)
 
     def _finished(self, exitCode, exitStatus):
@@ -219,7 +220,6 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.setVisible(False)
         self.ui.cancelButton.setVisible(False)
         self.ui.bundleInfoTextEdit.setPlainText("No bundle loaded.")
-        self.ui.show3DButton.setMRMLScene(slicer.mrmlScene)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -262,6 +262,14 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.bundlePathLineEdit.currentPath = demo[0]
         self._updatePackagesStatus()
         self._updateBundleSections()
+
+    def onReload(self):
+        # drop the library's modules too, so Reload picks up edits in LabelSharingSegLib (developer mode)
+        for name in [
+            n for n in sys.modules if n == "LabelSharingSegLib" or n.startswith("LabelSharingSegLib.")
+        ]:
+            del sys.modules[name]
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def cleanup(self):
         self._killWorker()
@@ -558,8 +566,7 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showError("Segmentation failed", error)
         else:
             outputSelector.setCurrentNode(outputNode)
-            self.ui.show3DButton.setSegmentationNode(outputNode)
-            self.ui.show3DButton.enabled = True
+            self.ui.show3DButton.setSegmentationNode(outputNode)  # enables itself when there are segments
             if self.ui.autoShow3DCheckBox.checked:
                 outputNode.CreateClosedSurfaceRepresentation()
             seconds = time.monotonic() - self._runStart
