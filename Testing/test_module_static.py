@@ -1,6 +1,6 @@
 """Static checks that catch breakage that would only show inside Slicer: files missing from the module's
 CMakeLists (not installed), widget names the code reads but the .ui lacks, Python syntax newer than the
-oldest supported Python, imports crossing the layers, the version check at load, and the console API."""
+oldest supported Python, the version check at load, and the console API (layering: test_layers.py)."""
 
 import ast
 import re
@@ -187,80 +187,7 @@ def test_module_classes_and_console_api():
     assert "runTest" in {f.name for f in test.body if isinstance(f, ast.FunctionDef)}
 
 
-QT_MODULES = (
-    "qt",
-    "ctk",
-    "PythonQt",
-    "PyQt5",
-    "PyQt6",
-    "PySide2",
-    "PySide6",
-    "slicer.ScriptedLoadableModule",
-)
-SLICER_MODULES = ("slicer", "vtk", "mrml", "ctk", "qt")
-
-
-def _imported_names(source: str) -> list[str]:
-    names = []
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            names += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.append(node.module)
-            names += [f"{node.module}.{a.name}" for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level:
-            names += [("." * node.level) + (node.module or "") + "." + a.name for a in node.names]
-    return names
-
-
-def _matches(name: str, forbidden: str) -> bool:
-    return name == forbidden or name.startswith(forbidden + ".")
-
-
-def _layer_violations(room: str, source: str) -> list[str]:
-    """Imports that ``room`` (engine, scene, worker) must not make: Qt anywhere in the library; MRML/VTK/Slicer
-    and the scene in the engine and the worker; training everywhere."""
-    found = []
-    for name in _imported_names(source):
-        forbidden = list(QT_MODULES) + ["lsseg_training"]
-        if room in ("engine", "worker"):
-            forbidden += list(SLICER_MODULES)
-        for bad in forbidden:
-            if _matches(name, bad):
-                found.append(name)
-        relative = name.lstrip(".")
-        if room in ("engine", "worker") and (
-            relative.startswith("scene") or ".scene" in name.split("..")[-1][:7]
-        ):
-            found.append(name)
-        if room == "engine" and (relative.startswith("worker") or name.startswith("..worker")):
-            found.append(name)
-    return found
-
-
-def test_library_imports_stay_in_their_layers():
-    lib = MODULE_DIR / "LabelSharingSegLib"
-    for path in lib.rglob("*.py"):
-        room = path.relative_to(lib).parts[0] if len(path.relative_to(lib).parts) > 1 else "lib"
-        assert _layer_violations(room, path.read_text()) == [], path
-
-
-@pytest.mark.parametrize(
-    ("room", "source"),
-    [
-        ("scene", "from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic\n"),
-        ("scene", "from slicer import ScriptedLoadableModule\n"),
-        ("scene", "import qt\n"),
-        ("scene", "import lsseg_training.bundle_factory\n"),
-        ("engine", "import vtk\n"),
-        ("engine", "from ..scene import logic\n"),
-        ("engine", "from ..worker.client import WorkerJob\n"),
-        ("worker", "import slicer\n"),
-        ("worker", "from ..scene.logic import SegmentationSceneLogic\n"),
-    ],
-)
-def test_the_layer_check_can_fail(room, source):
-    assert _layer_violations(room, source), source
+# Layering (Qt, MRML, training imports per layer) is checked, with tests that the check fires, in test_layers.py.
 
 
 def test_icon_is_a_drawn_128px_png():
