@@ -199,3 +199,53 @@ def test_icon_is_a_drawn_128px_png():
 
     colours = Image.open(ICON_FILE).convert("RGB").getcolors(maxcolors=1 << 16)
     assert colours is None or len(colours) > 16, "looks like a placeholder, not a drawing"
+
+
+RAW_BASE = "https://raw.githubusercontent.com/labelsharingseg/SlicerLabelSharingSeg/main/"
+
+
+def _cmake_value(text, key):
+    match = re.search(key + r'\s+"([^"]+)"', text)
+    assert match, key
+    return match.group(1)
+
+
+def test_extensions_index_entry_and_files():
+    import json
+
+    root = (ROOT / "CMakeLists.txt").read_text()
+    entry = json.loads((ROOT / "LabelSharingSeg.json").read_text())
+    allowed = {
+        "$schema",
+        "build_dependencies",
+        "build_subdirectory",
+        "category",
+        "scm_revision",
+        "scm_type",
+        "scm_url",
+        "tier",
+    }
+    assert set(entry) <= allowed and {"$schema", "category", "scm_url"} <= set(entry)
+    assert "slicer-extension-catalog-entry-schema-v1.0" in entry["$schema"]
+    assert entry["category"] == _cmake_value(root, "EXTENSION_CATEGORY")
+    assert entry["build_dependencies"] == [_cmake_value(root, "EXTENSION_DEPENDS")]
+    assert re.search(r"project\(\s*LabelSharingSeg\s*\)", root)  # the entry's file name is the project name
+    repository = entry["scm_url"].rstrip("/").removesuffix(".git").rsplit("/", 1)[1]
+    assert repository.startswith("Slicer"), "the index requires repository names starting with 'Slicer'"
+    assert _cmake_value(root, "EXTENSION_HOMEPAGE").rstrip("/").endswith("/" + repository)
+    # the icon and screenshots the URLs name exist in the repository, as images
+    urls = [_cmake_value(root, "EXTENSION_ICONURL")] + _cmake_value(root, "EXTENSION_SCREENSHOTURLS").split()
+    assert len(urls) >= 3
+    for url in urls:
+        assert url.startswith(RAW_BASE), url
+        path = ROOT / url.removeprefix(RAW_BASE)
+        assert path.is_file(), path
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    for contributor in _cmake_value(root, "EXTENSION_CONTRIBUTORS").split(","):
+        assert re.fullmatch(r"[^()]+ \([^()]+\)", contributor.strip()), contributor
+    description = _cmake_value(root, "EXTENSION_DESCRIPTION")
+    for licence in ("AAL", "CC BY-NC", "Apache-2.0"):
+        assert licence in description
+    licence_text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in licence_text and "Version 2.0" in licence_text
+    assert "END OF TERMS AND CONDITIONS" in licence_text and len(licence_text) > 10000  # the full text
