@@ -9,10 +9,10 @@ import pytest
 import torch
 from train_helpers import TINY, lsseg, phantoms
 
-import lsseg_training.train_cli as train_cli
+import lsseg_training.run_session as run_session
 from LabelSharingSegLib.engine.bundle import load_bundle
-from LabelSharingSegLib.engine.datasets import load_case, read_dataset
 from LabelSharingSegLib.engine.inference import PreparedLCS
+from lsseg_training.datasets import load_case, read_dataset
 from lsseg_training.methods import LCSMethod
 from lsseg_training.samples import ToAtlasGrid, cache_items
 
@@ -27,13 +27,13 @@ def test_training_lcs_input_equals_inference_input(tmp_path, monkeypatch, dims, 
     # inference splits (1, 1); padding at the far end (0, 2) would shift every voxel by one
     data = phantoms(tmp_path / "data", tasks=1, dims=dims, size=size, cases=3, test_cases=1)
     seen = {}
-    real_train = train_cli.train
+    real_train = run_session.train
 
     def recording_train(method, model, val_items, options, ctx, *args, **kwargs):
         seen["method"], seen["val_items"] = method, val_items
         return real_train(method, model, val_items, options, ctx, *args, **kwargs)
 
-    monkeypatch.setattr(train_cli, "train", recording_train)
+    monkeypatch.setattr(run_session, "train", recording_train)
     out = tmp_path / "lcs"
     assert lsseg("train", "lcs", "--data", data[0], "--out", out, "--steps", 1, *TINY) == 0
     method: LCSMethod = seen["method"]

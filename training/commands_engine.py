@@ -78,7 +78,7 @@ def register(subparsers) -> None:
 
 def plan_label_space(dataset_dirs: list[Path], progress=print) -> SharedLabelSpace:
     """Check every dataset, compute relative sizes from its training label maps and build the space."""
-    from LabelSharingSegLib.engine.datasets import load_case, require_valid_dataset
+    from .datasets import load_case, require_valid_dataset
 
     tasks = []
     for folder in dataset_dirs:

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from LabelSharingSegLib.engine.datasets import write_dataset_json
 from LabelSharingSegLib.engine.errors import InputError
 from LabelSharingSegLib.engine.nifti_io import save_nifti
 
+from ..datasets import write_dataset_json
 from .writer import check_target, dataset_folder, prepare_output_root
 
 SIZE_RADIUS = {"large": 0.26, "medium": 0.14, "small": 0.06}  # fraction of the image size

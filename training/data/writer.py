@@ -3,12 +3,9 @@ so a crash or Ctrl-C never leaves a half-written dataset under the final name.""
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
+from LabelSharingSegLib.engine.atomic import atomic_folder
 from LabelSharingSegLib.engine.errors import DatasetError
 
 
@@ -40,22 +37,9 @@ def check_target(target: Path, overwrite: bool) -> None:
         )
 
 
-@contextlib.contextmanager
-def dataset_folder(target, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder to fill; on success it replaces ``target``, on error it is removed."""
+def dataset_folder(target, *, overwrite: bool = False):
+    """Context manager yielding a temporary folder to fill; on success it replaces ``target``, on error it is
+    removed."""
     target = Path(target)
     check_target(target, overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        yield tmp
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            old.rmdir()
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return atomic_folder(target)

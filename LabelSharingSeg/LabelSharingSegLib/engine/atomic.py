@@ -1,9 +1,11 @@
-"""Atomic file writes: write to a temporary sibling, fsync, then rename, so a crash leaves the last good file."""
+"""Atomic writes: a file or a whole folder is built as a hidden temporary sibling, then renamed into place, so a
+crash leaves the last good version and never a half-written one under the final name."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,3 +53,34 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def _publishable_permissions(folder: Path) -> None:
+    """mkdtemp makes a private (0700) folder; give it (and its files) what a plain mkdir/write would get."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for entry in folder.rglob("*"):
+        os.chmod(entry, (0o777 if entry.is_dir() else 0o666) & ~umask)
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary sibling folder to fill; on success it replaces ``target`` (whatever was there is
+    removed only after the new folder is in place), on error it is removed. Callers decide whether ``target`` may
+    be replaced at all."""
+    target = require_parent_dir(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield staging
+        _publishable_permissions(staging)
+        if target.exists():
+            backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.replace(target, backup / target.name)
+            os.replace(staging, target)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -13,7 +13,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_path, require_parent_dir
+from .atomic import atomic_folder, atomic_path, require_parent_dir
 from .errors import BundleError, InputError
 from .labels import LabelInfo, labels_from_csv, labels_to_csv
 from .labelspace import SharedLabelSpace
@@ -465,8 +464,7 @@ def write_bundle(
         raise InputError(
             f"{out}: already exists (choose a new bundle path; bundles are never overwritten silently)"
         )
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as staging:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
         save_file(tensors, str(staging / WEIGHTS))
         if manifest["kind"] == "lcs":
@@ -483,28 +481,7 @@ def write_bundle(
         manifest["files"] = {p.name: _sha256(p) for p in sorted(staging.iterdir()) if p.is_file()}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         load_bundle(staging)  # never publish a bundle that would not load
-        _publishable_permissions(staging)
-        if out.exists():
-            backup = out.with_name(f".{out.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            os.replace(out, backup)
-            os.replace(staging, out)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
-
-
-def _publishable_permissions(folder: Path) -> None:
-    """mkdtemp makes a private (0700) folder; give the bundle the permissions a plain mkdir/write would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    for file in folder.iterdir():
-        os.chmod(file, 0o666 & ~umask)
 
 
 def zip_bundle(folder: str | os.PathLike, zip_path: str | os.PathLike) -> Path:

@@ -22,15 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_text_atomic
-from .errors import DatasetError, InputError
-from .nifti_io import NIFTI_ENDINGS, load_nifti
+from LabelSharingSegLib.engine.atomic import write_text_atomic
+from LabelSharingSegLib.engine.errors import DatasetError, InputError
+from LabelSharingSegLib.engine.nifti_io import NIFTI_ENDINGS, load_nifti
 
 DATASET_JSON = "dataset.json"
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 AFFINE_TOLERANCE_MM = 1e-3
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _FOLDER_PREFIX_RE = re.compile(r"^Dataset\d{3}_")
+# A task name becomes a folder name (``train individual``) and a label in Slicer: one plain path component.
+_SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+-]{0,99}$")
 _SUBFOLDERS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs")
 
 
@@ -90,10 +92,18 @@ def _parse_dataset_json(root: Path, problems: list[str]) -> dict | None:
     except json.JSONDecodeError as exc:
         problems.append(f"{path}: malformed JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})")
         return None
+    except (RecursionError, ValueError) as exc:  # nesting too deep, integers with thousands of digits
+        problems.append(f"{path}: malformed JSON ({str(exc).splitlines()[0][:120]})")
+        return None
     if not isinstance(meta, dict):
         problems.append(f"{path}: must hold a JSON object, found {type(meta).__name__}")
         return None
     return meta
+
+
+def is_safe_name(name: str) -> bool:
+    """True for a task name that is one plain path component (never '..', a separator or a control code)."""
+    return bool(_SAFE_NAME_RE.match(name)) and name.strip(".") != ""
 
 
 def _is_int(value) -> bool:
@@ -284,9 +294,14 @@ def _scan(root) -> tuple[NnUNetDataset | None, list[str]]:
     training, training_ids = _pair(
         images_tr, root / "labelsTr", ending, len(channels), labels_required=True, problems=problems
     )
-    test, _ = _pair(
+    test, test_ids = _pair(
         root / "imagesTs", root / "labelsTs", ending, len(channels), labels_required=False, problems=problems
     )
+    for case_id in sorted(set(training_ids) & set(test_ids)):
+        problems.append(
+            f"{root / 'imagesTs'}: case {case_id!r} is also a training case in imagesTr/ "
+            "(a test case must never be trained on; rename or remove one of them)"
+        )
     if images_tr.is_dir() and not training_ids:
         problems.append(f"{images_tr}: holds no training cases")
     num_training = meta.get("numTraining")
@@ -297,6 +312,11 @@ def _scan(root) -> tuple[NnUNetDataset | None, list[str]]:
                 f"{root / DATASET_JSON}: numTraining is {num_training} but imagesTr/ holds {n_found} case(s)"
             )
     name = meta.get("name") if isinstance(meta.get("name"), str) and meta.get("name") else root.name
+    if not is_safe_name(name):
+        problems.append(
+            f"{root / DATASET_JSON}: name {name!r} is not a plain folder name (it names output folders: use "
+            "letters, digits, space, '.', '_', '+', '-', start with a letter or digit, at most 100 characters)"
+        )
     dataset = NnUNetDataset(
         root=root,
         name=name,
@@ -456,6 +476,11 @@ def require_valid_dataset(root) -> NnUNetDataset:
     return read_dataset(root)
 
 
+def as_volume(array: np.ndarray) -> np.ndarray:
+    """A 2D slice (X, Y) as a one-slice volume (X, Y, 1), the form every grid function takes; 3D unchanged."""
+    return array[..., None] if array.ndim == 2 else array
+
+
 def load_case(case: Case) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Return (image float32 (C, X, Y, Z) or (C, X, Y), label int16/int32 or None, affine 4x4).
 
@@ -520,6 +545,8 @@ def write_dataset_json(
     _validate_channels(channels, "channel_names", problems)
     if not _is_int(num_training) or num_training < 0:
         problems.append(f"numTraining must be a non-negative integer, found {num_training!r}")
+    if not is_safe_name(name):
+        problems.append(f"name must be a plain folder name, found {name!r}")
     if file_ending.lower() not in NIFTI_ENDINGS:
         problems.append(f"file_ending must be one of {NIFTI_ENDINGS}, found {file_ending!r}")
     if problems:
