@@ -12,7 +12,7 @@ from . import bundle_factory as factory
 from .distributed import distributed_session
 from .planning import load_datasets, task_sizes
 from .run_config import AddTaskConfig
-from .run_session import TrainedBundle, check_checkpoint_dir, check_new_output, print_summary
+from .run_session import TrainedBundle, claim_outputs, print_summary
 from .task_runs import TaskModelPlan, train_task_model
 from .trainer import StepCallback
 
@@ -34,9 +34,7 @@ def add_task(config: AddTaskConfig, on_step: StepCallback | None = None) -> Trai
     from LabelSharingSegLib.engine.bundle import load_bundle
 
     settings = config.settings
-    checkpoint_dir = settings.checkpoint_dir_for(config.out)
-    check_new_output(config.out, settings)
-    check_checkpoint_dir(checkpoint_dir, settings.resume)
+    checkpoint_dir = claim_outputs(config.out, settings)
     bundle = load_bundle(config.bundle)
     if bundle.kind != "labelsharing":
         raise InputError(f"{config.bundle}: add-task needs a labelsharing bundle, not {bundle.kind}")

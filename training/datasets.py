@@ -187,19 +187,23 @@ def _strip_ending(name: str, ending: str) -> str | None:
     return name[: -len(ending)] if name.endswith(ending) and len(name) > len(ending) else None
 
 
+def _named_files(folder: Path, ending: str, problems: list[str]):
+    """(file, name without the ending) of each visible file; folders and wrong endings are reported."""
+    for path in _visible_files(folder):
+        if path.is_dir():
+            problems.append(f"{path}: unexpected folder inside {folder.name}/")
+        elif (stem := _strip_ending(path.name, ending)) is None:
+            problems.append(f"{path}: wrong file ending (dataset.json says {ending!r})")
+        else:
+            yield path, stem
+
+
 def _scan_images(
     folder: Path, ending: str, n_channels: int, problems: list[str]
 ) -> dict[str, tuple[Path, ...]]:
     """Group ``{case}_{XXXX}{ending}`` files by case; report bad names, wrong endings and missing channels."""
     grouped: dict[str, dict[int, Path]] = {}
-    for path in _visible_files(folder):
-        if path.is_dir():
-            problems.append(f"{path}: unexpected folder inside {folder.name}/")
-            continue
-        stem = _strip_ending(path.name, ending)
-        if stem is None:
-            problems.append(f"{path}: wrong file ending (dataset.json says {ending!r})")
-            continue
+    for path, stem in _named_files(folder, ending, problems):
         match = _CHANNEL_RE.match(stem)
         if not match:
             problems.append(
@@ -227,14 +231,7 @@ def _scan_images(
 
 def _scan_labels(folder: Path, ending: str, problems: list[str]) -> dict[str, Path]:
     labels: dict[str, Path] = {}
-    for path in _visible_files(folder):
-        if path.is_dir():
-            problems.append(f"{path}: unexpected folder inside {folder.name}/")
-            continue
-        stem = _strip_ending(path.name, ending)
-        if stem is None:
-            problems.append(f"{path}: wrong file ending (dataset.json says {ending!r})")
-            continue
+    for path, stem in _named_files(folder, ending, problems):
         labels[stem] = path
     return labels
 

@@ -34,8 +34,10 @@ from LabelSharingSegLib.engine.inference import segment_atlas_labels, segment_ta
 from LabelSharingSegLib.engine.labels import LabelInfo, default_color, labels_to_csv
 from LabelSharingSegLib.engine.nifti_io import save_nifti
 
+from .csv_tables import write_csv
 from .datasets import as_volume, load_case, read_dataset
 from .label_hierarchy import HIERARCHY_FILE, read_label_hierarchy
+from .metrics import dice
 from .segnrrd import write_seg_nrrd
 
 LS_BUNDLE = "labelsharing-multitask"
@@ -297,11 +299,6 @@ def save_overlay(
     return path
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return float("nan") if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
 def _coarse_lut(brain: Path, max_value: int) -> np.ndarray:
     """Lookup table fine AAL value -> coarse value, from the dataset's label_hierarchy.json."""
     hierarchy = read_label_hierarchy(brain).fine_to_coarse
@@ -465,7 +462,7 @@ def off_atlas_example(out: Path, bundle_path: Path, brain: Path, device: str, se
                     "mode": mode,
                     "label_value": label.value,
                     "label_name": label.name,
-                    "dice": _dice(result.labelmap == label.value, moved.labels == label.value),
+                    "dice": dice(result.labelmap == label.value, moved.labels == label.value),
                     "seconds": round(seconds, 2),
                 }
             )
@@ -473,7 +470,7 @@ def off_atlas_example(out: Path, bundle_path: Path, brain: Path, device: str, se
         target, "scan_segmentation_aligned", results["aligned"].labelmap, moved.affine, coarse_labels
     )
     csv_path = target / "offatlas.csv"
-    _write_rows(csv_path, rows)
+    write_csv(csv_path, rows)
     figure = save_overlay(
         out / "figures" / "offatlas.png",
         moved.image,
@@ -487,16 +484,6 @@ def off_atlas_example(out: Path, bundle_path: Path, brain: Path, device: str, se
     )
     _say(f"off-atlas scan: wrote {files[0]}")
     return {"case": case.case_id, "files": files, "csv": csv_path, "figure": figure}
-
-
-def _write_rows(path: Path, rows: list[dict]) -> None:
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(path, buffer.getvalue())
 
 
 # ------------------------------------------------------------------------------------------ report

@@ -11,15 +11,18 @@ bundle, through the same inference functions ``lsseg segment`` and Slicer call, 
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from LabelSharingSegLib.engine.atomic import atomic_folder, require_parent_dir, write_text_atomic
+from LabelSharingSegLib.engine.atomic import (
+    atomic_folder,
+    check_replaceable_folder,
+    require_parent_dir,
+    write_text_atomic,
+)
 from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.device import resolve_device
 from LabelSharingSegLib.engine.errors import InputError
@@ -27,6 +30,7 @@ from LabelSharingSegLib.engine.inference import atlas_labels_independently, segm
 from LabelSharingSegLib.engine.labels import LabelInfo
 from LabelSharingSegLib.engine.preprocessing import resample_to_grid
 
+from .csv_tables import write_csv
 from .datasets import as_volume, load_case, require_valid_dataset
 from .metrics import dice, label_metrics, nanmean, voxel_spacing
 
@@ -195,15 +199,6 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def _write_csv(path: Path, rows: list[dict], fields) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _fmt(row[k]) for k in fields})
-    write_text_atomic(path, buffer.getvalue())
-
-
 def _finite_mean(values) -> float:
     finite = [v for v in values if not math.isnan(v) and not math.isinf(v)]
     return sum(finite) / len(finite) if finite else float("nan")
@@ -344,21 +339,7 @@ def check_report_folder(out: Path, overwrite: bool) -> None:
     """The report folder's parent must exist (as for every lsseg output); an existing report is only replaced with
     ``overwrite``, and never a folder that is not a report."""
     require_parent_dir(out)
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder; choose another --out")
-    if not any(out.iterdir()):
-        return
-    if not overwrite:
-        raise InputError(
-            f"{out}: already exists; pass --overwrite to replace the report, or choose another --out"
-        )
-    if not any((out / name).is_file() for name in REPORT_FILES):
-        raise InputError(
-            f"{out}: holds files but no evaluation report ({', '.join(REPORT_FILES)}), so it is not replaced even "
-            "with --overwrite; choose another --out"
-        )
+    check_replaceable_folder(out, overwrite, kind="evaluation report", markers=REPORT_FILES)
 
 
 def evaluate(
@@ -388,9 +369,9 @@ def evaluate(
             )
         rows += more
     with atomic_folder(out) as staging:
-        _write_csv(staging / "metrics.csv", rows, FIELDS)
+        write_csv(staging / "metrics.csv", rows, FIELDS, _fmt)
         if table1:
-            _write_csv(staging / "table1.csv", table1, list(table1[0]))
+            write_csv(staging / "table1.csv", table1, format_value=_fmt)
         plots = _plots(staging, rows, methods)
         summary = _summary(rows, table1, methods, plots)
         write_text_atomic(staging / "summary.md", summary)

@@ -14,6 +14,7 @@ from LabelSharingSegLib.engine.networks import build_network
 from LabelSharingSegLib.engine.preprocessing import resample_to_grid, to_model_grid
 
 from . import bundle_factory as factory
+from . import run_session as session
 from .datasets import NnUNetDataset, as_volume, load_case
 from .distributed import distributed_session
 from .label_hierarchy import LabelHierarchy, read_coarse_map
@@ -21,16 +22,6 @@ from .methods import LCSMethod
 from .planning import detect_dims, load_datasets, split_cases
 from .run_config import LCSRunConfig
 from .run_identity import RunIdentity
-from .run_session import (
-    TrainedBundle,
-    check_checkpoint_dir,
-    check_new_output,
-    mark_bundle_written,
-    print_summary,
-    run_loop,
-    train_options,
-    training_meta,
-)
 from .samples import ToAtlasGrid, cache_items
 from .trainer import StepCallback
 
@@ -102,11 +93,9 @@ def plan_atlas(config: LCSRunConfig, dataset: NnUNetDataset, hierarchy: LabelHie
     )
 
 
-def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> TrainedBundle:
+def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> session.TrainedBundle:
     settings = config.settings
-    checkpoint_dir = settings.checkpoint_dir_for(config.out)
-    check_new_output(config.out, settings)
-    check_checkpoint_dir(checkpoint_dir, settings.resume)
+    checkpoint_dir = session.claim_outputs(config.out, settings)
     dataset = load_datasets([config.data])[0]
     hierarchy = read_coarse_map(config.coarse_map) if config.coarse_map else LabelHierarchy({})
     atlas = plan_atlas(config, dataset, hierarchy)
@@ -131,7 +120,7 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> Trai
         items = mapped(train_cases)
         val_items = mapped(val_cases) if ctx.is_main else []
         method.make_sampler(items, settings.foreground_prob, settings.augment)
-        options = train_options(settings, checkpoint_dir, len(train_cases), ctx.world_size)
+        options = session.train_options(settings, checkpoint_dir, len(train_cases), ctx.world_size)
         torch.manual_seed(settings.seed)
         model = build_network(network)
         coarse_pairs = sorted(hierarchy.fine_to_coarse.items())
@@ -150,9 +139,9 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> Trai
                 "merge_prob": config.merge_prob,
             },
         )
-        result = run_loop(method, model, val_items, options, ctx, identity, on_step)
+        result = session.run_loop(method, model, val_items, options, ctx, identity, on_step)
         if ctx.is_main:
-            meta = training_meta(
+            meta = session.training_meta(
                 "lcs",
                 result,
                 options,
@@ -175,8 +164,8 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> Trai
                 name=settings.name or config.out.name,
                 training=meta,
             )
-            mark_bundle_written(checkpoint_dir, config.out)
+            session.mark_bundle_written(checkpoint_dir, config.out)
         ctx.barrier()
-        trained = TrainedBundle(config.out, result, options)
-        print_summary(ctx, trained)
+        trained = session.TrainedBundle(config.out, result, options)
+        session.print_summary(ctx, trained)
         return trained

@@ -69,12 +69,12 @@ class TrainSettings:
     time_limit_min: float | None = None
     batch: int = 2
     patch: tuple[int, ...] | None = None
+    seed: int = 0
     lr: float = 1e-3
     weight_decay: float = 1e-4
     optimizer: str = "adamw"
     schedule: str = "cosine"
     warmup: int = 0
-    seed: int = 0
     device: str = "auto"
     amp: str = "auto"
     foreground_prob: float = 0.5

@@ -62,6 +62,14 @@ def check_new_output(out: Path, settings: TrainSettings) -> None:
         raise InputError(f"{out.parent}: output folder does not exist; create it first")
 
 
+def claim_outputs(out: Path, settings: TrainSettings) -> Path:
+    """Check the bundle path and the checkpoint folder of a one-bundle run; returns the checkpoint folder."""
+    checkpoint_dir = settings.checkpoint_dir_for(out)
+    check_new_output(out, settings)
+    check_checkpoint_dir(checkpoint_dir, settings.resume)
+    return checkpoint_dir
+
+
 def _ours(folder: Path) -> bool:
     try:
         return json.loads((folder / FOLDER_FILE).read_text(encoding="utf-8")).get("format") == FOLDER_FORMAT
@@ -101,6 +109,13 @@ def _bundle_written(folder: Path) -> str | None:
         return json.loads((folder / FOLDER_FILE).read_text(encoding="utf-8")).get("bundle")
     except (OSError, ValueError, AttributeError, RecursionError):
         return None
+
+
+def claim_folder(folder: Path) -> None:
+    """Create the checkpoint folder (if needed) and mark it as a training folder."""
+    folder.mkdir(exist_ok=True)
+    if not _ours(folder):
+        _write_folder_file(folder, None)
 
 
 def mark_bundle_written(folder: Path, bundle: Path) -> None:
@@ -202,9 +217,7 @@ def run_loop(
                 print(f"{folder}: the run had finished {finished.steps} steps; writing its bundle again")
             return finished
     if ctx.is_main:
-        folder.mkdir(exist_ok=True)
-        if not _ours(folder):
-            _write_folder_file(folder, None)
+        claim_folder(folder)
         if not options.resume:
             write_text_atomic(folder / CONFIG_FILE, json.dumps(identity.to_dict(), indent=2) + "\n")
     ctx.barrier()

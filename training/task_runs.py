@@ -24,6 +24,8 @@ from .run_session import (
     TrainedBundle,
     check_checkpoint_dir,
     check_new_output,
+    claim_folder,
+    claim_outputs,
     elapsed_share,
     mark_bundle_written,
     print_summary,
@@ -130,43 +132,36 @@ def _continuing_individual(config: TaskRunConfig) -> bool:
 def train_tasks(config: TaskRunConfig, on_step: StepCallback | None = None) -> list[TrainedBundle]:
     """Train one bundle over all tasks (``individual``: one bundle per task in the folder ``config.out``)."""
     settings = config.settings
-    checkpoint_dir = settings.checkpoint_dir_for(config.out)
-    continuing = config.kind == "individual" and _continuing_individual(config)
-    if not continuing:
-        check_new_output(config.out, settings)
-        if config.kind == "individual":
-            check_checkpoint_dir(checkpoint_dir, resume=False)  # the folder of per-task checkpoint folders
+    if config.kind == "individual":
+        return _train_individual(config, on_step)
+    checkpoint_dir = claim_outputs(config.out, settings)
     datasets = load_datasets(config.data)
-    if config.kind != "individual":
-        check_checkpoint_dir(checkpoint_dir, settings.resume)
-        with distributed_session(settings.device) as ctx:
-            tasks, space = task_infos(config.kind, datasets)
-            if space is not None and ctx.is_main and not settings.quiet:
-                print(space.format_table())
-            plan = TaskModelPlan(config.kind, tasks, space, reference_path=config.reference)
-            trained = train_task_model(
-                plan, datasets, settings, ctx, config.out, checkpoint_dir, on_step=on_step
-            )
-            print_summary(ctx, trained)
-            return [trained]
-    return _train_individual(config, datasets, checkpoint_dir, continuing, on_step)
+    with distributed_session(settings.device) as ctx:
+        tasks, space = task_infos(config.kind, datasets)
+        if space is not None and ctx.is_main and not settings.quiet:
+            print(space.format_table())
+        plan = TaskModelPlan(config.kind, tasks, space, reference_path=config.reference)
+        trained = train_task_model(plan, datasets, settings, ctx, config.out, checkpoint_dir, on_step=on_step)
+        print_summary(ctx, trained)
+        return [trained]
 
 
-def _train_individual(
-    config: TaskRunConfig,
-    datasets: list[NnUNetDataset],
-    base_checkpoint_dir: Path,
-    continuing: bool,
-    on_step: StepCallback | None,
-) -> list[TrainedBundle]:
+def _train_individual(config: TaskRunConfig, on_step: StepCallback | None) -> list[TrainedBundle]:
     """One bundle per task; a resumed run skips finished tasks and continues the interrupted one."""
     settings = config.settings
+    base_checkpoint_dir = settings.checkpoint_dir_for(config.out)  # holds one checkpoint folder per task
+    continuing = _continuing_individual(config)
+    if not continuing:
+        check_new_output(config.out, settings)
+    if not settings.resume:
+        check_checkpoint_dir(base_checkpoint_dir, resume=False)
+    datasets = load_datasets(config.data)
     deadline = None if settings.time_limit_min is None else time.time() + settings.time_limit_min * 60.0
     trained_bundles = []
     with distributed_session(settings.device) as ctx:
         if ctx.is_main:
             config.out.mkdir(exist_ok=continuing)
-            base_checkpoint_dir.mkdir(exist_ok=True)
+            claim_folder(base_checkpoint_dir)
         ctx.barrier()
         for k, dataset in enumerate(datasets):
             name = dataset.task_name()  # a plain folder name (checked when the dataset is read)

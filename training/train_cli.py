@@ -8,6 +8,7 @@ Run on several GPUs (or CPU processes) with ``torchrun --nproc_per_node N -m lss
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from pathlib import Path
 
 from .run_config import (
@@ -224,37 +225,18 @@ def register(subparsers) -> None:
 # ------------------------------------------------------------------------------------------------ to the API
 
 
+# TrainSettings fields whose option has another name
+_OPTION_OF_FIELD = {"time_limit_min": "time_limit"}
+
+
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     """The options every train command shares, checked (InputError) before anything is read or written."""
-    return TrainSettings(
-        steps=args.steps,
-        epochs=args.epochs,
-        time_limit_min=args.time_limit,
-        batch=args.batch,
-        patch=None if args.patch is None else tuple(args.patch),
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        optimizer=args.optimizer,
-        schedule=args.schedule,
-        warmup=args.warmup,
-        seed=args.seed,
-        device=args.device,
-        amp=args.amp,
-        foreground_prob=args.foreground_prob,
-        augment=not args.no_augment,
-        cache_workers=args.cache_workers,
-        channels=tuple(args.channels),
-        spacing=None if args.spacing is None else tuple(args.spacing),
-        intensity=args.intensity,
-        val_fraction=args.val_fraction,
-        val_every=args.val_every,
-        checkpoint_every=args.checkpoint_every,
-        checkpoint_dir=args.checkpoint_dir,
-        resume=args.resume,
-        quiet=args.quiet,
-        tensorboard=args.tensorboard,
-        name=args.name,
-    )
+    values = {
+        f.name: getattr(args, _OPTION_OF_FIELD.get(f.name, f.name))
+        for f in fields(TrainSettings)
+        if f.name != "augment"
+    }
+    return TrainSettings(augment=not args.no_augment, **values)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from LabelSharingSegLib.engine.atomic import atomic_folder
+from LabelSharingSegLib.engine.atomic import atomic_folder, check_replaceable_folder
 from LabelSharingSegLib.engine.errors import DatasetError
 
 
@@ -20,21 +20,9 @@ def prepare_output_root(out_dir) -> Path:
 
 def check_target(target: Path, overwrite: bool) -> None:
     """Refuse a non-empty target unless ``overwrite``; even then only replace a folder that is a dataset."""
-    if not target.exists():
-        return
-    if not target.is_dir():
-        raise DatasetError(f"{target}: exists and is not a folder; remove it or choose another --out")
-    if not any(target.iterdir()):
-        return
-    if not overwrite:
-        raise DatasetError(
-            f"{target}: already exists and is not empty; choose another --out or pass --force to replace it"
-        )
-    if not (target / "dataset.json").is_file():
-        raise DatasetError(
-            f"{target}: is not a dataset folder (no dataset.json), so it is not replaced even with "
-            "--force; choose another --out"
-        )
+    check_replaceable_folder(
+        target, overwrite, kind="dataset", markers=("dataset.json",), flag="--force", error=DatasetError
+    )
 
 
 def dataset_folder(target, *, overwrite: bool = False):

@@ -64,6 +64,34 @@ def _publishable_permissions(folder: Path) -> None:
         os.chmod(entry, (0o777 if entry.is_dir() else 0o666) & ~umask)
 
 
+def check_replaceable_folder(
+    target: Path,
+    overwrite: bool,
+    *,
+    kind: str,
+    markers: tuple[str, ...],
+    flag: str = "--overwrite",
+    error=InputError,
+) -> None:
+    """Refuse (``error``) a target folder that holds files unless ``overwrite``; even then only replace a folder
+    that holds one of ``markers`` (it is a ``kind`` this tool wrote), never a folder of other files."""
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise error(f"{target}: exists and is not a folder; choose another --out")
+    if not any(target.iterdir()):
+        return
+    if not overwrite:
+        raise error(
+            f"{target}: already exists and is not empty; pass {flag} to replace it, or choose another --out"
+        )
+    if not any((target / name).is_file() for name in markers):
+        raise error(
+            f"{target}: is not a {kind} folder (no {' or '.join(markers)}), so it is not replaced even with {flag}; "
+            "choose another --out"
+        )
+
+
 @contextlib.contextmanager
 def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary sibling folder to fill; on success it replaces ``target`` (whatever was there is
