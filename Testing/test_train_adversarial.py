@@ -361,8 +361,8 @@ def test_adversarial(row: Row, world, tmp_path, capsys):
         assert any(row.first_line[4:] in line for line in out.splitlines()), out
     elif row.exit:
         lines = err.strip().splitlines() or [""]
-        if lines[0].startswith("usage:"):  # argparse: usage, then its one error line
-            assert len(lines) == 2 and ": error: " in lines[1] and row.first_line in lines[1], err
+        if lines[0].startswith("usage:"):  # argparse: the usage, then its one error line
+            assert ": error: " in lines[-1] and row.first_line in lines[-1], err
         else:
             assert lines[0].startswith("lsseg: error:") and row.first_line in lines[0], err
     assert row.detail in out + err

@@ -213,7 +213,7 @@ def run_loop(
     if options.resume:
         finished = _result_of_finished_run(model, options, identity, describe)
         if finished is not None:
-            if ctx.is_main and not options.quiet:
+            if ctx.is_main:
                 print(f"{folder}: the run had finished {finished.steps} steps; writing its bundle again")
             return finished
     if ctx.is_main:
