@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from LabelSharingSegLib.engine.errors import InputError, LabelSpaceError
-from LabelSharingSegLib.engine.networks import build_network, complete_config
+from LabelSharingSegLib.engine.networks import build_network
 
 from . import bundle_factory as factory
 from .distributed import distributed_session
@@ -52,7 +52,7 @@ def add_task(config: AddTaskConfig, on_step: StepCallback | None = None) -> Trai
         )
     space = bundle.label_space.place_task(task_sizes(new), widen=config.widen)
     colors = {t.name: {label.value: label.color for label in t.labels} for t in bundle.tasks}
-    network = complete_config({**bundle.network_config, "out_channels": space.n_shared + 1})
+    network = bundle.network_config.replace(out_channels=space.n_shared + 1)
     plan = TaskModelPlan(
         "labelsharing",
         factory.labelsharing_tasks(space, colors),

@@ -12,6 +12,7 @@ from LabelSharingSegLib.engine.errors import InputError
 from LabelSharingSegLib.engine.labels import LabelInfo, default_color
 from LabelSharingSegLib.engine.networks import build_network
 from LabelSharingSegLib.engine.preprocessing import resample_to_grid, to_model_grid
+from LabelSharingSegLib.engine.preprocessing_config import Preprocessing
 
 from . import bundle_factory as factory
 from . import run_session as session
@@ -38,7 +39,7 @@ class AtlasPlan:
     present: list[int]  # label values present on the grid
     names: dict[int, str]
     lut: torch.Tensor  # fine value -> trained value
-    prep: dict
+    prep: Preprocessing
 
 
 def _label_names(fine: dict[int, str], hierarchy: LabelHierarchy) -> dict[int, str]:
@@ -69,12 +70,13 @@ def plan_atlas(config: LCSRunConfig, dataset: NnUNetDataset, hierarchy: LabelHie
             f"--atlas-case {atlas_id!r} is not a training case of {dataset.root}; "
             f"choose one of: {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}"
         )
-    factor = 2 ** (len(settings.channels) - 1)
     dims, spacing, _ = detect_dims(dataset)
     spacing = list(settings.spacing or spacing)
+    factor = factory.network_config_for("lcs", [], dims, list(settings.channels)).downsample_factor
     image, label, affine = load_case(dataset.training[ids.index(atlas_id)])
     raw, label = as_volume(image[0]), as_volume(label)
-    probe = {"spatial_dims": dims, "spacing": spacing, "orientation": "RAS", "intensity": {"mode": "none"}}
+    # only the grid is wanted here: no normalisation, and the patch size is not used
+    probe = factory.make_preprocessing(dims, spacing, [factor] * dims, {"mode": "none"}, factor=factor)
     grid = to_model_grid(raw, affine, probe)
     grid_affine, grid_shape = grid.affine.numpy(), tuple(grid.shape[1:])
 
@@ -103,7 +105,7 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
     if not others:
         others = [c for c in dataset.training if c.case_id == atlas.case_id]
     train_cases, val_cases = split_cases(others, settings.val_fraction, settings.seed)
-    network = factory.network_config_for("lcs", [], atlas.prep["spatial_dims"], list(settings.channels))
+    network = factory.network_config_for("lcs", [], atlas.prep.spatial_dims, list(settings.channels))
     method = LCSMethod(
         atlas.raw, atlas.labels, atlas.present, network, atlas.prep, merge_prob=config.merge_prob
     )

@@ -10,6 +10,7 @@ import numpy as np
 from LabelSharingSegLib.engine.errors import InputError
 from LabelSharingSegLib.engine.labelspace import SharedLabelSpace, average_relative_sizes
 from LabelSharingSegLib.engine.nifti_io import load_nifti
+from LabelSharingSegLib.engine.preprocessing_config import Preprocessing
 
 from . import bundle_factory as factory
 from .datasets import NnUNetDataset, require_valid_dataset
@@ -62,7 +63,7 @@ def detect_dims(dataset: NnUNetDataset) -> tuple[int, list[float], list[int]]:
     return dims, [float(s) for s in spacing], [int(s) for s in np.median(shapes, axis=0)]
 
 
-def plan_preprocessing(settings: TrainSettings, datasets: list[NnUNetDataset], factor: int) -> dict:
+def plan_preprocessing(settings: TrainSettings, datasets: list[NnUNetDataset], factor: int) -> Preprocessing:
     """Preprocessing of a task run: the data's grid unless ``settings`` chooses spacing and patch."""
     dims, spacing, shape = detect_dims(datasets[0])
     for other in datasets[1:]:
@@ -91,15 +92,15 @@ def task_infos(kind: str, datasets: list[NnUNetDataset]) -> tuple[list, SharedLa
     return factory.per_task_rank_tasks(task_labels), None
 
 
-def reference_image(path: Path | None, prep: dict):
+def reference_image(path: Path | None, prep: Preprocessing):
     """(image, affine) of ``--reference``, checked before any training time is spent; None without it."""
     if path is None:
         return None
     image, affine = load_nifti(path)
-    if prep["spatial_dims"] != 3 or image.ndim != 3 or min(image.shape) < 4:
+    if prep.spatial_dims != 3 or image.ndim != 3 or min(image.shape) < 4:
         raise InputError(
             f"{path}: a reference must be a 3D image for a 3D bundle (this bundle is "
-            f"{prep['spatial_dims']}D, the image has shape {image.shape})"
+            f"{prep.spatial_dims}D, the image has shape {image.shape})"
         )
     if not np.all(np.isfinite(image)):
         raise InputError(f"{path}: the reference image holds NaN/Inf voxels")

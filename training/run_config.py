@@ -15,9 +15,10 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from LabelSharingSegLib.engine.bundle_kind import TASK_KINDS as BUNDLE_TASK_KINDS
 from LabelSharingSegLib.engine.errors import InputError
 
-TASK_KINDS = ("labelsharing", "individual", "multichannel", "dodnet")
+TASK_KINDS = tuple(kind.value for kind in BUNDLE_TASK_KINDS)
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("cosine", "poly", "constant")
 AMP_MODES = ("auto", "bf16", "off")

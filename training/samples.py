@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from LabelSharingSegLib.engine.preprocessing import normalise_intensity, resample_to_grid, to_model_grid
+from LabelSharingSegLib.engine.preprocessing_config import Preprocessing
 
 from .datasets import Case, as_volume, load_case
 
@@ -54,7 +55,7 @@ class ToModelGrid:
     """Deterministic (cacheable) transform: {'case': Case, ...} -> image (C, X, Y, Z) normalised on the model
     grid, label (X, Y, Z) int64 of the case's own label values, and the grid's affine."""
 
-    def __init__(self, preprocessing: dict):
+    def __init__(self, preprocessing: Preprocessing):
         self.prep = preprocessing
 
     def __call__(self, item: dict) -> dict:
@@ -77,7 +78,7 @@ class ToAtlasGrid:
     """Deterministic transform for LCS: the target resampled onto the atlas grid as inference does
     (bilinear from the raw image, then intensity normalisation), its labels by nearest neighbour."""
 
-    def __init__(self, preprocessing: dict, atlas_affine: np.ndarray, atlas_shape):
+    def __init__(self, preprocessing: Preprocessing, atlas_affine: np.ndarray, atlas_shape):
         self.prep = preprocessing
         self.affine = atlas_affine
         self.shape = tuple(int(s) for s in atlas_shape)
@@ -90,7 +91,7 @@ class ToAtlasGrid:
             on_grid = resample_to_grid(
                 torch.as_tensor(raw)[None], self.affine, self.shape, mode="bilinear", src_affine=affine
             )[0]
-            channels.append(normalise_intensity(on_grid, self.prep.get("intensity", {}))[None])
+            channels.append(normalise_intensity(on_grid, self.prep.intensity)[None])
         out = dict(item)
         out["image"] = torch.cat(channels, dim=0).float()
         out["affine"] = self.affine

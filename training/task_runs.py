@@ -10,7 +10,9 @@ from pathlib import Path
 import torch
 
 from LabelSharingSegLib.engine.labelspace import SharedLabelSpace
-from LabelSharingSegLib.engine.networks import build_network, complete_config, downsample_factor
+from LabelSharingSegLib.engine.network_config import NetworkConfig
+from LabelSharingSegLib.engine.networks import build_network
+from LabelSharingSegLib.engine.preprocessing_config import Preprocessing
 
 from . import bundle_factory as factory
 from .checkpoint import LAST
@@ -44,8 +46,8 @@ class TaskModelPlan:
     kind: str
     tasks: list
     space: SharedLabelSpace | None = None
-    prep: dict | None = None  # None: planned from the data
-    network: dict | None = None  # None: from the settings' channels
+    prep: Preprocessing | None = None  # None: planned from the data
+    network: NetworkConfig | None = None  # None: from the settings' channels
     init_state: dict | None = None  # weights to start from (add-task)
     identity_extra: dict | None = None  # more run identity (add-task's base bundle)
     reference: tuple | None = None  # (image, affine) stored in the bundle
@@ -65,8 +67,8 @@ def train_task_model(
 ) -> TrainedBundle:
     """Train one network on ``datasets`` and write its bundle to ``out`` (rank 0)."""
     network = plan.network or factory.network_config_for(plan.kind, plan.tasks, 2, list(settings.channels))
-    prep = plan.prep or plan_preprocessing(settings, datasets, downsample_factor(network))
-    network = complete_config({**network, "spatial_dims": prep["spatial_dims"]})
+    prep = plan.prep or plan_preprocessing(settings, datasets, network.downsample_factor)
+    network = network.replace(spatial_dims=prep.spatial_dims)
     reference = plan.reference if plan.reference is not None else reference_image(plan.reference_path, prep)
     index_of = {t.name: t.index for t in plan.tasks}
     train_cases, val_cases = [], []
