@@ -396,12 +396,16 @@ def test_sigkill_while_writing_the_bundle_then_resume_writes_it(world, tmp_path,
     killed = subprocess.run([sys.executable, "-c", KILL_WHILE_WRITING, *argv], env=env, capture_output=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not out.exists()
+    assert [
+        p.name for p in tmp_path.iterdir() if p.name.startswith(".endkill.")
+    ]  # the staging folder is left
     checkpoints = tree_hashes(tmp_path / "endkill.training")
     capsys.readouterr()
     assert lsseg(*argv, "--resume") == 0
     assert "writing its bundle again" in capsys.readouterr().out
     bundle = load_bundle(out)
-    assert bundle.manifest["training"]["steps"] == 3
+    assert bundle.manifest.training["steps"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["endkill", "endkill.training"]  # staging cleaned up
     assert tree_hashes(tmp_path / "endkill.training").keys() == checkpoints.keys()
     # delivered now: a second --resume is told so, and nothing is trained or written
     capsys.readouterr()

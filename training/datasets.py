@@ -8,7 +8,8 @@ A dataset folder holds ``dataset.json`` and ``imagesTr/{case}_{XXXX}{file_ending
 
 ``read_dataset`` parses the structure only (``dataset.json`` plus the file listing); ``check_dataset`` also opens
 every file and returns every problem it finds as one readable line. Only NIfTI files (``.nii.gz`` / ``.nii``) are
-read. Pure numpy/nibabel: no slicer import.
+read. Pure numpy/nibabel: no slicer import. Only training and the data tools use it, so it lives on the training
+side. Longer than most modules because it is one thing: the dataset format, read, checked and written.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 
 from LabelSharingSegLib.engine.atomic import write_text_atomic
 from LabelSharingSegLib.engine.errors import DatasetError, InputError
-from LabelSharingSegLib.engine.nifti_io import NIFTI_ENDINGS, load_nifti
+from LabelSharingSegLib.engine.nifti_io import NIFTI_ENDINGS, load_nifti, save_nifti
 
 DATASET_JSON = "dataset.json"
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
@@ -517,6 +518,31 @@ def load_case(case: Case) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     low, high = (float(label.min()), float(label.max())) if label.size else (0.0, 0.0)
     target = np.int16 if -32768 <= low and high <= 32767 else np.int32
     return image, label.astype(target, copy=False), affine
+
+
+CASE_FOLDERS = {"train": ("imagesTr", "labelsTr"), "test": ("imagesTs", "labelsTs")}
+
+
+def make_case_folders(root: Path) -> None:
+    """The four case folders of a new dataset folder."""
+    for folders in CASE_FOLDERS.values():
+        for name in folders:
+            (Path(root) / name).mkdir()
+
+
+def write_case(
+    root: Path,
+    split: str,
+    case_id: str,
+    image: np.ndarray,
+    label: np.ndarray,
+    affine,
+    ending: str = ".nii.gz",
+) -> None:
+    """One single-channel case of a ``train`` or ``test`` split: ``{case}_0000{ending}`` and ``{case}{ending}``."""
+    images, labels = CASE_FOLDERS[split]
+    save_nifti(Path(root) / images / f"{case_id}_0000{ending}", image, affine)
+    save_nifti(Path(root) / labels / f"{case_id}{ending}", label, affine)
 
 
 def write_dataset_json(

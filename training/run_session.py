@@ -13,7 +13,7 @@ import csv
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -125,6 +125,9 @@ def mark_bundle_written(folder: Path, bundle: Path) -> None:
 # ------------------------------------------------------------------------------------------------ the loop
 
 
+_SETTINGS_FIELDS = {f.name for f in fields(TrainSettings)} - {"steps", "val_every", "checkpoint_dir"}
+
+
 def train_options(
     settings: TrainSettings,
     checkpoint_dir: Path,
@@ -136,22 +139,11 @@ def train_options(
     if time_limit_s is None and settings.time_limit_min is not None:
         time_limit_s = settings.time_limit_min * 60.0
     steps = settings.total_steps(n_train, world_size)
+    # the loop's options that the settings hold under the same name (batch, lr, optimiser, seed, amp, ...)
+    same = {f.name: getattr(settings, f.name) for f in fields(TrainOptions) if f.name in _SETTINGS_FIELDS}
     return TrainOptions(
-        steps=steps,
-        batch=settings.batch,
-        lr=settings.lr,
-        weight_decay=settings.weight_decay,
-        optimizer=settings.optimizer,
-        schedule=settings.schedule,
-        warmup=settings.warmup,
-        seed=settings.seed,
-        amp=settings.amp,
-        val_every=settings.val_every or max(1, steps // 10),
-        checkpoint_every=settings.checkpoint_every,
+        **{**same, "steps": steps, "val_every": settings.val_every or max(1, steps // 10)},
         checkpoint_dir=checkpoint_dir,
-        resume=settings.resume,
-        quiet=settings.quiet,
-        tensorboard=settings.tensorboard,
         time_limit=None if time_limit_s is None else max(0.0, time_limit_s),
     )
 

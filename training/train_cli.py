@@ -11,6 +11,8 @@ import argparse
 from dataclasses import fields
 from pathlib import Path
 
+from LabelSharingSegLib.engine.device import DEVICE_CHOICES
+
 from .run_config import (
     AMP_MODES,
     DEFAULT_CHANNELS,
@@ -84,7 +86,7 @@ def _add_budget_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--schedule", choices=SCHEDULES, default="cosine")
     g.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
     g.add_argument("--seed", type=int, default=0, help="seed for weights, split, patches and augmentation")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    g.add_argument("--device", default="auto", help=f"{', '.join(DEVICE_CHOICES)} or cuda:N")
     g.add_argument(
         "--amp",
         choices=AMP_MODES,
@@ -217,7 +219,7 @@ def register(subparsers) -> None:
         "--out", required=True, type=Path, help="report folder to write (its parent folder must exist)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=f"{', '.join(DEVICE_CHOICES)} or cuda:N")
     p.add_argument("--no-hd95", action="store_true", help="skip HD95 (faster)")
     p.set_defaults(func=cmd_evaluate)
 

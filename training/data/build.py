@@ -24,7 +24,7 @@ from LabelSharingSegLib.engine.atomic import write_text_atomic
 from LabelSharingSegLib.engine.errors import DatasetError, InputError
 from LabelSharingSegLib.engine.nifti_io import load_nifti, save_nifti
 
-from ..datasets import check_dataset, write_dataset_json
+from ..datasets import check_dataset, make_case_folders, write_case, write_dataset_json
 from ..label_hierarchy import HIERARCHY_FILE
 from ..label_hierarchy import read_label_hierarchy as parse_label_hierarchy
 from . import sources
@@ -285,15 +285,12 @@ def _build_task(
     case_templates: dict[str, str] = {}
     prefix = spec.name.lower()
     with dataset_folder(target, overwrite=overwrite) as tmp:
-        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-            (tmp / sub).mkdir()
+        make_case_folders(tmp)
         for row, (split, index, template) in enumerate(plan):
             started = time.perf_counter()
             image, label, affine = make_case(spec, template, _rng(seed, spec, split, index), spacing)
             case_id = f"{prefix}_{index:03d}" if split == "train" else f"{prefix}_test_{index:03d}"
-            images, labels = ("imagesTr", "labelsTr") if split == "train" else ("imagesTs", "labelsTs")
-            save_nifti(tmp / images / f"{case_id}_0000{ending}", image, affine)
-            save_nifti(tmp / labels / f"{case_id}{ending}", label, affine)
+            write_case(tmp, split, case_id, image, label, affine, ending)
             counts[row] = np.bincount(label.ravel(), minlength=counts.shape[1])[: counts.shape[1]]
             case_templates[case_id] = template
             progress(

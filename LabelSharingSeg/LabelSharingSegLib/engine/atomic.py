@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -92,12 +93,23 @@ def check_replaceable_folder(
         )
 
 
+def _remove_stale_staging(target: Path) -> None:
+    """Remove what a writer killed mid-way left beside ``target``: its hidden staging folders, and its backup of
+    the old version once ``target`` itself is back in place (named as ``atomic_folder`` names them)."""
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.(tmp|old)$")
+    for entry in target.parent.iterdir():
+        match = pattern.match(entry.name)
+        if match and entry.is_dir() and not entry.is_symlink() and (match[1] == "tmp" or target.exists()):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary sibling folder to fill; on success it replaces ``target`` (whatever was there is
     removed only after the new folder is in place), on error it is removed. Callers decide whether ``target`` may
     be replaced at all."""
     target = require_parent_dir(target)
+    _remove_stale_staging(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield staging
