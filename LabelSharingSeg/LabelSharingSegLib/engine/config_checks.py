@@ -117,8 +117,9 @@ def check_mapping(where: str, value: Any, allowed: tuple[str, ...] | None = None
 
 
 def require(where: str, data: Mapping, key: str) -> Any:
+    """``data[key]``; ConfigError naming ``where.key`` (just ``key`` at the top level, ``where`` empty)."""
     if key not in data:
-        raise ConfigError(f"{where}.{key} is missing")
+        raise ConfigError(f"{where}.{key} is missing" if where else f"{key} is missing")
     return data[key]
 
 
