@@ -263,6 +263,12 @@ BAD_MANIFESTS = [
     ("ls", _set("preprocessing.spacng", [2, 2, 2]), None, r"preprocessing has unknown key\(s\) spacng"),
     (
         "ls",
+        _set("preprocessing.patch_size", [16, 16, 18]),
+        None,
+        r"patch_size \[16, 16, 18\] must be divisible by the network's pooling factor 4",
+    ),
+    (
+        "ls",
         _set("preprocessing.intensity", {"mode": "magic"}),
         None,
         r"preprocessing\.intensity\.mode must be one of",

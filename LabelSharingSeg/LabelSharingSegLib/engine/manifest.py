@@ -155,6 +155,12 @@ class Manifest:
                 f"preprocessing.spatial_dims {self.preprocessing.spatial_dims} and network.spatial_dims "
                 f"{network.spatial_dims} disagree"
             )
+        factor = network.downsample_factor
+        if kind.segments_tasks and any(side % factor for side in self.preprocessing.patch_size):
+            raise ConfigError(  # the sliding window feeds patches of this size to the network
+                f"preprocessing.patch_size {list(self.preprocessing.patch_size)} must be divisible by the "
+                f"network's pooling factor {factor}"
+            )
         if kind.has_atlas and self.atlas is None:
             raise ConfigError("atlas: an lcs bundle must name its atlas image, labels and names files")
         if kind.segments_tasks and not tasks:
