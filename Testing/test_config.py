@@ -453,3 +453,11 @@ def test_manifest_cross_checks_on_construction(ls_bundle_path):
         build_manifest(
             kind="multichannel", network=DoDNetConfig(out_channels=3), preprocessing=prep, tasks=tasks
         )
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.parent.name)
+def test_info_json_prints_the_typed_manifest(path, capsys):
+    assert main(["info", "--json", str(path.parent)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["schema_version"] == SCHEMA_VERSION
+    assert Manifest.from_dict(printed) == load_bundle(path.parent).manifest
