@@ -72,7 +72,9 @@ def register(subparsers) -> None:
         description="Load a bundle (checks schema, hashes, tensor shapes) and print its summary.",
     )
     info.add_argument("bundle", type=Path)
-    info.add_argument("--json", action="store_true", help="print bundle.json instead")
+    info.add_argument(
+        "--json", action="store_true", help="print the validated bundle.json (in the current schema) instead"
+    )
     info.set_defaults(func=run_info)
 
 

@@ -357,7 +357,7 @@ def evaluate(
     rows, table1 = [], []
     for path, method in zip(bundle_paths, methods):
         bundle = load_bundle(path)
-        if bundle.kind == "lcs":
+        if bundle.kind.has_atlas:
             more, t1 = _evaluate_lcs_bundle(bundle, method, datasets, torch_device, with_hd95)
             table1 += t1
         else:

@@ -159,9 +159,9 @@ class Bundle:
             names = ", ".join(label.name for label in task.labels)
             lines.append(f"Task {task.name} ({len(task.labels)} labels): {names}")
         if m.atlas is not None:
-            names = [label.name for label in labels_from_csv(self._require_lcs() / m.atlas.names)]
+            atlas = [label.name for label in labels_from_csv(self._require_lcs() / m.atlas.names)]
             lines.append(
-                f"Atlas labels ({len(names)}): {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}"
+                f"Atlas labels ({len(atlas)}): {', '.join(atlas[:12])}{' ...' if len(atlas) > 12 else ''}"
             )
         training = m.training
         if training:
@@ -302,9 +302,8 @@ def _validate_atlas(bundle: Bundle) -> None:
     present = set(np.unique(labels).tolist()) - {0}
     unnamed = sorted(present - {label.value for label in names})
     if unnamed:
-        raise BundleError(
-            f"{source}: atlas label values without a name in {bundle.manifest.atlas.names}: {unnamed[:10]}"
-        )
+        table = bundle.manifest.atlas.names if bundle.manifest.atlas else "the names table"
+        raise BundleError(f"{source}: atlas label values without a name in {table}: {unnamed[:10]}")
 
 
 def build_manifest(
