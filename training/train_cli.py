@@ -22,10 +22,13 @@ from LabelSharingSegLib.engine.networks import build_network, complete_config, d
 from LabelSharingSegLib.engine.nifti_io import load_nifti
 
 from . import bundle_factory as factory
+from .appearance import APPEARANCE_CHOICES
 from .checkpoint import LAST, fingerprint
 from .distributed import setup as setup_distributed
 from .methods import LCSMethod, TaskMethod
+from .pipeline import PIPELINES, PipelineSettings
 from .samples import ToAtlasGrid, ToModelGrid, cache_items, spacing_in_model_axes
+from .threads import THREADS_ENV
 from .trainer import TrainingError, TrainingInterrupted, TrainOptions, train
 
 TASK_KINDS = ("labelsharing", "individual", "multichannel", "dodnet")
@@ -56,6 +59,75 @@ def _minutes(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"the time limit must be a positive number of minutes, got {text!r}")
     return value
+
+
+def _workers(text: str) -> str | int:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number of processes, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected auto or 0 or more processes, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def _add_speed_options(p: argparse.ArgumentParser) -> None:
+    s = p.add_argument_group("input pipeline and speed (see docs/PERFORMANCE.md)")
+    s.add_argument(
+        "--pipeline",
+        choices=PIPELINES,
+        default="device",
+        help="device (default): cached volumes on the training device, patches sampled and augmented batched "
+        "there; legacy: per-sample MONAI transforms on the CPU (kept for comparison)",
+    )
+    s.add_argument(
+        "--appearance",
+        default="none",
+        metavar="LIST",
+        help="appearance augmentation for real scans, comma-separated from "
+        f"{','.join(APPEARANCE_CHOICES)} (or all / none, the default); --pipeline device only",
+    )
+    s.add_argument(
+        "--no-elastic",
+        action="store_true",
+        help="no elastic deformation in the device pipeline's augmentation",
+    )
+    s.add_argument(
+        "--loader-workers",
+        type=_workers,
+        default="auto",
+        metavar="N",
+        help="processes building batches ahead of the loop from a host-memory cache (default auto: none when "
+        "the cache fits on the training device, else up to 4)",
+    )
+    s.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="torch threads of this process (default: the cores of its CPU affinity divided by torchrun's "
+        f"LOCAL_WORLD_SIZE; or ${THREADS_ENV})",
+    )
+    s.add_argument(
+        "--compile", action="store_true", help="torch.compile the network (first steps are slower)"
+    )
+    s.add_argument("--channels-last", action="store_true", help="channels-last memory layout (GPU)")
+    s.add_argument(
+        "--fused-optimizer",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="fused Adam/AdamW kernel (default auto: on CUDA)",
+    )
 
 
 def _add_budget_options(p: argparse.ArgumentParser) -> None:
@@ -105,6 +177,7 @@ def _add_budget_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--no-augment", action="store_true", help="switch off augmentation")
     g.add_argument("--cache-workers", type=int, default=0, help="threads preprocessing cases into the cache")
+    _add_speed_options(p)
     d = p.add_argument_group("network and preprocessing")
     d.add_argument(
         "--channels",
@@ -315,6 +388,9 @@ def _options(args, out: Path, n_train: int, world: int, time_limit_s: float | No
         tensorboard=args.tensorboard,
         sleep_per_step=args.sleep_per_step,
         weights_hash_dir=args.weights_hash_dir,
+        compile=args.compile,
+        channels_last=args.channels_last,
+        fused_optimizer=args.fused_optimizer,
         time_limit=None if time_limit_s is None else max(0.0, time_limit_s),
     )
 
@@ -349,6 +425,11 @@ RESUME_MAY_CHANGE = (
     "out",
     "device",
     "cache_workers",
+    "loader_workers",
+    "threads",
+    "compile",
+    "channels_last",
+    "fused_optimizer",
 )
 
 
@@ -502,7 +583,8 @@ def _train_task_model(
         if ctx.is_main
         else []
     )
-    method.make_sampler(items, args.foreground_prob, not args.no_augment)
+    pipeline = PipelineSettings.from_args(args)
+    method.make_sampler(items, args.foreground_prob, not args.no_augment, pipeline, ctx.device)
     torch.manual_seed(args.seed)
     model = build_network(config)
     if init_state is not None:
@@ -525,6 +607,7 @@ def _train_task_model(
         "world_size": ctx.world_size,
         "foreground_prob": args.foreground_prob,
         "augment": not args.no_augment,
+        **pipeline.run_config(),
         **(extra_config or {}),
     }
     result = _run(method, model, val_items, options, ctx, run_config)
@@ -557,7 +640,7 @@ def cmd_train_tasks(args, kind: str) -> int:
     if not continuing:
         _check_out(args.out, args)
     datasets = load_datasets(args.data)
-    ctx = setup_distributed(args.device)
+    ctx = setup_distributed(args.device, args.threads)
     try:
         if kind == "individual":
             if ctx.is_main:
@@ -633,7 +716,7 @@ def cmd_add_task(args) -> int:
     config = complete_config({**bundle.network_config, "out_channels": space.n_shared + 1})
     model = build_network(config)
     init = _widen_state(bundle.state_dict, model)
-    ctx = setup_distributed(args.device)
+    ctx = setup_distributed(args.device, args.threads)
     try:
         if ctx.is_main and not args.quiet:
             print(space.format_table())
@@ -778,7 +861,7 @@ def cmd_train_lcs(args) -> int:
             item["label"] = lut[item["label"].clamp(0, max_value)]
         return method.prepare_items(items)
 
-    ctx = setup_distributed(args.device)
+    ctx = setup_distributed(args.device, args.threads)
     try:
         items = mapped(cache_items([(c, 0) for c in train_cases], transform, args.cache_workers))
         val_items = (
@@ -786,7 +869,8 @@ def cmd_train_lcs(args) -> int:
             if ctx.is_main
             else []
         )
-        method.make_sampler(items, args.foreground_prob, not args.no_augment)
+        pipeline = PipelineSettings.from_args(args)
+        method.make_sampler(items, args.foreground_prob, not args.no_augment, pipeline, ctx.device)
         options = _options(args, args.out, len(train_cases), ctx.world_size)
         torch.manual_seed(args.seed)
         model = build_network(config)
@@ -810,6 +894,7 @@ def cmd_train_lcs(args) -> int:
             "world_size": ctx.world_size,
             "merge_prob": args.merge_prob,
             "augment": not args.no_augment,
+            **pipeline.run_config(),
         }
         result = _run(method, model, val_items, options, ctx, run_config)
         if ctx.is_main:
