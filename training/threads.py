@@ -1,7 +1,9 @@
 """Threads per training process: the cores this process may use (its CPU affinity) shared by the processes of
 this node (``torchrun``'s ``LOCAL_WORLD_SIZE``), so parallel runs and ranks do not oversubscribe the cores.
 
-``--threads N`` or the environment variable ``LSSEG_THREADS`` override the computed value.
+``--threads N`` or the environment variable ``LSSEG_THREADS`` override the computed value. Outside ``torchrun``
+an ``OMP_NUM_THREADS`` set by the user is honoured too (``torchrun`` sets it to 1 for every rank by itself, which
+would leave cores idle, so under ``torchrun`` the division above is used instead).
 """
 
 from __future__ import annotations
@@ -23,13 +25,20 @@ def available_cores() -> int:
 
 
 def threads_per_process(override: int | None = None) -> int:
-    """``override``, else ``$LSSEG_THREADS``, else the available cores divided by the local processes."""
+    """``override``, else ``$LSSEG_THREADS``, else ``$OMP_NUM_THREADS`` (not under torchrun), else the available
+    cores divided by the local processes."""
     if override is None and os.environ.get(THREADS_ENV, "").strip():
         text = os.environ[THREADS_ENV].strip()
         try:
             override = int(text)
         except ValueError:
             raise InputError(f"{THREADS_ENV}={text!r}: expected a positive whole number of threads") from None
+    if override is None and "LOCAL_WORLD_SIZE" not in os.environ:
+        try:
+            omp = int(os.environ.get("OMP_NUM_THREADS", ""))
+        except ValueError:
+            omp = 0
+        override = omp if omp >= 1 else None
     if override is not None:
         if override < 1:
             raise InputError(f"the number of threads must be at least 1, got {override}")

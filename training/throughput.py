@@ -38,8 +38,11 @@ def resident_mb() -> float | None:
 
 
 class ThroughputMeter:
-    def __init__(self, device: torch.device):
+    """Sums step and data-wait time; the first ``warmup`` steps (allocation, autotuning) are not counted."""
+
+    def __init__(self, device: torch.device, warmup: int = 0):
         self.device = device
+        self.warmup = warmup
         self.steps = 0
         self.step_s = 0.0
         self.data_s = 0.0
@@ -51,6 +54,9 @@ class ThroughputMeter:
         self.poll(force=True)
 
     def add(self, step_seconds: float, data_seconds: float) -> None:
+        if self.warmup > 0:
+            self.warmup -= 1
+            return
         self.steps += 1
         self.step_s += step_seconds
         self.data_s += data_seconds

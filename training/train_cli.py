@@ -209,6 +209,7 @@ def _add_budget_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="", help="bundle name shown in Slicer")
     p.add_argument("--sleep-per-step", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--weights-hash-dir", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--sync-data-timing", action="store_true", help=argparse.SUPPRESS)  # lsseg bench train
 
 
 def register(subparsers) -> None:
@@ -391,6 +392,7 @@ def _options(args, out: Path, n_train: int, world: int, time_limit_s: float | No
         compile=args.compile,
         channels_last=args.channels_last,
         fused_optimizer=args.fused_optimizer,
+        sync_data_timing=args.sync_data_timing,
         time_limit=None if time_limit_s is None else max(0.0, time_limit_s),
     )
 

@@ -283,7 +283,7 @@ def train(
     completed = start
     stopped_by_time = False
     samples_per_step = options.batch * ctx.world_size
-    meter = ThroughputMeter(device)
+    meter = ThroughputMeter(device, warmup=1 if options.steps - start > 1 else 0)
     # batches come from the method in the loop, or from loader workers ahead of it (same batches either way)
     stream = batch_stream(
         method.batch,
