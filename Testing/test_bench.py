@@ -66,11 +66,11 @@ def test_bench_train_json_has_every_field_on_cpu(capsys):
     assert result["device"] == "cpu" and result["threads"] >= 1
     assert set(result["methods"]) == set(METHODS)
     for name, row in result["methods"].items():
-        assert row["device_vs_legacy"] > 0, name
+        assert row["device_vs_legacy"] > 0 and row["legacy_vs_device_data_time"] > 0, name
         for pipeline in ("device", "legacy"):
             r = row[pipeline]
             assert all(field in r for field in FIELDS), (name, pipeline, r)
             assert r["steps"] >= 1 and r["steps_per_s"] > 0 and r["samples_per_s"] == r["steps_per_s"]
-            assert 0.0 <= r["data_wait_share"] <= 1.0
+            assert 0.0 <= r["data_wait_share"] <= 1.0 and r["data_ms_per_step"] >= 0
             assert r["peak_memory_mb"] > 0 and r["peak_memory_kind"] == "process_resident"
             assert r["gpu_utilisation"] is None  # no GPU: null, not a made-up number
