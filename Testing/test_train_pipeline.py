@@ -107,7 +107,7 @@ def test_known_flip_and_shift_are_recovered_exactly_for_image_and_label(shape):
     label = torch.as_tensor(rng.integers(0, 4, size=(2, *shape)))
     image = torch.stack([label.float() * 10 + 0.5, label.float() * -2]).movedim(0, 1)  # (B, 2, *S)
     grid = _flip_grid(shape)
-    out_image, out_label = warp(image, label, grid, torch.tensor([True, True]))
+    out_image, out_label = warp(image, label, grid, np.array([True, True]))
     assert torch.equal(out_label[0], torch.flip(label[0], dims=[0]))
     torch.testing.assert_close(out_image[0], torch.flip(image[0], dims=[1]), atol=1e-4, rtol=0)
     expected = torch.zeros_like(label[1])
@@ -129,7 +129,7 @@ def test_random_warp_moves_image_and_label_together(dims):
     image = label[:, None].float()
     params = SpatialParams(prob=1.0, rotate=0.5, scale=0.2, elastic_prob=1.0, elastic_voxels=2.0)
     grid, moved = random_spatial_grid(np.random.default_rng(5), 3, shape, torch.device("cpu"), params)
-    assert bool(moved.all())
+    assert moved.all()
     out_image, out_label = warp(image, label, grid, moved)
     assert not torch.equal(out_label, label)  # it did move
     # where the bilinear image is exactly 0 or 1 every neighbour agrees, so the nearest label must too

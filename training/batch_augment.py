@@ -84,9 +84,10 @@ def random_spatial_grid(
     shape: tuple[int, ...],
     device: torch.device,
     params: SpatialParams = SpatialParams(),
-) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """A ``grid_sample`` grid for the batch (None when no sample is transformed) and the (B,) bool mask of the
-    samples it transforms. Output voxel p samples the input at ``M p + d(p)`` about the patch centre."""
+) -> tuple[torch.Tensor | None, np.ndarray]:
+    """The (B,) bool mask of the samples that draw a spatial transform and a ``grid_sample`` grid for those
+    samples only (None when there are none). Output voxel p samples the input at ``M p + d(p)`` about the patch
+    centre (M: rotation and scaling, d: the elastic displacement)."""
     dims = len(shape)
     matrices = np.repeat(np.eye(dims)[None], batch, axis=0)
     affine = rng.random(batch) < params.prob
@@ -100,33 +101,36 @@ def random_spatial_grid(
             control[b] = rng.normal(0.0, params.elastic_voxels, size=control.shape[1:])
     moved = affine | elastic
     if not moved.any():
-        return None, torch.as_tensor(moved, device=device)
+        return None, moved
+    chosen = np.flatnonzero(moved)
     coords = _centred_coords(shape, device).reshape(dims, -1)
-    m = torch.as_tensor(matrices, dtype=torch.float32, device=device)
-    source = (m @ coords).reshape(batch, dims, *shape)
-    if elastic.any():
+    m = torch.as_tensor(matrices[chosen], dtype=torch.float32, device=device)
+    source = (m @ coords).reshape(len(chosen), dims, *shape)
+    if elastic[chosen].any():
         mode = "bilinear" if dims == 2 else "trilinear"
         field = F.interpolate(
-            torch.as_tensor(control, device=device), size=shape, mode=mode, align_corners=True
+            torch.as_tensor(control[chosen], device=device), size=shape, mode=mode, align_corners=True
         )
         source = source + field
-    return grid_from_voxel_map(source, shape), torch.as_tensor(moved, device=device)
+    return grid_from_voxel_map(source, shape), moved
 
 
 def warp(
-    image: torch.Tensor, label: torch.Tensor, grid: torch.Tensor | None, moved: torch.Tensor
+    image: torch.Tensor, label: torch.Tensor, grid: torch.Tensor | None, moved: np.ndarray
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Warp image (B, C, *S) linearly and label (B, *S) by nearest neighbour through the same grid; samples
-    not ``moved`` are returned unchanged (bit-identical)."""
+    """Warp the ``moved`` samples of image (B, C, *S) linearly and of label (B, *S) by nearest neighbour
+    through the same grid (one row per moved sample); the other samples are returned unchanged."""
     if grid is None:
         return image, label
-    warped = F.grid_sample(image.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    index = torch.as_tensor(np.flatnonzero(moved), device=image.device)
+    warped = F.grid_sample(
+        image[index].float(), grid, mode="bilinear", padding_mode="zeros", align_corners=True
+    )
     warped_label = F.grid_sample(
-        label[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=True
+        label[index][:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=True
     )[:, 0]
-    keep = moved.view(-1, *([1] * (image.ndim - 1)))
-    image = torch.where(keep, warped, image)
-    label = torch.where(keep[:, 0], warped_label.round().to(label.dtype), label)
+    image = image.float().index_copy(0, index, warped)
+    label = label.index_copy(0, index, warped_label.round().to(label.dtype))
     return image, label
 
 

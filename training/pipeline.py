@@ -139,17 +139,26 @@ class LCSBatches:
         images, masks, targets, labels = [], [], [], []
         for _ in range(batch_size):
             index = int(rng.integers(len(self.images)))
-            chosen = torch.tensor(self.method.draw_labels(rng), device=self.device)
+            chosen = self.method.draw_labels(rng)
             images.append(self.images[index])
             labels.append(self.labels[index])
-            masks.append(torch.isin(self.atlas_label, chosen)[None].float())
-            targets.append(torch.isin(self.labels[index], chosen)[None].float())
+            masks.append(_any_of(self.atlas_label, chosen)[None].float())
+            targets.append(_any_of(self.labels[index], chosen)[None].float())
         image = torch.stack(images)
         if self.settings.augment:
             generator = device_generator(rng, self.device)
             image = self.appearance(rng, generator, image, torch.stack(labels))
             image = vary_intensity(rng, generator, image)
         return {"image": image, "atlas_mask": torch.stack(masks), "target": torch.stack(targets)}
+
+
+def _any_of(label: torch.Tensor, values: list[int]) -> torch.Tensor:
+    """``torch.isin(label, values)`` for the one or two conditioned labels, as comparisons (several times
+    faster than ``isin`` on a volume)."""
+    mask = label == values[0]
+    for value in values[1:]:
+        mask |= label == value
+    return mask
 
 
 class _StepBatches(torch.utils.data.Dataset):
