@@ -10,6 +10,8 @@ import torch
 from train_helpers import TINY, lsseg, phantoms
 
 from LabelSharingSegLib.engine.bundle import load_bundle
+from LabelSharingSegLib.engine.network_config import network_config_from_dict
+from LabelSharingSegLib.engine.preprocessing_config import Preprocessing
 from lsseg_training.batch_augment import (
     SpatialParams,
     grid_from_voxel_map,
@@ -74,8 +76,10 @@ def test_stream_with_loader_workers_equals_the_loop_and_resumes_mid_way():
 
 def test_lcs_batches_are_reproducible_and_keep_geometry():
     items = _items(3, cases=2, size=16)
-    prep = {"spatial_dims": 3, "intensity": {"mode": "zscore"}}
-    config = {"arch": "lcs", "spatial_dims": 3, "out_channels": 1, "channels": [4, 8, 16]}
+    prep = Preprocessing.from_dict({"spatial_dims": 3, "spacing": [1, 1, 1], "patch_size": [16, 16, 16]})
+    config = network_config_from_dict(
+        {"arch": "lcs", "spatial_dims": 3, "out_channels": 1, "channels": [4, 8, 16]}
+    )
     method = LCSMethod(items[0]["image"][0], items[0]["label"], [1, 2], config, prep)
     method.prepare_items(items[1:])
     settings = PipelineSettings(appearance=("bias", "synth"))
