@@ -225,3 +225,13 @@ def test_appearance_channels_last_and_fused_run_on_cpu(tmp_path, capsys):
         == 2
     )
     assert "unknown appearance augmentation fog" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compile_trains_on_cpu(tmp_path, data):
+    """``--compile`` (torch.compile, inductor) on the CPU: slow to compile, so only with ``pytest -m slow``."""
+    out = tmp_path / "compiled"
+    assert (
+        lsseg("train", "labelsharing", "--data", *data, "--out", out, "--steps", 2, "--compile", *TINY) == 0
+    )
+    assert load_bundle(out).kind == "labelsharing"

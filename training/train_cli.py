@@ -165,7 +165,8 @@ def _add_budget_options(p: argparse.ArgumentParser) -> None:
         "--amp",
         choices=("auto", "bf16", "off"),
         default="auto",
-        help="mixed precision: auto = float16 on CUDA, none on CPU; bf16 = bfloat16 autocast (CPU too)",
+        help="mixed precision: auto = bfloat16 on CUDA GPUs that support it (else float16 with a gradient "
+        "scaler), none on CPU; bf16 = bfloat16 autocast (CPU too)",
     )
     g.add_argument(
         "--foreground-prob",
