@@ -149,14 +149,17 @@ def test_random_warp_moves_image_and_label_together(dims):
 def test_unselected_samples_are_returned_unchanged():
     batches = _task_batches(2, elastic=False)
     plain = _task_batches(2, augment=False)
-    found = 0
+    kept = changed = 0
     for step in range(12):
         aug, raw = batches(0, 0, step, 3), plain(0, 0, step, 3)
-        assert torch.equal(aug["task"], raw["task"])
+        assert torch.equal(aug["task"], raw["task"])  # the same draws, augmented or not
         for b in range(3):
             if torch.equal(aug["target"][b], raw["target"][b]):
-                found += 1
-    assert found > 0  # with probability 0.3 per sample most samples keep their geometry
+                kept += 1
+            else:
+                changed += 1
+    # probability 0.3 per sample: most keep their geometry exactly, some are warped
+    assert kept > changed > 0
 
 
 def test_cache_device_and_gpu_levers_fall_back_on_cpu():
