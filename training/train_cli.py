@@ -442,12 +442,13 @@ def _interruptible(fn):
 
 def _task_infos(kind: str, datasets) -> tuple[list, SharedLabelSpace | None]:
     task_labels = {d.task_name(): d.foreground_labels() for d in datasets}
+    planes = {d.task_name(): factory.dataset_plane(d) for d in datasets}
     if kind == "labelsharing":
         space = SharedLabelSpace.build([task_sizes(d) for d in datasets])
-        return factory.labelsharing_tasks(space), space
+        return factory.with_planes(factory.labelsharing_tasks(space), planes), space
     if kind == "multichannel":
-        return factory.multichannel_tasks(task_labels), None
-    return factory.per_task_rank_tasks(task_labels), None
+        return factory.with_planes(factory.multichannel_tasks(task_labels), planes), None
+    return factory.with_planes(factory.per_task_rank_tasks(task_labels), planes), None
 
 
 def _reference_image(args, prep: dict):
@@ -629,7 +630,8 @@ def cmd_add_task(args) -> int:
         raise LabelSpaceError(f"task {new.task_name()!r} is already in {args.bundle}; rename the new dataset")
     space = bundle.label_space.place_task(task_sizes(new), widen=args.widen)
     colors = {t.name: {label.value: label.color for label in t.labels} for t in bundle.tasks}
-    tasks = factory.labelsharing_tasks(space, colors)
+    planes = {t.name: t.plane for t in bundle.tasks} | {new.task_name(): factory.dataset_plane(new)}
+    tasks = factory.with_planes(factory.labelsharing_tasks(space, colors), planes)
     config = complete_config({**bundle.network_config, "out_channels": space.n_shared + 1})
     model = build_network(config)
     init = _widen_state(bundle.state_dict, model)

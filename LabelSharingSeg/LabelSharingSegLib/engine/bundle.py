@@ -28,6 +28,7 @@ from .errors import BundleError, InputError
 from .labels import LabelInfo, labels_from_csv, labels_to_csv
 from .labelspace import SharedLabelSpace
 from .networks import build_network, complete_config
+from .planes import PLANES
 
 SCHEMA_VERSION = 1
 BUNDLE_FORMAT = "labelsharingseg.bundle"
@@ -56,13 +57,19 @@ class TaskInfo:
     index: int
     labels: tuple[LabelInfo, ...]
     channels: dict[int, int]  # label value -> output channel (0 is background)
+    # 2D bundles: the plane the task was trained in (axial, sagittal, coronal); None: slice a volume along its
+    # third voxel axis as given (bundles written before planes were recorded)
+    plane: str | None = None
 
     def to_dict(self) -> dict:
-        return {
+        entry = {
             "name": self.name,
             "index": self.index,
             "labels": [{**label.to_dict(), "channel": self.channels[label.value]} for label in self.labels],
         }
+        if self.plane is not None:
+            entry["plane"] = self.plane
+        return entry
 
 
 def _sha256(path: Path) -> str:
@@ -82,8 +89,15 @@ def _parse_tasks(manifest: dict, source: str) -> list[TaskInfo]:
                 label = LabelInfo.from_dict(item)
                 labels.append(label)
                 channels[label.value] = int(item["channel"])
+            plane = entry.get("plane")
+            if plane is not None and plane not in PLANES:
+                raise ValueError(
+                    f"plane {plane!r} of task {entry['name']!r} is not one of {', '.join(PLANES)}"
+                )
             tasks.append(
-                TaskInfo(str(entry["name"]), int(entry.get("index", position)), tuple(labels), channels)
+                TaskInfo(
+                    str(entry["name"]), int(entry.get("index", position)), tuple(labels), channels, plane
+                )
             )
     except (KeyError, TypeError, ValueError, InputError) as exc:
         raise BundleError(f"{source}: malformed task entry ({exc})") from None
@@ -287,6 +301,9 @@ def _validate_manifest(manifest: Any, source: str) -> tuple[dict, list[TaskInfo]
     prep = manifest["preprocessing"]
     if prep.get("spatial_dims") != network["spatial_dims"]:
         raise BundleError(f"{source}: preprocessing and network disagree on spatial_dims")
+    planar = [t.name for t in tasks if t.plane is not None]
+    if planar and network["spatial_dims"] != 2:
+        raise BundleError(f"{source}: task(s) {', '.join(planar)} name a plane, but only 2D bundles have one")
     return {**manifest, "network": network}, tasks, space
 
 
