@@ -397,6 +397,13 @@ COLIN27_HEAD = SystemFile(
     LICENCE_COLIN27,
     "Holmes et al. 1998, J Comput Assist Tomogr 22:324-333",
 )
+COLIN27_BRAIN = SystemFile(
+    "mricron-data",
+    "ch2bet.nii.gz",
+    "Colin 27 brain only (skull stripped), same grid as ch2.nii.gz",
+    LICENCE_COLIN27,
+    "Holmes et al. 1998, J Comput Assist Tomogr 22:324-333",
+)
 COLIN27_AAL = SystemFile(
     "mricron-data",
     "aal.nii.gz",
@@ -447,3 +454,9 @@ def aal_coarse_lookup(names: tuple[str, ...]) -> np.ndarray:
     for value, name in enumerate(names, start=1):
         lut[value] = AAL_COARSE_NAMES.index(aal_coarse_name(name)) + 1
     return lut
+
+
+def load_system_image(source: SystemFile) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 intensities as stored, affine) of a Debian-packaged image."""
+    image = nib.load(str(source.path()))
+    return np.asarray(image.dataobj, dtype=np.float32), np.asarray(image.affine, dtype=np.float64)

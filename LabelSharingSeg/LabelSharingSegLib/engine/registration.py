@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -31,6 +31,7 @@ _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # ITK works in LPS, our affines are RAS
 # Starting poses tried before the full optimisation: rotations (degrees about the R, A, S axes) combined with
 # the translations of _start_translations. Head tilt in a scanner is mostly about the left-right axis.
 _START_ROTATIONS = ((0, 0, 0), (15, 0, 0), (-15, 0, 0), (0, 0, 15), (0, 0, -15), (0, 15, 0), (0, -15, 0))
+_REFINED_STARTS = 4  # best-scoring starting poses refined before choosing one
 _WORKING_SPACING_MM = 2.0  # finer references are compared at this spacing: enough for an affine
 
 
@@ -210,9 +211,9 @@ def _method(pair: _Pair, seed: int, *, shrink, sigmas, iterations: int, percenta
     return method
 
 
-def _evaluate(pair: _Pair, transform, seed: int) -> float:
+def _evaluate(pair: _Pair, transform, seed: int, percentage: float = 0.3) -> float:
     """Masked MI of ``transform`` at full working resolution (0.0, the worst, when nothing overlaps)."""
-    method = _method(pair, seed, shrink=[1], sigmas=[0.0], iterations=1, percentage=0.3)
+    method = _method(pair, seed, shrink=[1], sigmas=[0.0], iterations=1, percentage=percentage)
     method.SetInitialTransform(transform, inPlace=False)
     try:
         return float(method.MetricEvaluate(pair.fixed, pair.moving))
@@ -258,17 +259,18 @@ def _start_translations(pair: _Pair) -> dict[str, np.ndarray]:
 
 
 def _best_start(pair: _Pair, seed: int, progress) -> tuple[object, str]:
-    """Each starting pose gets a short coarse rigid registration; the one with the best metric wins."""
-    best, best_value, best_name = None, math.inf, ""
+    """Every starting pose is scored as it is; the few best get a short coarse rigid registration each, and
+    the one that ends with the best metric wins (scoring all poses first keeps this fast)."""
     poses = [
-        (name, shift, rotation)
+        (f"{name}, rotation {rotation}", _euler(pair, rotation, shift))
         for name, shift in _start_translations(pair).items()
         for rotation in _START_ROTATIONS
     ]
-    for number, (name, shift, rotation) in enumerate(poses):
+    scored = sorted(poses, key=lambda pose: _evaluate(pair, pose[1], seed, percentage=0.05))
+    best, best_value, best_name = None, math.inf, ""
+    for number, (name, transform) in enumerate(scored[:_REFINED_STARTS]):
         if progress:
-            progress(0.4 * number / len(poses), "aligning the scan: trying starting poses")
-        transform = _euler(pair, rotation, shift)
+            progress(0.4 * number / _REFINED_STARTS, "aligning the scan: trying starting poses")
         method = _method(pair, seed, shrink=[4], sigmas=[2.0], iterations=40)
         method.SetInitialTransform(transform, inPlace=True)
         try:
@@ -277,7 +279,7 @@ def _best_start(pair: _Pair, seed: int, progress) -> tuple[object, str]:
             continue  # this pose leaves too little overlap; another will do
         value = _evaluate(pair, transform, seed)
         if value < best_value:
-            best, best_value, best_name = transform, value, f"{name}, rotation {rotation}"
+            best, best_value, best_name = transform, value, name
     if best is None:
         raise InputError(
             "automatic alignment found no starting pose where the scan and the reference overlap; check "
@@ -315,6 +317,7 @@ def register_affine(
         transform, start = _ras_matrix_to_transform(initial, pair.fixed_centre), "given"
     else:
         transform, start = _best_start(pair, seed, progress)
+    failure = None
     for number, stage in enumerate(stages):
         if progress:
             progress(0.4 + 0.6 * number / len(stages), f"aligning the scan to the reference ({stage})")
@@ -330,11 +333,9 @@ def register_affine(
         method.SetInitialTransform(transform, inPlace=True)
         try:
             method.Execute(pair.fixed, pair.moving)
-        except RuntimeError as exc:
-            raise InputError(
-                f"automatic alignment failed ({str(exc).splitlines()[-1][:200]}); check that the scan "
-                "shows the same anatomy as the bundle's reference, or turn alignment off"
-            ) from None
+        except RuntimeError as exc:  # e.g. the images drifted apart: refused below, like any bad result
+            failure = f"the registration failed ({str(exc).strip().splitlines()[-1][:160]})"
+            break
     metric = _evaluate(pair, transform, seed)
     identity = sitk.AffineTransform(3)
     identity_metric = _evaluate(pair, identity, seed)
@@ -348,19 +349,13 @@ def register_affine(
     )
     if progress:
         progress(1.0, "alignment done")
-    if check and not metric < identity_metric:
-        return Alignment(
-            np.eye(4),
-            metric,
-            identity_metric,
-            result.overlap,
-            result.identity_overlap,
-            accepted=False,
-            warning=(
-                f"the registration scored worse than the scan's own world coordinates (mutual information "
-                f"{metric:.3f} vs {identity_metric:.3f}); check the result, or place the scan near the "
-                "reference first"
-            ),
-            start=start,
-        )
-    return result
+    if metric < identity_metric and failure is None:
+        return result
+    warning = failure or (
+        f"the registration scored worse than the scan's own world coordinates (mutual information "
+        f"{metric:.3f} vs {identity_metric:.3f})"
+    )
+    warning += "; check that the scan shows the reference's anatomy, or place it near the reference first"
+    if not check:
+        return replace(result, warning=warning)
+    return replace(result, matrix=np.eye(4), accepted=False, warning=warning)
