@@ -87,7 +87,7 @@ def scanner_scan(spacing: float) -> ScannerScan:
         shape.append(int((high[axis] - low[axis]) / step) + 1)
 
     def carry(array, mode):
-        data = torch.as_tensor(np.asarray(array, dtype=np.float32))[None]
+        data = torch.as_tensor(np.array(array, dtype=np.float32))[None]
         return resample_to_grid(data, affine, tuple(shape), mode=mode, src_affine=moved)[0].numpy()
 
     image = carry(real.image, "bilinear").astype(np.float32)
