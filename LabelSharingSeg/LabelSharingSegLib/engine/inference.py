@@ -154,14 +154,29 @@ def _predict_logits(network, x: torch.Tensor, prep: dict, device, report: _Repor
 def _task_model_grid(image: np.ndarray, affine: np.ndarray, prep: dict, plane: str | None):
     """(model-grid tensor (1, X, Y, Z), its affine). A 2D task with a plane cuts a volume along that plane in
     world orientation; without a plane (older bundles), or for a single slice, along the third voxel axis."""
-    if prep["spatial_dims"] != 2 or plane is None or image.shape[2] == 1:
+    if prep["spatial_dims"] != 2:
         x = to_model_grid(image, affine, prep)
         return x, x.affine.numpy()
-    grid_affine, grid_shape = plane_grid(affine, image.shape, plane, prep["spacing"])
-    on_grid = resample_to_grid(
-        torch.as_tensor(image)[None], grid_affine, grid_shape, mode="bilinear", src_affine=affine
-    )
-    return normalise_intensity(on_grid, prep.get("intensity", {})), grid_affine
+    if plane is None or image.shape[2] == 1:
+        x = to_model_grid(
+            image, affine, {**prep, "intensity": {"mode": "none"}}
+        )  # normalised per slice below
+        grid_affine = x.affine.numpy()
+        x = x.as_tensor()
+    else:
+        grid_affine, grid_shape = plane_grid(affine, image.shape, plane, prep["spacing"])
+        x = resample_to_grid(
+            torch.as_tensor(image)[None], grid_affine, grid_shape, mode="bilinear", src_affine=affine
+        )
+    return _normalise_slices(x, prep.get("intensity", {})), grid_affine
+
+
+def _normalise_slices(x: torch.Tensor, intensity: dict) -> torch.Tensor:
+    """Each slice normalised on its own, as in training, where a 2D case is one slice. Statistics-based
+    modes only: a fixed window (or none) gives the same values per slice as per volume."""
+    if x.shape[-1] == 1 or (intensity or {}).get("mode", "zscore") not in ("zscore", "percentile"):
+        return normalise_intensity(x, intensity)
+    return torch.stack([normalise_intensity(x[..., k], intensity) for k in range(x.shape[-1])], dim=-1)
 
 
 def segment_task(
