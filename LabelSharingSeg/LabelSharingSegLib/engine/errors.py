@@ -23,3 +23,7 @@ class BundleError(LabelSharingSegError):
 
 class CancelledError(LabelSharingSegError):
     """The user cancelled a running job; nothing was written."""
+
+
+class ConfigError(BundleError):
+    """A configuration a bundle carries (manifest, preprocessing, network) is malformed or out of bounds."""
