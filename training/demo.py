@@ -67,7 +67,7 @@ class DemoSettings:
     # sub-regions; five levels (pooling by 16, as Ma et al. 2022 at 1 mm) gave 48 mm cells and learnt far slower
     lcs_channels: tuple[int, ...]
     seed: int = 0
-    realscan_spacing: float = 1.0  # in-plane mm of the real whole-head scan's scanner grid
+    realscan_spacing: float = 2.0  # in-plane mm of the real whole-head scan's scanner grid (slices 1.2x)
 
 
 FULL = DemoSettings(

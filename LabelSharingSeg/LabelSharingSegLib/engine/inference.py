@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ from .preprocessing import (
     resample_to_grid,
     to_model_grid,
 )
-from .preprocessing_config import IntensityConfig, Preprocessing
+from .preprocessing_config import Preprocessing
 from .registration import Alignment, register_affine
 
 ProgressCallback = Callable[[float, str], None]
@@ -157,28 +157,16 @@ def _predict_logits(
 def _task_model_grid(image: np.ndarray, affine: np.ndarray, prep: Preprocessing, plane: str | None):
     """(model-grid tensor (1, X, Y, Z), its affine). A 2D task with a plane cuts a volume along that plane in
     world orientation; without a plane (older bundles), or for a single slice, along the third voxel axis."""
-    if prep.spatial_dims != 2:
+    if prep.spatial_dims != 2 or plane is None or image.shape[2] == 1:
         x = to_model_grid(image, affine, prep)
         return x, x.affine.numpy()
-    if plane is None or image.shape[2] == 1:
-        raw = replace(prep, intensity=IntensityConfig(mode="none"))  # normalised per slice below
-        model = to_model_grid(image, affine, raw)
-        grid_affine = model.affine.numpy()
-        x = model.as_tensor()
-    else:
-        grid_affine, grid_shape = plane_grid(affine, image.shape, plane, prep.spacing)
-        x = resample_to_grid(
-            torch.as_tensor(image)[None], grid_affine, grid_shape, mode="bilinear", src_affine=affine
-        )
-    return _normalise_slices(x, prep.intensity), grid_affine
-
-
-def _normalise_slices(x: torch.Tensor, intensity: IntensityConfig) -> torch.Tensor:
-    """Each slice normalised on its own, as in training, where a 2D case is one slice. Statistics-based
-    modes only: a fixed window (or none) gives the same values per slice as per volume."""
-    if x.shape[-1] == 1 or intensity.mode not in ("zscore", "percentile"):
-        return normalise_intensity(x, intensity)
-    return torch.stack([normalise_intensity(x[..., k], intensity) for k in range(x.shape[-1])], dim=-1)
+    grid_affine, grid_shape = plane_grid(affine, image.shape, plane, prep.spacing)
+    on_grid = resample_to_grid(
+        torch.as_tensor(image)[None], grid_affine, grid_shape, mode="bilinear", src_affine=affine
+    )
+    # normalised over the whole volume, as a volume without a plane is (per slice measured no better on the
+    # real whole-head scan: sagittal lobes 0.326 vs 0.329, coronal deep grey 0.137 vs 0.146)
+    return normalise_intensity(on_grid, prep.intensity), grid_affine
 
 
 def segment_task(
