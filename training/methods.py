@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from LabelSharingSegLib.engine.bundle import TaskInfo
 from LabelSharingSegLib.engine.bundle_kind import BundleKind
+from LabelSharingSegLib.engine.inference import predict_logits
 from LabelSharingSegLib.engine.network_config import NetworkConfig
 
 # The LCS network input is padded exactly as inference pads it (centred); these helpers are the engine's own.
@@ -133,30 +134,10 @@ class TaskMethod:
     # -- validation ------------------------------------------------------------------------------------
     @torch.no_grad()
     def predict_channels(self, model, image: torch.Tensor, task: int, device: torch.device) -> torch.Tensor:
-        """Model-grid image (C, X, Y, Z) -> predicted channel map (X, Y, Z), the task's channels only."""
-        from monai.inferers import sliding_window_inference
-
-        net = _unwrap(model)
-        if self.spatial_dims == 3:
-            inputs = image[None]
-        else:
-            inputs = image.permute(3, 0, 1, 2)
-        task_tensor = torch.tensor([task], device=device)
-
-        def predictor(patch):
-            return self.forward(net, patch.to(device), task_tensor.expand(patch.shape[0])).float()
-
-        logits = sliding_window_inference(
-            inputs,
-            roi_size=list(self.patch),
-            sw_batch_size=4,
-            predictor=predictor,
-            overlap=self.prep.overlap,
-            mode="gaussian",
-            sw_device=device,
-            device=torch.device("cpu"),
-        )
-        logits = logits[0] if self.spatial_dims == 3 else logits.permute(1, 2, 3, 0)
+        """Model-grid image (C, X, Y, Z) -> predicted channel map (X, Y, Z), the task's channels only: the engine's
+        own prediction (``predict_logits``, as ``segment_task`` runs it), then the task's channels compete."""
+        task_index = task if self.kind is BundleKind.DODNET else None
+        logits = predict_logits(_unwrap(model), image, self.prep, device, task_index)
         allowed = self.channel_masks[task].view(-1, *([1] * (logits.ndim - 1)))
         return logits.masked_fill(~allowed, MASKED_LOGIT).argmax(0)
 

@@ -169,6 +169,14 @@ def _task_model_grid(image: np.ndarray, affine: np.ndarray, prep: Preprocessing,
     return normalise_intensity(on_grid, prep.intensity), grid_affine
 
 
+def predict_logits(
+    network, x: torch.Tensor, prep: Preprocessing, device: torch.device, task_index: int | None = None
+) -> torch.Tensor:
+    """Sliding-window logits of a model-grid image (C, X, Y, Z) -> (K, X, Y, Z) on the CPU, exactly as
+    ``segment_task`` predicts them; training validates through this so its scores are the real prediction's."""
+    return _predict_logits(network, x, prep, device, _Reporter(None, None), task_index)
+
+
 def segment_task(
     bundle: Bundle,
     image: np.ndarray,

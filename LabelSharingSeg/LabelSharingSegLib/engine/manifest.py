@@ -23,7 +23,7 @@ from .config_checks import check_int, check_mapping, check_number_tuple, check_t
 from .errors import ConfigError, InputError, LabelSpaceError
 from .labels import LabelInfo
 from .labelspace import SharedLabelSpace
-from .network_config import MAX_OUT_CHANNELS, MAX_TASKS, NetworkConfig, network_config_from_dict
+from .network_config import MAX_OUT_CHANNELS, MAX_TASKS, DoDNetConfig, NetworkConfig, network_config_from_dict
 from .planes import PLANES
 from .preprocessing_config import Preprocessing
 
@@ -165,6 +165,12 @@ class Manifest:
                 f"preprocessing.spatial_dims {self.preprocessing.spatial_dims} and network.spatial_dims "
                 f"{network.spatial_dims} disagree"
             )
+        factor = network.downsample_factor
+        if kind.segments_tasks and any(side % factor for side in self.preprocessing.patch_size):
+            raise ConfigError(  # the sliding window feeds patches of this size to the network
+                f"preprocessing.patch_size {list(self.preprocessing.patch_size)} must be divisible by the "
+                f"network's pooling factor {factor}"
+            )
         if kind.has_atlas and self.atlas is None:
             raise ConfigError("atlas: an lcs bundle must name its atlas image, labels and names files")
         if kind.segments_tasks and not tasks:
@@ -185,8 +191,8 @@ class Manifest:
         planar = [t.name for t in tasks if t.plane is not None]
         if planar and network.spatial_dims != 2:
             raise ConfigError(f"tasks: {', '.join(planar)} name a plane, but only 2D bundles have one")
-        if kind is BundleKind.DODNET and network.num_tasks != len(tasks):  # type: ignore[union-attr]
-            raise ConfigError(f"network.num_tasks {network.num_tasks} != {len(tasks)} tasks")  # type: ignore[union-attr]
+        if isinstance(network, DoDNetConfig) and network.num_tasks != len(tasks):
+            raise ConfigError(f"network.num_tasks {network.num_tasks} != {len(tasks)} tasks")
         if kind is BundleKind.LABELSHARING:
             self._check_label_space()
 
@@ -225,8 +231,8 @@ class Manifest:
                 )
             check_mapping("bundle.json", data, cls._KEYS)
             kind = BundleKind.parse(data.get("kind"))
-            network = network_config_from_dict(require("bundle.json", data, "network"), legacy=version == 1)
-            preprocessing = Preprocessing.from_dict(require("bundle.json", data, "preprocessing"))
+            network = network_config_from_dict(require("", data, "network"), legacy=version == 1)
+            preprocessing = Preprocessing.from_dict(require("", data, "preprocessing"))
             entries = data.get("tasks", [])
             if not isinstance(entries, list) or len(entries) > MAX_TASKS:
                 raise ConfigError(f"tasks must be a list of at most {MAX_TASKS} tasks (got {shown(entries)})")

@@ -159,10 +159,10 @@ class SegmentationSceneLogic:
 
     @property
     def bundleKind(self) -> str | None:
-        return None if self.bundle is None else self.bundle.kind
+        return None if self.bundle is None else self.bundle.kind.value
 
     def isAtlasBundle(self) -> bool:
-        return self.bundle is not None and self.bundle.kind == "lcs"
+        return self.bundle is not None and self.bundle.kind.has_atlas
 
     def taskNames(self) -> list[str]:
         return [] if self.bundle is None else list(self.bundle.task_names())
@@ -208,7 +208,7 @@ class SegmentationSceneLogic:
     # ------------------------------------------------------------------ task flow
     def prepareSegmentTask(self, volumeNode, taskName: str, outputSegmentationNode=None) -> PreparedRun:
         bundle = self.requireBundle()
-        if bundle.kind == "lcs":
+        if bundle.kind.has_atlas:
             raise InputError(
                 "The loaded bundle is an atlas-conditioned (LCS) bundle: it has no tasks. Use the atlas flow "
                 "(loadAtlas / segmentAtlasLabels) or load a label-sharing bundle."
@@ -242,7 +242,7 @@ class SegmentationSceneLogic:
     # ------------------------------------------------------------------ atlas flow
     def _requireAtlasBundle(self):
         bundle = self.requireBundle()
-        if bundle.kind != "lcs":
+        if not bundle.kind.has_atlas:
             raise InputError(
                 f"The loaded bundle is a {bundle.kind} bundle without an atlas: use segmentTask with one of its "
                 "tasks, or load an atlas-conditioned (LCS) bundle for atlas labels."
