@@ -14,6 +14,7 @@ The engine is imported lazily so that this module loads (and can report missing 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -467,6 +468,10 @@ class SegmentationSceneLogic:
         A new output node is created only here, after the engine succeeded. An existing output keeps every
         segment whose name this run does not produce. On any exception the scene is left exactly as it was.
         """
+        alignment = getattr(result, "alignment", None)
+        if alignment is not None:  # the Slicer log shows the alignment's quality, a refused one as a warning
+            log = logging.info if alignment.accepted else logging.warning
+            log(f"LabelSharingSeg: {alignment.summary()}")
         labels = list(result.labels) or (run.labels if run.kind == ATLAS_KIND else self._taskLabels(run))
         specs = seg.specsFromLabelmap(np.asarray(result.labelmap), labels, run.terminologies)
         outputNode = run.outputNode
