@@ -6,7 +6,7 @@ import csv
 
 from train_helpers import lsseg, phantoms
 
-from lsseg_training import train_cli
+from lsseg_training import api
 from lsseg_training.experiments.lcs import default_counts
 from lsseg_training.experiments.memory import measure
 
@@ -46,8 +46,8 @@ def test_lcs_experiment_reports_every_table_and_resumes(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(train_cli, "cmd_train_lcs", refuse)
-    monkeypatch.setattr(train_cli, "cmd_train_tasks", refuse)
+    monkeypatch.setattr(api, "train_lcs", refuse)
+    monkeypatch.setattr(api, "train_tasks", refuse)
     monkeypatch.setattr("lsseg_training.experiments.lcs.measure", refuse)
     assert lsseg(*command) == 0
     assert (out / "report.md").read_text() == report

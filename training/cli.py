@@ -45,23 +45,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+def exit_code(call, debug: bool = False) -> int:
+    """Run ``call()`` as a command: its exit status, or 2 with one clear error line (the traceback only with
+    ``debug``), or 130 after Ctrl-C."""
     try:
-        result = args.func(args)
-        return int(result or 0)
+        return int(call() or 0)
     except LabelSharingSegError as exc:
-        if args.debug:
+        if debug:
             traceback.print_exc()
         print(f"lsseg: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lsseg: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return exit_code(lambda: args.func(args), args.debug)
 
 
 if __name__ == "__main__":

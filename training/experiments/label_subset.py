@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from LabelSharingSegLib.engine.datasets import NnUNetDataset, write_dataset_json
 from LabelSharingSegLib.engine.errors import InputError
 from LabelSharingSegLib.engine.nifti_io import load_nifti, save_nifti
 
 from ..data.writer import dataset_folder
+from ..datasets import NnUNetDataset, write_dataset_json
 
 
 def kept_labels(dataset: NnUNetDataset, count: int) -> dict[int, str]:

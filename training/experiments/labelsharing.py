@@ -16,7 +16,7 @@ from pathlib import Path
 from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.errors import InputError
 
-from .. import train_cli
+from .. import planning
 from . import runner
 from .budget import BudgetLedger, split_steps
 from .report import fmt, grouped_bars, header, mean, mean_dice, table, write_report, yes
@@ -59,7 +59,7 @@ def run_labelsharing(
     holdout: list[str] | None = None,
 ) -> Path:
     """Run (or continue) the experiment into ``out``; returns ``out/report.md``."""
-    datasets = train_cli.load_datasets([Path(p) for p in data])
+    datasets = planning.load_datasets([Path(p) for p in data])
     tasks = [d.task_name() for d in datasets]
     folder = {d.task_name(): Path(d.root).resolve() for d in datasets}
     add_steps = add_steps or max(1, budget.steps // len(tasks))

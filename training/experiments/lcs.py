@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from LabelSharingSegLib.engine.datasets import NnUNetDataset
 from LabelSharingSegLib.engine.errors import InputError
 
-from .. import train_cli
+from .. import planning
+from ..datasets import NnUNetDataset
 from . import runner
 from .budget import BudgetLedger
 from .label_subset import write_label_subset
@@ -63,7 +63,7 @@ def _coarse_map(dataset: NnUNetDataset, given: Path | None, ws: Workspace) -> tu
 
 
 def _memory_size(dataset: NnUNetDataset, budget: runner.Budget) -> tuple[int, int]:
-    dims, _, shape = train_cli.detect_dims(dataset)
+    dims, _, shape = planning.detect_dims(dataset)
     factor = 2 ** (len(budget.channels) - 1)
     edge = max(shape[:dims])
     edge = min(edge + (-edge) % factor, 128 if dims == 2 else 64)
@@ -80,7 +80,7 @@ def run_lcs(
     coarse_map: Path | None = None,
 ) -> Path:
     """Run (or continue) the experiment into ``out``; returns ``out/report.md``."""
-    dataset = train_cli.load_datasets([Path(data)])[0]
+    dataset = planning.load_datasets([Path(data)])[0]
     total = len(dataset.foreground_labels())
     counts = sorted(set(label_counts or default_counts(total, total)))
     bad = [k for k in counts if not 1 <= k <= total]

@@ -1,14 +1,12 @@
 """The experiments' one door into training and evaluation.
 
 Every experiment trains and evaluates only through the functions here, so the experiments stay the same when the
-training code behind them changes (the typed training API of the train-API issue replaces the bridge below; only this
-module then changes). Each call is *resumable*: a finished bundle or evaluation is kept and skipped, a run killed
+training code behind them changes (it calls the typed training API, ``lsseg_training.api``, and nothing else of training). Each call is *resumable*: a finished bundle or evaluation is kept and skipped, a run killed
 mid-way continues from its checkpoint (bit-identical to an uninterrupted run, see docs/TRAINING.md).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import inspect
 from dataclasses import dataclass, field
@@ -16,7 +14,8 @@ from pathlib import Path
 
 from LabelSharingSegLib.engine.errors import InputError
 
-from .. import train_cli
+from .. import api
+from ..api import AddTaskConfig, LCSRunConfig, TaskRunConfig, TrainSettings
 from ..checkpoint import LAST
 from ..evaluate import evaluate
 
@@ -67,46 +66,6 @@ class Budget:
         }
 
 
-# ------------------------------------------------------------------------------------------------ bridge
-
-# Until the typed training API lands on main, the run settings are put into the namespace the `lsseg train`
-# command functions read: its defaults come from the command's own parser, so no option is missed.
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lsseg")
-    train_cli.register(parser.add_subparsers(dest="command"))
-    return parser
-
-
-def _namespace(command: list[str], budget: Budget, checkpoint_dir: Path) -> argparse.Namespace:
-    args = _parser().parse_args(command)
-    args.steps = budget.steps
-    args.batch = budget.batch
-    args.seed = budget.seed
-    args.channels = list(budget.channels)
-    args.patch = list(budget.patch) if budget.patch else None
-    args.spacing = list(budget.spacing) if budget.spacing else None
-    args.lr = budget.lr
-    args.device = budget.device
-    args.val_fraction = budget.val_fraction
-    args.no_augment = not budget.augment
-    args.quiet = budget.quiet
-    args.checkpoint_dir = checkpoint_dir
-    # a run interrupted before its bundle was written continues from its checkpoint
-    args.resume = (checkpoint_dir / LAST).is_file()
-    for key, value in budget.extra.items():
-        if not hasattr(args, key):
-            raise InputError(f"unknown training setting {key!r}")
-        setattr(args, key, value)
-    return args
-
-
-def _status(code) -> None:
-    if int(code or 0) != 0:
-        raise InputError(f"training stopped with status {code}")
-
-
 # ------------------------------------------------------------------------------------------------ runs
 
 
@@ -119,30 +78,47 @@ def is_bundle(path: Path) -> bool:
     return (Path(path) / "bundle.json").is_file()
 
 
+def _settings(budget: Budget, checkpoints: Path, resume: bool | None = None) -> TrainSettings:
+    """The training API's settings for one run of ``budget``; a run interrupted before its bundle was written
+    continues from its checkpoint."""
+    return TrainSettings(
+        steps=budget.steps,
+        batch=budget.batch,
+        seed=budget.seed,
+        channels=tuple(budget.channels),
+        patch=tuple(budget.patch) if budget.patch else None,
+        spacing=tuple(budget.spacing) if budget.spacing else None,
+        lr=budget.lr,
+        device=budget.device,
+        val_fraction=budget.val_fraction,
+        augment=budget.augment,
+        quiet=budget.quiet,
+        checkpoint_dir=checkpoints,
+        resume=(checkpoints / LAST).is_file() if resume is None else resume,
+    ).with_changes(**budget.extra)
+
+
 def train_tasks(kind: str, data: list[Path], out: Path, budget: Budget) -> bool:
-    """`lsseg train KIND`; ``individual`` writes ``out/<task>``. True when it trained, False when already done."""
+    """Label sharing or a joint baseline over all ``data``. True when it trained, False when already done."""
     if kind == "individual":
-        raise InputError(
-            "train one-model-per-task runs one task at a time (train_tasks('individual') per task)"
-        )
+        raise InputError("train one-model-per-task runs one task at a time (train_individual per task)")
     if is_bundle(out):
         return False
-    command = ["train", kind, "--data", *map(str, data), "--out", str(out)]
-    _status(train_cli.cmd_train_tasks(_namespace(command, budget, checkpoint_dir(out)), kind))
+    api.train_tasks(
+        TaskRunConfig(kind, data=tuple(data), out=out, settings=_settings(budget, checkpoint_dir(out)))
+    )
     return True
 
 
 def train_individual(data: Path, out: Path, budget: Budget) -> bool:
-    """One model for one task, as a plain bundle at ``out`` (the `individual` method of `lsseg train`)."""
+    """One model for one task, as a plain bundle at ``out`` (the `individual` method of the training API)."""
     if is_bundle(out):
         return False
-    # `train individual` writes FOLDER/<task>; train into a staging folder, then move the one bundle into place
+    # `individual` writes FOLDER/<task>: train into a staging folder, then move the one bundle into place. A killed
+    # run left the staging folder: continue in it (a finished task is skipped, an interrupted one resumed).
     staging = out.with_name(out.name + ".individual")
-    command = ["train", "individual", "--data", str(data), "--out", str(staging)]
-    args = _namespace(command, budget, checkpoint_dir(out))
-    # a killed run left the staging folder: continue in it (finished task skipped, interrupted one resumed)
-    args.resume = staging.is_dir()
-    _status(train_cli.cmd_train_tasks(args, "individual"))
+    settings = _settings(budget, checkpoint_dir(out), resume=staging.is_dir())
+    api.train_tasks(TaskRunConfig("individual", data=(data,), out=staging, settings=settings))
     bundles = [p for p in staging.iterdir() if is_bundle(p)]
     if len(bundles) != 1:
         raise InputError(f"{staging}: expected one task bundle, found {len(bundles)}")
@@ -152,27 +128,22 @@ def train_individual(data: Path, out: Path, budget: Budget) -> bool:
 
 
 def add_task(base: Path, data: Path, out: Path, budget: Budget, replay: list[Path] = ()) -> bool:
-    """`lsseg add-task BASE --data DATA --widen [--replay ...]`.
-
-    ``--widen`` only acts when the task has more labels than the shared space: those get new shared labels
-    (otherwise a held-out task larger than the others could not be added at all)."""
+    """`add-task` with ``widen``: it only acts when the task has more labels than the shared space (those get new
+    shared labels; otherwise a held-out task larger than the others could not be added at all)."""
     if is_bundle(out):
         return False
-    command = ["add-task", str(base), "--data", str(data), "--out", str(out), "--widen"]
-    args = _namespace(command, budget, checkpoint_dir(out))
-    args.replay = [Path(p) for p in replay]
-    _status(train_cli.cmd_add_task(args))
+    settings = _settings(budget, checkpoint_dir(out))
+    api.add_task(AddTaskConfig(base, data, out, settings=settings, replay=tuple(replay), widen=True))
     return True
 
 
 def train_lcs(data: Path, out: Path, budget: Budget, coarse_map: Path | None = None) -> bool:
-    """`lsseg train lcs --data DATA [--coarse-map MAP]`."""
+    """LCS on one dataset, optionally on the coarse labels of ``coarse_map``."""
     if is_bundle(out):
         return False
-    command = ["train", "lcs", "--data", str(data), "--out", str(out)]
-    args = _namespace(command, budget, checkpoint_dir(out))
-    args.coarse_map = coarse_map
-    _status(train_cli.cmd_train_lcs(args))
+    api.train_lcs(
+        LCSRunConfig(data, out, settings=_settings(budget, checkpoint_dir(out)), coarse_map=coarse_map)
+    )
     return True
 
 
