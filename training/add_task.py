@@ -65,7 +65,7 @@ def add_task(config: AddTaskConfig, on_step: StepCallback | None = None) -> Trai
         identity_extra={"base_bundle": bundle.bundle_id},
         reference=bundle.reference_image() if bundle.has_reference() else None,
     )
-    with distributed_session(settings.device) as ctx:
+    with distributed_session(settings.device, settings.threads) as ctx:
         if ctx.is_main and not settings.quiet:
             print(space.format_table())
         trained = train_task_model(
