@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -27,7 +28,7 @@ def load_nifti(path: str | os.PathLike, *, dtype=np.float32) -> tuple[np.ndarray
     if not has_nifti_ending(path):
         raise InputError(f"{path}: not a NIfTI file (expected .nii or .nii.gz)")
     try:
-        image = nib.load(str(path))
+        image: Any = nib.load(str(path))  # a NIfTI image (checked by the ending above)
         data = np.asarray(image.dataobj, dtype=dtype)
         affine = np.asarray(image.affine, dtype=np.float64)
     except Exception as exc:  # nibabel raises many types for corrupt/truncated files

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -154,10 +155,10 @@ def _working_grid(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np
 class _Pair:
     """Both images prepared for SimpleITK: scaled intensities, foreground masks, their centres (LPS mm)."""
 
-    fixed: object
-    moving: object
-    fixed_mask: object
-    moving_mask: object
+    fixed: Any  # SimpleITK.Image (SimpleITK is imported lazily)
+    moving: Any
+    fixed_mask: Any
+    moving_mask: Any
     fixed_centre: np.ndarray
     moving_centre: np.ndarray
     fixed_top: float  # highest superior (S) coordinate of the foreground, RAS mm
@@ -205,8 +206,11 @@ def _method(pair: _Pair, seed: int, *, shrink, sigmas, iterations: int, percenta
         gradientMagnitudeTolerance=1e-6,
     )
     method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel(list(shrink))
-    method.SetSmoothingSigmasPerLevel(list(sigmas))
+    # a level is only worth it while the fixed image keeps at least 8 voxels along its shortest axis
+    smallest = min(pair.fixed.GetSize())
+    levels = [(f, s) for f, s in zip(shrink, sigmas) if f == 1 or smallest // f >= 8] or [(1, 0.0)]
+    method.SetShrinkFactorsPerLevel([f for f, _ in levels])
+    method.SetSmoothingSigmasPerLevel([s for _, s in levels])
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     return method
 
@@ -280,11 +284,8 @@ def _best_start(pair: _Pair, seed: int, progress) -> tuple[object, str]:
         value = _evaluate(pair, transform, seed)
         if value < best_value:
             best, best_value, best_name = transform, value, name
-    if best is None:
-        raise InputError(
-            "automatic alignment found no starting pose where the scan and the reference overlap; check "
-            "that the scan shows the same anatomy as the bundle's reference, or turn alignment off"
-        )
+    if best is None:  # no short run succeeded (e.g. a tiny image): the full stages start from the best score
+        best_name, best = scored[0]
     return best, best_name
 
 
