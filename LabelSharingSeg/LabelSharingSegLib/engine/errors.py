@@ -23,3 +23,7 @@ class BundleError(LabelSharingSegError):
 
 class CancelledError(LabelSharingSegError):
     """The user cancelled a running job; nothing was written."""
+
+
+class RegistrationError(LabelSharingSegError):
+    """A registration diverged or failed its quality checks; its result was not used."""

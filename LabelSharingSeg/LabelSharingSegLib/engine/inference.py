@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .atlas_methods import ATLAS_METHODS, DEFAULT_ATLAS_METHOD
 from .bundle import Bundle
 from .device import resolve_device
 from .errors import CancelledError, InputError
@@ -37,6 +38,7 @@ from .preprocessing import (
     resample_to_grid,
     to_model_grid,
 )
+from .propagation import Propagation, carry_labels, check_drawn_masks, register_atlas
 from .registration import Alignment, register_affine
 
 ProgressCallback = Callable[[float, str], None]
@@ -55,6 +57,8 @@ class SegmentationResult:
     labels: list[LabelInfo]
     device_note: str | None = None
     alignment: Alignment | None = None  # set when the scan was aligned to the bundle's reference first
+    propagation: Propagation | None = None  # set by the registration methods (carries the deformation)
+    method: str | None = None  # atlas labels: the method that produced the result
 
 
 class _Reporter:
@@ -318,6 +322,7 @@ def _lcs_setup(
     image, affine = check_image(image, affine)
     atlas_image, _ = bundle.atlas_image()
     masks = check_atlas_masks(masks, atlas_image.shape, labels)
+    check_drawn_masks(masks, [label.name for label in labels])
     report = _Reporter(progress, cancel)
     torch_device, note = resolve_device(device)
     report(0.0, "bringing the target onto the atlas grid")
@@ -342,12 +347,22 @@ def segment_atlas_labels(
     memory_budget_mb: float | None = None,
     network: torch.nn.Module | None = None,
     align: bool | Alignment | None = None,
+    method: str | None = None,
 ) -> SegmentationResult:
     """Segment the structures that ``masks`` (K, *atlas grid) outline on the atlas, on a target image.
 
-    ``align``: first register the scan to the atlas image (None: on, for 3D bundles; an ``Alignment`` from
-    an earlier result on the same scan is reused).
+    ``method`` (one of ``ATLAS_METHODS``, default ``DEFAULT_ATLAS_METHOD``): carry the masks by affine or
+    affine + deformable registration, or condition the bundle's LCS network on them (Ma et al. 2022).
+    ``align``: first register the scan to the atlas image (None: on, for 3D bundles; False: world
+    coordinates; an ``Alignment`` from an earlier result on the same scan is reused).
     """
+    method = DEFAULT_ATLAS_METHOD if method is None else method
+    if method not in ATLAS_METHODS:
+        raise InputError(f"unknown atlas-label method {method!r} (choose {', '.join(ATLAS_METHODS)})")
+    if method.startswith("register-"):
+        return _segment_by_registration(
+            bundle, image, affine, masks, labels, method.removeprefix("register-"), align, progress, cancel
+        )
     run = _lcs_setup(
         bundle, image, affine, masks, labels, device, progress, cancel, memory_budget_mb, network, align
     )
@@ -371,7 +386,53 @@ def segment_atlas_labels(
     labelmap = back.round().numpy().astype(np.int32)
     labelmap = labelmap.astype(np.int16 if labelmap.max(initial=0) < 32768 else np.int32)
     run.report(1.0, "done")
-    return SegmentationResult(labelmap, run.affine.copy(), list(labels), run.note, run.alignment)
+    return SegmentationResult(
+        labelmap, run.affine.copy(), list(labels), run.note, run.alignment, method="lcs"
+    )
+
+
+def atlas_propagation(
+    bundle: Bundle,
+    image: np.ndarray,
+    affine: np.ndarray,
+    stage: str,
+    align: bool | Alignment | None,
+    report: ProgressCallback | None = None,
+) -> Propagation:
+    """Register the bundle's atlas onto a scan up to ``stage`` ('affine' or 'deformable'; see propagation.py).
+    ``align=False`` starts from world coordinates; an ``Alignment`` is reused."""
+    atlas_image, atlas_affine = bundle.atlas_image()
+    alignment = align if isinstance(align, Alignment) else None
+    if align is False:
+        alignment = Alignment(np.eye(4), float("nan"))
+    return register_atlas(
+        atlas_image, atlas_affine, image, affine, stage=stage, alignment=alignment, progress=report
+    )
+
+
+def _segment_by_registration(bundle, image, affine, masks, labels, stage, align, progress, cancel):
+    if bundle.kind != "lcs":
+        raise InputError(f"{bundle.path}: a {bundle.kind} bundle has no atlas to carry labels from")
+    image, affine = check_image(image, affine)
+    atlas_image, atlas_affine = bundle.atlas_image()
+    masks = check_atlas_masks(masks, atlas_image.shape, labels)
+    check_drawn_masks(masks, [label.name for label in labels])
+    report = _Reporter(progress, cancel)
+    report(0.0, f"registering the atlas to the scan ({stage})")
+    propagation = atlas_propagation(bundle, image, affine, stage, align, lambda f, m: report(0.8 * f, m))
+    report(0.8, "carrying the labels onto the scan")
+    values = [label.value for label in labels]
+    labelmap = carry_labels(masks, values, atlas_affine, propagation, image.shape, affine)
+    labelmap = labelmap.astype(np.int16 if max(values) < 32768 else np.int32)
+    empty = [label.name for label in labels if not (labelmap == label.value).any()]
+    if len(empty) == len(labels):
+        raise InputError("every drawn label lands outside the scan's field of view; nothing to segment")
+    report(1.0, "done")
+    alignment = propagation.alignment if align is not False else None
+    result = SegmentationResult(
+        labelmap, affine.copy(), list(labels), None, alignment, propagation, f"register-{stage}"
+    )
+    return result
 
 
 def atlas_labels_independently(
