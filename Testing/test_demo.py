@@ -132,7 +132,13 @@ def test_shipped_bundles_segment_held_out_cases_above_floor(tmp_path):
     image, truth, affine = load_case(read_dataset(brain).test[0])
     atlas, _, labels = lcs.atlas_labels()
     result = segment_atlas_labels(
-        lcs, image[0], affine, np.stack([atlas == lab.value for lab in labels]), labels, device="cpu"
+        lcs,
+        image[0],
+        affine,
+        np.stack([atlas == lab.value for lab in labels]),
+        labels,
+        device="cpu",
+        method="lcs",
     )
     coarse = _coarse_lut(brain, int(truth.max()))[truth]
     dice["lcs"] = float(

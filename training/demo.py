@@ -416,6 +416,7 @@ def lcs_examples(out: Path, bundle_path: Path, brain: Path, device: str) -> dict
         coarse_labels,
         device=device,
         network=network,
+        method="lcs",
     )
     files = write_result(target, f"{stem}_coarse", coarse.labelmap, affine, coarse.labels)
     fine_atlas, fine_labels = _fine_atlas_labels(bundle, brain)
@@ -427,6 +428,7 @@ def lcs_examples(out: Path, bundle_path: Path, brain: Path, device: str) -> dict
         fine_labels,
         device=device,
         network=network,
+        method="lcs",
         align=coarse.alignment,
     )
     files += write_result(target, f"{stem}_fine", fine.labelmap, affine, fine.labels)
@@ -487,6 +489,7 @@ def off_atlas_example(out: Path, bundle_path: Path, brain: Path, device: str, se
             coarse_labels,
             device=device,
             network=network,
+            method="lcs",
             align=align,
         )
         seconds = time.perf_counter() - started

@@ -139,7 +139,7 @@ def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95):
             image, truth, affine = load_case(case)
             volume, truth = _volume(image), _label(truth).astype(np.int64)
             result = segment_atlas_labels(
-                bundle, volume, affine, masks, infos, device=str(device), network=network
+                bundle, volume, affine, masks, infos, device=str(device), network=network, method="lcs"
             )
             mapped = _lcs_truth_lut(coarse_map, int(truth.max(initial=0)))[truth] if coarse_map else truth
             spacing = voxel_spacing(affine)

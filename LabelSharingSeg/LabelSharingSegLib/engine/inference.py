@@ -412,7 +412,9 @@ def atlas_propagation(
 
 def _segment_by_registration(bundle, image, affine, masks, labels, stage, align, progress, cancel):
     if bundle.kind != "lcs":
-        raise InputError(f"{bundle.path}: a {bundle.kind} bundle has no atlas to carry labels from")
+        raise InputError(
+            f"{bundle.path}: a {bundle.kind} bundle has no atlas; atlas labels need an LCS bundle"
+        )
     image, affine = check_image(image, affine)
     atlas_image, atlas_affine = bundle.atlas_image()
     masks = check_atlas_masks(masks, atlas_image.shape, labels)
