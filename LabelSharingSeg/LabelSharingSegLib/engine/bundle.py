@@ -237,7 +237,7 @@ def _validate_manifest(manifest: Any, source: str) -> tuple[dict, list[TaskInfo]
         if not isinstance(manifest.get(key), dict):
             raise BundleError(f"{source}: missing or malformed {key!r}")
     network = complete_config(manifest["network"])
-    if network["arch"] != _ARCH_OF_KIND[kind]:
+    if network["arch"] != _ARCH_OF_KIND[kind] and not (kind == "lcs" and network["arch"] == "lcs_refine"):
         raise BundleError(
             f"{source}: a {kind} bundle needs a {_ARCH_OF_KIND[kind]} network, not {network['arch']}"
         )

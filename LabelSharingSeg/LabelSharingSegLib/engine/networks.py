@@ -7,6 +7,11 @@
                concatenated to the bottleneck input; one output channel (a logit; sigmoid gives the
                probability). Split into ``encode`` (label independent, run once per volume) and
                ``decode_conditioned`` (bottleneck + decoder, batched over atlas masks).
+* ``lcs_refine`` - LCS that refines registration: the scan and the atlas image warped onto it are encoded once
+               (label independent, full volume); a small local head sees those features and one atlas mask
+               propagated by registration, at full resolution, and outputs the corrected mask's logit. The head
+               has no normalisation and a receptive field of ``REFINE_HALO`` voxels, so it can run in a box
+               around each propagated mask and give exactly what full-volume inference gives inside the box.
 * ``dodnet`` - DoD-Net-style baseline: task one-hot + globally pooled bottleneck features -> a controller
                that generates the weights of a small dynamic head of 1x1 convolutions.
 """
@@ -22,7 +27,9 @@ from torch import nn
 
 from .errors import BundleError
 
-ARCHITECTURES = ("unet", "lcs", "dodnet")
+ARCHITECTURES = ("unet", "lcs", "lcs_refine", "dodnet")
+# voxels each side a refine head's output depends on (its receptive field radius, rounded up to the pooling 2)
+REFINE_HALO = 12
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "arch": "unet",
@@ -65,7 +72,7 @@ def complete_config(config: dict) -> dict:
     for key in ("in_channels", "out_channels", "convs_per_level", "num_tasks", "head_channels"):
         if not (isinstance(full[key], int) and full[key] >= 1):
             raise BundleError(f"network config: {key} must be a positive integer")
-    if full["arch"] == "lcs" and full["out_channels"] != 1:
+    if full["arch"] in ("lcs", "lcs_refine") and full["out_channels"] != 1:
         raise BundleError("network config: an lcs network has exactly one output channel")
     if full["norm"] not in ("instance", "batch"):
         raise BundleError("network config: norm must be 'instance' or 'batch'")
@@ -260,7 +267,55 @@ class DoDNet(nn.Module):
         return x.reshape(batch, -1, *features.shape[2:])
 
 
+class RefineLCSNet(nn.Module):
+    """LCS that refines a registration-propagated mask (see the module docstring; inputs on one grid).
+
+    ``encode(scan, warped_atlas)`` -> features (1, F, ...), label independent; ``refine(features, masks)`` with
+    masks (B, 1, ...) in [0, 1] -> logits (B, 1, ...). The output starts as the propagated mask itself
+    (``prior_gain * (2 m - 1)``, the correction's last layer initialised to zero), so an untrained network
+    reproduces registration and training only has to learn corrections.
+    """
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.config = config
+        dims, (c0, c1) = config["spatial_dims"], config["channels"][:2]
+        conv = _conv(dims)
+        self.encoder = nn.Sequential(
+            ConvBlock(dims, 2 * config["in_channels"], c0, config["convs_per_level"], config["norm"]),
+            conv(c0, c0, 3, padding=1),
+            nn.LeakyReLU(0.01),
+        )
+        act = nn.LeakyReLU(0.01)
+        self.top = nn.Sequential(conv(c0 + 1, c0, 3, padding=1), act, conv(c0, c0, 3, padding=1), act)
+        self.pool = (nn.AvgPool3d if dims == 3 else nn.AvgPool2d)(2)
+        self.low = nn.Sequential(conv(c0, c1, 3, padding=1), act, conv(c1, c1, 3, padding=1), act)
+        self.up = (nn.ConvTranspose3d if dims == 3 else nn.ConvTranspose2d)(c1, c0, 2, stride=2)
+        self.merge = nn.Sequential(conv(2 * c0, c0, 3, padding=1), act)
+        self.correction = conv(c0, 1, 1)
+        nn.init.zeros_(self.correction.weight)
+        nn.init.zeros_(self.correction.bias)
+        self.prior_gain = nn.Parameter(torch.tensor(4.0))
+
+    def encode(self, scan: torch.Tensor, warped_atlas: torch.Tensor) -> torch.Tensor:
+        return self.encoder(torch.cat([scan, warped_atlas], dim=1))
+
+    def refine(self, features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Features (1 or B, F, ...) and propagated masks (B, 1, ...), sizes even -> logits (B, 1, ...)."""
+        _check_divisible(masks, 2)
+        if features.shape[0] != masks.shape[0]:
+            features = features.expand(masks.shape[0], *features.shape[1:])
+        masks = masks.to(features.dtype)
+        top = self.top(torch.cat([features, masks], dim=1))
+        low = self.up(self.low(self.pool(top)))
+        out = self.correction(self.merge(torch.cat([top, low], dim=1)))
+        return out + self.prior_gain * (2.0 * masks - 1.0)
+
+    def forward(self, scan: torch.Tensor, warped_atlas: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return self.refine(self.encode(scan, warped_atlas), masks)
+
+
 def build_network(config: dict) -> nn.Module:
     """Build the network a (completed or partial) config describes."""
     full = complete_config(config)
-    return {"unet": UNet, "lcs": LCSNet, "dodnet": DoDNet}[full["arch"]](full)
+    return {"unet": UNet, "lcs": LCSNet, "lcs_refine": RefineLCSNet, "dodnet": DoDNet}[full["arch"]](full)
