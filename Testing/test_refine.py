@@ -120,3 +120,33 @@ def test_random_split_tiles_its_parent_exactly():
     assert np.array_equal(other.any(axis=0), parent[::2, ::2, ::2])
     with pytest.raises(ValueError, match="empty"):
         voronoi_seeds(np.zeros((3, 3, 3), bool), affine, 2, rng)
+
+
+def test_lcs_refine_method_end_to_end(tmp_path):
+    """A refine bundle through segment_atlas_labels: untrained, it reproduces deformable propagation."""
+    from conftest import atlas_volume
+
+    from LabelSharingSegLib.engine.bundle import load_bundle
+    from LabelSharingSegLib.engine.errors import InputError
+    from LabelSharingSegLib.engine.inference import segment_atlas_labels
+    from lsseg_training.bundle_factory import make_preprocessing, write_lcs_bundle
+
+    image, labels, affine, names = atlas_volume()
+    prep = make_preprocessing(3, [2.0, 2.0, 2.0], [16, 16, 16], factor=4)
+    path = write_lcs_bundle(
+        tmp_path / "refine", image, labels, affine, names, prep, channels=(4, 8), arch="lcs_refine"
+    )
+    bundle = load_bundle(path)
+    assert bundle.network_config["arch"] == "lcs_refine"
+    masks = np.stack([labels == info.value for info in names])
+    refined = segment_atlas_labels(bundle, image, affine, masks, names, method="lcs-refine")
+    carried = segment_atlas_labels(
+        bundle, image, affine, masks, names, method="register-deformable", align=refined.alignment
+    )
+    assert refined.method == "lcs-refine" and refined.labelmap.shape == image.shape
+    for info in names:
+        a, b = refined.labelmap == info.value, carried.labelmap == info.value
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.9, info.name
+        assert 2 * (a & (labels == info.value)).sum() / (a.sum() + (labels == info.value).sum()) >= 0.9
+    with pytest.raises(InputError, match="use method 'lcs-refine'"):
+        segment_atlas_labels(bundle, image, affine, masks, names, method="lcs")

@@ -166,8 +166,10 @@ def write_lcs_bundle(
     description: str = "",
     training: dict | None = None,
     overwrite: bool = False,
+    arch: str = "lcs",
 ) -> Path:
-    config = network_config_for("lcs", [], preprocessing["spatial_dims"], channels)
+    """``arch``: 'lcs' (Ma et al. 2022, bottleneck conditioning) or 'lcs_refine' (refines registration)."""
+    config = network_config_for("lcs", [], preprocessing["spatial_dims"], channels, arch=arch)
     if state_dict is None:
         state_dict = fresh_weights(config, seed)
     manifest = build_manifest(
