@@ -204,19 +204,26 @@ def test_labels_outside_the_atlas_field_of_view_are_refused():
         masks_on_atlas_grid(np.zeros((4, 4, 4)), np.eye(4), (10, 10, 10), atlas_affine)
 
 
-def test_registration_methods_through_the_engine(lcs_bundle_path):
-    """The bundle's atlas labels carried onto the atlas itself come back (affine and deformable)."""
-    bundle = load_bundle(lcs_bundle_path)
-    atlas, atlas_affine = bundle.atlas_image()
-    labelmap, _, infos = bundle.atlas_labels()
-    masks = np.stack([labelmap == info.value for info in infos])
+def test_registration_methods_through_the_engine(warped_case, tmp_path):
+    """Labels drawn on a bundle's atlas, carried onto the warped scan by both registration methods."""
+    from lsseg_training.bundle_factory import make_preprocessing, write_lcs_bundle
+
+    image, labels, affine, target, truth, _ = warped_case
+    infos = [LabelInfo(v, f"structure {v}", (1.0, 0.0, 0.0)) for v in (1, 2, 3, 4)]
+    prep = make_preprocessing(3, [2.0, 2.0, 2.0], [16, 16, 16], factor=4)
+    bundle = load_bundle(
+        write_lcs_bundle(tmp_path / "b", image, labels, affine, infos, prep, channels=(4, 8))
+    )
+    masks = np.stack([labels == info.value for info in infos])
+    alignment = None
     for method in ("register-affine", "register-deformable"):
-        result = segment_atlas_labels(bundle, atlas, atlas_affine, masks, infos, method=method)
-        assert result.method == method and result.labelmap.shape == atlas.shape
+        result = segment_atlas_labels(bundle, target, affine, masks, infos, method=method, align=alignment)
+        alignment = result.alignment
+        assert result.method == method and result.labelmap.shape == target.shape
         for info in infos:
-            assert _dice(result.labelmap == info.value, labelmap == info.value) >= 0.9, (method, info.name)
+            assert _dice(result.labelmap == info.value, truth == info.value) >= 0.9, (method, info.name)
     assert result.propagation is not None and result.propagation.deformation is not None
-    shifted = atlas_affine.copy()
+    shifted = affine.copy()
     shifted[:3, 3] += 500.0  # a scan far away, not aligned: every label lands outside it
     with pytest.raises(InputError, match="outside the scan's field of view"):
-        segment_atlas_labels(bundle, atlas, shifted, masks, infos, method="register-affine", align=False)
+        segment_atlas_labels(bundle, target, shifted, masks, infos, method="register-affine", align=False)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from LabelSharingSegLib.engine.boxes import chunked_boxes, crop, label_box
-from LabelSharingSegLib.engine.inference import refined_in_boxes
 from LabelSharingSegLib.engine.networks import REFINE_HALO, build_network
+from LabelSharingSegLib.engine.registered import refined_in_boxes
 from lsseg_training.methods import voronoi_seeds, voronoi_split
 
 GRID = (48, 40, 44)

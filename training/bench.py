@@ -138,7 +138,7 @@ def _blob_masks(count: int, grid: tuple[int, ...], seed: int) -> torch.Tensor:
 def _many_vs_one(args: argparse.Namespace, device: torch.device) -> dict:
     """Segmenting K labels vs 1, in one run: the paper's LCS (conditioned decoder over the whole grid, batched)
     and the refine network (encoder once, local head in a box around each label, batched)."""
-    from LabelSharingSegLib.engine.inference import refined_in_boxes
+    from LabelSharingSegLib.engine.registered import refined_in_boxes
 
     grid = tuple(int(g) for g in args.grid.split(","))
     masks = _blob_masks(args.many, grid, seed=0).to(device)
