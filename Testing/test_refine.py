@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from LabelSharingSegLib.engine.boxes import chunked_boxes, crop, label_box
+from LabelSharingSegLib.engine.network_config import RefineLCSConfig
 from LabelSharingSegLib.engine.networks import REFINE_HALO, build_network
 from LabelSharingSegLib.engine.registered import refined_in_boxes
 from lsseg_training.methods import voronoi_seeds, voronoi_split
@@ -18,7 +19,7 @@ GRID = (48, 40, 44)
 def _trained_looking_net(seed=0):
     """A refine network whose correction is not zero (as after training), so the comparisons can fail."""
     torch.manual_seed(seed)
-    net = build_network({"arch": "lcs_refine", "channels": [6, 8], "out_channels": 1}).eval()
+    net = build_network(RefineLCSConfig(channels=(6, 8))).eval()
     with torch.no_grad():
         torch.nn.init.normal_(net.correction.weight, std=0.5)
         net.correction.bias.fill_(0.1)
@@ -36,7 +37,7 @@ def _blob_masks(count, rng):
 
 
 def test_untrained_refine_network_reproduces_the_propagated_mask():
-    net = build_network({"arch": "lcs_refine", "channels": [4, 8], "out_channels": 1}).eval()
+    net = build_network(RefineLCSConfig(channels=(4, 8))).eval()
     rng = np.random.default_rng(0)
     masks = _blob_masks(2, rng)[:, None]
     scan = torch.randn(1, 1, *GRID)
@@ -137,7 +138,7 @@ def test_lcs_refine_method_end_to_end(tmp_path):
         tmp_path / "refine", image, labels, affine, names, prep, channels=(4, 8), arch="lcs_refine"
     )
     bundle = load_bundle(path)
-    assert bundle.network_config["arch"] == "lcs_refine"
+    assert bundle.network_config.arch == "lcs_refine"
     masks = np.stack([labels == info.value for info in names])
     refined = segment_atlas_labels(bundle, image, affine, masks, names, method="lcs-refine")
     carried = segment_atlas_labels(

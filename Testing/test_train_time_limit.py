@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 
 import pytest
-from train_helpers import TINY, lsseg, phantoms
+from train_helpers import TINY, lsseg, lsseg_hooked, phantoms
 
 from LabelSharingSegLib.engine.bundle import load_bundle
 from lsseg_training.checkpoint import BEST, LAST, read_checkpoint
@@ -22,7 +22,7 @@ def test_time_limit_stops_cleanly_and_writes_the_bundle(tmp_path, data, capsys):
     out = tmp_path / "timed"
     # 0.02 min = 1.2 s of loop time at >= 0.3 s per step: a few steps of 500
     assert (
-        lsseg(
+        lsseg_hooked(
             "train",
             "labelsharing",
             "--data",
@@ -36,13 +36,12 @@ def test_time_limit_stops_cleanly_and_writes_the_bundle(tmp_path, data, capsys):
             "--checkpoint-every",
             1000,
             *TINY,
-            "--sleep-per-step",
-            "0.3",
+            sleep_per_step=0.3,
         )
         == 0
     )
     stdout = capsys.readouterr().out
-    training = load_bundle(out).manifest["training"]
+    training = load_bundle(out).manifest.training
     stopped = training["steps"]
     assert 1 <= stopped < 50
     assert f"Time limit (0.02 min) reached: stopped at step {stopped} of 500" in stdout
@@ -79,7 +78,7 @@ def test_no_time_limit_message_when_steps_finish_first(tmp_path, data, capsys):
         == 0
     )
     assert "Time limit" not in capsys.readouterr().out
-    training = load_bundle(out).manifest["training"]
+    training = load_bundle(out).manifest.training
     assert training["steps"] == 2 and training["stopped_by"] == "steps"
 
 

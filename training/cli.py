@@ -9,6 +9,7 @@ import argparse
 import sys
 import traceback
 
+from LabelSharingSegLib import __version__
 from LabelSharingSegLib.engine.errors import LabelSharingSegError
 
 # Modules that add subcommands: each has ``register(subparsers)`` and sets ``func`` on its parsers.
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         "plan shared label spaces, build data, train, evaluate and segment.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in _COMMAND_MODULES:
         try:
@@ -42,23 +44,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+def exit_code(call, debug: bool = False) -> int:
+    """Run ``call()`` as a command: its exit status, or 2 with one clear error line (the traceback only with
+    ``debug``), or 130 after Ctrl-C."""
     try:
-        result = args.func(args)
-        return int(result or 0)
+        return int(call() or 0)
     except LabelSharingSegError as exc:
-        if args.debug:
+        if debug:
             traceback.print_exc()
         print(f"lsseg: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lsseg: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return exit_code(lambda: args.func(args), args.debug)
 
 
 if __name__ == "__main__":

@@ -81,13 +81,15 @@ def register(subparsers) -> None:
         description="Load a bundle (checks schema, hashes, tensor shapes) and print its summary.",
     )
     info.add_argument("bundle", type=Path)
-    info.add_argument("--json", action="store_true", help="print bundle.json instead")
+    info.add_argument(
+        "--json", action="store_true", help="print the validated bundle.json (in the current schema) instead"
+    )
     info.set_defaults(func=run_info)
 
 
 def plan_label_space(dataset_dirs: list[Path], progress=print) -> SharedLabelSpace:
     """Check every dataset, compute relative sizes from its training label maps and build the space."""
-    from LabelSharingSegLib.engine.datasets import load_case, require_valid_dataset
+    from .datasets import load_case, require_valid_dataset
 
     tasks = []
     for folder in dataset_dirs:
@@ -206,7 +208,7 @@ def run_info(args: argparse.Namespace) -> int:
 
     bundle = load_bundle(args.bundle)
     if args.json:
-        print(json.dumps(bundle.manifest, indent=2))
+        print(json.dumps(bundle.manifest.to_dict(), indent=2))
     else:
         print(bundle.summary())
         if bundle.label_space is not None:

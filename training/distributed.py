@@ -4,6 +4,8 @@ GPUs, gloo on CPU) and give every rank its device. Single-process runs get a con
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -79,3 +81,13 @@ def setup(device_name: str = "auto") -> DistContext:
         raise InputError(f"distributed training runs on CUDA (NCCL) or CPU (gloo), not {device.type}")
     dist.init_process_group(backend=backend)
     return DistContext(rank, world, local_rank, device, note, initialised=True)
+
+
+@contextmanager
+def distributed_session(device_name: str = "auto") -> Iterator[DistContext]:
+    """``setup`` for the length of a ``with`` block; the process group is always left, also on errors."""
+    ctx = setup(device_name)
+    try:
+        yield ctx
+    finally:
+        ctx.close()

@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from LabelSharingSegLib.engine.bundle import TaskInfo
-from LabelSharingSegLib.engine.networks import downsample_factor
+from LabelSharingSegLib.engine.bundle_kind import BundleKind
+from LabelSharingSegLib.engine.inference import predict_logits
+from LabelSharingSegLib.engine.network_config import NetworkConfig
 
 # The LCS network input is padded exactly as inference pads it (centred); these helpers are the engine's own.
 from LabelSharingSegLib.engine.preprocessing import (
@@ -29,6 +31,7 @@ from LabelSharingSegLib.engine.preprocessing import (
     normalise_intensity,
     pad_spatial,
 )
+from LabelSharingSegLib.engine.preprocessing_config import Preprocessing
 
 from .metrics import dice as dice_score
 from .samples import PatchSampler, build_augmentation, step_rng
@@ -43,13 +46,19 @@ def _unwrap(model):
 class TaskMethod:
     """Label sharing and the task baselines."""
 
-    def __init__(self, kind: str, tasks: list[TaskInfo], network_config: dict, prep: dict):
-        self.kind = kind
+    def __init__(
+        self,
+        kind: BundleKind | str,
+        tasks: list[TaskInfo],
+        network_config: NetworkConfig,
+        prep: Preprocessing,
+    ):
+        self.kind = BundleKind.parse(kind)
         self.tasks = tasks
-        self.out_channels = network_config["out_channels"]
+        self.out_channels = network_config.out_channels
         self.prep = prep
-        self.patch = tuple(int(p) for p in prep["patch_size"])
-        self.spatial_dims = prep["spatial_dims"]
+        self.patch = prep.patch_size
+        self.spatial_dims = prep.spatial_dims
         self.luts, masks = [], []
         for task in tasks:
             size = max(task.channels) + 1
@@ -97,7 +106,7 @@ class TaskMethod:
 
     # -- network ---------------------------------------------------------------------------------------
     def forward(self, model, image: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
-        if self.kind == "dodnet":
+        if self.kind is BundleKind.DODNET:
             return model(image, task)
         return model(image)
 
@@ -125,30 +134,10 @@ class TaskMethod:
     # -- validation ------------------------------------------------------------------------------------
     @torch.no_grad()
     def predict_channels(self, model, image: torch.Tensor, task: int, device: torch.device) -> torch.Tensor:
-        """Model-grid image (C, X, Y, Z) -> predicted channel map (X, Y, Z), the task's channels only."""
-        from monai.inferers import sliding_window_inference
-
-        net = _unwrap(model)
-        if self.spatial_dims == 3:
-            inputs = image[None]
-        else:
-            inputs = image.permute(3, 0, 1, 2)
-        task_tensor = torch.tensor([task], device=device)
-
-        def predictor(patch):
-            return self.forward(net, patch.to(device), task_tensor.expand(patch.shape[0])).float()
-
-        logits = sliding_window_inference(
-            inputs,
-            roi_size=list(self.patch),
-            sw_batch_size=4,
-            predictor=predictor,
-            overlap=float(self.prep.get("overlap", 0.5)),
-            mode="gaussian",
-            sw_device=device,
-            device=torch.device("cpu"),
-        )
-        logits = logits[0] if self.spatial_dims == 3 else logits.permute(1, 2, 3, 0)
+        """Model-grid image (C, X, Y, Z) -> predicted channel map (X, Y, Z), the task's channels only: the engine's
+        own prediction (``predict_logits``, as ``segment_task`` runs it), then the task's channels compete."""
+        task_index = task if self.kind is BundleKind.DODNET else None
+        logits = predict_logits(_unwrap(model), image, self.prep, device, task_index)
         allowed = self.channel_masks[task].view(-1, *([1] * (logits.ndim - 1)))
         return logits.masked_fill(~allowed, MASKED_LOGIT).argmax(0)
 
@@ -179,20 +168,20 @@ class LCSMethod:
         atlas_raw: torch.Tensor,
         atlas_label: torch.Tensor,
         label_values: list[int],
-        network_config: dict,
-        prep: dict,
+        network_config: NetworkConfig,
+        prep: Preprocessing,
         merge_prob: float = 0.5,
     ):
         """``atlas_raw``: the atlas image on its grid, (X, Y, Z), before normalisation (as the bundle stores
         it); ``atlas_label``: (X, Y, Z) label values on the same grid."""
-        self.factor = downsample_factor(network_config)
-        self.spatial_dims = prep["spatial_dims"]
+        self.factor = network_config.downsample_factor
+        self.spatial_dims = prep.spatial_dims
         self.values = [int(v) for v in label_values]
         self.merge_prob = merge_prob
         self.grid = tuple(int(s) for s in atlas_label.shape)
         net_grid = self.grid[:2] if self.spatial_dims == 2 else self.grid
         self.pads = centred_pad_amounts(net_grid, self.factor)
-        atlas_norm = normalise_intensity(torch.as_tensor(atlas_raw), prep.get("intensity", {}))
+        atlas_norm = normalise_intensity(torch.as_tensor(atlas_raw), prep.intensity)
         self.atlas_image = self._to_net(atlas_norm[None])  # (1, *net grid)
         self.atlas_label = self._to_net(torch.as_tensor(atlas_label)[None].float())[0].long()
 

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from LabelSharingSegLib.engine.datasets import Case, load_case
 from LabelSharingSegLib.engine.preprocessing import normalise_intensity, resample_to_grid, to_model_grid
+from LabelSharingSegLib.engine.preprocessing_config import Preprocessing
+
+from .datasets import Case, as_volume, load_case
 
 
 def step_rng(seed: int, rank: int, step: int, stream: int = 0) -> np.random.Generator:
@@ -49,30 +51,24 @@ def _resample_label(label: np.ndarray, affine: np.ndarray, dst_affine: np.ndarra
     return out.round().to(torch.int64)
 
 
-def _squeeze_label(label: np.ndarray | None) -> np.ndarray | None:
-    if label is None:
-        return None
-    return label[..., None] if label.ndim == 2 else label
-
-
 class ToModelGrid:
     """Deterministic (cacheable) transform: {'case': Case, ...} -> image (C, X, Y, Z) normalised on the model
     grid, label (X, Y, Z) int64 of the case's own label values, and the grid's affine."""
 
-    def __init__(self, preprocessing: dict):
+    def __init__(self, preprocessing: Preprocessing):
         self.prep = preprocessing
 
     def __call__(self, item: dict) -> dict:
         image, label, affine = load_case(item["case"])
         channels = []
         for c in range(image.shape[0]):
-            channel = image[c][..., None] if image[c].ndim == 2 else image[c]
+            channel = as_volume(image[c])
             channels.append(to_model_grid(channel, affine, self.prep))
         grid_affine = channels[0].affine.numpy()
         out = dict(item)
         out["image"] = torch.cat([t.as_tensor() for t in channels], dim=0).float()
         out["affine"] = grid_affine
-        label = _squeeze_label(label)
+        label = None if label is None else as_volume(label)
         if label is not None:
             out["label"] = _resample_label(label, affine, grid_affine, tuple(out["image"].shape[1:]))
         return out
@@ -82,7 +78,7 @@ class ToAtlasGrid:
     """Deterministic transform for LCS: the target resampled onto the atlas grid as inference does
     (bilinear from the raw image, then intensity normalisation), its labels by nearest neighbour."""
 
-    def __init__(self, preprocessing: dict, atlas_affine: np.ndarray, atlas_shape):
+    def __init__(self, preprocessing: Preprocessing, atlas_affine: np.ndarray, atlas_shape):
         self.prep = preprocessing
         self.affine = atlas_affine
         self.shape = tuple(int(s) for s in atlas_shape)
@@ -91,15 +87,15 @@ class ToAtlasGrid:
         image, label, affine = load_case(item["case"])
         channels = []
         for c in range(image.shape[0]):
-            raw = image[c][..., None] if image[c].ndim == 2 else image[c]
+            raw = as_volume(image[c])
             on_grid = resample_to_grid(
                 torch.as_tensor(raw)[None], self.affine, self.shape, mode="bilinear", src_affine=affine
             )[0]
-            channels.append(normalise_intensity(on_grid, self.prep.get("intensity", {}))[None])
+            channels.append(normalise_intensity(on_grid, self.prep.intensity)[None])
         out = dict(item)
         out["image"] = torch.cat(channels, dim=0).float()
         out["affine"] = self.affine
-        label = _squeeze_label(label)
+        label = None if label is None else as_volume(label)
         if label is not None:
             out["label"] = _resample_label(label, affine, self.affine, self.shape)
         return out

@@ -13,11 +13,11 @@ device)`` and ``validate(model, items, device)``; everything else is here.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,9 +58,22 @@ class TrainOptions:
     resume: bool = False
     quiet: bool = False
     tensorboard: bool = False
-    sleep_per_step: float = 0.0  # testing aid (lets a test kill a run mid-way)
     time_limit: float | None = None  # seconds of training loop; None: no limit
-    weights_hash_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """What an ``on_step`` callback sees after every finished step (on every rank)."""
+
+    step: int  # steps done so far
+    planned_steps: int
+    loss: float
+    rank: int
+    model: torch.nn.Module  # this rank's model (unwrapped)
+    last: bool  # the loop ends after this step
+
+
+StepCallback = Callable[[StepEvent], None]
 
 
 @dataclass
@@ -113,14 +126,6 @@ def _is_oom(exc: BaseException) -> bool:
     return (oom_type is not None and isinstance(exc, oom_type)) or "out of memory" in str(exc).lower()
 
 
-def weights_hash(model: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 class _CsvLog:
     """log.csv in the checkpoint folder; on resume, rows after the resumed step are dropped."""
 
@@ -154,8 +159,12 @@ def train(
     ctx: DistContext,
     config_fingerprint: str,
     describe=None,
+    on_step: StepCallback | None = None,
 ) -> TrainResult:
-    """Run (or resume) the loop; returns the best (or last, without validation) weights on rank 0."""
+    """Run (or resume) the loop; returns the best (or last, without validation) weights on rank 0.
+
+    ``on_step(StepEvent)`` runs after every step, once its checkpoint is written (tests use it to slow a run
+    down or to look at the weights)."""
     device = ctx.device
     model.to(device)
     optimizer = make_optimizer(model, options)
@@ -262,8 +271,6 @@ def train(
             value = float(value)
             losses.append(value)
             done = step + 1
-            if options.sleep_per_step:
-                time.sleep(options.sleep_per_step)
             if options.time_limit is not None and done < options.steps:
                 stopped_by_time = ctx.broadcast_flag(time.time() - began >= options.time_limit)
             last_step = done == options.steps or stopped_by_time
@@ -302,6 +309,8 @@ def train(
             if done % max(1, options.checkpoint_every) == 0 or last_step:
                 checkpoint(done)
             ctx.barrier()
+            if on_step is not None:
+                on_step(StepEvent(done, options.steps, value, ctx.rank, model, last_step))
             if stopped_by_time:
                 break
     except KeyboardInterrupt:
@@ -325,9 +334,6 @@ def train(
             log.close()
         if board is not None:
             board.close()
-    if options.weights_hash_dir is not None:
-        Path(options.weights_hash_dir).mkdir(parents=True, exist_ok=True)
-        (Path(options.weights_hash_dir) / f"rank{ctx.rank}.sha256").write_text(weights_hash(model) + "\n")
     final_state = (
         best_state if best_step > 0 else {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     )

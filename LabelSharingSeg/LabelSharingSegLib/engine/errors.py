@@ -27,3 +27,7 @@ class CancelledError(LabelSharingSegError):
 
 class RegistrationError(LabelSharingSegError):
     """A registration diverged or failed its quality checks; its result was not used."""
+
+
+class ConfigError(BundleError):
+    """A configuration a bundle carries (manifest, preprocessing, network) is malformed or out of bounds."""

@@ -50,7 +50,7 @@ def refine_inputs(bundle: Bundle, image: np.ndarray, affine: np.ndarray, propaga
     """(scan, atlas warped onto it) on the atlas grid in scan space, normalised, padded to even sizes:
     (1, 1, *grid) each. Grid point q shows the scan at M q and the atlas at q + u(q) (see propagation.py)."""
     atlas_image, atlas_affine = bundle.atlas_image()
-    intensity = bundle.preprocessing.get("intensity", {})
+    intensity = bundle.preprocessing.intensity
     points = grid_points(atlas_image.shape, atlas_affine)
     scan_points = apply_affine(propagation.alignment.matrix, points)
     scan = sample(torch.as_tensor(np.asarray(image, np.float32))[None], affine, scan_points, mode="bilinear")[
@@ -81,7 +81,7 @@ def refined_in_boxes(network, features: torch.Tensor, propagated: torch.Tensor, 
 def segment_by_refinement(
     bundle, image, affine, masks, labels, align, device, progress, cancel, network, memory_budget_mb
 ):
-    if bundle.kind != "lcs" or bundle.network_config["arch"] != "lcs_refine":
+    if bundle.kind != "lcs" or bundle.network_config.arch != "lcs_refine":
         raise InputError(f"{bundle.path}: method 'lcs-refine' needs an LCS bundle with a refine network")
     image, affine = check_image(image, affine)
     atlas_image, atlas_affine = bundle.atlas_image()

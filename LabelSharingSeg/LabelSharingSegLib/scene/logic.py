@@ -158,10 +158,10 @@ class SegmentationSceneLogic:
 
     @property
     def bundleKind(self) -> str | None:
-        return None if self.bundle is None else self.bundle.kind
+        return None if self.bundle is None else self.bundle.kind.value
 
     def isAtlasBundle(self) -> bool:
-        return self.bundle is not None and self.bundle.kind == "lcs"
+        return self.bundle is not None and self.bundle.kind.has_atlas
 
     def taskNames(self) -> list[str]:
         return [] if self.bundle is None else list(self.bundle.task_names())
@@ -173,10 +173,7 @@ class SegmentationSceneLogic:
         return "No bundle loaded." if self.bundle is None else self.bundle.summary()
 
     def _bundleDims(self, bundle) -> int:
-        try:
-            return int((bundle.manifest.get("network") or {}).get("spatial_dims", 3))
-        except (TypeError, ValueError, AttributeError):
-            return 3
+        return bundle.network_config.spatial_dims
 
     # ------------------------------------------------------------------ common checks
     def _checkInputVolume(self, volumeNode, bundle, role="input volume"):
@@ -210,7 +207,7 @@ class SegmentationSceneLogic:
     # ------------------------------------------------------------------ task flow
     def prepareSegmentTask(self, volumeNode, taskName: str, outputSegmentationNode=None) -> PreparedRun:
         bundle = self.requireBundle()
-        if bundle.kind == "lcs":
+        if bundle.kind.has_atlas:
             raise InputError(
                 "The loaded bundle is an atlas-conditioned (LCS) bundle: it has no tasks. Use the atlas flow "
                 "(loadAtlas / segmentAtlasLabels) or load a label-sharing bundle."
@@ -244,7 +241,7 @@ class SegmentationSceneLogic:
     # ------------------------------------------------------------------ atlas flow
     def _requireAtlasBundle(self):
         bundle = self.requireBundle()
-        if bundle.kind != "lcs":
+        if not bundle.kind.has_atlas:
             raise InputError(
                 f"The loaded bundle is a {bundle.kind} bundle without an atlas: use segmentTask with one of its "
                 "tasks, or load an atlas-conditioned (LCS) bundle for atlas labels."
@@ -290,7 +287,7 @@ class SegmentationSceneLogic:
         image, affine = bundle.atlas_image()
         labelmap, labelAffine, labels = bundle.atlas_labels()
         self._atlasGeometry = (tuple(int(s) for s in image.shape), np.asarray(affine, dtype=np.float64))
-        name = (bundle.manifest.get("name") or "LCS").strip() or "LCS"
+        name = bundle.manifest.name.strip() or "LCS"
         specs = seg.specsFromLabelmap(labelmap, labels)
         created = []
         try:
