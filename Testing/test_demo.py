@@ -70,6 +70,11 @@ def test_tiny_demo_writes_every_promised_file(tmp_path, capsys):
     assert numbers["offatlas"]["aligned"] == pytest.approx(aligned)
     assert f"{aligned:.3f}" in report
     assert f"{numbers['lcs_fine']['fine_dice']:.3f}" in report
+    # every fine-label method side by side, the best one named, numbers read from fine_methods.csv
+    side = numbers["fine_methods"]
+    assert {"naive (world)", "LCS (Ma et al. 2022)"} <= set(side)
+    best = max((m for m in side if not np.isnan(side[m])), key=side.get)
+    assert f"**Best: {best}, mean Dice {side[best]:.3f}**" in report
     for picture in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report):
         assert (out / picture).is_file(), picture
 

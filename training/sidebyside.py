@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from LabelSharingSegLib.engine.errors import RegistrationError
+from LabelSharingSegLib.engine.errors import LabelSharingSegError
 from LabelSharingSegLib.engine.propagation import Propagation, carry_independently, register_atlas
 
 from .metrics import dice, nanmean
@@ -46,8 +46,8 @@ def registration_predictions(bundle, fine_masks, volume, affine, alignment) -> t
         deformable = register_atlas(
             atlas_image, atlas_affine, volume, affine, stage="deformable", alignment=alignment
         )
-    except RegistrationError as exc:
-        return out, str(exc)
+    except LabelSharingSegError as exc:  # diverged or impossible: reported, never used
+        return out, f"deformable propagation left out: {exc}"
     out[DEFORMABLE] = carry_independently(fine_masks, atlas_affine, deformable, volume.shape, affine)
     return out, None
 
