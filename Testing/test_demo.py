@@ -75,6 +75,23 @@ def test_tiny_demo_writes_every_promised_file(tmp_path, capsys):
     assert {"naive (world)", "LCS (Ma et al. 2022)"} <= set(side)
     best = max((m for m in side if not np.isnan(side[m])), key=side.get)
     assert f"**Best: {best}, mean Dice {side[best]:.3f}**" in report
+    # the real whole-head scan: every shipped bundle's result, alignment quality, Dice read from realscan.csv
+    assert "## A real scan as it comes from the scanner" in report
+    real_csv = out / "results" / "realscan" / "realscan.csv"
+    for task in ("SagittalLobes", "CoronalSubcortical"):
+        mean = _csv_mean(real_csv, "dice", task=task)
+        assert re.search(rf"\| label sharing \| {task} \| [^|]+ \| \d+ \| {mean:.3f} \|", report), task
+    for mode in ("aligned automatically (default)", "--align off"):
+        mean = _csv_mean(real_csv, "dice", bundle="LCS", mode=mode)
+        assert re.search(
+            rf"\| LCS \| coarse atlas labels \| {re.escape(mode)} \| \d+ \| {mean:.3f} \|", report
+        )
+    assert "mutual information" in report.split("## A real scan")[1]
+    for task in ("AxialTissue", "SagittalLobes", "CoronalSubcortical"):
+        assert (out / "figures" / f"realscan_labelsharing_{task}.png").is_file()
+        assert (out / "results" / "realscan" / f"labelsharing_{task}.seg.nrrd").is_file()
+    assert (out / "figures" / "realscan_lcs.png").is_file()
+    assert "real scan" in printed
     for picture in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report):
         assert (out / picture).is_file(), picture
 

@@ -53,9 +53,11 @@ def add_task(config: AddTaskConfig, on_step: StepCallback | None = None) -> Trai
     space = bundle.label_space.place_task(task_sizes(new), widen=config.widen)
     colors = {t.name: {label.value: label.color for label in t.labels} for t in bundle.tasks}
     network = bundle.network_config.replace(out_channels=space.n_shared + 1)
+    # the old tasks keep their planes; the new one brings its dataset's
+    planes = {t.name: t.plane for t in bundle.tasks} | {new.task_name(): factory.dataset_plane(new)}
     plan = TaskModelPlan(
         "labelsharing",
-        factory.labelsharing_tasks(space, colors),
+        factory.with_planes(factory.labelsharing_tasks(space, colors), planes),
         space,
         prep=bundle.preprocessing,
         network=network,
@@ -63,7 +65,7 @@ def add_task(config: AddTaskConfig, on_step: StepCallback | None = None) -> Trai
         identity_extra={"base_bundle": bundle.bundle_id},
         reference=bundle.reference_image() if bundle.has_reference() else None,
     )
-    with distributed_session(settings.device) as ctx:
+    with distributed_session(settings.device, settings.threads) as ctx:
         if ctx.is_main and not settings.quiet:
             print(space.format_table())
         trained = train_task_model(

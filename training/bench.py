@@ -6,6 +6,8 @@
   LCS and for the refine network that runs in a box around each label (goal: ratio <= 10).
 * ``lsseg bench heads`` - label sharing vs the multi-channel baseline vs one model per task for given task
   label counts: output channels, parameters and forward time.
+* ``lsseg bench train`` - training throughput of every method, device vs legacy input pipeline
+  (``bench_train.py``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ def register(subparsers) -> None:
     heads.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     heads.add_argument("--json", action="store_true")
     heads.set_defaults(func=run_heads)
+    from .bench_train import register as register_train
+
+    register_train(sub)
 
 
 def _timed(fn, repeats: int, device: torch.device) -> float:

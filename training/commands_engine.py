@@ -177,10 +177,8 @@ def run_segment(args: argparse.Namespace) -> int:
         print()
         if result.device_note:
             print(result.device_note)
-    if result.alignment is not None and not args.quiet:
-        print(
-            f"aligned the scan to the bundle's reference (mutual information {result.alignment.metric:.3f})"
-        )
+    if result.alignment is not None and (not args.quiet or not result.alignment.accepted):
+        print(result.alignment.summary())
     save_nifti(args.output, result.labelmap, result.affine)
     write_text_atomic(names_path, labels_to_csv(result.labels))
     counts = {int(v): int(c) for v, c in zip(*np.unique(result.labelmap, return_counts=True))}

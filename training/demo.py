@@ -69,6 +69,7 @@ class DemoSettings:
     # sub-regions; five levels (pooling by 16, as Ma et al. 2022 at 1 mm) gave 48 mm cells and learnt far slower
     lcs_channels: tuple[int, ...]
     seed: int = 0
+    realscan_spacing: float = 2.0  # in-plane mm of the real whole-head scan's scanner grid (slices 1.2x)
 
 
 FULL = DemoSettings(
@@ -88,7 +89,21 @@ FULL = DemoSettings(
     (8, 16, 32, 64),
 )
 TINY = DemoSettings(
-    5, 1, 2.0, 3, 1, 6.0, 4, 2, (32, 32), (4.0, 4.0), (4, 8, 16, 32, 64), 3, (6.0, 6.0, 6.0), (4, 8, 16, 32)
+    5,
+    1,
+    2.0,
+    3,
+    1,
+    6.0,
+    4,
+    2,
+    (32, 32),
+    (4.0, 4.0),
+    (4, 8, 16, 32, 64),
+    3,
+    (6.0, 6.0, 6.0),
+    (4, 8, 16, 32),
+    realscan_spacing=4.0,
 )
 
 
@@ -580,6 +595,7 @@ def write_report(
     examples: list[dict],
     lcs: dict,
     off: dict,
+    real: dict | None = None,
 ) -> Path:
     rel = lambda p: Path(p).resolve().relative_to(out.resolve()).as_posix()  # noqa: E731
     ls_bundle, lcs_bundle = (load_bundle(p) for p in bundles)
@@ -634,6 +650,9 @@ def write_report(
         "",
         f"![off-atlas]({rel(off['figure'])})",
         "",
+    ]
+    lines += _real_scan_lines(out, real, numbers) + [
+        "",
         "## Files",
         "",
         "Each result is a label map on the scan's own grid (`.nii.gz`) with its names table (`.csv`: value, name, "
@@ -652,6 +671,29 @@ def write_report(
         "Evaluation details and plots: `evaluation/labelsharing/summary.md`, `evaluation/lcs/summary.md`.",
     ]
     return _write(out / "report.md", "\n".join(lines) + "\n")
+
+
+def real_scan_section(out: Path, bundles: tuple[Path, Path], device: str, spacing: float) -> dict:
+    """Results on the real whole-head scan; {"skipped": reason} when its Debian package is not installed."""
+    from LabelSharingSegLib.engine.errors import DatasetError
+
+    from .realscan import real_scan_example
+
+    try:
+        return real_scan_example(out, bundles, device, spacing)
+    except DatasetError as exc:
+        _say(f"skipping the real scan: {exc}")
+        return {"skipped": str(exc)}
+
+
+def _real_scan_lines(out: Path, real: dict | None, numbers: dict) -> list[str]:
+    from .realscan import report_lines
+
+    if real is None:
+        return []
+    if "skipped" in real:
+        return ["## A real scan as it comes from the scanner", "", f"Skipped: {real['skipped']}"]
+    return report_lines(out, real, numbers)
 
 
 def _write(path: Path, text: str) -> Path:
@@ -689,8 +731,9 @@ def run_demo(args: argparse.Namespace) -> int:
     examples = labelsharing_examples(out, bundles[0], multitask, args.device)
     lcs = lcs_examples(out, bundles[1], brain, args.device)
     off = off_atlas_example(out, bundles[1], brain, args.device, settings.seed)
+    real = real_scan_section(out, bundles, args.device, settings.realscan_spacing)
     numbers = report_numbers(out)
-    report = write_report(out, numbers, bundles, source, examples, lcs, off)
+    report = write_report(out, numbers, bundles, source, examples, lcs, off, real)
     print()
     print(f"LabelSharingSeg demo finished in {time.perf_counter() - started:.0f} s")
     for task, row in numbers["labelsharing"].items():
@@ -706,6 +749,11 @@ def run_demo(args: argparse.Namespace) -> int:
         f"  off-atlas scan aligned {_f(numbers['offatlas']['aligned'])} vs not aligned "
         f"{_f(numbers['offatlas']['not aligned'])}"
     )
+    if "csv" in real:
+        from .realscan import real_scan_numbers
+
+        for (bundle, task, mode), (dice, count) in real_scan_numbers(real["csv"]).items():
+            print(f"  real scan      {bundle} {task}, {mode}: mean Dice {_f(dice)} over {count} labels")
     print(f"Report: {report}")
     print(f"Open in Slicer: drag {out / 'results'}/*/*_image.nii.gz and the matching .seg.nrrd into Slicer.")
     return 0

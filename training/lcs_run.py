@@ -118,10 +118,12 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
             item["label"] = atlas.lut[item["label"].clamp(0, max_value)]
         return method.prepare_items(items)
 
-    with distributed_session(settings.device) as ctx:
+    with distributed_session(settings.device, settings.threads) as ctx:
         items = mapped(train_cases)
         val_items = mapped(val_cases) if ctx.is_main else []
-        method.make_sampler(items, settings.foreground_prob, settings.augment)
+        method.make_sampler(
+            items, settings.foreground_prob, settings.augment, settings.pipeline_settings(), ctx.device
+        )
         options = session.train_options(settings, checkpoint_dir, len(train_cases), ctx.world_size)
         torch.manual_seed(settings.seed)
         model = build_network(network)

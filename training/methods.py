@@ -34,6 +34,7 @@ from LabelSharingSegLib.engine.preprocessing import (
 from LabelSharingSegLib.engine.preprocessing_config import Preprocessing
 
 from .metrics import dice as dice_score
+from .pipeline import LCSBatches, PipelineSettings, TaskBatches
 from .samples import PatchSampler, build_augmentation, step_rng
 
 MASKED_LOGIT = -1.0e4  # fits float16 and bfloat16
@@ -79,12 +80,28 @@ class TaskMethod:
             item["label"] = self.luts[int(item["task"])][item["label"]]
         return items
 
-    def make_sampler(self, items, foreground_prob: float, augment: bool):
+    def make_sampler(
+        self,
+        items,
+        foreground_prob: float,
+        augment: bool,
+        pipeline: PipelineSettings | None = None,
+        device: torch.device | None = None,
+    ):
+        """Patch sampling and augmentation: on the training device (``pipeline.kind == 'device'``) or the
+        legacy per-sample MONAI path."""
         self.sampler = PatchSampler(items, self.patch, self.spatial_dims, foreground_prob)
         self.augmentation = build_augmentation(self.spatial_dims) if augment else None
+        self.device_batches = None
+        self.loader_workers = 0
+        if pipeline is not None and pipeline.kind == "device":
+            self.device_batches = TaskBatches(self.sampler, pipeline, device or torch.device("cpu"))
+            self.loader_workers = self.device_batches.loader_workers
         return self.sampler
 
     def batch(self, seed: int, rank: int, step: int, batch_size: int) -> dict:
+        if getattr(self, "device_batches", None) is not None:
+            return self.device_batches(seed, rank, step, batch_size)
         rng = step_rng(seed, rank, step)
         samples = []
         for _ in range(batch_size):
@@ -115,7 +132,9 @@ class TaskMethod:
         target = batch["target"].to(device)
         task = batch["task"].to(device)
         logits = self.forward(model, image, task).float()
-        allowed = self.channel_masks.to(device)[task]  # (B, K)
+        # the channel table is indexed on the host: no device-to-host sync inside the step
+        allowed_host = self.channel_masks[batch["task"].cpu()]
+        allowed = allowed_host.to(device, non_blocking=True)  # (B, K)
         view = allowed.view(*allowed.shape, *([1] * (logits.ndim - 2)))
         logits = logits.masked_fill(~view, MASKED_LOGIT)
         ce = F.cross_entropy(logits, target)
@@ -125,10 +144,13 @@ class TaskMethod:
         weight = allowed.to(probs.dtype)
         intersect = ((probs * onehot).sum(dims) * weight).sum(0)
         total = ((probs.sum(dims) + onehot.sum(dims)) * weight).sum(0)
-        used = allowed.any(0).clone()
+        used = allowed_host.any(0).clone()
         used[0] = False
         soft_dice = (2 * intersect + 1.0) / (total + 1.0)
-        dice_loss = 1.0 - soft_dice[used].mean() if bool(used.any()) else torch.zeros((), device=device)
+        if not bool(used.any()):
+            return ce
+        weight_used = used.to(device=device, dtype=soft_dice.dtype, non_blocking=True)
+        dice_loss = 1.0 - (soft_dice * weight_used).sum() / float(used.sum())
         return ce + dice_loss
 
     # -- validation ------------------------------------------------------------------------------------
@@ -206,9 +228,21 @@ class LCSMethod:
             item["label"] = self._to_net(item["label"][None].float())[0].long()
         return items
 
-    def make_sampler(self, items, foreground_prob: float, augment: bool):
+    def make_sampler(
+        self,
+        items,
+        foreground_prob: float,
+        augment: bool,
+        pipeline: PipelineSettings | None = None,
+        device: torch.device | None = None,
+    ):
         self.items = items
         self.augmentation = build_augmentation(self.spatial_dims, spatial=False) if augment else None
+        self.device_batches = None
+        self.loader_workers = 0
+        if pipeline is not None and pipeline.kind == "device":
+            self.device_batches = LCSBatches(self, items, pipeline, device or torch.device("cpu"))
+            self.loader_workers = self.device_batches.loader_workers
         return self
 
     def draw_labels(self, rng: np.random.Generator) -> list[int]:
@@ -220,6 +254,8 @@ class LCSMethod:
         return chosen
 
     def batch(self, seed: int, rank: int, step: int, batch_size: int) -> dict:
+        if getattr(self, "device_batches", None) is not None:
+            return self.device_batches(seed, rank, step, batch_size)
         rng = step_rng(seed, rank, step)
         images, masks, targets = [], [], []
         for _ in range(batch_size):
@@ -238,9 +274,17 @@ class LCSMethod:
             "target": torch.stack(targets),
         }
 
+    def _atlas_on(self, device: torch.device) -> torch.Tensor:
+        """The (1, 1, *grid) atlas image on ``device``, copied there once rather than every step."""
+        key, cached = getattr(self, "_atlas_cache", (None, None))
+        if key != str(device):
+            cached = self.atlas_image[None].to(device)
+            self._atlas_cache = (str(device), cached)
+        return cached
+
     def loss(self, model, batch: dict, device: torch.device) -> torch.Tensor:
         image = batch["image"].to(device)
-        atlas = self.atlas_image[None].to(device)
+        atlas = self._atlas_on(device)
         logits = model(image, atlas, batch["atlas_mask"].to(device)).float()
         probs = torch.sigmoid(logits)
         target = batch["target"].to(device)

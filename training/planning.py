@@ -84,12 +84,13 @@ def plan_preprocessing(settings: TrainSettings, datasets: list[NnUNetDataset], f
 def task_infos(kind: str, datasets: list[NnUNetDataset]) -> tuple[list, SharedLabelSpace | None]:
     """The bundle's task table (and the shared label space for label sharing)."""
     task_labels = {d.task_name(): d.foreground_labels() for d in datasets}
+    planes = {d.task_name(): factory.dataset_plane(d) for d in datasets}  # 2D: the plane slices were cut in
     if kind == "labelsharing":
         space = SharedLabelSpace.build([task_sizes(d) for d in datasets])
-        return factory.labelsharing_tasks(space), space
+        return factory.with_planes(factory.labelsharing_tasks(space), planes), space
     if kind == "multichannel":
-        return factory.multichannel_tasks(task_labels), None
-    return factory.per_task_rank_tasks(task_labels), None
+        return factory.with_planes(factory.multichannel_tasks(task_labels), planes), None
+    return factory.with_planes(factory.per_task_rank_tasks(task_labels), planes), None
 
 
 def reference_image(path: Path | None, prep: Preprocessing):

@@ -18,6 +18,9 @@ from pathlib import Path
 from LabelSharingSegLib.engine.bundle_kind import TASK_KINDS as BUNDLE_TASK_KINDS
 from LabelSharingSegLib.engine.errors import InputError
 
+from .appearance import parse_appearance
+from .pipeline import PipelineSettings
+
 TASK_KINDS = tuple(kind.value for kind in BUNDLE_TASK_KINDS)
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("cosine", "poly", "constant")
@@ -40,6 +43,12 @@ RESUME_MAY_CHANGE = (
     "out",
     "device",
     "cache_workers",
+    "loader_workers",
+    "threads",
+    "compile",
+    "channels_last",
+    "fused_optimizer",
+    "sync_data_timing",
 )
 
 
@@ -92,6 +101,16 @@ class TrainSettings:
     quiet: bool = False
     tensorboard: bool = False
     name: str = ""
+    # input pipeline and speed (pipeline.py, threads.py, docs/PERFORMANCE.md)
+    pipeline: str = "device"  # device | legacy
+    appearance: tuple[str, ...] = ()  # appearance.APPEARANCE_CHOICES
+    elastic: bool = True
+    loader_workers: int | None = None  # None: automatic
+    threads: int | None = None  # None: affinity / LOCAL_WORLD_SIZE (threads.py)
+    compile: bool = False
+    channels_last: bool = False
+    fused_optimizer: str = "auto"
+    sync_data_timing: bool = False  # lsseg bench train: exact data time on CUDA
 
     def __post_init__(self) -> None:
         for key in ("steps", "epochs"):
@@ -142,6 +161,22 @@ class TrainSettings:
         _require(self.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
         if self.checkpoint_dir is not None:
             object.__setattr__(self, "checkpoint_dir", Path(self.checkpoint_dir))
+        names = self.appearance if isinstance(self.appearance, str) else ",".join(self.appearance)
+        object.__setattr__(self, "appearance", parse_appearance(names or "none"))
+        _require(self.threads is None or self.threads >= 1, f"--threads must be >= 1, got {self.threads}")
+        _require(
+            self.fused_optimizer in ("auto", "on", "off"), "--fused-optimizer must be one of auto, on, off"
+        )
+        self.pipeline_settings()  # checks --pipeline, --loader-workers and --appearance together
+
+    def pipeline_settings(self) -> PipelineSettings:
+        return PipelineSettings(
+            kind=self.pipeline,
+            augment=self.augment,
+            elastic=self.elastic,
+            appearance=self.appearance,
+            loader_workers=self.loader_workers,
+        )
 
     def checkpoint_dir_for(self, out: Path) -> Path:
         return (

@@ -55,6 +55,7 @@ class RunIdentity:
             "amp": s.amp,
             "world_size": self.world_size,
             "augment": s.augment,
+            **s.pipeline_settings().run_config(),
             **self.method_specific,
         }
         leaked = sorted(set(identity) & set(RESUME_MAY_CHANGE))

@@ -192,12 +192,12 @@ class PatchSampler:
             self._label_voxels[index] = {int(v): np.argwhere(label == v) for v in np.unique(label) if v != 0}
         return self._label_voxels[index]
 
-    def draw(self, rng: np.random.Generator) -> dict:
+    def locate(self, rng: np.random.Generator) -> tuple[int, int, int | None, tuple[slice, ...]]:
+        """Draw one patch: (item index, task, slice index for 2D or None, spatial region). The region may
+        reach past the volume's end where the volume is smaller than the patch (callers pad)."""
         task = self.tasks[int(rng.integers(len(self.tasks)))]
         index = self.by_task[task][int(rng.integers(len(self.by_task[task])))]
-        item = self.items[index]
-        image, label = item["image"], item["label"]
-        shape = label.shape  # (X, Y, Z)
+        shape = tuple(self.items[index]["label"].shape)  # (X, Y, Z)
         centre = None
         voxels = self._voxels(index)
         if voxels and rng.random() < self.foreground_prob:
@@ -206,15 +206,21 @@ class PatchSampler:
             centre = chosen[int(rng.integers(len(chosen)))]
         if centre is None:
             centre = np.array([int(rng.integers(s)) for s in shape])
+        z = None
         if self.spatial_dims == 2:
             z = int(centre[2])
-            image, label = image[..., z], label[..., z]
             centre, shape = centre[:2], shape[:2]
         starts = []
         for c, size, p in zip(centre, shape, self.patch):
             start = int(c) - p // 2 + int(rng.integers(-p // 4, p // 4 + 1))
             starts.append(min(max(0, start), max(0, size - p)))
-        region = tuple(slice(s, s + p) for s, p in zip(starts, self.patch))
+        return index, task, z, tuple(slice(s, s + p) for s, p in zip(starts, self.patch))
+
+    def draw(self, rng: np.random.Generator) -> dict:
+        index, task, z, region = self.locate(rng)
+        image, label = self.items[index]["image"], self.items[index]["label"]
+        if z is not None:
+            image, label = image[..., z], label[..., z]
         patch_image = pad_to(image[(slice(None),) + region], self.patch)
         patch_label = pad_to(label[region], self.patch)
         return {"image": patch_image, "label": patch_label[None], "task": task}

@@ -83,7 +83,9 @@ def train_task_model(
     val_items = (
         method.prepare_items(cache_items(val_cases, to_grid, settings.cache_workers)) if ctx.is_main else []
     )
-    method.make_sampler(items, settings.foreground_prob, settings.augment)
+    method.make_sampler(
+        items, settings.foreground_prob, settings.augment, settings.pipeline_settings(), ctx.device
+    )
     torch.manual_seed(settings.seed)
     model = build_network(network)
     if plan.init_state is not None:
@@ -138,7 +140,7 @@ def train_tasks(config: TaskRunConfig, on_step: StepCallback | None = None) -> l
         return _train_individual(config, on_step)
     checkpoint_dir = claim_outputs(config.out, settings)
     datasets = load_datasets(config.data)
-    with distributed_session(settings.device) as ctx:
+    with distributed_session(settings.device, settings.threads) as ctx:
         tasks, space = task_infos(config.kind, datasets)
         if space is not None and ctx.is_main and not settings.quiet:
             print(space.format_table())
@@ -160,7 +162,7 @@ def _train_individual(config: TaskRunConfig, on_step: StepCallback | None) -> li
     datasets = load_datasets(config.data)
     deadline = None if settings.time_limit_min is None else time.time() + settings.time_limit_min * 60.0
     trained_bundles = []
-    with distributed_session(settings.device) as ctx:
+    with distributed_session(settings.device, settings.threads) as ctx:
         if ctx.is_main:
             config.out.mkdir(exist_ok=continuing)
             claim_folder(base_checkpoint_dir)

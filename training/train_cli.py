@@ -13,6 +13,8 @@ from pathlib import Path
 
 from LabelSharingSegLib.engine.device import DEVICE_CHOICES
 
+from .appearance import APPEARANCE_CHOICES
+from .pipeline import PIPELINES
 from .run_config import (
     AMP_MODES,
     DEFAULT_CHANNELS,
@@ -25,6 +27,7 @@ from .run_config import (
     TaskRunConfig,
     TrainSettings,
 )
+from .threads import THREADS_ENV
 from .trainer import StepCallback, TrainingError, TrainingInterrupted
 
 # ------------------------------------------------------------------------------------------------ options
@@ -91,7 +94,8 @@ def _add_budget_options(p: argparse.ArgumentParser) -> None:
         "--amp",
         choices=AMP_MODES,
         default="auto",
-        help="mixed precision: auto = float16 on CUDA, none on CPU; bf16 = bfloat16 autocast (CPU too)",
+        help="mixed precision: auto = bfloat16 on CUDA GPUs that support it (else float16 with a gradient "
+        "scaler), none on CPU; bf16 = bfloat16 autocast (CPU too)",
     )
     g.add_argument(
         "--foreground-prob",
@@ -101,6 +105,7 @@ def _add_budget_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--no-augment", action="store_true", help="switch off augmentation")
     g.add_argument("--cache-workers", type=int, default=0, help="threads preprocessing cases into the cache")
+    _add_speed_options(p)
     d = p.add_argument_group("network and preprocessing")
     d.add_argument(
         "--channels",
@@ -140,6 +145,77 @@ def _add_budget_options(p: argparse.ArgumentParser) -> None:
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs")
     p.add_argument("--name", default="", help="bundle name shown in Slicer")
+    p.add_argument("--sync-data-timing", action="store_true", help=argparse.SUPPRESS)  # lsseg bench train
+
+
+def _workers(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number of processes, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected auto or 0 or more processes, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def _add_speed_options(p: argparse.ArgumentParser) -> None:
+    s = p.add_argument_group("input pipeline and speed (see docs/PERFORMANCE.md)")
+    s.add_argument(
+        "--pipeline",
+        choices=PIPELINES,
+        default="device",
+        help="device (default): cached volumes on the training device, patches sampled and augmented batched "
+        "there; legacy: per-sample MONAI transforms on the CPU (kept for comparison)",
+    )
+    s.add_argument(
+        "--appearance",
+        default="none",
+        metavar="LIST",
+        help="appearance augmentation for real scans, comma-separated from "
+        f"{','.join(APPEARANCE_CHOICES)} (or all / none, the default); --pipeline device only",
+    )
+    s.add_argument(
+        "--no-elastic",
+        dest="elastic",
+        action="store_false",
+        help="no elastic deformation in the device pipeline's augmentation",
+    )
+    s.add_argument(
+        "--loader-workers",
+        type=_workers,
+        default=None,
+        metavar="N",
+        help="processes building batches ahead of the loop from a host-memory cache (default auto: none when "
+        "the cache fits on the training device, else up to 4)",
+    )
+    s.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="torch threads of this process (default: the cores of its CPU affinity divided by torchrun's "
+        f"LOCAL_WORLD_SIZE; or ${THREADS_ENV})",
+    )
+    s.add_argument(
+        "--compile", action="store_true", help="torch.compile the network (first steps are slower)"
+    )
+    s.add_argument("--channels-last", action="store_true", help="channels-last memory layout (GPU)")
+    s.add_argument(
+        "--fused-optimizer",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="fused Adam/AdamW kernel (default auto: on CUDA)",
+    )
 
 
 def register(subparsers) -> None:
