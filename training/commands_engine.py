@@ -59,10 +59,10 @@ def register(subparsers) -> None:
     segment.add_argument(
         "--method",
         choices=ATLAS_METHODS,
-        default=DEFAULT_ATLAS_METHOD,
+        default=None,
         help="how --atlas-labels are segmented: carried by affine + deformable registration, by affine "
-        "registration only, or by the bundle's LCS network (Ma et al. 2022); default: the best measured "
-        f"({DEFAULT_ATLAS_METHOD}, docs/DEMO.md)",
+        "registration only, by the bundle's LCS network (Ma et al. 2022) or by a refine network; default: the "
+        f"best measured ({DEFAULT_ATLAS_METHOD}, docs/DEMO.md), lcs for 2D bundles",
     )
     segment.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     segment.add_argument(

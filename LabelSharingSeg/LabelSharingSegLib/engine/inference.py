@@ -377,12 +377,13 @@ def segment_atlas_labels(
 ) -> SegmentationResult:
     """Segment the structures that ``masks`` (K, *atlas grid) outline on the atlas, on a target image.
 
-    ``method`` (one of ``ATLAS_METHODS``, default ``DEFAULT_ATLAS_METHOD``): carry the masks by affine or
+    ``method`` (one of ``ATLAS_METHODS``; default ``DEFAULT_ATLAS_METHOD``, 'lcs' for 2D bundles): carry the masks by affine or
     affine + deformable registration, or condition the bundle's LCS network on them (Ma et al. 2022).
     ``align``: first register the scan to the atlas image (None: on, for 3D bundles; False: world
     coordinates; an ``Alignment`` from an earlier result on the same scan is reused).
     """
-    method = DEFAULT_ATLAS_METHOD if method is None else method
+    if method is None:  # registration needs 3D scans; 2D bundles keep the paper's network
+        method = DEFAULT_ATLAS_METHOD if bundle.preprocessing.spatial_dims == 3 else "lcs"
     if method not in ATLAS_METHODS:
         raise InputError(f"unknown atlas-label method {method!r} (choose {', '.join(ATLAS_METHODS)})")
     if method.startswith("register-"):
