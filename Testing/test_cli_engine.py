@@ -137,6 +137,22 @@ def test_segment_atlas_labels(lcs_bundle_path, tmp_path):
         == 0
     )
     assert len(labels_from_csv(tmp_path / "out.csv")) == 3
+    # --method picks how drawn labels are segmented; the default carries them by deformable registration
+    common = ["segment", str(lcs_bundle_path), "-i", str(tmp_path / "target.nii.gz"), "-o", str(out)]
+    common += ["--atlas-labels", "bundle", "--device", "cpu", "--quiet"]
+    outputs = {}
+    for method in ("lcs", "register-affine", "register-deformable"):
+        assert main([*common, "--method", method]) == 0
+        outputs[method] = np.asarray(nib.load(str(out)).dataobj)
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out)).dataobj), outputs["register-deformable"])
+    for method in ("register-affine", "register-deformable"):  # the atlas carried onto itself
+        assert (
+            2
+            * ((outputs[method] == 1) & (labels == 1)).sum()
+            / ((outputs[method] == 1).sum() + (labels == 1).sum())
+            > 0.8
+        )
+    assert main([*common, "--method", "lcs-refine"]) == 2  # the paper's network cannot refine
 
 
 def test_segment_bad_input_is_one_clear_line(ls_bundle_path, lcs_bundle_path, tmp_path, capsys):

@@ -313,7 +313,12 @@ BAD_MANIFESTS = [
         r"preprocessing\.spatial_dims 3 and network\.spatial_dims 2 disagree",
     ),
     ("ls", _set("network.norm", "group"), None, r"network\.norm must be one of instance, batch"),
-    ("ls", _set("network.arch", "transformer"), None, r"network\.arch must be one of unet, lcs, dodnet"),
+    (
+        "ls",
+        _set("network.arch", "transformer"),
+        None,
+        r"network\.arch must be one of unet, lcs, lcs_refine, dodnet",
+    ),
     ("ls", _drop("network"), None, r"bundle\.json: network is missing"),
     (
         "ls",

@@ -70,6 +70,11 @@ def test_tiny_demo_writes_every_promised_file(tmp_path, capsys):
     assert numbers["offatlas"]["aligned"] == pytest.approx(aligned)
     assert f"{aligned:.3f}" in report
     assert f"{numbers['lcs_fine']['fine_dice']:.3f}" in report
+    # every fine-label method side by side, the best one named, numbers read from fine_methods.csv
+    side = numbers["fine_methods"]
+    assert {"naive (world)", "LCS (Ma et al. 2022)"} <= set(side)
+    best = max((m for m in side if not np.isnan(side[m])), key=side.get)
+    assert f"**Best: {best}, mean Dice {side[best]:.3f}**" in report
     # the real whole-head scan: every shipped bundle's result, alignment quality, Dice read from realscan.csv
     assert "## A real scan as it comes from the scanner" in report
     real_csv = out / "results" / "realscan" / "realscan.csv"
@@ -149,7 +154,13 @@ def test_shipped_bundles_segment_held_out_cases_above_floor(tmp_path):
     image, truth, affine = load_case(read_dataset(brain).test[0])
     atlas, _, labels = lcs.atlas_labels()
     result = segment_atlas_labels(
-        lcs, image[0], affine, np.stack([atlas == lab.value for lab in labels]), labels, device="cpu"
+        lcs,
+        image[0],
+        affine,
+        np.stack([atlas == lab.value for lab in labels]),
+        labels,
+        device="cpu",
+        method="lcs",
     )
     coarse = _coarse_lut(brain, int(truth.max()))[truth]
     dice["lcs"] = float(

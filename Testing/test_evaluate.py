@@ -62,6 +62,20 @@ def test_evaluate_writes_csv_summary_plots_and_table1(tmp_path):
     for name in ("paired_Phantom0.png", "labels_Phantom0.png", "paired_Phantom1.png", "labels_Phantom1.png"):
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (report / "table1.csv").is_file()
+    # every fine-label method side by side, the best named in the headline
+    with open(report / "fine_methods.csv", newline="") as handle:
+        side = list(csv.DictReader(handle))
+    methods = {r["method"] for r in side}
+    # the phantoms are 2D slices: no registration, so naive and LCS only, and the summary says why
+    assert methods == {"naive (world)", "LCS (Ma et al. 2022)"}
+    assert "registration needs 3D scans" in summary
+    assert {r["fine_name"] for r in side} == {"medium_blob", "small_blob"}
+    assert len(side) == len(methods) * 2 * 2  # methods x test cases x fine labels
+    means = {m: np.nanmean([float(r["dice"]) for r in side if r["method"] == m]) for m in methods}
+    best = max(means, key=means.get)
+    assert f"**Best: {best}, mean Dice {means[best]:.4f}**" in summary
+    for name in ("fine_methods_paired.png", "fine_methods_labels.png"):
+        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_evaluate_without_matching_task_fails(tmp_path, capsys):

@@ -166,6 +166,7 @@ def test_lcs_combination_and_geometry(lcs_bundle_path):
         device="cpu",
         progress=lambda f, m: seen.append(f),
         memory_budget_mb=0.001,
+        method="lcs",
     )
     assert result.labelmap.shape == (28, 22, 36)
     assert set(np.unique(result.labelmap)) <= {0, 1, 2, 3}
@@ -224,6 +225,6 @@ def test_independent_atlas_labels_equal_one_label_at_a_time(lcs_bundle_path):
     assert 0.0 < together.mean() < 1.0  # a non-trivial decision, so the comparison below can fail
     for k, info in enumerate(infos):
         single = segment_atlas_labels(
-            bundle, target, target_affine, masks[k : k + 1], [info], device="cpu", align=False
+            bundle, target, target_affine, masks[k : k + 1], [info], device="cpu", align=False, method="lcs"
         )
         np.testing.assert_array_equal(together[k], single.labelmap == info.value)

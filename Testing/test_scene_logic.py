@@ -261,6 +261,8 @@ def _draw_segment(segmentation_node, name, color, mask, ijk_to_ras):
 
 def test_atlas_flow_with_a_newly_drawn_segment(scene, lcs_bundle_path):
     logic = _logic(scene, lcs_bundle_path)
+    # the flow, with the paper's network: the engine's default (deformable registration) refuses a noise target
+    logic.atlasMethodOptions = {"method": "lcs"}
     slicer.vtkSlicerSegmentationsModuleLogic().SetMRMLScene(scene)
     atlas_volume, atlas_segmentation = logic.loadAtlas()
     atlas_image, atlas_affine = logic.bundle.atlas_image()

@@ -2,7 +2,8 @@
 
 * ``lsseg bench lcs``   - LCS inference over K atlas labels: a naive loop (full network per label, the encoder
   re-run every time) vs our split (encoder once, conditioned decoder batched in chunks). Also checks that
-  both give the same probabilities.
+  both give the same probabilities. Then the cost of ``--many`` labels vs one label, in one run, for the paper's
+  LCS and for the refine network that runs in a box around each label (goal: ratio <= 10).
 * ``lsseg bench heads`` - label sharing vs the multi-channel baseline vs one model per task for given task
   label counts: output channels, parameters and forward time.
 * ``lsseg bench train`` - training throughput of every method, device vs legacy input pipeline
@@ -18,7 +19,7 @@ import time
 import torch
 
 from LabelSharingSegLib.engine.device import DEVICE_CHOICES, resolve_device
-from LabelSharingSegLib.engine.network_config import LCSConfig, UNetConfig
+from LabelSharingSegLib.engine.network_config import LCSConfig, RefineLCSConfig, UNetConfig
 from LabelSharingSegLib.engine.networks import build_network
 
 
@@ -32,6 +33,17 @@ def register(subparsers) -> None:
     lcs.add_argument("--repeats", type=int, default=2)
     lcs.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     lcs.add_argument("--json", action="store_true", help="print the results as JSON")
+    lcs.add_argument(
+        "--many",
+        type=int,
+        default=116,
+        help="label count for the cost-follows-labels ratio (K labels vs 1; default 116 = AAL)",
+    )
+    lcs.add_argument(
+        "--grid",
+        default="64,80,64",
+        help="grid of the K-vs-1 measurement (default: a brain at about 3 mm)",
+    )
     lcs.set_defaults(func=run_lcs)
     heads = sub.add_parser("heads", help="label sharing vs multi-channel vs individual models")
     heads.add_argument("--task-labels", default="3,8,22", help="comma-separated label counts per task")
@@ -89,6 +101,7 @@ def run_lcs(args: argparse.Namespace) -> int:
     difference = float((naive() - split()).abs().max())
     t_naive = _timed(naive, args.repeats, device)
     t_split = _timed(split, args.repeats, device)
+    many = _many_vs_one(args, device)
     result = {
         "device": str(device),
         "labels": args.labels,
@@ -98,14 +111,68 @@ def run_lcs(args: argparse.Namespace) -> int:
         "split_s": round(t_split, 4),
         "speedup": round(t_naive / t_split, 3),
         "max_abs_difference": difference,
+        "many_vs_one": many,
     }
-    _report(
-        result,
-        args.json,
+    lines = [
         f"LCS, {args.labels} labels on {args.size}^3: naive {t_naive:.3f} s, encoder-once "
         f"batched {t_split:.3f} s -> {t_naive / t_split:.2f}x faster (max |diff| {difference:.2e})",
-    )
+        f"{args.many} labels vs 1 on a {many['grid']} grid (time ratio, goal <= 10):",
+    ]
+    for arch, row in many["rows"].items():
+        lines.append(
+            f"  {arch:11s} 1 label {row['one_s']:.3f} s, {args.many} labels {row['many_s']:.3f} s -> "
+            f"ratio {row['ratio']:.2f}"
+        )
+    _report(result, args.json, "\n".join(lines))
     return 0
+
+
+def _blob_masks(count: int, grid: tuple[int, ...], seed: int) -> torch.Tensor:
+    """``count`` random balls of radius 3-7 voxels (AAL regions at about 3 mm) inside the grid."""
+    generator = torch.Generator().manual_seed(seed)
+    axes = torch.meshgrid(*[torch.arange(g, dtype=torch.float32) for g in grid], indexing="ij")
+    masks = torch.zeros((count, *grid))
+    for k in range(count):
+        u = torch.rand(4, generator=generator)
+        radius = 3.0 + 4.0 * float(u[3])
+        centre = [radius + float(u[a]) * (g - 2 * radius) for a, g in enumerate(grid)]
+        distance = sum((axis - c) ** 2 for axis, c in zip(axes, centre))
+        masks[k] = (distance <= radius**2).float()
+    return masks
+
+
+def _many_vs_one(args: argparse.Namespace, device: torch.device) -> dict:
+    """Segmenting K labels vs 1, in one run: the paper's LCS (conditioned decoder over the whole grid, batched)
+    and the refine network (encoder once, local head in a box around each label, batched)."""
+    from LabelSharingSegLib.engine.registered import refined_in_boxes
+
+    grid = tuple(int(g) for g in args.grid.split(","))
+    masks = _blob_masks(args.many, grid, seed=0).to(device)
+    scan, atlas = torch.randn((1, 1, *grid), device=device), torch.randn((1, 1, *grid), device=device)
+    lcs = build_network(LCSConfig(spatial_dims=3, channels=(8, 16, 32, 64)))
+    refine = build_network(RefineLCSConfig(spatial_dims=3, channels=(16, 32)))
+    lcs, refine = lcs.to(device).eval(), refine.to(device).eval()
+
+    def paper(count: int):
+        with torch.no_grad():
+            encoded = lcs.encode(scan)
+            for s in range(0, count, args.chunk):
+                lcs.decode_conditioned(
+                    encoded, lcs.condition(atlas, masks[s : min(count, s + args.chunk), None])
+                )
+
+    def boxed(count: int):
+        with torch.no_grad():
+            features = refine.encode(scan, atlas)
+            for _ in refined_in_boxes(refine, features, masks[:count], args.chunk):
+                pass
+
+    rows = {}
+    for name, fn in (("lcs", paper), ("lcs_refine", boxed)):
+        one = _timed(lambda fn=fn: fn(1), args.repeats, device)
+        many = _timed(lambda fn=fn: fn(args.many), args.repeats, device)
+        rows[name] = {"one_s": round(one, 4), "many_s": round(many, 4), "ratio": round(many / one, 3)}
+    return {"grid": "x".join(map(str, grid)), "labels": args.many, "rows": rows}
 
 
 def run_heads(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from LabelSharingSegLib.engine.bundle_kind import BundleKind
 from LabelSharingSegLib.engine.errors import ConfigError, InputError
 from LabelSharingSegLib.engine.labels import LabelInfo, default_color
 from LabelSharingSegLib.engine.labelspace import SharedLabelSpace
-from LabelSharingSegLib.engine.network_config import CONFIG_OF_ARCH, NetworkConfig
+from LabelSharingSegLib.engine.network_config import CONFIG_OF_ARCH, NetworkConfig, RefineLCSConfig
 from LabelSharingSegLib.engine.networks import build_network
 from LabelSharingSegLib.engine.planes import PLANES
 from LabelSharingSegLib.engine.preprocessing_config import IntensityConfig, Preprocessing
@@ -179,8 +179,13 @@ def write_lcs_bundle(
     description: str = "",
     training: dict | None = None,
     overwrite: bool = False,
+    arch: str = "lcs",
 ) -> Path:
-    config = network_config_for(BundleKind.LCS, [], preprocessing.spatial_dims, channels)
+    """``arch``: 'lcs' (Ma et al. 2022, bottleneck conditioning) or 'lcs_refine' (refines registration)."""
+    if arch == "lcs_refine":
+        config = RefineLCSConfig(spatial_dims=preprocessing.spatial_dims, channels=tuple(channels))
+    else:
+        config = network_config_for(BundleKind.LCS, [], preprocessing.spatial_dims, channels)
     if state_dict is None:
         state_dict = fresh_weights(config, seed)
     manifest = build_manifest(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from LabelSharingSegLib.engine.atlas_methods import ATLAS_METHODS, DEFAULT_ATLAS_METHOD
 from LabelSharingSegLib.engine.atomic import require_parent_dir, write_text_atomic
 from LabelSharingSegLib.engine.device import DEVICE_CHOICES
 from LabelSharingSegLib.engine.errors import InputError
@@ -54,6 +55,14 @@ def register(subparsers) -> None:
         metavar="NAMES.csv",
         help="value,name[,#rrggbb] table for --atlas-labels (default: the bundle's names "
         "where values match, else 'label N')",
+    )
+    segment.add_argument(
+        "--method",
+        choices=ATLAS_METHODS,
+        default=None,
+        help="how --atlas-labels are segmented: carried by affine + deformable registration, by affine "
+        "registration only, by the bundle's LCS network (Ma et al. 2022) or by a refine network; default: the "
+        f"best measured ({DEFAULT_ATLAS_METHOD}, docs/DEMO.md), lcs for 2D bundles",
     )
     segment.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     segment.add_argument(
@@ -154,7 +163,15 @@ def run_segment(args: argparse.Namespace) -> int:
     else:
         masks, labels = _atlas_masks_from_labelmap(bundle, args.atlas_labels, args.atlas_names)
         result = segment_atlas_labels(
-            bundle, image, affine, masks, labels, device=args.device, progress=progress, align=align
+            bundle,
+            image,
+            affine,
+            masks,
+            labels,
+            device=args.device,
+            progress=progress,
+            align=align,
+            method=args.method,
         )
     if not args.quiet:
         print()

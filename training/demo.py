@@ -396,6 +396,7 @@ def lcs_examples(out: Path, bundle_path: Path, brain: Path, device: str) -> dict
         coarse_labels,
         device=device,
         network=network,
+        method="lcs",
     )
     files = write_result(target, f"{stem}_coarse", coarse.labelmap, affine, coarse.labels)
     fine_atlas, fine_labels = _fine_atlas_labels(bundle, brain)
@@ -407,6 +408,7 @@ def lcs_examples(out: Path, bundle_path: Path, brain: Path, device: str) -> dict
         fine_labels,
         device=device,
         network=network,
+        method="lcs",
         align=coarse.alignment,
     )
     files += write_result(target, f"{stem}_fine", fine.labelmap, affine, fine.labels)
@@ -467,6 +469,7 @@ def off_atlas_example(out: Path, bundle_path: Path, brain: Path, device: str, se
             coarse_labels,
             device=device,
             network=network,
+            method="lcs",
             align=align,
         )
         seconds = time.perf_counter() - started
@@ -522,6 +525,12 @@ def report_numbers(out: Path) -> dict:
     table1_path = out / "evaluation" / "lcs" / "table1.csv"
     table1 = _read_csv(table1_path) if table1_path.is_file() else []
     off = _read_csv(out / "results" / "offatlas" / "offatlas.csv")
+    side_path = out / "evaluation" / "lcs" / "fine_methods.csv"
+    side = _read_csv(side_path) if side_path.is_file() else []
+    fine_methods = {
+        m: _mean(r["dice"] for r in side if r["method"] == m)
+        for m in dict.fromkeys(r["method"] for r in side)
+    }
     tasks = sorted({r["task"] for r in ls_rows})
     return {
         "labelsharing": {
@@ -545,11 +554,37 @@ def report_numbers(out: Path) -> dict:
         "offatlas": {
             mode: _mean(r["dice"] for r in off if r["mode"] == mode) for mode in ("aligned", "not aligned")
         },
+        "fine_methods": fine_methods,
     }
 
 
 def _f(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.3f}"
+
+
+def _fine_methods_section(out: Path, means: dict) -> list[str]:
+    """The fine labels drawn on the atlas, every method side by side; the best one leads."""
+    known = {m: v for m, v in means.items() if not math.isnan(v)}
+    if not known:
+        return []
+    best = max(known, key=known.get)
+    lines = [
+        "",
+        "## Fine labels drawn on the atlas: every method side by side",
+        "",
+        f"**Best: {best}, mean Dice {_f(known[best])}** (each fine AAL label, never trained, decided on its own; "
+        "per label: `evaluation/lcs/summary.md`, `evaluation/lcs/fine_methods.csv`).",
+        "",
+        "| method | mean fine Dice |",
+        "|---|---|",
+    ]
+    lines += [f"| {m} | {_f(v)} |" for m, v in means.items()]
+    plots = [
+        p
+        for p in ("fine_methods_paired.png", "fine_methods_labels.png")
+        if (out / "evaluation" / "lcs" / p).is_file()
+    ]
+    return lines + [""] + [f"![{p[:-4]}](evaluation/lcs/{p})" for p in plots]
 
 
 def write_report(
@@ -600,6 +635,7 @@ def write_report(
         "Per fine label: `evaluation/lcs/summary.md` (Ma et al. 2022, Table 1).",
         "",
     ] + [f"![lcs]({rel(p)})" for p in lcs["figures"]]
+    lines += _fine_methods_section(out, numbers["fine_methods"])
     lines += [
         "",
         "## A scan that is not in atlas space",
@@ -707,6 +743,8 @@ def run_demo(args: argparse.Namespace) -> int:
         f"  LCS            fine labels, never trained mean Dice {_f(numbers['lcs_fine']['fine_dice'])} "
         f"(naive {_f(numbers['lcs_fine']['naive_dice'])})"
     )
+    for method, value in numbers["fine_methods"].items():
+        print(f"  fine labels    {method:26s} mean Dice {_f(value)}")
     print(
         f"  off-atlas scan aligned {_f(numbers['offatlas']['aligned'])} vs not aligned "
         f"{_f(numbers['offatlas']['not aligned'])}"

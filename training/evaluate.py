@@ -6,7 +6,9 @@ bundle, through the same inference functions ``lsseg segment`` and Slicer call, 
   Table 1 of Ma et al. (2022) (per fine label: Dice of the prediction conditioned on the coarse training label vs
   conditioned on the fine atlas label that was never trained);
 * plots - ``paired_<task>.png`` (per-case mean Dice, one line per case across methods, as Ma et al. 2022 Fig. 2)
-  and ``labels_<task>.png`` (mean Dice per label, one bar per method).
+  and ``labels_<task>.png`` (mean Dice per label, one bar per method);
+* for LCS bundles with fine atlas labels: ``fine_methods.csv`` and ``fine_methods_*.png``, every way of segmenting
+  the fine labels side by side (naive, affine and deformable propagation, LCS; see ``sidebyside.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from LabelSharingSegLib.engine.inference import atlas_labels_independently, segm
 from LabelSharingSegLib.engine.labels import LabelInfo
 from LabelSharingSegLib.engine.preprocessing import resample_to_grid
 
+from . import sidebyside
 from .csv_tables import write_csv
 from .datasets import as_volume, load_case, require_valid_dataset
 from .metrics import dice, label_metrics, nanmean, voxel_spacing
@@ -114,8 +117,9 @@ def _lcs_truth_lut(coarse_map: dict[int, int], max_value: int) -> np.ndarray:
 
 
 def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95):
-    """Rows for the trained (atlas) labels and, with a coarse map, the Table 1 entries."""
-    rows, table1 = [], []
+    """Rows for the trained (atlas) labels and, with a coarse map, the Table 1 entries and every fine-label
+    method side by side (sidebyside.py; with notes on registrations that diverged)."""
+    rows, table1, side, notes = [], [], [], []
     network = bundle.build_network(device)
     atlas_labels, atlas_affine, infos = bundle.atlas_labels()
     masks = np.stack([atlas_labels == info.value for info in infos])
@@ -136,7 +140,7 @@ def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95):
             image, truth, affine = load_case(case)
             volume, truth = as_volume(image[0]), as_volume(truth).astype(np.int64)
             result = segment_atlas_labels(
-                bundle, volume, affine, masks, infos, device=str(device), network=network
+                bundle, volume, affine, masks, infos, device=str(device), network=network, method="lcs"
             )
             mapped = _lcs_truth_lut(coarse_map, int(truth.max(initial=0)))[truth] if coarse_map else truth
             spacing = voxel_spacing(affine)
@@ -162,6 +166,14 @@ def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95):
                 network=network,
                 align=result.alignment,
             )
+            fine_masks = np.stack([fine_atlas == f for f, _ in fine_pairs])
+            predictions, note = sidebyside.registration_predictions(
+                bundle, fine_masks, volume, affine, result.alignment
+            )
+            if note:
+                notes.append(note if result.alignment is None else f"{case.case_id}: {note}")
+            predictions[sidebyside.LCS] = decided
+            side += sidebyside.case_rows(method, task, case.case_id, fine_infos, predictions, truth)
             for (fine, coarse), info, fine_prediction in zip(fine_pairs, fine_infos, decided):
                 table1.append(
                     {
@@ -177,7 +189,7 @@ def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95):
                         "fine_dice": dice(fine_prediction, truth == fine),
                     }
                 )
-    return rows, table1
+    return rows, table1, side, notes
 
 
 def _fine_atlas(dataset, atlas_id, atlas_affine, atlas_shape):
@@ -354,12 +366,12 @@ def evaluate(
         raise InputError("none of the --data folders has labelled test cases (imagesTs/ + labelsTs/)")
     torch_device, _ = resolve_device(device)
     methods = _method_names([Path(p) for p in bundle_paths])
-    rows, table1 = [], []
+    rows, table1, side, notes = [], [], [], []
     for path, method in zip(bundle_paths, methods):
         bundle = load_bundle(path)
         if bundle.kind.has_atlas:
-            more, t1 = _evaluate_lcs_bundle(bundle, method, datasets, torch_device, with_hd95)
-            table1 += t1
+            more, t1, s1, n1 = _evaluate_lcs_bundle(bundle, method, datasets, torch_device, with_hd95)
+            table1, side, notes = table1 + t1, side + s1, notes + n1
         else:
             more = _evaluate_task_bundle(bundle, method, datasets, torch_device, with_hd95)
         if not more:
@@ -374,5 +386,9 @@ def evaluate(
             write_csv(staging / "table1.csv", table1, format_value=_fmt)
         plots = _plots(staging, rows, methods)
         summary = _summary(rows, table1, methods, plots)
+        if side:
+            write_csv(staging / "fine_methods.csv", side, sidebyside.FIELDS, _fmt)
+            side_plots = sidebyside.plots(staging, side)
+            summary += "\n".join(sidebyside.summary_lines(side, side_plots, notes)) + "\n"
         write_text_atomic(staging / "summary.md", summary)
     return summary

@@ -307,3 +307,25 @@ class LCSMethod:
                 if not math.isnan(score):
                     scores.append(score)
         return float(np.mean(scores)) if scores else float("nan")
+
+
+def voronoi_seeds(mask: np.ndarray, affine: np.ndarray, parts: int, rng: np.random.Generator) -> np.ndarray:
+    """``parts`` world points (RAS mm, (parts, 3)) drawn among a label's voxels: the seeds of a random split."""
+    voxels = np.argwhere(np.asarray(mask))
+    if voxels.shape[0] == 0:
+        raise ValueError("cannot split an empty label")
+    chosen = voxels[rng.choice(voxels.shape[0], size=min(parts, voxels.shape[0]), replace=False)]
+    return chosen @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
+
+
+def voronoi_split(mask: np.ndarray, affine: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Split a label into the Voronoi cells of world-coordinate seeds: bool (len(seeds), *grid) that tile the
+    label exactly (disjoint, union = the label). The same seeds split the atlas and a target alike, so a network
+    learns to follow masks finer than any label it was trained on."""
+    mask = np.asarray(mask, dtype=bool)
+    voxels = np.argwhere(mask)
+    world = voxels @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
+    nearest = np.argmin(((world[:, None, :] - np.asarray(seeds)[None]) ** 2).sum(axis=-1), axis=1)
+    out = np.zeros((len(seeds), *mask.shape), dtype=bool)
+    out[(nearest, *voxels.T)] = True
+    return out

@@ -182,7 +182,15 @@ def real_scan_example(out: Path, bundles: tuple[Path, Path], device: str, spacin
     panels = [("truth (AAL lobes on this brain)", sum(v * m for v, m in truth.items()).astype(np.int16))]
     for mode, align in (("aligned automatically (default)", None), ("--align off", False)):
         result = segment_atlas_labels(
-            lcs, scan.image, scan.affine, masks, coarse_labels, device=device, network=network, align=align
+            lcs,
+            scan.image,
+            scan.affine,
+            masks,
+            coarse_labels,
+            device=device,
+            network=network,
+            align=align,
+            method="lcs",
         )
         if result.alignment is not None:
             alignment_lines.append(result.alignment.summary())

@@ -25,5 +25,9 @@ class CancelledError(LabelSharingSegError):
     """The user cancelled a running job; nothing was written."""
 
 
+class RegistrationError(LabelSharingSegError):
+    """A registration diverged or failed its quality checks; its result was not used."""
+
+
 class ConfigError(BundleError):
     """A configuration a bundle carries (manifest, preprocessing, network) is malformed or out of bounds."""

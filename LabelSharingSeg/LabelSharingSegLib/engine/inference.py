@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .atlas_methods import ATLAS_METHODS, DEFAULT_ATLAS_METHOD
 from .bundle import Bundle
 from .bundle_kind import BundleKind
 from .device import resolve_device
@@ -40,6 +41,7 @@ from .preprocessing import (
     to_model_grid,
 )
 from .preprocessing_config import Preprocessing
+from .propagation import Propagation, check_drawn_masks
 from .registration import Alignment, register_affine
 
 ProgressCallback = Callable[[float, str], None]
@@ -57,6 +59,8 @@ class SegmentationResult:
     labels: list[LabelInfo]
     device_note: str | None = None
     alignment: Alignment | None = None  # set when the scan was aligned to the bundle's reference first
+    propagation: Propagation | None = None  # set by the registration methods (carries the deformation)
+    method: str | None = None  # atlas labels: the method that produced the result
 
 
 class _Reporter:
@@ -345,6 +349,7 @@ def _lcs_setup(
     image, affine = check_image(image, affine)
     atlas_image, _ = bundle.atlas_image()
     masks = check_atlas_masks(masks, atlas_image.shape, labels)
+    check_drawn_masks(masks, [label.name for label in labels])
     report = _Reporter(progress, cancel)
     torch_device, note = resolve_device(device)
     report(0.0, "bringing the target onto the atlas grid")
@@ -369,12 +374,35 @@ def segment_atlas_labels(
     memory_budget_mb: float | None = None,
     network: torch.nn.Module | None = None,
     align: bool | Alignment | None = None,
+    method: str | None = None,
 ) -> SegmentationResult:
     """Segment the structures that ``masks`` (K, *atlas grid) outline on the atlas, on a target image.
 
-    ``align``: first register the scan to the atlas image (None: on, for 3D bundles; an ``Alignment`` from
-    an earlier result on the same scan is reused).
+    ``method`` (one of ``ATLAS_METHODS``; default ``DEFAULT_ATLAS_METHOD``, 'lcs' for 2D bundles): carry the masks by affine or
+    affine + deformable registration, or condition the bundle's LCS network on them (Ma et al. 2022).
+    ``align``: first register the scan to the atlas image (None: on, for 3D bundles; False: world
+    coordinates; an ``Alignment`` from an earlier result on the same scan is reused).
     """
+    if method is None:  # registration needs 3D scans; 2D bundles keep the paper's network
+        method = DEFAULT_ATLAS_METHOD if bundle.preprocessing.spatial_dims == 3 else "lcs"
+    if method not in ATLAS_METHODS:
+        raise InputError(f"unknown atlas-label method {method!r} (choose {', '.join(ATLAS_METHODS)})")
+    if method.startswith("register-"):
+        from .registered import segment_by_registration
+
+        return segment_by_registration(
+            bundle, image, affine, masks, labels, method.removeprefix("register-"), align, progress, cancel
+        )
+    if method == "lcs-refine":
+        from .registered import segment_by_refinement
+
+        return segment_by_refinement(
+            bundle, image, affine, masks, labels, align, device, progress, cancel, network, memory_budget_mb
+        )
+    if bundle.kind == "lcs" and bundle.network_config.arch != "lcs":
+        raise InputError(
+            f"{bundle.path}: this bundle's network refines registration; use method 'lcs-refine'"
+        )
     run = _lcs_setup(
         bundle, image, affine, masks, labels, device, progress, cancel, memory_budget_mb, network, align
     )
@@ -398,7 +426,9 @@ def segment_atlas_labels(
     labelmap = back.round().numpy().astype(np.int32)
     labelmap = labelmap.astype(np.int16 if labelmap.max(initial=0) < 32768 else np.int32)
     run.report(1.0, "done")
-    return SegmentationResult(labelmap, run.affine.copy(), list(labels), run.note, run.alignment)
+    return SegmentationResult(
+        labelmap, run.affine.copy(), list(labels), run.note, run.alignment, method="lcs"
+    )
 
 
 def atlas_labels_independently(

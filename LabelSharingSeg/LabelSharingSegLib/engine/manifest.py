@@ -158,7 +158,8 @@ class Manifest:
         object.__setattr__(self, "kind", kind)
         object.__setattr__(self, "tasks", tuple(self.tasks))
         network, tasks = self.network, self.tasks
-        if network.arch != kind.arch:
+        # an LCS bundle may carry the paper's network or the one that refines registration
+        if network.arch != kind.arch and not (kind.arch == "lcs" and network.arch == "lcs_refine"):
             raise ConfigError(f"network: a {kind} bundle needs a {kind.arch} network, not {network.arch}")
         if self.preprocessing.spatial_dims != network.spatial_dims:
             raise ConfigError(

@@ -2,6 +2,7 @@
 
 * :class:`UNetConfig`   - the plain U-Net (label sharing, multi-channel, individual models);
 * :class:`LCSConfig`    - label conditioned segmentation (Ma et al. 2022): one output, atlas pooling;
+* :class:`RefineLCSConfig` - LCS that refines registration (networks.RefineLCSNet): ``channels[:2]`` only;
 * :class:`DoDNetConfig` - the DoD-Net-style baseline: task count and dynamic-head width.
 
 Each stores only its own settings (schema 2). Schema-1 bundles stored every architecture's keys in every
@@ -146,6 +147,43 @@ class LCSConfig(BackboneConfig):
         return self.channels[0] + 1
 
 
+# voxels each side a refine head's output depends on (its receptive field radius, rounded up to the pooling 2)
+REFINE_HALO = 12
+
+
+@dataclass(frozen=True)
+class RefineLCSConfig(BackboneConfig):
+    """LCS that refines a registration-propagated mask: an encoder of (scan, warped atlas) ``channels[0]``
+    wide, a local head with one pooled level ``channels[1]`` wide; exactly one output channel (a logit)."""
+
+    ARCH: ClassVar[str] = "lcs_refine"
+
+    out_channels: int = 1
+    channels: tuple[int, ...] = (16, 32)
+
+    def _check_own(self) -> None:
+        if self.out_channels != 1:
+            raise ConfigError(
+                f"network.out_channels of an lcs_refine network must be 1 (got {shown(self.out_channels)})"
+            )
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2
+
+    def _backbone_parameters(self) -> int:
+        kernel, up = 3**self.spatial_dims, 2**self.spatial_dims
+        c0, c1 = self.channels[:2]
+        first = 2 * self.in_channels * c0 * kernel + 3 * c0
+        encoder = first + (self.convs_per_level - 1) * (c0 * c0 * kernel + 3 * c0) + c0 * c0 * kernel + c0
+        top = (c0 + 1) * c0 * kernel + c0 + c0 * c0 * kernel + c0
+        low = c0 * c1 * kernel + c1 + c1 * c1 * kernel + c1
+        return encoder + top + low + c1 * c0 * up + c0 + 2 * c0 * c0 * kernel + c0
+
+    def _head_parameters(self) -> int:
+        return self.channels[0] + 1 + 1  # the 1x1 correction and the prior gain
+
+
 @dataclass(frozen=True)
 class DoDNetConfig(BackboneConfig):
     """DoD-Net-style dynamic head: ``num_tasks`` task codes, three 1x1 convolutions ``head_channels`` wide."""
@@ -175,8 +213,10 @@ class DoDNetConfig(BackboneConfig):
         return controller_in * self.head_parameter_count + self.head_parameter_count + 2 * self.channels[0]
 
 
-NetworkConfig = UNetConfig | LCSConfig | DoDNetConfig
-CONFIG_OF_ARCH: dict[str, type[BackboneConfig]] = {c.ARCH: c for c in (UNetConfig, LCSConfig, DoDNetConfig)}
+NetworkConfig = UNetConfig | LCSConfig | RefineLCSConfig | DoDNetConfig
+CONFIG_OF_ARCH: dict[str, type[BackboneConfig]] = {
+    c.ARCH: c for c in (UNetConfig, LCSConfig, RefineLCSConfig, DoDNetConfig)
+}
 ARCHITECTURES = tuple(CONFIG_OF_ARCH)
 
 

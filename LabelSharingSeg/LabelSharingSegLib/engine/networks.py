@@ -7,6 +7,11 @@
                concatenated to the bottleneck input; one output channel (a logit; sigmoid gives the
                probability). Split into ``encode`` (label independent, run once per volume) and
                ``decode_conditioned`` (bottleneck + decoder, batched over atlas masks).
+* ``lcs_refine`` - LCS that refines registration: the scan and the atlas image warped onto it are encoded once
+               (label independent, full volume); a small local head sees those features and one atlas mask
+               propagated by registration, at full resolution, and outputs the corrected mask's logit. The head
+               has no normalisation and a receptive field of ``REFINE_HALO`` voxels, so it can run in a box
+               around each propagated mask and give exactly what full-volume inference gives inside the box.
 * ``dodnet`` - DoD-Net-style baseline: task one-hot + globally pooled bottleneck features -> a controller
                that generates the weights of a small dynamic head of 1x1 convolutions.
 """
@@ -20,10 +25,12 @@ from torch import nn
 from .errors import InputError
 from .network_config import (
     ARCHITECTURES,
+    REFINE_HALO,
     BackboneConfig,
     DoDNetConfig,
     LCSConfig,
     NetworkConfig,
+    RefineLCSConfig,
     UNetConfig,
     network_config_from_dict,
 )
@@ -33,6 +40,8 @@ __all__ = [
     "DoDNet",
     "LCSNet",
     "NetworkConfig",
+    "REFINE_HALO",
+    "RefineLCSNet",
     "UNet",
     "build_network",
     "network_config_from_dict",
@@ -218,8 +227,56 @@ class DoDNet(nn.Module):
         return x.reshape(batch, -1, *features.shape[2:])
 
 
+class RefineLCSNet(nn.Module):
+    """LCS that refines a registration-propagated mask (see the module docstring; inputs on one grid).
+
+    ``encode(scan, warped_atlas)`` -> features (1, F, ...), label independent; ``refine(features, masks)`` with
+    masks (B, 1, ...) in [0, 1] -> logits (B, 1, ...). The output starts as the propagated mask itself
+    (``prior_gain * (2 m - 1)``, the correction's last layer initialised to zero), so an untrained network
+    reproduces registration and training only has to learn corrections.
+    """
+
+    def __init__(self, config: RefineLCSConfig):
+        super().__init__()
+        self.config = config
+        dims, (c0, c1) = config.spatial_dims, config.channels[:2]
+        conv = _conv(dims)
+        self.encoder = nn.Sequential(
+            ConvBlock(dims, 2 * config.in_channels, c0, config.convs_per_level, config.norm),
+            conv(c0, c0, 3, padding=1),
+            nn.LeakyReLU(0.01),
+        )
+        act = nn.LeakyReLU(0.01)
+        self.top = nn.Sequential(conv(c0 + 1, c0, 3, padding=1), act, conv(c0, c0, 3, padding=1), act)
+        self.pool = (nn.AvgPool3d if dims == 3 else nn.AvgPool2d)(2)
+        self.low = nn.Sequential(conv(c0, c1, 3, padding=1), act, conv(c1, c1, 3, padding=1), act)
+        self.up = (nn.ConvTranspose3d if dims == 3 else nn.ConvTranspose2d)(c1, c0, 2, stride=2)
+        self.merge = nn.Sequential(conv(2 * c0, c0, 3, padding=1), act)
+        self.correction = conv(c0, 1, 1)
+        nn.init.zeros_(self.correction.weight)
+        nn.init.zeros_(self.correction.bias)
+        self.prior_gain = nn.Parameter(torch.tensor(4.0))
+
+    def encode(self, scan: torch.Tensor, warped_atlas: torch.Tensor) -> torch.Tensor:
+        return self.encoder(torch.cat([scan, warped_atlas], dim=1))
+
+    def refine(self, features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Features (1 or B, F, ...) and propagated masks (B, 1, ...), sizes even -> logits (B, 1, ...)."""
+        _check_divisible(masks, 2)
+        if features.shape[0] != masks.shape[0]:
+            features = features.expand(masks.shape[0], *features.shape[1:])
+        masks = masks.to(features.dtype)
+        top = self.top(torch.cat([features, masks], dim=1))
+        low = self.up(self.low(self.pool(top)))
+        out = self.correction(self.merge(torch.cat([top, low], dim=1)))
+        return out + self.prior_gain * (2.0 * masks - 1.0)
+
+    def forward(self, scan: torch.Tensor, warped_atlas: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return self.refine(self.encode(scan, warped_atlas), masks)
+
+
 def build_network(config: NetworkConfig) -> nn.Module:
     """Build the network a typed config describes (read one with :func:`network_config_from_dict`)."""
-    if not isinstance(config, (UNetConfig, LCSConfig, DoDNetConfig)):
+    if not isinstance(config, (UNetConfig, LCSConfig, RefineLCSConfig, DoDNetConfig)):
         raise TypeError(f"build_network needs a typed network config, not {type(config).__name__}")
-    return {"unet": UNet, "lcs": LCSNet, "dodnet": DoDNet}[config.arch](config)
+    return {"unet": UNet, "lcs": LCSNet, "lcs_refine": RefineLCSNet, "dodnet": DoDNet}[config.arch](config)

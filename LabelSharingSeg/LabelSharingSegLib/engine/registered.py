@@ -1,0 +1,170 @@
+"""Drawn atlas labels segmented through registration: carried by it (``register-affine``,
+``register-deformable``) or carried and then corrected by a refine network (``lcs-refine``); see
+propagation.py, deformable.py, boxes.py and networks.RefineLCSNet. Entry point: inference.segment_atlas_labels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .boxes import chunked_boxes, crop, even_grid_pads
+from .bundle import Bundle
+from .device import resolve_device
+from .errors import InputError
+from .inference import (
+    LCS_THRESHOLD,
+    SegmentationResult,
+    _autocast,
+    _default_budget_mb,
+    _Reporter,
+    check_atlas_masks,
+)
+from .networks import REFINE_HALO
+from .preprocessing import check_image, normalise_intensity, pad_spatial
+from .propagation import Propagation, carried_chunks, carry_labels, check_drawn_masks, register_atlas
+from .registration import Alignment
+from .warping import apply_affine, grid_points, sample
+
+
+def atlas_propagation(
+    bundle: Bundle,
+    image: np.ndarray,
+    affine: np.ndarray,
+    stage: str,
+    align: bool | Alignment | None,
+    report=None,
+) -> Propagation:
+    """Register the bundle's atlas onto a scan up to ``stage`` ('affine' or 'deformable'; see propagation.py).
+    ``align=False`` starts from world coordinates; an ``Alignment`` is reused."""
+    atlas_image, atlas_affine = bundle.atlas_image()
+    alignment = align if isinstance(align, Alignment) else None
+    if align is False:
+        alignment = Alignment(np.eye(4), float("nan"))
+    return register_atlas(
+        atlas_image, atlas_affine, image, affine, stage=stage, alignment=alignment, progress=report
+    )
+
+
+def refine_inputs(bundle: Bundle, image: np.ndarray, affine: np.ndarray, propagation: Propagation):
+    """(scan, atlas warped onto it) on the atlas grid in scan space, normalised, padded to even sizes:
+    (1, 1, *grid) each. Grid point q shows the scan at M q and the atlas at q + u(q) (see propagation.py)."""
+    atlas_image, atlas_affine = bundle.atlas_image()
+    intensity = bundle.preprocessing.intensity
+    points = grid_points(atlas_image.shape, atlas_affine)
+    scan_points = apply_affine(propagation.alignment.matrix, points)
+    scan = sample(torch.as_tensor(np.asarray(image, np.float32))[None], affine, scan_points, mode="bilinear")[
+        0
+    ]
+    # the grid seen in scan space has affine M @ atlas_affine, so its atlas points are q + u(q)
+    atlas_points = propagation.atlas_points(atlas_image.shape, propagation.alignment.matrix @ atlas_affine)
+    warped = sample(torch.as_tensor(atlas_image)[None], atlas_affine, atlas_points, mode="bilinear")[0]
+    pads = even_grid_pads(atlas_image.shape)
+    return (
+        pad_spatial(normalise_intensity(scan, intensity)[None, None], pads),
+        pad_spatial(normalise_intensity(warped, intensity)[None, None], pads),
+    )
+
+
+def refined_in_boxes(network, features: torch.Tensor, propagated: torch.Tensor, chunk: int):
+    """Yield (label index, box, probabilities in the box) of a refine network run in a box around each
+    propagated mask (K, *grid), batched by chunks of equally sized boxes; features (1, F, *grid)."""
+    with torch.no_grad():
+        for indices, boxes in chunked_boxes(propagated, REFINE_HALO, chunk):
+            feats = torch.cat([crop(features, box) for box in boxes])
+            masks = torch.stack([crop(propagated[k], box)[None] for k, box in zip(indices, boxes)])
+            logits = network.refine(feats, masks.to(feats.device)).float().cpu()
+            for k, box, logit in zip(indices, boxes, logits):
+                yield k, box, torch.sigmoid(logit[0])
+
+
+def segment_by_refinement(
+    bundle, image, affine, masks, labels, align, device, progress, cancel, network, memory_budget_mb
+):
+    if bundle.kind != "lcs" or bundle.network_config.arch != "lcs_refine":
+        raise InputError(f"{bundle.path}: method 'lcs-refine' needs an LCS bundle with a refine network")
+    image, affine = check_image(image, affine)
+    atlas_image, atlas_affine = bundle.atlas_image()
+    masks = check_atlas_masks(masks, atlas_image.shape, labels)
+    check_drawn_masks(masks, [label.name for label in labels])
+    report = _Reporter(progress, cancel)
+    torch_device, note = resolve_device(device)
+    report(0.0, "registering the atlas to the scan (deformable)")
+    propagation = atlas_propagation(
+        bundle, image, affine, "deformable", align, lambda f, m: report(0.5 * f, m)
+    )
+    scan, warped = refine_inputs(bundle, image, affine, propagation)
+    net = network if network is not None else bundle.build_network(torch_device)
+    pads = even_grid_pads(atlas_image.shape)
+    grid = tuple(s + p for s, (_, p) in zip(atlas_image.shape, pads))
+    # the masks carried by the deformation onto the grid, where the network corrects them
+    grid_affine = propagation.alignment.matrix @ atlas_affine
+    points = propagation.atlas_points(atlas_image.shape, grid_affine)
+    propagated = torch.zeros((masks.shape[0], *grid))
+    for start, weights in carried_chunks(
+        masks, atlas_affine, propagation, atlas_image.shape, grid_affine, points=points
+    ):
+        propagated[(slice(start, start + weights.shape[0]), *[slice(0, s) for s in atlas_image.shape])] = (
+            weights
+        )
+    with torch.no_grad(), _autocast(torch_device):
+        features = net.encode(scan.to(torch_device), warped.to(torch_device))
+    probabilities = torch.zeros((masks.shape[0], *grid))
+    budget = memory_budget_mb if memory_budget_mb is not None else _default_budget_mb(torch_device)
+    chunk = max(1, int(budget * 1024**2 // (40 * features.shape[1] * 4 * np.prod(grid) / 8)))
+    for done, (k, box, probs) in enumerate(
+        refined_in_boxes(net, features, propagated.to(torch_device), chunk)
+    ):
+        report(0.55 + 0.35 * done / masks.shape[0], f"label {done + 1} of {masks.shape[0]}")
+        probabilities[(k, *box)] = probs
+    report(0.9, "mapping back onto the input grid")
+    scan_to_grid = Propagation(propagation.alignment)
+    values = [label.value for label in labels]
+    best = torch.zeros(image.shape)
+    best_index = torch.zeros(image.shape, dtype=torch.long)
+    cropped = probabilities[(slice(None), *[slice(0, s) for s in atlas_image.shape])]
+    scan_points = scan_to_grid.atlas_points(image.shape, affine)
+    for start, weights in carried_chunks(
+        cropped.numpy(), atlas_affine, scan_to_grid, image.shape, affine, points=scan_points
+    ):
+        value, index = weights.max(dim=0)
+        better = value > best
+        best = torch.where(better, value, best)
+        best_index = torch.where(better, index + start, best_index)
+    lookup = torch.tensor(values, dtype=torch.int32)
+    labelmap = torch.where(
+        best >= LCS_THRESHOLD, lookup[best_index], torch.zeros_like(best_index, dtype=torch.int32)
+    )
+    labelmap = labelmap.numpy().astype(np.int16 if max(values) < 32768 else np.int32)
+    report(1.0, "done")
+    alignment = propagation.alignment if align is not False else None
+    return SegmentationResult(
+        labelmap, affine.copy(), list(labels), note, alignment, propagation, "lcs-refine"
+    )
+
+
+def segment_by_registration(bundle, image, affine, masks, labels, stage, align, progress, cancel):
+    if bundle.kind != "lcs":
+        raise InputError(
+            f"{bundle.path}: a {bundle.kind} bundle has no atlas; atlas labels need an LCS bundle"
+        )
+    image, affine = check_image(image, affine)
+    atlas_image, atlas_affine = bundle.atlas_image()
+    masks = check_atlas_masks(masks, atlas_image.shape, labels)
+    check_drawn_masks(masks, [label.name for label in labels])
+    report = _Reporter(progress, cancel)
+    report(0.0, f"registering the atlas to the scan ({stage})")
+    propagation = atlas_propagation(bundle, image, affine, stage, align, lambda f, m: report(0.8 * f, m))
+    report(0.8, "carrying the labels onto the scan")
+    values = [label.value for label in labels]
+    labelmap = carry_labels(masks, values, atlas_affine, propagation, image.shape, affine)
+    labelmap = labelmap.astype(np.int16 if max(values) < 32768 else np.int32)
+    empty = [label.name for label in labels if not (labelmap == label.value).any()]
+    if len(empty) == len(labels):
+        raise InputError("every drawn label lands outside the scan's field of view; nothing to segment")
+    report(1.0, "done")
+    alignment = propagation.alignment if align is not False else None
+    result = SegmentationResult(
+        labelmap, affine.copy(), list(labels), None, alignment, propagation, f"register-{stage}"
+    )
+    return result
