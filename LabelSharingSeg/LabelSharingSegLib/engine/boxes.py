@@ -11,6 +11,7 @@ chunk on a stacked batch.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -43,8 +44,8 @@ def label_box(weights: torch.Tensor, halo: int) -> tuple[list[int], list[int]] |
 def chunked_boxes(weights: torch.Tensor, halo: int, chunk: int) -> Iterator[tuple[list[int], list[Box]]]:
     """For weights (K, *grid) yield (label indices, boxes of one common size) per chunk; empty labels skipped."""
     grid = list(weights.shape[1:])
-    found = [(k, label_box(weights[k], halo)) for k in range(weights.shape[0])]
-    found = [(k, box) for k, box in found if box is not None]
+    candidates = [(k, label_box(weights[k], halo)) for k in range(weights.shape[0])]
+    found = [(k, box) for k, box in candidates if box is not None]
     found.sort(key=lambda item: int(torch.tensor(item[1][1]).prod()))
     for first in range(0, len(found), chunk):
         part = found[first : first + chunk]
@@ -59,4 +60,5 @@ def chunked_boxes(weights: torch.Tensor, halo: int, chunk: int) -> Iterator[tupl
 
 def crop(volume: torch.Tensor, box: Box) -> torch.Tensor:
     """The box of the trailing spatial axes of ``volume``."""
-    return volume[(Ellipsis, *box)]
+    where: tuple[Any, ...] = (Ellipsis, *box)
+    return volume[where]

@@ -164,7 +164,7 @@ def carry_labels(
     points = propagation.atlas_points(shape, affine)
     best = torch.zeros(tuple(shape))
     best_index = torch.zeros(tuple(shape), dtype=torch.long)
-    union = np.asarray(masks).any(axis=0, keepdims=True)
+    union = np.asarray(np.asarray(masks).any(axis=0, keepdims=True))
     for start, weights in carried_chunks(
         masks,
         atlas_affine,

@@ -5,6 +5,8 @@ propagation.py, deformable.py, boxes.py and networks.RefineLCSNet. Entry point: 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -52,12 +54,14 @@ def refine_inputs(bundle: Bundle, image: np.ndarray, affine: np.ndarray, propaga
     atlas_image, atlas_affine = bundle.atlas_image()
     intensity = bundle.preprocessing.intensity
     points = grid_points(atlas_image.shape, atlas_affine)
-    scan_points = apply_affine(propagation.alignment.matrix, points)
+    # no alignment means world coordinates: the identity
+    matrix = propagation.alignment.matrix if propagation.alignment is not None else np.eye(4)
+    scan_points = apply_affine(matrix, points)
     scan = sample(torch.as_tensor(np.asarray(image, np.float32))[None], affine, scan_points, mode="bilinear")[
         0
     ]
     # the grid seen in scan space has affine M @ atlas_affine, so its atlas points are q + u(q)
-    atlas_points = propagation.atlas_points(atlas_image.shape, propagation.alignment.matrix @ atlas_affine)
+    atlas_points = propagation.atlas_points(atlas_image.shape, matrix @ atlas_affine)
     warped = sample(torch.as_tensor(atlas_image)[None], atlas_affine, atlas_points, mode="bilinear")[0]
     pads = even_grid_pads(atlas_image.shape)
     return (
@@ -101,12 +105,12 @@ def segment_by_refinement(
     grid_affine = propagation.alignment.matrix @ atlas_affine
     points = propagation.atlas_points(atlas_image.shape, grid_affine)
     propagated = torch.zeros((masks.shape[0], *grid))
+    atlas_extent = [slice(0, s) for s in atlas_image.shape]
     for start, weights in carried_chunks(
         masks, atlas_affine, propagation, atlas_image.shape, grid_affine, points=points
     ):
-        propagated[(slice(start, start + weights.shape[0]), *[slice(0, s) for s in atlas_image.shape])] = (
-            weights
-        )
+        rows: tuple[slice, ...] = (slice(start, start + weights.shape[0]), *atlas_extent)
+        propagated[rows] = weights
     with torch.no_grad(), _autocast(torch_device):
         features = net.encode(scan.to(torch_device), warped.to(torch_device))
     probabilities = torch.zeros((masks.shape[0], *grid))
@@ -116,13 +120,15 @@ def segment_by_refinement(
         refined_in_boxes(net, features, propagated.to(torch_device), chunk)
     ):
         report(0.55 + 0.35 * done / masks.shape[0], f"label {done + 1} of {masks.shape[0]}")
-        probabilities[(k, *box)] = probs
+        where: tuple[Any, ...] = (k, *box)
+        probabilities[where] = probs
     report(0.9, "mapping back onto the input grid")
     scan_to_grid = Propagation(propagation.alignment)
     values = [label.value for label in labels]
     best = torch.zeros(image.shape)
     best_index = torch.zeros(image.shape, dtype=torch.long)
-    cropped = probabilities[(slice(None), *[slice(0, s) for s in atlas_image.shape])]
+    everything: tuple[slice, ...] = (slice(None), *[slice(0, s) for s in atlas_image.shape])
+    cropped = probabilities[everything]
     scan_points = scan_to_grid.atlas_points(image.shape, affine)
     for start, weights in carried_chunks(
         cropped.numpy(), atlas_affine, scan_to_grid, image.shape, affine, points=scan_points

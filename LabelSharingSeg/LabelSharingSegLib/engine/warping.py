@@ -51,7 +51,7 @@ def jacobian_determinant(displacement: np.ndarray, affine: np.ndarray) -> np.nda
     linear = np.asarray(affine, dtype=np.float64)[:3, :3]
     # derivatives along the array axes, then chained to world axes: du/dx = du/dijk @ inv(A)
     per_axis = np.stack(
-        [np.stack(np.gradient(np.asarray(u, np.float64)), axis=-1) for u in displacement], axis=-2
+        [np.stack(list(np.gradient(np.asarray(u, np.float64))), axis=-1) for u in displacement], axis=-2
     )
     world = per_axis @ np.linalg.inv(linear)
     return np.linalg.det(np.eye(3) + world)
