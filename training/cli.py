@@ -1,15 +1,21 @@
 """The ``lsseg`` command line. Each command group lives in its own module and registers itself here.
 
-Errors of the project's exception family exit non-zero with one clear line; ``--debug`` shows the traceback.
+Every failure ends in one line on stderr (``lsseg: error: ...``) and a non-zero exit: 2 for errors of the
+project's exception family (bad input, refused output), 1 for anything unexpected, 130 for Ctrl-C; ``--debug``
+adds the traceback. Output cut off by a closed pipe (``lsseg info ... | head -1``) ends quietly. Everything
+printed is stripped of terminal control sequences (see :mod:`lsseg_training.terminal`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 
+from LabelSharingSegLib.engine.atomic import describe_os_error
 from LabelSharingSegLib.engine.errors import LabelSharingSegError
+from lsseg_training.terminal import PrintableStream
 
 # Modules that add subcommands: each has ``register(subparsers)`` and sets ``func`` on its parsers.
 _COMMAND_MODULES = (
@@ -19,6 +25,11 @@ _COMMAND_MODULES = (
     "lsseg_training.demo",  # demo
     "lsseg_training.bench",  # bench
 )
+
+EXIT_REFUSED = 2
+EXIT_UNEXPECTED = 1
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = PrintableStream(stdout), PrintableStream(stderr)
+    try:
+        return _run(argv)
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -50,15 +70,42 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return int(result or 0)
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except LabelSharingSegError as exc:
-        if args.debug:
-            traceback.print_exc()
-        print(f"lsseg: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args, str(exc), EXIT_REFUSED)
     except KeyboardInterrupt:
-        print("lsseg: interrupted", file=sys.stderr)
-        return 130
+        return _fail(args, "interrupted", EXIT_INTERRUPTED, prefix="lsseg: ")
+    except OSError as exc:
+        where = exc.filename if exc.filename is not None else "lsseg"
+        return _fail(args, describe_os_error(exc, where), EXIT_UNEXPECTED)
+    except MemoryError:
+        return _fail(args, "out of memory (try a smaller input or another device)", EXIT_UNEXPECTED)
+    except Exception as exc:  # a bug: still one line, the traceback with --debug
+        return _fail(
+            args,
+            f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback and please report it)",
+            EXIT_UNEXPECTED,
+        )
+
+
+def _fail(args: argparse.Namespace, message: str, code: int, prefix: str = "lsseg: error: ") -> int:
+    if args.debug:
+        traceback.print_exc()
+    print(f"{prefix}{message}", file=sys.stderr)
+    return code
+
+
+def _silence_stdout() -> None:
+    """The reader went away: point stdout at /dev/null so the final flush at exit cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.__stdout__.fileno())
+    except (OSError, AttributeError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import torch
 
 from .atomic import atomic_path, require_parent_dir
 from .errors import BundleError, InputError
+from .jsonfile import parse_json
 from .labels import LabelInfo, labels_from_csv, labels_to_csv
 from .labelspace import SharedLabelSpace
 from .networks import build_network, complete_config
@@ -331,11 +332,9 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
         raise BundleError(f"{manifest_path}: missing (is {path} a bundle folder?)")
+    _require_inside(manifest_path, folder)
     raw = manifest_path.read_bytes()
-    try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
+    manifest = parse_json(raw, str(manifest_path), BundleError)
     manifest, tasks, space = _validate_manifest(manifest, str(manifest_path))
     files = manifest["files"]
     if WEIGHTS not in files:
@@ -351,6 +350,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
             raise BundleError(f"{manifest_path}: unsafe file name {name!r}")
         if not file_path.is_file():
             raise BundleError(f"{file_path}: missing from the bundle")
+        _require_inside(file_path, folder)
         if _sha256(file_path) != expected:
             raise BundleError(f"{file_path}: sha256 does not match bundle.json (file changed or corrupt)")
     state_dict = _load_weights(folder / WEIGHTS, manifest["network"])
@@ -367,6 +367,14 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     if bundle.kind == "lcs":
         _validate_atlas(bundle)
     return bundle
+
+
+def _require_inside(file_path: Path, folder: Path) -> None:
+    """Refuse a bundle file that is a link leading out of the bundle (its bytes are not the bundle's own)."""
+    if not file_path.resolve().is_relative_to(folder.resolve()):
+        raise BundleError(
+            f"{file_path}: is a link to a file outside the bundle; copy the file into the bundle"
+        )
 
 
 def _load_weights(path: Path, network_config: dict) -> dict[str, torch.Tensor]:

@@ -23,3 +23,7 @@ class BundleError(LabelSharingSegError):
 
 class CancelledError(LabelSharingSegError):
     """The user cancelled a running job; nothing was written."""
+
+
+class OutputError(LabelSharingSegError):
+    """An output cannot be written (exists, equals an input, disk full, no permission); nothing was changed."""
