@@ -13,7 +13,6 @@ import os
 import sys
 import traceback
 
-from LabelSharingSegLib.engine.atomic import describe_os_error
 from LabelSharingSegLib.engine.errors import LabelSharingSegError
 from lsseg_training.terminal import PrintableStream
 
@@ -79,9 +78,9 @@ def _run(argv: list[str] | None) -> int:
         return _fail(args, str(exc), EXIT_REFUSED)
     except KeyboardInterrupt:
         return _fail(args, "interrupted", EXIT_INTERRUPTED, prefix="lsseg: ")
-    except OSError as exc:
-        where = exc.filename if exc.filename is not None else "lsseg"
-        return _fail(args, describe_os_error(exc, where), EXIT_UNEXPECTED)
+    except OSError as exc:  # outside the atomic writers, which say more
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        return _fail(args, f"{where}{exc.strerror or exc}", EXIT_UNEXPECTED)
     except MemoryError:
         return _fail(args, "out of memory (try a smaller input or another device)", EXIT_UNEXPECTED)
     except Exception as exc:  # a bug: still one line, the traceback with --debug

@@ -55,8 +55,8 @@ def register(subparsers) -> None:
         "--atlas-names",
         type=Path,
         metavar="NAMES.csv",
-        help="value,name[,#rrggbb] table for --atlas-labels (default: the bundle's names "
-        "where values match, else 'label N')",
+        help="value,name[,#rrggbb] table for --atlas-labels (values it does not name take the "
+        "bundle's names where values match, else 'label N')",
     )
     segment.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     segment.add_argument(
@@ -137,8 +137,8 @@ def _atlas_masks_from_labelmap(bundle, path: Path | None, names_path: Path | Non
     if not values:
         raise InputError(f"{path}: the atlas label map is empty (no non-zero voxels)")
     known = {label.value: label for label in atlas_names}
-    if names_path is not None:
-        known = {label.value: label for label in labels_from_csv(names_path)}
+    if names_path is not None:  # the user's names win; values it does not name keep the bundle's names
+        known.update({label.value: label for label in labels_from_csv(names_path)})
     labels = [known.get(v, LabelInfo(v, f"label {v}", default_color(v))) for v in values]
     return LabelMapMasks(labelmap, values), labels  # masks made per chunk: memory does not grow with labels
 

@@ -186,9 +186,11 @@ def atomic_paths(
             for part in parts:
                 _fsync(part)
         except OSError as exc:
-            raise OutputError(
-                describe_os_error(exc, targets[0] if len(targets) == 1 else targets[0].parent)
-            ) from None
+            failed = [
+                t for p, t in zip(parts, targets) if exc.filename is not None and Path(exc.filename) == p
+            ]
+            where = failed[0] if failed else ", ".join(str(t) for t in targets)
+            raise OutputError(describe_os_error(exc, where) + "; nothing was written") from None
         _publish(parts, targets)
     finally:
         for part in parts:

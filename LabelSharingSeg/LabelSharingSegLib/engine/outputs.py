@@ -16,8 +16,10 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from .atomic import require_parent_dir
+from .atomic import describe_os_error, require_parent_dir
 from .errors import OutputError
+
+_NAME_MAX = 255  # bytes in one file name on every common file system
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -50,23 +52,32 @@ def require_writable_outputs(
     known = [(what, Path(p)) for what, p in inputs if p is not None]
     checked = []
     for output in map(Path, outputs):
-        for what, source in known:
-            if source.is_dir() and _inside(output, source):
-                raise OutputError(
-                    f"{output}: lies inside the input folder {source} ({what}); write elsewhere"
-                )
-            if _same_file(output, source):
-                raise OutputError(f"{output}: is the input {what} ({source}); choose another output path")
-        if output.is_dir():
-            raise OutputError(f"{output}: is a folder (choose a file path)")
-        require_parent_dir(output)
-        if output.exists() or output.is_symlink():
-            if not overwrite:
-                raise OutputError(f"{output}: already exists (pass {option} to replace it)")
-            if not output.is_file():
-                raise OutputError(f"{output}: is not a regular file; refusing to replace it")
-        parent = output.parent if str(output.parent) else Path(".")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise OutputError(f"{parent}: permission denied (choose a folder you can write to)")
-        checked.append(output)
+        try:
+            checked.append(_check_output(output, known, overwrite, option))
+        except OSError as exc:  # e.g. a name the file system cannot hold
+            raise OutputError(describe_os_error(exc, output)) from None
     return checked
+
+
+def _check_output(output: Path, known: list[tuple[str, Path]], overwrite: bool, option: str) -> Path:
+    if len(os.fsencode(output.name)) > _NAME_MAX:
+        raise OutputError(
+            f"{output}: file name too long ({len(os.fsencode(output.name))} bytes; the limit is {_NAME_MAX})"
+        )
+    for what, source in known:
+        if source.is_dir() and _inside(output, source):
+            raise OutputError(f"{output}: lies inside the input folder {source} ({what}); write elsewhere")
+        if _same_file(output, source):
+            raise OutputError(f"{output}: is the input {what} ({source}); choose another output path")
+    if output.is_dir():
+        raise OutputError(f"{output}: is a folder (choose a file path)")
+    require_parent_dir(output)
+    if output.exists() or output.is_symlink():
+        if not overwrite:
+            raise OutputError(f"{output}: already exists (pass {option} to replace it)")
+        if not output.is_file():
+            raise OutputError(f"{output}: is not a regular file; refusing to replace it")
+    parent = output.parent if str(output.parent) else Path(".")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{parent}: permission denied (choose a folder you can write to)")
+    return output
