@@ -67,6 +67,13 @@ def workspace_root(tmp_path_factory, ls_bundle_path, lcs_bundle_path):
     whole = (img / "scan.nii.gz").read_bytes()
     (img / "truncated.nii.gz").write_bytes(whole[: len(whole) // 2])
     (img / "empty.nii.gz").write_bytes(b"")
+    header = nib.Nifti1Header()
+    header.set_data_shape((1000, 1000, 400))  # declares 1.6 GB of float32 voxels
+    header.set_data_dtype(np.float32)
+    header["vox_offset"] = 352
+    declared = header.binaryblock + b"\0" * 4 + rng.bytes(64)
+    (img / "declares_huge.nii").write_bytes(declared)
+    (img / "declares_huge.nii.gz").write_bytes(gzip.compress(declared))
     (img / "notes.txt").write_text("not an image")
     (img / "folder.nii.gz").mkdir()
     (img / "folder.nii.gz" / "inside.txt").write_text("a folder named like an image")
@@ -123,6 +130,17 @@ def existing(*names: str):
     def setup(ws: Workspace) -> None:
         for name in names:
             (ws.out / name).write_text(f"the user's own {name}\n")
+
+    return setup
+
+
+def _link(kind: str):
+    def setup(ws: Workspace) -> None:
+        scan = ws.inputs / "img" / "scan.nii.gz"
+        if kind == "symlink":
+            (ws.out / "link.nii.gz").symlink_to(scan)
+        else:
+            os.link(scan, ws.out / "link.nii.gz")
 
     return setup
 
@@ -344,6 +362,20 @@ CASES = [
         (*LS, *SCAN, "-o", "{in}/img/../img/./scan.nii.gz", "--overwrite"),
         exit=2,
         error=r"is the input -i",
+    ),
+    Case(
+        "seg-output-symlink-to-input",
+        (*LS, *SCAN, "-o", "{out}/link.nii.gz", "--overwrite"),
+        exit=2,
+        error=r"is the input -i",
+        setup=_link("symlink"),
+    ),
+    Case(
+        "seg-output-hard-link-to-input",
+        (*LS, *SCAN, "-o", "{out}/link.nii.gz", "--overwrite"),
+        exit=2,
+        error=r"is the input -i",
+        setup=_link("hard"),
     ),
     Case(
         "seg-names-table-is-atlas-names",

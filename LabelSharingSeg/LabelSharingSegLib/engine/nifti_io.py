@@ -14,6 +14,7 @@ from .atomic import atomic_path
 from .errors import InputError
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
+_CHECK_ABOVE_BYTES = 64 * 1024**2
 
 
 def has_nifti_ending(path: str | os.PathLike) -> bool:
@@ -37,6 +38,7 @@ def load_nifti(path: str | os.PathLike, *, dtype=np.float32) -> tuple[np.ndarray
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # nibabel warns about odd headers; errors are what we report
             image = nib.load(str(path))
+            _require_declared_voxels(path, image)
             stored = np.dtype(image.get_data_dtype())
             if stored.kind == "c" or (
                 stored.fields and any(f[0].kind == "c" for f in stored.fields.values())
@@ -56,6 +58,42 @@ def load_nifti(path: str | os.PathLike, *, dtype=np.float32) -> tuple[np.ndarray
     if not np.all(np.isfinite(affine)):
         raise InputError(f"{path}: the affine holds NaN/Inf")
     return data, affine
+
+
+def _require_declared_voxels(path: Path, image) -> None:
+    """Refuse a file holding fewer voxel bytes than its header declares before allocating them: a 400-byte
+    file may declare gigabytes. Only large declarations are checked (a gzip file is counted by streaming)."""
+    header = image.header
+    declared = (
+        int(np.prod(header.get_data_shape(), dtype=np.int64)) * np.dtype(header.get_data_dtype()).itemsize
+    )
+    if declared < _CHECK_ABOVE_BYTES:
+        return
+    needed = declared + int(header.get_data_offset())
+    if str(path).lower().endswith(".gz"):
+        with open(path, "rb") as handle:
+            handle.seek(-4, os.SEEK_END)
+            if int.from_bytes(handle.read(4), "little") == needed % 2**32:
+                return  # the gzip trailer agrees (it stores the unpacked size modulo 4 GiB)
+        held = _gzip_unpacked_size(path, stop_after=needed)
+    else:
+        held = path.stat().st_size
+    if held < needed:
+        raise InputError(
+            f"{path}: truncated or corrupt: the header declares {declared} bytes of voxels, the file holds "
+            f"{max(held - int(header.get_data_offset()), 0)}"
+        )
+
+
+def _gzip_unpacked_size(path: Path, stop_after: int) -> int:
+    """Unpacked size of a (possibly multi-member) gzip file, counted without keeping the data."""
+    import gzip
+
+    total = 0
+    with gzip.open(path, "rb") as stream:
+        while total < stop_after and (block := stream.read(1 << 22)):
+            total += len(block)
+    return total
 
 
 def _whole_numbers(data: np.ndarray, dtype: np.dtype, path: Path) -> np.ndarray:
