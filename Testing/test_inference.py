@@ -18,6 +18,7 @@ from LabelSharingSegLib.engine.inference import (
 )
 from LabelSharingSegLib.engine.labels import LabelInfo
 from LabelSharingSegLib.engine.preprocessing import resample_to_grid, to_model_grid
+from LabelSharingSegLib.engine.preprocessing_config import Preprocessing
 
 
 class IntensityThreshold(torch.nn.Module):
@@ -68,7 +69,7 @@ def test_task_labels_stay_on_the_anatomy_for_oblique_grids(ls_bundle_path, lps):
     before = image.copy()
     brain = bundle.task("brain")
     bright = brain.channels[3]  # 'ventricles'
-    net = IntensityThreshold(bundle.network_config["out_channels"], bright)
+    net = IntensityThreshold(bundle.network_config.out_channels, bright)
     result = segment_task(bundle, image, affine, "brain", device="cpu", network=net)
     assert result.labelmap.shape == image.shape
     np.testing.assert_array_equal(result.affine, affine)
@@ -80,7 +81,7 @@ def test_task_labels_stay_on_the_anatomy_for_oblique_grids(ls_bundle_path, lps):
 def test_only_the_chosen_tasks_channels_compete(ls_bundle_path):
     bundle = load_bundle(ls_bundle_path)
     # the bright channel is shared label 3, which task 'organs' (2 labels) does not use -> all background
-    net = IntensityThreshold(bundle.network_config["out_channels"], 3)
+    net = IntensityThreshold(bundle.network_config.out_channels, 3)
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
     image = np.zeros((20, 20, 20), np.float32)
     image[5:15, 5:15, 5:15] = 1
@@ -95,7 +96,9 @@ def test_model_grid_round_trip_preserves_world_positions():
     shape = (50, 30, 16)
     centre = affine[:3, :3] @ (np.array(shape) / 2) + affine[:3, 3]
     image = sphere_image(shape, affine, centre, 12.0)
-    prep = {"spatial_dims": 3, "spacing": [1.0, 1.0, 1.0], "intensity": {"mode": "none"}}
+    prep = Preprocessing.from_dict(
+        {"spatial_dims": 3, "spacing": [1.0, 1.0, 1.0], "patch_size": [16] * 3, "intensity": {"mode": "none"}}
+    )
     model = to_model_grid(image, affine, prep)
     back = resample_to_grid(model, affine, shape, mode="bilinear")[0].numpy()
     assert dice(back > 0.5, image > 0.5) > 0.93

@@ -18,9 +18,9 @@ def test_3d_labelsharing_trains_segments_and_evaluates(tmp_path):
     out = tmp_path / "ls3d"
     assert lsseg("train", "labelsharing", "--data", *data, "--out", out, "--steps", 3, *TINY) == 0
     bundle = load_bundle(out)
-    assert bundle.preprocessing["spatial_dims"] == 3 and bundle.network_config["spatial_dims"] == 3
+    assert bundle.preprocessing.spatial_dims == 3 and bundle.network_config.spatial_dims == 3
     assert bundle.label_space.n_shared == 3 and bundle.task_names() == ["Phantom0", "Phantom1"]
-    assert len(bundle.preprocessing["patch_size"]) == 3
+    assert len(bundle.preprocessing.patch_size) == 3
 
     for folder, task in zip(data, bundle.task_names()):
         case = sorted((folder / "imagesTs").iterdir())[0]

@@ -56,7 +56,7 @@ def test_add_task_keeps_old_bundle_and_follows_size_table(setup, tmp_path):
     expected = {value: position + 1 for value, position in zip(ranked, positions)}
     assert new.label_space.task_to_shared("Phantom1") == expected
     assert new.task("Phantom1").channels == expected
-    assert new.manifest["training"]["base_bundle"] == old.bundle_id
+    assert new.manifest.training["base_bundle"] == old.bundle_id
 
 
 def test_too_many_labels_need_widen(setup, tmp_path, capsys):
@@ -68,7 +68,7 @@ def test_too_many_labels_need_widen(setup, tmp_path, capsys):
     out = tmp_path / "wide"
     assert lsseg("add-task", small, "--data", data[0], "--out", out, "--widen", "--steps", 2, *TINY) == 0
     wide = load_bundle(out)
-    assert wide.label_space.n_shared == 3 and wide.network_config["out_channels"] == 4
+    assert wide.label_space.n_shared == 3 and wide.network_config.out_channels == 4
     assert tree_hashes(small) == before
 
 

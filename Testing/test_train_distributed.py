@@ -49,8 +49,8 @@ def test_torchrun_two_processes_gloo(tmp_path):
     rank1 = (hashes / "rank1.sha256").read_text()
     assert len(rank0.strip()) == 64 and rank0 == rank1
     bundle = load_bundle(out)
-    assert bundle.manifest["training"]["world_size"] == 2
+    assert bundle.manifest.training["world_size"] == 2
     # the time limit stopped both ranks at the same step (rank 0 decides and broadcasts): equal weights above
-    steps = bundle.manifest["training"]["steps"]
+    steps = bundle.manifest.training["steps"]
     assert 1 <= steps < 400 and f"stopped at step {steps} of 400" in result.stdout
     assert result.stdout.count("Bundle:") == 1  # only rank 0 reports and writes

@@ -83,7 +83,7 @@ def test_lcs_input_for_a_new_image_matches_prepared_lcs(tmp_path):
     atlas_raw, atlas_affine = bundle.atlas_image()
     atlas_labels, _, infos = bundle.atlas_labels()
     prep = bundle.preprocessing
-    assert prep["intensity"]["mode"] == "percentile"
+    assert prep.intensity.mode == "percentile"
     method = LCSMethod(
         torch.as_tensor(atlas_raw),
         torch.as_tensor(atlas_labels),

@@ -49,8 +49,8 @@ def test_labelsharing_bundle_holds_space_and_all_tasks(tmp_path, data):
     bundle = load_bundle(out)
     assert bundle.task_names() == ["Phantom0", "Phantom1"]
     assert bundle.label_space.n_shared == 3
-    assert bundle.network_config["out_channels"] == 4
-    assert bundle.manifest["training"]["steps"] == 2
+    assert bundle.network_config.out_channels == 4
+    assert bundle.manifest.training["steps"] == 2
 
 
 def test_lcs_with_coarse_map_stores_coarse_atlas(tmp_path, data):
@@ -79,10 +79,10 @@ def test_lcs_with_coarse_map_stores_coarse_atlas(tmp_path, data):
     labels, _, names = bundle.atlas_labels()
     assert set(np.unique(labels)) == {0, 1, 2}
     assert [n.name for n in names] == ["large_blob", "merged"]
-    assert bundle.manifest["training"]["atlas_case"] == "phantom0_001"
+    assert bundle.manifest.training["atlas_case"] == "phantom0_001"
     case = sorted((data[0] / "imagesTs").iterdir())[0]
     seg = tmp_path / "lcs_seg.nii.gz"
-    atlas_file = out / bundle.manifest["atlas"]["labels"]
+    atlas_file = out / bundle.manifest.atlas.labels
     assert (
         lsseg(
             "segment", out, "-i", case, "-o", seg, "--atlas-labels", atlas_file, "--device", "cpu", "--quiet"

@@ -237,7 +237,7 @@ def test_resume_extends_a_finished_run_to_more_steps(tmp_path, data, capsys):
     a, b = load_bundle(straight).state_dict, load_bundle(extended).state_dict
     for key in a:  # 3 steps + 2 more steps == 5 steps in one go
         assert torch.equal(a[key], b[key]), key
-    assert load_bundle(extended).manifest["training"]["steps"] == 5
+    assert load_bundle(extended).manifest.training["steps"] == 5
     assert read_checkpoint(ckpt / LAST)[1]["state"]["step"] == 5
     rows = (ckpt / "log.csv").read_text().strip().splitlines()
     assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3, 4, 5]

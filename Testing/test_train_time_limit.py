@@ -42,7 +42,7 @@ def test_time_limit_stops_cleanly_and_writes_the_bundle(tmp_path, data, capsys):
         == 0
     )
     stdout = capsys.readouterr().out
-    training = load_bundle(out).manifest["training"]
+    training = load_bundle(out).manifest.training
     stopped = training["steps"]
     assert 1 <= stopped < 50
     assert f"Time limit (0.02 min) reached: stopped at step {stopped} of 500" in stdout
@@ -79,7 +79,7 @@ def test_no_time_limit_message_when_steps_finish_first(tmp_path, data, capsys):
         == 0
     )
     assert "Time limit" not in capsys.readouterr().out
-    training = load_bundle(out).manifest["training"]
+    training = load_bundle(out).manifest.training
     assert training["steps"] == 2 and training["stopped_by"] == "steps"
 
 

@@ -16,6 +16,7 @@ import time
 import torch
 
 from LabelSharingSegLib.engine.device import DEVICE_CHOICES, resolve_device
+from LabelSharingSegLib.engine.network_config import LCSConfig, UNetConfig
 from LabelSharingSegLib.engine.networks import build_network
 
 
@@ -58,7 +59,7 @@ def run_lcs(args: argparse.Namespace) -> int:
     if note:
         print(note)
     torch.manual_seed(0)
-    net = build_network({"arch": "lcs", "spatial_dims": 3, "out_channels": 1}).to(device).eval()
+    net = build_network(LCSConfig(spatial_dims=3)).to(device).eval()
     shape = (1, 1) + (args.size,) * 3
     image = torch.randn(shape, device=device)
     atlas = torch.randn(shape, device=device)
@@ -110,9 +111,9 @@ def run_heads(args: argparse.Namespace) -> int:
     x = torch.randn(4, 1, args.size, args.size, device=device)
     rows = {}
     configs = {
-        "labelsharing": [{"spatial_dims": 2, "out_channels": max(counts) + 1}],
-        "multichannel": [{"spatial_dims": 2, "out_channels": sum(counts) + 1}],
-        "individual": [{"spatial_dims": 2, "out_channels": c + 1} for c in counts],
+        "labelsharing": [UNetConfig(spatial_dims=2, out_channels=max(counts) + 1)],
+        "multichannel": [UNetConfig(spatial_dims=2, out_channels=sum(counts) + 1)],
+        "individual": [UNetConfig(spatial_dims=2, out_channels=c + 1) for c in counts],
     }
     for name, cfgs in configs.items():
         nets = [build_network(c).to(device).eval() for c in cfgs]
@@ -124,7 +125,7 @@ def run_heads(args: argparse.Namespace) -> int:
 
         rows[name] = {
             "models": len(nets),
-            "output_channels": sum(c["out_channels"] for c in cfgs),
+            "output_channels": sum(c.out_channels for c in cfgs),
             "parameters": sum(sum(p.numel() for p in n.parameters()) for n in nets),
             "forward_all_tasks_s": round(_timed(forward, args.repeats, device), 4),
         }

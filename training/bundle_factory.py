@@ -10,11 +10,13 @@ import numpy as np
 import torch
 
 from LabelSharingSegLib.engine.bundle import TaskInfo, build_manifest, write_bundle
-from LabelSharingSegLib.engine.errors import InputError
+from LabelSharingSegLib.engine.bundle_kind import BundleKind
+from LabelSharingSegLib.engine.errors import ConfigError, InputError
 from LabelSharingSegLib.engine.labels import LabelInfo, default_color
 from LabelSharingSegLib.engine.labelspace import SharedLabelSpace
-from LabelSharingSegLib.engine.networks import build_network, complete_config, downsample_factor
-from LabelSharingSegLib.engine.preprocessing import check_intensity
+from LabelSharingSegLib.engine.network_config import CONFIG_OF_ARCH, NetworkConfig
+from LabelSharingSegLib.engine.networks import build_network
+from LabelSharingSegLib.engine.preprocessing_config import IntensityConfig, Preprocessing
 
 
 def make_preprocessing(
@@ -24,22 +26,22 @@ def make_preprocessing(
     intensity: dict | None = None,
     overlap: float = 0.5,
     factor: int = 16,
-) -> dict:
-    """The bundle's preprocessing section, validated (patch divisible by the network's pooling factor)."""
+) -> Preprocessing:
+    """The bundle's preprocessing, validated (patch divisible by the network's pooling factor)."""
     if len(spacing) != spatial_dims or len(patch_size) != spatial_dims:
         raise InputError(f"spacing and patch size need {spatial_dims} values each")
     if any(p % factor for p in patch_size):
         raise InputError(f"patch size {list(patch_size)} must be divisible by {factor}")
-    if any(s <= 0 for s in spacing):
-        raise InputError("spacing must be positive")
-    return {
-        "spatial_dims": spatial_dims,
-        "orientation": "RAS",
-        "spacing": [float(s) for s in spacing],
-        "patch_size": [int(p) for p in patch_size],
-        "overlap": float(overlap),
-        "intensity": check_intensity(intensity or {"mode": "zscore", "nonzero": False}),
-    }
+    try:
+        return Preprocessing(
+            spatial_dims=spatial_dims,
+            spacing=tuple(spacing),
+            patch_size=tuple(patch_size),
+            overlap=overlap,
+            intensity=IntensityConfig.from_dict(intensity or {"mode": "zscore"}),
+        )
+    except ConfigError as exc:  # these values come from the command line or the data plan
+        raise InputError(str(exc)) from None
 
 
 def task_label_infos(
@@ -89,23 +91,18 @@ def per_task_rank_tasks(task_labels: dict[str, dict[int, str]]) -> list[TaskInfo
 
 
 def network_config_for(
-    kind: str, tasks: list[TaskInfo], spatial_dims: int, channels: Sequence[int], **extra
-) -> dict:
-    arch = {"lcs": "lcs", "dodnet": "dodnet"}.get(kind, "unet")
-    out = 1 if kind == "lcs" else 1 + max(max(t.channels.values()) for t in tasks)
-    config = {
-        "arch": arch,
-        "spatial_dims": spatial_dims,
-        "out_channels": out,
-        "channels": list(channels),
-        **extra,
-    }
-    if kind == "dodnet":
-        config["num_tasks"] = len(tasks)
-    return complete_config(config)
+    kind: BundleKind | str, tasks: Sequence[TaskInfo], spatial_dims: int, channels: Sequence[int], **extra
+) -> NetworkConfig:
+    kind = BundleKind.parse(kind)
+    settings = {"spatial_dims": spatial_dims, "channels": tuple(channels), **extra}
+    if kind.segments_tasks:
+        settings["out_channels"] = 1 + max(max(t.channels.values()) for t in tasks)
+    if kind is BundleKind.DODNET:
+        settings["num_tasks"] = len(tasks)
+    return CONFIG_OF_ARCH[kind.arch](**settings)  # type: ignore[return-value]
 
 
-def fresh_weights(config: dict, seed: int) -> dict[str, torch.Tensor]:
+def fresh_weights(config: NetworkConfig, seed: int) -> dict[str, torch.Tensor]:
     """Randomly initialised weights, repeatable for ``seed``, without touching the global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -114,14 +111,14 @@ def fresh_weights(config: dict, seed: int) -> dict[str, torch.Tensor]:
 
 def write_task_bundle(
     out: str | Path,
-    kind: str,
+    kind: BundleKind | str,
     tasks: list[TaskInfo],
-    preprocessing: dict,
+    preprocessing: Preprocessing,
     *,
     channels: Sequence[int] = (8, 16, 32, 64, 128),
     label_space: SharedLabelSpace | None = None,
     state_dict: dict[str, torch.Tensor] | None = None,
-    network_config: dict | None = None,
+    network_config: NetworkConfig | None = None,
     seed: int = 0,
     name: str = "",
     description: str = "",
@@ -131,11 +128,9 @@ def write_task_bundle(
 ) -> Path:
     """Write a label-sharing / multi-channel / individual / dodnet bundle; fresh weights when no state dict.
     ``reference`` = (3D image, affine) that scans are aligned to before segmenting."""
-    config = network_config or network_config_for(kind, tasks, preprocessing["spatial_dims"], channels)
-    if preprocessing["patch_size"] and any(
-        p % downsample_factor(config) for p in preprocessing["patch_size"]
-    ):
-        raise InputError(f"patch size must be divisible by {downsample_factor(config)}")
+    config = network_config or network_config_for(kind, tasks, preprocessing.spatial_dims, channels)
+    if any(p % config.downsample_factor for p in preprocessing.patch_size):
+        raise InputError(f"patch size must be divisible by {config.downsample_factor}")
     if state_dict is None:
         state_dict = fresh_weights(config, seed)
     manifest = build_manifest(
@@ -157,7 +152,7 @@ def write_lcs_bundle(
     atlas_labels: np.ndarray,
     atlas_affine: np.ndarray,
     labels: list[LabelInfo],
-    preprocessing: dict,
+    preprocessing: Preprocessing,
     *,
     channels: Sequence[int] = (8, 16, 32, 64, 128),
     state_dict: dict[str, torch.Tensor] | None = None,
@@ -167,11 +162,11 @@ def write_lcs_bundle(
     training: dict | None = None,
     overwrite: bool = False,
 ) -> Path:
-    config = network_config_for("lcs", [], preprocessing["spatial_dims"], channels)
+    config = network_config_for(BundleKind.LCS, [], preprocessing.spatial_dims, channels)
     if state_dict is None:
         state_dict = fresh_weights(config, seed)
     manifest = build_manifest(
-        kind="lcs",
+        kind=BundleKind.LCS,
         network=config,
         preprocessing=preprocessing,
         name=name,

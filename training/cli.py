@@ -13,6 +13,7 @@ import os
 import sys
 import traceback
 
+from LabelSharingSegLib import __version__
 from LabelSharingSegLib.engine.errors import LabelSharingSegError
 from lsseg_training.terminal import PrintableStream
 
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         "plan shared label spaces, build data, train, evaluate and segment.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in _COMMAND_MODULES:
         try:

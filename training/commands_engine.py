@@ -210,7 +210,7 @@ def run_info(args: argparse.Namespace) -> int:
 
     bundle = load_bundle(args.bundle)
     if args.json:
-        print(json.dumps(bundle.manifest, indent=2))
+        print(json.dumps(bundle.manifest.to_dict(), indent=2))
     else:
         print(bundle.summary())
         if bundle.label_space is not None:

@@ -390,7 +390,7 @@ def _fine_atlas_labels(bundle, brain: Path) -> tuple[np.ndarray, list[LabelInfo]
 
     dataset = read_dataset(brain)
     atlas_labels, atlas_affine, _ = bundle.atlas_labels()
-    training = bundle.manifest.get("training") or {}
+    training = bundle.manifest.training
     fine = _fine_atlas(dataset, training.get("atlas_case"), atlas_affine, atlas_labels.shape)
     if fine is None:
         raise InputError(f"{bundle.path}: its atlas case is not in {brain}; rebuild the demo data")

@@ -122,7 +122,7 @@ def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95):
     network = bundle.build_network(device)
     atlas_labels, atlas_affine, infos = bundle.atlas_labels()
     masks = np.stack([atlas_labels == info.value for info in infos])
-    training = bundle.manifest.get("training") or {}
+    training = bundle.manifest.training
     coarse_map = {int(f): int(c) for f, c in training.get("coarse_map") or []}
     fine_names = {int(v): str(n) for v, n in training.get("fine_labels") or []}
     for dataset in datasets:

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from LabelSharingSegLib.engine.bundle import TaskInfo
-from LabelSharingSegLib.engine.networks import downsample_factor
+from LabelSharingSegLib.engine.bundle_kind import BundleKind
+from LabelSharingSegLib.engine.network_config import NetworkConfig
 
 # The LCS network input is padded exactly as inference pads it (centred); these helpers are the engine's own.
 from LabelSharingSegLib.engine.preprocessing import (
@@ -29,6 +30,7 @@ from LabelSharingSegLib.engine.preprocessing import (
     normalise_intensity,
     pad_spatial,
 )
+from LabelSharingSegLib.engine.preprocessing_config import Preprocessing
 
 from .metrics import dice as dice_score
 from .samples import PatchSampler, build_augmentation, step_rng
@@ -43,13 +45,19 @@ def _unwrap(model):
 class TaskMethod:
     """Label sharing and the task baselines."""
 
-    def __init__(self, kind: str, tasks: list[TaskInfo], network_config: dict, prep: dict):
-        self.kind = kind
+    def __init__(
+        self,
+        kind: BundleKind | str,
+        tasks: list[TaskInfo],
+        network_config: NetworkConfig,
+        prep: Preprocessing,
+    ):
+        self.kind = BundleKind.parse(kind)
         self.tasks = tasks
-        self.out_channels = network_config["out_channels"]
+        self.out_channels = network_config.out_channels
         self.prep = prep
-        self.patch = tuple(int(p) for p in prep["patch_size"])
-        self.spatial_dims = prep["spatial_dims"]
+        self.patch = prep.patch_size
+        self.spatial_dims = prep.spatial_dims
         self.luts, masks = [], []
         for task in tasks:
             size = max(task.channels) + 1
@@ -97,7 +105,7 @@ class TaskMethod:
 
     # -- network ---------------------------------------------------------------------------------------
     def forward(self, model, image: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
-        if self.kind == "dodnet":
+        if self.kind is BundleKind.DODNET:
             return model(image, task)
         return model(image)
 
@@ -143,7 +151,7 @@ class TaskMethod:
             roi_size=list(self.patch),
             sw_batch_size=4,
             predictor=predictor,
-            overlap=float(self.prep.get("overlap", 0.5)),
+            overlap=self.prep.overlap,
             mode="gaussian",
             sw_device=device,
             device=torch.device("cpu"),
@@ -179,20 +187,20 @@ class LCSMethod:
         atlas_raw: torch.Tensor,
         atlas_label: torch.Tensor,
         label_values: list[int],
-        network_config: dict,
-        prep: dict,
+        network_config: NetworkConfig,
+        prep: Preprocessing,
         merge_prob: float = 0.5,
     ):
         """``atlas_raw``: the atlas image on its grid, (X, Y, Z), before normalisation (as the bundle stores
         it); ``atlas_label``: (X, Y, Z) label values on the same grid."""
-        self.factor = downsample_factor(network_config)
-        self.spatial_dims = prep["spatial_dims"]
+        self.factor = network_config.downsample_factor
+        self.spatial_dims = prep.spatial_dims
         self.values = [int(v) for v in label_values]
         self.merge_prob = merge_prob
         self.grid = tuple(int(s) for s in atlas_label.shape)
         net_grid = self.grid[:2] if self.spatial_dims == 2 else self.grid
         self.pads = centred_pad_amounts(net_grid, self.factor)
-        atlas_norm = normalise_intensity(torch.as_tensor(atlas_raw), prep.get("intensity", {}))
+        atlas_norm = normalise_intensity(torch.as_tensor(atlas_raw), prep.intensity)
         self.atlas_image = self._to_net(atlas_norm[None])  # (1, *net grid)
         self.atlas_label = self._to_net(torch.as_tensor(atlas_label)[None].float())[0].long()
 

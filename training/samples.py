@@ -17,6 +17,7 @@ import torch
 
 from LabelSharingSegLib.engine.datasets import Case, load_case
 from LabelSharingSegLib.engine.preprocessing import normalise_intensity, resample_to_grid, to_model_grid
+from LabelSharingSegLib.engine.preprocessing_config import Preprocessing
 
 
 def step_rng(seed: int, rank: int, step: int, stream: int = 0) -> np.random.Generator:
@@ -59,7 +60,7 @@ class ToModelGrid:
     """Deterministic (cacheable) transform: {'case': Case, ...} -> image (C, X, Y, Z) normalised on the model
     grid, label (X, Y, Z) int64 of the case's own label values, and the grid's affine."""
 
-    def __init__(self, preprocessing: dict):
+    def __init__(self, preprocessing: Preprocessing):
         self.prep = preprocessing
 
     def __call__(self, item: dict) -> dict:
@@ -82,7 +83,7 @@ class ToAtlasGrid:
     """Deterministic transform for LCS: the target resampled onto the atlas grid as inference does
     (bilinear from the raw image, then intensity normalisation), its labels by nearest neighbour."""
 
-    def __init__(self, preprocessing: dict, atlas_affine: np.ndarray, atlas_shape):
+    def __init__(self, preprocessing: Preprocessing, atlas_affine: np.ndarray, atlas_shape):
         self.prep = preprocessing
         self.affine = atlas_affine
         self.shape = tuple(int(s) for s in atlas_shape)
@@ -95,7 +96,7 @@ class ToAtlasGrid:
             on_grid = resample_to_grid(
                 torch.as_tensor(raw)[None], self.affine, self.shape, mode="bilinear", src_affine=affine
             )[0]
-            channels.append(normalise_intensity(on_grid, self.prep.get("intensity", {}))[None])
+            channels.append(normalise_intensity(on_grid, self.prep.intensity)[None])
         out = dict(item)
         out["image"] = torch.cat(channels, dim=0).float()
         out["affine"] = self.affine

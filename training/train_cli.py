@@ -18,8 +18,9 @@ from LabelSharingSegLib.engine.datasets import NnUNetDataset, require_valid_data
 from LabelSharingSegLib.engine.errors import InputError, LabelSpaceError
 from LabelSharingSegLib.engine.labels import LabelInfo, default_color
 from LabelSharingSegLib.engine.labelspace import SharedLabelSpace, average_relative_sizes
-from LabelSharingSegLib.engine.networks import build_network, complete_config, downsample_factor
+from LabelSharingSegLib.engine.networks import build_network
 from LabelSharingSegLib.engine.nifti_io import load_nifti
+from LabelSharingSegLib.engine.preprocessing_config import Preprocessing
 
 from . import bundle_factory as factory
 from .checkpoint import LAST, fingerprint
@@ -27,9 +28,6 @@ from .distributed import setup as setup_distributed
 from .methods import LCSMethod, TaskMethod
 from .samples import ToAtlasGrid, ToModelGrid, cache_items, spacing_in_model_axes
 from .trainer import TrainingError, TrainingInterrupted, TrainOptions, train
-
-TASK_KINDS = ("labelsharing", "individual", "multichannel", "dodnet")
-
 
 # ------------------------------------------------------------------------------------------------ options
 
@@ -268,7 +266,7 @@ def detect_dims(dataset: NnUNetDataset) -> tuple[int, list[float], list[int]]:
     return dims, [float(s) for s in spacing], [int(s) for s in np.median(shapes, axis=0)]
 
 
-def _preprocessing(args, datasets, factor: int, *, patch_override=None) -> dict:
+def _preprocessing(args, datasets, factor: int, *, patch_override=None) -> Preprocessing:
     dims, spacing, shape = detect_dims(datasets[0])
     for other in datasets[1:]:
         if detect_dims(other)[0] != dims:
@@ -450,16 +448,16 @@ def _task_infos(kind: str, datasets) -> tuple[list, SharedLabelSpace | None]:
     return factory.per_task_rank_tasks(task_labels), None
 
 
-def _reference_image(args, prep: dict):
+def _reference_image(args, prep: Preprocessing):
     """(image, affine) of ``--reference``, checked before any training time is spent; None without it."""
     path = getattr(args, "reference", None)
     if path is None:
         return None
     image, affine = load_nifti(path)
-    if prep["spatial_dims"] != 3 or image.ndim != 3 or min(image.shape) < 4:
+    if prep.spatial_dims != 3 or image.ndim != 3 or min(image.shape) < 4:
         raise InputError(
             f"{path}: a reference must be a 3D image for a 3D bundle (this bundle is "
-            f"{prep['spatial_dims']}D, the image has shape {image.shape})"
+            f"{prep.spatial_dims}D, the image has shape {image.shape})"
         )
     if not np.all(np.isfinite(image)):
         raise InputError(f"{path}: the reference image holds NaN/Inf voxels")
@@ -484,9 +482,8 @@ def _train_task_model(
 ):
     channels = list(args.channels)
     config = config or factory.network_config_for(kind, tasks, 2, channels)
-    factor = downsample_factor(config)
-    prep = prep or _preprocessing(args, datasets, factor)
-    config = complete_config({**config, "spatial_dims": prep["spatial_dims"]})
+    prep = prep or _preprocessing(args, datasets, config.downsample_factor)
+    config = config.replace(spatial_dims=prep.spatial_dims)
     reference = reference if reference is not None else _reference_image(args, prep)
     index_of = {t.name: t.index for t in tasks}
     train_cases, val_cases = [], []
@@ -509,8 +506,8 @@ def _train_task_model(
         model.load_state_dict(init_state)
     run_config = {
         "method": kind,
-        "network": config,
-        "preprocessing": prep,
+        "network": config.to_dict(),
+        "preprocessing": prep.to_dict(),
         "tasks": [t.to_dict() for t in tasks],
         "train_cases": [c.case_id for c, _ in train_cases],
         "val_cases": [c.case_id for c, _ in val_cases],
@@ -630,7 +627,7 @@ def cmd_add_task(args) -> int:
     space = bundle.label_space.place_task(task_sizes(new), widen=args.widen)
     colors = {t.name: {label.value: label.color for label in t.labels} for t in bundle.tasks}
     tasks = factory.labelsharing_tasks(space, colors)
-    config = complete_config({**bundle.network_config, "out_channels": space.n_shared + 1})
+    config = bundle.network_config.replace(out_channels=space.n_shared + 1)
     model = build_network(config)
     init = _widen_state(bundle.state_dict, model)
     ctx = setup_distributed(args.device)
@@ -733,18 +730,15 @@ def cmd_train_lcs(args) -> int:
         )
     atlas_case = dataset.training[ids.index(atlas_id)]
     channels = list(args.channels)
-    factor = 2 ** (len(channels) - 1)
     dims, spacing, _ = detect_dims(dataset)
+    config = factory.network_config_for("lcs", [], dims, channels)
+    factor = config.downsample_factor
     spacing = args.spacing or spacing
     image, label, affine = load_case(atlas_case)
     raw = image[0][..., None] if image[0].ndim == 2 else image[0]
     label = label[..., None] if label.ndim == 2 else label
-    probe_prep = {
-        "spatial_dims": dims,
-        "spacing": spacing,
-        "orientation": "RAS",
-        "intensity": {"mode": "none"},
-    }
+    # only the grid is wanted here: no normalisation, and the patch size is not used
+    probe_prep = factory.make_preprocessing(dims, spacing, [factor] * dims, {"mode": "none"}, factor=factor)
     grid = to_model_grid(raw, affine, probe_prep)
     grid_affine, grid_shape = grid.affine.numpy(), tuple(grid.shape[1:])
     atlas_raw = resample_to_grid(
@@ -769,7 +763,6 @@ def cmd_train_lcs(args) -> int:
         raise InputError(f"atlas case {atlas_id!r} has no labels on the model grid")
     others = [c for c in dataset.training if c.case_id != atlas_id] or [atlas_case]
     train_cases, val_cases = split_cases(others, args.val_fraction, args.seed)
-    config = factory.network_config_for("lcs", [], dims, channels)
     method = LCSMethod(atlas_raw, atlas_labels, present, config, prep, merge_prob=args.merge_prob)
     transform = ToAtlasGrid(prep, grid_affine, grid_shape)
 
@@ -792,8 +785,8 @@ def cmd_train_lcs(args) -> int:
         model = build_network(config)
         run_config = {
             "method": "lcs",
-            "network": config,
-            "preprocessing": prep,
+            "network": config.to_dict(),
+            "preprocessing": prep.to_dict(),
             "atlas_case": atlas_id,
             "coarse_map": {str(k): v for k, v in sorted(coarse_map.items())},
             "labels": present,

@@ -1,8 +1,8 @@
 """Model bundles: the contract between training and Slicer.
 
-A bundle is a folder (or a .zip of one) holding ``bundle.json`` (schema version, kind, network config,
-preprocessing, tasks with labels and channels, label space, atlas file names, training provenance and the
-sha256 of every other file), ``weights.safetensors`` and, for LCS, the atlas image and label map (NIfTI)
+A bundle is a folder (or a .zip of one) holding ``bundle.json`` (the typed :class:`.manifest.Manifest`:
+schema version, kind, network config, preprocessing, tasks with labels and channels, label space, atlas
+file names, training provenance, software versions and the sha256 of every other file), ``weights.safetensors`` and, for LCS, the atlas image and label map (NIfTI)
 with a names table. Loading never unpickles: weights are read with safetensors only, after the file hash
 matched, and every tensor's shape is checked against the network the config describes.
 """
@@ -16,7 +16,8 @@ import os
 import shutil
 import tempfile
 import zipfile
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,46 +25,23 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path, require_parent_dir
+from .bundle_kind import BundleKind
 from .errors import BundleError, InputError
 from .jsonfile import parse_json
 from .labels import LabelInfo, labels_from_csv, labels_to_csv
 from .labelspace import SharedLabelSpace
-from .networks import build_network, complete_config
+from .manifest import AtlasFiles, Manifest, TaskInfo, software_versions
+from .network_config import NetworkConfig
+from .networks import build_network
+from .preprocessing_config import Preprocessing
 
-SCHEMA_VERSION = 1
-BUNDLE_FORMAT = "labelsharingseg.bundle"
+__all__ = ["Bundle", "Manifest", "TaskInfo", "build_manifest", "load_bundle", "write_bundle", "zip_bundle"]
+
 MANIFEST = "bundle.json"
 WEIGHTS = "weights.safetensors"
-ATLAS_IMAGE = "atlas_image.nii.gz"
-ATLAS_LABELS = "atlas_labels.nii.gz"
-ATLAS_NAMES = "atlas_labels.csv"
 REFERENCE_IMAGE = "reference_image.nii.gz"
-KINDS = ("labelsharing", "lcs", "multichannel", "dodnet", "individual")
-_ARCH_OF_KIND = {
-    "labelsharing": "unet",
-    "multichannel": "unet",
-    "individual": "unet",
-    "lcs": "lcs",
-    "dodnet": "dodnet",
-}
 _MAX_ZIP_BYTES = 4 * 1024**3
-
-
-@dataclass(frozen=True)
-class TaskInfo:
-    """A task of a bundle: its labels and which network output channel each label value reads."""
-
-    name: str
-    index: int
-    labels: tuple[LabelInfo, ...]
-    channels: dict[int, int]  # label value -> output channel (0 is background)
-
-    def to_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "index": self.index,
-            "labels": [{**label.to_dict(), "channel": self.channels[label.value]} for label in self.labels],
-        }
+_MAX_MANIFEST_BYTES = 64 * 1024**2
 
 
 def _sha256(path: Path) -> str:
@@ -74,47 +52,36 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _parse_tasks(manifest: dict, source: str) -> list[TaskInfo]:
-    tasks = []
-    try:
-        for position, entry in enumerate(manifest.get("tasks", [])):
-            labels, channels = [], {}
-            for item in entry["labels"]:
-                label = LabelInfo.from_dict(item)
-                labels.append(label)
-                channels[label.value] = int(item["channel"])
-            tasks.append(
-                TaskInfo(str(entry["name"]), int(entry.get("index", position)), tuple(labels), channels)
-            )
-    except (KeyError, TypeError, ValueError, InputError) as exc:
-        raise BundleError(f"{source}: malformed task entry ({exc})") from None
-    return tasks
-
-
 @dataclass
 class Bundle:
     """A validated, loaded model bundle. Create with :func:`load_bundle`."""
 
     path: Path
-    manifest: dict
+    manifest: Manifest
     bundle_id: str
-    tasks: list[TaskInfo]
     state_dict: dict[str, torch.Tensor]
-    label_space: SharedLabelSpace | None = None
     _folder: Path | None = None
     _tempdir: Any = field(default=None, repr=False)
 
     @property
-    def kind(self) -> str:
-        return self.manifest["kind"]
+    def kind(self) -> BundleKind:
+        return self.manifest.kind
 
     @property
-    def network_config(self) -> dict:
-        return self.manifest["network"]
+    def network_config(self) -> NetworkConfig:
+        return self.manifest.network
 
     @property
-    def preprocessing(self) -> dict:
-        return self.manifest["preprocessing"]
+    def preprocessing(self) -> Preprocessing:
+        return self.manifest.preprocessing
+
+    @property
+    def tasks(self) -> tuple[TaskInfo, ...]:
+        return self.manifest.tasks
+
+    @property
+    def label_space(self) -> SharedLabelSpace | None:
+        return self.manifest.label_space
 
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
@@ -136,7 +103,7 @@ class Bundle:
         return network.to(device).eval()
 
     def _require_lcs(self) -> Path:
-        if self.kind != "lcs":
+        if not self.kind.has_atlas:
             raise BundleError(
                 f"{self.path}: a {self.kind} bundle has no atlas (atlas labels need an LCS bundle)"
             )
@@ -147,58 +114,58 @@ class Bundle:
         from .nifti_io import load_nifti
 
         folder = self._require_lcs()
-        return load_nifti(folder / self.manifest["atlas"]["image"], dtype=np.float32)
+        assert self.manifest.atlas is not None
+        return load_nifti(folder / self.manifest.atlas.image, dtype=np.float32)
 
     def atlas_labels(self) -> tuple[np.ndarray, np.ndarray, list[LabelInfo]]:
         from .nifti_io import load_nifti
 
         folder = self._require_lcs()
-        atlas = self.manifest["atlas"]
-        labelmap, affine = load_nifti(folder / atlas["labels"], dtype=np.int32)
-        return labelmap, affine, labels_from_csv(folder / atlas["names"])
+        atlas = self.manifest.atlas
+        assert atlas is not None
+        labelmap, affine = load_nifti(folder / atlas.labels, dtype=np.int32)
+        return labelmap, affine, labels_from_csv(folder / atlas.names)
 
     def has_reference(self) -> bool:
         """True when scans can be aligned automatically: LCS atlases, or a stored reference image (3D only)."""
-        return self.preprocessing.get("spatial_dims") == 3 and (
-            self.kind == "lcs" or "reference" in self.manifest
+        return self.preprocessing.spatial_dims == 3 and (
+            self.kind.has_atlas or self.manifest.reference_image is not None
         )
 
     def reference_image(self) -> tuple[np.ndarray, np.ndarray]:
         """The image scans are aligned to: the atlas for LCS, else the stored reference (BundleError if none)."""
         from .nifti_io import load_nifti
 
-        if self.kind == "lcs":
+        if self.kind.has_atlas:
             return self.atlas_image()
-        if "reference" not in self.manifest:
+        if self.manifest.reference_image is None:
             raise BundleError(
                 f"{self.path}: this bundle carries no reference image, so scans cannot be aligned"
             )
         assert self._folder is not None
-        return load_nifti(self._folder / self.manifest["reference"]["image"], dtype=np.float32)
+        return load_nifti(self._folder / self.manifest.reference_image, dtype=np.float32)
 
     def summary(self) -> str:
         m = self.manifest
-        lines = [f"Bundle: {m.get('name') or self.path.name}  (kind: {self.kind}, id {self.bundle_id[:12]})"]
-        if m.get("description"):
-            lines.append(m["description"])
+        lines = [f"Bundle: {m.name or self.path.name}  (kind: {self.kind}, id {self.bundle_id[:12]})"]
+        if m.description:
+            lines.append(m.description)
         net = self.network_config
         lines.append(
-            f"Network: {net['arch']} {net['spatial_dims']}D, channels {net['channels']}, "
-            f"{net['out_channels']} output channel(s)"
+            f"Network: {net.arch} {net.spatial_dims}D, channels {list(net.channels)}, "
+            f"{net.out_channels} output channel(s)"
         )
         prep = self.preprocessing
-        lines.append(
-            f"Input: spacing {prep.get('spacing')} mm, intensity {prep.get('intensity', {}).get('mode')}"
-        )
+        lines.append(f"Input: spacing {list(prep.spacing)} mm, intensity {prep.intensity.mode}")
         for task in self.tasks:
             names = ", ".join(label.name for label in task.labels)
             lines.append(f"Task {task.name} ({len(task.labels)} labels): {names}")
-        if self.kind == "lcs":
-            names = [label.name for label in labels_from_csv(self._require_lcs() / m["atlas"]["names"])]
+        if m.atlas is not None:
+            names = [label.name for label in labels_from_csv(self._require_lcs() / m.atlas.names)]
             lines.append(
                 f"Atlas labels ({len(names)}): {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}"
             )
-        training = m.get("training") or {}
+        training = m.training
         if training:
             parts = [
                 f"{k}: {v}"
@@ -207,88 +174,17 @@ class Bundle:
             ]
             if parts:
                 lines.append("Training: " + "; ".join(parts))
-            metrics = training.get("metrics") or {}
-            if metrics:
+            metrics = training.get("metrics")
+            if isinstance(metrics, dict) and metrics:
                 lines.append(
                     "Metrics: "
                     + "; ".join(
                         f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
                     )
                 )
+        if m.software:
+            lines.append("Written by: " + ", ".join(f"{k} {v}" for k, v in m.software.items()))
         return "\n".join(lines)
-
-
-def _validate_manifest(manifest: Any, source: str) -> tuple[dict, list[TaskInfo], SharedLabelSpace | None]:
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{source}: must hold a JSON object")
-    if manifest.get("format") != BUNDLE_FORMAT:
-        raise BundleError(
-            f"{source}: not a LabelSharingSeg bundle manifest (format {manifest.get('format')!r})"
-        )
-    version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise BundleError(
-            f"{source}: schema version {version!r} is not supported (this version reads {SCHEMA_VERSION}); "
-            "update the extension or re-export the bundle"
-        )
-    kind = manifest.get("kind")
-    if kind not in KINDS:
-        raise BundleError(f"{source}: unknown bundle kind {kind!r} (expected one of {', '.join(KINDS)})")
-    for key in ("network", "preprocessing", "files"):
-        if not isinstance(manifest.get(key), dict):
-            raise BundleError(f"{source}: missing or malformed {key!r}")
-    network = complete_config(manifest["network"])
-    if network["arch"] != _ARCH_OF_KIND[kind]:
-        raise BundleError(
-            f"{source}: a {kind} bundle needs a {_ARCH_OF_KIND[kind]} network, not {network['arch']}"
-        )
-    tasks = _parse_tasks(manifest, source)
-    reference = manifest.get("reference")
-    if reference is not None and not (
-        isinstance(reference, dict) and isinstance(reference.get("image"), str)
-    ):
-        raise BundleError(f"{source}: 'reference' must name its image file")
-    out = network["out_channels"]
-    if kind == "lcs":
-        atlas = manifest.get("atlas")
-        if not isinstance(atlas, dict) or not all(
-            isinstance(atlas.get(k), str) for k in ("image", "labels", "names")
-        ):
-            raise BundleError(f"{source}: an lcs bundle must name its atlas image, labels and names files")
-    elif not tasks:
-        raise BundleError(f"{source}: a {kind} bundle must list at least one task")
-    names = [t.name for t in tasks]
-    if len(set(names)) != len(names):
-        raise BundleError(f"{source}: task names repeat")
-    for task in tasks:
-        values = [label.value for label in task.labels]
-        if len(set(values)) != len(values) or any(v <= 0 for v in values):
-            raise BundleError(f"{source}: task {task.name!r} has repeated or non-positive label values")
-        if any(not (1 <= c < out) for c in task.channels.values()) or len(set(task.channels.values())) != len(
-            values
-        ):
-            raise BundleError(
-                f"{source}: task {task.name!r} maps labels to invalid or shared output channels"
-            )
-    if kind == "dodnet" and network["num_tasks"] != len(tasks):
-        raise BundleError(f"{source}: dodnet num_tasks {network['num_tasks']} != {len(tasks)} tasks")
-    space = None
-    if kind == "labelsharing":
-        try:
-            space = SharedLabelSpace.from_dict(manifest.get("label_space"))
-        except Exception as exc:
-            raise BundleError(f"{source}: label space invalid ({exc})") from None
-        if out != space.n_shared + 1:
-            raise BundleError(
-                f"{source}: network has {out} outputs but the label space needs {space.n_shared + 1}"
-            )
-        for task in tasks:
-            if space.task_to_shared(task.name) != task.channels:
-                raise BundleError(f"{source}: task {task.name!r} channels disagree with the label space")
-    prep = manifest["preprocessing"]
-    if prep.get("spatial_dims") != network["spatial_dims"]:
-        raise BundleError(f"{source}: preprocessing and network disagree on spatial_dims")
-    return {**manifest, "network": network}, tasks, space
 
 
 def _safe_extract(zip_path: Path, target: Path) -> Path:
@@ -333,38 +229,36 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     if not manifest_path.is_file():
         raise BundleError(f"{manifest_path}: missing (is {path} a bundle folder?)")
     _require_inside(manifest_path, folder)
+    if manifest_path.stat().st_size > _MAX_MANIFEST_BYTES:
+        raise BundleError(
+            f"{manifest_path}: larger than {_MAX_MANIFEST_BYTES >> 20} MiB, not a bundle manifest"
+        )
     raw = manifest_path.read_bytes()
-    manifest = parse_json(raw, str(manifest_path), BundleError)
-    manifest, tasks, space = _validate_manifest(manifest, str(manifest_path))
-    files = manifest["files"]
+    data = parse_json(raw, str(manifest_path), BundleError)  # also too deep nesting, too many digits
+    manifest = Manifest.from_dict(data, str(manifest_path))
+    files = manifest.files
     if WEIGHTS not in files:
         raise BundleError(f"{manifest_path}: does not list {WEIGHTS}")
-    named = list(manifest["atlas"].values()) if manifest["kind"] == "lcs" else []
-    named += [manifest["reference"]["image"]] if "reference" in manifest else []
-    missing = [f for f in named if f not in files]
+    missing = [f for f in manifest.named_files() if f not in files]
     if missing:
         raise BundleError(f"{manifest_path}: files not hashed: {', '.join(missing)}")
     for name, expected in files.items():
         file_path = folder / name
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise BundleError(f"{manifest_path}: unsafe file name {name!r}")
         if not file_path.is_file():
             raise BundleError(f"{file_path}: missing from the bundle")
         _require_inside(file_path, folder)
         if _sha256(file_path) != expected:
             raise BundleError(f"{file_path}: sha256 does not match bundle.json (file changed or corrupt)")
-    state_dict = _load_weights(folder / WEIGHTS, manifest["network"])
+    state_dict = _load_weights(folder / WEIGHTS, manifest.network)
     bundle = Bundle(
         path=path,
         manifest=manifest,
         bundle_id=hashlib.sha256(raw).hexdigest(),
-        tasks=tasks,
         state_dict=state_dict,
-        label_space=space,
         _folder=folder,
         _tempdir=tempdir,
     )
-    if bundle.kind == "lcs":
+    if bundle.kind.has_atlas:
         _validate_atlas(bundle)
     return bundle
 
@@ -377,7 +271,7 @@ def _require_inside(file_path: Path, folder: Path) -> None:
         )
 
 
-def _load_weights(path: Path, network_config: dict) -> dict[str, torch.Tensor]:
+def _load_weights(path: Path, network_config: NetworkConfig) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -415,43 +309,42 @@ def _validate_atlas(bundle: Bundle) -> None:
     present = set(np.unique(labels).tolist()) - {0}
     unnamed = sorted(present - {label.value for label in names})
     if unnamed:
-        raise BundleError(f"{source}: atlas label values without a name in {ATLAS_NAMES}: {unnamed[:10]}")
+        raise BundleError(
+            f"{source}: atlas label values without a name in {bundle.manifest.atlas.names}: {unnamed[:10]}"
+        )
 
 
 def build_manifest(
     *,
-    kind: str,
-    network: dict,
-    preprocessing: dict,
-    tasks: list[TaskInfo] | None = None,
+    kind: BundleKind | str,
+    network: NetworkConfig,
+    preprocessing: Preprocessing,
+    tasks: Sequence[TaskInfo] = (),
     label_space: SharedLabelSpace | None = None,
     name: str = "",
     description: str = "",
     training: dict | None = None,
-) -> dict:
-    """A manifest without file hashes (``write_bundle`` adds them)."""
-    manifest: dict[str, Any] = {
-        "format": BUNDLE_FORMAT,
-        "schema_version": SCHEMA_VERSION,
-        "kind": kind,
-        "name": name,
-        "description": description,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "network": complete_config(network),
-        "preprocessing": preprocessing,
-        "tasks": [t.to_dict() for t in (tasks or [])],
-        "training": training or {},
-    }
-    if label_space is not None:
-        manifest["label_space"] = label_space.to_dict()
-    if kind == "lcs":
-        manifest["atlas"] = {"image": ATLAS_IMAGE, "labels": ATLAS_LABELS, "names": ATLAS_NAMES}
-    return manifest
+) -> Manifest:
+    """A new, validated manifest stamped with the time and software versions (``write_bundle`` adds hashes)."""
+    kind = BundleKind.parse(kind)
+    return Manifest(
+        kind=kind,
+        network=network,
+        preprocessing=preprocessing,
+        tasks=tuple(tasks),
+        label_space=label_space,
+        atlas=AtlasFiles() if kind.has_atlas else None,
+        name=name,
+        description=description,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        training=dict(training or {}),
+        software=software_versions(),
+    )
 
 
 def write_bundle(
     out: str | os.PathLike,
-    manifest: dict,
+    manifest: Manifest,
     state_dict: dict[str, torch.Tensor],
     *,
     atlas: tuple[np.ndarray, np.ndarray, np.ndarray, list[LabelInfo]] | None = None,
@@ -477,19 +370,19 @@ def write_bundle(
     try:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
         save_file(tensors, str(staging / WEIGHTS))
-        if manifest["kind"] == "lcs":
+        if manifest.atlas is not None:
             if atlas is None:
                 raise InputError("an lcs bundle needs its atlas (image, labelmap, affine, labels)")
             image, labelmap, affine, labels = atlas
-            save_nifti(staging / ATLAS_IMAGE, np.asarray(image, dtype=np.float32), affine)
-            save_nifti(staging / ATLAS_LABELS, np.asarray(labelmap, dtype=np.int16), affine)
-            (staging / ATLAS_NAMES).write_text(labels_to_csv(labels), encoding="utf-8")
-        manifest = dict(manifest)
+            save_nifti(staging / manifest.atlas.image, np.asarray(image, dtype=np.float32), affine)
+            save_nifti(staging / manifest.atlas.labels, np.asarray(labelmap, dtype=np.int16), affine)
+            (staging / manifest.atlas.names).write_text(labels_to_csv(labels), encoding="utf-8")
         if reference is not None:
             save_nifti(staging / REFERENCE_IMAGE, np.asarray(reference[0], dtype=np.float32), reference[1])
-            manifest["reference"] = {"image": REFERENCE_IMAGE}
-        manifest["files"] = {p.name: _sha256(p) for p in sorted(staging.iterdir()) if p.is_file()}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+            manifest = replace(manifest, reference_image=REFERENCE_IMAGE)
+        files = {p.name: _sha256(p) for p in sorted(staging.iterdir()) if p.is_file()}
+        manifest = replace(manifest, files=files)
+        (staging / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2), encoding="utf-8")
         load_bundle(staging)  # never publish a bundle that would not load
         _publishable_permissions(staging)
         if out.exists():

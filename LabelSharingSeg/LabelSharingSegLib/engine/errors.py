@@ -27,3 +27,7 @@ class CancelledError(LabelSharingSegError):
 
 class OutputError(LabelSharingSegError):
     """An output cannot be written (exists, equals an input, disk full, no permission); nothing was changed."""
+
+
+class ConfigError(BundleError):
+    """A configuration a bundle carries (manifest, preprocessing, network) is malformed or out of bounds."""

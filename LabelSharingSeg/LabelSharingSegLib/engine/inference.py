@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 from .bundle import Bundle
+from .bundle_kind import BundleKind
 from .device import resolve_device
 from .errors import CancelledError, InputError
 from .labels import LabelInfo
-from .networks import downsample_factor
+from .network_config import NetworkConfig
 from .preprocessing import (
     centred_pad_amounts,
     check_image,
@@ -37,13 +38,13 @@ from .preprocessing import (
     resample_to_grid,
     to_model_grid,
 )
+from .preprocessing_config import Preprocessing
 from .registration import Alignment, register_affine
 
 ProgressCallback = Callable[[float, str], None]
 CancelCheck = Callable[[], bool]
 
 LCS_THRESHOLD = 0.5
-TASK_KINDS = ("labelsharing", "multichannel", "individual", "dodnet")
 
 
 @dataclass
@@ -104,7 +105,7 @@ def _align(bundle: Bundle, image: np.ndarray, affine: np.ndarray, align, report:
 
 def _require_volume(bundle: Bundle, image: np.ndarray) -> None:
     """A 3D bundle needs a volume: a single slice would be stretched over the whole grid (as the Slicer logic says)."""
-    if bundle.network_config.get("spatial_dims") == 3 and min(image.shape) < 2:
+    if bundle.network_config.spatial_dims == 3 and min(image.shape) < 2:
         raise InputError(
             f"image: a 2D image (shape {tuple(image.shape)}) cannot be segmented by a 3D bundle; give a 3D volume"
         )
@@ -118,14 +119,16 @@ def _window_count(shape: Sequence[int], roi: Sequence[int], overlap: float) -> i
     return count
 
 
-def _predict_logits(network, x: torch.Tensor, prep: dict, device, report: _Reporter, task_index: int | None):
+def _predict_logits(
+    network, x: torch.Tensor, prep: Preprocessing, device, report: _Reporter, task_index: int | None
+):
     """Sliding-window logits for a (1, X, Y, Z) model-grid tensor -> (C, X, Y, Z) on the CPU."""
     from monai.inferers import sliding_window_inference
 
-    dims = prep["spatial_dims"]
-    roi = [int(r) for r in prep["patch_size"]]
-    overlap = float(prep.get("overlap", 0.5))
-    batch = int(prep.get("sw_batch_size", 2 if dims == 3 else 16))
+    dims = prep.spatial_dims
+    roi = list(prep.patch_size)
+    overlap = prep.overlap
+    batch = 2 if dims == 3 else 16
     if dims == 3:
         inputs = x[None]  # (1, 1, X, Y, Z)
     else:
@@ -175,7 +178,7 @@ def segment_task(
     ``align``: first register the scan to the bundle's reference image (None: when the bundle has one; an
     ``Alignment`` from an earlier result on the same scan is reused).
     """
-    if bundle.kind not in TASK_KINDS:
+    if not bundle.kind.segments_tasks:
         raise InputError(
             f"{bundle.path}: an {bundle.kind} bundle segments atlas labels, not tasks "
             "(use segment_atlas_labels / --atlas-labels)"
@@ -191,7 +194,7 @@ def segment_task(
     x = to_model_grid(image, working_affine, prep)
     model_affine = x.affine.numpy()
     net = network if network is not None else bundle.build_network(torch_device)
-    task_index = info.index if bundle.kind == "dodnet" else None
+    task_index = info.index if bundle.kind is BundleKind.DODNET else None
     logits = _predict_logits(net, x, prep, torch_device, report, task_index)
     values = [label.value for label in info.labels]
     channels = [0] + [info.channels[v] for v in values]
@@ -281,11 +284,11 @@ def check_atlas_masks(
     return masks
 
 
-def lcs_chunk_size(network_config: dict, grid_shape: Sequence[int], budget_mb: float) -> int:
+def lcs_chunk_size(network_config: NetworkConfig, grid_shape: Sequence[int], budget_mb: float) -> int:
     """Masks per batch so that decoder activations stay within ``budget_mb`` (rough, conservative)."""
     voxels = float(np.prod(grid_shape))
-    channels = network_config["channels"]
-    dims = network_config["spatial_dims"]
+    channels = network_config.channels
+    dims = network_config.spatial_dims
     per_mask = 0.0
     for level, c in enumerate(channels):
         # up-conv output, concatenation, conv + norm outputs, kept in float32
@@ -308,15 +311,15 @@ class PreparedLCS:
         atlas_image, atlas_affine = bundle.atlas_image()
         self.atlas_shape = atlas_image.shape
         self.atlas_affine = atlas_affine
-        self.dims = prep["spatial_dims"]
+        self.dims = prep.spatial_dims
         target = resample_to_grid(
             torch.as_tensor(image)[None], atlas_affine, atlas_image.shape, mode="bilinear", src_affine=affine
         )[0]
-        target = normalise_intensity(target, prep.get("intensity", {}))
-        atlas = normalise_intensity(atlas_image, prep.get("intensity", {}))
+        target = normalise_intensity(target, prep.intensity)
+        atlas = normalise_intensity(atlas_image, prep.intensity)
         if self.dims == 2:  # 2D atlas stored as (X, Y, 1)
             target, atlas = target[..., 0], atlas[..., 0]
-        self.pads = centred_pad_amounts(target.shape, downsample_factor(bundle.network_config))
+        self.pads = centred_pad_amounts(target.shape, bundle.network_config.downsample_factor)
         self.device = device
         self.target = pad_spatial(target[None, None], self.pads).to(device)
         self.atlas = pad_spatial(atlas[None, None], self.pads).to(device)
@@ -367,7 +370,7 @@ class _LCSRun:
 def _lcs_setup(
     bundle, image, affine, masks, labels, device, progress, cancel, memory_budget_mb, network, align
 ) -> _LCSRun:
-    if bundle.kind != "lcs":
+    if not bundle.kind.has_atlas:
         raise InputError(
             f"{bundle.path}: a {bundle.kind} bundle has no atlas; atlas labels need an LCS bundle"
         )

@@ -1,4 +1,4 @@
-"""Networks, all built from one config dict stored in the bundle.
+"""Networks, each built from its typed config (:mod:`.network_config`) stored in the bundle.
 
 * ``unet``   - the U-Net backbone with ``out_channels`` logits. Used by the label-sharing model
                (``n* + 1`` channels), the multi-channel baseline (1 + all labels) and individual models.
@@ -13,70 +13,30 @@
 
 from __future__ import annotations
 
-import copy
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import BundleError
+from .errors import InputError
+from .network_config import (
+    ARCHITECTURES,
+    BackboneConfig,
+    DoDNetConfig,
+    LCSConfig,
+    NetworkConfig,
+    UNetConfig,
+    network_config_from_dict,
+)
 
-ARCHITECTURES = ("unet", "lcs", "dodnet")
-
-DEFAULT_CONFIG: dict[str, Any] = {
-    "arch": "unet",
-    "spatial_dims": 3,
-    "in_channels": 1,
-    "out_channels": 2,
-    "channels": [8, 16, 32, 64, 128],  # Ma et al. 2022: 8 at full resolution, doubling per level
-    "convs_per_level": 1,
-    "norm": "instance",
-    # lcs only
-    "atlas_image_pool": "avg",
-    # dodnet only
-    "num_tasks": 1,
-    "head_channels": 8,
-}
-
-
-def complete_config(config: dict) -> dict:
-    """Fill defaults and validate; the completed dict is what bundles store."""
-    if not isinstance(config, dict):
-        raise BundleError("network config must be a JSON object")
-    unknown = set(config) - set(DEFAULT_CONFIG)
-    if unknown:
-        raise BundleError(f"network config has unknown keys: {', '.join(sorted(unknown))}")
-    full = copy.deepcopy(DEFAULT_CONFIG)
-    full.update(copy.deepcopy(config))
-    if full["arch"] not in ARCHITECTURES:
-        raise BundleError(
-            f"network config: unknown arch {full['arch']!r} (choose {', '.join(ARCHITECTURES)})"
-        )
-    if full["spatial_dims"] not in (2, 3):
-        raise BundleError("network config: spatial_dims must be 2 or 3")
-    channels = full["channels"]
-    if not (
-        isinstance(channels, list)
-        and len(channels) >= 2
-        and all(isinstance(c, int) and c > 0 for c in channels)
-    ):
-        raise BundleError("network config: channels must be a list of at least two positive integers")
-    for key in ("in_channels", "out_channels", "convs_per_level", "num_tasks", "head_channels"):
-        if not (isinstance(full[key], int) and full[key] >= 1):
-            raise BundleError(f"network config: {key} must be a positive integer")
-    if full["arch"] == "lcs" and full["out_channels"] != 1:
-        raise BundleError("network config: an lcs network has exactly one output channel")
-    if full["norm"] not in ("instance", "batch"):
-        raise BundleError("network config: norm must be 'instance' or 'batch'")
-    if full["atlas_image_pool"] not in ("avg", "max"):
-        raise BundleError("network config: atlas_image_pool must be 'avg' or 'max'")
-    return full
-
-
-def downsample_factor(config: dict) -> int:
-    """Input sizes must be divisible by this (one 2x pooling per level below the top)."""
-    return 2 ** (len(config["channels"]) - 1)
+__all__ = [
+    "ARCHITECTURES",
+    "DoDNet",
+    "LCSNet",
+    "NetworkConfig",
+    "UNet",
+    "build_network",
+    "network_config_from_dict",
+]
 
 
 def _conv(dims: int):
@@ -105,20 +65,20 @@ class ConvBlock(nn.Sequential):
 
 class UNetBackbone(nn.Module):
     """Encoder levels (conv block, then 2x max-pool) -> bottleneck block -> decoder (2x up-conv, concat skip,
-    conv block). ``bottleneck_extra`` adds input channels at the bottleneck (LCS conditioning)."""
+    conv block). ``config.bottleneck_extra`` adds input channels at the bottleneck (LCS conditioning)."""
 
-    def __init__(self, config: dict, bottleneck_extra: int = 0):
+    def __init__(self, config: BackboneConfig):
         super().__init__()
-        dims, ch, n = config["spatial_dims"], config["channels"], config["convs_per_level"]
-        norm = config["norm"]
+        dims, ch, n = config.spatial_dims, config.channels, config.convs_per_level
+        norm = config.norm
         self.dims = dims
         self.encoder = nn.ModuleList()
-        in_ch = config["in_channels"]
+        in_ch = config.in_channels
         for c in ch[:-1]:
             self.encoder.append(ConvBlock(dims, in_ch, c, n, norm))
             in_ch = c
         self.pool = (nn.MaxPool3d if dims == 3 else nn.MaxPool2d)(2)
-        self.bottleneck = ConvBlock(dims, ch[-2] + bottleneck_extra, ch[-1], n, norm)
+        self.bottleneck = ConvBlock(dims, ch[-2] + config.bottleneck_extra, ch[-1], n, norm)
         transpose = nn.ConvTranspose3d if dims == 3 else nn.ConvTranspose2d
         self.upsamplers = nn.ModuleList()
         self.decoder = nn.ModuleList()
@@ -152,18 +112,18 @@ class UNetBackbone(nn.Module):
 
 def _check_divisible(x: torch.Tensor, factor: int) -> None:
     if any(s % factor for s in x.shape[2:]):
-        raise ValueError(f"spatial size {tuple(x.shape[2:])} must be divisible by {factor}")
+        raise InputError(f"spatial size {tuple(x.shape[2:])} must be divisible by {factor}")
 
 
 class UNet(nn.Module):
-    def __init__(self, config: dict):
+    def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = config
         self.backbone = UNetBackbone(config)
-        self.head = _conv(config["spatial_dims"])(self.backbone.out_features, config["out_channels"], 1)
+        self.head = _conv(config.spatial_dims)(self.backbone.out_features, config.out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_divisible(x, downsample_factor(self.config))
+        _check_divisible(x, self.config.downsample_factor)
         skips, bottom_in = self.backbone.encode(x)
         features, _ = self.backbone.decode(bottom_in, skips)
         return self.head(features)
@@ -172,22 +132,22 @@ class UNet(nn.Module):
 class LCSNet(nn.Module):
     """Label conditioned segmentation network (Ma et al. 2022)."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: LCSConfig):
         super().__init__()
         self.config = config
-        self.factor = downsample_factor(config)
-        # conditioning channels: the atlas image channels + one binary mask
-        self.backbone = UNetBackbone(config, bottleneck_extra=config["in_channels"] + 1)
-        self.head = _conv(config["spatial_dims"])(self.backbone.out_features, 1, 1)
+        self.factor = config.downsample_factor
+        # conditioning channels (config.bottleneck_extra): the atlas image channels + one binary mask
+        self.backbone = UNetBackbone(config)
+        self.head = _conv(config.spatial_dims)(self.backbone.out_features, 1, 1)
 
     def _pool(self, x: torch.Tensor, kind: str) -> torch.Tensor:
-        if self.config["spatial_dims"] == 3:
+        if self.config.spatial_dims == 3:
             return (F.max_pool3d if kind == "max" else F.avg_pool3d)(x, self.factor)
         return (F.max_pool2d if kind == "max" else F.avg_pool2d)(x, self.factor)
 
     def condition(self, atlas_image: torch.Tensor, atlas_masks: torch.Tensor) -> torch.Tensor:
         """Atlas image (1 or B, C, ...) and masks (B, 1, ...) -> conditioning on the bottleneck grid (B, C+1, ...)."""
-        image = self._pool(atlas_image, self.config["atlas_image_pool"])
+        image = self._pool(atlas_image, self.config.atlas_image_pool)
         masks = self._pool(atlas_masks.to(atlas_image.dtype), "max")
         if image.shape[0] != masks.shape[0]:
             image = image.expand(masks.shape[0], *image.shape[1:])
@@ -221,30 +181,28 @@ class DoDNet(nn.Module):
     """Task-conditioned dynamic head (DoD-Net style): the controller maps [pooled bottleneck features, task
     one-hot] to the weights of three 1x1 convolutions applied to the decoder features."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: DoDNetConfig):
         super().__init__()
         self.config = config
         self.backbone = UNetBackbone(config)
-        f, h, out = self.backbone.out_features, config["head_channels"], config["out_channels"]
-        self.layer_shapes = [(h, f), (h, h), (out, h)]
-        n_params = sum(o * i + o for o, i in self.layer_shapes)
-        self.controller = nn.Linear(config["channels"][-1] + config["num_tasks"], n_params)
-        self.feature_norm = _norm(config["spatial_dims"], config["norm"], f)
+        self.layer_shapes = config.head_layer_shapes
+        self.controller = nn.Linear(config.channels[-1] + config.num_tasks, config.head_parameter_count)
+        self.feature_norm = _norm(config.spatial_dims, config.norm, self.backbone.out_features)
 
     def forward(self, x: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
-        _check_divisible(x, downsample_factor(self.config))
+        _check_divisible(x, self.config.downsample_factor)
         skips, bottom_in = self.backbone.encode(x)
         features, bottom = self.backbone.decode(bottom_in, skips)
         features = F.leaky_relu(self.feature_norm(features), 0.01)
         pooled = bottom.flatten(2).mean(dim=2)
-        onehot = F.one_hot(task_index.long().view(-1), self.config["num_tasks"]).to(pooled.dtype)
+        onehot = F.one_hot(task_index.long().view(-1), self.config.num_tasks).to(pooled.dtype)
         if onehot.shape[0] != pooled.shape[0]:
             onehot = onehot.expand(pooled.shape[0], -1)
         params = self.controller(torch.cat([pooled, onehot], dim=1))
         return self._dynamic_head(features, params)
 
     def _dynamic_head(self, features: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        batch, dims = features.shape[0], self.config["spatial_dims"]
+        batch, dims = features.shape[0], self.config.spatial_dims
         conv = F.conv3d if dims == 3 else F.conv2d
         # grouped convolution applies each sample's own generated weights in one call
         x = features.reshape(1, -1, *features.shape[2:])
@@ -260,7 +218,8 @@ class DoDNet(nn.Module):
         return x.reshape(batch, -1, *features.shape[2:])
 
 
-def build_network(config: dict) -> nn.Module:
-    """Build the network a (completed or partial) config describes."""
-    full = complete_config(config)
-    return {"unet": UNet, "lcs": LCSNet, "dodnet": DoDNet}[full["arch"]](full)
+def build_network(config: NetworkConfig) -> nn.Module:
+    """Build the network a typed config describes (read one with :func:`network_config_from_dict`)."""
+    if not isinstance(config, (UNetConfig, LCSConfig, DoDNetConfig)):
+        raise TypeError(f"build_network needs a typed network config, not {type(config).__name__}")
+    return {"unet": UNet, "lcs": LCSNet, "dodnet": DoDNet}[config.arch](config)

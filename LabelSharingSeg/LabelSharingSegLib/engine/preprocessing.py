@@ -1,4 +1,5 @@
-"""Input checks, geometry and intensity normalisation as a bundle's ``preprocessing`` section describes.
+"""Input checks, geometry and intensity normalisation as a bundle's ``preprocessing`` section describes
+(the typed :class:`.preprocessing_config.Preprocessing`).
 
 Geometry (MONAI transforms on MetaTensors carrying the affine, no hand-written resampler):
 
@@ -23,8 +24,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-
-INTENSITY_MODES = ("zscore", "percentile", "ct_window", "none")
+from .preprocessing_config import IntensityConfig, Preprocessing
 
 
 def check_image(
@@ -65,33 +65,22 @@ def check_image(
     return array, matrix
 
 
-def check_intensity(config: dict) -> dict:
-    mode = (config or {}).get("mode", "zscore")
-    if mode not in INTENSITY_MODES:
-        raise InputError(f"unknown intensity mode {mode!r}; choose one of {', '.join(INTENSITY_MODES)}")
-    return {"mode": mode, **{k: v for k, v in (config or {}).items() if k != "mode"}}
-
-
-def normalise_intensity(array: torch.Tensor | np.ndarray, config: dict) -> torch.Tensor:
+def normalise_intensity(array: torch.Tensor | np.ndarray, config: IntensityConfig) -> torch.Tensor:
     """Apply the bundle's intensity normalisation (returns a new float32 tensor)."""
-    config = check_intensity(config)
     x = torch.as_tensor(np.asarray(array) if isinstance(array, np.ndarray) else array).float().clone()
-    mode = config["mode"]
+    mode = config.mode
     if mode == "zscore":
-        values = x[x != 0] if config.get("nonzero", False) and bool((x != 0).any()) else x.flatten()
+        values = x[x != 0] if config.nonzero and bool((x != 0).any()) else x.flatten()
         std = float(values.std()) if values.numel() > 1 else 0.0
         return (x - float(values.mean())) / (std if std > 1e-8 else 1.0)
     if mode == "percentile":
         flat = x.flatten().double()
         if flat.numel() > 2_000_000:  # quantile of a strided sample keeps this fast on big volumes
             flat = flat[:: flat.numel() // 1_000_000]
-        lo, hi = (
-            float(torch.quantile(flat, q / 100.0))
-            for q in (config.get("lower", 0.5), config.get("upper", 99.5))
-        )
+        lo, hi = (float(torch.quantile(flat, q / 100.0)) for q in (config.lower, config.upper))
         return ((x.clamp(lo, hi) - lo) / (hi - lo if hi - lo > 1e-8 else 1.0)).float()
     if mode == "ct_window":
-        lo, hi = config.get("window", [-1000.0, 1000.0])
+        lo, hi = config.window
         return (x.clamp(lo, hi) - lo) / (hi - lo)
     return x
 
@@ -105,21 +94,21 @@ def _meta_tensor(array: np.ndarray | torch.Tensor, affine: np.ndarray):
     return MetaTensor(data.float(), affine=torch.as_tensor(affine, dtype=torch.float64))
 
 
-def to_model_grid(image: np.ndarray, affine: np.ndarray, prep: dict):
+def to_model_grid(image: np.ndarray, affine: np.ndarray, prep: Preprocessing):
     """Image (3D, checked) -> MetaTensor (1, X', Y', Z') on the bundle's grid, intensity-normalised."""
     from monai.transforms import Orientation, Spacing
 
     tensor = _meta_tensor(image, affine)
-    spacing = [float(s) for s in prep["spacing"]]
+    spacing = list(prep.spacing)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MONAI deprecation chatter about argument names
-        if prep["spatial_dims"] == 3:
-            tensor = Orientation(axcodes=prep.get("orientation", "RAS"))(tensor)
+        if prep.spatial_dims == 3:
+            tensor = Orientation(axcodes=prep.orientation)(tensor)
             tensor = Spacing(pixdim=spacing, mode="bilinear", padding_mode="border")(tensor)
         else:
             # non-positive pixdim keeps that axis' spacing: resample in-plane only
             tensor = Spacing(pixdim=spacing[:2] + [-1.0], mode="bilinear", padding_mode="border")(tensor)
-    tensor.array = normalise_intensity(tensor.as_tensor(), prep.get("intensity", {}))
+    tensor.array = normalise_intensity(tensor.as_tensor(), prep.intensity)
     return tensor
 
 

@@ -25,15 +25,10 @@ DEMO_TERMINOLOGY = {
 }
 
 
-def _preprocessing(spacing=(2.0, 2.0, 2.0)) -> dict:
-    return {
-        "spatial_dims": 3,
-        "orientation": "RAS",
-        "spacing": [float(s) for s in spacing],
-        "patch_size": list(TINY_PATCH),
-        "overlap": 0.25,
-        "intensity": {"mode": "zscore", "nonzero": False},
-    }
+def _preprocessing(spacing=(2.0, 2.0, 2.0)):
+    from ..engine.preprocessing_config import Preprocessing
+
+    return Preprocessing(spatial_dims=3, spacing=tuple(spacing), patch_size=tuple(TINY_PATCH), overlap=0.25)
 
 
 def writeTinyLabelSharingBundle(out, seed: int = 0, spacing=(2.0, 2.0, 2.0)) -> Path:
@@ -43,6 +38,7 @@ def writeTinyLabelSharingBundle(out, seed: int = 0, spacing=(2.0, 2.0, 2.0)) -> 
     from ..engine.bundle import TaskInfo, build_manifest, write_bundle
     from ..engine.labels import LabelInfo, default_color
     from ..engine.labelspace import SharedLabelSpace, TaskSizes
+    from ..engine.network_config import UNetConfig
     from ..engine.networks import build_network
 
     sizes = []
@@ -55,16 +51,9 @@ def writeTinyLabelSharingBundle(out, seed: int = 0, spacing=(2.0, 2.0, 2.0)) -> 
             LabelInfo(v, n, default_color(v), DEMO_TERMINOLOGY.get(n)) for v, n in sorted(labels.items())
         )
         tasks.append(TaskInfo(name, index, infos, space.task_to_shared(name)))
-    network = {
-        "arch": "unet",
-        "spatial_dims": 3,
-        "out_channels": space.n_shared + 1,
-        "channels": TINY_CHANNELS,
-    }
+    network = UNetConfig(spatial_dims=3, out_channels=space.n_shared + 1, channels=tuple(TINY_CHANNELS))
     torch.manual_seed(seed)
-    from ..engine.networks import complete_config
-
-    state = build_network(complete_config(network)).state_dict()
+    state = build_network(network).state_dict()
     manifest = build_manifest(
         kind="labelsharing",
         network=network,
@@ -108,12 +97,11 @@ def writeTinyAtlasBundle(out, seed: int = 0, shape=(24, 24, 20), spacing=(2.0, 2
     import torch
 
     from ..engine.bundle import build_manifest, write_bundle
-    from ..engine.networks import build_network, complete_config
+    from ..engine.network_config import LCSConfig
+    from ..engine.networks import build_network
 
     image, labelmap, affine, labels = syntheticAtlas(shape, spacing)
-    network = complete_config(
-        {"arch": "lcs", "spatial_dims": 3, "out_channels": 1, "channels": TINY_CHANNELS}
-    )
+    network = LCSConfig(spatial_dims=3, channels=tuple(TINY_CHANNELS))
     torch.manual_seed(seed)
     state = build_network(network).state_dict()
     manifest = build_manifest(

@@ -173,10 +173,7 @@ class SegmentationSceneLogic:
         return "No bundle loaded." if self.bundle is None else self.bundle.summary()
 
     def _bundleDims(self, bundle) -> int:
-        try:
-            return int((bundle.manifest.get("network") or {}).get("spatial_dims", 3))
-        except (TypeError, ValueError, AttributeError):
-            return 3
+        return bundle.network_config.spatial_dims
 
     # ------------------------------------------------------------------ common checks
     def _checkInputVolume(self, volumeNode, bundle, role="input volume"):
@@ -290,7 +287,7 @@ class SegmentationSceneLogic:
         image, affine = bundle.atlas_image()
         labelmap, labelAffine, labels = bundle.atlas_labels()
         self._atlasGeometry = (tuple(int(s) for s in image.shape), np.asarray(affine, dtype=np.float64))
-        name = (bundle.manifest.get("name") or "LCS").strip() or "LCS"
+        name = bundle.manifest.name.strip() or "LCS"
         specs = seg.specsFromLabelmap(labelmap, labels)
         created = []
         try:

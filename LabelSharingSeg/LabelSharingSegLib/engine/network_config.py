@@ -1,0 +1,201 @@
+"""The ``network`` section of a bundle: one typed, validated config per architecture.
+
+* :class:`UNetConfig`   - the plain U-Net (label sharing, multi-channel, individual models);
+* :class:`LCSConfig`    - label conditioned segmentation (Ma et al. 2022): one output, atlas pooling;
+* :class:`DoDNetConfig` - the DoD-Net-style baseline: task count and dynamic-head width.
+
+Each stores only its own settings (schema 2). Schema-1 bundles stored every architecture's keys in every
+config; :func:`network_config_from_dict` drops the foreign ones when reading those (``legacy=True``).
+Configs are bounded (channels, depth, outputs and the exact parameter count) so that a hostile or mistyped
+``bundle.json`` is refused before any tensor is allocated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, ClassVar
+
+from .config_checks import check_choice, check_int, check_int_tuple, check_mapping, in_source, shown
+from .errors import ConfigError
+
+MAX_LEVELS = 8
+MAX_LEVEL_CHANNELS = 4096
+MAX_IN_CHANNELS = 64
+MAX_OUT_CHANNELS = 10_000
+MAX_CONVS_PER_LEVEL = 8
+MAX_TASKS = 1000
+MAX_HEAD_CHANNELS = 1024
+MAX_PARAMETERS = 250_000_000  # 1 GB of float32 weights; the shipped models hold under 2 million
+NORMS = ("instance", "batch")
+POOLS = ("avg", "max")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Settings every architecture shares: the U-Net backbone (one 2x pooling per level below the top)."""
+
+    ARCH: ClassVar[str] = ""
+
+    spatial_dims: int = 3
+    in_channels: int = 1
+    out_channels: int = 2
+    channels: tuple[int, ...] = (8, 16, 32, 64, 128)  # Ma et al. 2022: 8 at full resolution, doubling
+    convs_per_level: int = 1
+    norm: str = "instance"
+
+    def __post_init__(self) -> None:
+        check_int("network.spatial_dims", self.spatial_dims, 2, 3)
+        check_int("network.in_channels", self.in_channels, 1, MAX_IN_CHANNELS)
+        check_int("network.out_channels", self.out_channels, 1, MAX_OUT_CHANNELS)
+        channels = check_int_tuple(
+            "network.channels", self.channels, range(2, MAX_LEVELS + 1), 1, MAX_LEVEL_CHANNELS
+        )
+        object.__setattr__(self, "channels", channels)
+        check_int("network.convs_per_level", self.convs_per_level, 1, MAX_CONVS_PER_LEVEL)
+        check_choice("network.norm", self.norm, NORMS)
+        self._check_own()
+        count = self.parameter_count()
+        if count > MAX_PARAMETERS:
+            raise ConfigError(
+                f"network: this {self.arch} would hold {count:,} parameters, more than the limit "
+                f"{MAX_PARAMETERS:,} (check channels and out_channels)"
+            )
+
+    def _check_own(self) -> None:
+        """Checks of the architecture's own settings."""
+
+    @property
+    def arch(self) -> str:
+        return self.ARCH
+
+    @property
+    def downsample_factor(self) -> int:
+        """Input sizes must be divisible by this (one 2x pooling per level below the top)."""
+        return 2 ** (len(self.channels) - 1)
+
+    @property
+    def bottleneck_extra(self) -> int:
+        """Channels concatenated to the bottleneck input besides the encoder's (LCS conditioning)."""
+        return 0
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"arch": self.arch}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            out[item.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def replace(self, **changes: Any) -> NetworkConfig:
+        """A copy with ``changes`` applied (and validated)."""
+        return replace(self, **changes)  # type: ignore[return-value]
+
+    def parameter_count(self) -> int:
+        """The exact number of learnable parameters :func:`.networks.build_network` will allocate."""
+        return self._backbone_parameters() + self._head_parameters()
+
+    def _backbone_parameters(self) -> int:
+        kernel, up = 3**self.spatial_dims, 2**self.spatial_dims
+
+        def block(c_in: int, c_out: int) -> int:  # convs with bias + a norm with weight and bias each
+            first = c_in * c_out * kernel + 3 * c_out
+            return first + (self.convs_per_level - 1) * (c_out * c_out * kernel + 3 * c_out)
+
+        ch, total, c_in = self.channels, 0, self.in_channels
+        for c in ch[:-1]:
+            total += block(c_in, c)
+            c_in = c
+        total += block(ch[-2] + self.bottleneck_extra, ch[-1])
+        for level in range(len(ch) - 1):
+            total += ch[level + 1] * ch[level] * up + ch[level]  # transposed convolution
+            total += block(2 * ch[level], ch[level])
+        return total
+
+    def _head_parameters(self) -> int:
+        return self.channels[0] * self.out_channels + self.out_channels
+
+
+@dataclass(frozen=True)
+class UNetConfig(BackboneConfig):
+    """The plain U-Net with ``out_channels`` logits."""
+
+    ARCH: ClassVar[str] = "unet"
+
+
+@dataclass(frozen=True)
+class LCSConfig(BackboneConfig):
+    """Label conditioned segmentation (Ma et al. 2022): atlas image pooled by ``atlas_image_pool`` and one
+    max-pooled atlas mask join the bottleneck; exactly one output channel (a logit)."""
+
+    ARCH: ClassVar[str] = "lcs"
+
+    out_channels: int = 1
+    atlas_image_pool: str = "avg"
+
+    def _check_own(self) -> None:
+        if self.out_channels != 1:
+            raise ConfigError(
+                f"network.out_channels of an lcs network must be 1 (got {shown(self.out_channels)})"
+            )
+        check_choice("network.atlas_image_pool", self.atlas_image_pool, POOLS)
+
+    @property
+    def bottleneck_extra(self) -> int:
+        return self.in_channels + 1  # the atlas image channels + one binary mask
+
+    def _head_parameters(self) -> int:
+        return self.channels[0] + 1
+
+
+@dataclass(frozen=True)
+class DoDNetConfig(BackboneConfig):
+    """DoD-Net-style dynamic head: ``num_tasks`` task codes, three 1x1 convolutions ``head_channels`` wide."""
+
+    ARCH: ClassVar[str] = "dodnet"
+
+    num_tasks: int = 1
+    head_channels: int = 8
+
+    def _check_own(self) -> None:
+        check_int("network.num_tasks", self.num_tasks, 1, MAX_TASKS)
+        check_int("network.head_channels", self.head_channels, 1, MAX_HEAD_CHANNELS)
+
+    @property
+    def head_layer_shapes(self) -> list[tuple[int, int]]:
+        """(out, in) of the three generated 1x1 convolutions."""
+        f, h = self.channels[0], self.head_channels
+        return [(h, f), (h, h), (self.out_channels, h)]
+
+    @property
+    def head_parameter_count(self) -> int:
+        """Weights and biases the controller generates per sample."""
+        return sum(o * i + o for o, i in self.head_layer_shapes)
+
+    def _head_parameters(self) -> int:
+        controller_in = self.channels[-1] + self.num_tasks
+        return controller_in * self.head_parameter_count + self.head_parameter_count + 2 * self.channels[0]
+
+
+NetworkConfig = UNetConfig | LCSConfig | DoDNetConfig
+CONFIG_OF_ARCH: dict[str, type[BackboneConfig]] = {c.ARCH: c for c in (UNetConfig, LCSConfig, DoDNetConfig)}
+ARCHITECTURES = tuple(CONFIG_OF_ARCH)
+
+
+def network_config_from_dict(data: Any, source: str | None = None, *, legacy: bool = False) -> NetworkConfig:
+    """Read a ``network`` JSON object (missing settings take the defaults; ``arch`` defaults to unet).
+
+    ``legacy`` reads schema-1 bundles, which stored every architecture's keys: the keys of other
+    architectures are dropped instead of refused. ConfigError names ``source`` and the field.
+    """
+    with in_source(source):
+        data = check_mapping("network", data)
+        arch = check_choice("network.arch", data.get("arch", "unet"), ARCHITECTURES)
+        cls = CONFIG_OF_ARCH[arch]
+        own = tuple(item.name for item in fields(cls))
+        if legacy:
+            foreign = {item.name for c in CONFIG_OF_ARCH.values() for item in fields(c)} - set(own)
+            data = {k: v for k, v in data.items() if k not in foreign}
+        data = check_mapping("network", data, ("arch", *own))
+        data.pop("arch", None)
+        if isinstance(data.get("channels"), list):
+            data["channels"] = tuple(data["channels"])
+        return cls(**data)  # type: ignore[return-value]
