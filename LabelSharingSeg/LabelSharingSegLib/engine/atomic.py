@@ -53,6 +53,8 @@ def describe_os_error(exc: OSError, path: str | os.PathLike) -> str:
 
 
 def _process_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows: never guess there
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
