@@ -117,9 +117,9 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def _atlas_masks_from_labelmap(bundle, path: Path | None, names_path: Path | None):
+    """Masks (K, *atlas grid, made lazily) and LabelInfo for every non-zero value of a label map drawn on the atlas."""
     from LabelSharingSegLib.engine.inference import LabelMapMasks
 
-    """Masks (K, *atlas grid, made lazily) and LabelInfo for every non-zero value of a label map drawn on the atlas."""
     atlas_image, atlas_affine = bundle.atlas_image()
     atlas_map, _, atlas_names = bundle.atlas_labels()
     if path is not None and str(path) != "bundle":
@@ -153,10 +153,13 @@ def run_segment(args: argparse.Namespace) -> int:
     atlas_labels = (
         None if args.atlas_labels is None or str(args.atlas_labels) == "bundle" else args.atlas_labels
     )
-    inputs = [("-i", args.input), ("bundle", args.bundle), ("--atlas-labels", atlas_labels)]
-    require_writable_outputs(
-        [args.output, names_path], [*inputs, ("--atlas-names", args.atlas_names)], overwrite=args.overwrite
-    )
+    inputs = [
+        ("-i", args.input),
+        ("bundle", args.bundle),
+        ("--atlas-labels", atlas_labels),
+        ("--atlas-names", args.atlas_names),
+    ]
+    require_writable_outputs([args.output, names_path], inputs, overwrite=args.overwrite)  # before any work
     remove_stale_parts(args.output.parent)
     bundle = load_bundle(args.bundle)
     image, affine = load_nifti(args.input)
