@@ -70,9 +70,9 @@ def remove_stale_parts(folder: str | os.PathLike) -> list[Path]:
     Called by commands before they write into a folder, so a SIGKILL during a write leaves nothing for long.
     Returns what was removed. Files of running processes (or other users') are never touched.
     """
-    removed = []
+    removed: list[Path] = []
     try:
-        entries = list(os.scandir(folder))
+        entries = list(os.scandir(os.fspath(folder)))
     except OSError:
         return removed
     for entry in entries:
@@ -149,8 +149,9 @@ def _publish(parts: Sequence[Path], targets: Sequence[Path]) -> None:
     except OSError as exc:
         for index in reversed(done):
             with contextlib.suppress(OSError):
-                if backups[index] is not None:
-                    os.replace(backups[index], targets[index])
+                backup = backups[index]
+                if backup is not None:
+                    os.replace(backup, targets[index])
                 else:
                     targets[index].unlink()
         raise OutputError(describe_os_error(exc, targets[len(backups) - 1])) from None

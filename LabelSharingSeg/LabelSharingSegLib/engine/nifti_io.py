@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -37,7 +38,7 @@ def load_nifti(path: str | os.PathLike, *, dtype=np.float32) -> tuple[np.ndarray
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # nibabel warns about odd headers; errors are what we report
-            image = nib.load(str(path))
+            image: Any = nib.load(str(path))  # a Nifti1/2 image (typed as the base class)
             _require_declared_voxels(path, image)
             stored = np.dtype(image.get_data_dtype())
             if stored.kind == "c" or (
