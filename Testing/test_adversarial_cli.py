@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import json
 import os
 import shutil
 import stat
@@ -95,8 +96,12 @@ def workspace_root(tmp_path_factory, ls_bundle_path, lcs_bundle_path):
         "deep": "[" * 100_000 + "]" * 100_000,
         "huge_int": '{"name": "x", "numTraining": ' + "9" * 5000 + "}",
         "listjson": "[1, 2]",
+        "inflabel": None,  # labels {"structure": 1e999}: an infinite label value
     }.items():
         folder = shutil.copytree(data / "Dataset900_Phantom0", data / f"Dataset95{len(name)}_{name}")
+        if text is None:
+            meta = json.loads((folder / "dataset.json").read_text())
+            text = json.dumps(meta).replace('"labels": {', '"labels": {"structure": 1e999, ', 1)
         (folder / "dataset.json").write_text(text)
     return root
 
@@ -857,6 +862,13 @@ CASES = [
         error=r"problem",
         details=r"must hold a JSON object",
     ),
+    Case(
+        "plan-dataset-infinite-label",
+        ("plan", "{in}/data/Dataset958_inflabel"),
+        exit=2,
+        error=r"problem",
+        details=r"structure",
+    ),
     # data check (a report: exit 1 lists the problems on stdout)
     Case("data-check-clean", ("data", "check", "{in}/data/Dataset900_Phantom0"), stdout=r"1 clean"),
     Case(
@@ -864,6 +876,12 @@ CASES = [
         ("data", "check", "{in}/data/Dataset954_deep"),
         exit=1,
         stdout=r"nested too deeply",
+    ),
+    Case(
+        "data-check-infinite-label",
+        ("data", "check", "{in}/data/Dataset958_inflabel"),
+        exit=1,
+        stdout=r"structure",
     ),
     Case(
         "data-check-huge-int",
