@@ -188,6 +188,8 @@ def atomic_paths(
             yield parts
             for part in parts:
                 _fsync(part)
+        except OutputError:
+            raise
         except OSError as exc:
             failed = [
                 t for p, t in zip(parts, targets) if exc.filename is not None and Path(exc.filename) == p

@@ -25,8 +25,10 @@ class CancelledError(LabelSharingSegError):
     """The user cancelled a running job; nothing was written."""
 
 
-class OutputError(LabelSharingSegError):
-    """An output cannot be written (exists, equals an input, disk full, no permission); nothing was changed."""
+class OutputError(LabelSharingSegError, OSError):
+    """An output cannot be written (exists, equals an input, disk full, no permission); nothing was changed.
+
+    Also an OSError, so code that guards a write with ``except OSError`` keeps working."""
 
 
 class ConfigError(BundleError):

@@ -29,6 +29,6 @@ def parse_json(raw: bytes | str, source: str, error: type[LabelSharingSegError])
     except UnicodeDecodeError as exc:
         raise error(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except RecursionError:
-        raise error(f"{source}: JSON nested too deeply to read") from None
+        raise error(f"{source}: not valid JSON (RecursionError: nested too deeply to read)") from None
     except (json.JSONDecodeError, ValueError) as exc:
         raise error(f"{source}: not valid JSON ({exc})") from None

@@ -54,6 +54,8 @@ def require_writable_outputs(
     for output in map(Path, outputs):
         try:
             checked.append(_check_output(output, known, overwrite, option))
+        except OutputError:
+            raise
         except OSError as exc:  # e.g. a name the file system cannot hold
             raise OutputError(describe_os_error(exc, output)) from None
     return checked
