@@ -302,6 +302,22 @@ def _closed_pipe(ws: Workspace) -> None:
     assert proc.returncode == 141 and proc.stderr == "", (proc.returncode, proc.stderr)
 
 
+class _ClosedPipe:
+    """A stdout whose reader has gone: every write fails as a pipe closed by ``head -1`` does."""
+
+    def write(self, text):
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    def flush(self):
+        pass
+
+
+# argparse itself ignores write errors while printing help (exit 0, nothing printed); every other command
+# ends with exit 141 and no traceback.
+def _stdout_closed(monkeypatch, ws):
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+
+
 def _names_of(path: str, expected: list[str]):
     def check(ws: Workspace) -> None:
         from LabelSharingSegLib.engine.labels import labels_from_csv
@@ -893,6 +909,23 @@ CASES = [
     Case("info-task-bundle", ("info", "{in}/bundles/ls"), stdout=r"Task brain \(3 labels\)"),
     Case("info-json", ("info", "{in}/bundles/ls", "--json"), stdout=r'"kind": "labelsharing"'),
     Case("info-closed-pipe", call=_closed_pipe),
+    Case(
+        "info-closed-pipe-in-process",
+        ("info", "{in}/bundles/ls"),
+        exit=141,
+        faults=_stdout_closed,
+        stdout=r"^$",
+    ),
+    Case("help-closed-pipe", ("--help",), exit=0, faults=_stdout_closed, stdout=r"^$"),
+    Case("segment-help-closed-pipe", ("segment", "--help"), exit=0, faults=_stdout_closed, stdout=r"^$"),
+    Case("plan-closed-pipe", PLAN, exit=141, faults=_stdout_closed, stdout=r"^$"),
+    Case(
+        "seg-progress-closed-pipe",
+        ("segment", "{in}/bundles/ls", "--task", "brain", "--device", "cpu", *SCAN, *OUT),
+        exit=141,
+        faults=_stdout_closed,
+        stdout=r"^$",
+    ),
     Case(
         "no-stale-parts-after-failures",
         (*LS, *SCAN, *OUT),

@@ -58,53 +58,57 @@ def main(argv: list[str] | None = None) -> int:
     stdout, stderr = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = PrintableStream(stdout), PrintableStream(stderr)
     try:
-        return _run(argv)
+        return _run(argv, stdout)
     finally:
         sys.stdout, sys.stderr = stdout, stderr
 
 
-def _run(argv: list[str] | None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+def _run(argv: list[str] | None, stdout) -> int:
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)  # --help and usage errors print (and may meet a closed pipe) here
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
         result = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return int(result or 0)
     except BrokenPipeError:
-        _silence_stdout()
+        _silence(stdout)
         return EXIT_BROKEN_PIPE
     except LabelSharingSegError as exc:
-        return _fail(args, str(exc), EXIT_REFUSED)
+        return _fail(debug, str(exc), EXIT_REFUSED)
     except KeyboardInterrupt:
-        return _fail(args, "interrupted", EXIT_INTERRUPTED, prefix="lsseg: ")
+        return _fail(debug, "interrupted", EXIT_INTERRUPTED, prefix="lsseg: ")
     except OSError as exc:  # outside the atomic writers, which say more
         where = f"{exc.filename}: " if exc.filename is not None else ""
-        return _fail(args, f"{where}{exc.strerror or exc}", EXIT_UNEXPECTED)
+        return _fail(debug, f"{where}{exc.strerror or exc}", EXIT_UNEXPECTED)
     except MemoryError:
-        return _fail(args, "out of memory (try a smaller input or another device)", EXIT_UNEXPECTED)
+        return _fail(debug, "out of memory (try a smaller input or another device)", EXIT_UNEXPECTED)
     except Exception as exc:  # a bug: still one line, the traceback with --debug
         return _fail(
-            args,
+            debug,
             f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback and please report it)",
             EXIT_UNEXPECTED,
         )
 
 
-def _fail(args: argparse.Namespace, message: str, code: int, prefix: str = "lsseg: error: ") -> int:
-    if args.debug:
+def _fail(debug: bool, message: str, code: int, prefix: str = "lsseg: error: ") -> int:
+    if debug:
         traceback.print_exc()
     print(f"{prefix}{message}", file=sys.stderr)
     return code
 
 
-def _silence_stdout() -> None:
-    """The reader went away: point stdout at /dev/null so the final flush at exit cannot fail again."""
+def _silence(stdout) -> None:
+    """The reader went away: point the process's stdout at /dev/null so the flush at exit cannot fail again
+    (only for the real stdout; a stream a caller passed in is left alone)."""
+    if stdout is not sys.__stdout__:
+        return
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.__stdout__.fileno())
+        os.dup2(devnull, stdout.fileno())
     except (OSError, AttributeError, ValueError):
         pass
 
