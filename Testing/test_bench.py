@@ -53,3 +53,24 @@ def test_bench_lcs_and_heads(capsys):
     rows = json.loads(out[out.index("{") :])["rows"]
     assert rows["labelsharing"]["output_channels"] == 6 and rows["multichannel"]["output_channels"] == 8
     assert rows["individual"]["models"] == 2
+
+
+def test_bench_train_json_has_every_field_on_cpu(capsys):
+    from lsseg_training.bench_train import FIELDS, METHODS
+
+    argv = ["bench", "train", "--steps", "2", "--size-2d", "32", "--size-3d", "16", "--cases", "2"]
+    argv += ["--device", "cpu", "--train-args", "--channels 4,8,16 --batch 1", "--json"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out[out.index("{") :])
+    assert result["device"] == "cpu" and result["threads"] >= 1
+    assert set(result["methods"]) == set(METHODS)
+    for name, row in result["methods"].items():
+        assert row["device_vs_legacy"] > 0 and row["legacy_vs_device_data_time"] > 0, name
+        for pipeline in ("device", "legacy"):
+            r = row[pipeline]
+            assert all(field in r for field in FIELDS), (name, pipeline, r)
+            assert r["steps"] >= 1 and r["steps_per_s"] > 0 and r["samples_per_s"] == r["steps_per_s"]
+            assert 0.0 <= r["data_wait_share"] <= 1.0 and r["data_ms_per_step"] >= 0
+            assert r["peak_memory_mb"] > 0 and r["peak_memory_kind"] == "process_resident"
+            assert r["gpu_utilisation"] is None  # no GPU: null, not a made-up number

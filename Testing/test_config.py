@@ -263,6 +263,12 @@ BAD_MANIFESTS = [
     ("ls", _set("preprocessing.spacng", [2, 2, 2]), None, r"preprocessing has unknown key\(s\) spacng"),
     (
         "ls",
+        _set("preprocessing.patch_size", [16, 16, 18]),
+        None,
+        r"patch_size \[16, 16, 18\] must be divisible by the network's pooling factor 4",
+    ),
+    (
+        "ls",
         _set("preprocessing.intensity", {"mode": "magic"}),
         None,
         r"preprocessing\.intensity\.mode must be one of",
@@ -308,7 +314,7 @@ BAD_MANIFESTS = [
     ),
     ("ls", _set("network.norm", "group"), None, r"network\.norm must be one of instance, batch"),
     ("ls", _set("network.arch", "transformer"), None, r"network\.arch must be one of unet, lcs, dodnet"),
-    ("ls", _drop("network"), None, r"bundle\.json\.network is missing"),
+    ("ls", _drop("network"), None, r"bundle\.json: network is missing"),
     (
         "ls",
         _set("tasks.0.labels.0.value", RAW),
@@ -422,3 +428,36 @@ def test_direct_construction_validates_too():
         UNetConfig(channels=(5_000_000, 8))
     with pytest.raises(ConfigError, match=r"^preprocessing\.intensity\.window"):
         IntensityConfig(mode="ct_window", window=(float("nan"), 1.0))
+
+
+def test_manifest_cross_checks_on_construction(ls_bundle_path):
+    from LabelSharingSegLib.engine.bundle import build_manifest
+    from LabelSharingSegLib.engine.network_config import DoDNetConfig
+    from lsseg_training.bundle_factory import per_task_rank_tasks
+
+    tasks = per_task_rank_tasks({"a": {1: "x", 2: "y"}, "b": {1: "z"}})
+    prep = load_bundle(ls_bundle_path).preprocessing
+    ok = build_manifest(
+        kind="dodnet", network=DoDNetConfig(out_channels=3, num_tasks=2), preprocessing=prep, tasks=tasks
+    )
+    assert ok.kind is BundleKind.DODNET and ok.software["labelsharingseg"] == __version__
+    with pytest.raises(ConfigError, match=r"network\.num_tasks 3 != 2 tasks"):
+        build_manifest(
+            kind="dodnet", network=DoDNetConfig(out_channels=3, num_tasks=3), preprocessing=prep, tasks=tasks
+        )
+    with pytest.raises(ConfigError, match="invalid or shared output channels"):
+        build_manifest(
+            kind="dodnet", network=DoDNetConfig(out_channels=2, num_tasks=2), preprocessing=prep, tasks=tasks
+        )
+    with pytest.raises(ConfigError, match="a multichannel bundle needs a unet network, not dodnet"):
+        build_manifest(
+            kind="multichannel", network=DoDNetConfig(out_channels=3), preprocessing=prep, tasks=tasks
+        )
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.parent.name)
+def test_info_json_prints_the_typed_manifest(path, capsys):
+    assert main(["info", "--json", str(path.parent)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["schema_version"] == SCHEMA_VERSION
+    assert Manifest.from_dict(printed) == load_bundle(path.parent).manifest

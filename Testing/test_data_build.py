@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from LabelSharingSegLib.engine.datasets import load_case, read_dataset
 from LabelSharingSegLib.engine.errors import DatasetError, InputError
 from lsseg_training.cli import main as lsseg_main
 from lsseg_training.data import build, sources
 from lsseg_training.data.build import build_set
+from lsseg_training.datasets import load_case, read_dataset
 
 SPACING = 6.0  # coarse: CI cost stays small
 SETS_3D = ("brain-aal", "brain-neuromorphometrics", "brain-hcpex")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from LabelSharingSegLib.engine.datasets import check_dataset, load_case, read_dataset
 from LabelSharingSegLib.engine.errors import DatasetError, InputError
 from lsseg_training.cli import main as lsseg_main
 from lsseg_training.data.phantom import make_phantom_tasks
+from lsseg_training.datasets import check_dataset, load_case, read_dataset
 
 
 def _features(image: np.ndarray) -> np.ndarray:

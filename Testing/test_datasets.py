@@ -12,7 +12,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from LabelSharingSegLib.engine.datasets import (
+from LabelSharingSegLib.engine.errors import DatasetError, LabelSharingSegError
+from LabelSharingSegLib.engine.nifti_io import save_nifti
+from lsseg_training.datasets import (
     Case,
     NnUNetDataset,
     check_dataset,
@@ -21,8 +23,6 @@ from LabelSharingSegLib.engine.datasets import (
     require_valid_dataset,
     write_dataset_json,
 )
-from LabelSharingSegLib.engine.errors import DatasetError, LabelSharingSegError
-from LabelSharingSegLib.engine.nifti_io import save_nifti
 
 SHAPE = (10, 9, 8)
 AFFINE = np.array([[1.5, 0, 0, -10], [0, 1.5, 0, 5], [0, 0, 2.0, 3], [0, 0, 0, 1]], dtype=float)

@@ -70,6 +70,23 @@ def test_tiny_demo_writes_every_promised_file(tmp_path, capsys):
     assert numbers["offatlas"]["aligned"] == pytest.approx(aligned)
     assert f"{aligned:.3f}" in report
     assert f"{numbers['lcs_fine']['fine_dice']:.3f}" in report
+    # the real whole-head scan: every shipped bundle's result, alignment quality, Dice read from realscan.csv
+    assert "## A real scan as it comes from the scanner" in report
+    real_csv = out / "results" / "realscan" / "realscan.csv"
+    for task in ("SagittalLobes", "CoronalSubcortical"):
+        mean = _csv_mean(real_csv, "dice", task=task)
+        assert re.search(rf"\| label sharing \| {task} \| [^|]+ \| \d+ \| {mean:.3f} \|", report), task
+    for mode in ("aligned automatically (default)", "--align off"):
+        mean = _csv_mean(real_csv, "dice", bundle="LCS", mode=mode)
+        assert re.search(
+            rf"\| LCS \| coarse atlas labels \| {re.escape(mode)} \| \d+ \| {mean:.3f} \|", report
+        )
+    assert "mutual information" in report.split("## A real scan")[1]
+    for task in ("AxialTissue", "SagittalLobes", "CoronalSubcortical"):
+        assert (out / "figures" / f"realscan_labelsharing_{task}.png").is_file()
+        assert (out / "results" / "realscan" / f"labelsharing_{task}.seg.nrrd").is_file()
+    assert (out / "figures" / "realscan_lcs.png").is_file()
+    assert "real scan" in printed
     for picture in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report):
         assert (out / picture).is_file(), picture
 
@@ -89,9 +106,9 @@ SHIPPED = shipped_bundles_dir()
     reason="demo bundles not shipped in this checkout",
 )
 def test_shipped_bundles_segment_held_out_cases_above_floor(tmp_path):
-    from LabelSharingSegLib.engine.datasets import load_case, read_dataset
     from LabelSharingSegLib.engine.inference import segment_atlas_labels, segment_task
     from lsseg_training.data.build import build_set
+    from lsseg_training.datasets import load_case, read_dataset
     from lsseg_training.demo import FULL, _coarse_lut
 
     ls = load_bundle(SHIPPED / LS_BUNDLE)

@@ -2,6 +2,7 @@
 
 engine   -> never the scene, training, slicer, vtk, MRML or Qt (it runs anywhere: CLI, worker, server)
 scene    -> slicer MRML and vtk, never Qt and never training (it runs on slicer-core)
+worker   -> the engine only (it runs in a separate process, and later on a GPU server)
 training -> the engine, never the scene, slicer or Qt (nothing in the product depends on training)
 """
 
@@ -15,19 +16,36 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "LabelSharingSeg" / "LabelSharingSegLib"
 
-QT = {"qt", "PythonQt", "ctk", "PySide2", "PySide6", "PyQt5", "PyQt6"}
+# slicer.util and slicer.ScriptedLoadableModule import Qt themselves
+QT = {
+    "qt",
+    "PythonQt",
+    "ctk",
+    "PySide2",
+    "PySide6",
+    "PyQt5",
+    "PyQt6",
+    "slicer.util",
+    "slicer.ScriptedLoadableModule",
+}
 SLICER = {"slicer", "vtk", "mrml", "vtkSegmentationCorePython", "vtkSlicerSegmentationsModuleLogicPython"}
 
 # layer folder -> top-level import names (or package prefixes) it must never import
 FORBIDDEN = {
     "engine": QT | SLICER | {"lsseg_training", "LabelSharingSegLib.scene", "LabelSharingSegLib.worker"},
     "scene": QT | {"lsseg_training"},
+    "worker": QT | SLICER | {"lsseg_training", "LabelSharingSegLib.scene"},
     "training": QT | SLICER | {"LabelSharingSegLib.scene"},
 }
 
 
 def _layer_files(layer: str) -> list[Path]:
-    folder = {"engine": LIB / "engine", "scene": LIB / "scene", "training": ROOT / "training"}[layer]
+    folder = {
+        "engine": LIB / "engine",
+        "scene": LIB / "scene",
+        "worker": LIB / "worker",
+        "training": ROOT / "training",
+    }[layer]
     files = sorted(folder.rglob("*.py"))
     assert files, f"no Python files found under {folder}"
     return files
@@ -93,3 +111,20 @@ def test_the_check_catches_a_crossing(line):
     source = path.read_text(encoding="utf-8") + "\n" + line + "\n"
     assert crossings("engine", path, source), f"{line!r} was not detected"
     assert not crossings("engine", path), "the unmodified file must pass"
+
+
+@pytest.mark.parametrize(
+    ("layer", "line"),
+    [
+        ("scene", "from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic"),
+        ("scene", "from slicer import util"),
+        ("scene", "import lsseg_training"),
+        ("worker", "from ..scene.logic import SegmentationSceneLogic"),
+        ("worker", "import vtk"),
+        ("engine", "from ..worker import client"),
+    ],
+)
+def test_the_check_catches_a_crossing_in_each_layer(layer, line):
+    path = LIB / layer / "__init__.py"
+    source = path.read_text(encoding="utf-8") + "\n" + line + "\n"
+    assert crossings(layer, path, source), f"{line!r} was not detected in the {layer} layer"

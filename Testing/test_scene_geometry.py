@@ -2,15 +2,14 @@
 
 import numpy as np
 import pytest
-
-slicer = pytest.importorskip("slicer")
+import slicer  # slicer-core: a missing wheel fails the run, never skips it
 import vtk  # noqa: E402
+from scene_fixtures import obliqueAffine  # noqa: E402
 from vtk.util import numpy_support  # noqa: E402
 
 from LabelSharingSegLib.engine.errors import InputError  # noqa: E402
 from LabelSharingSegLib.scene import geometry as geo  # noqa: E402
 from LabelSharingSegLib.scene import segments as seg  # noqa: E402
-from LabelSharingSegLib.scene.demo import obliqueAffine  # noqa: E402
 
 
 def _volume(scene, array_kji, ijk_to_ras, cls=None):

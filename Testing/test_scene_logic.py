@@ -4,15 +4,14 @@ import threading
 
 import numpy as np
 import pytest
-
-slicer = pytest.importorskip("slicer")
+import scene_fixtures as demo  # noqa: E402
+import slicer  # slicer-core: a missing wheel fails the run, never skips it
 import vtk  # noqa: E402
 from vtk.util import numpy_support  # noqa: E402
 
 from LabelSharingSegLib.engine import inference  # noqa: E402
 from LabelSharingSegLib.engine.bundle import load_bundle  # noqa: E402
 from LabelSharingSegLib.engine.errors import CancelledError, InputError  # noqa: E402
-from LabelSharingSegLib.scene import demo  # noqa: E402
 from LabelSharingSegLib.scene import geometry as geo  # noqa: E402
 from LabelSharingSegLib.scene import segments as seg  # noqa: E402
 from LabelSharingSegLib.scene.logic import SegmentationSceneLogic  # noqa: E402
@@ -44,28 +43,7 @@ def _ijk_to_ras(node):
     return geo.vtkMatrixToArray(matrix)
 
 
-def _snapshot(scene):
-    """What a user could see change: nodes, their names, segments, voxels and matrices."""
-    state = []
-    nodes = scene.GetNodes()
-    for index in range(nodes.GetNumberOfItems()):
-        node = nodes.GetItemAsObject(index)
-        entry = [node.GetID(), node.GetClassName(), node.GetName()]
-        if node.IsA("vtkMRMLSegmentationNode"):
-            segmentation = node.GetSegmentation()
-            for s in range(segmentation.GetNumberOfSegments()):
-                segment = segmentation.GetNthSegment(s)
-                image = segment.GetRepresentation(geo.BINARY_LABELMAP)
-                total = 0
-                if image is not None and image.GetPointData().GetScalars() is not None:
-                    values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
-                    total = int((values == segment.GetLabelValue()).sum())
-                entry.append((segmentation.GetNthSegmentID(s), segment.GetName(), segment.GetColor(), total))
-        elif node.IsA("vtkMRMLVolumeNode") and node.GetImageData() is not None:
-            entry.append(_voxels(node).tobytes())
-            entry.append(_ijk_to_ras(node).tobytes())
-        state.append(tuple(entry))
-    return state
+_snapshot = demo.sceneSnapshot
 
 
 def _world_voxels(segmentation_node, segment_id):
@@ -260,28 +238,6 @@ def test_failed_run_leaves_the_scene_unchanged(scene, ls_bundle_path):
     with pytest.raises(RuntimeError, match="disk full"):
         logic.segmentTask(volume, logic.taskNames()[0], cancel=broken_cancel)
     assert _snapshot(scene) == before
-
-
-def test_background_job_then_apply_on_main_thread(scene, ls_bundle_path):
-    logic = _logic(scene, ls_bundle_path)
-    volume = _target(scene)
-    run = logic.prepareSegmentTask(volume, logic.taskNames()[0])
-    before = _snapshot(scene)
-    job = logic.startJob(run)
-    assert job.wait(60)
-    status = job.poll()
-    assert status.finished and status.error is None and status.fraction == 1.0
-    assert _snapshot(scene) == before  # the worker never touched the scene
-    output = logic.applyRun(run, job.result())
-    assert _segment_names(output) == [label.name for label in logic.taskLabels(logic.taskNames()[0])]
-
-    run = logic.prepareSegmentTask(volume, logic.taskNames()[0])
-    job = logic.startJob(run)
-    job.requestCancel()
-    assert job.wait(60)
-    assert job.poll().cancelled
-    with pytest.raises(CancelledError):
-        job.result()
 
 
 # ---------------------------------------------------------------------------------------------- atlas flow

@@ -10,8 +10,8 @@ import pytest
 from train_helpers import TINY, lsseg, phantoms, tree_hashes
 
 from LabelSharingSegLib.engine.bundle import load_bundle
-from LabelSharingSegLib.engine.datasets import read_dataset
-from lsseg_training.train_cli import task_sizes
+from lsseg_training.datasets import read_dataset
+from lsseg_training.planning import task_sizes
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from train_helpers import TINY, phantoms
+from train_helpers import HOOKED_SCRIPT, TINY, phantoms
 
 from LabelSharingSegLib.engine.bundle import load_bundle
 
@@ -23,8 +23,12 @@ def test_torchrun_two_processes_gloo(tmp_path):
         "--standalone",
         "--nproc_per_node",
         "2",
-        "-m",
-        "lsseg_training.cli",
+        str(HOOKED_SCRIPT),
+        "--sleep-per-step",
+        "0.2",
+        "--weights-hash-dir",
+        str(hashes),
+        "--",
         "train",
         "labelsharing",
         "--data",
@@ -35,10 +39,6 @@ def test_torchrun_two_processes_gloo(tmp_path):
         "400",
         "--time-limit",
         "0.02",
-        "--sleep-per-step",
-        "0.2",
-        "--weights-hash-dir",
-        str(hashes),
         *TINY,
     ]
     result = subprocess.run(

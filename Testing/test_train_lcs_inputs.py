@@ -9,16 +9,12 @@ import pytest
 import torch
 from train_helpers import TINY, lsseg, phantoms
 
-import lsseg_training.train_cli as train_cli
+import lsseg_training.run_session as run_session
 from LabelSharingSegLib.engine.bundle import load_bundle
-from LabelSharingSegLib.engine.datasets import load_case, read_dataset
 from LabelSharingSegLib.engine.inference import PreparedLCS
+from lsseg_training.datasets import as_volume, load_case, read_dataset
 from lsseg_training.methods import LCSMethod
 from lsseg_training.samples import ToAtlasGrid, cache_items
-
-
-def _first_channel(image: np.ndarray) -> np.ndarray:
-    return image[0][..., None] if image[0].ndim == 2 else image[0]
 
 
 @pytest.mark.parametrize("dims,size", [(2, 30), (3, 18)])
@@ -27,13 +23,13 @@ def test_training_lcs_input_equals_inference_input(tmp_path, monkeypatch, dims, 
     # inference splits (1, 1); padding at the far end (0, 2) would shift every voxel by one
     data = phantoms(tmp_path / "data", tasks=1, dims=dims, size=size, cases=3, test_cases=1)
     seen = {}
-    real_train = train_cli.train
+    real_train = run_session.train
 
     def recording_train(method, model, val_items, options, ctx, *args, **kwargs):
         seen["method"], seen["val_items"] = method, val_items
         return real_train(method, model, val_items, options, ctx, *args, **kwargs)
 
-    monkeypatch.setattr(train_cli, "train", recording_train)
+    monkeypatch.setattr(run_session, "train", recording_train)
     out = tmp_path / "lcs"
     assert lsseg("train", "lcs", "--data", data[0], "--out", out, "--steps", 1, *TINY) == 0
     method: LCSMethod = seen["method"]
@@ -46,7 +42,7 @@ def test_training_lcs_input_equals_inference_input(tmp_path, monkeypatch, dims, 
     for item in method.items + seen["val_items"]:
         case = item["case"]
         image, label, affine = load_case(by_id[case.case_id])
-        prepared = PreparedLCS(bundle, _first_channel(image), affine, torch.device("cpu"))
+        prepared = PreparedLCS(bundle, as_volume(image[0]), affine, torch.device("cpu"))
         assert item["image"].shape == prepared.target[0].shape
         assert torch.allclose(item["image"], prepared.target[0], atol=1e-5), case.case_id
         checked += 1
@@ -94,7 +90,7 @@ def test_lcs_input_for_a_new_image_matches_prepared_lcs(tmp_path):
     case = read_dataset(data[0]).test[0]
     item = method.prepare_items(cache_items([(case, 0)], ToAtlasGrid(prep, atlas_affine, atlas_raw.shape)))[0]
     image, _, affine = load_case(case)
-    prepared = PreparedLCS(bundle, _first_channel(image), affine, torch.device("cpu"))
+    prepared = PreparedLCS(bundle, as_volume(image[0]), affine, torch.device("cpu"))
     assert torch.allclose(item["image"], prepared.target[0], atol=1e-5)
     assert torch.allclose(method.atlas_image, prepared.atlas[0], atol=1e-5)
     # and the value range really is the percentile one (normalisation applied once, not twice or never)

@@ -47,7 +47,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, data):
 
     killed = tmp_path / "killed"
     proc = lsseg_process(
-        "train", "labelsharing", "--data", *data, "--out", killed, *COMMON, *TINY, "--sleep-per-step", "0.4"
+        "train", "labelsharing", "--data", *data, "--out", killed, *COMMON, *TINY, sleep_per_step=0.4
     )
     ckpt = tmp_path / "killed.training" / LAST
     step = _wait_for_checkpoint(ckpt, proc, 2)
@@ -183,8 +183,7 @@ def test_ctrl_c_stops_cleanly_with_checkpoint(tmp_path, data):
         "--val-fraction",
         0,
         *TINY,
-        "--sleep-per-step",
-        "0.2",
+        sleep_per_step=0.2,
     )
     log = tmp_path / "interrupted.training" / "log.csv"
     start = time.time()
@@ -335,9 +334,7 @@ def test_extended_run_recomputes_the_lr_schedule(tmp_path, data):
 def test_individual_killed_between_tasks_resumes_and_skips_finished_ones(tmp_path, data, capsys):
     out = tmp_path / "individual"
     common = ["--steps", 6, "--checkpoint-every", 2, "--val-fraction", 0, "--seed", 3, *TINY]
-    proc = lsseg_process(
-        "train", "individual", "--data", *data, "--out", out, *common, "--sleep-per-step", "0.4"
-    )
+    proc = lsseg_process("train", "individual", "--data", *data, "--out", out, *common, sleep_per_step=0.4)
     second = tmp_path / "individual.training" / "Phantom1" / LAST
     _wait_for_checkpoint(second, proc, 2, timeout=120.0)  # the first task is done, the second under way
     proc.send_signal(signal.SIGKILL)

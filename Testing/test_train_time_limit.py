@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 
 import pytest
-from train_helpers import TINY, lsseg, phantoms
+from train_helpers import TINY, lsseg, lsseg_hooked, phantoms
 
 from LabelSharingSegLib.engine.bundle import load_bundle
 from lsseg_training.checkpoint import BEST, LAST, read_checkpoint
@@ -22,7 +22,7 @@ def test_time_limit_stops_cleanly_and_writes_the_bundle(tmp_path, data, capsys):
     out = tmp_path / "timed"
     # 0.02 min = 1.2 s of loop time at >= 0.3 s per step: a few steps of 500
     assert (
-        lsseg(
+        lsseg_hooked(
             "train",
             "labelsharing",
             "--data",
@@ -36,8 +36,7 @@ def test_time_limit_stops_cleanly_and_writes_the_bundle(tmp_path, data, capsys):
             "--checkpoint-every",
             1000,
             *TINY,
-            "--sleep-per-step",
-            "0.3",
+            sleep_per_step=0.3,
         )
         == 0
     )

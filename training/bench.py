@@ -5,6 +5,8 @@
   both give the same probabilities.
 * ``lsseg bench heads`` - label sharing vs the multi-channel baseline vs one model per task for given task
   label counts: output channels, parameters and forward time.
+* ``lsseg bench train`` - training throughput of every method, device vs legacy input pipeline
+  (``bench_train.py``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ def register(subparsers) -> None:
     heads.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     heads.add_argument("--json", action="store_true")
     heads.set_defaults(func=run_heads)
+    from .bench_train import register as register_train
+
+    register_train(sub)
 
 
 def _timed(fn, repeats: int, device: torch.device) -> float:

@@ -4,6 +4,7 @@ bundle kind maps its tasks onto network output channels."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from LabelSharingSegLib.engine.labels import LabelInfo, default_color
 from LabelSharingSegLib.engine.labelspace import SharedLabelSpace
 from LabelSharingSegLib.engine.network_config import CONFIG_OF_ARCH, NetworkConfig
 from LabelSharingSegLib.engine.networks import build_network
+from LabelSharingSegLib.engine.planes import PLANES
 from LabelSharingSegLib.engine.preprocessing_config import IntensityConfig, Preprocessing
 
 
@@ -88,6 +90,22 @@ def per_task_rank_tasks(task_labels: dict[str, dict[int, str]]) -> list[TaskInfo
         )
         for index, (name, labels) in enumerate(task_labels.items())
     ]
+
+
+def dataset_plane(dataset) -> str | None:
+    """The plane a 2D dataset's slices were cut in, as ``lsseg data build`` records it (``dataset.json`` ->
+    ``lsseg.plane``); None when not recorded (own data: the slices are used as stored)."""
+    plane = (dataset.metadata.get("lsseg") or {}).get("plane")
+    if plane is not None and plane not in PLANES:
+        raise InputError(
+            f"{dataset.root}: dataset.json lsseg.plane {plane!r} is not one of {', '.join(PLANES)}"
+        )
+    return plane
+
+
+def with_planes(tasks: list[TaskInfo], planes: dict[str, str | None]) -> list[TaskInfo]:
+    """The tasks with their training plane recorded (2D bundles segment a volume along it)."""
+    return [replace(task, plane=planes.get(task.name, task.plane)) for task in tasks]
 
 
 def network_config_for(
@@ -180,3 +198,20 @@ def write_lcs_bundle(
         atlas=(atlas_image, atlas_labels, atlas_affine, labels),
         overwrite=overwrite,
     )
+
+
+def set_task_planes(bundle_path: str | Path, planes: dict[str, str]) -> Path:
+    """Record the planes of a 2D bundle's tasks in place (weights and everything else unchanged; the
+    bundle writer recomputes the file hashes and validates before replacing). For bundles trained before
+    planes were recorded."""
+    from LabelSharingSegLib.engine.bundle import load_bundle
+
+    bundle = load_bundle(bundle_path)
+    unknown = sorted(set(planes) - set(bundle.task_names()))
+    if unknown:
+        raise InputError(f"{bundle_path}: no task(s) {', '.join(unknown)}; its tasks: {bundle.task_names()}")
+    manifest = replace(
+        bundle.manifest, tasks=tuple(with_planes(bundle.tasks, planes)), files={}, reference_image=None
+    )
+    reference = bundle.reference_image() if bundle.has_reference() else None
+    return write_bundle(bundle.path, manifest, bundle.state_dict, reference=reference, overwrite=True)

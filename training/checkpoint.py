@@ -7,7 +7,6 @@ previous checkpoint intact, never a half-written one. Loading never unpickles an
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -23,12 +22,6 @@ BEST = "best.safetensors"
 
 class CheckpointError(LabelSharingSegError):
     """A checkpoint is missing, corrupt or belongs to another training configuration."""
-
-
-def fingerprint(config: dict) -> str:
-    """Stable hash of everything that must match for a resume to continue the same run."""
-    text = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

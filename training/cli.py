@@ -58,24 +58,29 @@ def main(argv: list[str] | None = None) -> int:
     stdout, stderr = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = PrintableStream(stdout), PrintableStream(stderr)
     try:
-        return _run(argv, stdout)
+        return exit_code(lambda: _parse_and_run(argv), "--debug" in (sys.argv[1:] if argv is None else argv))
     finally:
         sys.stdout, sys.stderr = stdout, stderr
 
 
-def _run(argv: list[str] | None, stdout) -> int:
-    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+def _parse_and_run(argv: list[str] | None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # --help and usage errors print (and may meet a closed pipe) here
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    result = args.func(args)
+    sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    return int(result or 0)
+
+
+def exit_code(call, debug: bool = False) -> int:
+    """Run ``call()`` as a command: its exit status, or one clear error line and 2 (refused input or output), 1
+    (anything unexpected), 130 (Ctrl-C) or 141 (the reader of stdout went away); the traceback only with ``debug``."""
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)  # --help and usage errors print (and may meet a closed pipe) here
-        if not getattr(args, "func", None):
-            parser.print_help()
-            return 2
-        result = args.func(args)
-        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
-        return int(result or 0)
+        return int(call() or 0)
     except BrokenPipeError:
-        _silence(stdout)
+        _silence_stdout()
         return EXIT_BROKEN_PIPE
     except LabelSharingSegError as exc:
         return _fail(debug, str(exc), EXIT_REFUSED)
@@ -101,14 +106,15 @@ def _fail(debug: bool, message: str, code: int, prefix: str = "lsseg: error: ") 
     return code
 
 
-def _silence(stdout) -> None:
+def _silence_stdout() -> None:
     """The reader went away: point the process's stdout at /dev/null so the flush at exit cannot fail again
-    (only for the real stdout; a stream a caller passed in is left alone)."""
-    if stdout is not sys.__stdout__:
+    (only the real stdout; a stream a caller put in its place is left alone)."""
+    stream = getattr(sys.stdout, "wrapped", sys.stdout)
+    if stream is not sys.__stdout__:
         return
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, stdout.fileno())
+        os.dup2(devnull, stream.fileno())
     except (OSError, AttributeError, ValueError):
         pass
 

@@ -78,13 +78,15 @@ def register(subparsers) -> None:
         description="Load a bundle (checks schema, hashes, tensor shapes) and print its summary.",
     )
     info.add_argument("bundle", type=Path)
-    info.add_argument("--json", action="store_true", help="print bundle.json instead")
+    info.add_argument(
+        "--json", action="store_true", help="print the validated bundle.json (in the current schema) instead"
+    )
     info.set_defaults(func=run_info)
 
 
 def plan_label_space(dataset_dirs: list[Path], progress=print) -> SharedLabelSpace:
     """Check every dataset, compute relative sizes from its training label maps and build the space."""
-    from LabelSharingSegLib.engine.datasets import load_case, require_valid_dataset
+    from .datasets import load_case, require_valid_dataset
 
     tasks = []
     for folder in dataset_dirs:
@@ -178,10 +180,8 @@ def run_segment(args: argparse.Namespace) -> int:
         print()
         if result.device_note:
             print(result.device_note)
-    if result.alignment is not None and not args.quiet:
-        print(
-            f"aligned the scan to the bundle's reference (mutual information {result.alignment.metric:.3f})"
-        )
+    if result.alignment is not None and (not args.quiet or not result.alignment.accepted):
+        print(result.alignment.summary())
     with atomic_paths([args.output, names_path], [nifti_ending(args.output), ".csv"]) as (
         map_part,
         names_part,

@@ -28,20 +28,22 @@ import numpy as np
 
 from LabelSharingSegLib.engine.atomic import write_text_atomic
 from LabelSharingSegLib.engine.bundle import load_bundle
-from LabelSharingSegLib.engine.datasets import load_case, read_dataset
 from LabelSharingSegLib.engine.device import DEVICE_CHOICES
 from LabelSharingSegLib.engine.errors import InputError
 from LabelSharingSegLib.engine.inference import segment_atlas_labels, segment_task
 from LabelSharingSegLib.engine.labels import LabelInfo, default_color, labels_to_csv
 from LabelSharingSegLib.engine.nifti_io import save_nifti
 
+from .csv_tables import write_csv
+from .datasets import as_volume, load_case, read_dataset
+from .label_hierarchy import HIERARCHY_FILE, read_label_hierarchy
+from .metrics import dice
 from .segnrrd import write_seg_nrrd
 
 LS_BUNDLE = "labelsharing-multitask"
 LCS_BUNDLE = "lcs-brain-aal"
 MULTITASK_FOLDERS = ("Dataset811_AxialTissue", "Dataset812_SagittalLobes", "Dataset813_CoronalSubcortical")
 BRAIN_FOLDER = "Dataset801_BrainAAL"
-HIERARCHY = "label_hierarchy.json"
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class DemoSettings:
     # sub-regions; five levels (pooling by 16, as Ma et al. 2022 at 1 mm) gave 48 mm cells and learnt far slower
     lcs_channels: tuple[int, ...]
     seed: int = 0
+    realscan_spacing: float = 2.0  # in-plane mm of the real whole-head scan's scanner grid (slices 1.2x)
 
 
 FULL = DemoSettings(
@@ -86,7 +89,21 @@ FULL = DemoSettings(
     (8, 16, 32, 64),
 )
 TINY = DemoSettings(
-    5, 1, 2.0, 3, 1, 6.0, 4, 2, (32, 32), (4.0, 4.0), (4, 8, 16, 32, 64), 3, (6.0, 6.0, 6.0), (4, 8, 16, 32)
+    5,
+    1,
+    2.0,
+    3,
+    1,
+    6.0,
+    4,
+    2,
+    (32, 32),
+    (4.0, 4.0),
+    (4, 8, 16, 32, 64),
+    3,
+    (6.0, 6.0, 6.0),
+    (4, 8, 16, 32),
+    realscan_spacing=4.0,
 )
 
 
@@ -187,70 +204,39 @@ def _check_settings(out: Path, settings: DemoSettings, source: str) -> None:
 def train_bundles(
     target: Path, multitask: list[Path], brain: Path, settings: DemoSettings, minutes: float, device: str
 ) -> tuple[Path, Path]:
-    """Train both demo bundles with the same commands as scripts/train_demo_bundles.sh, time-bounded."""
-    from .cli import main as lsseg
+    """Train both demo bundles with the same settings as scripts/train_demo_bundles.sh, time-bounded."""
+    from .api import LCSRunConfig, TaskRunConfig, TrainSettings, run_training
 
     target.mkdir(parents=True, exist_ok=True)
     ls_out, lcs_out = target / LS_BUNDLE, target / LCS_BUNDLE
-    common = ["--seed", str(settings.seed), "--device", device]
     if not (ls_out / "bundle.json").is_file():
         _say(f"training the label-sharing bundle (up to {minutes / 3:.1f} min)")
-        code = lsseg(
-            [
-                "train",
-                "labelsharing",
-                "--data",
-                *map(str, multitask),
-                "--out",
-                str(ls_out),
-                "--steps",
-                str(settings.ls_steps),
-                "--batch",
-                str(settings.ls_batch),
-                "--patch",
-                ",".join(map(str, settings.ls_patch)),
-                "--spacing",
-                ",".join(map(str, settings.ls_spacing)),
-                "--time-limit",
-                f"{minutes / 3:.3f}",
-                "--name",
-                "Label sharing demo (brain slices: axial tissue, sagittal lobes, coronal deep grey)",
-                "--channels",
-                ",".join(map(str, settings.ls_channels)),
-                *common,
-            ]
+        ls_settings = TrainSettings(
+            steps=settings.ls_steps,
+            batch=settings.ls_batch,
+            patch=tuple(settings.ls_patch),
+            spacing=tuple(settings.ls_spacing),
+            time_limit_min=round(minutes / 3, 3),
+            name="Label sharing demo (brain slices: axial tissue, sagittal lobes, coronal deep grey)",
+            channels=tuple(settings.ls_channels),
+            seed=settings.seed,
+            device=device,
         )
-        if code:
-            raise InputError("training the label-sharing demo bundle failed (see above)")
+        run_training(TaskRunConfig("labelsharing", tuple(multitask), ls_out, ls_settings))
     else:
         _say(f"reusing {ls_out}")
     if not (lcs_out / "bundle.json").is_file():
         _say(f"training the LCS bundle on coarse labels (up to {2 * minutes / 3:.1f} min)")
-        code = lsseg(
-            [
-                "train",
-                "lcs",
-                "--data",
-                str(brain),
-                "--coarse-map",
-                str(brain / HIERARCHY),
-                "--out",
-                str(lcs_out),
-                "--steps",
-                str(settings.lcs_steps),
-                "--spacing",
-                ",".join(map(str, settings.lcs_spacing)),
-                "--time-limit",
-                f"{2 * minutes / 3:.3f}",
-                "--name",
-                "LCS demo (AAL lobes; draw finer regions on the atlas)",
-                "--channels",
-                ",".join(map(str, settings.lcs_channels)),
-                *common,
-            ]
+        lcs_settings = TrainSettings(
+            steps=settings.lcs_steps,
+            spacing=tuple(settings.lcs_spacing),
+            time_limit_min=round(2 * minutes / 3, 3),
+            name="LCS demo (AAL lobes; draw finer regions on the atlas)",
+            channels=tuple(settings.lcs_channels),
+            seed=settings.seed,
+            device=device,
         )
-        if code:
-            raise InputError("training the LCS demo bundle failed (see above)")
+        run_training(LCSRunConfig(brain, lcs_out, lcs_settings, coarse_map=brain / HIERARCHY_FILE))
     else:
         _say(f"reusing {lcs_out}")
     return ls_out, lcs_out
@@ -328,17 +314,12 @@ def save_overlay(
     return path
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return float("nan") if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
 def _coarse_lut(brain: Path, max_value: int) -> np.ndarray:
     """Lookup table fine AAL value -> coarse value, from the dataset's label_hierarchy.json."""
-    hierarchy = json.loads((brain / HIERARCHY).read_text(encoding="utf-8"))["fine_to_coarse"]
-    lut = np.zeros(max(max_value, max(int(f) for f in hierarchy)) + 1, np.int32)
+    hierarchy = read_label_hierarchy(brain).fine_to_coarse
+    lut = np.zeros(max(max_value, max(hierarchy)) + 1, np.int32)
     for fine, coarse in hierarchy.items():
-        lut[int(fine)] = int(coarse)
+        lut[fine] = coarse
     return lut
 
 
@@ -351,8 +332,7 @@ def _network(bundle, device: str):
 
 def _volume_and_truth(case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     image, truth, affine = load_case(case)
-    volume = image[0] if image[0].ndim == 3 else image[0][..., None]
-    truth = truth if truth.ndim == 3 else truth[..., None]
+    volume, truth = as_volume(image[0]), as_volume(truth)
     return volume, truth.astype(np.int32), affine
 
 
@@ -497,7 +477,7 @@ def off_atlas_example(out: Path, bundle_path: Path, brain: Path, device: str, se
                     "mode": mode,
                     "label_value": label.value,
                     "label_name": label.name,
-                    "dice": _dice(result.labelmap == label.value, moved.labels == label.value),
+                    "dice": dice(result.labelmap == label.value, moved.labels == label.value),
                     "seconds": round(seconds, 2),
                 }
             )
@@ -505,7 +485,7 @@ def off_atlas_example(out: Path, bundle_path: Path, brain: Path, device: str, se
         target, "scan_segmentation_aligned", results["aligned"].labelmap, moved.affine, coarse_labels
     )
     csv_path = target / "offatlas.csv"
-    _write_rows(csv_path, rows)
+    write_csv(csv_path, rows)
     figure = save_overlay(
         out / "figures" / "offatlas.png",
         moved.image,
@@ -519,16 +499,6 @@ def off_atlas_example(out: Path, bundle_path: Path, brain: Path, device: str, se
     )
     _say(f"off-atlas scan: wrote {files[0]}")
     return {"case": case.case_id, "files": files, "csv": csv_path, "figure": figure}
-
-
-def _write_rows(path: Path, rows: list[dict]) -> None:
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(path, buffer.getvalue())
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -590,6 +560,7 @@ def write_report(
     examples: list[dict],
     lcs: dict,
     off: dict,
+    real: dict | None = None,
 ) -> Path:
     rel = lambda p: Path(p).resolve().relative_to(out.resolve()).as_posix()  # noqa: E731
     ls_bundle, lcs_bundle = (load_bundle(p) for p in bundles)
@@ -643,6 +614,9 @@ def write_report(
         "",
         f"![off-atlas]({rel(off['figure'])})",
         "",
+    ]
+    lines += _real_scan_lines(out, real, numbers) + [
+        "",
         "## Files",
         "",
         "Each result is a label map on the scan's own grid (`.nii.gz`) with its names table (`.csv`: value, name, "
@@ -661,6 +635,29 @@ def write_report(
         "Evaluation details and plots: `evaluation/labelsharing/summary.md`, `evaluation/lcs/summary.md`.",
     ]
     return _write(out / "report.md", "\n".join(lines) + "\n")
+
+
+def real_scan_section(out: Path, bundles: tuple[Path, Path], device: str, spacing: float) -> dict:
+    """Results on the real whole-head scan; {"skipped": reason} when its Debian package is not installed."""
+    from LabelSharingSegLib.engine.errors import DatasetError
+
+    from .realscan import real_scan_example
+
+    try:
+        return real_scan_example(out, bundles, device, spacing)
+    except DatasetError as exc:
+        _say(f"skipping the real scan: {exc}")
+        return {"skipped": str(exc)}
+
+
+def _real_scan_lines(out: Path, real: dict | None, numbers: dict) -> list[str]:
+    from .realscan import report_lines
+
+    if real is None:
+        return []
+    if "skipped" in real:
+        return ["## A real scan as it comes from the scanner", "", f"Skipped: {real['skipped']}"]
+    return report_lines(out, real, numbers)
 
 
 def _write(path: Path, text: str) -> Path:
@@ -693,12 +690,14 @@ def run_demo(args: argparse.Namespace) -> int:
             _say(f"reusing the evaluation in {target}")
             continue
         _say(f"evaluating {bundle_path.name} on the held-out test cases")
+        target.parent.mkdir(parents=True, exist_ok=True)
         evaluate([bundle_path], data, target, device=args.device)
     examples = labelsharing_examples(out, bundles[0], multitask, args.device)
     lcs = lcs_examples(out, bundles[1], brain, args.device)
     off = off_atlas_example(out, bundles[1], brain, args.device, settings.seed)
+    real = real_scan_section(out, bundles, args.device, settings.realscan_spacing)
     numbers = report_numbers(out)
-    report = write_report(out, numbers, bundles, source, examples, lcs, off)
+    report = write_report(out, numbers, bundles, source, examples, lcs, off, real)
     print()
     print(f"LabelSharingSeg demo finished in {time.perf_counter() - started:.0f} s")
     for task, row in numbers["labelsharing"].items():
@@ -712,6 +711,11 @@ def run_demo(args: argparse.Namespace) -> int:
         f"  off-atlas scan aligned {_f(numbers['offatlas']['aligned'])} vs not aligned "
         f"{_f(numbers['offatlas']['not aligned'])}"
     )
+    if "csv" in real:
+        from .realscan import real_scan_numbers
+
+        for (bundle, task, mode), (dice, count) in real_scan_numbers(real["csv"]).items():
+            print(f"  real scan      {bundle} {task}, {mode}: mean Dice {_f(dice)} over {count} labels")
     print(f"Report: {report}")
     print(f"Open in Slicer: drag {out / 'results'}/*/*_image.nii.gz and the matching .seg.nrrd into Slicer.")
     return 0

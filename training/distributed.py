@@ -4,6 +4,8 @@ GPUs, gloo on CPU) and give every rank its device. Single-process runs get a con
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +13,8 @@ import torch.distributed as dist
 
 from LabelSharingSegLib.engine.device import resolve_device
 from LabelSharingSegLib.engine.errors import InputError
+
+from .threads import configure_threads
 
 
 @dataclass
@@ -52,8 +56,10 @@ def launched_by_torchrun() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def setup(device_name: str = "auto") -> DistContext:
-    """Resolve the device and, under torchrun, join the process group."""
+def setup(device_name: str = "auto", threads: int | None = None) -> DistContext:
+    """Resolve the device, set this process's torch threads (``threads.configure_threads``) and, under
+    torchrun, join the process group."""
+    configure_threads(threads)
     device, note = resolve_device(device_name)
     if not launched_by_torchrun():
         return DistContext(0, 1, 0, device, note)
@@ -70,12 +76,18 @@ def setup(device_name: str = "auto") -> DistContext:
         torch.cuda.set_device(device)
         backend = "nccl"
     elif device.type == "cpu":
-        backend = "gloo"
-        # share the cores between the processes instead of oversubscribing them
-        torch.set_num_threads(
-            max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world))))
-        )
+        backend = "gloo"  # the cores are shared between the processes: configure_threads divided them
     else:
         raise InputError(f"distributed training runs on CUDA (NCCL) or CPU (gloo), not {device.type}")
     dist.init_process_group(backend=backend)
     return DistContext(rank, world, local_rank, device, note, initialised=True)
+
+
+@contextmanager
+def distributed_session(device_name: str = "auto", threads: int | None = None) -> Iterator[DistContext]:
+    """``setup`` for the length of a ``with`` block; the process group is always left, also on errors."""
+    ctx = setup(device_name, threads)
+    try:
+        yield ctx
+    finally:
+        ctx.close()

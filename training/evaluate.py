@@ -11,23 +11,27 @@ bundle, through the same inference functions ``lsseg segment`` and Slicer call, 
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from LabelSharingSegLib.engine.atomic import write_text_atomic
+from LabelSharingSegLib.engine.atomic import (
+    atomic_folder,
+    check_replaceable_folder,
+    require_parent_dir,
+    write_text_atomic,
+)
 from LabelSharingSegLib.engine.bundle import load_bundle
-from LabelSharingSegLib.engine.datasets import load_case, require_valid_dataset
 from LabelSharingSegLib.engine.device import resolve_device
 from LabelSharingSegLib.engine.errors import InputError
 from LabelSharingSegLib.engine.inference import atlas_labels_independently, segment_atlas_labels, segment_task
 from LabelSharingSegLib.engine.labels import LabelInfo
 from LabelSharingSegLib.engine.preprocessing import resample_to_grid
 
+from .csv_tables import write_csv
+from .datasets import as_volume, load_case, require_valid_dataset
 from .metrics import dice, label_metrics, nanmean, voxel_spacing
 
 FIELDS = (
@@ -60,15 +64,6 @@ def _test_cases(dataset):
     return cases
 
 
-def _volume(image: np.ndarray) -> np.ndarray:
-    first = image[0]
-    return first[..., None] if first.ndim == 2 else first
-
-
-def _label(label: np.ndarray) -> np.ndarray:
-    return label[..., None] if label.ndim == 2 else label
-
-
 def _rows_for(method, kind, task, case_id, prediction, truth, labels, spacing, with_hd95):
     metrics = label_metrics(prediction, truth, [lab.value for lab in labels], spacing, with_hd95=with_hd95)
     for label in labels:
@@ -94,14 +89,16 @@ def _evaluate_task_bundle(bundle, method, datasets, device, with_hd95):
         labels = bundle.task_labels(task)
         for case in _test_cases(dataset):
             image, truth, affine = load_case(case)
-            result = segment_task(bundle, _volume(image), affine, task, device=str(device), network=network)
+            result = segment_task(
+                bundle, as_volume(image[0]), affine, task, device=str(device), network=network
+            )
             rows += _rows_for(
                 method,
                 bundle.kind,
                 task,
                 case.case_id,
                 result.labelmap,
-                _label(truth),
+                as_volume(truth),
                 labels,
                 voxel_spacing(affine),
                 with_hd95,
@@ -137,7 +134,7 @@ def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95):
         )
         for case in _test_cases(dataset):
             image, truth, affine = load_case(case)
-            volume, truth = _volume(image), _label(truth).astype(np.int64)
+            volume, truth = as_volume(image[0]), as_volume(truth).astype(np.int64)
             result = segment_atlas_labels(
                 bundle, volume, affine, masks, infos, device=str(device), network=network
             )
@@ -189,7 +186,7 @@ def _fine_atlas(dataset, atlas_id, atlas_affine, atlas_shape):
     if case is None:
         return None
     _, label, affine = load_case(case)
-    label = _label(label).astype(np.float32)
+    label = as_volume(label).astype(np.float32)
     on_grid = resample_to_grid(
         torch.as_tensor(label)[None], atlas_affine, atlas_shape, mode="nearest", src_affine=affine
     )[0]
@@ -200,15 +197,6 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else ("inf" if math.isinf(value) else f"{value:.4f}")
     return str(value)
-
-
-def _write_csv(path: Path, rows: list[dict], fields) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _fmt(row[k]) for k in fields})
-    write_text_atomic(path, buffer.getvalue())
 
 
 def _finite_mean(values) -> float:
@@ -344,9 +332,23 @@ def _summary(rows: list[dict], table1: list[dict], methods: list[str], plots: li
     return "\n".join(lines) + "\n"
 
 
-def evaluate(bundle_paths, data_paths, out, *, device: str = "auto", with_hd95: bool = True) -> str:
-    """Evaluate bundles on the datasets' labelled test cases; returns the summary markdown."""
+REPORT_FILES = ("summary.md", "metrics.csv")
+
+
+def check_report_folder(out: Path, overwrite: bool) -> None:
+    """The report folder's parent must exist (as for every lsseg output); an existing report is only replaced with
+    ``overwrite``, and never a folder that is not a report."""
+    require_parent_dir(out)
+    check_replaceable_folder(out, overwrite, kind="evaluation report", markers=REPORT_FILES)
+
+
+def evaluate(
+    bundle_paths, data_paths, out, *, device: str = "auto", with_hd95: bool = True, overwrite: bool = False
+) -> str:
+    """Evaluate bundles on the datasets' labelled test cases and write the report folder ``out`` (atomically:
+    a complete report or none); returns the summary markdown."""
     out = Path(out)
+    check_report_folder(out, overwrite)
     datasets = [require_valid_dataset(p) for p in data_paths]
     if not any(_test_cases(d) for d in datasets):
         raise InputError("none of the --data folders has labelled test cases (imagesTs/ + labelsTs/)")
@@ -355,7 +357,7 @@ def evaluate(bundle_paths, data_paths, out, *, device: str = "auto", with_hd95: 
     rows, table1 = [], []
     for path, method in zip(bundle_paths, methods):
         bundle = load_bundle(path)
-        if bundle.kind == "lcs":
+        if bundle.kind.has_atlas:
             more, t1 = _evaluate_lcs_bundle(bundle, method, datasets, torch_device, with_hd95)
             table1 += t1
         else:
@@ -366,11 +368,11 @@ def evaluate(bundle_paths, data_paths, out, *, device: str = "auto", with_hd95: 
                 f"({', '.join(d.task_name() for d in datasets)})"
             )
         rows += more
-    out.mkdir(parents=True, exist_ok=True)
-    _write_csv(out / "metrics.csv", rows, FIELDS)
-    if table1:
-        _write_csv(out / "table1.csv", table1, list(table1[0]))
-    plots = _plots(out, rows, methods)
-    summary = _summary(rows, table1, methods, plots)
-    write_text_atomic(out / "summary.md", summary)
+    with atomic_folder(out) as staging:
+        write_csv(staging / "metrics.csv", rows, FIELDS, _fmt)
+        if table1:
+            write_csv(staging / "table1.csv", table1, format_value=_fmt)
+        plots = _plots(staging, rows, methods)
+        summary = _summary(rows, table1, methods, plots)
+        write_text_atomic(staging / "summary.md", summary)
     return summary

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from LabelSharingSegLib.engine.bundle import TaskInfo
 from LabelSharingSegLib.engine.bundle_kind import BundleKind
+from LabelSharingSegLib.engine.inference import predict_logits
 from LabelSharingSegLib.engine.network_config import NetworkConfig
 
 # The LCS network input is padded exactly as inference pads it (centred); these helpers are the engine's own.
@@ -33,6 +34,7 @@ from LabelSharingSegLib.engine.preprocessing import (
 from LabelSharingSegLib.engine.preprocessing_config import Preprocessing
 
 from .metrics import dice as dice_score
+from .pipeline import LCSBatches, PipelineSettings, TaskBatches
 from .samples import PatchSampler, build_augmentation, step_rng
 
 MASKED_LOGIT = -1.0e4  # fits float16 and bfloat16
@@ -78,12 +80,28 @@ class TaskMethod:
             item["label"] = self.luts[int(item["task"])][item["label"]]
         return items
 
-    def make_sampler(self, items, foreground_prob: float, augment: bool):
+    def make_sampler(
+        self,
+        items,
+        foreground_prob: float,
+        augment: bool,
+        pipeline: PipelineSettings | None = None,
+        device: torch.device | None = None,
+    ):
+        """Patch sampling and augmentation: on the training device (``pipeline.kind == 'device'``) or the
+        legacy per-sample MONAI path."""
         self.sampler = PatchSampler(items, self.patch, self.spatial_dims, foreground_prob)
         self.augmentation = build_augmentation(self.spatial_dims) if augment else None
+        self.device_batches = None
+        self.loader_workers = 0
+        if pipeline is not None and pipeline.kind == "device":
+            self.device_batches = TaskBatches(self.sampler, pipeline, device or torch.device("cpu"))
+            self.loader_workers = self.device_batches.loader_workers
         return self.sampler
 
     def batch(self, seed: int, rank: int, step: int, batch_size: int) -> dict:
+        if getattr(self, "device_batches", None) is not None:
+            return self.device_batches(seed, rank, step, batch_size)
         rng = step_rng(seed, rank, step)
         samples = []
         for _ in range(batch_size):
@@ -114,7 +132,9 @@ class TaskMethod:
         target = batch["target"].to(device)
         task = batch["task"].to(device)
         logits = self.forward(model, image, task).float()
-        allowed = self.channel_masks.to(device)[task]  # (B, K)
+        # the channel table is indexed on the host: no device-to-host sync inside the step
+        allowed_host = self.channel_masks[batch["task"].cpu()]
+        allowed = allowed_host.to(device, non_blocking=True)  # (B, K)
         view = allowed.view(*allowed.shape, *([1] * (logits.ndim - 2)))
         logits = logits.masked_fill(~view, MASKED_LOGIT)
         ce = F.cross_entropy(logits, target)
@@ -124,39 +144,22 @@ class TaskMethod:
         weight = allowed.to(probs.dtype)
         intersect = ((probs * onehot).sum(dims) * weight).sum(0)
         total = ((probs.sum(dims) + onehot.sum(dims)) * weight).sum(0)
-        used = allowed.any(0).clone()
+        used = allowed_host.any(0).clone()
         used[0] = False
         soft_dice = (2 * intersect + 1.0) / (total + 1.0)
-        dice_loss = 1.0 - soft_dice[used].mean() if bool(used.any()) else torch.zeros((), device=device)
+        if not bool(used.any()):
+            return ce
+        weight_used = used.to(device=device, dtype=soft_dice.dtype, non_blocking=True)
+        dice_loss = 1.0 - (soft_dice * weight_used).sum() / float(used.sum())
         return ce + dice_loss
 
     # -- validation ------------------------------------------------------------------------------------
     @torch.no_grad()
     def predict_channels(self, model, image: torch.Tensor, task: int, device: torch.device) -> torch.Tensor:
-        """Model-grid image (C, X, Y, Z) -> predicted channel map (X, Y, Z), the task's channels only."""
-        from monai.inferers import sliding_window_inference
-
-        net = _unwrap(model)
-        if self.spatial_dims == 3:
-            inputs = image[None]
-        else:
-            inputs = image.permute(3, 0, 1, 2)
-        task_tensor = torch.tensor([task], device=device)
-
-        def predictor(patch):
-            return self.forward(net, patch.to(device), task_tensor.expand(patch.shape[0])).float()
-
-        logits = sliding_window_inference(
-            inputs,
-            roi_size=list(self.patch),
-            sw_batch_size=4,
-            predictor=predictor,
-            overlap=self.prep.overlap,
-            mode="gaussian",
-            sw_device=device,
-            device=torch.device("cpu"),
-        )
-        logits = logits[0] if self.spatial_dims == 3 else logits.permute(1, 2, 3, 0)
+        """Model-grid image (C, X, Y, Z) -> predicted channel map (X, Y, Z), the task's channels only: the engine's
+        own prediction (``predict_logits``, as ``segment_task`` runs it), then the task's channels compete."""
+        task_index = task if self.kind is BundleKind.DODNET else None
+        logits = predict_logits(_unwrap(model), image, self.prep, device, task_index)
         allowed = self.channel_masks[task].view(-1, *([1] * (logits.ndim - 1)))
         return logits.masked_fill(~allowed, MASKED_LOGIT).argmax(0)
 
@@ -225,9 +228,21 @@ class LCSMethod:
             item["label"] = self._to_net(item["label"][None].float())[0].long()
         return items
 
-    def make_sampler(self, items, foreground_prob: float, augment: bool):
+    def make_sampler(
+        self,
+        items,
+        foreground_prob: float,
+        augment: bool,
+        pipeline: PipelineSettings | None = None,
+        device: torch.device | None = None,
+    ):
         self.items = items
         self.augmentation = build_augmentation(self.spatial_dims, spatial=False) if augment else None
+        self.device_batches = None
+        self.loader_workers = 0
+        if pipeline is not None and pipeline.kind == "device":
+            self.device_batches = LCSBatches(self, items, pipeline, device or torch.device("cpu"))
+            self.loader_workers = self.device_batches.loader_workers
         return self
 
     def draw_labels(self, rng: np.random.Generator) -> list[int]:
@@ -239,6 +254,8 @@ class LCSMethod:
         return chosen
 
     def batch(self, seed: int, rank: int, step: int, batch_size: int) -> dict:
+        if getattr(self, "device_batches", None) is not None:
+            return self.device_batches(seed, rank, step, batch_size)
         rng = step_rng(seed, rank, step)
         images, masks, targets = [], [], []
         for _ in range(batch_size):
@@ -257,9 +274,17 @@ class LCSMethod:
             "target": torch.stack(targets),
         }
 
+    def _atlas_on(self, device: torch.device) -> torch.Tensor:
+        """The (1, 1, *grid) atlas image on ``device``, copied there once rather than every step."""
+        key, cached = getattr(self, "_atlas_cache", (None, None))
+        if key != str(device):
+            cached = self.atlas_image[None].to(device)
+            self._atlas_cache = (str(device), cached)
+        return cached
+
     def loss(self, model, batch: dict, device: torch.device) -> torch.Tensor:
         image = batch["image"].to(device)
-        atlas = self.atlas_image[None].to(device)
+        atlas = self._atlas_on(device)
         logits = model(image, atlas, batch["atlas_mask"].to(device)).float()
         probs = torch.sigmoid(logits)
         target = batch["target"].to(device)

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from LabelSharingSegLib.engine.datasets import Case, load_case
 from LabelSharingSegLib.engine.preprocessing import normalise_intensity, resample_to_grid, to_model_grid
 from LabelSharingSegLib.engine.preprocessing_config import Preprocessing
+
+from .datasets import Case, as_volume, load_case
 
 
 def step_rng(seed: int, rank: int, step: int, stream: int = 0) -> np.random.Generator:
@@ -50,12 +51,6 @@ def _resample_label(label: np.ndarray, affine: np.ndarray, dst_affine: np.ndarra
     return out.round().to(torch.int64)
 
 
-def _squeeze_label(label: np.ndarray | None) -> np.ndarray | None:
-    if label is None:
-        return None
-    return label[..., None] if label.ndim == 2 else label
-
-
 class ToModelGrid:
     """Deterministic (cacheable) transform: {'case': Case, ...} -> image (C, X, Y, Z) normalised on the model
     grid, label (X, Y, Z) int64 of the case's own label values, and the grid's affine."""
@@ -67,13 +62,13 @@ class ToModelGrid:
         image, label, affine = load_case(item["case"])
         channels = []
         for c in range(image.shape[0]):
-            channel = image[c][..., None] if image[c].ndim == 2 else image[c]
+            channel = as_volume(image[c])
             channels.append(to_model_grid(channel, affine, self.prep))
         grid_affine = channels[0].affine.numpy()
         out = dict(item)
         out["image"] = torch.cat([t.as_tensor() for t in channels], dim=0).float()
         out["affine"] = grid_affine
-        label = _squeeze_label(label)
+        label = None if label is None else as_volume(label)
         if label is not None:
             out["label"] = _resample_label(label, affine, grid_affine, tuple(out["image"].shape[1:]))
         return out
@@ -92,7 +87,7 @@ class ToAtlasGrid:
         image, label, affine = load_case(item["case"])
         channels = []
         for c in range(image.shape[0]):
-            raw = image[c][..., None] if image[c].ndim == 2 else image[c]
+            raw = as_volume(image[c])
             on_grid = resample_to_grid(
                 torch.as_tensor(raw)[None], self.affine, self.shape, mode="bilinear", src_affine=affine
             )[0]
@@ -100,7 +95,7 @@ class ToAtlasGrid:
         out = dict(item)
         out["image"] = torch.cat(channels, dim=0).float()
         out["affine"] = self.affine
-        label = _squeeze_label(label)
+        label = None if label is None else as_volume(label)
         if label is not None:
             out["label"] = _resample_label(label, affine, self.affine, self.shape)
         return out
@@ -197,12 +192,12 @@ class PatchSampler:
             self._label_voxels[index] = {int(v): np.argwhere(label == v) for v in np.unique(label) if v != 0}
         return self._label_voxels[index]
 
-    def draw(self, rng: np.random.Generator) -> dict:
+    def locate(self, rng: np.random.Generator) -> tuple[int, int, int | None, tuple[slice, ...]]:
+        """Draw one patch: (item index, task, slice index for 2D or None, spatial region). The region may
+        reach past the volume's end where the volume is smaller than the patch (callers pad)."""
         task = self.tasks[int(rng.integers(len(self.tasks)))]
         index = self.by_task[task][int(rng.integers(len(self.by_task[task])))]
-        item = self.items[index]
-        image, label = item["image"], item["label"]
-        shape = label.shape  # (X, Y, Z)
+        shape = tuple(self.items[index]["label"].shape)  # (X, Y, Z)
         centre = None
         voxels = self._voxels(index)
         if voxels and rng.random() < self.foreground_prob:
@@ -211,15 +206,21 @@ class PatchSampler:
             centre = chosen[int(rng.integers(len(chosen)))]
         if centre is None:
             centre = np.array([int(rng.integers(s)) for s in shape])
+        z = None
         if self.spatial_dims == 2:
             z = int(centre[2])
-            image, label = image[..., z], label[..., z]
             centre, shape = centre[:2], shape[:2]
         starts = []
         for c, size, p in zip(centre, shape, self.patch):
             start = int(c) - p // 2 + int(rng.integers(-p // 4, p // 4 + 1))
             starts.append(min(max(0, start), max(0, size - p)))
-        region = tuple(slice(s, s + p) for s, p in zip(starts, self.patch))
+        return index, task, z, tuple(slice(s, s + p) for s, p in zip(starts, self.patch))
+
+    def draw(self, rng: np.random.Generator) -> dict:
+        index, task, z, region = self.locate(rng)
+        image, label = self.items[index]["image"], self.items[index]["label"]
+        if z is not None:
+            image, label = image[..., z], label[..., z]
         patch_image = pad_to(image[(slice(None),) + region], self.patch)
         patch_label = pad_to(label[region], self.patch)
         return {"image": patch_image, "label": patch_label[None], "task": task}

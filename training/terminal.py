@@ -29,10 +29,10 @@ class PrintableStream:
     """A text stream that passes everything written to it through :func:`printable`."""
 
     def __init__(self, stream: TextIO):
-        self._stream = stream
+        self.wrapped = stream
 
     def write(self, text: str) -> int:
-        self._stream.write(printable(text))
+        self.wrapped.write(printable(text))
         return len(text)
 
     def writelines(self, lines) -> None:
@@ -40,4 +40,4 @@ class PrintableStream:
             self.write(line)
 
     def __getattr__(self, name: str):
-        return getattr(self._stream, name)
+        return getattr(self.wrapped, name)

@@ -13,11 +13,11 @@ device)`` and ``validate(model, items, device)``; everything else is here.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,8 @@ from LabelSharingSegLib.engine.errors import LabelSharingSegError
 
 from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from .distributed import DistContext
+from .pipeline import batch_stream
+from .throughput import ThroughputMeter
 
 LOG_FIELDS = ("step", "loss", "lr", "elapsed_s", "samples_per_s", "val_dice")
 
@@ -50,7 +52,7 @@ class TrainOptions:
     schedule: str = "cosine"
     warmup: int = 0
     seed: int = 0
-    amp: str = "auto"  # auto (fp16 on CUDA), bf16, off
+    amp: str = "auto"  # auto (bf16 on CUDA GPUs that support it, else fp16 + scaler; none on CPU), bf16, off
     grad_clip: float = 12.0
     val_every: int = 0  # 0: only at the end
     checkpoint_every: int = 50
@@ -58,9 +60,26 @@ class TrainOptions:
     resume: bool = False
     quiet: bool = False
     tensorboard: bool = False
-    sleep_per_step: float = 0.0  # testing aid (lets a test kill a run mid-way)
     time_limit: float | None = None  # seconds of training loop; None: no limit
-    weights_hash_dir: Path | None = None
+    compile: bool = False  # torch.compile the network
+    channels_last: bool = False  # channels-last memory layout for the network and its input
+    fused_optimizer: str = "auto"  # auto (on CUDA), on, off
+    sync_data_timing: bool = False  # CUDA: synchronise around batch building so its time is measured exactly
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """What an ``on_step`` callback sees after every finished step (on every rank)."""
+
+    step: int  # steps done so far
+    planned_steps: int
+    loss: float
+    rank: int
+    model: torch.nn.Module  # this rank's model (unwrapped)
+    last: bool  # the loop ends after this step
+
+
+StepCallback = Callable[[StepEvent], None]
 
 
 @dataclass
@@ -90,35 +109,65 @@ def learning_rate(options: TrainOptions, step: int) -> float:
     return options.lr
 
 
-def make_optimizer(model: torch.nn.Module, options: TrainOptions) -> torch.optim.Optimizer:
+def use_fused_optimizer(options: TrainOptions, device: torch.device) -> bool:
+    """The fused (single-kernel) Adam/AdamW: by default on CUDA, where it saves a launch per parameter."""
+    if options.fused_optimizer not in ("auto", "on", "off"):
+        raise TrainingError(
+            f"unknown fused optimizer setting {options.fused_optimizer!r}; choose auto, on or off"
+        )
+    return options.fused_optimizer == "on" or (options.fused_optimizer == "auto" and device.type == "cuda")
+
+
+def make_optimizer(
+    model: torch.nn.Module, options: TrainOptions, device: torch.device | None = None
+) -> torch.optim.Optimizer:
+    kwargs = {"lr": options.lr, "weight_decay": options.weight_decay}
+    if use_fused_optimizer(options, device or torch.device("cpu")):
+        kwargs["fused"] = True
     if options.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+        return torch.optim.Adam(model.parameters(), **kwargs)
     if options.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+        return torch.optim.AdamW(model.parameters(), **kwargs)
     raise TrainingError(f"unknown optimizer {options.optimizer!r}; choose adamw or adam")
 
 
-def _autocast(device: torch.device, amp: str):
+def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """The autocast type: ``auto`` is bfloat16 on CUDA GPUs that support it (no scaler needed), float16 on older
+    ones and full precision on the CPU/MPS; ``bf16`` asks for bfloat16 anywhere; ``off`` is full precision."""
     if amp == "off":
-        return torch.autocast(device.type, enabled=False)
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+        return None
     if amp == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def _autocast(device: torch.device, amp: str):
+    dtype = amp_dtype(device, amp)
+    if dtype is None:
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def memory_format(spatial_dims: int) -> torch.memory_format:
+    return torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
+
+
+def _to_device(batch: dict, device: torch.device, layout: torch.memory_format | None) -> dict:
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+            if layout is not None and key == "image" and value.ndim in (4, 5):
+                value = value.contiguous(memory_format=layout)
+        out[key] = value
+    return out
 
 
 def _is_oom(exc: BaseException) -> bool:
     oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
     return (oom_type is not None and isinstance(exc, oom_type)) or "out of memory" in str(exc).lower()
-
-
-def weights_hash(model: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 class _CsvLog:
@@ -154,11 +203,18 @@ def train(
     ctx: DistContext,
     config_fingerprint: str,
     describe=None,
+    on_step: StepCallback | None = None,
 ) -> TrainResult:
-    """Run (or resume) the loop; returns the best (or last, without validation) weights on rank 0."""
+    """Run (or resume) the loop; returns the best (or last, without validation) weights on rank 0.
+
+    ``on_step(StepEvent)`` runs after every step, once its checkpoint is written (tests use it to slow a run
+    down or to look at the weights)."""
     device = ctx.device
     model.to(device)
-    optimizer = make_optimizer(model, options)
+    layout = memory_format(getattr(method, "spatial_dims", 3)) if options.channels_last else None
+    if layout is not None:
+        model.to(memory_format=layout)
+    optimizer = make_optimizer(model, options, device)
     start, best_val, best_step = 0, float("nan"), -1
     ckpt_dir = Path(options.checkpoint_dir)
     last_path, best_path = ckpt_dir / LAST, ckpt_dir / BEST
@@ -176,13 +232,15 @@ def train(
             f"{last_path}: a checkpoint of an earlier run exists; pass --resume to continue it "
             "or choose another --checkpoint-dir"
         )
-    use_scaler = device.type == "cuda" and options.amp == "auto"
+    use_scaler = device.type == "cuda" and amp_dtype(device, options.amp) == torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     net = model
     if ctx.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if options.compile:
+        net = torch.compile(net)
     log = _CsvLog(ckpt_dir / "log.csv", start) if ctx.is_main else None
     board = None
     if options.tensorboard and ctx.is_main:
@@ -234,14 +292,34 @@ def train(
     completed = start
     stopped_by_time = False
     samples_per_step = options.batch * ctx.world_size
+    meter = ThroughputMeter(device, warmup=1 if options.steps - start > 1 else 0)
+    # batches come from the method in the loop, or from loader workers ahead of it (same batches either way)
+    stream = batch_stream(
+        method.batch,
+        options.seed,
+        ctx.rank,
+        start,
+        options.steps,
+        options.batch,
+        workers=getattr(method, "loader_workers", 0),
+        pin=device.type == "cuda",
+    )
+    timed_sync = options.sync_data_timing and device.type == "cuda"
     try:
         for step in range(start, options.steps):
             tick = time.time()
+            step_began = time.perf_counter()
             lr = learning_rate(options, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             net.train()
-            batch = method.batch(options.seed, ctx.rank, step, options.batch)
+            if timed_sync:
+                torch.cuda.synchronize(device)
+            waited = time.perf_counter()
+            batch = _to_device(next(stream), device, layout)
+            if timed_sync:
+                torch.cuda.synchronize(device)
+            data_seconds = time.perf_counter() - waited
             optimizer.zero_grad(set_to_none=True)
             with _autocast(device, options.amp):
                 loss = method.loss(net, batch, device)
@@ -260,10 +338,9 @@ def train(
                 torch.distributed.all_reduce(value)
                 value = value / ctx.world_size
             value = float(value)
+            meter.add(time.perf_counter() - step_began, data_seconds)
             losses.append(value)
             done = step + 1
-            if options.sleep_per_step:
-                time.sleep(options.sleep_per_step)
             if options.time_limit is not None and done < options.steps:
                 stopped_by_time = ctx.broadcast_flag(time.time() - began >= options.time_limit)
             last_step = done == options.steps or stopped_by_time
@@ -302,6 +379,8 @@ def train(
             if done % max(1, options.checkpoint_every) == 0 or last_step:
                 checkpoint(done)
             ctx.barrier()
+            if on_step is not None:
+                on_step(StepEvent(done, options.steps, value, ctx.rank, model, last_step))
             if stopped_by_time:
                 break
     except KeyboardInterrupt:
@@ -320,14 +399,25 @@ def train(
             ) from None
         raise
     finally:
+        stream.close()
         bar.close()
         if log is not None:
             log.close()
         if board is not None:
             board.close()
-    if options.weights_hash_dir is not None:
-        Path(options.weights_hash_dir).mkdir(parents=True, exist_ok=True)
-        (Path(options.weights_hash_dir) / f"rank{ctx.rank}.sha256").write_text(weights_hash(model) + "\n")
+    if ctx.is_main:
+        meter.write(
+            ckpt_dir,
+            samples_per_step,
+            {
+                "pipeline": "legacy" if getattr(method, "device_batches", None) is None else "device",
+                "loader_workers": getattr(method, "loader_workers", 0),
+                "amp": str(amp_dtype(device, options.amp)),
+                "compile": options.compile,
+                "channels_last": options.channels_last,
+                "fused_optimizer": use_fused_optimizer(options, device),
+            },
+        )
     final_state = (
         best_state if best_step > 0 else {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     )

@@ -21,10 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from LabelSharingSegLib.engine.atomic import write_text_atomic
-from LabelSharingSegLib.engine.datasets import check_dataset, write_dataset_json
 from LabelSharingSegLib.engine.errors import DatasetError, InputError
 from LabelSharingSegLib.engine.nifti_io import load_nifti, save_nifti
 
+from ..datasets import check_dataset, make_case_folders, write_case, write_dataset_json
+from ..label_hierarchy import HIERARCHY_FILE
+from ..label_hierarchy import read_label_hierarchy as parse_label_hierarchy
 from . import sources
 from .augment import RandomDeformation, WorldBox, sample, vary_intensity
 from .writer import check_target, dataset_folder, prepare_output_root
@@ -33,7 +35,6 @@ from .writer import check_target, dataset_folder, prepare_output_root
 BRAIN_BOX = WorldBox(low=np.array([-74.0, -110.0, -74.0]), high=np.array([74.0, 76.0, 84.0]))
 DEFAULT_SPACING_MM = 1.0
 DEFAULT_CASES = {3: 20, 2: 40}
-HIERARCHY_FILE = "label_hierarchy.json"
 REPORT_FILE = "build_report.json"
 # a label is reported when its mean voxel count per case falls below this fraction of the atlas' own volume
 MIN_VOLUME_FRACTION = 0.3
@@ -284,15 +285,12 @@ def _build_task(
     case_templates: dict[str, str] = {}
     prefix = spec.name.lower()
     with dataset_folder(target, overwrite=overwrite) as tmp:
-        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-            (tmp / sub).mkdir()
+        make_case_folders(tmp)
         for row, (split, index, template) in enumerate(plan):
             started = time.perf_counter()
             image, label, affine = make_case(spec, template, _rng(seed, spec, split, index), spacing)
             case_id = f"{prefix}_{index:03d}" if split == "train" else f"{prefix}_test_{index:03d}"
-            images, labels = ("imagesTr", "labelsTr") if split == "train" else ("imagesTs", "labelsTs")
-            save_nifti(tmp / images / f"{case_id}_0000{ending}", image, affine)
-            save_nifti(tmp / labels / f"{case_id}{ending}", label, affine)
+            write_case(tmp, split, case_id, image, label, affine, ending)
             counts[row] = np.bincount(label.ravel(), minlength=counts.shape[1])[: counts.shape[1]]
             case_templates[case_id] = template
             progress(
@@ -424,11 +422,4 @@ def build_set(
 
 def read_label_hierarchy(dataset_root) -> dict[int, int]:
     """Fine label value -> coarse label value from ``label_hierarchy.json`` beside dataset.json."""
-    path = Path(dataset_root) / HIERARCHY_FILE
-    if not path.is_file():
-        raise DatasetError(f"{path}: missing; only datasets built with a hierarchy (e.g. brain-aal) have one")
-    try:
-        table = json.loads(path.read_text(encoding="utf-8"))
-        return {int(k): int(v) for k, v in table["fine_to_coarse"].items()}
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DatasetError(f"{path}: malformed ({exc})") from None
+    return parse_label_hierarchy(dataset_root).fine_to_coarse

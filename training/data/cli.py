@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from LabelSharingSegLib.engine.datasets import check_dataset
+from ..datasets import check_dataset
 
 
 def _build(args: argparse.Namespace) -> int:

@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from LabelSharingSegLib.engine.datasets import write_dataset_json
 from LabelSharingSegLib.engine.errors import InputError
-from LabelSharingSegLib.engine.nifti_io import save_nifti
 
+from ..datasets import make_case_folders, write_case, write_dataset_json
 from .writer import check_target, dataset_folder, prepare_output_root
 
 SIZE_RADIUS = {"large": 0.26, "medium": 0.14, "small": 0.06}  # fraction of the image size
@@ -114,18 +113,13 @@ def make_phantom_tasks(
     for k, target in enumerate(targets):
         sizes = LABELS_PER_TASK[k % len(LABELS_PER_TASK)]
         with dataset_folder(target, overwrite=overwrite) as tmp:
-            for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-                (tmp / sub).mkdir()
+            make_case_folders(tmp)
             for split, count in (("train", cases), ("test", test_cases)):
                 for i in range(count):
                     rng = np.random.default_rng([int(seed), k, zlib.crc32(split.encode()), i])
                     image, label, affine = make_phantom_case(k, dims, size, rng)
                     case_id = f"phantom{k}_{i:03d}" if split == "train" else f"phantom{k}_test_{i:03d}"
-                    images, labels = (
-                        ("imagesTr", "labelsTr") if split == "train" else ("imagesTs", "labelsTs")
-                    )
-                    save_nifti(tmp / images / f"{case_id}_0000.nii.gz", image, affine)
-                    save_nifti(tmp / labels / f"{case_id}.nii.gz", label, affine)
+                    write_case(tmp, split, case_id, image, label, affine)
             write_dataset_json(
                 tmp,
                 name=f"Phantom{k}",

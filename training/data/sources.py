@@ -179,7 +179,7 @@ class LabelVolume:
     affine: np.ndarray
     names: tuple[str, ...]  # names[v - 1] is the name of value v
     source_values: tuple[int, ...]  # the atlas' own value(s) behind each label, for provenance
-    sources: tuple[PackagedFile, ...]
+    sources: tuple[PackagedFile | SystemFile, ...]
 
 
 @lru_cache(maxsize=8)
@@ -214,7 +214,7 @@ def _remap(
     volume: np.ndarray,
     affine: np.ndarray,
     table: list[tuple[int, str, int]],
-    sources: tuple[PackagedFile, ...],
+    sources: tuple[PackagedFile | SystemFile, ...],
 ) -> LabelVolume:
     """``table`` rows: (atlas value, new name, new value >= 1); several atlas values may share a new value."""
     volume = np.rint(volume).astype(np.int64)
@@ -342,3 +342,121 @@ def atlas_tissue() -> LabelVolume:
         (-1, -1, -1),
         (ICBM2009A_GM, ICBM2009A_WM),
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Real whole-head scans (skull, scalp, neck), shipped by Debian packages. Never used to make a training case:
+# they measure what a clinician's scan does to the bundles. Installed by scripts/system_data.sh.
+
+MRICRON_DIR_ENV = "LSSEG_MRICRON_DIR"  # where mricron-data's templates are, off Debian
+MRICRON_DIR = Path("/usr/share/mricron/templates")
+LICENCE_COLIN27 = (
+    "Colin 27 single-subject T1 (one person, Colin Holmes, scanned 27 times and averaged; MNI): the MNI "
+    "permission notice allows use, copying and distribution for any purpose without fee; packaged by Debian "
+    "in mricron-data (MRIcron, BSD-3-clause, Chris Rorden)"
+)
+
+
+@dataclass(frozen=True)
+class SystemFile:
+    """A data file installed by a Debian package (``apt-get install PACKAGE``)."""
+
+    package: str
+    name: str
+    description: str
+    licence: str
+    citation: str
+
+    def path(self) -> Path:
+        import os
+
+        folder = Path(os.environ.get(MRICRON_DIR_ENV) or MRICRON_DIR)
+        path = folder / self.name
+        if not path.is_file():
+            raise DatasetError(
+                f"{path} is missing: the real scans come from the Debian package {self.package!r} "
+                f"(apt-get install {self.package}, or bash scripts/system_data.sh); elsewhere set "
+                f"{MRICRON_DIR_ENV} to a folder holding {self.name}"
+            )
+        return path
+
+    def provenance(self) -> dict:
+        return {
+            "debian_package": self.package,
+            "file": self.name,
+            "description": self.description,
+            "licence": self.licence,
+            "citation": self.citation,
+        }
+
+
+COLIN27_HEAD = SystemFile(
+    "mricron-data",
+    "ch2.nii.gz",
+    "Colin 27 whole-head T1 (skull, scalp, neck; 1 mm, MNI space), the brain AAL was drawn on",
+    LICENCE_COLIN27,
+    "Holmes et al. 1998, J Comput Assist Tomogr 22:324-333",
+)
+COLIN27_BRAIN = SystemFile(
+    "mricron-data",
+    "ch2bet.nii.gz",
+    "Colin 27 brain only (skull stripped), same grid as ch2.nii.gz",
+    LICENCE_COLIN27,
+    "Holmes et al. 1998, J Comput Assist Tomogr 22:324-333",
+)
+COLIN27_AAL = SystemFile(
+    "mricron-data",
+    "aal.nii.gz",
+    "AAL-116 regions drawn on the Colin 27 brain (same grid as ch2.nii.gz)",
+    LICENCE_AAL,
+    "Tzourio-Mazoyer et al. 2002, NeuroImage 15:273-289",
+)
+COLIN27_AAL_NAMES = SystemFile("mricron-data", "aal.nii.txt", "AAL-116 names", LICENCE_AAL, "")
+REAL_SCANS = {"colin27-head": (COLIN27_HEAD, COLIN27_AAL, COLIN27_AAL_NAMES)}
+REAL_TEST_SCAN = "colin27-head"  # kept out of every training set (training uses the ICBM templates only)
+
+
+@dataclass(frozen=True)
+class RealScan:
+    """A real scan as stored (intensities untouched) with its AAL truth (``truth.names[v - 1]`` for value v)."""
+
+    key: str
+    image: np.ndarray
+    affine: np.ndarray
+    truth: LabelVolume
+
+
+@lru_cache(maxsize=2)
+def load_real_scan(key: str = REAL_TEST_SCAN) -> RealScan:
+    """The real whole-head scan ``key`` and its AAL regions on the same grid (DatasetError if not installed)."""
+    if key not in REAL_SCANS:
+        raise DatasetError(f"unknown real scan {key!r}; known: {', '.join(REAL_SCANS)}")
+    scan_file, labels_file, names_file = REAL_SCANS[key]
+    scan = nib.load(str(scan_file.path()))
+    labels = nib.load(str(labels_file.path()))
+    image = np.asarray(scan.dataobj, dtype=np.float32)
+    affine = np.asarray(scan.affine, dtype=np.float64)
+    if labels.shape != scan.shape or not np.allclose(labels.affine, affine, atol=1e-3):
+        raise DatasetError(f"{labels_file.path()} does not lie on the grid of {scan_file.path()}")
+    table = []
+    for line in names_file.path().read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            value, name = line.split()[:2]
+            table.append((int(value), name, len(table) + 1))
+    truth = _remap(np.asarray(labels.dataobj), affine, table, (labels_file,))
+    image.setflags(write=False)
+    return RealScan(key, image, affine, truth)
+
+
+def aal_coarse_lookup(names: tuple[str, ...]) -> np.ndarray:
+    """Lookup table AAL value (1-based, ``names[v - 1]``) -> coarse value (1-based in AAL_COARSE_NAMES)."""
+    lut = np.zeros(len(names) + 1, dtype=np.int32)
+    for value, name in enumerate(names, start=1):
+        lut[value] = AAL_COARSE_NAMES.index(aal_coarse_name(name)) + 1
+    return lut
+
+
+def load_system_image(source: SystemFile) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 intensities as stored, affine) of a Debian-packaged image."""
+    image = nib.load(str(source.path()))
+    return np.asarray(image.dataobj, dtype=np.float32), np.asarray(image.affine, dtype=np.float64)

@@ -3,12 +3,9 @@ so a crash or Ctrl-C never leaves a half-written dataset under the final name.""
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
+from LabelSharingSegLib.engine.atomic import atomic_folder, check_replaceable_folder
 from LabelSharingSegLib.engine.errors import DatasetError
 
 
@@ -23,39 +20,14 @@ def prepare_output_root(out_dir) -> Path:
 
 def check_target(target: Path, overwrite: bool) -> None:
     """Refuse a non-empty target unless ``overwrite``; even then only replace a folder that is a dataset."""
-    if not target.exists():
-        return
-    if not target.is_dir():
-        raise DatasetError(f"{target}: exists and is not a folder; remove it or choose another --out")
-    if not any(target.iterdir()):
-        return
-    if not overwrite:
-        raise DatasetError(
-            f"{target}: already exists and is not empty; choose another --out or pass --force to replace it"
-        )
-    if not (target / "dataset.json").is_file():
-        raise DatasetError(
-            f"{target}: is not a dataset folder (no dataset.json), so it is not replaced even with "
-            "--force; choose another --out"
-        )
+    check_replaceable_folder(
+        target, overwrite, kind="dataset", markers=("dataset.json",), flag="--force", error=DatasetError
+    )
 
 
-@contextlib.contextmanager
-def dataset_folder(target, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder to fill; on success it replaces ``target``, on error it is removed."""
+def dataset_folder(target, *, overwrite: bool = False):
+    """Context manager yielding a temporary folder to fill; on success it replaces ``target``, on error it is
+    removed."""
     target = Path(target)
     check_target(target, overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        yield tmp
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            old.rmdir()
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return atomic_folder(target)

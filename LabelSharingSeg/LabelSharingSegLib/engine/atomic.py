@@ -1,4 +1,5 @@
-"""Atomic file writes: write to a temporary sibling, fsync, then rename, so a crash leaves the last good file.
+"""Atomic writes: a file or a whole folder is built as a hidden temporary sibling, then renamed into place, so a
+crash leaves the last good version and never a half-written one under the final name.
 
 Temporary names are short and recognisable (``.lsseg-part-<pid>-<token><ending>``): a long output name cannot
 make them overflow the 255-byte name limit, and :func:`remove_stale_parts` can delete the ones a killed
@@ -15,6 +16,7 @@ import os
 import re
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -220,3 +222,73 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def _publishable_permissions(folder: Path) -> None:
+    """mkdtemp makes a private (0700) folder; give it (and its files) what a plain mkdir/write would get."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for entry in folder.rglob("*"):
+        os.chmod(entry, (0o777 if entry.is_dir() else 0o666) & ~umask)
+
+
+def check_replaceable_folder(
+    target: Path,
+    overwrite: bool,
+    *,
+    kind: str,
+    markers: tuple[str, ...],
+    flag: str = "--overwrite",
+    error=InputError,
+) -> None:
+    """Refuse (``error``) a target folder that holds files unless ``overwrite``; even then only replace a folder
+    that holds one of ``markers`` (it is a ``kind`` this tool wrote), never a folder of other files."""
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise error(f"{target}: exists and is not a folder; choose another --out")
+    if not any(target.iterdir()):
+        return
+    if not overwrite:
+        raise error(
+            f"{target}: already exists and is not empty; pass {flag} to replace it, or choose another --out"
+        )
+    if not any((target / name).is_file() for name in markers):
+        raise error(
+            f"{target}: is not a {kind} folder (no {' or '.join(markers)}), so it is not replaced even with {flag}; "
+            "choose another --out"
+        )
+
+
+def _remove_stale_staging(target: Path) -> None:
+    """Remove what a writer killed mid-way left beside ``target``: its hidden staging folders, and its backup of
+    the old version once ``target`` itself is back in place (named as ``atomic_folder`` names them)."""
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.(tmp|old)$")
+    for entry in target.parent.iterdir():
+        match = pattern.match(entry.name)
+        if match and entry.is_dir() and not entry.is_symlink() and (match[1] == "tmp" or target.exists()):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary sibling folder to fill; on success it replaces ``target`` (whatever was there is
+    removed only after the new folder is in place), on error it is removed. Callers decide whether ``target`` may
+    be replaced at all."""
+    target = require_parent_dir(target)
+    _remove_stale_staging(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield staging
+        _publishable_permissions(staging)
+        if target.exists():
+            backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.replace(target, backup / target.name)
+            os.replace(staging, target)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

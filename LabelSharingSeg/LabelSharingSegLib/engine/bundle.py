@@ -13,7 +13,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import zipfile
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_path, require_parent_dir
+from .atomic import atomic_folder, atomic_path, require_parent_dir
 from .bundle_kind import BundleKind
 from .errors import BundleError, InputError
 from .jsonfile import parse_json
@@ -161,9 +160,9 @@ class Bundle:
             names = ", ".join(label.name for label in task.labels)
             lines.append(f"Task {task.name} ({len(task.labels)} labels): {names}")
         if m.atlas is not None:
-            names = [label.name for label in labels_from_csv(self._require_lcs() / m.atlas.names)]
+            atlas = [label.name for label in labels_from_csv(self._require_lcs() / m.atlas.names)]
             lines.append(
-                f"Atlas labels ({len(names)}): {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}"
+                f"Atlas labels ({len(atlas)}): {', '.join(atlas[:12])}{' ...' if len(atlas) > 12 else ''}"
             )
         training = m.training
         if training:
@@ -309,9 +308,8 @@ def _validate_atlas(bundle: Bundle) -> None:
     present = set(np.unique(labels).tolist()) - {0}
     unnamed = sorted(present - {label.value for label in names})
     if unnamed:
-        raise BundleError(
-            f"{source}: atlas label values without a name in {bundle.manifest.atlas.names}: {unnamed[:10]}"
-        )
+        table = bundle.manifest.atlas.names if bundle.manifest.atlas else "the names table"
+        raise BundleError(f"{source}: atlas label values without a name in {table}: {unnamed[:10]}")
 
 
 def build_manifest(
@@ -366,8 +364,7 @@ def write_bundle(
         raise InputError(
             f"{out}: already exists (choose a new bundle path; bundles are never overwritten silently)"
         )
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as staging:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
         save_file(tensors, str(staging / WEIGHTS))
         if manifest.atlas is not None:
@@ -384,28 +381,7 @@ def write_bundle(
         manifest = replace(manifest, files=files)
         (staging / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2), encoding="utf-8")
         load_bundle(staging)  # never publish a bundle that would not load
-        _publishable_permissions(staging)
-        if out.exists():
-            backup = out.with_name(f".{out.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            os.replace(out, backup)
-            os.replace(staging, out)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
-
-
-def _publishable_permissions(folder: Path) -> None:
-    """mkdtemp makes a private (0700) folder; give the bundle the permissions a plain mkdir/write would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    for file in folder.iterdir():
-        os.chmod(file, 0o666 & ~umask)
 
 
 def zip_bundle(folder: str | os.PathLike, zip_path: str | os.PathLike) -> Path:

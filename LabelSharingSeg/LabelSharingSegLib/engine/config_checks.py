@@ -42,11 +42,9 @@ def check_int(where: str, value: Any, low: int, high: int) -> int:
     return value
 
 
-def check_number(where: str, value: Any, low: float, high: float, *, low_open: bool = False) -> float:
-    above = is_number(value) and (value > low if low_open else value >= low)
-    if not (above and value <= high):
-        bound = f"above {low}" if low_open else f"from {low}"
-        raise ConfigError(f"{where} must be a finite number {bound} to {high} (got {shown(value)})")
+def check_number(where: str, value: Any, low: float, high: float) -> float:
+    if not (is_number(value) and low <= value <= high):
+        raise ConfigError(f"{where} must be a finite number from {low} to {high} (got {shown(value)})")
     return float(value)
 
 
@@ -82,18 +80,15 @@ def check_int_tuple(where: str, value: Any, lengths: range, low: int, high: int)
     return tuple(value)
 
 
-def check_number_tuple(
-    where: str, value: Any, lengths: range, low: float, high: float, *, low_open: bool = False
-) -> tuple[float, ...]:
-    """A JSON list (or tuple) of finite numbers in ``low..high`` (``low`` excluded if ``low_open``)."""
-
-    def ok(v: Any) -> bool:
-        return is_number(v) and (v > low if low_open else v >= low) and v <= high
-
-    if not (isinstance(value, (list, tuple)) and len(value) in lengths and all(ok(v) for v in value)):
-        bound = f"above {low}" if low_open else f"from {low}"
+def check_number_tuple(where: str, value: Any, lengths: range, low: float, high: float) -> tuple[float, ...]:
+    """A JSON list (or tuple) of finite numbers in ``low..high`` whose length is in ``lengths``."""
+    if not (
+        isinstance(value, (list, tuple))
+        and len(value) in lengths
+        and all(is_number(v) and low <= v <= high for v in value)
+    ):
         raise ConfigError(
-            f"{where} must be a list of {_count(lengths)} finite numbers {bound} to {high} (got {shown(value)})"
+            f"{where} must be a list of {_count(lengths)} finite numbers from {low} to {high} (got {shown(value)})"
         )
     return tuple(float(v) for v in value)
 
@@ -117,8 +112,9 @@ def check_mapping(where: str, value: Any, allowed: tuple[str, ...] | None = None
 
 
 def require(where: str, data: Mapping, key: str) -> Any:
+    """``data[key]``; ConfigError naming ``where.key`` (just ``key`` at the top level, ``where`` empty)."""
     if key not in data:
-        raise ConfigError(f"{where}.{key} is missing")
+        raise ConfigError(f"{where}.{key} is missing" if where else f"{key} is missing")
     return data[key]
 
 

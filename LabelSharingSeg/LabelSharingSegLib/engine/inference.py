@@ -29,6 +29,7 @@ from .device import resolve_device
 from .errors import CancelledError, InputError
 from .labels import LabelInfo
 from .network_config import NetworkConfig
+from .planes import plane_grid
 from .preprocessing import (
     centred_pad_amounts,
     check_image,
@@ -161,6 +162,29 @@ def _predict_logits(
     return logits[0] if dims == 3 else logits.permute(1, 2, 3, 0)
 
 
+def _task_model_grid(image: np.ndarray, affine: np.ndarray, prep: Preprocessing, plane: str | None):
+    """(model-grid tensor (1, X, Y, Z), its affine). A 2D task with a plane cuts a volume along that plane in
+    world orientation; without a plane (older bundles), or for a single slice, along the third voxel axis."""
+    if prep.spatial_dims != 2 or plane is None or image.shape[2] == 1:
+        x = to_model_grid(image, affine, prep)
+        return x, x.affine.numpy()
+    grid_affine, grid_shape = plane_grid(affine, image.shape, plane, prep.spacing)
+    on_grid = resample_to_grid(
+        torch.as_tensor(image)[None], grid_affine, grid_shape, mode="bilinear", src_affine=affine
+    )
+    # normalised over the whole volume, as a volume without a plane is (per slice measured no better on the
+    # real whole-head scan: sagittal lobes 0.326 vs 0.329, coronal deep grey 0.137 vs 0.146)
+    return normalise_intensity(on_grid, prep.intensity), grid_affine
+
+
+def predict_logits(
+    network, x: torch.Tensor, prep: Preprocessing, device: torch.device, task_index: int | None = None
+) -> torch.Tensor:
+    """Sliding-window logits of a model-grid image (C, X, Y, Z) -> (K, X, Y, Z) on the CPU, exactly as
+    ``segment_task`` predicts them; training validates through this so its scores are the real prediction's."""
+    return _predict_logits(network, x, prep, device, _Reporter(None, None), task_index)
+
+
 def segment_task(
     bundle: Bundle,
     image: np.ndarray,
@@ -191,8 +215,7 @@ def segment_task(
     report(0.0, "preparing the image")
     prep = bundle.preprocessing
     working_affine, alignment = _align(bundle, image, affine, align, report)
-    x = to_model_grid(image, working_affine, prep)
-    model_affine = x.affine.numpy()
+    x, model_affine = _task_model_grid(image, working_affine, prep, info.plane)
     net = network if network is not None else bundle.build_network(torch_device)
     task_index = info.index if bundle.kind is BundleKind.DODNET else None
     logits = _predict_logits(net, x, prep, torch_device, report, task_index)

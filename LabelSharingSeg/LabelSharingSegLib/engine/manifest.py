@@ -23,7 +23,8 @@ from .config_checks import check_int, check_mapping, check_number_tuple, check_t
 from .errors import ConfigError, InputError, LabelSpaceError
 from .labels import LabelInfo
 from .labelspace import SharedLabelSpace
-from .network_config import MAX_OUT_CHANNELS, MAX_TASKS, NetworkConfig, network_config_from_dict
+from .network_config import MAX_OUT_CHANNELS, MAX_TASKS, DoDNetConfig, NetworkConfig, network_config_from_dict
+from .planes import PLANES
 from .preprocessing_config import Preprocessing
 
 BUNDLE_FORMAT = "labelsharingseg.bundle"
@@ -41,13 +42,19 @@ class TaskInfo:
     index: int
     labels: tuple[LabelInfo, ...]
     channels: dict[int, int]  # label value -> output channel (0 is background)
+    # 2D bundles: the plane the task was trained in (axial, sagittal, coronal); None: a volume is cut along its
+    # third voxel axis as given (bundles written before planes were recorded)
+    plane: str | None = None
 
     def to_dict(self) -> dict:
-        return {
+        entry = {
             "name": self.name,
             "index": self.index,
             "labels": [{**label.to_dict(), "channel": self.channels[label.value]} for label in self.labels],
         }
+        if self.plane is not None:
+            entry["plane"] = self.plane
+        return entry
 
     @classmethod
     def from_dict(cls, data: Any, position: int, where: str) -> TaskInfo:
@@ -72,7 +79,10 @@ class TaskInfo:
                 labels.append(LabelInfo.from_dict(item))
             except InputError as exc:
                 raise ConfigError(f"{at}: {exc}") from None
-        return cls(name, index, tuple(labels), channels)
+        plane = data.get("plane")
+        if plane is not None and plane not in PLANES:
+            raise ConfigError(f"{where}.plane: {shown(plane)} is not one of {', '.join(PLANES)}")
+        return cls(name, index, tuple(labels), channels, plane)
 
 
 @dataclass(frozen=True)
@@ -155,6 +165,12 @@ class Manifest:
                 f"preprocessing.spatial_dims {self.preprocessing.spatial_dims} and network.spatial_dims "
                 f"{network.spatial_dims} disagree"
             )
+        factor = network.downsample_factor
+        if kind.segments_tasks and any(side % factor for side in self.preprocessing.patch_size):
+            raise ConfigError(  # the sliding window feeds patches of this size to the network
+                f"preprocessing.patch_size {list(self.preprocessing.patch_size)} must be divisible by the "
+                f"network's pooling factor {factor}"
+            )
         if kind.has_atlas and self.atlas is None:
             raise ConfigError("atlas: an lcs bundle must name its atlas image, labels and names files")
         if kind.segments_tasks and not tasks:
@@ -172,8 +188,11 @@ class Manifest:
                     f"tasks: task {task.name!r} maps labels to invalid or shared output channels "
                     f"(the network has {network.out_channels})"
                 )
-        if kind is BundleKind.DODNET and network.num_tasks != len(tasks):  # type: ignore[union-attr]
-            raise ConfigError(f"network.num_tasks {network.num_tasks} != {len(tasks)} tasks")  # type: ignore[union-attr]
+        planar = [t.name for t in tasks if t.plane is not None]
+        if planar and network.spatial_dims != 2:
+            raise ConfigError(f"tasks: {', '.join(planar)} name a plane, but only 2D bundles have one")
+        if isinstance(network, DoDNetConfig) and network.num_tasks != len(tasks):
+            raise ConfigError(f"network.num_tasks {network.num_tasks} != {len(tasks)} tasks")
         if kind is BundleKind.LABELSHARING:
             self._check_label_space()
 
@@ -212,8 +231,8 @@ class Manifest:
                 )
             check_mapping("bundle.json", data, cls._KEYS)
             kind = BundleKind.parse(data.get("kind"))
-            network = network_config_from_dict(require("bundle.json", data, "network"), legacy=version == 1)
-            preprocessing = Preprocessing.from_dict(require("bundle.json", data, "preprocessing"))
+            network = network_config_from_dict(require("", data, "network"), legacy=version == 1)
+            preprocessing = Preprocessing.from_dict(require("", data, "preprocessing"))
             entries = data.get("tasks", [])
             if not isinstance(entries, list) or len(entries) > MAX_TASKS:
                 raise ConfigError(f"tasks must be a list of at most {MAX_TASKS} tasks (got {shown(entries)})")

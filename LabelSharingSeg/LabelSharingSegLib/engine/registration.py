@@ -1,36 +1,77 @@
 """Automatic affine alignment of a scan to a bundle's reference image (SimpleITK, not a hand-written optimiser).
 
-A real scan is rarely in the bundle's template/atlas space (other position, orientation, field of view).
-We register the scan (moving) to the reference (fixed): centre-of-mass initialisation, a rigid stage, then
-an affine stage, both with Mattes mutual information over a 3-level pyramid. The result is a 4x4 matrix
-``M`` in RAS millimetres mapping reference world points to scan world points. Because inference always
-resamples through affines, aligning a scan needs nothing but a corrected affine: a scan voxel sits at
-``inv(M) @ scan_affine`` in reference space, so the usual pipeline segments it there and writes the result
-back onto the scan's own grid.
+A real scan is rarely in the bundle's template/atlas space: other position, orientation and field of view,
+and often a whole head (skull, scalp, neck) where the reference is brain only, or the reverse. We register
+the scan (moving) to the reference (fixed) with Mattes mutual information, restricted to both images'
+foreground masks (so a brain-only image is compared with the brain of a whole head, never with its skull,
+scalp or background), from several starting poses (each tried briefly, the best kept), then a rigid and an
+affine stage over a 3-level pyramid.
+
+The result is a 4x4 matrix ``M`` in RAS millimetres mapping reference world points to scan world points.
+Because inference always resamples through affines, aligning a scan needs nothing but a corrected affine: a
+scan voxel sits at ``inv(M) @ scan_affine`` in reference space, so the usual pipeline segments it there and
+writes the result back onto the scan's own grid.
+
+Quality check: the same masked metric is evaluated with no alignment (world coordinates as stored). An
+alignment scoring worse than that is refused: the result then keeps the world coordinates (identity
+matrix), ``accepted`` is False and ``warning`` says why, so callers show it rather than fail.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .errors import InputError
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # ITK works in LPS, our affines are RAS
+# Starting poses tried before the full optimisation: rotations (degrees about the R, A, S axes) combined with
+# the translations of _start_translations. Head tilt in a scanner is mostly about the left-right axis.
+_START_ROTATIONS = ((0, 0, 0), (15, 0, 0), (-15, 0, 0), (0, 0, 15), (0, 0, -15), (0, 15, 0), (0, -15, 0))
+_REFINED_STARTS = 4  # best-scoring starting poses refined before choosing one
+_WORKING_SPACING_MM = 2.0  # finer references are compared at this spacing: enough for an affine
 
 
 @dataclass(frozen=True)
 class Alignment:
-    """``matrix`` maps reference (RAS mm) to scan (RAS mm); ``metric`` is the final MI value (lower is better)."""
+    """``matrix`` maps reference (RAS mm) to scan (RAS mm).
+
+    ``metric``: the final masked mutual information (lower is better); ``identity_metric``: the same without
+    alignment; ``overlap``: fraction of the reference's foreground that falls inside the scan's foreground
+    after alignment (``identity_overlap``: without). ``accepted`` is False when the quality check refused the
+    registration; ``matrix`` is then the identity and ``warning`` explains.
+    """
 
     matrix: np.ndarray
     metric: float
+    identity_metric: float = float("nan")
+    overlap: float = float("nan")
+    identity_overlap: float = float("nan")
+    accepted: bool = True
+    warning: str | None = None
+    start: str = ""
 
     def aligned_affine(self, scan_affine: np.ndarray) -> np.ndarray:
         """The scan's voxel -> reference-space affine."""
         return np.linalg.inv(self.matrix) @ np.asarray(scan_affine, dtype=np.float64)
+
+    def summary(self) -> str:
+        """One line for logs and reports."""
+        quality = (
+            f"mutual information {self.metric:.3f} (no alignment {self.identity_metric:.3f}), "
+            f"reference foreground inside the scan {_percent(self.overlap)} "
+            f"(no alignment {_percent(self.identity_overlap)})"
+        )
+        if not self.accepted:
+            return f"alignment refused, world coordinates kept: {self.warning}; {quality}"
+        return f"aligned the scan to the bundle's reference: {quality}"
+
+
+def _percent(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{100 * value:.0f}%"
 
 
 def _to_sitk(array: np.ndarray, affine: np.ndarray):
@@ -38,9 +79,7 @@ def _to_sitk(array: np.ndarray, affine: np.ndarray):
 
     lps = _LPS @ np.asarray(affine, dtype=np.float64)
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    image = sitk.GetImageFromArray(
-        np.ascontiguousarray(np.asarray(array, dtype=np.float32).transpose(2, 1, 0))
-    )
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)))
     image.SetSpacing([float(s) for s in spacing])
     image.SetOrigin([float(o) for o in lps[:3, 3]])
     image.SetDirection([float(d) for d in (lps[:3, :3] / spacing).flatten()])
@@ -49,14 +88,204 @@ def _to_sitk(array: np.ndarray, affine: np.ndarray):
 
 def _transform_to_ras_matrix(transform) -> np.ndarray:
     """An ITK affine-like transform (fixed LPS -> moving LPS) as a 4x4 RAS matrix."""
-    dim = 3
-    matrix = np.array(transform.GetMatrix()).reshape(dim, dim)
+    matrix = np.array(transform.GetMatrix()).reshape(3, 3)
     centre = np.array(transform.GetCenter())
     translation = np.array(transform.GetTranslation())
     lps = np.eye(4)
     lps[:3, :3] = matrix
     lps[:3, 3] = translation + centre - matrix @ centre
     return _LPS @ lps @ _LPS
+
+
+def _ras_matrix_to_transform(matrix: np.ndarray, centre):
+    """A 4x4 RAS reference -> scan matrix as an ITK AffineTransform centred at ``centre`` (LPS)."""
+    import SimpleITK as sitk
+
+    lps = _LPS @ np.asarray(matrix, dtype=np.float64) @ _LPS
+    transform = sitk.AffineTransform(3)
+    transform.SetCenter([float(c) for c in centre])
+    transform.SetMatrix([float(v) for v in lps[:3, :3].flatten()])
+    c = np.asarray(centre, dtype=np.float64)
+    transform.SetTranslation([float(v) for v in lps[:3, 3] + lps[:3, :3] @ c - c])
+    return transform
+
+
+def _robust_scale(array: np.ndarray) -> np.ndarray:
+    """Clip to the 1st-99th percentile of the non-zero voxels and scale to 0..1 (tames outliers)."""
+    array = np.asarray(array, dtype=np.float32)
+    values = array[array != 0]
+    if values.size < 16:
+        values = array.ravel()
+    lo, hi = np.percentile(values, [1, 99])
+    lo = min(float(lo), 0.0)
+    return np.clip((array - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
+
+
+def foreground_mask(scaled: np.ndarray) -> np.ndarray:
+    """The imaged object (head or brain) of a 0..1 scaled image: above a tenth of the bright level (MR
+    background and noise stay below it), the largest connected part, holes filled (dark CSF, sinuses)."""
+    from scipy import ndimage
+
+    mask = scaled > 0.1
+    parts, count = ndimage.label(mask)
+    if count > 1:
+        sizes = ndimage.sum(mask, parts, index=range(1, count + 1))
+        mask = parts == (int(np.argmax(sizes)) + 1)
+    return ndimage.binary_fill_holes(mask)
+
+
+def _working_grid(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Downsample (block averaging) a fine image so that no axis is finer than _WORKING_SPACING_MM."""
+    spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    factors = [max(1, int(_WORKING_SPACING_MM / s + 1e-6)) for s in spacing]
+    if all(f == 1 for f in factors):
+        return array, affine
+    shape = [n // f for n, f in zip(array.shape, factors)]
+    cut = array[: shape[0] * factors[0], : shape[1] * factors[1], : shape[2] * factors[2]]
+    blocks = cut.reshape(shape[0], factors[0], shape[1], factors[1], shape[2], factors[2])
+    out = np.asarray(affine, dtype=np.float64).copy()
+    out[:3, :3] = out[:3, :3] * np.array(factors)
+    # the centre of a block of voxels 0..f-1 is at voxel (f - 1) / 2
+    out[:3, 3] = np.asarray(affine)[:3, :3] @ ((np.array(factors) - 1) / 2.0) + np.asarray(affine)[:3, 3]
+    return blocks.mean(axis=(1, 3, 5)).astype(np.float32), out
+
+
+@dataclass
+class _Pair:
+    """Both images prepared for SimpleITK: scaled intensities, foreground masks, their centres (LPS mm)."""
+
+    fixed: object
+    moving: object
+    fixed_mask: object
+    moving_mask: object
+    fixed_centre: np.ndarray
+    moving_centre: np.ndarray
+    fixed_top: float  # highest superior (S) coordinate of the foreground, RAS mm
+    moving_top: float
+
+
+def _prepare(scan, scan_affine, reference, reference_affine) -> _Pair:
+    import SimpleITK as sitk
+
+    def one(array, affine):
+        array, affine = _working_grid(np.asarray(array, dtype=np.float32), affine)
+        scaled = _robust_scale(array)
+        mask = foreground_mask(scaled)
+        if mask.sum() < 8:
+            raise InputError("automatic alignment found no object in the image (it is blank or constant)")
+        index = np.argwhere(mask)
+        world = affine[:3, :3] @ index.T + affine[:3, 3:4]
+        centre = (_LPS[:3, :3] @ world.mean(axis=1)).astype(np.float64)
+        top = float(np.percentile(world[2], 99.5))
+        image = _to_sitk(scaled.astype(np.float32), affine)
+        mask_image = sitk.Cast(_to_sitk(mask.astype(np.uint8), affine), sitk.sitkUInt8)
+        return image, mask_image, centre, top
+
+    fixed, fixed_mask, fixed_centre, fixed_top = one(reference, reference_affine)
+    moving, moving_mask, moving_centre, moving_top = one(scan, scan_affine)
+    return _Pair(fixed, moving, fixed_mask, moving_mask, fixed_centre, moving_centre, fixed_top, moving_top)
+
+
+def _method(pair: _Pair, seed: int, *, shrink, sigmas, iterations: int, percentage: float = 0.15):
+    import SimpleITK as sitk
+
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetMetricFixedMask(pair.fixed_mask)
+    method.SetMetricMovingMask(pair.moving_mask)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    # a fixed non-zero seed: SimpleITK reads seed 0 as "use the wall clock", which made results vary
+    method.SetMetricSamplingPercentage(percentage, max(1, int(seed)))
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=1.0,
+        minStep=1e-4,
+        numberOfIterations=iterations,
+        relaxationFactor=0.6,
+        gradientMagnitudeTolerance=1e-6,
+    )
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel(list(shrink))
+    method.SetSmoothingSigmasPerLevel(list(sigmas))
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    return method
+
+
+def _evaluate(pair: _Pair, transform, seed: int, percentage: float = 0.3) -> float:
+    """Masked MI of ``transform`` at full working resolution (0.0, the worst, when nothing overlaps)."""
+    method = _method(pair, seed, shrink=[1], sigmas=[0.0], iterations=1, percentage=percentage)
+    method.SetInitialTransform(transform, inPlace=False)
+    try:
+        return float(method.MetricEvaluate(pair.fixed, pair.moving))
+    except RuntimeError:
+        return 0.0
+
+
+def _overlap(pair: _Pair, transform) -> float:
+    """Fraction of the reference's foreground that lands inside the scan's foreground under ``transform``."""
+    import SimpleITK as sitk
+
+    carried = sitk.Resample(pair.moving_mask, pair.fixed_mask, transform, sitk.sitkNearestNeighbor, 0)
+    fixed = sitk.GetArrayViewFromImage(pair.fixed_mask) > 0
+    inside = sitk.GetArrayViewFromImage(carried) > 0
+    return float((fixed & inside).sum() / max(1, fixed.sum()))
+
+
+def _euler(pair: _Pair, rotation_deg, translation_lps):
+    import SimpleITK as sitk
+
+    transform = sitk.Euler3DTransform()
+    transform.SetCenter([float(c) for c in pair.fixed_centre])
+    # ITK's Euler angles are about the LPS axes; R/A flips only change the sign of the first two angles
+    rx, ry, rz = (math.radians(a) for a in rotation_deg)
+    transform.SetRotation(-rx, -ry, rz)
+    transform.SetTranslation([float(t) for t in translation_lps])
+    return transform
+
+
+def _start_translations(pair: _Pair) -> dict[str, np.ndarray]:
+    """Candidate shifts (LPS mm, fixed -> moving): centres of the foregrounds matched; and the tops of the
+    foregrounds matched (a brain-only image against a whole head with neck: the centres differ, the top of the
+    head is just above the top of the brain), with an allowance for the scalp and skull."""
+    centres = pair.moving_centre - pair.fixed_centre
+    top = centres.copy()
+    top[2] = pair.moving_top - pair.fixed_top
+    candidates = {"centres": centres, "tops": top}
+    scalp = 12.0  # mm between the top of the brain and the top of the head
+    candidates["tops-scalp-down"] = top - np.array([0.0, 0.0, scalp])
+    candidates["tops-scalp-up"] = top + np.array([0.0, 0.0, scalp])
+    candidates["world"] = np.zeros(3)
+    return candidates
+
+
+def _best_start(pair: _Pair, seed: int, progress) -> tuple[object, str]:
+    """Every starting pose is scored as it is; the few best get a short coarse rigid registration each, and
+    the one that ends with the best metric wins (scoring all poses first keeps this fast)."""
+    poses = [
+        (f"{name}, rotation {rotation}", _euler(pair, rotation, shift))
+        for name, shift in _start_translations(pair).items()
+        for rotation in _START_ROTATIONS
+    ]
+    scored = sorted(poses, key=lambda pose: _evaluate(pair, pose[1], seed, percentage=0.05))
+    best, best_value, best_name = None, math.inf, ""
+    for number, (name, transform) in enumerate(scored[:_REFINED_STARTS]):
+        if progress:
+            progress(0.4 * number / _REFINED_STARTS, "aligning the scan: trying starting poses")
+        method = _method(pair, seed, shrink=[4], sigmas=[2.0], iterations=40)
+        method.SetInitialTransform(transform, inPlace=True)
+        try:
+            method.Execute(pair.fixed, pair.moving)
+        except RuntimeError:
+            continue  # this pose leaves too little overlap; another will do
+        value = _evaluate(pair, transform, seed)
+        if value < best_value:
+            best, best_value, best_name = transform, value, name
+    if best is None:
+        raise InputError(
+            "automatic alignment found no starting pose where the scan and the reference overlap; check "
+            "that the scan shows the same anatomy as the bundle's reference, or turn alignment off"
+        )
+    return best, best_name
 
 
 def register_affine(
@@ -68,8 +297,14 @@ def register_affine(
     stages: tuple[str, ...] = ("rigid", "affine"),
     seed: int = 1,
     progress: Callable[[float, str], None] | None = None,
+    initial: np.ndarray | None = None,
+    check: bool = True,
 ) -> Alignment:
-    """Register ``scan`` to ``reference`` (both 3D arrays [i, j, k] with RAS affines); see module docstring."""
+    """Register ``scan`` to ``reference`` (both 3D arrays [i, j, k] with RAS affines); see module docstring.
+
+    ``initial``: a 4x4 RAS reference -> scan matrix to start from instead of the multi-start search.
+    ``check``: refuse a result that scores worse than no alignment (False: return it anyway, flagged).
+    """
     import SimpleITK as sitk
 
     if np.asarray(scan).ndim != 3 or np.asarray(reference).ndim != 3 or min(np.shape(scan)) < 4:
@@ -77,54 +312,50 @@ def register_affine(
     unknown = set(stages) - {"rigid", "affine"}
     if unknown or not stages:
         raise InputError(f"alignment stages must be 'rigid' and/or 'affine', got {stages}")
-    fixed = _to_sitk(_robust_scale(reference), reference_affine)
-    moving = _to_sitk(_robust_scale(scan), scan_affine)
-    transform = sitk.CenteredTransformInitializer(
-        fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
-    )
-    metric = float("nan")
+    pair = _prepare(scan, scan_affine, reference, reference_affine)
+    if initial is not None:
+        transform, start = _ras_matrix_to_transform(initial, pair.fixed_centre), "given"
+    else:
+        transform, start = _best_start(pair, seed, progress)
+    failure = None
     for number, stage in enumerate(stages):
         if progress:
-            progress(number / len(stages), f"aligning the scan to the reference ({stage})")
-        if stage == "affine":
+            progress(0.4 + 0.6 * number / len(stages), f"aligning the scan to the reference ({stage})")
+        if stage == "affine" and not isinstance(transform, sitk.AffineTransform):
             affine = sitk.AffineTransform(3)
+            affine.SetCenter(transform.GetCenter())
             affine.SetMatrix(transform.GetMatrix())
             affine.SetTranslation(transform.GetTranslation())
-            affine.SetCenter(transform.GetCenter())
             transform = affine
-        method = sitk.ImageRegistrationMethod()
-        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-        method.SetMetricSamplingStrategy(method.RANDOM)
-        # a fixed non-zero seed: SimpleITK reads seed 0 as "use the wall clock", which made results vary
-        method.SetMetricSamplingPercentage(0.15, max(1, int(seed)))
-        method.SetInterpolator(sitk.sitkLinear)
-        method.SetOptimizerAsRegularStepGradientDescent(
-            learningRate=1.0,
-            minStep=1e-4,
-            numberOfIterations=200,
-            relaxationFactor=0.6,
-            gradientMagnitudeTolerance=1e-6,
-        )
-        method.SetOptimizerScalesFromPhysicalShift()
-        method.SetShrinkFactorsPerLevel([4, 2, 1])
-        method.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
-        method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+        elif stage == "rigid" and isinstance(transform, sitk.AffineTransform):
+            continue  # a given general affine start is refined by the affine stage only
+        method = _method(pair, seed, shrink=[4, 2, 1], sigmas=[2.0, 1.0, 0.0], iterations=200)
         method.SetInitialTransform(transform, inPlace=True)
         try:
-            method.Execute(fixed, moving)
-        except RuntimeError as exc:
-            raise InputError(
-                f"automatic alignment failed ({str(exc).splitlines()[-1][:200]}); check that the scan "
-                "shows the same anatomy as the bundle's reference, or turn alignment off"
-            ) from None
-        metric = float(method.GetMetricValue())
+            method.Execute(pair.fixed, pair.moving)
+        except RuntimeError as exc:  # e.g. the images drifted apart: refused below, like any bad result
+            failure = f"the registration failed ({str(exc).strip().splitlines()[-1][:160]})"
+            break
+    metric = _evaluate(pair, transform, seed)
+    identity = sitk.AffineTransform(3)
+    identity_metric = _evaluate(pair, identity, seed)
+    result = Alignment(
+        _transform_to_ras_matrix(transform),
+        metric,
+        identity_metric,
+        _overlap(pair, transform),
+        _overlap(pair, identity),
+        start=start,
+    )
     if progress:
         progress(1.0, "alignment done")
-    return Alignment(_transform_to_ras_matrix(transform), metric)
-
-
-def _robust_scale(array: np.ndarray) -> np.ndarray:
-    """Clip to the 1st-99th percentile and scale to 0..1: MI is robust, this just tames outliers."""
-    array = np.asarray(array, dtype=np.float32)
-    lo, hi = np.percentile(array, [1, 99])
-    return np.clip((array - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
+    if metric < identity_metric and failure is None:
+        return result
+    warning = failure or (
+        f"the registration scored worse than the scan's own world coordinates (mutual information "
+        f"{metric:.3f} vs {identity_metric:.3f})"
+    )
+    warning += "; check that the scan shows the reference's anatomy, or place it near the reference first"
+    if not check:
+        return replace(result, warning=warning)
+    return replace(result, matrix=np.eye(4), accepted=False, warning=warning)

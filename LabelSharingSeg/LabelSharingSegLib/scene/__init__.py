@@ -1,8 +1,10 @@
 """Scene side: MRML nodes <-> engine arrays. Imports slicer MRML classes, never Qt.
 
 Modules: ``geometry`` (volume nodes <-> [i, j, k] arrays + voxel->RAS affine), ``segments`` (segmentation
-nodes: names, colours, terminology, masks), ``jobs`` (worker thread, progress, cancel), ``packages``
-(missing Python packages; never installs), ``logic`` (:class:`SegmentationSceneLogic`, every decision).
+nodes: names, colours, terminology, masks), ``segmentlist`` (the atlas segment checklist following segment
+events), ``transaction`` (undo scene writes on failure), ``bundlechoice`` (picked path -> bundle path),
+``jobs`` (progress and cancel callbacks), ``packages`` (missing packages and the install plan; never installs),
+``logic`` (:class:`SegmentationSceneLogic`, every decision). Runs compute in ``LabelSharingSegLib.worker``.
 
 Names are imported lazily so that ``packages`` can be used where ``slicer`` or torch are missing.
 """
@@ -11,11 +13,12 @@ _LAZY = {
     "SegmentationSceneLogic": "logic",
     "PreparedRun": "logic",
     "DEVICE_CHOICES": "logic",
-    "BackgroundJob": "jobs",
-    "JobStatus": "jobs",
+    "SegmentChecklist": "segmentlist",
+    "SceneTransaction": "transaction",
+    "resolveBundlePath": "bundlechoice",
+    "pipPlan": "packages",
     "missingPackages": "packages",
     "missingPackagesMessage": "packages",
-    "pipRequirements": "packages",
     "torchAvailable": "packages",
 }
 

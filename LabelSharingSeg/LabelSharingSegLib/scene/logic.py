@@ -4,8 +4,9 @@ A run has three phases so that the scene is only touched on the calling (main) t
 when a run fails or is cancelled:
 
 1. ``prepare...`` (main thread): validate the inputs, copy voxels / atlas masks out of the nodes.
-2. ``compute`` (any thread, e.g. a :class:`~.jobs.BackgroundJob` worker): engine inference on arrays only.
-3. ``applyRun`` (main thread): write the result into the output segmentation in one step.
+2. compute, on arrays only: in a worker process (:meth:`SegmentationSceneLogic.createWorkerJob`, what the
+   Slicer widget runs, cancelled by ending the process) or in this process (``PreparedRun.compute``).
+3. ``applyRun`` (main thread): write the result into the output segmentation, all or nothing.
 
 ``segmentTask`` and ``segmentAtlasLabels`` run the three phases synchronously for the Python console.
 The engine is imported lazily so that this module loads (and can report missing packages) without torch.
@@ -13,6 +14,7 @@ The engine is imported lazily so that this module loads (and can report missing 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,13 +22,18 @@ import numpy as np
 
 from ..engine.errors import CancelledError, InputError, LabelSharingSegError
 from ..engine.labels import LabelInfo
+from ..worker.client import SubprocessWorker, WorkerJob
+from ..worker.methods import resolveMethod
+from ..worker.protocol import DEFAULT_METHODS, KIND_ATLAS_LABELS, KIND_TASK
 from . import geometry as geo
 from . import segments as seg
-from .jobs import BackgroundJob, cancelCallable, progressCallable, raiseIfCancelled, scaledProgress
+from .bundlechoice import resolveBundlePath
+from .jobs import cancelCallable, progressCallable, raiseIfCancelled, scaledProgress
+from .transaction import SceneTransaction
 
 DEVICE_CHOICES = ("auto", "cuda", "cpu", "mps")
-TASK_KIND = "task"
-ATLAS_KIND = "atlas"
+TASK_KIND = KIND_TASK
+ATLAS_KIND = KIND_ATLAS_LABELS
 
 
 @dataclass
@@ -43,42 +50,34 @@ class PreparedRun:
     outputName: str
     taskName: str | None = None
     masks: np.ndarray | None = None
+    masksAffine: np.ndarray | None = None  # the atlas grid the masks lie on (voxel -> RAS)
     labels: list = field(default_factory=list)
     terminologies: dict = field(default_factory=dict)
     description: str = ""
     align: bool | None = None  # register to the bundle's reference first; None: when the bundle has one
+    method: str = ""  # engine method (worker/methods.py); "" = the kind's default
+    options: dict = field(default_factory=dict)  # extra keyword arguments for the method
+
+    @property
+    def methodName(self) -> str:
+        return self.method or DEFAULT_METHODS[self.kind]
+
+    @property
+    def methodOptions(self) -> dict:
+        return {"align": self.align, **self.options}
 
     def compute(self, progress=None, cancel=None):
-        """Run the engine (safe off the main thread). Returns the engine's SegmentationResult."""
-        from ..engine import inference
-
+        """Run the engine in this process on arrays only. Returns the engine's SegmentationResult."""
         report = progressCallable(progress)
         isCancelled = cancelCallable(cancel)
         raiseIfCancelled(isCancelled)
+        function = resolveMethod(self.methodName)
         affine = self.volumeGeometry.engineAffine
+        common = dict(device=self.device, progress=report, cancel=isCancelled, **self.methodOptions)
         if self.kind == TASK_KIND:
-            result = inference.segment_task(
-                self.bundle,
-                self.image,
-                affine,
-                self.taskName,
-                device=self.device,
-                progress=report,
-                cancel=isCancelled,
-                align=self.align,
-            )
+            result = function(self.bundle, self.image, affine, self.taskName, **common)
         else:
-            result = inference.segment_atlas_labels(
-                self.bundle,
-                self.image,
-                affine,
-                self.masks,
-                self.labels,
-                device=self.device,
-                progress=report,
-                cancel=isCancelled,
-                align=self.align,
-            )
+            result = function(self.bundle, self.image, affine, self.masks, self.labels, **common)
         raiseIfCancelled(isCancelled)
         labelmap = np.asarray(result.labelmap)
         if labelmap.shape != tuple(self.volumeGeometry.shape):
@@ -113,6 +112,9 @@ class SegmentationSceneLogic:
         # (scans as acquired are rarely in atlas space), True = always (error if none), False = never.
         self.align: bool | None = None
         self._atlasGeometry: tuple[tuple[int, int, int], np.ndarray] | None = None
+        # engine method for atlas labels (worker/methods.py): "" = LCS; options go to it as keywords
+        self.atlasMethod = ""
+        self.atlasMethodOptions: dict = {}
 
     # ------------------------------------------------------------------ device
     @property
@@ -135,12 +137,11 @@ class SegmentationSceneLogic:
 
     # ------------------------------------------------------------------ bundle
     def loadBundle(self, path):
-        """Load and validate a bundle folder or .zip; on failure the previously loaded bundle stays."""
+        """Load and validate a bundle folder, .zip, or the folder of a given bundle.json; on failure the
+        previously loaded bundle stays."""
         from ..engine.bundle import load_bundle
 
-        if not path:
-            raise InputError("No bundle chosen: select a bundle folder or .zip file.")
-        bundle = load_bundle(path)
+        bundle = load_bundle(resolveBundlePath(path))
         self.bundle = bundle
         self._atlasGeometry = None
         return bundle
@@ -158,10 +159,10 @@ class SegmentationSceneLogic:
 
     @property
     def bundleKind(self) -> str | None:
-        return None if self.bundle is None else self.bundle.kind
+        return None if self.bundle is None else self.bundle.kind.value
 
     def isAtlasBundle(self) -> bool:
-        return self.bundle is not None and self.bundle.kind == "lcs"
+        return self.bundle is not None and self.bundle.kind.has_atlas
 
     def taskNames(self) -> list[str]:
         return [] if self.bundle is None else list(self.bundle.task_names())
@@ -207,7 +208,7 @@ class SegmentationSceneLogic:
     # ------------------------------------------------------------------ task flow
     def prepareSegmentTask(self, volumeNode, taskName: str, outputSegmentationNode=None) -> PreparedRun:
         bundle = self.requireBundle()
-        if bundle.kind == "lcs":
+        if bundle.kind.has_atlas:
             raise InputError(
                 "The loaded bundle is an atlas-conditioned (LCS) bundle: it has no tasks. Use the atlas flow "
                 "(loadAtlas / segmentAtlasLabels) or load a label-sharing bundle."
@@ -241,7 +242,7 @@ class SegmentationSceneLogic:
     # ------------------------------------------------------------------ atlas flow
     def _requireAtlasBundle(self):
         bundle = self.requireBundle()
-        if bundle.kind != "lcs":
+        if not bundle.kind.has_atlas:
             raise InputError(
                 f"The loaded bundle is a {bundle.kind} bundle without an atlas: use segmentTask with one of its "
                 "tasks, or load an atlas-conditioned (LCS) bundle for atlas labels."
@@ -289,23 +290,16 @@ class SegmentationSceneLogic:
         self._atlasGeometry = (tuple(int(s) for s in image.shape), np.asarray(affine, dtype=np.float64))
         name = bundle.manifest.name.strip() or "LCS"
         specs = seg.specsFromLabelmap(labelmap, labels)
-        created = []
-        try:
+        with SceneTransaction(self.scene):
             if volumeNode is None:
                 volumeNode = geo.createScalarVolumeNode(self.scene, f"{name} atlas", image, affine)
-                created.append(volumeNode)
                 volumeNode.SetAttribute(seg.ATTRIBUTE_BUNDLE_ID, bundle.bundle_id)
                 volumeNode.SetAttribute(seg.ATTRIBUTE_ROLE, seg.ROLE_ATLAS_IMAGE)
             if segmentationNode is None:
                 segmentationNode = seg.createSegmentationNode(self.scene, f"{name} atlas labels", volumeNode)
-                created.append(segmentationNode)
                 segmentationNode.SetAttribute(seg.ATTRIBUTE_BUNDLE_ID, bundle.bundle_id)
                 segmentationNode.SetAttribute(seg.ATTRIBUTE_ROLE, seg.ROLE_ATLAS_LABELS)
                 seg.writeSegments(segmentationNode, specs, np.asarray(labelAffine, dtype=np.float64))
-        except Exception:
-            for node in created:
-                self.scene.RemoveNode(node)
-            raise
         return volumeNode, segmentationNode
 
     def checkAtlasSegmentation(self, atlasSegmentationNode) -> None:
@@ -393,6 +387,7 @@ class SegmentationSceneLogic:
             LabelInfo(value=index + 1, name=name, color=color)
             for index, (name, color) in enumerate(zip(names, colors))
         ]
+        _, masksAffine = self.atlasGeometry()
         return PreparedRun(
             kind=ATLAS_KIND,
             bundle=bundle,
@@ -403,10 +398,13 @@ class SegmentationSceneLogic:
             outputNode=outputSegmentationNode,
             outputName=f"{volumeNode.GetName()} atlas labels",
             masks=masks,
+            masksAffine=masksAffine,
             labels=labels,
             terminologies={index + 1: text for index, text in enumerate(terminologies) if text},
             description=f"Segmenting {len(labels)} atlas label(s) on '{volumeNode.GetName()}'",
             align=self.align,
+            method=self.atlasMethod,
+            options=dict(self.atlasMethodOptions),
         )
 
     def segmentAtlasLabels(
@@ -438,17 +436,42 @@ class SegmentationSceneLogic:
         report(1.0, "Done")
         return outputNode
 
-    def startJob(self, run: PreparedRun) -> BackgroundJob:
-        """Start ``run.compute`` in a worker thread; poll the job on the main thread and call
-        ``applyRun(run, job.result())`` once it finished."""
-        return BackgroundJob(run.compute, name=run.description or "LabelSharingSeg").start()
+    def createWorkerJob(self, run: PreparedRun, python: str | None = None, tempRoot=None) -> WorkerJob:
+        """Write ``run``'s inputs and request for a worker process (``python`` runs it; default: this
+        interpreter). Start it with ``qt.QProcess`` (the widget) or :class:`SubprocessWorker`, then call
+        ``applyRun(run, job.result())`` on the main thread and ``job.cleanup()``."""
+        return WorkerJob.create(
+            run.kind,
+            run.bundle.path,
+            run.image,
+            run.volumeGeometry.engineAffine,
+            task=run.taskName,
+            masks=run.masks,
+            masksAffine=run.masksAffine,
+            labels=run.labels,
+            device=run.device,
+            method=run.methodName,
+            options=run.methodOptions,
+            bundleId=run.bundle.bundle_id,
+            python=python,
+            tempRoot=tempRoot,
+        )
+
+    def startWorker(self, run: PreparedRun, python: str | None = None) -> SubprocessWorker:
+        """Run ``run`` in a worker process without Qt (scripts): ``poll()``, ``cancel()``, and
+        ``applyRun(run, worker.result())`` once it finished."""
+        return SubprocessWorker(self.createWorkerJob(run, python)).start()
 
     def applyRun(self, run: PreparedRun, result):
         """Write a finished run's result into the scene (main thread only); returns the output node.
 
         A new output node is created only here, after the engine succeeded. An existing output keeps every
-        segment whose name this run does not produce.
+        segment whose name this run does not produce. On any exception the scene is left exactly as it was.
         """
+        alignment = getattr(result, "alignment", None)
+        if alignment is not None:  # the Slicer log shows the alignment's quality, a refused one as a warning
+            log = logging.info if alignment.accepted else logging.warning
+            log(f"LabelSharingSeg: {alignment.summary()}")
         labels = list(result.labels) or (run.labels if run.kind == ATLAS_KIND else self._taskLabels(run))
         specs = seg.specsFromLabelmap(np.asarray(result.labelmap), labels, run.terminologies)
         outputNode = run.outputNode
@@ -459,20 +482,17 @@ class SegmentationSceneLogic:
             ijkToOutput = run.volumeGeometry.ijkToLocal
         else:
             ijkToOutput = geo.localToLocal(run.volumeNode, outputNode) @ run.volumeGeometry.ijkToLocal
-        if created:
-            parent = (
-                run.volumeNode.GetParentTransformNode() if run.volumeNode.GetScene() is self.scene else None
-            )
-            reference = run.volumeNode if run.volumeNode.GetScene() is self.scene else None
-            outputNode = seg.createSegmentationNode(self.scene, run.outputName, reference, parent)
-            outputNode.SetAttribute(seg.ATTRIBUTE_ROLE, seg.ROLE_OUTPUT)
-            outputNode.SetAttribute(seg.ATTRIBUTE_BUNDLE_ID, run.bundle.bundle_id)
-        try:
-            seg.writeSegments(outputNode, specs, ijkToOutput)
-        except Exception:
+        with SceneTransaction(self.scene) as change:
             if created:
-                self.scene.RemoveNode(outputNode)
-            raise
+                inScene = run.volumeNode.GetScene() is self.scene
+                parent = run.volumeNode.GetParentTransformNode() if inScene else None
+                reference = run.volumeNode if inScene else None
+                outputNode = seg.createSegmentationNode(self.scene, run.outputName, reference, parent)
+                outputNode.SetAttribute(seg.ATTRIBUTE_ROLE, seg.ROLE_OUTPUT)
+                outputNode.SetAttribute(seg.ATTRIBUTE_BUNDLE_ID, run.bundle.bundle_id)
+            else:
+                change.protectSegmentation(outputNode)
+            seg.writeSegments(outputNode, specs, ijkToOutput)
         return outputNode
 
     @staticmethod

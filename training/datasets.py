@@ -8,7 +8,8 @@ A dataset folder holds ``dataset.json`` and ``imagesTr/{case}_{XXXX}{file_ending
 
 ``read_dataset`` parses the structure only (``dataset.json`` plus the file listing); ``check_dataset`` also opens
 every file and returns every problem it finds as one readable line. Only NIfTI files (``.nii.gz`` / ``.nii``) are
-read. Pure numpy/nibabel: no slicer import.
+read. Pure numpy/nibabel: no slicer import. Only training and the data tools use it, so it lives on the training
+side. Longer than most modules because it is one thing: the dataset format, read, checked and written.
 """
 
 from __future__ import annotations
@@ -22,16 +23,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_text_atomic
-from .errors import DatasetError, InputError
-from .jsonfile import bounded_int
-from .nifti_io import NIFTI_ENDINGS, load_nifti
+from LabelSharingSegLib.engine.atomic import write_text_atomic
+from LabelSharingSegLib.engine.errors import DatasetError, InputError
+from LabelSharingSegLib.engine.jsonfile import bounded_int
+from LabelSharingSegLib.engine.nifti_io import NIFTI_ENDINGS, load_nifti, save_nifti
 
 DATASET_JSON = "dataset.json"
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 AFFINE_TOLERANCE_MM = 1e-3
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _FOLDER_PREFIX_RE = re.compile(r"^Dataset\d{3}_")
+# A task name becomes a folder name (``train individual``) and a label in Slicer: one plain path component.
+_SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+-]{0,99}$")
 _SUBFOLDERS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs")
 
 
@@ -100,6 +103,11 @@ def _parse_dataset_json(root: Path, problems: list[str]) -> dict | None:
         problems.append(f"{path}: must hold a JSON object, found {type(meta).__name__}")
         return None
     return meta
+
+
+def is_safe_name(name: str) -> bool:
+    """True for a task name that is one plain path component (never '..', a separator or a control code)."""
+    return bool(_SAFE_NAME_RE.match(name)) and name.strip(".") != ""
 
 
 def _is_int(value) -> bool:
@@ -183,19 +191,23 @@ def _strip_ending(name: str, ending: str) -> str | None:
     return name[: -len(ending)] if name.endswith(ending) and len(name) > len(ending) else None
 
 
+def _named_files(folder: Path, ending: str, problems: list[str]):
+    """(file, name without the ending) of each visible file; folders and wrong endings are reported."""
+    for path in _visible_files(folder):
+        if path.is_dir():
+            problems.append(f"{path}: unexpected folder inside {folder.name}/")
+        elif (stem := _strip_ending(path.name, ending)) is None:
+            problems.append(f"{path}: wrong file ending (dataset.json says {ending!r})")
+        else:
+            yield path, stem
+
+
 def _scan_images(
     folder: Path, ending: str, n_channels: int, problems: list[str]
 ) -> dict[str, tuple[Path, ...]]:
     """Group ``{case}_{XXXX}{ending}`` files by case; report bad names, wrong endings and missing channels."""
     grouped: dict[str, dict[int, Path]] = {}
-    for path in _visible_files(folder):
-        if path.is_dir():
-            problems.append(f"{path}: unexpected folder inside {folder.name}/")
-            continue
-        stem = _strip_ending(path.name, ending)
-        if stem is None:
-            problems.append(f"{path}: wrong file ending (dataset.json says {ending!r})")
-            continue
+    for path, stem in _named_files(folder, ending, problems):
         match = _CHANNEL_RE.match(stem)
         if not match:
             problems.append(
@@ -223,14 +235,7 @@ def _scan_images(
 
 def _scan_labels(folder: Path, ending: str, problems: list[str]) -> dict[str, Path]:
     labels: dict[str, Path] = {}
-    for path in _visible_files(folder):
-        if path.is_dir():
-            problems.append(f"{path}: unexpected folder inside {folder.name}/")
-            continue
-        stem = _strip_ending(path.name, ending)
-        if stem is None:
-            problems.append(f"{path}: wrong file ending (dataset.json says {ending!r})")
-            continue
+    for path, stem in _named_files(folder, ending, problems):
         labels[stem] = path
     return labels
 
@@ -290,9 +295,14 @@ def _scan(root) -> tuple[NnUNetDataset | None, list[str]]:
     training, training_ids = _pair(
         images_tr, root / "labelsTr", ending, len(channels), labels_required=True, problems=problems
     )
-    test, _ = _pair(
+    test, test_ids = _pair(
         root / "imagesTs", root / "labelsTs", ending, len(channels), labels_required=False, problems=problems
     )
+    for case_id in sorted(set(training_ids) & set(test_ids)):
+        problems.append(
+            f"{root / 'imagesTs'}: case {case_id!r} is also a training case in imagesTr/ "
+            "(a test case must never be trained on; rename or remove one of them)"
+        )
     if images_tr.is_dir() and not training_ids:
         problems.append(f"{images_tr}: holds no training cases")
     num_training = meta.get("numTraining")
@@ -303,6 +313,11 @@ def _scan(root) -> tuple[NnUNetDataset | None, list[str]]:
                 f"{root / DATASET_JSON}: numTraining is {num_training} but imagesTr/ holds {n_found} case(s)"
             )
     name = meta.get("name") if isinstance(meta.get("name"), str) and meta.get("name") else root.name
+    if not is_safe_name(name):
+        problems.append(
+            f"{root / DATASET_JSON}: name {name!r} is not a plain folder name (it names output folders: use "
+            "letters, digits, space, '.', '_', '+', '-', start with a letter or digit, at most 100 characters)"
+        )
     dataset = NnUNetDataset(
         root=root,
         name=name,
@@ -462,6 +477,11 @@ def require_valid_dataset(root) -> NnUNetDataset:
     return read_dataset(root)
 
 
+def as_volume(array: np.ndarray) -> np.ndarray:
+    """A 2D slice (X, Y) as a one-slice volume (X, Y, 1), the form every grid function takes; 3D unchanged."""
+    return array[..., None] if array.ndim == 2 else array
+
+
 def load_case(case: Case) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Return (image float32 (C, X, Y, Z) or (C, X, Y), label int16/int32 or None, affine 4x4).
 
@@ -503,6 +523,31 @@ def load_case(case: Case) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     return image, label.astype(target, copy=False), affine
 
 
+CASE_FOLDERS = {"train": ("imagesTr", "labelsTr"), "test": ("imagesTs", "labelsTs")}
+
+
+def make_case_folders(root: Path) -> None:
+    """The four case folders of a new dataset folder."""
+    for folders in CASE_FOLDERS.values():
+        for name in folders:
+            (Path(root) / name).mkdir()
+
+
+def write_case(
+    root: Path,
+    split: str,
+    case_id: str,
+    image: np.ndarray,
+    label: np.ndarray,
+    affine,
+    ending: str = ".nii.gz",
+) -> None:
+    """One single-channel case of a ``train`` or ``test`` split: ``{case}_0000{ending}`` and ``{case}{ending}``."""
+    images, labels = CASE_FOLDERS[split]
+    save_nifti(Path(root) / images / f"{case_id}_0000{ending}", image, affine)
+    save_nifti(Path(root) / labels / f"{case_id}{ending}", label, affine)
+
+
 def write_dataset_json(
     root,
     *,
@@ -526,6 +571,8 @@ def write_dataset_json(
     _validate_channels(channels, "channel_names", problems)
     if not _is_int(num_training) or num_training < 0:
         problems.append(f"numTraining must be a non-negative integer, found {num_training!r}")
+    if not is_safe_name(name):
+        problems.append(f"name must be a plain folder name, found {name!r}")
     if file_ending.lower() not in NIFTI_ENDINGS:
         problems.append(f"file_ending must be one of {NIFTI_ENDINGS}, found {file_ending!r}")
     if problems:

@@ -1,6 +1,7 @@
-"""Tiny, randomly initialised bundles and synthetic volumes for the module self-test and for trying the
-module without a trained model. Built only through the engine's public bundle API (so a bundle written
-here is validated exactly like a trained one). The weights are random: the segmentations are meaningless,
+"""Test fixtures for the scene tests: tiny, randomly initialised bundles and synthetic volumes.
+
+Built only through the engine's public bundle API (so a bundle written here is validated exactly like a
+trained one). The weights are random: the segmentations are meaningless,
 only the plumbing (names, colours, geometry, progress, cancel) is exercised.
 """
 
@@ -26,7 +27,7 @@ DEMO_TERMINOLOGY = {
 
 
 def _preprocessing(spacing=(2.0, 2.0, 2.0)):
-    from ..engine.preprocessing_config import Preprocessing
+    from LabelSharingSegLib.engine.preprocessing_config import Preprocessing
 
     return Preprocessing(spatial_dims=3, spacing=tuple(spacing), patch_size=tuple(TINY_PATCH), overlap=0.25)
 
@@ -35,11 +36,11 @@ def writeTinyLabelSharingBundle(out, seed: int = 0, spacing=(2.0, 2.0, 2.0)) -> 
     """A 2-task label-sharing bundle (random weights) written to the folder ``out``."""
     import torch
 
-    from ..engine.bundle import TaskInfo, build_manifest, write_bundle
-    from ..engine.labels import LabelInfo, default_color
-    from ..engine.labelspace import SharedLabelSpace, TaskSizes
-    from ..engine.network_config import UNetConfig
-    from ..engine.networks import build_network
+    from LabelSharingSegLib.engine.bundle import TaskInfo, build_manifest, write_bundle
+    from LabelSharingSegLib.engine.labels import LabelInfo, default_color
+    from LabelSharingSegLib.engine.labelspace import SharedLabelSpace, TaskSizes
+    from LabelSharingSegLib.engine.network_config import UNetConfig
+    from LabelSharingSegLib.engine.networks import build_network
 
     sizes = []
     for name, labels in DEMO_TASKS.items():
@@ -70,7 +71,7 @@ def writeTinyLabelSharingBundle(out, seed: int = 0, spacing=(2.0, 2.0, 2.0)) -> 
 def syntheticAtlas(shape=(24, 24, 20), spacing=(2.0, 2.0, 2.0)):
     """(image [i,j,k] float32, labelmap int16, affine, LabelInfo list): an ellipsoid 'brain' with two
     hemispheres and a central 'ventricle'."""
-    from ..engine.labels import LabelInfo
+    from LabelSharingSegLib.engine.labels import LabelInfo
 
     grid = np.indices(shape).astype(np.float32)
     centre = (np.array(shape, dtype=np.float32) - 1) / 2
@@ -96,9 +97,9 @@ def writeTinyAtlasBundle(out, seed: int = 0, shape=(24, 24, 20), spacing=(2.0, 2
     """A small LCS bundle (random weights) with a synthetic atlas, written to the folder ``out``."""
     import torch
 
-    from ..engine.bundle import build_manifest, write_bundle
-    from ..engine.network_config import LCSConfig
-    from ..engine.networks import build_network
+    from LabelSharingSegLib.engine.bundle import build_manifest, write_bundle
+    from LabelSharingSegLib.engine.network_config import LCSConfig
+    from LabelSharingSegLib.engine.networks import build_network
 
     image, labelmap, affine, labels = syntheticAtlas(shape, spacing)
     network = LCSConfig(spatial_dims=3, channels=tuple(TINY_CHANNELS))
@@ -131,3 +132,51 @@ def obliqueAffine(
     affine[:3, :3] = rotation @ np.diag(spacing)
     affine[:3, 3] = origin
     return affine
+
+
+def _ijkToRas(node) -> np.ndarray:
+    import vtk
+
+    from LabelSharingSegLib.scene import geometry
+
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return geometry.vtkMatrixToArray(matrix)
+
+
+def sceneSnapshot(scene):
+    """What a user could see change: nodes, their names, segments, voxels and matrices."""
+    import slicer
+    from vtk.util import numpy_support
+
+    from LabelSharingSegLib.scene import geometry as geo
+
+    state = []
+    nodes = scene.GetNodes()
+    for index in range(nodes.GetNumberOfItems()):
+        node = nodes.GetItemAsObject(index)
+        entry = [node.GetID(), node.GetClassName(), node.GetName()]
+        if node.IsA("vtkMRMLSegmentationNode"):
+            segmentation = node.GetSegmentation()
+            for s in range(segmentation.GetNumberOfSegments()):
+                segment = segmentation.GetNthSegment(s)
+                image = segment.GetRepresentation(geo.BINARY_LABELMAP)
+                total = 0
+                if image is not None and image.GetPointData().GetScalars() is not None:
+                    values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+                    total = int((values == segment.GetLabelValue()).sum())
+                terminology = segment.GetTerminology() if hasattr(segment, "GetTerminology") else ""
+                entry.append(
+                    (
+                        segmentation.GetNthSegmentID(s),
+                        segment.GetName(),
+                        segment.GetColor(),
+                        total,
+                        terminology,
+                    )
+                )
+        elif node.IsA("vtkMRMLVolumeNode") and node.GetImageData() is not None:
+            entry.append(slicer.util.arrayFromVolume(node).copy().tobytes())
+            entry.append(_ijkToRas(node).tobytes())
+        state.append(tuple(entry))
+    return state

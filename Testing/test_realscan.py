@@ -1,0 +1,100 @@
+"""Real whole-head scans (Debian mricron-data, installed by scripts/system_data.sh): the loader, and
+alignment between a whole head and a brain-only image in both directions, recovering a known affine, plus the
+quality check that refuses a registration worse than none. These tests fail (never skip) when the package is
+missing: CI installs it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from LabelSharingSegLib.engine.preprocessing import resample_to_grid
+from LabelSharingSegLib.engine.registration import register_affine
+from lsseg_training.data import sources
+from lsseg_training.offatlas import move_off_atlas, random_transform
+
+
+def _at(image, affine, spacing):
+    """``image`` resampled onto a grid of ``spacing`` mm covering the same box."""
+    grid = affine.copy()
+    grid[:3, :3] = affine[:3, :3] * (spacing / np.linalg.norm(affine[:3, :3], axis=0))
+    shape = tuple(int(n * np.linalg.norm(affine[:3, i]) / spacing) for i, n in enumerate(image.shape))
+    data = torch.as_tensor(np.array(image, dtype=np.float32))[None]
+    return resample_to_grid(data, grid, shape, mode="bilinear", src_affine=affine)[0].numpy(), grid
+
+
+@pytest.fixture(scope="module")
+def colin():
+    """(whole head, brain only, affine) of Colin 27 at 3 mm."""
+    head, affine = sources.load_system_image(sources.COLIN27_HEAD)
+    brain, brain_affine = sources.load_system_image(sources.COLIN27_BRAIN)
+    assert np.allclose(affine, brain_affine)
+    head3, grid = _at(head, affine, 3.0)
+    brain3, _ = _at(brain, affine, 3.0)
+    return head3, brain3, grid
+
+
+def test_the_real_scan_loader_gives_a_whole_head_with_its_aal_truth():
+    real = sources.load_real_scan()
+    assert real.image.shape == real.truth.array.shape == (181, 217, 181)
+    assert len(real.truth.names) == 116 and real.truth.names[0] == "Precentral_L"
+    assert set(np.unique(real.truth.array)) == set(range(117))
+    # a whole head: bright tissue well outside the labelled brain (scalp, skull, neck below the cerebellum)
+    brain = real.truth.array > 0
+    head = real.image > 0.2 * np.percentile(real.image, 99)
+    lowest_brain = np.nonzero(brain.any(axis=(0, 1)))[0].min()
+    assert head[:, :, :lowest_brain].sum() > 0.1 * brain.sum()
+    assert (head & ~brain).sum() > brain.sum()
+    # the AAL coarse grouping covers every region
+    assert set(np.unique(sources.aal_coarse_lookup(real.truth.names)[1:])) == set(range(1, 9))
+
+
+def test_a_missing_package_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv(sources.MRICRON_DIR_ENV, str(tmp_path))
+    sources.load_real_scan.cache_clear()
+    try:
+        with pytest.raises(sources.DatasetError, match="apt-get install mricron-data"):
+            sources.load_real_scan()
+    finally:
+        sources.load_real_scan.cache_clear()
+
+
+def _error_mm(matrix, truth, affine, shape):
+    """Largest displacement error (mm) over the corners of the central half of the reference box."""
+    corners = np.array(np.meshgrid(*[[n / 4, 3 * n / 4] for n in shape], indexing="ij")).reshape(3, -1)
+    points = affine[:3, :3] @ corners + affine[:3, 3:4]
+    points = np.vstack([points, np.ones(points.shape[1])])
+    return float(np.linalg.norm((matrix - truth) @ points, axis=0)[:3].max())
+
+
+@pytest.mark.parametrize(
+    "direction", ["whole head to brain-only reference", "brain only to whole-head reference"]
+)
+def test_alignment_between_whole_head_and_brain_only_recovers_a_known_affine(colin, direction):
+    head, brain, affine = colin
+    scan, reference = (head, brain) if direction.startswith("whole head") else (brain, head)
+    transform = random_transform(np.random.default_rng(3), degrees=15, shift=20, scale=0.05)
+    moved = move_off_atlas(scan, (scan > 0).astype(np.int16), affine, transform, (3.0, 3.0, 3.6), crop=0.1)
+    alignment = register_affine(moved.image, moved.affine, reference, affine)
+    assert alignment.accepted and alignment.metric < alignment.identity_metric
+    assert _error_mm(alignment.matrix, transform, affine, reference.shape) < 4.0  # voxels are 3 mm
+    assert "mutual information" in alignment.summary()
+
+
+def test_the_quality_check_refuses_a_registration_worse_than_none(colin):
+    head, brain, affine = colin
+    transform = random_transform(np.random.default_rng(5), degrees=4, shift=4, scale=0.0)
+    moved = move_off_atlas(head, (head > 0).astype(np.int16), affine, transform, (3.0, 3.0, 3.0), crop=0.0)
+    wrong = np.eye(4)
+    wrong[:3, :3] = np.diag([1.0, -1.0, -1.0])  # upside down and back to front
+    wrong[:3, 3] = [0.0, 30.0, -40.0]
+    refused = register_affine(moved.image, moved.affine, brain, affine, initial=wrong, stages=("rigid",))
+    assert not refused.accepted
+    np.testing.assert_array_equal(refused.matrix, np.eye(4))  # the scan keeps its world coordinates
+    assert refused.metric >= refused.identity_metric
+    assert "worse than the scan's own world coordinates" in refused.summary()
+    unchecked = register_affine(
+        moved.image, moved.affine, brain, affine, initial=wrong, stages=("rigid",), check=False
+    )
+    assert unchecked.warning and not np.allclose(unchecked.matrix, np.eye(4))

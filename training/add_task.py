@@ -1,0 +1,75 @@
+"""``add_task``: place a new task on a label-sharing bundle's size table and fine-tune into a new bundle (the old
+bundle is only read), optionally replaying old tasks' data (Anand et al. 2024, incremental learning)."""
+
+from __future__ import annotations
+
+import torch
+
+from LabelSharingSegLib.engine.errors import InputError, LabelSpaceError
+from LabelSharingSegLib.engine.networks import build_network
+
+from . import bundle_factory as factory
+from .distributed import distributed_session
+from .planning import load_datasets, task_sizes
+from .run_config import AddTaskConfig
+from .run_session import TrainedBundle, claim_outputs, print_summary
+from .task_runs import TaskModelPlan, train_task_model
+from .trainer import StepCallback
+
+
+def widen_state(old_state: dict, new_model: torch.nn.Module) -> dict:
+    """Old weights in the new (possibly wider) network: equal shapes copied; the head's old channels kept."""
+    state = new_model.state_dict()
+    for key, value in old_state.items():
+        if key not in state:
+            continue
+        if state[key].shape == value.shape:
+            state[key] = value.clone()
+        elif key.startswith("head.") and value.shape[1:] == state[key].shape[1:]:
+            state[key][: value.shape[0]] = value
+    return state
+
+
+def add_task(config: AddTaskConfig, on_step: StepCallback | None = None) -> TrainedBundle:
+    from LabelSharingSegLib.engine.bundle import load_bundle
+
+    settings = config.settings
+    checkpoint_dir = claim_outputs(config.out, settings)
+    bundle = load_bundle(config.bundle)
+    if bundle.kind != "labelsharing":
+        raise InputError(f"{config.bundle}: add-task needs a labelsharing bundle, not {bundle.kind}")
+    new = load_datasets([config.data])[0]
+    replay = load_datasets(config.replay) if config.replay else []
+    for d in replay:
+        if d.task_name() not in bundle.task_names():
+            raise InputError(
+                f"--replay {d.root}: task {d.task_name()!r} is not in the bundle "
+                f"(its tasks: {', '.join(bundle.task_names())})"
+            )
+    if new.task_name() in bundle.task_names():
+        raise LabelSpaceError(
+            f"task {new.task_name()!r} is already in {config.bundle}; rename the new dataset"
+        )
+    space = bundle.label_space.place_task(task_sizes(new), widen=config.widen)
+    colors = {t.name: {label.value: label.color for label in t.labels} for t in bundle.tasks}
+    network = bundle.network_config.replace(out_channels=space.n_shared + 1)
+    # the old tasks keep their planes; the new one brings its dataset's
+    planes = {t.name: t.plane for t in bundle.tasks} | {new.task_name(): factory.dataset_plane(new)}
+    plan = TaskModelPlan(
+        "labelsharing",
+        factory.with_planes(factory.labelsharing_tasks(space, colors), planes),
+        space,
+        prep=bundle.preprocessing,
+        network=network,
+        init_state=widen_state(bundle.state_dict, build_network(network)),
+        identity_extra={"base_bundle": bundle.bundle_id},
+        reference=bundle.reference_image() if bundle.has_reference() else None,
+    )
+    with distributed_session(settings.device, settings.threads) as ctx:
+        if ctx.is_main and not settings.quiet:
+            print(space.format_table())
+        trained = train_task_model(
+            plan, [new, *replay], settings, ctx, config.out, checkpoint_dir, on_step=on_step
+        )
+        print_summary(ctx, trained, f"\nOld bundle untouched: {config.bundle}")
+        return trained

@@ -1,0 +1,175 @@
+"""``train_lcs``: label conditioned segmentation with an atlas (Ma et al. 2022) on one dataset with many labels,
+optionally on coarse labels merged through a hierarchy (``--coarse-map``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from LabelSharingSegLib.engine.errors import InputError
+from LabelSharingSegLib.engine.labels import LabelInfo, default_color
+from LabelSharingSegLib.engine.networks import build_network
+from LabelSharingSegLib.engine.preprocessing import resample_to_grid, to_model_grid
+from LabelSharingSegLib.engine.preprocessing_config import Preprocessing
+
+from . import bundle_factory as factory
+from . import run_session as session
+from .datasets import NnUNetDataset, as_volume, load_case
+from .distributed import distributed_session
+from .label_hierarchy import LabelHierarchy, read_coarse_map
+from .methods import LCSMethod
+from .planning import detect_dims, load_datasets, split_cases
+from .run_config import LCSRunConfig
+from .run_identity import RunIdentity
+from .samples import ToAtlasGrid, cache_items
+from .trainer import StepCallback
+
+
+@dataclass(frozen=True)
+class AtlasPlan:
+    """The atlas on the model grid and the (possibly coarse) labels the network learns."""
+
+    case_id: str
+    raw: torch.Tensor  # atlas image on its grid, before normalisation
+    labels: torch.Tensor  # label values (coarse where mapped) on the same grid
+    grid_affine: np.ndarray
+    grid_shape: tuple[int, ...]
+    present: list[int]  # label values present on the grid
+    names: dict[int, str]
+    lut: torch.Tensor  # fine value -> trained value
+    prep: Preprocessing
+
+
+def _label_names(fine: dict[int, str], hierarchy: LabelHierarchy) -> dict[int, str]:
+    names: dict[int, str] = {}
+    for value, name in fine.items():
+        target = hierarchy.fine_to_coarse.get(value, value)
+        names[target] = hierarchy.coarse_names.get(target) or (
+            name if target == value else names.get(target, f"coarse_{target}")
+        )
+    return names
+
+
+def plan_atlas(config: LCSRunConfig, dataset: NnUNetDataset, hierarchy: LabelHierarchy) -> AtlasPlan:
+    settings = config.settings
+    fine_labels = dataset.foreground_labels()
+    unknown = sorted(set(hierarchy.fine_to_coarse) - set(fine_labels))
+    if unknown:
+        raise InputError(f"{config.coarse_map}: fine values {unknown} are not labels of {dataset.root}")
+    names = _label_names(fine_labels, hierarchy)
+    max_value = max(list(fine_labels) + list(names))
+    lut = torch.arange(max_value + 1)
+    for fine, coarse in hierarchy.fine_to_coarse.items():
+        lut[fine] = coarse
+    ids = [c.case_id for c in dataset.training]
+    atlas_id = config.atlas_case or ids[0]
+    if atlas_id not in ids:
+        raise InputError(
+            f"--atlas-case {atlas_id!r} is not a training case of {dataset.root}; "
+            f"choose one of: {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}"
+        )
+    dims, spacing, _ = detect_dims(dataset)
+    spacing = list(settings.spacing or spacing)
+    factor = factory.network_config_for("lcs", [], dims, list(settings.channels)).downsample_factor
+    image, label, affine = load_case(dataset.training[ids.index(atlas_id)])
+    raw, label = as_volume(image[0]), as_volume(label)
+    # only the grid is wanted here: no normalisation, and the patch size is not used
+    probe = factory.make_preprocessing(dims, spacing, [factor] * dims, {"mode": "none"}, factor=factor)
+    grid = to_model_grid(raw, affine, probe)
+    grid_affine, grid_shape = grid.affine.numpy(), tuple(grid.shape[1:])
+
+    def on_grid(volume: np.ndarray, mode: str) -> torch.Tensor:
+        source = torch.as_tensor(volume.astype(np.float32))[None]
+        return resample_to_grid(source, grid_affine, grid_shape, mode=mode, src_affine=affine)[0]
+
+    atlas_labels = lut[on_grid(label, "nearest").round().long()]
+    present = sorted(set(torch.unique(atlas_labels).tolist()) - {0})
+    if not present:
+        raise InputError(f"atlas case {atlas_id!r} has no labels on the model grid")
+    patch = [s + (-s) % factor for s in grid_shape[:dims]]
+    prep = factory.make_preprocessing(dims, spacing, patch, {"mode": settings.intensity}, factor=factor)
+    return AtlasPlan(
+        atlas_id, on_grid(raw, "bilinear"), atlas_labels, grid_affine, grid_shape, present, names, lut, prep
+    )
+
+
+def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> session.TrainedBundle:
+    settings = config.settings
+    checkpoint_dir = session.claim_outputs(config.out, settings)
+    dataset = load_datasets([config.data])[0]
+    hierarchy = read_coarse_map(config.coarse_map) if config.coarse_map else LabelHierarchy({})
+    atlas = plan_atlas(config, dataset, hierarchy)
+    others = [c for c in dataset.training if c.case_id != atlas.case_id]
+    if not others:
+        others = [c for c in dataset.training if c.case_id == atlas.case_id]
+    train_cases, val_cases = split_cases(others, settings.val_fraction, settings.seed)
+    network = factory.network_config_for("lcs", [], atlas.prep.spatial_dims, list(settings.channels))
+    method = LCSMethod(
+        atlas.raw, atlas.labels, atlas.present, network, atlas.prep, merge_prob=config.merge_prob
+    )
+    transform = ToAtlasGrid(atlas.prep, atlas.grid_affine, atlas.grid_shape)
+    max_value = len(atlas.lut) - 1
+
+    def mapped(cases):
+        items = cache_items([(c, 0) for c in cases], transform, settings.cache_workers)
+        for item in items:
+            item["label"] = atlas.lut[item["label"].clamp(0, max_value)]
+        return method.prepare_items(items)
+
+    with distributed_session(settings.device, settings.threads) as ctx:
+        items = mapped(train_cases)
+        val_items = mapped(val_cases) if ctx.is_main else []
+        method.make_sampler(
+            items, settings.foreground_prob, settings.augment, settings.pipeline_settings(), ctx.device
+        )
+        options = session.train_options(settings, checkpoint_dir, len(train_cases), ctx.world_size)
+        torch.manual_seed(settings.seed)
+        model = build_network(network)
+        coarse_pairs = sorted(hierarchy.fine_to_coarse.items())
+        identity = RunIdentity(
+            method="lcs",
+            network=network,
+            preprocessing=atlas.prep,
+            train_cases=tuple(c.case_id for c in train_cases),
+            val_cases=tuple(c.case_id for c in val_cases),
+            settings=settings,
+            world_size=ctx.world_size,
+            method_specific={
+                "atlas_case": atlas.case_id,
+                "coarse_map": {str(k): v for k, v in coarse_pairs},
+                "labels": atlas.present,
+                "merge_prob": config.merge_prob,
+            },
+        )
+        result = session.run_loop(method, model, val_items, options, ctx, identity, on_step)
+        if ctx.is_main:
+            meta = session.training_meta(
+                "lcs",
+                result,
+                options,
+                [dataset],
+                [c.case_id for c in val_cases],
+                ctx.world_size,
+                atlas_case=atlas.case_id,
+                coarse_map=[[f, c] for f, c in coarse_pairs],
+                fine_labels=[[v, n] for v, n in sorted(dataset.foreground_labels().items())],
+            )
+            factory.write_lcs_bundle(
+                config.out,
+                atlas.raw.numpy(),
+                atlas.labels.numpy().astype(np.int16),
+                atlas.grid_affine,
+                [LabelInfo(v, atlas.names[v], default_color(v)) for v in atlas.present],
+                atlas.prep,
+                channels=list(settings.channels),
+                state_dict=result.state_dict,
+                name=settings.name or config.out.name,
+                training=meta,
+            )
+            session.mark_bundle_written(checkpoint_dir, config.out)
+        ctx.barrier()
+        trained = session.TrainedBundle(config.out, result, options)
+        session.print_summary(ctx, trained)
+        return trained

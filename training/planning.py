@@ -1,0 +1,108 @@
+"""Planning a training run from its datasets: unique tasks, the train/validation split, label sizes, the model grid
+(dimensionality, spacing, patch) and the preprocessing written into the bundle. Reads data; trains nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from LabelSharingSegLib.engine.errors import InputError
+from LabelSharingSegLib.engine.labelspace import SharedLabelSpace, average_relative_sizes
+from LabelSharingSegLib.engine.nifti_io import load_nifti
+from LabelSharingSegLib.engine.preprocessing_config import Preprocessing
+
+from . import bundle_factory as factory
+from .datasets import NnUNetDataset, require_valid_dataset
+from .run_config import TrainSettings
+from .samples import spacing_in_model_axes
+
+
+def load_datasets(paths) -> list[NnUNetDataset]:
+    """Checked datasets whose task names are unique (they name output channels and folders)."""
+    datasets = [require_valid_dataset(p) for p in paths]
+    names = [d.task_name() for d in datasets]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise InputError(
+            f"task names must be unique, but {', '.join(repeated)} appear(s) more than once "
+            "(set a distinct 'name' in each dataset.json)"
+        )
+    return datasets
+
+
+def split_cases(cases, fraction: float, seed: int):
+    """(train, validation) split of training cases, deterministic in the seed; at least one of each when the
+    fraction is positive and there are 3 or more cases."""
+    cases = list(cases)
+    if fraction <= 0 or len(cases) < 3:
+        return cases, []
+    order = np.random.default_rng(seed).permutation(len(cases))
+    n_val = min(len(cases) - 1, max(1, int(round(fraction * len(cases)))))
+    val = {int(i) for i in order[:n_val]}
+    return [c for i, c in enumerate(cases) if i not in val], [c for i, c in enumerate(cases) if i in val]
+
+
+def task_sizes(dataset: NnUNetDataset):
+    """Average relative label sizes of a task (what the shared label space is built from)."""
+    maps = (load_nifti(case.label_path, dtype=np.int32)[0] for case in dataset.training)
+    return average_relative_sizes(maps, dataset.foreground_labels(), dataset.task_name())
+
+
+def detect_dims(dataset: NnUNetDataset) -> tuple[int, list[float], list[int]]:
+    """(spatial dims, median spacing on the model axes, median shape) over the training cases."""
+    import nibabel as nib
+
+    shapes, affines = [], []
+    for case in dataset.training:
+        header = nib.load(str(case.image_paths[0]))
+        shapes.append(list(header.shape[:3]) + [1] * (3 - len(header.shape[:3])))
+        affines.append(header.affine)
+    dims = 2 if all(s[2] == 1 for s in shapes) else 3
+    spacing = np.median([spacing_in_model_axes(a, dims) for a in affines], axis=0).tolist()
+    return dims, [float(s) for s in spacing], [int(s) for s in np.median(shapes, axis=0)]
+
+
+def plan_preprocessing(settings: TrainSettings, datasets: list[NnUNetDataset], factor: int) -> Preprocessing:
+    """Preprocessing of a task run: the data's grid unless ``settings`` chooses spacing and patch."""
+    dims, spacing, shape = detect_dims(datasets[0])
+    for other in datasets[1:]:
+        if detect_dims(other)[0] != dims:
+            raise InputError("all tasks must be 2D or all 3D; mixed dimensionality found")
+    spacing = list(settings.spacing or spacing)
+    if len(spacing) != dims:
+        raise InputError(f"--spacing needs {dims} values for {dims}D data")
+    patch = settings.patch
+    if patch is None:
+        cap = 128 if dims == 2 else 64
+        patch = [min(cap, s + (-s) % factor) for s in shape[:dims]]
+    if len(patch) != dims:
+        raise InputError(f"--patch needs {dims} values for {dims}D data")
+    return factory.make_preprocessing(dims, spacing, list(patch), {"mode": settings.intensity}, factor=factor)
+
+
+def task_infos(kind: str, datasets: list[NnUNetDataset]) -> tuple[list, SharedLabelSpace | None]:
+    """The bundle's task table (and the shared label space for label sharing)."""
+    task_labels = {d.task_name(): d.foreground_labels() for d in datasets}
+    planes = {d.task_name(): factory.dataset_plane(d) for d in datasets}  # 2D: the plane slices were cut in
+    if kind == "labelsharing":
+        space = SharedLabelSpace.build([task_sizes(d) for d in datasets])
+        return factory.with_planes(factory.labelsharing_tasks(space), planes), space
+    if kind == "multichannel":
+        return factory.with_planes(factory.multichannel_tasks(task_labels), planes), None
+    return factory.with_planes(factory.per_task_rank_tasks(task_labels), planes), None
+
+
+def reference_image(path: Path | None, prep: Preprocessing):
+    """(image, affine) of ``--reference``, checked before any training time is spent; None without it."""
+    if path is None:
+        return None
+    image, affine = load_nifti(path)
+    if prep.spatial_dims != 3 or image.ndim != 3 or min(image.shape) < 4:
+        raise InputError(
+            f"{path}: a reference must be a 3D image for a 3D bundle (this bundle is "
+            f"{prep.spatial_dims}D, the image has shape {image.shape})"
+        )
+    if not np.all(np.isfinite(image)):
+        raise InputError(f"{path}: the reference image holds NaN/Inf voxels")
+    return image, affine

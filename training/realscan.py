@@ -1,0 +1,268 @@
+"""The demo's "a real scan as it comes from the scanner" section.
+
+The scan is Colin 27 (Debian ``mricron-data``): one person's whole head - skull, scalp, neck - that no
+training case was made from (training uses the brain-only ICBM templates). The file is stored in MNI space,
+so it is first put in a scanner pose: head tilted and shifted by a fixed rigid transform and resampled onto a
+scanner grid; the AAL regions drawn on this very brain are moved identically and are the truth.
+
+Every shipped bundle segments it with default settings (LCS: automatic alignment, and for comparison
+``--align off``). Dice is computed where truth exists: LCS coarse labels (AAL merged by the bundle's
+hierarchy) over the whole brain; the 2D tasks inside the slab of slices they were trained on (their plane and
+slab, in MNI millimetres), for the labels AAL also defines.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from LabelSharingSegLib.engine.atomic import write_text_atomic
+from LabelSharingSegLib.engine.bundle import load_bundle
+from LabelSharingSegLib.engine.inference import segment_atlas_labels, segment_task
+from LabelSharingSegLib.engine.nifti_io import save_nifti
+
+from .data import sources
+
+# rotation (degrees about R, A, S) and shift (mm) of the head in the scanner, relative to MNI space
+SCANNER_ROTATION_DEG = (14.0, -5.0, 7.0)
+SCANNER_SHIFT_MM = (6.0, -12.0, 18.0)
+# AAL names -> the Neuromorphometrics names the coronal task uses, where both atlases define the structure
+AAL_TO_SUBCORTICAL = {
+    f"{aal}_{side[0]}": f"{side}_{nmm}"
+    for aal, nmm in (
+        ("Thalamus", "Thalamus_Proper"),
+        ("Caudate", "Caudate"),
+        ("Putamen", "Putamen"),
+        ("Pallidum", "Pallidum"),
+        ("Hippocampus", "Hippocampus"),
+        ("Amygdala", "Amygdala"),
+    )
+    for side in ("Left", "Right")
+}
+
+
+@dataclass(frozen=True)
+class ScannerScan:
+    image: np.ndarray
+    affine: np.ndarray
+    truth: np.ndarray  # AAL values (names[v - 1]) on the scan grid
+    names: tuple[str, ...]
+    mni_from_world: np.ndarray  # scan world (RAS mm) -> MNI mm
+
+
+def scanner_transform() -> np.ndarray:
+    """MNI world -> scanner world: the fixed head pose of the demo's real scan."""
+    from scipy.spatial.transform import Rotation
+
+    transform = np.eye(4)
+    transform[:3, :3] = Rotation.from_euler("xyz", SCANNER_ROTATION_DEG, degrees=True).as_matrix()
+    transform[:3, 3] = SCANNER_SHIFT_MM
+    return transform
+
+
+def scanner_scan(spacing: float) -> ScannerScan:
+    """Colin 27 in the scanner pose, on a scanner-aligned sagittal grid (voxel axes A, S, R; ``spacing`` mm
+    in plane, 1.2 x ``spacing`` between slices) covering the whole head."""
+    import torch
+
+    from LabelSharingSegLib.engine.preprocessing import resample_to_grid
+
+    real = sources.load_real_scan()
+    transform = scanner_transform()
+    moved = transform @ real.affine
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in real.image.shape], indexing="ij")).reshape(3, -1)
+    world = moved[:3, :3] @ corners + moved[:3, 3:4]
+    low, high = world.min(axis=1), world.max(axis=1)
+    affine = np.eye(4)
+    shape = []
+    for column, (axis, step) in enumerate(zip((1, 2, 0), (spacing, spacing, 1.2 * spacing))):
+        affine[:3, column] = 0.0
+        affine[axis, column] = step
+        affine[axis, 3] = low[axis]
+        shape.append(int((high[axis] - low[axis]) / step) + 1)
+
+    def carry(array, mode):
+        data = torch.as_tensor(np.array(array, dtype=np.float32))[None]
+        return resample_to_grid(data, affine, tuple(shape), mode=mode, src_affine=moved)[0].numpy()
+
+    image = carry(real.image, "bilinear").astype(np.float32)
+    truth = carry(real.truth.array, "nearest").round().astype(np.int16)
+    return ScannerScan(image, affine, truth, real.truth.names, np.linalg.inv(transform))
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return float("nan") if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def _slab_mask(scan: ScannerScan, task: str) -> np.ndarray | None:
+    """Voxels of the scan inside the slab of slices ``task`` was trained on (None: not a demo task)."""
+    from .data.build import PLANE_AXIS, SETS
+
+    spec = next((s for s in SETS["multitask"] if s.name == task), None)
+    if spec is None or spec.slab_mm is None or spec.plane is None:
+        return None
+    index = np.indices(scan.image.shape, dtype=np.float32).reshape(3, -1)
+    world = scan.affine[:3, :3] @ index + scan.affine[:3, 3:4]
+    mni = scan.mni_from_world[:3, :3] @ world + scan.mni_from_world[:3, 3:4]
+    position = mni[PLANE_AXIS[spec.plane]]
+    if spec.both_hemispheres:
+        position = np.abs(position)
+    low, high = spec.slab_mm
+    return ((position >= low) & (position <= high)).reshape(scan.image.shape)
+
+
+def _truth_for_task(scan: ScannerScan, labels) -> dict[int, np.ndarray]:
+    """Task label value -> truth mask, for the task labels AAL defines (coarse lobes or deep grey)."""
+    truth: dict[int, np.ndarray] = {}
+    coarse = sources.aal_coarse_lookup(scan.names)[scan.truth]
+    for label in labels:
+        if label.name in sources.AAL_COARSE_NAMES:
+            truth[label.value] = coarse == sources.AAL_COARSE_NAMES.index(label.name) + 1
+        else:
+            regions = [i + 1 for i, n in enumerate(scan.names) if AAL_TO_SUBCORTICAL.get(n) == label.name]
+            if regions:
+                truth[label.value] = np.isin(scan.truth, regions)
+    return truth
+
+
+def real_scan_example(out: Path, bundles: tuple[Path, Path], device: str, spacing: float) -> dict:
+    """Segment the real scan with every shipped bundle; write results, overlays and ``realscan.csv``."""
+    from .demo import _network, _say, save_overlay, write_result
+
+    scan = scanner_scan(spacing)
+    target = out / "results" / "realscan"
+    target.mkdir(parents=True, exist_ok=True)
+    save_nifti(target / "scan_image.nii.gz", scan.image, scan.affine)
+    save_nifti(target / "scan_truth_aal.nii.gz", scan.truth.astype(np.int16), scan.affine)
+    rows: list[dict] = []
+    files: list[Path] = []
+    figures: list[Path] = []
+    alignment_lines: list[str] = []
+
+    ls = load_bundle(bundles[0])
+    network = _network(ls, device)
+    for task in ls.tasks:
+        result = segment_task(ls, scan.image, scan.affine, task.name, device=device, network=network)
+        files += write_result(
+            target, f"labelsharing_{task.name}", result.labelmap, scan.affine, result.labels
+        )
+        slab = _slab_mask(scan, task.name)
+        truth = _truth_for_task(scan, result.labels)
+        shown = np.zeros_like(result.labelmap)
+        for label in result.labels:
+            if label.value in truth and slab is not None:
+                dice = _dice((result.labelmap == label.value) & slab, truth[label.value] & slab)
+                rows.append(_row("label sharing", task.name, "no alignment (2D)", label.name, dice))
+                shown[truth[label.value]] = label.value
+        panels = [("label sharing", result.labelmap)]
+        if truth:
+            panels.insert(0, ("truth (AAL on this brain)", shown))
+        figures.append(
+            save_overlay(
+                out / "figures" / f"realscan_labelsharing_{task.name}.png",
+                scan.image,
+                panels,
+                result.labels,
+                f"Real whole-head scan, label sharing task {task.name} ({task.plane or 'third voxel axis'})",
+            )
+        )
+        _say(f"real scan, label sharing {task.name}: wrote {files[-3]}")
+
+    lcs = load_bundle(bundles[1])
+    network = _network(lcs, device)
+    atlas_map, _, coarse_labels = lcs.atlas_labels()
+    masks = np.stack([atlas_map == label.value for label in coarse_labels])
+    truth = _truth_for_task(scan, coarse_labels)
+    panels = [("truth (AAL lobes on this brain)", sum(v * m for v, m in truth.items()).astype(np.int16))]
+    for mode, align in (("aligned automatically (default)", None), ("--align off", False)):
+        result = segment_atlas_labels(
+            lcs, scan.image, scan.affine, masks, coarse_labels, device=device, network=network, align=align
+        )
+        if result.alignment is not None:
+            alignment_lines.append(result.alignment.summary())
+            _say(f"real scan: {result.alignment.summary()}")
+        for label in coarse_labels:
+            dice = _dice(result.labelmap == label.value, truth[label.value])
+            rows.append(_row("LCS", "coarse atlas labels", mode, label.name, dice))
+        if align is None:
+            files += write_result(target, "lcs_coarse", result.labelmap, scan.affine, result.labels)
+        panels.append((f"LCS, {mode}", result.labelmap))
+    figures.append(
+        save_overlay(
+            out / "figures" / "realscan_lcs.png",
+            scan.image,
+            panels,
+            coarse_labels,
+            "Real whole-head scan, LCS with its trained coarse labels",
+        )
+    )
+    csv_path = target / "realscan.csv"
+    _write_rows(csv_path, rows)
+    return {"files": files, "figures": figures, "csv": csv_path, "alignment": alignment_lines}
+
+
+def _row(bundle: str, task: str, mode: str, label: str, dice: float) -> dict:
+    return {"bundle": bundle, "task": task, "mode": mode, "label_name": label, "dice": dice}
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(
+        buffer, fieldnames=["bundle", "task", "mode", "label_name", "dice"], lineterminator="\n"
+    )
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def real_scan_numbers(csv_path: Path) -> dict[tuple[str, str, str], tuple[float, int]]:
+    """(bundle, task, mode) -> (mean Dice, labels scored), read from ``realscan.csv``."""
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    numbers: dict[tuple[str, str, str], tuple[float, int]] = {}
+    for key in dict.fromkeys((r["bundle"], r["task"], r["mode"]) for r in rows):
+        values = [float(r["dice"]) for r in rows if (r["bundle"], r["task"], r["mode"]) == key]
+        values = [v for v in values if not math.isnan(v)]
+        numbers[key] = (sum(values) / len(values) if values else float("nan"), len(values))
+    return numbers
+
+
+def report_lines(out: Path, info: dict, demo_numbers: dict) -> list[str]:
+    """The report section; ``demo_numbers`` (from ``report_numbers``) gives the figures on the test cases."""
+    rel = lambda p: Path(p).resolve().relative_to(out.resolve()).as_posix()  # noqa: E731
+    numbers = real_scan_numbers(Path(info["csv"]))
+    rx, ry, rz = SCANNER_ROTATION_DEG
+    lines = [
+        "## A real scan as it comes from the scanner",
+        "",
+        "Colin 27 (Debian package `mricron-data`, `ch2.nii.gz`): one person's whole head with skull, scalp and "
+        "neck, never used for training (training cases come from the brain-only ICBM templates). The file is "
+        f"stored in MNI space, so it is placed in a scanner pose (head rotated {rx:g}/{ry:g}/{rz:g} degrees "
+        f"about the R/A/S axes and shifted {SCANNER_SHIFT_MM} mm) and resampled onto a scanner grid. Truth: "
+        "the AAL regions drawn on this brain (`aal.nii.gz`), moved identically. 2D tasks are scored inside "
+        "the slab of slices they were trained on, for the labels AAL also defines.",
+        "",
+        "| bundle | task | alignment | labels scored | mean Dice | on the demo's test cases |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (bundle, task, mode), (dice, count) in numbers.items():
+        if bundle == "LCS":
+            reference = demo_numbers.get("lcs_coarse", {}).get("dice", float("nan"))
+        else:
+            reference = demo_numbers.get("labelsharing", {}).get(task, {}).get("dice", float("nan"))
+        lines.append(f"| {bundle} | {task} | {mode} | {count} | {_f(dice)} | {_f(reference)} |")
+    lines += ["", "Alignment quality (LCS, default settings):", ""]
+    lines += [f"- {line}" for line in info["alignment"]] or ["- (no alignment)"]
+    lines += [""] + [f"![real scan]({rel(p)})" for p in info["figures"]]
+    lines += ["", "Files: " + ", ".join(f"`{rel(f)}`" for f in info["files"] if str(f).endswith(".seg.nrrd"))]
+    return lines
+
+
+def _f(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3f}"

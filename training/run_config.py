@@ -1,0 +1,260 @@
+"""Typed run configurations of the training API (``train_tasks``, ``train_lcs``, ``add_task``).
+
+The command line (``train_cli.py``) only turns its arguments into these frozen objects; the demo, experiments and
+tests build them directly. Every value is checked here, when the object is made, so a bad option is refused with
+one clear line before any file is written.
+
+``TrainSettings`` holds what every run shares: the budget, optimisation, sampling, network and preprocessing
+choices, and how the run is watched and checkpointed. Only the watched part (``RESUME_MAY_CHANGE``) may differ on
+``--resume``; everything else is part of the run's identity (``run_identity.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from LabelSharingSegLib.engine.bundle_kind import TASK_KINDS as BUNDLE_TASK_KINDS
+from LabelSharingSegLib.engine.errors import InputError
+
+from .appearance import parse_appearance
+from .pipeline import PipelineSettings
+
+TASK_KINDS = tuple(kind.value for kind in BUNDLE_TASK_KINDS)
+OPTIMIZERS = ("adamw", "adam")
+SCHEDULES = ("cosine", "poly", "constant")
+AMP_MODES = ("auto", "bf16", "off")
+INTENSITY_MODES = ("zscore", "percentile", "ct_window", "none")
+DEFAULT_CHANNELS = (8, 16, 32, 64, 128)
+DEFAULT_STEPS = 1000
+
+# What ``--resume`` may change: how long to train and how the run is watched. A larger ``steps`` continues the run;
+# the lr schedule is then recomputed for the new total. Everything else must match the checkpoint.
+RESUME_MAY_CHANGE = (
+    "steps",
+    "epochs",
+    "time_limit_min",
+    "val_every",
+    "checkpoint_every",
+    "quiet",
+    "tensorboard",
+    "name",
+    "out",
+    "device",
+    "cache_workers",
+    "loader_workers",
+    "threads",
+    "compile",
+    "channels_last",
+    "fused_optimizer",
+    "sync_data_timing",
+)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise InputError(message)
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _positive_ints(values, what: str) -> tuple[int, ...]:
+    values = tuple(values)
+    _require(
+        bool(values) and all(isinstance(v, int) and v > 0 for v in values),
+        f"{what} must be positive integers, got {list(values)}",
+    )
+    return values
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Options shared by every training run (defaults are the command line's)."""
+
+    steps: int | None = None  # None: from ``epochs``, else DEFAULT_STEPS
+    epochs: int | None = None
+    time_limit_min: float | None = None
+    batch: int = 2
+    patch: tuple[int, ...] | None = None
+    seed: int = 0
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    schedule: str = "cosine"
+    warmup: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    foreground_prob: float = 0.5
+    augment: bool = True
+    cache_workers: int = 0
+    channels: tuple[int, ...] = DEFAULT_CHANNELS
+    spacing: tuple[float, ...] | None = None
+    intensity: str = "zscore"
+    val_fraction: float = 0.2
+    val_every: int = 0  # 0: ten times per run
+    checkpoint_every: int = 50
+    checkpoint_dir: Path | None = None  # None: OUT + '.training'
+    resume: bool = False
+    quiet: bool = False
+    tensorboard: bool = False
+    name: str = ""
+    # input pipeline and speed (pipeline.py, threads.py, docs/PERFORMANCE.md)
+    pipeline: str = "device"  # device | legacy
+    appearance: tuple[str, ...] = ()  # appearance.APPEARANCE_CHOICES
+    elastic: bool = True
+    loader_workers: int | None = None  # None: automatic
+    threads: int | None = None  # None: affinity / LOCAL_WORLD_SIZE (threads.py)
+    compile: bool = False
+    channels_last: bool = False
+    fused_optimizer: str = "auto"
+    sync_data_timing: bool = False  # lsseg bench train: exact data time on CUDA
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "epochs"):
+            value = getattr(self, key)
+            _require(
+                value is None or (isinstance(value, int) and value >= 1), f"--{key} must be >= 1, got {value}"
+            )
+        limit = self.time_limit_min
+        _require(
+            limit is None or (_finite(limit) and limit > 0),
+            f"--time-limit must be a positive number of minutes, got {limit}",
+        )
+        _require(self.batch >= 1, f"--batch must be >= 1, got {self.batch}")
+        if self.patch is not None:
+            object.__setattr__(self, "patch", _positive_ints(self.patch, "--patch"))
+        _require(_finite(self.lr) and self.lr > 0, f"--lr must be a positive finite number, got {self.lr}")
+        _require(
+            _finite(self.weight_decay) and self.weight_decay >= 0,
+            f"--weight-decay must be a finite number >= 0, got {self.weight_decay}",
+        )
+        _require(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
+        _require(self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}")
+        _require(self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}")
+        _require(
+            self.intensity in INTENSITY_MODES, f"--intensity must be one of {', '.join(INTENSITY_MODES)}"
+        )
+        _require(self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}")
+        _require(0 <= self.seed < 2**32, f"--seed must be between 0 and 2**32-1, got {self.seed}")
+        _require(
+            _finite(self.foreground_prob) and 0 <= self.foreground_prob <= 1,
+            f"--foreground-prob must be between 0 and 1, got {self.foreground_prob}",
+        )
+        _require(self.cache_workers >= 0, f"--cache-workers must be >= 0, got {self.cache_workers}")
+        object.__setattr__(self, "channels", _positive_ints(self.channels, "--channels"))
+        _require(len(self.channels) >= 2, f"--channels needs at least 2 levels, got {list(self.channels)}")
+        if self.spacing is not None:
+            spacing = tuple(float(s) for s in self.spacing)
+            _require(
+                bool(spacing) and all(_finite(s) and s > 0 for s in spacing),
+                f"--spacing must be positive millimetres, got {list(spacing)}",
+            )
+            object.__setattr__(self, "spacing", spacing)
+        _require(
+            _finite(self.val_fraction) and 0 <= self.val_fraction < 1,
+            f"--val-fraction must be at least 0 and below 1, got {self.val_fraction}",
+        )
+        _require(self.val_every >= 0, f"--val-every must be >= 0, got {self.val_every}")
+        _require(self.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
+        if self.checkpoint_dir is not None:
+            object.__setattr__(self, "checkpoint_dir", Path(self.checkpoint_dir))
+        names = self.appearance if isinstance(self.appearance, str) else ",".join(self.appearance)
+        object.__setattr__(self, "appearance", parse_appearance(names or "none"))
+        _require(self.threads is None or self.threads >= 1, f"--threads must be >= 1, got {self.threads}")
+        _require(
+            self.fused_optimizer in ("auto", "on", "off"), "--fused-optimizer must be one of auto, on, off"
+        )
+        self.pipeline_settings()  # checks --pipeline, --loader-workers and --appearance together
+
+    def pipeline_settings(self) -> PipelineSettings:
+        return PipelineSettings(
+            kind=self.pipeline,
+            augment=self.augment,
+            elastic=self.elastic,
+            appearance=self.appearance,
+            loader_workers=self.loader_workers,
+        )
+
+    def checkpoint_dir_for(self, out: Path) -> Path:
+        return (
+            self.checkpoint_dir if self.checkpoint_dir is not None else out.with_name(out.name + ".training")
+        )
+
+    def total_steps(self, n_train: int, world_size: int) -> int:
+        if self.steps is not None:
+            return self.steps
+        if self.epochs is not None:
+            return self.epochs * max(1, -(-n_train // (self.batch * world_size)))
+        return DEFAULT_STEPS
+
+    def with_changes(self, **changes) -> TrainSettings:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class TaskRunConfig:
+    """``train_tasks``: label sharing or a task baseline over several datasets.
+
+    ``individual`` writes one bundle per task into the folder ``out``."""
+
+    kind: str
+    data: tuple[Path, ...]
+    out: Path
+    settings: TrainSettings = field(default_factory=TrainSettings)
+    reference: Path | None = None
+
+    def __post_init__(self) -> None:
+        _require(
+            self.kind in TASK_KINDS, f"unknown task method {self.kind!r}; choose {', '.join(TASK_KINDS)}"
+        )
+        object.__setattr__(self, "data", tuple(Path(p) for p in self.data))
+        _require(bool(self.data), "--data needs at least one dataset folder")
+        object.__setattr__(self, "out", Path(self.out))
+        if self.reference is not None:
+            object.__setattr__(self, "reference", Path(self.reference))
+
+
+@dataclass(frozen=True)
+class LCSRunConfig:
+    """``train_lcs``: an atlas-conditioned network on one dataset (Ma et al. 2022)."""
+
+    data: Path
+    out: Path
+    settings: TrainSettings = field(default_factory=TrainSettings)
+    atlas_case: str | None = None
+    coarse_map: Path | None = None
+    merge_prob: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", Path(self.data))
+        object.__setattr__(self, "out", Path(self.out))
+        if self.coarse_map is not None:
+            object.__setattr__(self, "coarse_map", Path(self.coarse_map))
+        _require(
+            _finite(self.merge_prob) and 0 <= self.merge_prob <= 1,
+            f"--merge-prob must be between 0 and 1, got {self.merge_prob}",
+        )
+
+
+@dataclass(frozen=True)
+class AddTaskConfig:
+    """``add_task``: place a new task in a label-sharing bundle and fine-tune into a new bundle."""
+
+    bundle: Path
+    data: Path
+    out: Path
+    settings: TrainSettings = field(default_factory=TrainSettings)
+    replay: tuple[Path, ...] = ()
+    widen: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bundle", Path(self.bundle))
+        object.__setattr__(self, "data", Path(self.data))
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "replay", tuple(Path(p) for p in self.replay))
+
+
+RunConfig = TaskRunConfig | LCSRunConfig | AddTaskConfig
