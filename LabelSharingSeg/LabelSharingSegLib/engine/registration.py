@@ -205,8 +205,11 @@ def _method(pair: _Pair, seed: int, *, shrink, sigmas, iterations: int, percenta
         gradientMagnitudeTolerance=1e-6,
     )
     method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel(list(shrink))
-    method.SetSmoothingSigmasPerLevel(list(sigmas))
+    # a level is only worth it while the fixed image keeps at least 8 voxels along its shortest axis
+    smallest = min(pair.fixed.GetSize())
+    levels = [(f, s) for f, s in zip(shrink, sigmas) if f == 1 or smallest // f >= 8] or [(1, 0.0)]
+    method.SetShrinkFactorsPerLevel([f for f, _ in levels])
+    method.SetSmoothingSigmasPerLevel([s for _, s in levels])
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     return method
 
@@ -280,11 +283,8 @@ def _best_start(pair: _Pair, seed: int, progress) -> tuple[object, str]:
         value = _evaluate(pair, transform, seed)
         if value < best_value:
             best, best_value, best_name = transform, value, name
-    if best is None:
-        raise InputError(
-            "automatic alignment found no starting pose where the scan and the reference overlap; check "
-            "that the scan shows the same anatomy as the bundle's reference, or turn alignment off"
-        )
+    if best is None:  # no short run succeeded (e.g. a tiny image): the full stages start from the best score
+        best_name, best = scored[0]
     return best, best_name
 
 
