@@ -91,6 +91,7 @@ def test_atlas_labels_in_a_worker_process_equal_the_console_path(scene, lcs_bund
     image = np.random.default_rng(4).normal(40, 10, size=(22, 19, 15)).astype(np.float32)
     volume = geo.createScalarVolumeNode(scene, "target", image, target)
     run = logic.prepareSegmentAtlasLabels(volume, atlasSegmentation, [drawn, "left blob"])
+    assert run.methodOptions == {"align": False}
     worker = logic.startWorker(run)
     output = logic.applyRun(run, worker.result(TIMEOUT_S))
     expected = logic.segmentAtlasLabels(volume, atlasSegmentation, [drawn, "left blob"])

@@ -196,6 +196,7 @@ def test_worker_command_line_reports_progress_lines_and_refuses_existing_outputs
         fractions = [e["fraction"] for e in events if e["event"] == "progress"]
         assert len(fractions) >= 3 and fractions == sorted(fractions)
         assert events[-1]["event"] == "done" and Path(events[-1]["output"]).is_file()
+        assert events[-1]["alignment"] == ""  # this bundle has no reference: nothing was aligned
         before = Path(job.request.output).read_bytes()
         again = subprocess.run(
             job.command, env=job.environment(), capture_output=True, text=True, timeout=TIMEOUT_S
@@ -278,3 +279,21 @@ def test_runner_checks_the_atlas_masks(lcs_bundle_path, tmp_path):
     with pytest.raises(InputError, match="expected a 4D mask volume with 1 masks"):
         runRequest(request, lambda event: None)
     job.cleanup()
+
+
+def test_result_carries_the_alignment_report(tmp_path):
+    from LabelSharingSegLib.engine.nifti_io import save_nifti
+
+    request = WorkerRequest.fromDict(
+        _request(output=str(tmp_path / "map.nii.gz"), labelsOutput=str(tmp_path / "labels.json"))
+    )
+    save_nifti(request.output, np.ones((3, 4, 5), np.int16), np.eye(4))
+    Path(request.labelsOutput).write_text(labelsToJson([LabelInfo(1, "a", (1.0, 0.0, 0.0))]))
+    job = WorkerJob(request, tmp_path)
+    done = WorkerEvent("done", output=request.output, labelsOutput=request.labelsOutput, seconds=1.5)
+    done.alignment, done.alignmentAccepted = "alignment refused: overlap 0.12", False
+    job.feed(done.toLine())  # the last line may come without a newline
+    job.finish(0)
+    result = job.result()
+    assert result.alignment.summary() == "alignment refused: overlap 0.12" and not result.alignment.accepted
+    assert result.labelmap.shape == (3, 4, 5) and result.seconds == 1.5 and result.labels[0].name == "a"

@@ -8,4 +8,5 @@ bash "$root/scripts/system_data.sh"
 cd "$root"
 "$venv/bin/ruff" check .
 "$venv/bin/ruff" format --check .
+"$venv/bin/mypy"  # the engine (settings in pyproject.toml)
 exec "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@"

@@ -159,6 +159,7 @@ def _predict_logits(
             sw_device=device,
             device=torch.device("cpu"),
         )
+    assert isinstance(logits, torch.Tensor)  # one network output, not a tuple or dict
     return logits[0] if dims == 3 else logits.permute(1, 2, 3, 0)
 
 

@@ -170,11 +170,12 @@ class SharedLabelSpace:
         mapping: dict[int, int] = {}
         next_index = n_old + 1
         for position, value in enumerate(ranked):
-            if chosen[position] is None:  # more labels than shared labels: append
+            slot = chosen[position]
+            if slot is None:  # more labels than shared labels: append
                 mapping[value] = next_index
                 next_index += 1
             else:
-                mapping[value] = chosen[position] + 1
+                mapping[value] = slot + 1
         tasks = dict(self._tasks)
         tasks[task.task] = task
         assignment = dict(self._assignment)
@@ -312,7 +313,8 @@ def _order_preserving_assignment(new_sizes: list[float], ref_sizes: list[float])
     for i in range(1, n + 1):
         for j in range(0, m + 1):
             for k in range(0, skips_allowed + 1):
-                best, arg = inf, None
+                arg: tuple[int, int, int, int | None] | None = None
+                best = inf
                 if j >= 1 and cost[i][j - 1][k] < best:  # position j-1 left empty
                     best, arg = cost[i][j - 1][k], (i, j - 1, k, None)
                 if j >= 1:

@@ -108,7 +108,7 @@ def to_model_grid(image: np.ndarray, affine: np.ndarray, prep: Preprocessing):
         else:
             # non-positive pixdim keeps that axis' spacing: resample in-plane only
             tensor = Spacing(pixdim=spacing[:2] + [-1.0], mode="bilinear", padding_mode="border")(tensor)
-    tensor.array = normalise_intensity(tensor.as_tensor(), prep.intensity)
+    tensor.array = normalise_intensity(tensor.as_tensor(), prep.intensity)  # type: ignore[attr-defined]  # a MONAI MetaTensor
     return tensor
 
 

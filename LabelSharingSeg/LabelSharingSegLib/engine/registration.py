@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -154,10 +155,10 @@ def _working_grid(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np
 class _Pair:
     """Both images prepared for SimpleITK: scaled intensities, foreground masks, their centres (LPS mm)."""
 
-    fixed: object
-    moving: object
-    fixed_mask: object
-    moving_mask: object
+    fixed: Any  # SimpleITK.Image (SimpleITK is imported lazily)
+    moving: Any
+    fixed_mask: Any
+    moving_mask: Any
     fixed_centre: np.ndarray
     moving_centre: np.ndarray
     fixed_top: float  # highest superior (S) coordinate of the foreground, RAS mm

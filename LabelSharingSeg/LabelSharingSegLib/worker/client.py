@@ -37,15 +37,27 @@ _LOG_TAIL_CHARS = 2000
 _MAX_LINE_CHARS = 1 << 20  # a longer line without newline is not a protocol event: drop it
 
 
+@dataclass(frozen=True)
+class ReportedAlignment:
+    """The worker's account of the automatic alignment (what the caller shows; the matrix stays there)."""
+
+    text: str
+    accepted: bool
+
+    def summary(self) -> str:
+        return self.text
+
+
 @dataclass
 class WorkerResult:
-    """A finished run read back from the worker's files."""
+    """A finished run read back from the worker's files (attributes as the engine's SegmentationResult)."""
 
     labelmap: np.ndarray
     affine: np.ndarray
     labels: list  # LabelInfo
     seconds: float
     device_note: str | None
+    alignment: ReportedAlignment | None = None
 
 
 @dataclass
@@ -223,7 +235,9 @@ class WorkerJob:
             for s in labelsFromJson(Path(self.request.labelsOutput).read_text(encoding="utf-8"))
         ]
         labelmap, affine = load_nifti(self.request.output, dtype=np.int32)
-        return WorkerResult(labelmap, affine, labels, self._done.seconds, self._done.deviceNote or None)
+        done = self._done
+        alignment = ReportedAlignment(done.alignment, done.alignmentAccepted) if done.alignment else None
+        return WorkerResult(labelmap, affine, labels, done.seconds, done.deviceNote or None, alignment)
 
     def cleanup(self) -> None:
         shutil.rmtree(self.workDir, ignore_errors=True)

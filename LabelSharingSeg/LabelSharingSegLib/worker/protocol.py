@@ -166,6 +166,8 @@ class WorkerEvent:
     labelsOutput: str = ""
     seconds: float = 0.0
     deviceNote: str = ""
+    alignment: str = ""  # done: the engine's alignment summary when the scan was aligned first
+    alignmentAccepted: bool = True
 
     def toLine(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

@@ -87,6 +87,7 @@ def runRequest(request: WorkerRequest, emit: EventSink) -> WorkerEvent:
     except BaseException:
         Path(request.labelsOutput).unlink(missing_ok=True)  # both or neither
         raise
+    alignment = getattr(result, "alignment", None)
     return WorkerEvent(
         EVENT_DONE,
         fraction=1.0,
@@ -95,4 +96,6 @@ def runRequest(request: WorkerRequest, emit: EventSink) -> WorkerEvent:
         labelsOutput=request.labelsOutput,
         seconds=round(time.monotonic() - started, 3),
         deviceNote=str(getattr(result, "device_note", "") or ""),
+        alignment=alignment.summary() if alignment is not None else "",
+        alignmentAccepted=bool(getattr(alignment, "accepted", True)),
     )
