@@ -132,6 +132,7 @@ def test_segment_atlas_labels(lcs_bundle_path, tmp_path):
                 "--device",
                 "cpu",
                 "--quiet",
+                "--overwrite",
             ]
         )
         == 0

@@ -176,8 +176,12 @@ def test_lcs_combination_and_geometry(lcs_bundle_path):
 
 def test_cancel_raises_and_bad_input(ls_bundle_path, lcs_bundle_path):
     bundle = load_bundle(ls_bundle_path)
-    image = np.zeros((20, 20, 20), np.float32)
+    image = np.random.default_rng(0).random((20, 20, 20)).astype(np.float32)
     affine = np.eye(4)
+    with pytest.raises(InputError, match="every voxel has the value 0"):
+        segment_task(bundle, np.zeros_like(image), affine, "brain", device="cpu")
+    with pytest.raises(InputError, match="2D image"):
+        segment_task(bundle, image[:, :, :1], affine, "brain", device="cpu")
     with pytest.raises(CancelledError):
         segment_task(bundle, image, affine, "brain", device="cpu", cancel=lambda: True)
     with pytest.raises(InputError, match="unknown task 'liver'"):

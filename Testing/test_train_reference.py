@@ -57,6 +57,7 @@ def test_reference_is_stored_used_and_carried_over(tmp_path, capsys):
             "off",
             "--device",
             "cpu",
+            "--overwrite",
         )
         == 0
     )

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from LabelSharingSegLib.engine.atlas_methods import ATLAS_METHODS, DEFAULT_ATLAS_METHOD
-from LabelSharingSegLib.engine.atomic import require_parent_dir, write_text_atomic
+from LabelSharingSegLib.engine.atomic import atomic_paths, remove_stale_parts, write_text_atomic
 from LabelSharingSegLib.engine.device import DEVICE_CHOICES
 from LabelSharingSegLib.engine.errors import InputError
 from LabelSharingSegLib.engine.labels import LabelInfo, default_color, labels_from_csv, labels_to_csv
 from LabelSharingSegLib.engine.labelspace import SharedLabelSpace, average_relative_sizes
-from LabelSharingSegLib.engine.nifti_io import has_nifti_ending, load_nifti, save_nifti
+from LabelSharingSegLib.engine.nifti_io import has_nifti_ending, load_nifti, nifti_ending, write_nifti_file
+from LabelSharingSegLib.engine.outputs import require_writable_outputs
 
 
 def register(subparsers) -> None:
@@ -27,6 +28,7 @@ def register(subparsers) -> None:
     )
     plan.add_argument("datasets", nargs="+", metavar="DATASET_DIR", help="one nnU-Net v2 raw folder per task")
     plan.add_argument("--out", type=Path, help="write the label space JSON here (default: print only)")
+    plan.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     plan.set_defaults(func=run_plan)
 
     segment = subparsers.add_parser(
@@ -35,7 +37,8 @@ def register(subparsers) -> None:
         description="Segment a NIfTI image with a bundle: a task of a label-sharing (or baseline) bundle "
         "(--task), or atlas labels with an LCS bundle (--atlas-labels: a label map on the bundle's atlas "
         "grid, one value per structure; --atlas-names names them). Writes a label map on the input grid "
-        "and a names table beside it (OUT.csv: value,name,color).",
+        "and a names table beside it (OUT.csv: value,name,color), both or neither; existing files are "
+        "replaced only with --overwrite, and never when they are one of the inputs.",
     )
     segment.add_argument("bundle", type=Path, help="bundle folder or .zip")
     segment.add_argument("-i", "--input", type=Path, required=True, help="input image (.nii/.nii.gz)")
@@ -53,8 +56,8 @@ def register(subparsers) -> None:
         "--atlas-names",
         type=Path,
         metavar="NAMES.csv",
-        help="value,name[,#rrggbb] table for --atlas-labels (default: the bundle's names "
-        "where values match, else 'label N')",
+        help="value,name[,#rrggbb] table for --atlas-labels (values it does not name take the "
+        "bundle's names where values match, else 'label N')",
     )
     segment.add_argument(
         "--method",
@@ -73,6 +76,9 @@ def register(subparsers) -> None:
         "auto: when the bundle carries one (LCS atlases, 3D bundles with a reference)",
     )
     segment.add_argument("--quiet", action="store_true", help="no progress output")
+    segment.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output label map and names table"
+    )
     segment.set_defaults(func=run_segment)
 
     info = subparsers.add_parser(
@@ -105,7 +111,10 @@ def plan_label_space(dataset_dirs: list[Path], progress=print) -> SharedLabelSpa
 
 def run_plan(args: argparse.Namespace) -> int:
     if args.out is not None:
-        require_parent_dir(args.out)
+        require_writable_outputs(
+            [args.out], [("DATASET_DIR", d) for d in args.datasets], overwrite=args.overwrite
+        )
+        remove_stale_parts(args.out.parent)
     space = plan_label_space([Path(d) for d in args.datasets])
     print()
     print(
@@ -119,7 +128,9 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def _atlas_masks_from_labelmap(bundle, path: Path | None, names_path: Path | None):
-    """Masks (K, *atlas grid) and LabelInfo for every non-zero value of a label map drawn on the atlas."""
+    """Masks (K, *atlas grid, made lazily) and LabelInfo for every non-zero value of a label map drawn on the atlas."""
+    from LabelSharingSegLib.engine.inference import LabelMapMasks
+
     atlas_image, atlas_affine = bundle.atlas_image()
     atlas_map, _, atlas_names = bundle.atlas_labels()
     if path is not None and str(path) != "bundle":
@@ -137,11 +148,10 @@ def _atlas_masks_from_labelmap(bundle, path: Path | None, names_path: Path | Non
     if not values:
         raise InputError(f"{path}: the atlas label map is empty (no non-zero voxels)")
     known = {label.value: label for label in atlas_names}
-    if names_path is not None:
-        known = {label.value: label for label in labels_from_csv(names_path)}
+    if names_path is not None:  # the user's names win; values it does not name keep the bundle's names
+        known.update({label.value: label for label in labels_from_csv(names_path)})
     labels = [known.get(v, LabelInfo(v, f"label {v}", default_color(v))) for v in values]
-    masks = np.stack([labelmap == v for v in values])
-    return masks, labels
+    return LabelMapMasks(labelmap, values), labels  # masks made per chunk: memory does not grow with labels
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -150,8 +160,18 @@ def run_segment(args: argparse.Namespace) -> int:
 
     if not has_nifti_ending(args.output):
         raise InputError(f"{args.output}: output must end in .nii or .nii.gz")
-    require_parent_dir(args.output)
     names_path = _names_path(args.output)
+    atlas_labels = (
+        None if args.atlas_labels is None or str(args.atlas_labels) == "bundle" else args.atlas_labels
+    )
+    inputs = [
+        ("-i", args.input),
+        ("bundle", args.bundle),
+        ("--atlas-labels", atlas_labels),
+        ("--atlas-names", args.atlas_names),
+    ]
+    require_writable_outputs([args.output, names_path], inputs, overwrite=args.overwrite)  # before any work
+    remove_stale_parts(args.output.parent)
     bundle = load_bundle(args.bundle)
     image, affine = load_nifti(args.input)
     progress = None if args.quiet else _print_progress
@@ -179,8 +199,12 @@ def run_segment(args: argparse.Namespace) -> int:
             print(result.device_note)
     if result.alignment is not None and (not args.quiet or not result.alignment.accepted):
         print(result.alignment.summary())
-    save_nifti(args.output, result.labelmap, result.affine)
-    write_text_atomic(names_path, labels_to_csv(result.labels))
+    with atomic_paths([args.output, names_path], [nifti_ending(args.output), ".csv"]) as (
+        map_part,
+        names_part,
+    ):
+        write_nifti_file(map_part, result.labelmap, result.affine)  # both staged, then renamed together
+        names_part.write_text(labels_to_csv(result.labels), encoding="utf-8")
     counts = {int(v): int(c) for v, c in zip(*np.unique(result.labelmap, return_counts=True))}
     print(f"wrote {args.output} ({result.labelmap.shape}, {len(result.labels)} labels) and {names_path}")
     for label in result.labels:

@@ -25,6 +25,7 @@ import numpy as np
 
 from LabelSharingSegLib.engine.atomic import write_text_atomic
 from LabelSharingSegLib.engine.errors import DatasetError, InputError
+from LabelSharingSegLib.engine.jsonfile import bounded_int
 from LabelSharingSegLib.engine.nifti_io import NIFTI_ENDINGS, load_nifti, save_nifti
 
 DATASET_JSON = "dataset.json"
@@ -86,15 +87,17 @@ def _parse_dataset_json(root: Path, problems: list[str]) -> dict | None:
         problems.append(f"{path}: missing (every dataset folder needs a dataset.json)")
         return None
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(path.read_text(encoding="utf-8"), parse_int=bounded_int)
     except (OSError, UnicodeDecodeError) as exc:
         problems.append(f"{path}: cannot be read ({exc})")
         return None
     except json.JSONDecodeError as exc:
         problems.append(f"{path}: malformed JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})")
         return None
-    except (RecursionError, ValueError) as exc:  # nesting too deep, integers with thousands of digits
-        problems.append(f"{path}: malformed JSON ({str(exc).splitlines()[0][:120]})")
+    except (RecursionError, ValueError) as exc:  # hostile JSON: absurd nesting or huge integers
+        problems.append(
+            f"{path}: malformed JSON ({'nested too deeply' if isinstance(exc, RecursionError) else exc})"
+        )
         return None
     if not isinstance(meta, dict):
         problems.append(f"{path}: must hold a JSON object, found {type(meta).__name__}")

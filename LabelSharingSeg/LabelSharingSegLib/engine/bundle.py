@@ -26,6 +26,7 @@ import torch
 from .atomic import atomic_folder, atomic_path, require_parent_dir
 from .bundle_kind import BundleKind
 from .errors import BundleError, InputError
+from .jsonfile import parse_json
 from .labels import LabelInfo, labels_from_csv, labels_to_csv
 from .labelspace import SharedLabelSpace
 from .manifest import AtlasFiles, Manifest, TaskInfo, software_versions
@@ -226,17 +227,13 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
         raise BundleError(f"{manifest_path}: missing (is {path} a bundle folder?)")
+    _require_inside(manifest_path, folder)
     if manifest_path.stat().st_size > _MAX_MANIFEST_BYTES:
         raise BundleError(
             f"{manifest_path}: larger than {_MAX_MANIFEST_BYTES >> 20} MiB, not a bundle manifest"
         )
     raw = manifest_path.read_bytes()
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError) as exc:  # also bad UTF-8, too deep nesting, too many digits
-        raise BundleError(
-            f"{manifest_path}: not valid JSON ({type(exc).__name__}: {str(exc)[:200]})"
-        ) from None
+    data = parse_json(raw, str(manifest_path), BundleError)  # also too deep nesting, too many digits
     manifest = Manifest.from_dict(data, str(manifest_path))
     files = manifest.files
     if WEIGHTS not in files:
@@ -248,6 +245,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         file_path = folder / name
         if not file_path.is_file():
             raise BundleError(f"{file_path}: missing from the bundle")
+        _require_inside(file_path, folder)
         if _sha256(file_path) != expected:
             raise BundleError(f"{file_path}: sha256 does not match bundle.json (file changed or corrupt)")
     state_dict = _load_weights(folder / WEIGHTS, manifest.network)
@@ -262,6 +260,14 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     if bundle.kind.has_atlas:
         _validate_atlas(bundle)
     return bundle
+
+
+def _require_inside(file_path: Path, folder: Path) -> None:
+    """Refuse a bundle file that is a link leading out of the bundle (its bytes are not the bundle's own)."""
+    if not file_path.resolve().is_relative_to(folder.resolve()):
+        raise BundleError(
+            f"{file_path}: is a link to a file outside the bundle; copy the file into the bundle"
+        )
 
 
 def _load_weights(path: Path, network_config: NetworkConfig) -> dict[str, torch.Tensor]:

@@ -29,5 +29,11 @@ class RegistrationError(LabelSharingSegError):
     """A registration diverged or failed its quality checks; its result was not used."""
 
 
+class OutputError(LabelSharingSegError, OSError):
+    """An output cannot be written (exists, equals an input, disk full, no permission); nothing was changed.
+
+    Also an OSError, so code that guards a write with ``except OSError`` keeps working."""
+
+
 class ConfigError(BundleError):
     """A configuration a bundle carries (manifest, preprocessing, network) is malformed or out of bounds."""

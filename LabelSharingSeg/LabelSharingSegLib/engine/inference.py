@@ -108,6 +108,14 @@ def _align(bundle: Bundle, image: np.ndarray, affine: np.ndarray, align, report:
     return alignment.aligned_affine(affine), alignment
 
 
+def _require_volume(bundle: Bundle, image: np.ndarray) -> None:
+    """A 3D bundle needs a volume: a single slice would be stretched over the whole grid (as the Slicer logic says)."""
+    if bundle.network_config.spatial_dims == 3 and min(image.shape) < 2:
+        raise InputError(
+            f"image: a 2D image (shape {tuple(image.shape)}) cannot be segmented by a 3D bundle; give a 3D volume"
+        )
+
+
 def _window_count(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
     count = 1
     for size, r in zip(shape, roi):
@@ -206,6 +214,7 @@ def segment_task(
         )
     info = bundle.task(task)
     image, affine = check_image(image, affine)
+    _require_volume(bundle, image)
     report = _Reporter(progress, cancel)
     torch_device, note = resolve_device(device)
     report(0.0, "preparing the image")
@@ -232,10 +241,60 @@ def segment_task(
 # ---------------------------------------------------------------------------------------------- LCS
 
 
+class LabelMapMasks:
+    """Atlas masks given as one label map on the atlas grid and the values to segment: mask k is
+    ``labelmap == values[k]``, made only for the chunk of labels the decoder runs, so memory stays one label
+    map whatever the number of labels (a (K, grid) boolean array took 2.1 GB for 2000 labels). Indexing and
+    ``shape`` behave as the (K, *grid) boolean array would."""
+
+    def __init__(self, labelmap: np.ndarray, values: Sequence[int]):
+        self.labelmap = np.asarray(labelmap)
+        self.values = np.asarray([int(v) for v in values], dtype=np.int64)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.values), *self.labelmap.shape)
+
+    @property
+    def ndim(self) -> int:
+        return self.labelmap.ndim + 1
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, (int, np.integer)):
+            return self.labelmap == self.values[index]
+        if not isinstance(index, slice):
+            raise TypeError("LabelMapMasks supports an integer or a slice of labels")
+        chosen = self.values[index]
+        return self.labelmap[None] == chosen.reshape((-1,) + (1,) * self.labelmap.ndim)
+
+
+def _check_label_map_masks(masks: LabelMapMasks, atlas_shape: tuple[int, ...], labels: Sequence[LabelInfo]):
+    if tuple(masks.labelmap.shape) != tuple(atlas_shape):
+        raise InputError(
+            f"atlas label map of shape {tuple(masks.labelmap.shape)} does not lie on the atlas grid "
+            f"{tuple(atlas_shape)}; draw it on the bundle's atlas (or resample it onto it)"
+        )
+    if len(labels) != len(masks):
+        raise InputError(f"{len(masks)} atlas masks but {len(labels)} label descriptions")
+    absent = sorted(set(masks.values.tolist()) - set(np.unique(masks.labelmap).tolist()))
+    if absent:
+        raise InputError(f"empty atlas mask(s) for value(s) {absent[:10]}; draw something on the atlas first")
+    return masks
+
+
 def check_atlas_masks(
-    masks: np.ndarray, atlas_shape: tuple[int, ...], labels: Sequence[LabelInfo]
-) -> np.ndarray:
-    """Validate masks (K, *atlas_shape) against the atlas grid and the label list; returns a bool array."""
+    masks: np.ndarray | LabelMapMasks, atlas_shape: tuple[int, ...], labels: Sequence[LabelInfo]
+) -> np.ndarray | LabelMapMasks:
+    """Validate masks (K, *atlas_shape) against the atlas grid and the label list; returns a bool array
+    (or the :class:`LabelMapMasks` it was given, still unexpanded)."""
+    values = [label.value for label in labels]
+    if len(set(values)) != len(values) or any(v <= 0 for v in values):
+        raise InputError("atlas label values must be distinct positive integers")
+    if isinstance(masks, LabelMapMasks):
+        return _check_label_map_masks(masks, atlas_shape, labels)
     masks = np.asarray(masks)
     if masks.ndim == len(atlas_shape):
         masks = masks[None]
@@ -246,9 +305,6 @@ def check_atlas_masks(
         )
     if len(labels) != masks.shape[0]:
         raise InputError(f"{masks.shape[0]} atlas masks but {len(labels)} label descriptions")
-    values = [label.value for label in labels]
-    if len(set(values)) != len(values) or any(v <= 0 for v in values):
-        raise InputError("atlas label values must be distinct positive integers")
     masks = masks.astype(bool)
     empty = [labels[k].name for k in range(masks.shape[0]) if not masks[k].any()]
     if empty:
@@ -347,6 +403,7 @@ def _lcs_setup(
             f"{bundle.path}: a {bundle.kind} bundle has no atlas; atlas labels need an LCS bundle"
         )
     image, affine = check_image(image, affine)
+    _require_volume(bundle, image)
     atlas_image, _ = bundle.atlas_image()
     masks = check_atlas_masks(masks, atlas_image.shape, labels)
     check_drawn_masks(masks, [label.name for label in labels])

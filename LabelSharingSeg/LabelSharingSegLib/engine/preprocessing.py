@@ -52,6 +52,11 @@ def check_image(
         raise InputError(
             f"{what}: {int(bad.sum())} voxel(s) are NaN or Inf; fix or mask them before segmenting"
         )
+    if float(array.min()) == float(array.max()):
+        raise InputError(
+            f"{what}: every voxel has the value {float(array.min()):g}, so there is nothing to segment "
+            "(is it the right image?)"
+        )
     matrix = np.asarray(affine, dtype=np.float64)
     if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)):
         raise InputError(f"{what}: affine must be a finite 4x4 matrix")
