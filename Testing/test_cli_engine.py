@@ -140,7 +140,7 @@ def test_segment_atlas_labels(lcs_bundle_path, tmp_path):
     assert len(labels_from_csv(tmp_path / "out.csv")) == 3
     # --method picks how drawn labels are segmented; the default carries them by deformable registration
     common = ["segment", str(lcs_bundle_path), "-i", str(tmp_path / "target.nii.gz"), "-o", str(out)]
-    common += ["--atlas-labels", "bundle", "--device", "cpu", "--quiet"]
+    common += ["--atlas-labels", "bundle", "--device", "cpu", "--quiet", "--overwrite"]
     outputs = {}
     for method in ("lcs", "register-affine", "register-deformable"):
         assert main([*common, "--method", method]) == 0

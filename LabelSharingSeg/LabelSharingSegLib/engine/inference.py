@@ -444,6 +444,7 @@ def segment_atlas_labels(
         method = DEFAULT_ATLAS_METHOD if bundle.preprocessing.spatial_dims == 3 else "lcs"
     if method not in ATLAS_METHODS:
         raise InputError(f"unknown atlas-label method {method!r} (choose {', '.join(ATLAS_METHODS)})")
+    _require_volume(bundle, check_image(image, affine)[0])  # every method, registration included
     if method.startswith("register-"):
         from .registered import segment_by_registration
 

@@ -51,7 +51,8 @@ class Propagation:
 
 def check_drawn_masks(masks: np.ndarray, names: Sequence[str]) -> None:
     """A label of a single voxel cannot be carried anywhere meaningfully (and usually is a stray click)."""
-    counts = np.asarray(masks).reshape(len(names), -1).sum(axis=1)
+    # one mask at a time: masks may be made lazily from a label map (memory follows one label, not K)
+    counts = [int(np.count_nonzero(masks[k])) for k in range(len(names))]
     tiny = [f"{name} ({int(c)} voxel)" for name, c in zip(names, counts) if 0 < c < MIN_LABEL_VOXELS]
     if tiny:
         raise InputError(
@@ -164,7 +165,9 @@ def carry_labels(
     points = propagation.atlas_points(shape, affine)
     best = torch.zeros(tuple(shape))
     best_index = torch.zeros(tuple(shape), dtype=torch.long)
-    union = np.asarray(np.asarray(masks).any(axis=0, keepdims=True))
+    union = np.zeros((1, *np.shape(masks[0])), dtype=bool)
+    for k in range(len(masks)):  # one mask at a time, as above
+        union[0] |= np.asarray(masks[k], dtype=bool)
     for start, weights in carried_chunks(
         masks,
         atlas_affine,
