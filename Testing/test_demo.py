@@ -114,7 +114,8 @@ def test_shipped_bundles_segment_held_out_cases_above_floor(tmp_path):
     from LabelSharingSegLib.engine.inference import segment_atlas_labels, segment_task
     from lsseg_training.data.build import build_set
     from lsseg_training.datasets import load_case, read_dataset
-    from lsseg_training.demo import FULL, _coarse_lut
+    from lsseg_training.demo import FULL
+    from lsseg_training.demo_examples import _coarse_lut
 
     ls = load_bundle(SHIPPED / LS_BUNDLE)
     lcs = load_bundle(SHIPPED / LCS_BUNDLE)

@@ -133,7 +133,7 @@ def _truth_for_task(scan: ScannerScan, labels) -> dict[int, np.ndarray]:
 
 def real_scan_example(out: Path, bundles: tuple[Path, Path], device: str, spacing: float) -> dict:
     """Segment the real scan with every shipped bundle; write results, overlays and ``realscan.csv``."""
-    from .demo import _network, _say, save_overlay, write_result
+    from .demo_examples import _network, _say, save_overlay, write_result
 
     scan = scanner_scan(spacing)
     target = out / "results" / "realscan"
