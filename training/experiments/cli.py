@@ -24,7 +24,9 @@ def _budget_options(p: argparse.ArgumentParser, steps: int) -> None:
     g.add_argument("--val-fraction", type=float, default=0.2)
     g.add_argument("--no-augment", action="store_true")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    g.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    g.add_argument(
+        "--threads", type=int, help="CPU threads for torch (default: the cores this process may use)"
+    )
     p.add_argument("--out", required=True, type=Path, help="experiment folder (rerun to continue it)")
     p.add_argument("--verbose", action="store_true", help="show each run's training output")
 
@@ -82,12 +84,11 @@ def register(subparsers) -> None:
 
 
 def _budget(args):
-    import torch
-
+    from ..threads import configure_threads
     from .runner import Budget
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # set once per command (as training does per process), so reruns report and train with the same count
+    configure_threads(args.threads)
     return Budget(
         steps=args.steps,
         batch=args.batch,

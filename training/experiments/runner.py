@@ -12,6 +12,8 @@ import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from LabelSharingSegLib.engine.errors import InputError
 
 from .. import api
@@ -95,6 +97,8 @@ def _settings(budget: Budget, checkpoints: Path, resume: bool | None = None) -> 
         quiet=budget.quiet,
         checkpoint_dir=checkpoints,
         resume=(checkpoints / LAST).is_file() if resume is None else resume,
+        # the count the experiment command set (cli.py), so every run and the report's device line agree
+        threads=torch.get_num_threads(),
     ).with_changes(**budget.extra)
 
 
