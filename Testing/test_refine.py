@@ -58,7 +58,7 @@ def test_box_inference_equals_full_volume_inside_the_box():
     for k, box, probs in refined_in_boxes(net, features, masks, chunk=2):
         seen.add(k)
         starts, sizes = label_box(masks[k], REFINE_HALO)
-        assert all(s % 2 == 0 for s in starts) and [b.stop - b.start for b in box] >= [0, 0, 0]
+        assert [b.stop - b.start for b in box] >= sizes  # the label's own box fits in the chunk's box
         # inside the label's bounding box (the box minus its halo) the results agree
         core = label_box(masks[k], 0)
         inner = tuple(slice(s - b.start, s - b.start + n) for s, n, b in zip(core[0], core[1], box))

@@ -13,6 +13,7 @@ bundle, through the same inference functions ``lsseg segment`` and Slicer call, 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -31,6 +32,11 @@ from LabelSharingSegLib.engine.errors import InputError
 from LabelSharingSegLib.engine.inference import atlas_labels_independently, segment_atlas_labels, segment_task
 from LabelSharingSegLib.engine.labels import LabelInfo
 from LabelSharingSegLib.engine.preprocessing import resample_to_grid
+from LabelSharingSegLib.engine.registered import (
+    atlas_propagation,
+    refined_independently,
+    segment_by_refinement,
+)
 
 from . import sidebyside
 from .csv_tables import write_csv
@@ -116,10 +122,34 @@ def _lcs_truth_lut(coarse_map: dict[int, int], max_value: int) -> np.ndarray:
     return lut
 
 
-def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95):
+def _refined_result(bundle, volume, affine, masks, infos, device, network, shared: dict):
+    """(the refine network's segmentation of the trained labels, the registration it refined), the scan's
+    registration taken from / stored in ``shared``; (None, None) when the registration diverged."""
+    if "alignment" not in shared:
+        shared["alignment"] = atlas_propagation(bundle, volume, affine, "affine", None).alignment
+    if "deformable" not in shared and "note" not in shared:
+        shared["deformable"], shared["note"] = sidebyside.deformable_registration(
+            bundle, volume, affine, shared["alignment"]
+        )
+    deformable = shared.get("deformable")
+    if deformable is None:
+        return None, None
+    result = segment_by_refinement(
+        bundle, volume, affine, masks, infos, None, str(device), None, None, network, None, deformable
+    )
+    return result, deformable
+
+
+def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95, registrations: dict):
     """Rows for the trained (atlas) labels and, with a coarse map, the Table 1 entries and every fine-label
-    method side by side (sidebyside.py; with notes on registrations that diverged)."""
+    method side by side (sidebyside.py; with notes on registrations that diverged). ``registrations``: each
+    scan's registration to an atlas, shared by the bundles of one evaluation whose atlas is the same image."""
     rows, table1, side, notes = [], [], [], []
+    refine = bundle.network_config.arch == "lcs_refine"
+    atlas_image, atlas_affine_of_image = bundle.atlas_image()
+    atlas_key = hashlib.sha256(
+        np.ascontiguousarray(atlas_image).tobytes() + np.asarray(atlas_affine_of_image, np.float64).tobytes()
+    ).hexdigest()
     network = bundle.build_network(device)
     atlas_labels, atlas_affine, infos = bundle.atlas_labels()
     masks = np.stack([atlas_labels == info.value for info in infos])
@@ -139,9 +169,28 @@ def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95):
         for case in _test_cases(dataset):
             image, truth, affine = load_case(case)
             volume, truth = as_volume(image[0]), as_volume(truth).astype(np.int64)
-            result = segment_atlas_labels(
-                bundle, volume, affine, masks, infos, device=str(device), network=network, method="lcs"
-            )
+            shared = registrations.setdefault((atlas_key, str(case.image_paths[0])), {})
+            if refine:
+                result, deformable = _refined_result(
+                    bundle, volume, affine, masks, infos, device, network, shared
+                )
+                if result is None:
+                    notes.append(f"{case.case_id}: LCS refine left out: {shared['note']}")
+                    continue
+            else:
+                result = segment_atlas_labels(
+                    bundle,
+                    volume,
+                    affine,
+                    masks,
+                    infos,
+                    device=str(device),
+                    network=network,
+                    method="lcs",
+                    align=shared.get("alignment"),
+                )
+                if result.alignment is not None:
+                    shared.setdefault("alignment", result.alignment)
             mapped = _lcs_truth_lut(coarse_map, int(truth.max(initial=0)))[truth] if coarse_map else truth
             spacing = voxel_spacing(affine)
             rows += _rows_for(
@@ -155,24 +204,49 @@ def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95):
             fine_infos = [
                 LabelInfo(f, fine_names.get(f, f"label_{f}"), (1.0, 0.0, 0.0)) for f, _ in fine_pairs
             ]
-            # every fine label conditioned on its own (as one at a time), batched; the scan's alignment reused
-            decided, _ = atlas_labels_independently(
-                bundle,
-                volume,
-                affine,
-                np.stack([fine_atlas == f for f, _ in fine_pairs]),
-                fine_infos,
-                device=str(device),
-                network=network,
-                align=result.alignment,
-            )
             fine_masks = np.stack([fine_atlas == f for f, _ in fine_pairs])
-            predictions, note = sidebyside.registration_predictions(
-                bundle, fine_masks, volume, affine, result.alignment
-            )
-            if note:
-                notes.append(note if result.alignment is None else f"{case.case_id}: {note}")
-            predictions[sidebyside.LCS] = decided
+            # every fine label decided on its own (as one at a time), batched; the scan's registration reused
+            if refine:
+                decided, _ = refined_independently(
+                    bundle,
+                    volume,
+                    affine,
+                    fine_masks,
+                    fine_infos,
+                    device=str(device),
+                    network=network,
+                    propagation=deformable,
+                )
+            else:
+                decided, _ = atlas_labels_independently(
+                    bundle,
+                    volume,
+                    affine,
+                    fine_masks,
+                    fine_infos,
+                    device=str(device),
+                    network=network,
+                    align=result.alignment,
+                )
+            predictions: dict = {}
+            if not shared.get("scored"):  # the registration methods once per scan and atlas
+                if result.alignment is not None and "note" not in shared and "deformable" not in shared:
+                    shared["deformable"], shared["note"] = sidebyside.deformable_registration(
+                        bundle, volume, affine, result.alignment
+                    )
+                predictions, note = sidebyside.registration_predictions(
+                    bundle,
+                    fine_masks,
+                    volume,
+                    affine,
+                    result.alignment,
+                    shared.get("deformable"),
+                    shared.get("note"),
+                )
+                shared["scored"] = True
+                if note:
+                    notes.append(note if result.alignment is None else f"{case.case_id}: {note}")
+            predictions[sidebyside.REFINE if refine else sidebyside.LCS] = decided
             side += sidebyside.case_rows(method, task, case.case_id, fine_infos, predictions, truth)
             for (fine, coarse), info, fine_prediction in zip(fine_pairs, fine_infos, decided):
                 table1.append(
@@ -367,10 +441,13 @@ def evaluate(
     torch_device, _ = resolve_device(device)
     methods = _method_names([Path(p) for p in bundle_paths])
     rows, table1, side, notes = [], [], [], []
+    registrations: dict = {}
     for path, method in zip(bundle_paths, methods):
         bundle = load_bundle(path)
         if bundle.kind.has_atlas:
-            more, t1, s1, n1 = _evaluate_lcs_bundle(bundle, method, datasets, torch_device, with_hd95)
+            more, t1, s1, n1 = _evaluate_lcs_bundle(
+                bundle, method, datasets, torch_device, with_hd95, registrations
+            )
             table1, side, notes = table1 + t1, side + s1, notes + n1
         else:
             more = _evaluate_task_bundle(bundle, method, datasets, torch_device, with_hd95)

@@ -72,7 +72,12 @@ def plan_atlas(config: LCSRunConfig, dataset: NnUNetDataset, hierarchy: LabelHie
         )
     dims, spacing, _ = detect_dims(dataset)
     spacing = list(settings.spacing or spacing)
-    factor = factory.network_config_for("lcs", [], dims, list(settings.channels)).downsample_factor
+    # the grid does not depend on the network; only the padding to its pooling factor does
+    factor = (
+        1
+        if config.arch == "lcs_refine"
+        else factory.network_config_for("lcs", [], dims, list(settings.channels)).downsample_factor
+    )
     image, label, affine = load_case(dataset.training[ids.index(atlas_id)])
     raw, label = as_volume(image[0]), as_volume(label)
     # only the grid is wanted here: no normalisation, and the patch size is not used
@@ -96,6 +101,10 @@ def plan_atlas(config: LCSRunConfig, dataset: NnUNetDataset, hierarchy: LabelHie
 
 
 def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> session.TrainedBundle:
+    if config.arch == "lcs_refine":
+        from .refine_run import train_refine
+
+        return train_refine(config, on_step)
     settings = config.settings
     checkpoint_dir = session.claim_outputs(config.out, settings)
     dataset = load_datasets([config.data])[0]

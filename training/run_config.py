@@ -28,6 +28,7 @@ AMP_MODES = ("auto", "bf16", "off")
 INTENSITY_MODES = ("zscore", "percentile", "ct_window", "none")
 DEFAULT_CHANNELS = (8, 16, 32, 64, 128)
 DEFAULT_STEPS = 1000
+LCS_ARCHS = ("lcs", "lcs_refine")
 
 # What ``--resume`` may change: how long to train and how the run is watched. A larger ``steps`` continues the run;
 # the lr schedule is then recomputed for the new total. Everything else must match the checkpoint.
@@ -227,15 +228,36 @@ class LCSRunConfig:
     atlas_case: str | None = None
     coarse_map: Path | None = None
     merge_prob: float = 0.5
+    # 'lcs' (Ma et al. 2022) or 'lcs_refine' (refines registration; refine_run.py); the rest is refine only
+    arch: str = "lcs"
+    split_prob: float = 0.5  # chance a sample's label is split into random Voronoi cells
+    max_parts: int = 8  # at most this many cells per split
+    max_cases: int | None = None  # use only the first N training cases (each costs a registration)
+    registration_cache: Path | None = None  # None: CHECKPOINT_DIR/registrations
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
         object.__setattr__(self, "out", Path(self.out))
         if self.coarse_map is not None:
             object.__setattr__(self, "coarse_map", Path(self.coarse_map))
+        if self.registration_cache is not None:
+            object.__setattr__(self, "registration_cache", Path(self.registration_cache))
         _require(
             _finite(self.merge_prob) and 0 <= self.merge_prob <= 1,
             f"--merge-prob must be between 0 and 1, got {self.merge_prob}",
+        )
+        _require(self.arch in LCS_ARCHS, f"--arch must be one of {', '.join(LCS_ARCHS)}, got {self.arch!r}")
+        _require(
+            _finite(self.split_prob) and 0 <= self.split_prob <= 1,
+            f"--split-prob must be between 0 and 1, got {self.split_prob}",
+        )
+        _require(
+            isinstance(self.max_parts, int) and self.max_parts >= 2,
+            f"--max-parts must be an integer >= 2, got {self.max_parts}",
+        )
+        _require(
+            self.max_cases is None or (isinstance(self.max_cases, int) and self.max_cases >= 1),
+            f"--max-cases must be >= 1, got {self.max_cases}",
         )
 
 

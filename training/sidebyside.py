@@ -6,7 +6,12 @@ allowed, as Table 1 of Ma et al. 2022) by:
 * ``naive (world)``           - the atlas label read at the same world coordinates, no registration;
 * ``affine propagation``      - carried through the scan's affine alignment (the one LCS used);
 * ``deformable propagation``  - carried through affine + deformable registration (engine/propagation.py);
-* ``LCS (Ma et al. 2022)``    - the bundle's network conditioned on the label.
+* ``LCS (Ma et al. 2022)``    - the bundle's network conditioned on the label;
+* ``LCS refine``              - deformable propagation corrected by a refine network (``lsseg segment --method
+                                lcs-refine``; bundles whose network is ``lcs_refine``).
+
+Several LCS bundles evaluated together share each test case's registration when their atlases are the same
+image (the registration methods are then scored once, not once per bundle).
 
 The headline is the best method's mean Dice, with its name; the table says how often each method beats affine
 propagation per label.
@@ -24,30 +29,50 @@ from LabelSharingSegLib.engine.propagation import Propagation, carry_independent
 
 from .metrics import dice, nanmean
 
-NAIVE, AFFINE, DEFORMABLE, LCS = (
+NAIVE, AFFINE, DEFORMABLE, LCS, REFINE = (
     "naive (world)",
     "affine propagation",
     "deformable propagation",
     "LCS (Ma et al. 2022)",
+    "LCS refine",
 )
-METHODS = (NAIVE, AFFINE, DEFORMABLE, LCS)
+METHODS = (NAIVE, AFFINE, DEFORMABLE, LCS, REFINE)
+REGISTRATION_METHODS = (NAIVE, AFFINE, DEFORMABLE)
 FIELDS = ("bundle", "task", "case", "fine_value", "fine_name", "method", "dice")
 
 
-def registration_predictions(bundle, fine_masks, volume, affine, alignment) -> tuple[dict, str | None]:
-    """{method: bool masks (K, *scan)} for the registration methods; a diverged deformable stage is reported
-    (second value) and left out, never used."""
+def deformable_registration(bundle, volume, affine, alignment) -> tuple[Propagation | None, str | None]:
+    """(the atlas registered onto a scan, affine + deformable; or None and why: a diverged stage is reported,
+    never used)."""
     atlas_image, atlas_affine = bundle.atlas_image()
+    try:
+        return register_atlas(
+            atlas_image, atlas_affine, volume, affine, stage="deformable", alignment=alignment
+        ), None
+    except LabelSharingSegError as exc:  # diverged or impossible
+        return None, f"deformable propagation left out: {exc}"
+
+
+def registration_predictions(
+    bundle,
+    fine_masks,
+    volume,
+    affine,
+    alignment,
+    deformable: Propagation | None = None,
+    note: str | None = None,
+) -> tuple[dict, str | None]:
+    """{method: bool masks (K, *scan)} for the registration methods; a diverged deformable stage is reported
+    (second value) and left out, never used. ``deformable``/``note``: a registration already computed."""
+    _, atlas_affine = bundle.atlas_image()
     out = {NAIVE: carry_independently(fine_masks, atlas_affine, Propagation(None), volume.shape, affine)}
     if alignment is None:  # 2D bundles are not aligned: registration needs 3D scans
         return out, "no registration methods: the bundle is 2D (registration needs 3D scans)"
     out[AFFINE] = carry_independently(fine_masks, atlas_affine, Propagation(alignment), volume.shape, affine)
-    try:
-        deformable = register_atlas(
-            atlas_image, atlas_affine, volume, affine, stage="deformable", alignment=alignment
-        )
-    except LabelSharingSegError as exc:  # diverged or impossible: reported, never used
-        return out, f"deformable propagation left out: {exc}"
+    if deformable is None and note is None:
+        deformable, note = deformable_registration(bundle, volume, affine, alignment)
+    if deformable is None:
+        return out, note
     out[DEFORMABLE] = carry_independently(fine_masks, atlas_affine, deformable, volume.shape, affine)
     return out, None
 

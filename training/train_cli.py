@@ -19,6 +19,7 @@ from .run_config import (
     AMP_MODES,
     DEFAULT_CHANNELS,
     INTENSITY_MODES,
+    LCS_ARCHS,
     OPTIMIZERS,
     SCHEDULES,
     AddTaskConfig,
@@ -263,6 +264,36 @@ def register(subparsers) -> None:
     p.add_argument(
         "--merge-prob", type=float, default=0.5, help="chance a sample merges two labels (default 0.5)"
     )
+    refine = p.add_argument_group(
+        "refining registration (--arch lcs_refine; see docs/TRAINING.md)",
+    )
+    refine.add_argument(
+        "--arch",
+        choices=LCS_ARCHS,
+        default="lcs",
+        help="lcs: Ma et al. 2022 (default); lcs_refine: a network that corrects the masks registration "
+        "carries (--channels ENCODER,HEAD widths, e.g. 16,16; --patch N: scored patch edge, default 24)",
+    )
+    refine.add_argument(
+        "--split-prob",
+        type=float,
+        default=0.5,
+        help="chance a sample's label is split into random Voronoi cells (default 0.5)",
+    )
+    refine.add_argument(
+        "--max-parts", type=int, default=8, help="at most this many cells per split (default 8)"
+    )
+    refine.add_argument(
+        "--max-cases",
+        type=int,
+        help="use only the first N training cases besides the atlas (each costs a registration, ~1 min on a CPU)",
+    )
+    refine.add_argument(
+        "--registration-cache",
+        type=Path,
+        metavar="DIR",
+        help="where the registrations of the training cases are kept and reused (default CHECKPOINT_DIR/registrations)",
+    )
     _add_budget_options(p)
     p.set_defaults(func=run_training_entry, kind="lcs")
     train_p.set_defaults(func=lambda args: (train_p.print_help(), 2)[1])
@@ -328,6 +359,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             atlas_case=args.atlas_case,
             coarse_map=args.coarse_map,
             merge_prob=args.merge_prob,
+            arch=args.arch,
+            split_prob=args.split_prob,
+            max_parts=args.max_parts,
+            max_cases=args.max_cases,
+            registration_cache=args.registration_cache,
         )
     if args.kind == "add-task":
         return AddTaskConfig(

@@ -27,7 +27,7 @@ MAX_CONVS_PER_LEVEL = 8
 MAX_TASKS = 1000
 MAX_HEAD_CHANNELS = 1024
 MAX_PARAMETERS = 250_000_000  # 1 GB of float32 weights; the shipped models hold under 2 million
-NORMS = ("instance", "batch")
+NORMS = ("instance", "batch", "none")
 POOLS = ("avg", "max")
 
 
@@ -90,6 +90,11 @@ class BackboneConfig:
         """A copy with ``changes`` applied (and validated)."""
         return replace(self, **changes)  # type: ignore[return-value]
 
+    @property
+    def bias_and_norm_parameters(self) -> int:
+        """Parameters per output channel of a conv + norm: the bias, and the norm's weight and bias."""
+        return 1 if self.norm == "none" else 3
+
     def parameter_count(self) -> int:
         """The exact number of learnable parameters :func:`.networks.build_network` will allocate."""
         return self._backbone_parameters() + self._head_parameters()
@@ -97,9 +102,11 @@ class BackboneConfig:
     def _backbone_parameters(self) -> int:
         kernel, up = 3**self.spatial_dims, 2**self.spatial_dims
 
+        per_channel = self.bias_and_norm_parameters
+
         def block(c_in: int, c_out: int) -> int:  # convs with bias + a norm with weight and bias each
-            first = c_in * c_out * kernel + 3 * c_out
-            return first + (self.convs_per_level - 1) * (c_out * c_out * kernel + 3 * c_out)
+            first = c_in * c_out * kernel + per_channel * c_out
+            return first + (self.convs_per_level - 1) * (c_out * c_out * kernel + per_channel * c_out)
 
         ch, total, c_in = self.channels, 0, self.in_channels
         for c in ch[:-1]:
@@ -147,19 +154,22 @@ class LCSConfig(BackboneConfig):
         return self.channels[0] + 1
 
 
-# voxels each side a refine head's output depends on (its receptive field radius, rounded up to the pooling 2)
-REFINE_HALO = 12
+# voxels each side a refine head's output depends on: its receptive field radius, one per 3^d convolution
+REFINE_HALO = 3
 
 
 @dataclass(frozen=True)
 class RefineLCSConfig(BackboneConfig):
     """LCS that refines a registration-propagated mask: an encoder of (scan, warped atlas) ``channels[0]``
-    wide, a local head with one pooled level ``channels[1]`` wide; exactly one output channel (a logit)."""
+    wide, a local head of ``REFINE_HALO`` convolutions ``channels[1]`` wide; exactly one output channel (a
+    logit). No normalisation by default (see networks.RefineLCSNet)."""
 
     ARCH: ClassVar[str] = "lcs_refine"
 
     out_channels: int = 1
-    channels: tuple[int, ...] = (16, 32)
+    channels: tuple[int, ...] = (16, 16)
+    convs_per_level: int = 2
+    norm: str = "none"
 
     def _check_own(self) -> None:
         if self.out_channels != 1:
@@ -169,19 +179,23 @@ class RefineLCSConfig(BackboneConfig):
 
     @property
     def downsample_factor(self) -> int:
-        return 2
+        return 1
+
+    @property
+    def encoder_halo(self) -> int:
+        """Voxels each side the encoder's features depend on (one per 3^d convolution)."""
+        return self.convs_per_level + 1
 
     def _backbone_parameters(self) -> int:
-        kernel, up = 3**self.spatial_dims, 2**self.spatial_dims
-        c0, c1 = self.channels[:2]
-        first = 2 * self.in_channels * c0 * kernel + 3 * c0
-        encoder = first + (self.convs_per_level - 1) * (c0 * c0 * kernel + 3 * c0) + c0 * c0 * kernel + c0
-        top = (c0 + 1) * c0 * kernel + c0 + c0 * c0 * kernel + c0
-        low = c0 * c1 * kernel + c1 + c1 * c1 * kernel + c1
-        return encoder + top + low + c1 * c0 * up + c0 + 2 * c0 * c0 * kernel + c0
+        kernel, extra = 3**self.spatial_dims, self.bias_and_norm_parameters
+        c0 = self.channels[0]
+        first = 2 * self.in_channels * c0 * kernel + extra * c0
+        return first + (self.convs_per_level - 1) * (c0 * c0 * kernel + extra * c0) + c0 * c0 * kernel + c0
 
     def _head_parameters(self) -> int:
-        return self.channels[0] + 1 + 1  # the 1x1 correction and the prior gain
+        kernel, (c0, c1) = 3**self.spatial_dims, self.channels[:2]
+        head = (c0 + 1) * c1 * kernel + c1 + (REFINE_HALO - 1) * (c1 * c1 * kernel + c1)
+        return head + c1 + 1 + 1  # the 1x1 correction and the prior gain
 
 
 @dataclass(frozen=True)

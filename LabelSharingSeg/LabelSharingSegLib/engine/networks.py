@@ -53,6 +53,8 @@ def _conv(dims: int):
 
 
 def _norm(dims: int, kind: str, channels: int) -> nn.Module:
+    if kind == "none":
+        return nn.Identity()
     if kind == "batch":
         return (nn.BatchNorm3d if dims == 3 else nn.BatchNorm2d)(channels)
     return (nn.InstanceNorm3d if dims == 3 else nn.InstanceNorm2d)(channels, affine=True)
@@ -233,7 +235,11 @@ class RefineLCSNet(nn.Module):
     ``encode(scan, warped_atlas)`` -> features (1, F, ...), label independent; ``refine(features, masks)`` with
     masks (B, 1, ...) in [0, 1] -> logits (B, 1, ...). The output starts as the propagated mask itself
     (``prior_gain * (2 m - 1)``, the correction's last layer initialised to zero), so an untrained network
-    reproduces registration and training only has to learn corrections.
+    reproduces registration and training only has to learn corrections. The head is ``REFINE_HALO`` plain 3^d
+    convolutions (``channels[1]`` wide), no pooling and no normalisation: its output at a voxel depends on
+    the features and the mask within ``REFINE_HALO`` voxels only, which is what lets it run in small boxes.
+    The encoder has no normalisation by default either (``norm='none'``), so training on crops computes
+    exactly what full-volume inference computes away from the crop's edges.
     """
 
     def __init__(self, config: RefineLCSConfig):
@@ -246,13 +252,11 @@ class RefineLCSNet(nn.Module):
             conv(c0, c0, 3, padding=1),
             nn.LeakyReLU(0.01),
         )
-        act = nn.LeakyReLU(0.01)
-        self.top = nn.Sequential(conv(c0 + 1, c0, 3, padding=1), act, conv(c0, c0, 3, padding=1), act)
-        self.pool = (nn.AvgPool3d if dims == 3 else nn.AvgPool2d)(2)
-        self.low = nn.Sequential(conv(c0, c1, 3, padding=1), act, conv(c1, c1, 3, padding=1), act)
-        self.up = (nn.ConvTranspose3d if dims == 3 else nn.ConvTranspose2d)(c1, c0, 2, stride=2)
-        self.merge = nn.Sequential(conv(2 * c0, c0, 3, padding=1), act)
-        self.correction = conv(c0, 1, 1)
+        layers: list[nn.Module] = []
+        for i in range(REFINE_HALO):
+            layers += [conv(c0 + 1 if i == 0 else c1, c1, 3, padding=1), nn.LeakyReLU(0.01)]
+        self.head = nn.Sequential(*layers)
+        self.correction = conv(c1, 1, 1)
         nn.init.zeros_(self.correction.weight)
         nn.init.zeros_(self.correction.bias)
         self.prior_gain = nn.Parameter(torch.tensor(4.0))
@@ -261,14 +265,11 @@ class RefineLCSNet(nn.Module):
         return self.encoder(torch.cat([scan, warped_atlas], dim=1))
 
     def refine(self, features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Features (1 or B, F, ...) and propagated masks (B, 1, ...), sizes even -> logits (B, 1, ...)."""
-        _check_divisible(masks, 2)
+        """Features (1 or B, F, ...) and propagated masks (B, 1, ...) -> logits (B, 1, ...)."""
         if features.shape[0] != masks.shape[0]:
             features = features.expand(masks.shape[0], *features.shape[1:])
         masks = masks.to(features.dtype)
-        top = self.top(torch.cat([features, masks], dim=1))
-        low = self.up(self.low(self.pool(top)))
-        out = self.correction(self.merge(torch.cat([top, low], dim=1)))
+        out = self.correction(self.head(torch.cat([features, masks], dim=1)))
         return out + self.prior_gain * (2.0 * masks - 1.0)
 
     def forward(self, scan: torch.Tensor, warped_atlas: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

@@ -5,12 +5,14 @@ propagation.py, deformable.py, boxes.py and networks.RefineLCSNet. Entry point: 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from .boxes import chunked_boxes, crop, even_grid_pads
+from .boxes import chunked_boxes, crop
 from .bundle import Bundle
 from .device import resolve_device
 from .errors import InputError
@@ -23,7 +25,7 @@ from .inference import (
     check_atlas_masks,
 )
 from .networks import REFINE_HALO
-from .preprocessing import check_image, normalise_intensity, pad_spatial
+from .preprocessing import check_image, normalise_intensity
 from .propagation import Propagation, carried_chunks, carry_labels, check_drawn_masks, register_atlas
 from .registration import Alignment
 from .warping import apply_affine, grid_points, sample
@@ -48,11 +50,17 @@ def atlas_propagation(
     )
 
 
-def refine_inputs(bundle: Bundle, image: np.ndarray, affine: np.ndarray, propagation: Propagation):
-    """(scan, atlas warped onto it) on the atlas grid in scan space, normalised, padded to even sizes:
-    (1, 1, *grid) each. Grid point q shows the scan at M q and the atlas at q + u(q) (see propagation.py)."""
-    atlas_image, atlas_affine = bundle.atlas_image()
-    intensity = bundle.preprocessing.intensity
+def refine_inputs(
+    atlas_image: np.ndarray,
+    atlas_affine: np.ndarray,
+    intensity,
+    image: np.ndarray,
+    affine: np.ndarray,
+    propagation: Propagation,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scan, atlas warped onto it) on the atlas grid in scan space, normalised: (1, 1, *grid) each. Grid point q
+    shows the scan at M q and the atlas at q + u(q) (see propagation.py). Training builds its inputs with this
+    same function (lsseg_training.refine_data)."""
     points = grid_points(atlas_image.shape, atlas_affine)
     # no alignment means world coordinates: the identity
     matrix = propagation.alignment.matrix if propagation.alignment is not None else np.eye(4)
@@ -62,17 +70,21 @@ def refine_inputs(bundle: Bundle, image: np.ndarray, affine: np.ndarray, propaga
     ]
     # the grid seen in scan space has affine M @ atlas_affine, so its atlas points are q + u(q)
     atlas_points = propagation.atlas_points(atlas_image.shape, matrix @ atlas_affine)
-    warped = sample(torch.as_tensor(atlas_image)[None], atlas_affine, atlas_points, mode="bilinear")[0]
-    pads = even_grid_pads(atlas_image.shape)
+    warped = sample(
+        torch.as_tensor(np.asarray(atlas_image, np.float32))[None],
+        atlas_affine,
+        atlas_points,
+        mode="bilinear",
+    )[0]
     return (
-        pad_spatial(normalise_intensity(scan, intensity)[None, None], pads),
-        pad_spatial(normalise_intensity(warped, intensity)[None, None], pads),
+        normalise_intensity(scan, intensity)[None, None],
+        normalise_intensity(warped, intensity)[None, None],
     )
 
 
 def refined_in_boxes(network, features: torch.Tensor, propagated: torch.Tensor, chunk: int):
     """Yield (label index, box, probabilities in the box) of a refine network run in a box around each
-    propagated mask (K, *grid), batched by chunks of equally sized boxes; features (1, F, *grid)."""
+    propagated mask (K, *grid), batched by chunks of similar boxes; features (1, F, *grid)."""
     with torch.no_grad():
         for indices, boxes in chunked_boxes(propagated, REFINE_HALO, chunk):
             feats = torch.cat([crop(features, box) for box in boxes])
@@ -82,8 +94,44 @@ def refined_in_boxes(network, features: torch.Tensor, propagated: torch.Tensor, 
                 yield k, box, torch.sigmoid(logit[0])
 
 
-def segment_by_refinement(
-    bundle, image, affine, masks, labels, align, device, progress, cancel, network, memory_budget_mb
+@dataclass
+class _Refined:
+    """Probabilities of each label on the atlas grid in scan space (zero outside the label's box)."""
+
+    image: np.ndarray
+    affine: np.ndarray
+    propagation: Propagation
+    probabilities: torch.Tensor  # (K, *atlas grid)
+    note: str | None
+    report: _Reporter
+
+    def on_scan(self, atlas_affine: np.ndarray) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first index, probabilities (n, *scan)) carried back onto the scan's grid, a chunk at a time."""
+        scan_to_grid = Propagation(self.propagation.alignment)
+        points = scan_to_grid.atlas_points(self.image.shape, self.affine)
+        yield from carried_chunks(
+            self.probabilities.numpy(),
+            atlas_affine,
+            scan_to_grid,
+            self.image.shape,
+            self.affine,
+            points=points,
+        )
+
+
+def _refine(
+    bundle,
+    image,
+    affine,
+    masks,
+    labels,
+    align,
+    device,
+    progress,
+    cancel,
+    network,
+    memory_budget_mb,
+    propagation=None,
 ):
     if bundle.kind != "lcs" or bundle.network_config.arch != "lcs_refine":
         raise InputError(f"{bundle.path}: method 'lcs-refine' needs an LCS bundle with a refine network")
@@ -93,24 +141,24 @@ def segment_by_refinement(
     check_drawn_masks(masks, [label.name for label in labels])
     report = _Reporter(progress, cancel)
     torch_device, note = resolve_device(device)
-    report(0.0, "registering the atlas to the scan (deformable)")
-    propagation = atlas_propagation(
-        bundle, image, affine, "deformable", align, lambda f, m: report(0.5 * f, m)
+    if propagation is None:  # evaluation passes the registration it already computed for this scan
+        report(0.0, "registering the atlas to the scan (deformable)")
+        propagation = atlas_propagation(
+            bundle, image, affine, "deformable", align, lambda f, m: report(0.5 * f, m)
+        )
+    scan, warped = refine_inputs(
+        atlas_image, atlas_affine, bundle.preprocessing.intensity, image, affine, propagation
     )
-    scan, warped = refine_inputs(bundle, image, affine, propagation)
     net = network if network is not None else bundle.build_network(torch_device)
-    pads = even_grid_pads(atlas_image.shape)
-    grid = tuple(s + p for s, (_, p) in zip(atlas_image.shape, pads))
+    grid = tuple(atlas_image.shape)
     # the masks carried by the deformation onto the grid, where the network corrects them
     grid_affine = propagation.alignment.matrix @ atlas_affine
     points = propagation.atlas_points(atlas_image.shape, grid_affine)
     propagated = torch.zeros((masks.shape[0], *grid))
-    atlas_extent = [slice(0, s) for s in atlas_image.shape]
     for start, weights in carried_chunks(
         masks, atlas_affine, propagation, atlas_image.shape, grid_affine, points=points
     ):
-        rows: tuple[slice, ...] = (slice(start, start + weights.shape[0]), *atlas_extent)
-        propagated[rows] = weights
+        propagated[start : start + weights.shape[0]] = weights
     with torch.no_grad(), _autocast(torch_device):
         features = net.encode(scan.to(torch_device), warped.to(torch_device))
     probabilities = torch.zeros((masks.shape[0], *grid))
@@ -123,16 +171,42 @@ def segment_by_refinement(
         where: tuple[Any, ...] = (k, *box)
         probabilities[where] = probs
     report(0.9, "mapping back onto the input grid")
-    scan_to_grid = Propagation(propagation.alignment)
+    return _Refined(image, affine, propagation, probabilities, note, report)
+
+
+def segment_by_refinement(
+    bundle,
+    image,
+    affine,
+    masks,
+    labels,
+    align,
+    device,
+    progress,
+    cancel,
+    network,
+    memory_budget_mb,
+    propagation=None,
+):
+    refined = _refine(
+        bundle,
+        image,
+        affine,
+        masks,
+        labels,
+        align,
+        device,
+        progress,
+        cancel,
+        network,
+        memory_budget_mb,
+        propagation,
+    )
+    image, affine = refined.image, refined.affine
     values = [label.value for label in labels]
     best = torch.zeros(image.shape)
     best_index = torch.zeros(image.shape, dtype=torch.long)
-    everything: tuple[slice, ...] = (slice(None), *[slice(0, s) for s in atlas_image.shape])
-    cropped = probabilities[everything]
-    scan_points = scan_to_grid.atlas_points(image.shape, affine)
-    for start, weights in carried_chunks(
-        cropped.numpy(), atlas_affine, scan_to_grid, image.shape, affine, points=scan_points
-    ):
+    for start, weights in refined.on_scan(bundle.atlas_image()[1]):
         value, index = weights.max(dim=0)
         better = value > best
         best = torch.where(better, value, best)
@@ -142,11 +216,35 @@ def segment_by_refinement(
         best >= LCS_THRESHOLD, lookup[best_index], torch.zeros_like(best_index, dtype=torch.int32)
     )
     labelmap = labelmap.numpy().astype(np.int16 if max(values) < 32768 else np.int32)
-    report(1.0, "done")
-    alignment = propagation.alignment if align is not False else None
+    refined.report(1.0, "done")
+    alignment = refined.propagation.alignment if align is not False else None
     return SegmentationResult(
-        labelmap, affine.copy(), list(labels), note, alignment, propagation, "lcs-refine"
+        labelmap, affine.copy(), list(labels), refined.note, alignment, refined.propagation, "lcs-refine"
     )
+
+
+def refined_independently(
+    bundle: Bundle,
+    image: np.ndarray,
+    affine: np.ndarray,
+    masks: np.ndarray,
+    labels,
+    *,
+    align: bool | Alignment | None = None,
+    device: str = "auto",
+    network=None,
+    memory_budget_mb: float | None = None,
+    propagation: Propagation | None = None,
+) -> tuple[np.ndarray, Propagation]:
+    """Each drawn label refined and decided on its own (p >= 0.5, overlaps allowed): bool (K, *image shape),
+    and the registration used. For evaluation (as Ma et al. 2022, Table 1); users want segment_by_refinement."""
+    refined = _refine(
+        bundle, image, affine, masks, labels, align, device, None, None, network, memory_budget_mb
+    )
+    out = np.zeros((len(labels), *refined.image.shape), dtype=bool)
+    for start, weights in refined.on_scan(bundle.atlas_image()[1]):
+        out[start : start + weights.shape[0]] = (weights >= LCS_THRESHOLD).numpy()
+    return out, refined.propagation
 
 
 def segment_by_registration(bundle, image, affine, masks, labels, stage, align, progress, cancel):

@@ -1,0 +1,96 @@
+"""Registrations of the atlas onto each training case, computed once and kept on disk (training only).
+
+Training the refine network (``lsseg train lcs --arch lcs_refine``) needs every (atlas -> training case) pair
+propagated by the project's own registration (engine/propagation.py: affine alignment, then deformable demons),
+exactly as inference registers a new scan. That costs about a minute per case on a CPU, so each result is
+stored as ``<key>.npz`` in a cache folder; the key is a hash of everything the result depends on (both images
+and affines, the stage and the registration code's settings), so a changed input can never reuse a stale file.
+Files are plain arrays read with ``allow_pickle=False`` (never unpickled) and written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+
+from LabelSharingSegLib.engine.atomic import write_bytes_atomic
+from LabelSharingSegLib.engine.deformable import Deformation
+from LabelSharingSegLib.engine.errors import LabelSharingSegError
+from LabelSharingSegLib.engine.propagation import Propagation, register_atlas
+from LabelSharingSegLib.engine.registration import Alignment
+
+# bump when the registration code changes what it computes for the same inputs
+CACHE_VERSION = "refine-registration-1"
+_ALIGNMENT_FLOATS = ("metric", "identity_metric", "overlap", "identity_overlap")
+_DEFORMATION_FLOATS = ("similarity_affine", "similarity", "min_jacobian", "folded_fraction")
+
+
+def registration_key(
+    atlas_image: np.ndarray, atlas_affine: np.ndarray, image: np.ndarray, affine: np.ndarray
+) -> str:
+    digest = hashlib.sha256(CACHE_VERSION.encode())
+    for array in (atlas_image, atlas_affine, image, affine):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:32]
+
+
+def _to_bytes(propagation: Propagation) -> bytes:
+    alignment, deformation = propagation.alignment, propagation.deformation
+    assert alignment is not None and deformation is not None
+    arrays = {
+        "matrix": alignment.matrix,
+        "alignment_floats": np.array([getattr(alignment, f) for f in _ALIGNMENT_FLOATS]),
+        "accepted": np.array(alignment.accepted),
+        "displacement": deformation.displacement.astype(np.float32),
+        "grid_affine": deformation.affine,
+        "deformation_floats": np.array([getattr(deformation, f) for f in _DEFORMATION_FLOATS]),
+        "method": np.array(deformation.method),
+    }
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _from_file(path: Path) -> Propagation:
+    with np.load(path, allow_pickle=False) as data:
+        alignment = Alignment(
+            np.asarray(data["matrix"], np.float64),
+            **dict(zip(_ALIGNMENT_FLOATS, map(float, data["alignment_floats"]))),
+            accepted=bool(data["accepted"]),
+        )
+        deformation = Deformation(
+            np.asarray(data["displacement"], np.float32),
+            np.asarray(data["grid_affine"], np.float64),
+            str(data["method"]),
+            *map(float, data["deformation_floats"]),
+        )
+    return Propagation(alignment, deformation)
+
+
+def cached_registration(
+    cache: Path,
+    atlas_image: np.ndarray,
+    atlas_affine: np.ndarray,
+    image: np.ndarray,
+    affine: np.ndarray,
+) -> Propagation | None:
+    """The deformable propagation of the atlas onto a case, from ``cache`` or computed and stored there; None
+    when the registration diverges (the case is then left out of training, as inference would refuse it)."""
+    path = Path(cache) / f"{registration_key(atlas_image, atlas_affine, image, affine)}.npz"
+    if path.is_file():
+        try:
+            return _from_file(path)
+        except (OSError, ValueError, KeyError):
+            path.unlink(missing_ok=True)  # a damaged cache file is recomputed
+    try:
+        propagation = register_atlas(atlas_image, atlas_affine, image, affine, stage="deformable")
+    except LabelSharingSegError:
+        return None
+    Path(cache).mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, _to_bytes(propagation))
+    return propagation
