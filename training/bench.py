@@ -19,6 +19,7 @@ import time
 import torch
 
 from LabelSharingSegLib.engine.device import DEVICE_CHOICES, resolve_device
+from LabelSharingSegLib.engine.errors import InputError
 from LabelSharingSegLib.engine.network_config import LCSConfig, RefineLCSConfig, UNetConfig
 from LabelSharingSegLib.engine.networks import build_network
 
@@ -43,6 +44,11 @@ def register(subparsers) -> None:
         "--grid",
         default="64,80,64",
         help="grid of the K-vs-1 measurement (default: a brain at about 3 mm)",
+    )
+    lcs.add_argument(
+        "--archs",
+        default="lcs,lcs_refine",
+        help="architectures of the K-vs-1 measurement (comma-separated; default both)",
     )
     lcs.set_defaults(func=run_lcs)
     heads = sub.add_parser("heads", help="label sharing vs multi-channel vs individual models")
@@ -150,7 +156,8 @@ def _many_vs_one(args: argparse.Namespace, device: torch.device) -> dict:
     masks = _blob_masks(args.many, grid, seed=0).to(device)
     scan, atlas = torch.randn((1, 1, *grid), device=device), torch.randn((1, 1, *grid), device=device)
     lcs = build_network(LCSConfig(spatial_dims=3, channels=(8, 16, 32, 64)))
-    refine = build_network(RefineLCSConfig(spatial_dims=3, channels=(16, 32)))
+    # the shipped refine bundle's widths (lcs-refine-brain-aal: encoder 8, head 16)
+    refine = build_network(RefineLCSConfig(spatial_dims=3, channels=(8, 16)))
     lcs, refine = lcs.to(device).eval(), refine.to(device).eval()
 
     def paper(count: int):
@@ -168,7 +175,15 @@ def _many_vs_one(args: argparse.Namespace, device: torch.device) -> dict:
                 pass
 
     rows = {}
+    wanted = {a.strip() for a in getattr(args, "archs", "lcs,lcs_refine").split(",")}
+    unknown = wanted - {"lcs", "lcs_refine"}
+    if unknown:
+        raise InputError(
+            f"--archs: unknown architecture(s) {', '.join(sorted(unknown))}; choose lcs, lcs_refine"
+        )
     for name, fn in (("lcs", paper), ("lcs_refine", boxed)):
+        if name not in wanted:
+            continue
         one = _timed(lambda fn=fn: fn(1), args.repeats, device)
         many = _timed(lambda fn=fn: fn(args.many), args.repeats, device)
         rows[name] = {"one_s": round(one, 4), "many_s": round(many, 4), "ratio": round(many / one, 3)}
