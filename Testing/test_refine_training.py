@@ -154,6 +154,11 @@ def _tiny_brains(root):
     return folder, coarse
 
 
+def _side_rows(report):
+    with open(report / "fine_methods.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_refine_trains_segments_and_is_evaluated_beside_every_method(tmp_path):
     data, coarse = _tiny_brains(tmp_path)
@@ -190,14 +195,23 @@ def test_refine_trains_segments_and_is_evaluated_beside_every_method(tmp_path):
 
     report = tmp_path / "report"
     assert lsseg("evaluate", out, "--data", data, "--out", report, "--device", "cpu", "--no-hd95") == 0
-    with open(report / "fine_methods.csv", newline="") as handle:
-        side = list(csv.DictReader(handle))
+    side = _side_rows(report)
     methods = {r["method"] for r in side}
     assert {"affine propagation", "deformable propagation", "LCS refine"} <= methods
     assert "LCS (Ma et al. 2022)" not in methods  # a refine bundle has no paper network
     refine = [float(r["dice"]) for r in side if r["method"] == "LCS refine"]
     assert len(refine) == 3 and min(refine) > 0.5  # two steps from registration: still close to it
     assert "| LCS refine |" in (report / "summary.md").read_text()
+
+    # beside the paper's LCS on the same atlas: every method once per (case, fine label)
+    paper = tmp_path / "paper"
+    assert lsseg("train", "lcs", *common, "--out", paper, "--channels", "4,8,16", "--steps", 1) == 0
+    both = tmp_path / "both"
+    assert lsseg("evaluate", paper, out, "--data", data, "--out", both, "--device", "cpu", "--no-hd95") == 0
+    side = _side_rows(both)
+    for method in ("naive (world)", "affine propagation", "deformable propagation", "LCS (Ma et al. 2022)"):
+        assert sum(r["method"] == method for r in side) == 3, method
+    assert [float(r["dice"]) for r in side if r["method"] == "LCS refine"] == refine
 
     # invalid refine options are refused with one line
     assert lsseg(*args, "--steps", 1, "--split-prob", "1.5") == 2
