@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from LabelSharingSegLib.engine.atlas_methods import ATLAS_METHODS, DEFAULT_ATLAS_METHOD
+from LabelSharingSegLib.engine.atlas_methods import ATLAS_METHODS, DEFAULT_ATLAS_METHOD, REFINE_ATLAS_METHOD
 from LabelSharingSegLib.engine.atomic import atomic_paths, remove_stale_parts, write_text_atomic
 from LabelSharingSegLib.engine.device import DEVICE_CHOICES
 from LabelSharingSegLib.engine.errors import InputError
@@ -65,7 +65,8 @@ def register(subparsers) -> None:
         default=None,
         help="how --atlas-labels are segmented: carried by affine + deformable registration, by affine "
         "registration only, by the bundle's LCS network (Ma et al. 2022) or by a refine network; default: the "
-        f"best measured ({DEFAULT_ATLAS_METHOD}, docs/DEMO.md), lcs for 2D bundles",
+        f"best measured (docs/DEMO.md): {REFINE_ATLAS_METHOD} for bundles with a refine network, else "
+        f"{DEFAULT_ATLAS_METHOD}; lcs for 2D bundles",
     )
     segment.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     segment.add_argument(

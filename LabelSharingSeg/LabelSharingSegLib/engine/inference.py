@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .atlas_methods import ATLAS_METHODS, DEFAULT_ATLAS_METHOD
+from .atlas_methods import ATLAS_METHODS, default_atlas_method
 from .bundle import Bundle
 from .bundle_kind import BundleKind
 from .device import resolve_device
@@ -435,13 +435,14 @@ def segment_atlas_labels(
 ) -> SegmentationResult:
     """Segment the structures that ``masks`` (K, *atlas grid) outline on the atlas, on a target image.
 
-    ``method`` (one of ``ATLAS_METHODS``; default ``DEFAULT_ATLAS_METHOD``, 'lcs' for 2D bundles): carry the masks by affine or
+    ``method`` (one of ``ATLAS_METHODS``; default ``atlas_methods.default_atlas_method``: 'lcs-refine' for bundles
+    with a refine network, else 'register-deformable', 'lcs' for 2D bundles): carry the masks by affine or
     affine + deformable registration, or condition the bundle's LCS network on them (Ma et al. 2022).
     ``align``: first register the scan to the atlas image (None: on, for 3D bundles; False: world
     coordinates; an ``Alignment`` from an earlier result on the same scan is reused).
     """
     if method is None:  # registration needs 3D scans; 2D bundles keep the paper's network
-        method = DEFAULT_ATLAS_METHOD if bundle.preprocessing.spatial_dims == 3 else "lcs"
+        method = default_atlas_method(bundle.network_config.arch, bundle.preprocessing.spatial_dims)
     if method not in ATLAS_METHODS:
         raise InputError(f"unknown atlas-label method {method!r} (choose {', '.join(ATLAS_METHODS)})")
     _require_volume(bundle, check_image(image, affine)[0])  # every method, registration included
