@@ -35,6 +35,7 @@ from LabelSharingSegLib.engine.preprocessing import resample_to_grid
 from . import sidebyside
 from .csv_tables import write_csv
 from .datasets import as_volume, load_case, require_valid_dataset
+from .label_set_eval import evaluate_label_set
 from .metrics import dice, label_metrics, nanmean, voxel_spacing
 
 FIELDS = (
@@ -127,8 +128,10 @@ def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95):
     coarse_map = {int(f): int(c) for f, c in training.get("coarse_map") or []}
     fine_names = {int(v): str(n) for v, n in training.get("fine_labels") or []}
     for dataset in datasets:
-        declared = set(dataset.foreground_labels())
-        if fine_names and not set(fine_names) <= declared:
+        declared = dataset.foreground_labels()
+        if fine_names and any(declared.get(v) != n for v, n in fine_names.items()):  # another label set
+            more_side, more_notes = evaluate_label_set(bundle, method, dataset, network, device, _fine_atlas)
+            side, notes = side + more_side, notes + more_notes
             continue
         task = dataset.task_name()
         fine_atlas = (
@@ -373,11 +376,11 @@ def evaluate(
             more, t1, s1, n1 = _evaluate_lcs_bundle(bundle, method, datasets, torch_device, with_hd95)
             table1, side, notes = table1 + t1, side + s1, notes + n1
         else:
-            more = _evaluate_task_bundle(bundle, method, datasets, torch_device, with_hd95)
-        if not more:
+            more, s1, n1 = _evaluate_task_bundle(bundle, method, datasets, torch_device, with_hd95), [], []
+        if not more and not s1:
             raise InputError(
                 f"{path}: none of its tasks/labels matches a --data folder "
-                f"({', '.join(d.task_name() for d in datasets)})"
+                f"({', '.join(d.task_name() for d in datasets)})" + "".join(f"; {n}" for n in n1[:2])
             )
         rows += more
     with atomic_folder(out) as staging:
@@ -388,7 +391,14 @@ def evaluate(
         summary = _summary(rows, table1, methods, plots)
         if side:
             write_csv(staging / "fine_methods.csv", side, sidebyside.FIELDS, _fmt)
-            side_plots = sidebyside.plots(staging, side)
-            summary += "\n".join(sidebyside.summary_lines(side, side_plots, notes)) + "\n"
+            tasks = list(dict.fromkeys(r["task"] for r in side))
+            for task in tasks:  # one section per label set (plots named by task when there are several)
+                task_rows = [r for r in side if r["task"] == task]
+                suffix = f"_{task}" if len(tasks) > 1 else ""
+                side_plots = sidebyside.plots(staging, task_rows, suffix)
+                title = task if len(tasks) > 1 else ""
+                summary += "\n".join(sidebyside.summary_lines(task_rows, side_plots, notes, title)) + "\n"
+        elif notes:
+            summary += "\n".join(["", "## Notes", ""] + [f"- {n}" for n in dict.fromkeys(notes)]) + "\n"
         write_text_atomic(staging / "summary.md", summary)
     return summary
