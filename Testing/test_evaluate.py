@@ -4,6 +4,7 @@ plots; Dice and HD95 are right on known shapes."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import numpy as np
@@ -127,6 +128,14 @@ def test_evaluate_a_second_label_set_drawn_on_the_atlas(tmp_path, capsys):
         "Fine atlas labels, every method side by side" in summary
         and "## Coarse training labels" not in summary
     )
+    # the registration bench on the same bundle and sets (numbers are not asserted: they go to docs/DEMO.md)
+    capsys.readouterr()
+    assert lsseg("bench", "registration", lcs, "--data", aal, nmm, "--cases", 1, "--json") == 0
+    bench = json.loads(capsys.readouterr().out)
+    (row,) = bench["cases"]
+    assert set(row["dice"]) == {"BrainAAL", "BrainNeuromorphometrics"}
+    assert set(row["seconds"]) == {"affine", "demons", "bspline"}
+    assert row["dice"]["BrainAAL"]["demons"] >= 0 and row["cache"]["from_disk_s"] > 0
     # a dataset whose cases are not this bundle's atlas: nothing to score, one clear line
     other = build_set(
         "brain-hcpex", tmp_path / "other", cases=1, test_cases=1, spacing=8.0, seed=5, progress=None

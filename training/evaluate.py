@@ -17,7 +17,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from LabelSharingSegLib.engine.atomic import (
     atomic_folder,
@@ -30,12 +29,11 @@ from LabelSharingSegLib.engine.device import resolve_device
 from LabelSharingSegLib.engine.errors import InputError
 from LabelSharingSegLib.engine.inference import atlas_labels_independently, segment_atlas_labels, segment_task
 from LabelSharingSegLib.engine.labels import LabelInfo
-from LabelSharingSegLib.engine.preprocessing import resample_to_grid
 
 from . import sidebyside
 from .csv_tables import write_csv
 from .datasets import as_volume, load_case, require_valid_dataset
-from .label_set_eval import evaluate_label_set
+from .label_set_eval import evaluate_label_set, labels_on_atlas_grid
 from .metrics import dice, label_metrics, nanmean, voxel_spacing
 
 FIELDS = (
@@ -130,12 +128,12 @@ def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95):
     for dataset in datasets:
         declared = dataset.foreground_labels()
         if fine_names and any(declared.get(v) != n for v, n in fine_names.items()):  # another label set
-            more_side, more_notes = evaluate_label_set(bundle, method, dataset, network, device, _fine_atlas)
+            more_side, more_notes = evaluate_label_set(bundle, method, dataset, network, device)
             side, notes = side + more_side, notes + more_notes
             continue
         task = dataset.task_name()
         fine_atlas = (
-            _fine_atlas(dataset, training.get("atlas_case"), atlas_affine, atlas_labels.shape)
+            labels_on_atlas_grid(dataset, training.get("atlas_case"), atlas_affine, atlas_labels.shape)
             if coarse_map
             else None
         )
@@ -193,19 +191,6 @@ def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95):
                     }
                 )
     return rows, table1, side, notes
-
-
-def _fine_atlas(dataset, atlas_id, atlas_affine, atlas_shape):
-    """The atlas case's fine labels on the bundle's atlas grid (only evaluate uses them)."""
-    case = next((c for c in dataset.training if c.case_id == atlas_id), None)
-    if case is None:
-        return None
-    _, label, affine = load_case(case)
-    label = as_volume(label).astype(np.float32)
-    on_grid = resample_to_grid(
-        torch.as_tensor(label)[None], atlas_affine, atlas_shape, mode="nearest", src_affine=affine
-    )[0]
-    return on_grid.round().numpy().astype(np.int64)
 
 
 def _fmt(value) -> str:

@@ -35,6 +35,8 @@ def atlas_case_of(bundle, dataset) -> tuple[str | None, str]:
     pairs = (dataset.metadata.get("lsseg") or {}).get("same_scan_cases") or {}
     wanted = {f"{folder}/{atlas_case}" for folder in sources}
     own = [case for case, other in pairs.items() if other in wanted]
+    if any(c.case_id == atlas_case for c in dataset.training):
+        own = [atlas_case]  # the bundle's own training set
     if not atlas_case or not own:
         return None, (
             f"{dataset.task_name()}: none of its cases is the bundle's atlas case {atlas_case!r} "
@@ -61,16 +63,26 @@ def atlas_case_of(bundle, dataset) -> tuple[str | None, str]:
     return case.case_id, ""
 
 
-def evaluate_label_set(
-    bundle, method, dataset, network, device, fine_atlas_of
-) -> tuple[list[dict], list[str]]:
-    """(side-by-side rows, notes) for every label of ``dataset`` present on the bundle's atlas case.
-    ``fine_atlas_of(dataset, case_id, atlas_affine, atlas_shape)`` gives that case's labels on the atlas grid."""
+def labels_on_atlas_grid(dataset, case_id, atlas_affine, atlas_shape) -> np.ndarray | None:
+    """A training case's label map on the bundle's atlas grid (nearest neighbour); None when it has no such case."""
+    case = next((c for c in dataset.training if c.case_id == case_id), None)
+    if case is None:
+        return None
+    _, label, affine = load_case(case)
+    label = as_volume(label).astype(np.float32)
+    on_grid = resample_to_grid(
+        torch.as_tensor(label)[None], atlas_affine, atlas_shape, mode="nearest", src_affine=affine
+    )[0]
+    return on_grid.round().numpy().astype(np.int64)
+
+
+def evaluate_label_set(bundle, method, dataset, network, device) -> tuple[list[dict], list[str]]:
+    """(side-by-side rows, notes) for every label of ``dataset`` present on the bundle's atlas case."""
     case_id, why = atlas_case_of(bundle, dataset)
     if case_id is None:
         return [], [why]
     atlas_image, atlas_affine = bundle.atlas_image()
-    fine_atlas = fine_atlas_of(dataset, case_id, atlas_affine, atlas_image.shape)
+    fine_atlas = labels_on_atlas_grid(dataset, case_id, atlas_affine, atlas_image.shape)
     names = dataset.foreground_labels()
     values = [v for v in sorted(names) if np.count_nonzero(fine_atlas == v) >= 2]
     infos = [LabelInfo(v, names[v], (1.0, 0.0, 0.0)) for v in values]
