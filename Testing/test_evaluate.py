@@ -130,15 +130,20 @@ def test_evaluate_a_second_label_set_drawn_on_the_atlas(tmp_path, capsys):
     )
     # the registration bench on the same bundle and sets (numbers are not asserted: they go to docs/DEMO.md)
     capsys.readouterr()
-    assert lsseg("bench", "registration", lcs, "--data", aal, nmm, "--cases", 1, "--json") == 0
+    args = ("--cases", 1, "--methods", "demons", "--json")
+    assert lsseg("bench", "registration", lcs, "--data", aal, nmm, *args) == 0
     bench = json.loads(capsys.readouterr().out)
     (row,) = bench["cases"]
     assert set(row["dice"]) == {"BrainAAL", "BrainNeuromorphometrics"}
-    assert set(row["seconds"]) == {"affine", "demons", "bspline"}
+    assert set(row["seconds"]) == {"affine", "demons"}
     assert row["dice"]["BrainAAL"]["demons"] >= 0 and row["cache"]["from_disk_s"] > 0
     # a dataset whose cases are not this bundle's atlas: nothing to score, one clear line
-    other = build_set(
-        "brain-hcpex", tmp_path / "other", cases=1, test_cases=1, spacing=8.0, seed=5, progress=None
+    # another seed: the same case names, other scans - the atlas image check refuses them
+    (other_scans,) = build_set(
+        "brain-nmm", tmp_path / "seed5", cases=1, test_cases=1, spacing=8.0, seed=5, progress=None
     )
-    assert lsseg("evaluate", lcs, "--data", other[0], "--out", tmp_path / "r2", "--device", "cpu") == 2
+    assert lsseg("evaluate", lcs, "--data", other_scans, "--out", tmp_path / "r2", "--device", "cpu") == 2
+    assert "is not the bundle's atlas image" in capsys.readouterr().err
+    unrelated = phantoms(tmp_path / "phantoms", tasks=1, dims=3, size=24, cases=2, test_cases=1)
+    assert lsseg("evaluate", lcs, "--data", *unrelated, "--out", tmp_path / "r3", "--device", "cpu") == 2
     assert "none of its cases is the bundle's atlas case" in capsys.readouterr().err
