@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import threading
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
@@ -41,6 +42,7 @@ FORMAT = 1
 
 T = TypeVar("T")
 _memory: OrderedDict[str, Any] = OrderedDict()
+_lock = threading.Lock()  # the scene logic may compute on another thread
 _disk_off = [False]
 
 
@@ -68,7 +70,8 @@ def cache_folder() -> Path | None:
 
 def clear_memory() -> None:
     """Forget what this process remembered (the disk cache stays)."""
-    _memory.clear()
+    with _lock:
+        _memory.clear()
 
 
 def content_key(kind: str, arrays: Mapping[str, np.ndarray], settings: Mapping[str, Any]) -> str:
@@ -95,9 +98,10 @@ def remembered(
 ) -> T:
     """``compute()`` once per key: from this process's memory, else a readable cache file, else computed and
     stored (memory and, with ``use_disk``, a file)."""
-    if key in _memory:
-        _memory.move_to_end(key)
-        return _memory[key]
+    with _lock:
+        if key in _memory:
+            _memory.move_to_end(key)
+            return _memory[key]
     folder = cache_folder() if use_disk else None
     path = folder / f"{key}.npz" if folder is not None else None
     value = _read(path, key, decode) if path is not None else None
@@ -105,9 +109,10 @@ def remembered(
         value = compute()
         if path is not None:
             _write(path, key, encode(value))
-    _memory[key] = value
-    while len(_memory) > MEMORY_ENTRIES:
-        _memory.popitem(last=False)
+    with _lock:
+        _memory[key] = value
+        while len(_memory) > MEMORY_ENTRIES:
+            _memory.popitem(last=False)
     return value
 
 
