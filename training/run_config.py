@@ -36,6 +36,7 @@ RESUME_MAY_CHANGE = (
     "epochs",
     "time_limit_min",
     "val_every",
+    "val_labels",
     "checkpoint_every",
     "quiet",
     "tensorboard",
@@ -95,6 +96,7 @@ class TrainSettings:
     intensity: str = "zscore"
     val_fraction: float = 0.2
     val_every: int = 0  # 0: ten times per run
+    val_labels: int | None = None  # score at most this many labels, a seeded sample (validation_labels.py)
     checkpoint_every: int = 50
     checkpoint_dir: Path | None = None  # None: OUT + '.training'
     resume: bool = False
@@ -158,6 +160,10 @@ class TrainSettings:
             f"--val-fraction must be at least 0 and below 1, got {self.val_fraction}",
         )
         _require(self.val_every >= 0, f"--val-every must be >= 0, got {self.val_every}")
+        _require(
+            self.val_labels is None or (isinstance(self.val_labels, int) and self.val_labels >= 1),
+            f"--val-labels must be >= 1, got {self.val_labels}",
+        )
         _require(self.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
         if self.checkpoint_dir is not None:
             object.__setattr__(self, "checkpoint_dir", Path(self.checkpoint_dir))

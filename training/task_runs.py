@@ -37,6 +37,7 @@ from .run_session import (
 )
 from .samples import ToModelGrid, cache_items
 from .trainer import StepCallback
+from .validation_labels import validation_labels
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,10 @@ def train_task_model(
         train_cases += [(c, index_of[d.task_name()]) for c in tr]
         val_cases += [(c, index_of[d.task_name()]) for c in va]
     options = train_options(settings, checkpoint_dir, len(train_cases), ctx.world_size, time_limit_s)
-    method = TaskMethod(plan.kind, plan.tasks, network, prep)
+    val_labels = {
+        t.index: validation_labels(t.channels, settings.val_labels, settings.seed) for t in plan.tasks
+    }
+    method = TaskMethod(plan.kind, plan.tasks, network, prep, val_labels)
     to_grid = ToModelGrid(prep)
     items = method.prepare_items(cache_items(train_cases, to_grid, settings.cache_workers))
     val_items = (
@@ -107,9 +111,10 @@ def train_task_model(
     result = run_loop(method, model, val_items, options, ctx, identity, on_step)
     if ctx.is_main:
         val_ids = [c.case_id for c, _ in val_cases]
-        meta = training_meta(
-            plan.kind, result, options, datasets, val_ids, ctx.world_size, **(plan.identity_extra or {})
-        )
+        extra = dict(plan.identity_extra or {})
+        if settings.val_labels is not None:  # which labels chose the best weights (all when not capped)
+            extra["validation_labels"] = {t.name: val_labels[t.index] for t in plan.tasks}
+        meta = training_meta(plan.kind, result, options, datasets, val_ids, ctx.world_size, **extra)
         factory.write_task_bundle(
             out,
             plan.kind,

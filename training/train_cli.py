@@ -128,6 +128,12 @@ def _add_budget_options(p: argparse.ArgumentParser) -> None:
         "--val-every", type=int, default=0, help="validate every N steps (default: 10 times per run)"
     )
     v.add_argument(
+        "--val-labels",
+        type=int,
+        help="score at most N labels in validation, a fixed sample drawn with --seed (default: all; "
+        "makes LCS validation affordable at many labels)",
+    )
+    v.add_argument(
         "--checkpoint-every", type=int, default=50, help="write the resumable checkpoint every N steps"
     )
     v.add_argument(

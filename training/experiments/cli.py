@@ -23,6 +23,16 @@ def _budget_options(p: argparse.ArgumentParser, steps: int) -> None:
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--val-fraction", type=float, default=0.2)
     g.add_argument("--no-augment", action="store_true")
+    v = p.add_argument_group("validation (the same for every compared method)")
+    v.add_argument(
+        "--val-labels",
+        type=int,
+        help="score at most N labels in each validation, a fixed sample drawn with --seed, the same for every "
+        "method (default: all; LCS validates one label per decoder pass)",
+    )
+    v.add_argument(
+        "--val-every", type=int, default=0, help="validate every N steps (default: 10 times a run)"
+    )
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     g.add_argument(
         "--threads", type=int, help="CPU threads for torch (default: the cores this process may use)"
@@ -101,6 +111,8 @@ def _budget(args):
         val_fraction=args.val_fraction,
         augment=not args.no_augment,
         quiet=not args.verbose,
+        val_labels=args.val_labels,
+        val_every=args.val_every,
     )
 
 
