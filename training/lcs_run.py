@@ -98,6 +98,10 @@ def plan_atlas(config: LCSRunConfig, dataset: NnUNetDataset, hierarchy: LabelHie
 
 def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> session.TrainedBundle:
     settings = config.settings
+    if settings.task_film or settings.label_mapping != "rank" or settings.task_sampling != "uniform":
+        raise InputError(
+            "--task-film, --label-mapping and --task-sampling are options of task training, not lcs"
+        )
     checkpoint_dir = session.claim_outputs(config.out, settings)
     dataset = load_datasets([config.data])[0]
     hierarchy = read_coarse_map(config.coarse_map) if config.coarse_map else LabelHierarchy({})

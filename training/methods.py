@@ -54,9 +54,13 @@ class TaskMethod:
         network_config: NetworkConfig,
         prep: Preprocessing,
         val_labels: dict[int, list[int]] | None = None,
+        task_weights: dict[int, float] | None = None,
     ):
-        """``val_labels``: per task index, the label values validation scores (default: all of the task's)."""
+        """``val_labels``: per task index, the label values validation scores (default: all of the task's);
+        ``task_weights``: how often each task is drawn (default: equally often)."""
+        self.task_weights = task_weights
         self.kind = BundleKind.parse(kind)
+        self.takes_task = network_config.TAKES_TASK  # DoD-Net and label sharing with a task code
         self.tasks = tasks
         self.val_values = {
             task.index: list(task.channels) if val_labels is None else list(val_labels[task.index])
@@ -96,7 +100,7 @@ class TaskMethod:
     ):
         """Patch sampling and augmentation: on the training device (``pipeline.kind == 'device'``) or the
         legacy per-sample MONAI path."""
-        self.sampler = PatchSampler(items, self.patch, self.spatial_dims, foreground_prob)
+        self.sampler = PatchSampler(items, self.patch, self.spatial_dims, foreground_prob, self.task_weights)
         self.augmentation = build_augmentation(self.spatial_dims) if augment else None
         self.device_batches = None
         self.loader_workers = 0
@@ -129,7 +133,7 @@ class TaskMethod:
 
     # -- network ---------------------------------------------------------------------------------------
     def forward(self, model, image: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
-        if self.kind is BundleKind.DODNET:
+        if self.takes_task:
             return model(image, task)
         return model(image)
 
@@ -164,7 +168,7 @@ class TaskMethod:
     def predict_channels(self, model, image: torch.Tensor, task: int, device: torch.device) -> torch.Tensor:
         """Model-grid image (C, X, Y, Z) -> predicted channel map (X, Y, Z), the task's channels only: the engine's
         own prediction (``predict_logits``, as ``segment_task`` runs it), then the task's channels compete."""
-        task_index = task if self.kind is BundleKind.DODNET else None
+        task_index = task if self.takes_task else None
         logits = predict_logits(_unwrap(model), image, self.prep, device, task_index)
         allowed = self.channel_masks[task].view(-1, *([1] * (logits.ndim - 1)))
         return logits.masked_fill(~allowed, MASKED_LOGIT).argmax(0)

@@ -26,6 +26,8 @@ OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("cosine", "poly", "constant")
 AMP_MODES = ("auto", "bf16", "off")
 INTENSITY_MODES = ("zscore", "percentile", "ct_window", "none")
+TASK_SAMPLING = ("uniform", "labels")
+LABEL_MAPPINGS = ("rank", "shuffled")
 DEFAULT_CHANNELS = (8, 16, 32, 64, 128)
 DEFAULT_STEPS = 1000
 
@@ -89,6 +91,12 @@ class TrainSettings:
     device: str = "auto"
     amp: str = "auto"
     foreground_prob: float = 0.5
+    # label sharing's options for measuring why it trails (issue #15; defaults: Anand et al. 2024 as published)
+    task_sampling: str = (
+        "uniform"  # uniform: each task equally often; labels: in proportion to its label count
+    )
+    label_mapping: str = "rank"  # rank: labels share channels by size rank; shuffled: a seeded random mapping
+    task_film: bool = False  # the U-Net gets a per-task scale and shift of its decoder features
     augment: bool = True
     cache_workers: int = 0
     channels: tuple[int, ...] = DEFAULT_CHANNELS
@@ -144,6 +152,14 @@ class TrainSettings:
         _require(
             _finite(self.foreground_prob) and 0 <= self.foreground_prob <= 1,
             f"--foreground-prob must be between 0 and 1, got {self.foreground_prob}",
+        )
+        _require(
+            self.task_sampling in TASK_SAMPLING,
+            f"--task-sampling must be one of {', '.join(TASK_SAMPLING)}, got {self.task_sampling!r}",
+        )
+        _require(
+            self.label_mapping in LABEL_MAPPINGS,
+            f"--label-mapping must be one of {', '.join(LABEL_MAPPINGS)}, got {self.label_mapping!r}",
         )
         _require(self.cache_workers >= 0, f"--cache-workers must be >= 0, got {self.cache_workers}")
         object.__setattr__(self, "channels", _positive_ints(self.channels, "--channels"))
