@@ -63,6 +63,13 @@ def register(subparsers) -> None:
         nargs="*",
         help="tasks held out for incremental learning (default: every task; none given: skip)",
     )
+    ls.add_argument(
+        "--variants",
+        nargs="*",
+        metavar="VARIANT",
+        help="label-sharing variants to train with the same budget, each testing one reason it may trail: "
+        "task-code, shuffled-mapping, label-sampling, wide (may be added to a finished experiment)",
+    )
     _budget_options(ls, 1000)
     ls.set_defaults(func=cmd_labelsharing)
 
@@ -125,6 +132,7 @@ def cmd_labelsharing(args) -> int:
         _budget(args),
         add_steps=args.add_steps,
         holdout=args.holdout,
+        variants=args.variants,
     )
     print(report.read_text(encoding="utf-8"))
     print(f"Report: {report}")
