@@ -52,6 +52,7 @@ RESUME_MAY_CHANGE = (
     "channels_last",
     "fused_optimizer",
     "sync_data_timing",
+    "loss_sync_every",
 )
 
 
@@ -121,6 +122,7 @@ class TrainSettings:
     channels_last: bool = False
     fused_optimizer: str = "auto"
     sync_data_timing: bool = False  # lsseg bench train: exact data time on CUDA
+    loss_sync_every: int = 0  # 0: automatic (trainer.loss_sync_interval)
 
     def __post_init__(self) -> None:
         for key in ("steps", "epochs"):
@@ -188,6 +190,10 @@ class TrainSettings:
         _require(self.threads is None or self.threads >= 1, f"--threads must be >= 1, got {self.threads}")
         _require(
             self.fused_optimizer in ("auto", "on", "off"), "--fused-optimizer must be one of auto, on, off"
+        )
+        _require(
+            isinstance(self.loss_sync_every, int) and self.loss_sync_every >= 0,
+            f"--loss-sync-every must be >= 0, got {self.loss_sync_every}",
         )
         self.pipeline_settings()  # checks --pipeline, --loader-workers and --appearance together
 

@@ -243,6 +243,14 @@ def _add_speed_options(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="fused Adam/AdamW kernel (default auto: on CUDA)",
     )
+    s.add_argument(
+        "--loss-sync-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="read the loss back to the host (log, progress, non-finite check) every N steps; each read waits for "
+        "the GPU (default 0: automatic, 1 on the CPU, 16 on GPUs)",
+    )
 
 
 def register(subparsers) -> None:
