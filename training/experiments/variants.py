@@ -8,7 +8,9 @@ outputs; Anand et al. 2024):
 * ``shuffled-mapping`` - the rank mapping: each task's labels take the shared channels in a seeded random order
   instead of by relative size (``--label-mapping shuffled``);
 * ``label-sampling``   - task imbalance: tasks drawn in proportion to their label count (``--task-sampling labels``);
-* ``wide``             - capacity: twice the channels at every level.
+* ``wide``             - capacity: twice the channels at every level;
+* ``reseeded``         - the control: label sharing as published with the next seed, so a variant's difference can
+  be read against the spread between two seeds.
 
 ``conflict_rows`` measures the other suspect, conflicts between look-alike labels sharing a channel: for every
 label, how far (in z-scored image intensity) the closest other label on its channel is, next to its Dice deficit
@@ -37,11 +39,20 @@ class Variant:
     change: str  # what differs from label sharing
     settings: dict = field(default_factory=dict)  # TrainSettings changes
     channel_factor: int = 1
+    seed_offset: int = 0
 
     def budget(self, budget: Budget) -> Budget:
         """The same steps x batch and seed; only the variant's own change differs."""
         channels = tuple(c * self.channel_factor for c in budget.channels)
-        return Budget(**{**budget.__dict__, "channels": channels, "extra": {**budget.extra, **self.settings}})
+        extra = {**budget.extra, **self.settings}
+        return Budget(
+            **{
+                **budget.__dict__,
+                "channels": channels,
+                "seed": budget.seed + self.seed_offset,
+                "extra": extra,
+            }
+        )
 
     @property
     def run(self) -> str:
@@ -74,6 +85,7 @@ VARIANTS = {
             {"task_sampling": "labels"},
         ),
         Variant("wide", "capacity", "2x channels at every level", channel_factor=2),
+        Variant("reseeded", "none: run-to-run spread (control)", "as published, seed + 1", seed_offset=1),
     )
 }
 
