@@ -100,6 +100,7 @@ def test_variants_share_the_budget_and_can_be_added_later(tmp_path):
     assert set(totals.values()) == {8} and "labelsharing wide" in totals
     # the look-alike table: one row per label of each task, its channel and the deficit against its own model
     assert "### Look-alike labels sharing a channel" in report
+    assert (out / "variants.png").stat().st_size > 1000 and "![variants](variants.png)" in report
     with open(out / "conflicts.csv", newline="") as handle:
         conflicts = list(csv.DictReader(handle))
     assert sorted((r["task"], r["channel"]) for r in conflicts) == [

@@ -257,6 +257,13 @@ def _report(ws, tasks, budget, add_steps, ledger, rows, bundles, incremental, va
     all_dice = {m: [mean_dice(rows, method=m, task=t) for t in tasks] for m in methods}
     all_params = {m: _parameters(bundles[m])[0] for m in methods}
     lines += variant_section(variants, tasks, all_dice, all_params, conflicts)
+    if variants:
+        shown = ["labelsharing", *[v.method for v in variants], "individual"]
+        plots.append(
+            grouped_bars(ws.root / "variants.png", tasks + ["mean"],
+                         {m: all_dice[m] + [mean(all_dice[m])] for m in shown}, "mean Dice",
+                         "Label-sharing variants under the same budget")
+        )  # fmt: skip
     if incremental:
         lines += _incremental_section(ws, incremental, dice, tasks, plots)
     else:
