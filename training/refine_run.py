@@ -2,7 +2,7 @@
 
 The atlas is planned as for the paper's LCS (``lcs_run.plan_atlas``: the atlas case on the model grid, trained
 labels coarse where ``--coarse-map`` merges them). Every other training case is registered to it once by the
-project's own registration (affine + deformable, cached: ``registration_cache.py``); a case whose registration
+project's own registration (affine + deformable, cached: ``pair_registrations.py``); a case whose registration
 diverges is left out and named. Samples, loss and validation: ``refine_method.py``. The bundle is an LCS bundle
 whose network is ``lcs_refine``; ``lsseg segment --method lcs-refine`` uses it.
 """
@@ -28,7 +28,7 @@ from .label_hierarchy import LabelHierarchy, read_coarse_map
 from .lcs_run import AtlasPlan, plan_atlas
 from .planning import load_datasets, split_cases
 from .refine_method import RefineMethod, RefinePair, make_pair
-from .registration_cache import cached_registration
+from .pair_registrations import cached_registration
 from .run_config import LCSRunConfig
 from .run_identity import RunIdentity
 from .trainer import StepCallback

@@ -25,7 +25,6 @@ import torch
 
 from .atlas_methods import ATLAS_METHODS, default_atlas_method
 from .bundle import Bundle
-from .bundle_kind import BundleKind
 from .device import resolve_device
 from .errors import CancelledError, InputError
 from .labels import LabelInfo
@@ -42,7 +41,8 @@ from .preprocessing import (
 )
 from .preprocessing_config import Preprocessing
 from .propagation import Propagation, check_drawn_masks
-from .registration import Alignment, register_affine
+from .registration import Alignment
+from .registration_cache import affine_alignment
 
 ProgressCallback = Callable[[float, str], None]
 CancelCheck = Callable[[], bool]
@@ -102,7 +102,7 @@ def _align(bundle: Bundle, image: np.ndarray, affine: np.ndarray, align, report:
             f"{bundle.path}: this bundle carries no reference image to align to; turn alignment off"
         )
     reference, reference_affine = bundle.reference_image()
-    alignment = register_affine(
+    alignment = affine_alignment(
         image, affine, reference, reference_affine, progress=lambda f, m: report(0.02 + 0.08 * f, m)
     )
     return alignment.aligned_affine(affine), alignment
@@ -222,7 +222,7 @@ def segment_task(
     working_affine, alignment = _align(bundle, image, affine, align, report)
     x, model_affine = _task_model_grid(image, working_affine, prep, info.plane)
     net = network if network is not None else bundle.build_network(torch_device)
-    task_index = info.index if bundle.kind is BundleKind.DODNET else None
+    task_index = info.index if bundle.network_config.TAKES_TASK else None
     logits = _predict_logits(net, x, prep, torch_device, report, task_index)
     values = [label.value for label in info.labels]
     channels = [0] + [info.channels[v] for v in values]
