@@ -20,8 +20,8 @@ from LabelSharingSegLib.engine.preprocessing_config import IntensityConfig
 from LabelSharingSegLib.engine.propagation import Propagation
 from LabelSharingSegLib.engine.registration import Alignment
 from lsseg_training.datasets import make_case_folders, write_case, write_dataset_json
-from lsseg_training.refine_method import RefineMethod, make_pair
 from lsseg_training.pair_registrations import cached_registration
+from lsseg_training.refine_method import RefineMethod, make_pair
 
 
 def _identity_pair(displacement_mm: float = 0.0, intensity: str = "zscore"):

@@ -1,7 +1,7 @@
 """Training the LCS that refines registration (networks.RefineLCSNet): pairs, samples, loss, validation.
 
 A training pair is (atlas -> training case) registered by the project's own registration (affine + deformable,
-registration_cache.py), then put on the atlas grid in scan space with the engine's own ``refine_inputs`` (what
+pair_registrations.py), then put on the atlas grid in scan space with the engine's own ``refine_inputs`` (what
 inference feeds the network). Each sample conditions on one atlas mask made from the trained (coarse) labels:
 
 * a random label, merged with a second one with probability ``merge_prob`` (as Ma et al. 2022);

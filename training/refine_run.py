@@ -26,9 +26,9 @@ from .datasets import as_volume, load_case
 from .distributed import distributed_session
 from .label_hierarchy import LabelHierarchy, read_coarse_map
 from .lcs_run import AtlasPlan, plan_atlas
+from .pair_registrations import cached_registration
 from .planning import load_datasets, split_cases
 from .refine_method import RefineMethod, RefinePair, make_pair
-from .pair_registrations import cached_registration
 from .run_config import LCSRunConfig
 from .run_identity import RunIdentity
 from .trainer import StepCallback
