@@ -34,7 +34,7 @@ def test_shipped_refine_bundle_segments_fine_labels_above_floor(tmp_path):
     from lsseg_training.datasets import as_volume, load_case, read_dataset
     from lsseg_training.demo import FULL
     from lsseg_training.demo_examples import _coarse_lut
-    from lsseg_training.evaluate import _fine_atlas
+    from lsseg_training.label_set_eval import labels_on_atlas_grid
 
     bundle = load_bundle(_shipped())
     assert bundle.kind == "lcs" and bundle.network_config.arch == "lcs_refine"
@@ -53,7 +53,7 @@ def test_shipped_refine_bundle_segments_fine_labels_above_floor(tmp_path):
     image, truth, affine = load_case(dataset.test[0])
     image, truth = as_volume(image[0]), as_volume(truth).astype(np.int64)
     atlas_labels, atlas_affine, coarse_infos = bundle.atlas_labels()
-    fine_atlas = _fine_atlas(dataset, training["atlas_case"], atlas_affine, atlas_labels.shape)
+    fine_atlas = labels_on_atlas_grid(dataset, training["atlas_case"], atlas_affine, atlas_labels.shape)
     values = [int(v) for v in np.unique(fine_atlas) if v != 0]
     assert len(values) == 116
     infos = [LabelInfo(v, f"fine {v}", (1.0, 0.0, 0.0)) for v in values]

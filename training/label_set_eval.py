@@ -18,6 +18,7 @@ import torch
 from LabelSharingSegLib.engine.inference import atlas_labels_independently
 from LabelSharingSegLib.engine.labels import LabelInfo
 from LabelSharingSegLib.engine.preprocessing import resample_to_grid
+from LabelSharingSegLib.engine.registered import atlas_propagation, refined_independently
 
 from . import sidebyside
 from .datasets import as_volume, load_case
@@ -92,13 +93,31 @@ def evaluate_label_set(bundle, method, dataset, network, device) -> tuple[list[d
     for case in (c for c in dataset.test if c.label_path is not None):
         image, truth, affine = load_case(case)
         volume, truth = as_volume(image[0]), as_volume(truth).astype(np.int64)
-        decided, alignment = atlas_labels_independently(
-            bundle, volume, affine, masks, infos, device=str(device), network=network
-        )
-        predictions, note = sidebyside.registration_predictions(bundle, masks, volume, affine, alignment)
+        if bundle.network_config.arch == "lcs_refine":  # refines the deformable registration it computes
+            alignment = atlas_propagation(bundle, volume, affine, "affine", None).alignment
+            deformable, note = sidebyside.deformable_registration(bundle, volume, affine, alignment)
+            predictions, note = sidebyside.registration_predictions(
+                bundle, masks, volume, affine, alignment, deformable, note
+            )
+            if deformable is not None:
+                predictions[sidebyside.REFINE] = refined_independently(
+                    bundle,
+                    volume,
+                    affine,
+                    masks,
+                    infos,
+                    device=str(device),
+                    network=network,
+                    propagation=deformable,
+                )[0]
+        else:
+            decided, alignment = atlas_labels_independently(
+                bundle, volume, affine, masks, infos, device=str(device), network=network
+            )
+            predictions, note = sidebyside.registration_predictions(bundle, masks, volume, affine, alignment)
+            predictions[sidebyside.LCS] = decided
         if note:
             notes.append(f"{case.case_id}: {note}")
-        predictions[sidebyside.LCS] = decided
         rows += sidebyside.case_rows(method, task, case.case_id, infos, predictions, truth)
     left_out = len(names) - len(values)
     if left_out:
