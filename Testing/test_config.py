@@ -24,6 +24,8 @@ from lsseg_training.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "LabelSharingSeg" / "Resources" / "Bundles").glob("*/bundle.json"))
+# bundles shipped before schema 2 stay byte-unchanged; newer ones (schema 2) are checked by their own tests
+SHIPPED_SCHEMA_1 = [p for p in SHIPPED if json.loads(p.read_text()).get("schema_version") == 1]
 
 
 # ------------------------------------------------------------------------------------------ round trips
@@ -75,7 +77,7 @@ def test_preprocessing_fills_the_documented_defaults():
         prep.replace(overlap=-0.1)
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("path", SHIPPED_SCHEMA_1, ids=lambda p: p.parent.name)
 def test_shipped_schema_1_bundles_load_unchanged(path):
     before = hashlib.sha256(path.read_bytes()).hexdigest()
     raw = json.loads(path.read_text())
