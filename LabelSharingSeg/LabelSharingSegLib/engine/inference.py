@@ -25,7 +25,6 @@ import torch
 
 from .atlas_methods import ATLAS_METHODS, DEFAULT_ATLAS_METHOD
 from .bundle import Bundle
-from .bundle_kind import BundleKind
 from .device import resolve_device
 from .errors import CancelledError, InputError
 from .labels import LabelInfo
@@ -223,7 +222,7 @@ def segment_task(
     working_affine, alignment = _align(bundle, image, affine, align, report)
     x, model_affine = _task_model_grid(image, working_affine, prep, info.plane)
     net = network if network is not None else bundle.build_network(torch_device)
-    task_index = info.index if bundle.kind is BundleKind.DODNET else None
+    task_index = info.index if bundle.network_config.TAKES_TASK else None
     logits = _predict_logits(net, x, prep, torch_device, report, task_index)
     values = [label.value for label in info.labels]
     channels = [0] + [info.channels[v] for v in values]
