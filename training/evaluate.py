@@ -380,7 +380,9 @@ def evaluate(
         if table1:
             write_csv(staging / "table1.csv", table1, format_value=_fmt)
         plots = _plots(staging, rows, methods)
-        summary = _summary(rows, table1, methods, plots)
+        summary = (
+            _summary(rows, table1, methods, plots) if rows else "# Evaluation\n"
+        )  # no trained labels scored
         if side:
             write_csv(staging / "fine_methods.csv", side, sidebyside.FIELDS, _fmt)
             tasks = list(dict.fromkeys(r["task"] for r in side))
