@@ -41,7 +41,8 @@ from .preprocessing import (
 )
 from .preprocessing_config import Preprocessing
 from .propagation import Propagation, check_drawn_masks
-from .registration import Alignment, register_affine
+from .registration import Alignment
+from .registration_cache import affine_alignment
 
 ProgressCallback = Callable[[float, str], None]
 CancelCheck = Callable[[], bool]
@@ -101,7 +102,7 @@ def _align(bundle: Bundle, image: np.ndarray, affine: np.ndarray, align, report:
             f"{bundle.path}: this bundle carries no reference image to align to; turn alignment off"
         )
     reference, reference_affine = bundle.reference_image()
-    alignment = register_affine(
+    alignment = affine_alignment(
         image, affine, reference, reference_affine, progress=lambda f, m: report(0.02 + 0.08 * f, m)
     )
     return alignment.aligned_affine(affine), alignment
