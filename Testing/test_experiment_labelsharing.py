@@ -130,3 +130,27 @@ def test_unknown_variant_is_refused(tmp_path, capsys):
     assert lsseg(*command, *ARGS) == 2
     assert "--variants deeper: unknown" in capsys.readouterr().err
     assert not (tmp_path / "exp").exists()
+
+
+def test_variant_differences_are_read_against_the_seed_to_seed_spread():
+    from lsseg_training.experiments.variants import VARIANTS, section
+
+    chosen = [VARIANTS["task-code"], VARIANTS["reseeded"], VARIANTS["wide"]]
+    dice = {
+        "labelsharing": [0.5, 0.3],
+        "labelsharing task-code": [0.52, 0.3],  # +0.01 mean: within a 0.05 spread
+        "labelsharing reseeded": [0.6, 0.3],  # +0.05 mean: the spread
+        "labelsharing wide": [0.7, 0.3],  # +0.10 mean: beyond it
+        "individual": [0.6, 0.4],
+    }
+    params = {m: 1000 for m in dice}
+    conflicts = [
+        {"channel": 1, "task": "a", "label": "x (1)", "shares_with": "b:y", "closest_intensity_distance": d, "deficit": f}
+        for d, f in ((0.1, -0.3), (0.2, -0.2), (0.3, -0.1), ("nan", "0.0"))
+    ]  # fmt: skip
+    text = "\n".join(section(chosen, ["a", "b"], dice, params, conflicts))
+    assert "- labelsharing task-code: 0.010 mean (within the seed-to-seed spread of 0.050)" in text
+    assert "- labelsharing wide: 0.100 mean (beyond the seed-to-seed spread of 0.050)" in text
+    assert "- labelsharing reseeded: 0.050 mean; worst gap" in text
+    # look-alikes (small distance) losing more: a perfect positive rank correlation over the 3 paired labels
+    assert "over the 3 labels that share a channel: **1.00**" in text
