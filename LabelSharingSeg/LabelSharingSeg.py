@@ -241,6 +241,7 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.selectNoSegmentsButton.connect(
             "clicked(bool)", lambda: self.segmentChecklist.setAllChecked(False)
         )
+        self.ui.atlasMethodComboBox.connect("currentIndexChanged(int)", self.onAtlasMethodChanged)
         self.ui.applyAtlasButton.connect("clicked(bool)", self.onApplyAtlas)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.installPackagesButton.connect("clicked(bool)", self.onInstallPackages)
@@ -346,7 +347,18 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.atlasCollapsibleButton.setEnabled(kind == "lcs")
         self.ui.taskCollapsibleButton.collapsed = kind == "lcs"
         self.ui.atlasCollapsibleButton.collapsed = kind != "lcs"
+        self._fillAtlasMethods()
         self._updateButtons()
+
+    def _fillAtlasMethods(self):
+        chosen = self.logic.atlasMethodOptions.get("method")
+        combo = self.ui.atlasMethodComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for method, title in self.logic.atlasMethodChoices():
+            combo.addItem(title, method)
+        combo.setCurrentIndex(max(0, combo.findData(chosen)) if chosen else 0)
+        combo.blockSignals(wasBlocked)
 
     def _updateButtons(self, *unused):
         idle = self._worker is None
@@ -506,6 +518,13 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSegmentItemChanged(self, item):
         if not self._renderingList:  # a tick by the user
             self.segmentChecklist.setChecked(item.data(qt.Qt.UserRole), item.checkState() == qt.Qt.Checked)
+
+    def onAtlasMethodChanged(self, index):
+        method = self.ui.atlasMethodComboBox.itemData(index) if index > 0 else None  # 0: the bundle's default
+        try:
+            self.logic.setAtlasMethod(method)
+        except LabelSharingSegError as error:
+            self._showError("Cannot use this method", error)
 
     def onApplyAtlas(self):
         try:

@@ -22,3 +22,21 @@ def default_atlas_method(arch: str, spatial_dims: int) -> str:
     if spatial_dims != 3:
         return "lcs"
     return REFINE_ATLAS_METHOD if arch == "lcs_refine" else DEFAULT_ATLAS_METHOD
+
+
+ATLAS_METHOD_TITLES = {
+    "register-deformable": "Deformable registration (affine + demons)",
+    "register-affine": "Affine registration",
+    "lcs": "LCS network (Ma et al. 2022)",
+    "lcs-refine": "Deformable registration refined by the network",
+}
+
+
+def atlas_methods_for(arch: str, spatial_dims: int) -> tuple[str, ...]:
+    """The methods a bundle can run (its network runs only the method made for it), its default first."""
+    if spatial_dims != 3:
+        return ("lcs",)
+    network = REFINE_ATLAS_METHOD if arch == "lcs_refine" else "lcs"
+    default = default_atlas_method(arch, spatial_dims)
+    others = [m for m in ("register-deformable", "register-affine", network) if m != default]
+    return (default, *others)

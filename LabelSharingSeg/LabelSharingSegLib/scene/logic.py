@@ -144,6 +144,8 @@ class SegmentationSceneLogic:
         bundle = load_bundle(resolveBundlePath(path))
         self.bundle = bundle
         self._atlasGeometry = None
+        if self.atlasMethodOptions.get("method") not in [m for m, _ in self.atlasMethodChoices()]:
+            self.setAtlasMethod(None)  # a method the new bundle cannot run falls back to its default
         return bundle
 
     def unloadBundle(self) -> None:
@@ -163,6 +165,28 @@ class SegmentationSceneLogic:
 
     def isAtlasBundle(self) -> bool:
         return self.bundle is not None and self.bundle.kind.has_atlas
+
+    def atlasMethodChoices(self) -> list[tuple[str, str]]:
+        """(method, title) of the ways the loaded atlas bundle can segment drawn labels, its default first."""
+        from ..engine.atlas_methods import ATLAS_METHOD_TITLES, atlas_methods_for
+
+        if not self.isAtlasBundle():
+            return []
+        methods = atlas_methods_for(self.bundle.network_config.arch, self.bundle.preprocessing.spatial_dims)
+        return [(m, ATLAS_METHOD_TITLES[m] + (" (default)" if i == 0 else "")) for i, m in enumerate(methods)]
+
+    def setAtlasMethod(self, method: str | None) -> None:
+        """Segment atlas labels with ``method`` (one of ``atlasMethodChoices``); None or '': the bundle's default."""
+        options = {k: v for k, v in self.atlasMethodOptions.items() if k != "method"}
+        if method:
+            allowed = [m for m, _ in self.atlasMethodChoices()]
+            if method not in allowed:
+                raise InputError(
+                    f"atlas-label method {method!r} is not available for this bundle "
+                    f"(choose {', '.join(allowed) or 'an atlas bundle first'})"
+                )
+            options["method"] = method
+        self.atlasMethodOptions = options
 
     def taskNames(self) -> list[str]:
         return [] if self.bundle is None else list(self.bundle.task_names())
