@@ -152,6 +152,8 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
                 [dataset],
                 [c.case_id for c in val_cases],
                 ctx.world_size,
+                device=ctx.device,
+                appearance=settings.appearance,
                 atlas_case=atlas.case_id,
                 coarse_map=[[f, c] for f, c in coarse_pairs],
                 fine_labels=[[v, n] for v, n in sorted(dataset.foreground_labels().items())],

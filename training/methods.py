@@ -95,7 +95,12 @@ class TaskMethod:
         self.device_batches = None
         self.loader_workers = 0
         if pipeline is not None and pipeline.kind == "device":
-            self.device_batches = TaskBatches(self.sampler, pipeline, device or torch.device("cpu"))
+            self.device_batches = TaskBatches(
+                self.sampler,
+                pipeline,
+                device or torch.device("cpu"),
+                spacing_mm=float(np.mean(self.prep.spacing)),
+            )
             self.loader_workers = self.device_batches.loader_workers
         return self.sampler
 
@@ -198,6 +203,7 @@ class LCSMethod:
         it); ``atlas_label``: (X, Y, Z) label values on the same grid."""
         self.factor = network_config.downsample_factor
         self.spatial_dims = prep.spatial_dims
+        self.spacing_mm = float(np.mean(prep.spacing))
         self.values = [int(v) for v in label_values]
         self.merge_prob = merge_prob
         self.grid = tuple(int(s) for s in atlas_label.shape)
@@ -241,7 +247,9 @@ class LCSMethod:
         self.device_batches = None
         self.loader_workers = 0
         if pipeline is not None and pipeline.kind == "device":
-            self.device_batches = LCSBatches(self, items, pipeline, device or torch.device("cpu"))
+            self.device_batches = LCSBatches(
+                self, items, pipeline, device or torch.device("cpu"), spacing_mm=self.spacing_mm
+            )
             self.loader_workers = self.device_batches.loader_workers
         return self
 

@@ -108,7 +108,15 @@ def train_task_model(
     if ctx.is_main:
         val_ids = [c.case_id for c, _ in val_cases]
         meta = training_meta(
-            plan.kind, result, options, datasets, val_ids, ctx.world_size, **(plan.identity_extra or {})
+            plan.kind,
+            result,
+            options,
+            datasets,
+            val_ids,
+            ctx.world_size,
+            device=ctx.device,
+            appearance=settings.appearance,
+            **(plan.identity_extra or {}),
         )
         factory.write_task_bundle(
             out,
