@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .atlas_brain import atlas_brain, background_level, keep_brain
 from .atlas_methods import ATLAS_METHODS, DEFAULT_ATLAS_METHOD
 from .bundle import Bundle
 from .bundle_kind import BundleKind
@@ -334,7 +335,15 @@ def _default_budget_mb(device: torch.device) -> float:
 class PreparedLCS:
     """Target and atlas on the padded atlas grid, ready for conditioned decoding (used by inference and tests)."""
 
-    def __init__(self, bundle: Bundle, image: np.ndarray, affine: np.ndarray, device: torch.device):
+    def __init__(
+        self,
+        bundle: Bundle,
+        image: np.ndarray,
+        affine: np.ndarray,
+        device: torch.device,
+        brain_window: bool = False,
+    ):
+        """``brain_window``: keep only the atlas's brain of the (aligned) target, see ``atlas_brain``."""
         prep = bundle.preprocessing
         atlas_image, atlas_affine = bundle.atlas_image()
         self.atlas_shape = atlas_image.shape
@@ -343,6 +352,8 @@ class PreparedLCS:
         target = resample_to_grid(
             torch.as_tensor(image)[None], atlas_affine, atlas_image.shape, mode="bilinear", src_affine=affine
         )[0]
+        if brain_window:
+            target = keep_brain(target, atlas_brain(atlas_image, atlas_affine), background_level(image))
         target = normalise_intensity(target, prep.intensity)
         atlas = normalise_intensity(atlas_image, prep.intensity)
         if self.dims == 2:  # 2D atlas stored as (X, Y, 1)
@@ -411,7 +422,9 @@ def _lcs_setup(
     torch_device, note = resolve_device(device)
     report(0.0, "bringing the target onto the atlas grid")
     working_affine, alignment = _align(bundle, image, affine, align, report)
-    prepared = PreparedLCS(bundle, image, working_affine, torch_device)
+    # a scan aligned to the atlas is seen through the atlas's brain (skull, scalp and neck set to background)
+    window = alignment is not None and alignment.accepted
+    prepared = PreparedLCS(bundle, image, working_affine, torch_device, brain_window=window)
     net = network if network is not None else bundle.build_network(torch_device)
     budget = memory_budget_mb if memory_budget_mb is not None else _default_budget_mb(torch_device)
     chunk = lcs_chunk_size(bundle.network_config, prepared.target.shape[2:], budget)
