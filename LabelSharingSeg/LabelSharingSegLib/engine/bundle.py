@@ -173,6 +173,8 @@ class Bundle:
             ]
             if parts:
                 lines.append("Training: " + "; ".join(parts))
+            if "appearance" in training:  # what scans it was trained to hold on (augmentation names)
+                lines.append("Trained for appearance: " + (", ".join(training["appearance"]) or "none"))
             metrics = training.get("metrics")
             if isinstance(metrics, dict) and metrics:
                 lines.append(
