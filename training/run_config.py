@@ -227,12 +227,15 @@ class LCSRunConfig:
     atlas_case: str | None = None
     coarse_map: Path | None = None
     merge_prob: float = 0.5
+    reference: Path | None = None  # the position of the training targets (atlas_brain.network_pose)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
         object.__setattr__(self, "out", Path(self.out))
         if self.coarse_map is not None:
             object.__setattr__(self, "coarse_map", Path(self.coarse_map))
+        if self.reference is not None:
+            object.__setattr__(self, "reference", Path(self.reference))
         _require(
             _finite(self.merge_prob) and 0 <= self.merge_prob <= 1,
             f"--merge-prob must be between 0 and 1, got {self.merge_prob}",

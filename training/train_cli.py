@@ -263,6 +263,14 @@ def register(subparsers) -> None:
     p.add_argument(
         "--merge-prob", type=float, default=0.5, help="chance a sample merges two labels (default 0.5)"
     )
+    p.add_argument(
+        "--reference",
+        type=Path,
+        metavar="IMAGE.nii.gz",
+        help="3D image in the position the training targets scatter around (lsseg data build writes "
+        "reference_template.nii.gz: the template in MNI space); stored in the bundle, aligned scans are "
+        "shown to the network in its position",
+    )
     _add_budget_options(p)
     p.set_defaults(func=run_training_entry, kind="lcs")
     train_p.set_defaults(func=lambda args: (train_p.print_help(), 2)[1])
@@ -328,6 +336,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             atlas_case=args.atlas_case,
             coarse_map=args.coarse_map,
             merge_prob=args.merge_prob,
+            reference=args.reference,
         )
     if args.kind == "add-task":
         return AddTaskConfig(

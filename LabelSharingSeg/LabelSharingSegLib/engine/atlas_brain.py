@@ -6,8 +6,16 @@ shift the intensity normalisation. Once the scan is aligned to the atlas, the at
 foreground, plus a small margin for the difference between two brains) marks where the scan's brain is; every
 voxel of the atlas grid outside it is set to the scan's background level before normalisation, so the network
 sees a brain-only image as in training. Measured on a real whole-head scan (docs/DEMO.md): LCS coarse
-structures 0.556 -> 0.753 mean Dice. Without an accepted alignment the window is not used: the atlas's brain
+structures 0.556 -> 0.749 mean Dice. Without an accepted alignment the window is not used: the atlas's brain
 would not lie over the scan's.
+
+The network's own position: an LCS network is trained on one atlas case (a randomly deformed template) and
+targets scattered around the template's position (MNI space); it learns that position. A scan aligned to the
+atlas case sits where no training target sat on average. When the bundle stores a reference image in the
+targets' position (``Bundle.network_reference``), the scan is shown to the network there instead: the
+alignment (scan <- atlas) is composed with the fixed atlas <- reference pose, registered once per bundle, and
+the window is the reference's brain. The alignment itself stays the scan's alignment to the atlas, so every
+other method reuses it unchanged.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .registration import _robust_scale, foreground_mask
+from .registration import _robust_scale, foreground_mask, register_affine
 
 BRAIN_MARGIN_MM = 4.0  # two brains aligned by an affine differ by a few millimetres at the surface
 BACKGROUND_PERCENTILE = (
@@ -48,3 +56,40 @@ def keep_brain(target: torch.Tensor, brain: np.ndarray, background: float) -> to
     """``target`` (raw intensities on the atlas grid) with every voxel outside ``brain`` set to ``background``."""
     inside = torch.as_tensor(np.asarray(brain, dtype=bool), device=target.device)
     return torch.where(inside, target, torch.full_like(target, background))
+
+
+def network_brain(bundle) -> np.ndarray:
+    """The window on the atlas grid: the network reference's brain when the bundle stores one, else the
+    atlas's (both grown by the margin)."""
+    from .preprocessing import resample_to_grid
+
+    atlas_image, atlas_affine = bundle.atlas_image()
+    reference = bundle.network_reference()
+    if reference is None:
+        return atlas_brain(atlas_image, atlas_affine)
+    brain = torch.as_tensor(atlas_brain(*reference).astype(np.float32))[None]
+    on_grid = resample_to_grid(
+        brain, atlas_affine, atlas_image.shape, mode="bilinear", src_affine=reference[1]
+    )
+    return on_grid[0].numpy() > 0.5
+
+
+def network_pose(bundle) -> np.ndarray:
+    """4x4 RAS matrix from the bundle's network reference to its atlas (identity without a stored reference)."""
+    reference = bundle.network_reference()
+    if reference is None:
+        return np.eye(4)
+    return _pose(bundle.bundle_id, bundle.atlas_image(), reference).copy()
+
+
+_POSES: dict[str, np.ndarray] = {}  # bundle id -> pose: one registration per bundle and process
+
+
+def _pose(
+    key: str, atlas: tuple[np.ndarray, np.ndarray], reference: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
+    """Registered once per bundle (two brain-only images of one template: an affine fits them well)."""
+    if key not in _POSES:
+        alignment = register_affine(atlas[0], atlas[1], reference[0], reference[1])
+        _POSES[key] = alignment.matrix if alignment.accepted else np.eye(4)
+    return _POSES[key]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .atlas_brain import atlas_brain, background_level, keep_brain
+from .atlas_brain import background_level, keep_brain, network_brain, network_pose
 from .atlas_methods import ATLAS_METHODS, DEFAULT_ATLAS_METHOD
 from .bundle import Bundle
 from .bundle_kind import BundleKind
@@ -353,7 +353,7 @@ class PreparedLCS:
             torch.as_tensor(image)[None], atlas_affine, atlas_image.shape, mode="bilinear", src_affine=affine
         )[0]
         if brain_window:
-            target = keep_brain(target, atlas_brain(atlas_image, atlas_affine), background_level(image))
+            target = keep_brain(target, network_brain(bundle), background_level(image))
         target = normalise_intensity(target, prep.intensity)
         atlas = normalise_intensity(atlas_image, prep.intensity)
         if self.dims == 2:  # 2D atlas stored as (X, Y, 1)
@@ -422,8 +422,11 @@ def _lcs_setup(
     torch_device, note = resolve_device(device)
     report(0.0, "bringing the target onto the atlas grid")
     working_affine, alignment = _align(bundle, image, affine, align, report)
-    # a scan aligned to the atlas is seen through the atlas's brain (skull, scalp and neck set to background)
+    # a scan aligned to the atlas is seen in the network's own position (a stored reference's, else the
+    # atlas's) through that position's brain: skull, scalp and neck set to background (atlas_brain.py)
     window = alignment is not None and alignment.accepted
+    if window:
+        working_affine = np.linalg.inv(alignment.matrix @ network_pose(bundle)) @ np.asarray(affine, float)
     prepared = PreparedLCS(bundle, image, working_affine, torch_device, brain_window=window)
     net = network if network is not None else bundle.build_network(torch_device)
     budget = memory_budget_mb if memory_budget_mb is not None else _default_budget_mb(torch_device)
