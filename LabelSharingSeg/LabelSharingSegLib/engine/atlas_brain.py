@@ -12,10 +12,11 @@ would not lie over the scan's.
 The network's own position: an LCS network is trained on one atlas case (a randomly deformed template) and
 targets scattered around the template's position (MNI space); it learns that position. A scan aligned to the
 atlas case sits where no training target sat on average. When the bundle stores a reference image in the
-targets' position (``Bundle.network_reference``), the scan is shown to the network there instead: the
-alignment (scan <- atlas) is composed with the fixed atlas <- reference pose, registered once per bundle, and
-the window is the reference's brain. The alignment itself stays the scan's alignment to the atlas, so every
-other method reuses it unchanged.
+targets' position (``Bundle.network_reference``), the scan is registered to that reference and shown to the
+network there, through the reference's brain. The alignment it returns still maps the atlas onto the scan
+(scan <- reference <- atlas, through the fixed atlas <- reference pose registered once per bundle), so every
+other method reuses it unchanged. Measured on the demo's test cases: registering the scan to the atlas and
+composing with the pose scored lower (one case 0.719 against 0.794 registered to the reference directly).
 """
 
 from __future__ import annotations

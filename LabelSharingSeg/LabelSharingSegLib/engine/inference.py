@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -89,9 +89,13 @@ def _autocast(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
 
-def _align(bundle: Bundle, image: np.ndarray, affine: np.ndarray, align, report: _Reporter):
+def _align(
+    bundle: Bundle, image: np.ndarray, affine: np.ndarray, align, report: _Reporter, network: bool = False
+):
     """(working affine, alignment or None). ``align=None`` aligns when the bundle carries a reference image;
-    an :class:`Alignment` from an earlier call on the same scan is reused (no second registration)."""
+    an :class:`Alignment` from an earlier call on the same scan is reused (no second registration).
+    ``network``: LCS with a network reference registers the scan to that reference (where the network
+    expects it) and returns the alignment to the atlas through the fixed pose between them (atlas_brain.py)."""
     if isinstance(align, Alignment):
         return align.aligned_affine(affine), align
     if align is None:
@@ -102,10 +106,13 @@ def _align(bundle: Bundle, image: np.ndarray, affine: np.ndarray, align, report:
         raise InputError(
             f"{bundle.path}: this bundle carries no reference image to align to; turn alignment off"
         )
-    reference, reference_affine = bundle.reference_image()
+    stored = bundle.network_reference() if network else None
+    reference, reference_affine = stored if stored is not None else bundle.reference_image()
     alignment = register_affine(
         image, affine, reference, reference_affine, progress=lambda f, m: report(0.02 + 0.08 * f, m)
     )
+    if stored is not None and alignment.accepted:  # scan <- reference, as scan <- atlas for every other use
+        alignment = replace(alignment, matrix=alignment.matrix @ np.linalg.inv(network_pose(bundle)))
     return alignment.aligned_affine(affine), alignment
 
 
@@ -421,7 +428,7 @@ def _lcs_setup(
     report = _Reporter(progress, cancel)
     torch_device, note = resolve_device(device)
     report(0.0, "bringing the target onto the atlas grid")
-    working_affine, alignment = _align(bundle, image, affine, align, report)
+    working_affine, alignment = _align(bundle, image, affine, align, report, network=True)
     # a scan aligned to the atlas is seen in the network's own position (a stored reference's, else the
     # atlas's) through that position's brain: skull, scalp and neck set to background (atlas_brain.py)
     window = alignment is not None and alignment.accepted
