@@ -15,6 +15,19 @@ from LabelSharingSegLib.engine.labelspace import SharedLabelSpace, TaskSizes  # 
 TINY_CHANNELS = (4, 8, 16)  # pooling factor 4: keeps CPU tests fast
 
 
+@pytest.fixture(autouse=True)
+def registration_cache(tmp_path_factory, monkeypatch):
+    """Every test starts with empty registration caches of its own (never the user's ~/.cache); subprocesses
+    (the worker, torchrun) inherit the folder through the environment."""
+    from LabelSharingSegLib.engine import registration_cache as cache
+
+    folder = tmp_path_factory.mktemp("registrations")
+    monkeypatch.setenv(cache.CACHE_DIR_ENV, str(folder))
+    cache.clear_memory()
+    yield folder
+    cache.clear_memory()
+
+
 def tiny_label_space() -> SharedLabelSpace:
     return SharedLabelSpace.build(
         [

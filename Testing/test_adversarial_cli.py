@@ -89,7 +89,10 @@ def workspace_root(tmp_path_factory, ls_bundle_path, lcs_bundle_path):
     _save(img / "drawn_nan.nii.gz", float_map, atlas_affine)
     _save(img / "drawn_frac.nii.gz", drawn.astype(np.float32) * 1.5, atlas_affine)
     _save(img / "drawn_empty.nii.gz", np.zeros_like(drawn), atlas_affine)
-    _save(img / "drawn_wrong_grid.nii.gz", drawn[:-2], atlas_affine)
+    _save(img / "drawn_cropped_grid.nii.gz", drawn[:-2], atlas_affine)  # inside the atlas: resampled onto it
+    moved = atlas_affine.copy()
+    moved[0, 3] += 16.0  # 8 voxels along x: the blobs near the atlas's far x face now reach past it
+    _save(img / "drawn_outside.nii.gz", drawn, moved)
     data = root / "data"
     make_phantom_tasks(data, tasks=2, dims=2, size=32, cases=2, test_cases=0)
     for name, text in {
@@ -751,10 +754,15 @@ CASES = [
         error=r"atlas label map is empty",
     ),
     Case(
-        "seg-atlas-labels-wrong-grid",
-        (*LCS, "--atlas-labels", "{in}/img/drawn_wrong_grid.nii.gz", *OUT),
+        "seg-atlas-labels-cropped-grid",
+        (*LCS, "--atlas-labels", "{in}/img/drawn_cropped_grid.nii.gz", *OUT),
+        creates=SEG,
+    ),
+    Case(
+        "seg-atlas-labels-outside-field-of-view",
+        (*LCS, "--atlas-labels", "{in}/img/drawn_outside.nii.gz", *OUT),
         exit=2,
-        error=r"must lie on the bundle's atlas grid",
+        error=r"drawn_outside\.nii\.gz: label\(s\) .* reach outside the atlas's field of view",
     ),
     Case(
         "seg-atlas-labels-missing",

@@ -203,7 +203,7 @@ def test_segment_bad_input_is_one_clear_line(ls_bundle_path, lcs_bundle_path, tm
         )
         == 2
     )
-    assert "atlas grid" in capsys.readouterr().err
+    assert "atlas label map is empty" in capsys.readouterr().err
     nan_image = tmp_path / "nan.nii.gz"
     data = np.ones((10, 10, 10), np.float32)
     data[0, 0, 0] = np.nan

@@ -317,7 +317,7 @@ BAD_MANIFESTS = [
         "ls",
         _set("network.arch", "transformer"),
         None,
-        r"network\.arch must be one of unet, lcs, lcs_refine, dodnet",
+        r"network\.arch must be one of unet, unet_film, lcs, lcs_refine, dodnet",
     ),
     ("ls", _drop("network"), None, r"bundle\.json: network is missing"),
     (
@@ -343,7 +343,7 @@ BAD_MANIFESTS = [
     ("ls", _set("label_space.n_shared", 10**9), None, r"label_space\.n_shared must be an integer"),
     ("ls", _drop("label_space"), None, r"needs its shared label space"),
     ("ls", _set("kind", "magic"), None, r"unknown bundle kind 'magic'"),
-    ("ls", _set("kind", "lcs"), None, r"a lcs bundle needs a lcs network, not unet"),
+    ("ls", _set("kind", "lcs"), None, r"a lcs bundle needs a lcs or lcs_refine network, not unet"),
     ("ls", _set("kind", "dodnet"), None, r"a dodnet bundle needs a dodnet network"),
     ("ls", _set("schema_version", 99), None, r"schema version 99 is not supported"),
     ("ls", _set("schema_version", "2"), None, r"schema version '2' is not supported"),

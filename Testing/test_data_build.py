@@ -15,7 +15,7 @@ from lsseg_training.data.build import build_set
 from lsseg_training.datasets import load_case, read_dataset
 
 SPACING = 6.0  # coarse: CI cost stays small
-SETS_3D = ("brain-aal", "brain-neuromorphometrics", "brain-hcpex")
+SETS_3D = ("brain-aal", "brain-nmm", "brain-hcpex")
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_labels_present_and_volumes_plausible(built):
     for name in SETS_3D:
         ds = read_dataset(built[name][0])
         n_declared = len(ds.foreground_labels())
-        assert n_declared >= {"brain-aal": 80, "brain-neuromorphometrics": 90, "brain-hcpex": 250}[name]
+        assert n_declared >= {"brain-aal": 80, "brain-nmm": 90, "brain-hcpex": 250}[name]
         for case in ds.training + ds.test:
             image, label, affine = load_case(case)
             voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000.0
@@ -143,6 +143,64 @@ def test_aal_hierarchy(built):
     for fine, coarse in mapping.items():
         lut[fine] = coarse
     assert set(np.unique(lut[label])) == set(range(len(sources.AAL_COARSE_NAMES) + 1))
+
+
+def test_nmm_hierarchy(built):
+    """The second label set: every Neuromorphometrics label has an anatomical coarse structure, and every coarse
+    structure is present in a case (trained coarse, tested fine, as brain-aal)."""
+    folder = built["brain-nmm"][0]
+    ds = read_dataset(folder)
+    table = json.loads((folder / build.HIERARCHY_FILE).read_text())
+    assert set(table["coarse_labels"]) == {"background", *sources.NMM_COARSE_NAMES}
+    mapping = build.read_label_hierarchy(folder)
+    assert set(mapping) == set(ds.foreground_labels()) and len(mapping) >= 90
+    names = table["fine_to_coarse_names"]
+    expected = {
+        "Left_PrG_precentral_gyrus": "frontal",
+        "Right_Hippocampus": "limbic",
+        "Left_PoG_postcentral_gyrus": "parietal",
+        "Right_Calc_calcarine_cortex": "occipital",
+        "Left_STG_superior_temporal_gyrus": "temporal",
+        "Right_PIns_posterior_insula": "insula",
+        "Left_Thalamus_Proper": "deep_grey",
+        "Cerebellar_Vermal_Lobules_VI-VII": "cerebellum",
+        "Right_Cerebral_White_Matter": "white_matter",
+        "Left_Lateral_Ventricle": "ventricles_csf",
+        "Brain_Stem": "brain_stem",
+    }
+    assert {n: names[n] for n in expected} == expected
+    _, label, _ = load_case(ds.training[0])
+    lut = np.zeros(max(mapping) + 1, dtype=np.int16)
+    for fine, coarse in mapping.items():
+        lut[fine] = coarse
+    assert set(np.unique(lut[label])) == set(range(len(sources.NMM_COARSE_NAMES) + 1))
+    with pytest.raises(DatasetError, match="no coarse group"):
+        sources.nmm_coarse_name("Left_Unknown_structure")
+
+
+def test_nmm_cases_are_the_aal_scans_with_other_labels(built, tmp_path):
+    """Case i of brain-nmm is case i of brain-aal (same scan, same grid), so a bundle whose atlas is a brain-aal
+    case has its Neuromorphometrics labels too; the old set name still builds the same folder."""
+    aal, nmm = read_dataset(built["brain-aal"][0]), read_dataset(built["brain-nmm"][0])
+    assert nmm.metadata["lsseg"]["same_scans_as"] == "Dataset801_BrainAAL"
+    pairs = nmm.metadata["lsseg"]["same_scan_cases"]
+    assert pairs == {
+        n.case_id: f"Dataset801_BrainAAL/{a.case_id}"
+        for a, n in zip(aal.training + aal.test, nmm.training + nmm.test)
+    }
+    for case_aal, case_nmm in zip(aal.training + aal.test, nmm.training + nmm.test):
+        image_aal, label_aal, affine_aal = load_case(case_aal)
+        image_nmm, label_nmm, affine_nmm = load_case(case_nmm)
+        np.testing.assert_array_equal(image_aal, image_nmm)
+        np.testing.assert_array_equal(affine_aal, affine_nmm)
+        assert not np.array_equal(label_aal > 0, label_nmm > 0)  # NMM also labels white matter and CSF
+    (again,) = build_set("brain-neuromorphometrics", tmp_path, cases=1, test_cases=0, seed=3, spacing=SPACING)
+    assert again.name == built["brain-nmm"][0].name
+    first, built_first = load_case(read_dataset(again).training[0]), load_case(nmm.training[0])
+    np.testing.assert_array_equal(
+        first[0], built_first[0]
+    )  # labels may be renumbered: fewer cases, fewer labels
+    np.testing.assert_array_equal(first[1] > 0, built_first[1] > 0)
 
 
 def test_deterministic_for_a_seed(tmp_path):

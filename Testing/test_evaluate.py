@@ -4,6 +4,7 @@ plots; Dice and HD95 are right on known shapes."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import numpy as np
@@ -84,3 +85,65 @@ def test_evaluate_without_matching_task_fails(tmp_path, capsys):
     assert lsseg("train", "labelsharing", "--data", data[0], "--out", ls, "--steps", 1, *TINY) == 0
     assert lsseg("evaluate", ls, "--data", data[1], "--out", tmp_path / "r", "--device", "cpu") == 2
     assert "matches" in capsys.readouterr().err
+
+
+def test_evaluate_a_second_label_set_drawn_on_the_atlas(tmp_path, capsys):
+    """An LCS bundle trained on coarse AAL structures, scored on Neuromorphometrics labels of the same scans
+    (brain-nmm): the atlas case's labels of that set are drawn on the bundle's atlas, every method side by side."""
+    from lsseg_training.data.build import build_set
+    from lsseg_training.datasets import read_dataset
+
+    aal, nmm = (
+        build_set(name, tmp_path / "data", cases=2, test_cases=1, spacing=8.0, progress=None)[0]
+        for name in ("brain-aal", "brain-nmm")
+    )
+    lcs = tmp_path / "lcs"
+    hierarchy = aal / "label_hierarchy.json"
+    assert (
+        lsseg("train", "lcs", "--data", aal, "--out", lcs, "--steps", 1, "--coarse-map", hierarchy, *TINY)
+        == 0
+    )
+    report = tmp_path / "report"
+    assert lsseg("evaluate", lcs, "--data", nmm, "--out", report, "--device", "cpu", "--no-hd95") == 0
+    with open(report / "fine_methods.csv", newline="") as handle:
+        side = list(csv.DictReader(handle))
+    names = read_dataset(nmm).foreground_labels()
+    assert {r["task"] for r in side} == {"BrainNeuromorphometrics"}
+    assert {r["method"] for r in side} == {
+        "naive (world)",
+        "affine propagation",
+        "deformable propagation",
+        "LCS (Ma et al. 2022)",
+    }
+    scored = {r["fine_name"] for r in side}
+    assert scored <= set(names.values()) and len(scored) > 0.8 * len(names)
+    assert "Left_PrG_precentral_gyrus" in scored  # a label the AAL-trained bundle never saw
+    means = {
+        m: np.nanmean([float(r["dice"]) for r in side if r["method"] == m])
+        for m in {r["method"] for r in side}
+    }
+    assert means["affine propagation"] > 0.2  # the same scan family at 8 mm: registration carries labels
+    summary = (report / "summary.md").read_text()
+    assert (
+        "Fine atlas labels, every method side by side" in summary
+        and "## Coarse training labels" not in summary
+    )
+    # the registration bench on the same bundle and sets (numbers are not asserted: they go to docs/DEMO.md)
+    capsys.readouterr()
+    args = ("--cases", 1, "--methods", "demons", "--json")
+    assert lsseg("bench", "registration", lcs, "--data", aal, nmm, *args) == 0
+    bench = json.loads(capsys.readouterr().out)
+    (row,) = bench["cases"]
+    assert set(row["dice"]) == {"BrainAAL", "BrainNeuromorphometrics"}
+    assert set(row["seconds"]) == {"affine", "demons"}
+    assert row["dice"]["BrainAAL"]["demons"] >= 0 and row["cache"]["from_disk_s"] > 0
+    # a dataset whose cases are not this bundle's atlas: nothing to score, one clear line
+    # another seed: the same case names, other scans - the atlas image check refuses them
+    (other_scans,) = build_set(
+        "brain-nmm", tmp_path / "seed5", cases=1, test_cases=1, spacing=8.0, seed=5, progress=None
+    )
+    assert lsseg("evaluate", lcs, "--data", other_scans, "--out", tmp_path / "r2", "--device", "cpu") == 2
+    assert "is not the bundle's atlas image" in capsys.readouterr().err
+    unrelated = phantoms(tmp_path / "phantoms", tasks=1, dims=3, size=24, cases=2, test_cases=1)
+    assert lsseg("evaluate", lcs, "--data", *unrelated, "--out", tmp_path / "r3", "--device", "cpu") == 2
+    assert "none of its cases is the bundle's atlas case" in capsys.readouterr().err

@@ -55,3 +55,38 @@ def test_workspace_refuses_another_configuration(tmp_path):
     (tmp_path / "other" / "file.txt").write_text("x")
     with pytest.raises(InputError, match="not an experiment folder"):
         Workspace(tmp_path / "other", {"steps": 10}, echo=False)
+
+
+def test_validation_settings_are_recorded_only_when_set():
+    plain = Budget(steps=10)
+    assert (
+        "val_labels" not in plain.to_dict() and "val_every" not in plain.to_dict()
+    )  # older folders continue
+    capped = Budget(steps=10, val_labels=16, val_every=5)
+    assert capped.to_dict()["val_labels"] == 16 and capped.to_dict()["val_every"] == 5
+    assert capped.to_args()[-4:] == ["--val-labels", "16", "--val-every", "5"]
+    assert capped.with_steps(3).val_labels == 16
+
+
+def test_variants_may_be_added_to_an_experiment_but_not_dropped(tmp_path):
+    Workspace(tmp_path / "exp", {"steps": 10, "variants": ["wide"]}, echo=False, extendable=("variants",))
+    grown = {"steps": 10, "variants": ["wide", "task-code"]}
+    Workspace(tmp_path / "exp", grown, echo=False, extendable=("variants",))
+    assert '"task-code"' in (tmp_path / "exp" / "experiment.json").read_text()
+    with pytest.raises(InputError, match=r"other settings \(variants\)"):
+        Workspace(tmp_path / "exp", {"steps": 10, "variants": ["wide"]}, echo=False, extendable=("variants",))
+    with pytest.raises(InputError, match=r"other settings \(steps\)"):
+        Workspace(tmp_path / "exp", {**grown, "steps": 11}, echo=False, extendable=("variants",))
+
+
+def test_variants_spend_the_same_budget():
+    from lsseg_training.experiments.variants import parse_variants
+
+    chosen = parse_variants(["wide", "task-code", "reseeded", "wide"])
+    assert [v.name for v in chosen] == ["wide", "task-code", "reseeded"]
+    ledger = plan_budget(["a", "b"], Budget(steps=10, batch=2, seed=3), 5, [], chosen)
+    assert set(ledger.totals("methods").values()) == {20}
+    base = Budget(steps=10, channels=(4, 8), seed=3)
+    assert chosen[0].budget(base).channels == (8, 16)
+    assert chosen[1].budget(base).extra == {"task_film": True} and chosen[1].budget(base).seed == 3
+    assert chosen[2].budget(base).seed == 4

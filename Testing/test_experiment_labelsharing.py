@@ -72,3 +72,61 @@ def test_unknown_holdout_task_is_refused(tmp_path, capsys):
     assert lsseg(*command, *ARGS) == 2
     assert "--holdout Nope: not a task of --data" in capsys.readouterr().err
     assert not (tmp_path / "exp").exists()
+
+
+def test_variants_share_the_budget_and_can_be_added_later(tmp_path):
+    data = phantoms(tmp_path / "data", tasks=2, cases=3)
+    out = tmp_path / "exp"
+    command = ["experiment", "labelsharing", "--data", *data, "--out", out, "--holdout", *ARGS]
+    assert lsseg(*command, "--variants", "task-code") == 0
+    first = tree_hashes(out / "runs" / "labelsharing")
+    # a later invocation adds variants; the finished runs are kept
+    assert lsseg(*command, "--variants", "task-code", "wide") == 0
+    assert tree_hashes(out / "runs" / "labelsharing") == first
+    log = (out / "log.txt").read_text()
+    assert "train labelsharing task-code: already done, skipped" in log
+    assert "train labelsharing wide: done in" in log
+
+    report = (out / "report.md").read_text()
+    assert "## Why label sharing trails: variants under the same budget" in report
+    for name in ("task-code", "wide"):
+        assert f"- labelsharing {name}: " in report, name
+    assert "--variants task-code wide" in report.splitlines()[2]
+    with open(out / "budget.csv", newline="") as handle:
+        methods = [r for r in csv.DictReader(handle) if r["comparison"] == "methods"]
+    totals = {}
+    for row in methods:
+        totals[row["method"]] = totals.get(row["method"], 0) + int(row["samples"])
+    assert set(totals.values()) == {8} and "labelsharing wide" in totals
+    # the look-alike table: one row per label of each task, its channel and the deficit against its own model
+    assert "### Look-alike labels sharing a channel" in report
+    assert (out / "variants.png").stat().st_size > 1000 and "![variants](variants.png)" in report
+    with open(out / "conflicts.csv", newline="") as handle:
+        conflicts = list(csv.DictReader(handle))
+    assert sorted((r["task"], r["channel"]) for r in conflicts) == [
+        ("Phantom0", "1"), ("Phantom0", "2"), ("Phantom0", "3"), ("Phantom1", "1"), ("Phantom1", "2")
+    ]  # fmt: skip
+    from LabelSharingSegLib.engine.bundle import load_bundle
+
+    assert load_bundle(out / "runs" / "labelsharing_task-code").network_config.arch == "unet_film"
+    wide = load_bundle(out / "runs" / "labelsharing_wide").network_config.channels
+    assert wide == tuple(2 * c for c in load_bundle(out / "runs" / "labelsharing").network_config.channels)
+    # dropping a variant is another experiment: refused, nothing lost
+    assert lsseg(*command, "--variants", "wide") == 2
+
+
+def test_unknown_variant_is_refused(tmp_path, capsys):
+    data = phantoms(tmp_path / "data", tasks=2, cases=3)
+    command = [
+        "experiment",
+        "labelsharing",
+        "--data",
+        *data,
+        "--out",
+        tmp_path / "exp",
+        "--variants",
+        "deeper",
+    ]
+    assert lsseg(*command, *ARGS) == 2
+    assert "--variants deeper: unknown" in capsys.readouterr().err
+    assert not (tmp_path / "exp").exists()

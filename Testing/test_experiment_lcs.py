@@ -16,6 +16,7 @@ def test_lcs_experiment_reports_every_table_and_resumes(tmp_path, monkeypatch):
     out = tmp_path / "exp"
     command = ["experiment", "lcs", "--data", data, "--out", out, "--steps", 3, "--label-counts", "2,3"]
     command += ["--memory-label-counts", "2,16", "--channels", "4,8,16", "--device", "cpu", "--threads", 1]
+    command += ["--val-labels", 2]
     assert lsseg(*command) == 0
     report = (out / "report.md").read_text()
     for heading in (
@@ -41,6 +42,15 @@ def test_lcs_experiment_reports_every_table_and_resumes(tmp_path, monkeypatch):
     }
     assert {r["label_value"] for r in metrics if r["label_count"] == "2"} == {"1", "2"}
     assert "| large_blob+medium_blob (1) |" in report  # the pairwise coarse map: labels 1 and 2 merged
+    # capped validation: the same seeded labels for both methods at every count, stated in the report
+    assert "a fixed sample of at most 2 labels drawn with seed 0" in report
+    assert report.count("(LCS and multi-channel the same: **yes**)") == 2
+    assert "--val-labels 2" in report.splitlines()[2]  # the reproduce line
+    # the registration baseline a 2D bundle has joins the coarse-to-fine table
+    assert (
+        "| coarse label | coarse Dice | fine label | naive | fine-grained (LCS) | atlas at world coordinates |"
+        in (report)
+    )
 
     # continuing a finished experiment trains and measures nothing again
     def refuse(*args, **kwargs):
@@ -68,3 +78,34 @@ def test_default_label_counts():
     assert default_counts(116, 116) == [2, 4, 8, 16, 32, 64, 116]
     assert default_counts(136, 136)[-2:] == [128, 136]
     assert default_counts(5, 128) == [2, 4, 5, 8, 16, 32, 64, 128]
+
+
+def test_coarse_to_fine_table_has_every_registration_baseline(tmp_path):
+    from lsseg_training import sidebyside
+    from lsseg_training.experiments.lcs import _coarse_section
+
+    class Root:
+        root = tmp_path
+
+    table1, side = [], []
+    for fine in range(1, 21):  # more labels than bar groups fit: a line plot
+        table1.append({"coarse_value": 1, "coarse_name": "lobe", "fine_value": fine, "fine_name": f"f{fine}",
+                       "coarse_dice": 0.9, "naive_dice": 0.1, "fine_dice": 0.4})  # fmt: skip
+        for method, value in (
+            (sidebyside.NAIVE, 0.2),
+            (sidebyside.AFFINE, 0.3),
+            (sidebyside.DEFORMABLE, 0.5),
+        ):
+            side.append({"method": method, "fine_value": str(fine), "dice": str(value)})
+    plots = []
+    lines = "\n".join(_coarse_section(table1, side, "a test map", Root(), plots))
+    header = "| coarse label | coarse Dice | fine label | naive | fine-grained (LCS) | atlas at world coordinates | "
+    assert header + "affine propagation | deformable propagation |" in lines
+    assert "| lobe (1) | 0.900 | f3 (3) | 0.100 | 0.400 | 0.200 | 0.300 | 0.500 |" in lines
+    assert (
+        "naive 0.100, fine-grained (LCS) 0.400, atlas at world coordinates 0.200, affine propagation 0.300, "
+        in lines
+    )
+    assert plots == [tmp_path / "coarse_to_fine.png"] and plots[0].stat().st_size > 1000
+    # without fine_methods.csv the table says the baselines were not measured
+    assert "Registration baselines: not measured" in "\n".join(_coarse_section(table1, [], "m", Root(), []))

@@ -11,6 +11,7 @@ from LabelSharingSegLib.engine.network_config import (
     DoDNetConfig,
     LCSConfig,
     RefineLCSConfig,
+    TaskFiLMUNetConfig,
     UNetConfig,
     network_config_from_dict,
 )
@@ -56,6 +57,8 @@ def test_sizes_not_divisible_are_refused():
 CONFIGS = [
     UNetConfig(spatial_dims=2, channels=(4, 8, 16), out_channels=7),
     UNetConfig(spatial_dims=3, channels=(3, 5), in_channels=2, convs_per_level=2, norm="batch"),
+    TaskFiLMUNetConfig(spatial_dims=2, channels=(4, 8, 16), out_channels=5, num_tasks=3),
+    TaskFiLMUNetConfig(spatial_dims=3, channels=(3, 5), convs_per_level=2),
     LCSConfig(spatial_dims=3, channels=(4, 8, 16), in_channels=2, atlas_image_pool="max"),
     LCSConfig(spatial_dims=2, channels=(8, 16, 32, 64)),
     DoDNetConfig(spatial_dims=3, channels=(4, 8), out_channels=4, num_tasks=3, head_channels=5),
@@ -118,7 +121,7 @@ def test_schema_1_configs_with_every_architectures_keys_still_read():
 
 BAD_NETWORKS = [
     ({"arch": "unet", "layers": 3}, "unknown key"),
-    ({"arch": "transformer"}, r"network\.arch must be one of unet, lcs, lcs_refine, dodnet"),
+    ({"arch": "transformer"}, r"network\.arch must be one of unet, unet_film, lcs, lcs_refine, dodnet"),
     ({"arch": "lcs", "out_channels": 3}, r"out_channels of an lcs network must be 1"),
     ({"channels": [5_000_000, 8]}, r"network\.channels must be a list of 2 to 8 integers from 1 to 4096"),
     ({"channels": [8]}, r"network\.channels"),

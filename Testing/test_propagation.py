@@ -17,7 +17,7 @@ from LabelSharingSegLib.engine.propagation import (
     carry_independently,
     carry_labels,
     check_drawn_masks,
-    masks_on_atlas_grid,
+    labelmap_on_atlas_grid,
     register_atlas,
 )
 from LabelSharingSegLib.engine.registration import Alignment
@@ -196,13 +196,26 @@ def test_labels_outside_the_atlas_field_of_view_are_refused():
     atlas_affine = np.diag([2.0, 2.0, 2.0, 1.0])
     drawn = np.zeros((30, 10, 10), np.int16)
     drawn[2:5, 2:5, 2:5] = 1
-    masks, values = masks_on_atlas_grid(drawn, np.eye(4), (10, 10, 10), atlas_affine)
-    assert values == [1] and masks.shape == (1, 10, 10, 10) and masks[0, 1:3, 1:3, 1:3].all()
+    on_atlas, values = labelmap_on_atlas_grid(drawn, np.eye(4), (10, 10, 10), atlas_affine)
+    assert values == [1] and on_atlas.shape == (10, 10, 10) and (on_atlas[1:3, 1:3, 1:3] == 1).all()
+    assert np.count_nonzero(on_atlas) == 8
+    edge = np.zeros((30, 10, 10), np.int16)
+    edge[18:20, 2:5, 2:5] = 3  # up to x = 19 mm: the outer face of the atlas's last voxel (centre 18 mm)
+    assert labelmap_on_atlas_grid(edge, np.eye(4), (10, 10, 10), atlas_affine)[1] == [3]
     drawn[25:28, 2:5, 2:5] = 2  # x = 25..27 mm, the atlas ends at 18 mm (+1 mm voxel half)
     with pytest.raises(InputError, match=r"label\(s\) 2 reach outside the atlas's field of view"):
-        masks_on_atlas_grid(drawn, np.eye(4), (10, 10, 10), atlas_affine)
+        labelmap_on_atlas_grid(drawn, np.eye(4), (10, 10, 10), atlas_affine)
     with pytest.raises(InputError, match="empty"):
-        masks_on_atlas_grid(np.zeros((4, 4, 4)), np.eye(4), (10, 10, 10), atlas_affine)
+        labelmap_on_atlas_grid(np.zeros((4, 4, 4)), np.eye(4), (10, 10, 10), atlas_affine)
+    tiny = np.zeros((30, 10, 10), np.int16)
+    tiny[2:5, 2:5, 2:5] = 1
+    tiny[7, 7, 7] = 4  # one 1 mm voxel between the atlas's 2 mm voxel centres: nothing left on the atlas grid
+    with pytest.raises(InputError, match=r"label\(s\) 4 keep no voxel on the atlas grid"):
+        labelmap_on_atlas_grid(tiny, np.eye(4), (10, 10, 10), atlas_affine)
+    with pytest.raises(InputError, match="dimensions"):
+        labelmap_on_atlas_grid(drawn[..., 0], np.eye(4), (10, 10, 10), atlas_affine)
+    same, _ = labelmap_on_atlas_grid(on_atlas, atlas_affine, (10, 10, 10), atlas_affine)
+    assert same is on_atlas  # already on the atlas grid: used as drawn
 
 
 def test_registration_methods_through_the_engine(warped_case, tmp_path):

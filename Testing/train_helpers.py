@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -88,5 +89,11 @@ def lsseg_process(*args, env=None, sleep_per_step: float = 0.0, **kwargs) -> sub
         stderr=subprocess.PIPE,
         text=True,
         env=full_env,
+        # a shell's background job ignores SIGINT and children inherit that: tests that send Ctrl-C need it back
+        preexec_fn=_default_sigint,
         **kwargs,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

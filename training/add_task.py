@@ -18,14 +18,18 @@ from .trainer import StepCallback
 
 
 def widen_state(old_state: dict, new_model: torch.nn.Module) -> dict:
-    """Old weights in the new (possibly wider) network: equal shapes copied; the head's old channels kept."""
+    """Old weights in the new (possibly wider) network: equal shapes copied; the head's old channels and the old
+    tasks' codes (``unet_film``) kept, the new task's code left at its neutral zero."""
     state = new_model.state_dict()
     for key, value in old_state.items():
         if key not in state:
             continue
         if state[key].shape == value.shape:
             state[key] = value.clone()
-        elif key.startswith("head.") and value.shape[1:] == state[key].shape[1:]:
+        elif (
+            key.startswith(("head.", "task_scale.", "task_shift."))
+            and value.shape[1:] == state[key].shape[1:]
+        ):
             state[key][: value.shape[0]] = value
     return state
 
@@ -53,6 +57,8 @@ def add_task(config: AddTaskConfig, on_step: StepCallback | None = None) -> Trai
     space = bundle.label_space.place_task(task_sizes(new), widen=config.widen)
     colors = {t.name: {label.value: label.color for label in t.labels} for t in bundle.tasks}
     network = bundle.network_config.replace(out_channels=space.n_shared + 1)
+    if network.TAKES_TASK:  # a task code per task (unet_film): one more for the new task
+        network = network.replace(num_tasks=len(space.task_names))
     # the old tasks keep their planes; the new one brings its dataset's
     planes = {t.name: t.plane for t in bundle.tasks} | {new.task_name(): factory.dataset_plane(new)}
     plan = TaskModelPlan(

@@ -8,6 +8,8 @@
   label counts: output channels, parameters and forward time.
 * ``lsseg bench train`` - training throughput of every method, device vs legacy input pipeline
   (``bench_train.py``).
+* ``lsseg bench registration`` - deformable registration methods (fine-label Dice, time) and what the
+  registration cache saves, on real test cases (``bench_registration.py``).
 """
 
 from __future__ import annotations
@@ -52,9 +54,11 @@ def register(subparsers) -> None:
     heads.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     heads.add_argument("--json", action="store_true")
     heads.set_defaults(func=run_heads)
+    from .bench_registration import register as register_registration
     from .bench_train import register as register_train
 
     register_train(sub)
+    register_registration(sub)
 
 
 def _timed(fn, repeats: int, device: torch.device) -> float:

@@ -109,15 +109,27 @@ def with_planes(tasks: list[TaskInfo], planes: dict[str, str | None]) -> list[Ta
 
 
 def network_config_for(
-    kind: BundleKind | str, tasks: Sequence[TaskInfo], spatial_dims: int, channels: Sequence[int], **extra
+    kind: BundleKind | str,
+    tasks: Sequence[TaskInfo],
+    spatial_dims: int,
+    channels: Sequence[int],
+    *,
+    task_film: bool = False,
+    **extra,
 ) -> NetworkConfig:
+    """The network of a new bundle; ``task_film``: label sharing's U-Net with a task code (``unet_film``)."""
     kind = BundleKind.parse(kind)
     settings = {"spatial_dims": spatial_dims, "channels": tuple(channels), **extra}
     if kind.segments_tasks:
         settings["out_channels"] = 1 + max(max(t.channels.values()) for t in tasks)
-    if kind is BundleKind.DODNET:
+    arch = kind.arch
+    if task_film:
+        if kind is not BundleKind.LABELSHARING:
+            raise InputError(f"a task code (--task-film) is an option of labelsharing, not {kind}")
+        arch = "unet_film"
+    if CONFIG_OF_ARCH[arch].TAKES_TASK:
         settings["num_tasks"] = len(tasks)
-    return CONFIG_OF_ARCH[kind.arch](**settings)  # type: ignore[return-value]
+    return CONFIG_OF_ARCH[arch](**settings)  # type: ignore[return-value]
 
 
 def fresh_weights(config: NetworkConfig, seed: int) -> dict[str, torch.Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 
@@ -49,8 +50,9 @@ def register(subparsers) -> None:
         "--atlas-labels",
         type=Path,
         metavar="MASKS.nii.gz",
-        help="label map drawn on the atlas grid (LCS bundles); use the bundle's own atlas "
-        "labels with --atlas-labels bundle",
+        help="label map drawn on the atlas (LCS bundles): on the atlas grid, or on another grid inside the "
+        "atlas's field of view (resampled, nearest neighbour); use the bundle's own atlas labels with "
+        "--atlas-labels bundle",
     )
     segment.add_argument(
         "--atlas-names",
@@ -76,6 +78,12 @@ def register(subparsers) -> None:
         "auto: when the bundle carries one (LCS atlases, 3D bundles with a reference)",
     )
     segment.add_argument("--quiet", action="store_true", help="no progress output")
+    segment.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="neither reuse nor store registrations in the cache folder (LSSEG_CACHE_DIR, default "
+        "~/.cache/lsseg/registrations; the same scan, atlas and settings are otherwise registered once)",
+    )
     segment.add_argument(
         "--overwrite", action="store_true", help="replace an existing output label map and names table"
     )
@@ -130,6 +138,7 @@ def run_plan(args: argparse.Namespace) -> int:
 def _atlas_masks_from_labelmap(bundle, path: Path | None, names_path: Path | None):
     """Masks (K, *atlas grid, made lazily) and LabelInfo for every non-zero value of a label map drawn on the atlas."""
     from LabelSharingSegLib.engine.inference import LabelMapMasks
+    from LabelSharingSegLib.engine.propagation import labelmap_on_atlas_grid
 
     atlas_image, atlas_affine = bundle.atlas_image()
     atlas_map, _, atlas_names = bundle.atlas_labels()
@@ -137,16 +146,13 @@ def _atlas_masks_from_labelmap(bundle, path: Path | None, names_path: Path | Non
         labelmap, affine = load_nifti(path, dtype=np.int32)
         if labelmap.ndim == 4 and labelmap.shape[3] == 1:
             labelmap = labelmap[..., 0]
-        if labelmap.shape != atlas_image.shape or not np.allclose(affine, atlas_affine, atol=1e-3):
-            raise InputError(
-                f"{path}: atlas labels must lie on the bundle's atlas grid (shape {atlas_image.shape} "
-                f"and the atlas affine); got shape {labelmap.shape}"
-            )
+        try:  # drawn on another grid (a resampled or cropped atlas): brought onto the atlas grid, if inside it
+            labelmap, values = labelmap_on_atlas_grid(labelmap, affine, atlas_image.shape, atlas_affine)
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from None
     else:
         labelmap = atlas_map
-    values = [int(v) for v in np.unique(labelmap) if v != 0]
-    if not values:
-        raise InputError(f"{path}: the atlas label map is empty (no non-zero voxels)")
+        values = [int(v) for v in np.unique(labelmap) if v != 0]
     known = {label.value: label for label in atlas_names}
     if names_path is not None:  # the user's names win; values it does not name keep the bundle's names
         known.update({label.value: label for label in labels_from_csv(names_path)})
@@ -157,6 +163,7 @@ def _atlas_masks_from_labelmap(bundle, path: Path | None, names_path: Path | Non
 def run_segment(args: argparse.Namespace) -> int:
     from LabelSharingSegLib.engine.bundle import load_bundle
     from LabelSharingSegLib.engine.inference import segment_atlas_labels, segment_task
+    from LabelSharingSegLib.engine.registration_cache import disk_cache_off
 
     if not has_nifti_ending(args.output):
         raise InputError(f"{args.output}: output must end in .nii or .nii.gz")
@@ -176,23 +183,24 @@ def run_segment(args: argparse.Namespace) -> int:
     image, affine = load_nifti(args.input)
     progress = None if args.quiet else _print_progress
     align = {"auto": None, "on": True, "off": False}[args.align]
-    if args.task is not None:
-        result = segment_task(
-            bundle, image, affine, args.task, device=args.device, progress=progress, align=align
-        )
-    else:
-        masks, labels = _atlas_masks_from_labelmap(bundle, args.atlas_labels, args.atlas_names)
-        result = segment_atlas_labels(
-            bundle,
-            image,
-            affine,
-            masks,
-            labels,
-            device=args.device,
-            progress=progress,
-            align=align,
-            method=args.method,
-        )
+    with disk_cache_off() if args.no_cache else contextlib.nullcontext():
+        if args.task is not None:
+            result = segment_task(
+                bundle, image, affine, args.task, device=args.device, progress=progress, align=align
+            )
+        else:
+            masks, labels = _atlas_masks_from_labelmap(bundle, args.atlas_labels, args.atlas_names)
+            result = segment_atlas_labels(
+                bundle,
+                image,
+                affine,
+                masks,
+                labels,
+                device=args.device,
+                progress=progress,
+                align=align,
+                method=args.method,
+            )
     if not args.quiet:
         print()
         if result.device_note:

@@ -17,7 +17,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from LabelSharingSegLib.engine.atomic import (
     atomic_folder,
@@ -30,11 +29,11 @@ from LabelSharingSegLib.engine.device import resolve_device
 from LabelSharingSegLib.engine.errors import InputError
 from LabelSharingSegLib.engine.inference import atlas_labels_independently, segment_atlas_labels, segment_task
 from LabelSharingSegLib.engine.labels import LabelInfo
-from LabelSharingSegLib.engine.preprocessing import resample_to_grid
 
 from . import sidebyside
 from .csv_tables import write_csv
 from .datasets import as_volume, load_case, require_valid_dataset
+from .label_set_eval import evaluate_label_set, labels_on_atlas_grid
 from .metrics import dice, label_metrics, nanmean, voxel_spacing
 
 FIELDS = (
@@ -127,12 +126,14 @@ def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95):
     coarse_map = {int(f): int(c) for f, c in training.get("coarse_map") or []}
     fine_names = {int(v): str(n) for v, n in training.get("fine_labels") or []}
     for dataset in datasets:
-        declared = set(dataset.foreground_labels())
-        if fine_names and not set(fine_names) <= declared:
+        declared = dataset.foreground_labels()
+        if fine_names and any(declared.get(v) != n for v, n in fine_names.items()):  # another label set
+            more_side, more_notes = evaluate_label_set(bundle, method, dataset, network, device)
+            side, notes = side + more_side, notes + more_notes
             continue
         task = dataset.task_name()
         fine_atlas = (
-            _fine_atlas(dataset, training.get("atlas_case"), atlas_affine, atlas_labels.shape)
+            labels_on_atlas_grid(dataset, training.get("atlas_case"), atlas_affine, atlas_labels.shape)
             if coarse_map
             else None
         )
@@ -190,19 +191,6 @@ def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95):
                     }
                 )
     return rows, table1, side, notes
-
-
-def _fine_atlas(dataset, atlas_id, atlas_affine, atlas_shape):
-    """The atlas case's fine labels on the bundle's atlas grid (only evaluate uses them)."""
-    case = next((c for c in dataset.training if c.case_id == atlas_id), None)
-    if case is None:
-        return None
-    _, label, affine = load_case(case)
-    label = as_volume(label).astype(np.float32)
-    on_grid = resample_to_grid(
-        torch.as_tensor(label)[None], atlas_affine, atlas_shape, mode="nearest", src_affine=affine
-    )[0]
-    return on_grid.round().numpy().astype(np.int64)
 
 
 def _fmt(value) -> str:
@@ -373,11 +361,11 @@ def evaluate(
             more, t1, s1, n1 = _evaluate_lcs_bundle(bundle, method, datasets, torch_device, with_hd95)
             table1, side, notes = table1 + t1, side + s1, notes + n1
         else:
-            more = _evaluate_task_bundle(bundle, method, datasets, torch_device, with_hd95)
-        if not more:
+            more, s1, n1 = _evaluate_task_bundle(bundle, method, datasets, torch_device, with_hd95), [], []
+        if not more and not s1:
             raise InputError(
                 f"{path}: none of its tasks/labels matches a --data folder "
-                f"({', '.join(d.task_name() for d in datasets)})"
+                f"({', '.join(d.task_name() for d in datasets)})" + "".join(f"; {n}" for n in n1[:2])
             )
         rows += more
     with atomic_folder(out) as staging:
@@ -388,7 +376,14 @@ def evaluate(
         summary = _summary(rows, table1, methods, plots)
         if side:
             write_csv(staging / "fine_methods.csv", side, sidebyside.FIELDS, _fmt)
-            side_plots = sidebyside.plots(staging, side)
-            summary += "\n".join(sidebyside.summary_lines(side, side_plots, notes)) + "\n"
+            tasks = list(dict.fromkeys(r["task"] for r in side))
+            for task in tasks:  # one section per label set (plots named by task when there are several)
+                task_rows = [r for r in side if r["task"] == task]
+                suffix = f"_{task}" if len(tasks) > 1 else ""
+                side_plots = sidebyside.plots(staging, task_rows, suffix)
+                title = task if len(tasks) > 1 else ""
+                summary += "\n".join(sidebyside.summary_lines(task_rows, side_plots, notes, title)) + "\n"
+        elif notes:
+            summary += "\n".join(["", "## Notes", ""] + [f"- {n}" for n in dict.fromkeys(notes)]) + "\n"
         write_text_atomic(staging / "summary.md", summary)
     return summary

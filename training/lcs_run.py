@@ -25,6 +25,7 @@ from .run_config import LCSRunConfig
 from .run_identity import RunIdentity
 from .samples import ToAtlasGrid, cache_items
 from .trainer import StepCallback
+from .validation_labels import validation_labels
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,10 @@ def plan_atlas(config: LCSRunConfig, dataset: NnUNetDataset, hierarchy: LabelHie
 
 def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> session.TrainedBundle:
     settings = config.settings
+    if settings.task_film or settings.label_mapping != "rank" or settings.task_sampling != "uniform":
+        raise InputError(
+            "--task-film, --label-mapping and --task-sampling are options of task training, not lcs"
+        )
     checkpoint_dir = session.claim_outputs(config.out, settings)
     dataset = load_datasets([config.data])[0]
     hierarchy = read_coarse_map(config.coarse_map) if config.coarse_map else LabelHierarchy({})
@@ -107,8 +112,15 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
         others = [c for c in dataset.training if c.case_id == atlas.case_id]
     train_cases, val_cases = split_cases(others, settings.val_fraction, settings.seed)
     network = factory.network_config_for("lcs", [], atlas.prep.spatial_dims, list(settings.channels))
+    val_labels = validation_labels(atlas.present, settings.val_labels, settings.seed)
     method = LCSMethod(
-        atlas.raw, atlas.labels, atlas.present, network, atlas.prep, merge_prob=config.merge_prob
+        atlas.raw,
+        atlas.labels,
+        atlas.present,
+        network,
+        atlas.prep,
+        merge_prob=config.merge_prob,
+        val_labels=val_labels,
     )
     transform = ToAtlasGrid(atlas.prep, atlas.grid_affine, atlas.grid_shape)
     max_value = len(atlas.lut) - 1
@@ -158,6 +170,7 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
                 atlas_case=atlas.case_id,
                 coarse_map=[[f, c] for f, c in coarse_pairs],
                 fine_labels=[[v, n] for v, n in sorted(dataset.foreground_labels().items())],
+                **({} if settings.val_labels is None else {"validation_labels": val_labels}),
             )
             factory.write_lcs_bundle(
                 config.out,

@@ -53,9 +53,19 @@ class TaskMethod:
         tasks: list[TaskInfo],
         network_config: NetworkConfig,
         prep: Preprocessing,
+        val_labels: dict[int, list[int]] | None = None,
+        task_weights: dict[int, float] | None = None,
     ):
+        """``val_labels``: per task index, the label values validation scores (default: all of the task's);
+        ``task_weights``: how often each task is drawn (default: equally often)."""
+        self.task_weights = task_weights
         self.kind = BundleKind.parse(kind)
+        self.takes_task = network_config.TAKES_TASK  # DoD-Net and label sharing with a task code
         self.tasks = tasks
+        self.val_values = {
+            task.index: list(task.channels) if val_labels is None else list(val_labels[task.index])
+            for task in tasks
+        }
         self.out_channels = network_config.out_channels
         self.prep = prep
         self.patch = prep.patch_size
@@ -90,7 +100,7 @@ class TaskMethod:
     ):
         """Patch sampling and augmentation: on the training device (``pipeline.kind == 'device'``) or the
         legacy per-sample MONAI path."""
-        self.sampler = PatchSampler(items, self.patch, self.spatial_dims, foreground_prob)
+        self.sampler = PatchSampler(items, self.patch, self.spatial_dims, foreground_prob, self.task_weights)
         self.augmentation = build_augmentation(self.spatial_dims) if augment else None
         self.device_batches = None
         self.loader_workers = 0
@@ -128,7 +138,7 @@ class TaskMethod:
 
     # -- network ---------------------------------------------------------------------------------------
     def forward(self, model, image: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
-        if self.kind is BundleKind.DODNET:
+        if self.takes_task:
             return model(image, task)
         return model(image)
 
@@ -163,19 +173,20 @@ class TaskMethod:
     def predict_channels(self, model, image: torch.Tensor, task: int, device: torch.device) -> torch.Tensor:
         """Model-grid image (C, X, Y, Z) -> predicted channel map (X, Y, Z), the task's channels only: the engine's
         own prediction (``predict_logits``, as ``segment_task`` runs it), then the task's channels compete."""
-        task_index = task if self.kind is BundleKind.DODNET else None
+        task_index = task if self.takes_task else None
         logits = predict_logits(_unwrap(model), image, self.prep, device, task_index)
         allowed = self.channel_masks[task].view(-1, *([1] * (logits.ndim - 1)))
         return logits.masked_fill(~allowed, MASKED_LOGIT).argmax(0)
 
     def validate(self, model, items: list[dict], device: torch.device) -> float:
-        """Mean Dice over every (validation case, task label) on the model grid."""
+        """Mean Dice over every (validation case, validated task label) on the model grid."""
         scores = []
         for item in items:
             task = int(item["task"])
             pred = self.predict_channels(model, item["image"], task, device).numpy()
             truth = item["label"].numpy()
-            for channel in self.tasks[task].channels.values():
+            channels = self.tasks[task].channels
+            for channel in (channels[v] for v in self.val_values[task]):
                 score = dice_score(pred == channel, truth == channel)
                 if not math.isnan(score):
                     scores.append(score)
@@ -198,13 +209,16 @@ class LCSMethod:
         network_config: NetworkConfig,
         prep: Preprocessing,
         merge_prob: float = 0.5,
+        val_labels: list[int] | None = None,
     ):
         """``atlas_raw``: the atlas image on its grid, (X, Y, Z), before normalisation (as the bundle stores
-        it); ``atlas_label``: (X, Y, Z) label values on the same grid."""
+        it); ``atlas_label``: (X, Y, Z) label values on the same grid; ``val_labels``: the label values
+        validation scores (default: all ``label_values``; one decoder pass each)."""
         self.factor = network_config.downsample_factor
         self.spatial_dims = prep.spatial_dims
         self.spacing_mm = float(np.mean(prep.spacing))
         self.values = [int(v) for v in label_values]
+        self.val_values = self.values if val_labels is None else [int(v) for v in val_labels]
         self.merge_prob = merge_prob
         self.grid = tuple(int(s) for s in atlas_label.shape)
         net_grid = self.grid[:2] if self.spatial_dims == 2 else self.grid
@@ -307,10 +321,10 @@ class LCSMethod:
         scores = []
         for item in items:
             encoded = net.encode(item["image"][None].to(device))
-            masks = torch.stack([(self.atlas_label == v)[None].float() for v in self.values]).to(device)
+            masks = torch.stack([(self.atlas_label == v)[None].float() for v in self.val_values]).to(device)
             logits = self.crop(net.decode_conditioned(encoded, net.condition(atlas, masks)).float().cpu())
             truth = self.crop(item["label"])  # scored on the atlas grid, as inference crops the padding away
-            for k, value in enumerate(self.values):
+            for k, value in enumerate(self.val_values):
                 score = dice_score((logits[k, 0] > 0).numpy(), (truth == value).numpy())
                 if not math.isnan(score):
                     scores.append(score)

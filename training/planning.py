@@ -81,12 +81,15 @@ def plan_preprocessing(settings: TrainSettings, datasets: list[NnUNetDataset], f
     return factory.make_preprocessing(dims, spacing, list(patch), {"mode": settings.intensity}, factor=factor)
 
 
-def task_infos(kind: str, datasets: list[NnUNetDataset]) -> tuple[list, SharedLabelSpace | None]:
-    """The bundle's task table (and the shared label space for label sharing)."""
+def task_infos(
+    kind: str, datasets: list[NnUNetDataset], shuffle_seed: int | None = None
+) -> tuple[list, SharedLabelSpace | None]:
+    """The bundle's task table (and the shared label space for label sharing: labels matched by size rank, or
+    with ``shuffle_seed`` by a seeded random order, the control for the rank mapping)."""
     task_labels = {d.task_name(): d.foreground_labels() for d in datasets}
     planes = {d.task_name(): factory.dataset_plane(d) for d in datasets}  # 2D: the plane slices were cut in
     if kind == "labelsharing":
-        space = SharedLabelSpace.build([task_sizes(d) for d in datasets])
+        space = SharedLabelSpace.build([task_sizes(d) for d in datasets], shuffle_seed=shuffle_seed)
         return factory.with_planes(factory.labelsharing_tasks(space), planes), space
     if kind == "multichannel":
         return factory.with_planes(factory.multichannel_tasks(task_labels), planes), None

@@ -26,6 +26,8 @@ OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("cosine", "poly", "constant")
 AMP_MODES = ("auto", "bf16", "off")
 INTENSITY_MODES = ("zscore", "percentile", "ct_window", "none")
+TASK_SAMPLING = ("uniform", "labels")
+LABEL_MAPPINGS = ("rank", "shuffled")
 DEFAULT_CHANNELS = (8, 16, 32, 64, 128)
 DEFAULT_STEPS = 1000
 
@@ -36,6 +38,7 @@ RESUME_MAY_CHANGE = (
     "epochs",
     "time_limit_min",
     "val_every",
+    "val_labels",
     "checkpoint_every",
     "quiet",
     "tensorboard",
@@ -49,6 +52,7 @@ RESUME_MAY_CHANGE = (
     "channels_last",
     "fused_optimizer",
     "sync_data_timing",
+    "loss_sync_every",
 )
 
 
@@ -88,6 +92,12 @@ class TrainSettings:
     device: str = "auto"
     amp: str = "auto"
     foreground_prob: float = 0.5
+    # label sharing's options for measuring why it trails (issue #15; defaults: Anand et al. 2024 as published)
+    task_sampling: str = (
+        "uniform"  # uniform: each task equally often; labels: in proportion to its label count
+    )
+    label_mapping: str = "rank"  # rank: labels share channels by size rank; shuffled: a seeded random mapping
+    task_film: bool = False  # the U-Net gets a per-task scale and shift of its decoder features
     augment: bool = True
     cache_workers: int = 0
     channels: tuple[int, ...] = DEFAULT_CHANNELS
@@ -95,6 +105,7 @@ class TrainSettings:
     intensity: str = "zscore"
     val_fraction: float = 0.2
     val_every: int = 0  # 0: ten times per run
+    val_labels: int | None = None  # score at most this many labels, a seeded sample (validation_labels.py)
     checkpoint_every: int = 50
     checkpoint_dir: Path | None = None  # None: OUT + '.training'
     resume: bool = False
@@ -111,6 +122,7 @@ class TrainSettings:
     channels_last: bool = False
     fused_optimizer: str = "auto"
     sync_data_timing: bool = False  # lsseg bench train: exact data time on CUDA
+    loss_sync_every: int = 0  # 0: automatic (trainer.loss_sync_interval)
 
     def __post_init__(self) -> None:
         for key in ("steps", "epochs"):
@@ -143,6 +155,14 @@ class TrainSettings:
             _finite(self.foreground_prob) and 0 <= self.foreground_prob <= 1,
             f"--foreground-prob must be between 0 and 1, got {self.foreground_prob}",
         )
+        _require(
+            self.task_sampling in TASK_SAMPLING,
+            f"--task-sampling must be one of {', '.join(TASK_SAMPLING)}, got {self.task_sampling!r}",
+        )
+        _require(
+            self.label_mapping in LABEL_MAPPINGS,
+            f"--label-mapping must be one of {', '.join(LABEL_MAPPINGS)}, got {self.label_mapping!r}",
+        )
         _require(self.cache_workers >= 0, f"--cache-workers must be >= 0, got {self.cache_workers}")
         object.__setattr__(self, "channels", _positive_ints(self.channels, "--channels"))
         _require(len(self.channels) >= 2, f"--channels needs at least 2 levels, got {list(self.channels)}")
@@ -158,6 +178,10 @@ class TrainSettings:
             f"--val-fraction must be at least 0 and below 1, got {self.val_fraction}",
         )
         _require(self.val_every >= 0, f"--val-every must be >= 0, got {self.val_every}")
+        _require(
+            self.val_labels is None or (isinstance(self.val_labels, int) and self.val_labels >= 1),
+            f"--val-labels must be >= 1, got {self.val_labels}",
+        )
         _require(self.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
         if self.checkpoint_dir is not None:
             object.__setattr__(self, "checkpoint_dir", Path(self.checkpoint_dir))
@@ -166,6 +190,10 @@ class TrainSettings:
         _require(self.threads is None or self.threads >= 1, f"--threads must be >= 1, got {self.threads}")
         _require(
             self.fused_optimizer in ("auto", "on", "off"), "--fused-optimizer must be one of auto, on, off"
+        )
+        _require(
+            isinstance(self.loss_sync_every, int) and self.loss_sync_every >= 0,
+            f"--loss-sync-every must be >= 0, got {self.loss_sync_every}",
         )
         self.pipeline_settings()  # checks --pipeline, --loader-workers and --appearance together
 

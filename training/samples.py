@@ -168,7 +168,8 @@ def pad_to(tensor: torch.Tensor, shape, value: float = 0.0) -> torch.Tensor:
 class PatchSampler:
     """Draws training patches from cached model-grid items.
 
-    Tasks are balanced (each sample first draws a task uniformly, then a case of it). With probability
+    Tasks are balanced (each sample first draws a task uniformly, or in the proportions ``task_weights``, then a
+    case of it). With probability
     ``foreground_prob`` the patch is centred on a random voxel of a label drawn uniformly among the labels
     present in the case, so a structure of a few voxels is as likely to be seen as a large one. 2D bundles
     draw single slices (the slice axis is the third voxel axis, as inference runs them).
@@ -178,12 +179,17 @@ class PatchSampler:
     patch: tuple[int, ...]
     spatial_dims: int
     foreground_prob: float = 0.5
+    task_weights: dict[int, float] | None = None  # None: tasks equally often; else drawn in these proportions
 
     def __post_init__(self):
         self.by_task: dict[int, list[int]] = {}
         for i, item in enumerate(self.items):
             self.by_task.setdefault(int(item["task"]), []).append(i)
         self.tasks = sorted(self.by_task)
+        self.task_p = None
+        if self.task_weights is not None:
+            weights = np.array([float(self.task_weights[t]) for t in self.tasks])
+            self.task_p = weights / weights.sum()
         self._label_voxels: dict[int, dict[int, np.ndarray]] = {}
 
     def _voxels(self, index: int) -> dict[int, np.ndarray]:
@@ -195,7 +201,10 @@ class PatchSampler:
     def locate(self, rng: np.random.Generator) -> tuple[int, int, int | None, tuple[slice, ...]]:
         """Draw one patch: (item index, task, slice index for 2D or None, spatial region). The region may
         reach past the volume's end where the volume is smaller than the patch (callers pad)."""
-        task = self.tasks[int(rng.integers(len(self.tasks)))]
+        if self.task_p is None:
+            task = self.tasks[int(rng.integers(len(self.tasks)))]
+        else:
+            task = self.tasks[int(rng.choice(len(self.tasks), p=self.task_p))]
         index = self.by_task[task][int(rng.integers(len(self.by_task[task])))]
         shape = tuple(self.items[index]["label"].shape)  # (X, Y, Z)
         centre = None

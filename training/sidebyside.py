@@ -87,13 +87,13 @@ def headline(rows: list[dict]) -> tuple[str, float]:
     return best, means[best]
 
 
-def summary_lines(rows: list[dict], plots: list[Path], notes: list[str]) -> list[str]:
+def summary_lines(rows: list[dict], plots: list[Path], notes: list[str], title: str = "") -> list[str]:
     present = [m for m in METHODS if any(r["method"] == m for r in rows)]
     best, best_mean = headline(rows)
     affine = _per_label(rows, AFFINE if AFFINE in present else NAIVE)
     lines = [
         "",
-        "## Fine atlas labels, every method side by side",
+        "## Fine atlas labels, every method side by side" + (f": {title}" if title else ""),
         "",
         f"**Best: {best}, mean Dice {best_mean:.4f}** over {len(affine)} fine labels never trained and "
         f"{len({r['case'] for r in rows})} test cases. Each label decided on its own (as Ma et al. 2022, Table 1).",
@@ -123,8 +123,9 @@ def summary_lines(rows: list[dict], plots: list[Path], notes: list[str]) -> list
     return lines
 
 
-def plots(out: Path, rows: list[dict]) -> list[Path]:
-    """Paired per-case means across methods, and per-label Dice (labels sorted by affine propagation)."""
+def plots(out: Path, rows: list[dict], suffix: str = "") -> list[Path]:
+    """Paired per-case means across methods, and per-label Dice (labels sorted by affine propagation);
+    files ``fine_methods_{paired,labels}{suffix}.png``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,9 +145,9 @@ def plots(out: Path, rows: list[dict]) -> list[Path]:
     ax.set_title("fine atlas labels: paired per-case Dice")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(out / "fine_methods_paired.png", dpi=100)
+    fig.savefig(out / f"fine_methods_paired{suffix}.png", dpi=100)
     plt.close(fig)
-    written.append(out / "fine_methods_paired.png")
+    written.append(out / f"fine_methods_paired{suffix}.png")
 
     affine = _per_label(rows, AFFINE if AFFINE in present else NAIVE)
     order = sorted(affine, key=lambda v: affine[v])
@@ -166,7 +167,7 @@ def plots(out: Path, rows: list[dict]) -> list[Path]:
     ax.set_title("fine atlas labels: Dice per label and method")
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(out / "fine_methods_labels.png", dpi=100)
+    fig.savefig(out / f"fine_methods_labels{suffix}.png", dpi=100)
     plt.close(fig)
-    written.append(out / "fine_methods_labels.png")
+    written.append(out / f"fine_methods_labels{suffix}.png")
     return written

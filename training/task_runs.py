@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from LabelSharingSegLib.engine.errors import InputError
 from LabelSharingSegLib.engine.labelspace import SharedLabelSpace
 from LabelSharingSegLib.engine.network_config import NetworkConfig
 from LabelSharingSegLib.engine.networks import build_network
@@ -37,6 +38,7 @@ from .run_session import (
 )
 from .samples import ToModelGrid, cache_items
 from .trainer import StepCallback
+from .validation_labels import validation_labels
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,9 @@ def train_task_model(
     on_step: StepCallback | None = None,
 ) -> TrainedBundle:
     """Train one network on ``datasets`` and write its bundle to ``out`` (rank 0)."""
-    network = plan.network or factory.network_config_for(plan.kind, plan.tasks, 2, list(settings.channels))
+    network = plan.network or factory.network_config_for(
+        plan.kind, plan.tasks, 2, list(settings.channels), task_film=settings.task_film
+    )
     prep = plan.prep or plan_preprocessing(settings, datasets, network.downsample_factor)
     network = network.replace(spatial_dims=prep.spatial_dims)
     reference = plan.reference if plan.reference is not None else reference_image(plan.reference_path, prep)
@@ -77,7 +81,13 @@ def train_task_model(
         train_cases += [(c, index_of[d.task_name()]) for c in tr]
         val_cases += [(c, index_of[d.task_name()]) for c in va]
     options = train_options(settings, checkpoint_dir, len(train_cases), ctx.world_size, time_limit_s)
-    method = TaskMethod(plan.kind, plan.tasks, network, prep)
+    val_labels = {
+        t.index: validation_labels(t.channels, settings.val_labels, settings.seed) for t in plan.tasks
+    }
+    weights = (
+        {t.index: float(len(t.labels)) for t in plan.tasks} if settings.task_sampling == "labels" else None
+    )
+    method = TaskMethod(plan.kind, plan.tasks, network, prep, val_labels, weights)
     to_grid = ToModelGrid(prep)
     items = method.prepare_items(cache_items(train_cases, to_grid, settings.cache_workers))
     val_items = (
@@ -101,12 +111,21 @@ def train_task_model(
         method_specific={
             "tasks": [t.to_dict() for t in plan.tasks],
             "foreground_prob": settings.foreground_prob,
+            # recorded only when not the default, so runs started before the option existed still resume
+            **({} if settings.task_sampling == "uniform" else {"task_sampling": settings.task_sampling}),
             **(plan.identity_extra or {}),
         },
     )
     result = run_loop(method, model, val_items, options, ctx, identity, on_step)
     if ctx.is_main:
         val_ids = [c.case_id for c, _ in val_cases]
+        extra = dict(plan.identity_extra or {})
+        if settings.task_sampling != "uniform":
+            extra["task_sampling"] = settings.task_sampling
+        if settings.label_mapping != "rank":
+            extra["label_mapping"] = settings.label_mapping
+        if settings.val_labels is not None:  # which labels chose the best weights (all when not capped)
+            extra["validation_labels"] = {t.name: val_labels[t.index] for t in plan.tasks}
         meta = training_meta(
             plan.kind,
             result,
@@ -116,7 +135,7 @@ def train_task_model(
             ctx.world_size,
             device=ctx.device,
             appearance=settings.appearance,
-            **(plan.identity_extra or {}),
+            **extra,
         )
         factory.write_task_bundle(
             out,
@@ -145,11 +164,16 @@ def train_tasks(config: TaskRunConfig, on_step: StepCallback | None = None) -> l
     """Train one bundle over all tasks (``individual``: one bundle per task in the folder ``config.out``)."""
     settings = config.settings
     if config.kind == "individual":
+        if settings.task_film or settings.label_mapping != "rank":
+            raise InputError("--task-film and --label-mapping are options of labelsharing training")
         return _train_individual(config, on_step)
+    if config.kind != "labelsharing" and (settings.task_film or settings.label_mapping != "rank"):
+        raise InputError("--task-film and --label-mapping are options of labelsharing training")
     checkpoint_dir = claim_outputs(config.out, settings)
     datasets = load_datasets(config.data)
     with distributed_session(settings.device, settings.threads) as ctx:
-        tasks, space = task_infos(config.kind, datasets)
+        shuffle = settings.seed if settings.label_mapping == "shuffled" else None
+        tasks, space = task_infos(config.kind, datasets, shuffle_seed=shuffle)
         if space is not None and ctx.is_main and not settings.quiet:
             print(space.format_table())
         plan = TaskModelPlan(config.kind, tasks, space, reference_path=config.reference)

@@ -19,8 +19,10 @@ from .run_config import (
     AMP_MODES,
     DEFAULT_CHANNELS,
     INTENSITY_MODES,
+    LABEL_MAPPINGS,
     OPTIMIZERS,
     SCHEDULES,
+    TASK_SAMPLING,
     AddTaskConfig,
     LCSRunConfig,
     RunConfig,
@@ -117,6 +119,25 @@ def _add_budget_options(p: argparse.ArgumentParser) -> None:
         "--spacing", type=_float_list, help="model grid spacing in mm (default: median of the data)"
     )
     d.add_argument("--intensity", choices=INTENSITY_MODES, default="zscore")
+    ls = p.add_argument_group("label sharing variants (measuring why it trails, issue #15)")
+    ls.add_argument(
+        "--task-sampling",
+        choices=TASK_SAMPLING,
+        default="uniform",
+        help="uniform: each task drawn equally often (default); labels: in proportion to its label count",
+    )
+    ls.add_argument(
+        "--label-mapping",
+        choices=LABEL_MAPPINGS,
+        default="rank",
+        help="rank: labels share output channels by relative size rank (Anand et al. 2024, default); "
+        "shuffled: a random mapping drawn with --seed",
+    )
+    ls.add_argument(
+        "--task-film",
+        action="store_true",
+        help="give the label-sharing U-Net a per-task scale and shift of its decoder features (no extra outputs)",
+    )
     v = p.add_argument_group("validation, checkpoints, logs")
     v.add_argument(
         "--val-fraction",
@@ -126,6 +147,12 @@ def _add_budget_options(p: argparse.ArgumentParser) -> None:
     )
     v.add_argument(
         "--val-every", type=int, default=0, help="validate every N steps (default: 10 times per run)"
+    )
+    v.add_argument(
+        "--val-labels",
+        type=int,
+        help="score at most N labels in validation, a fixed sample drawn with --seed (default: all; "
+        "makes LCS validation affordable at many labels)",
     )
     v.add_argument(
         "--checkpoint-every", type=int, default=50, help="write the resumable checkpoint every N steps"
@@ -215,6 +242,14 @@ def _add_speed_options(p: argparse.ArgumentParser) -> None:
         choices=("auto", "on", "off"),
         default="auto",
         help="fused Adam/AdamW kernel (default auto: on CUDA)",
+    )
+    s.add_argument(
+        "--loss-sync-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="read the loss back to the host (log, progress, non-finite check) every N steps; each read waits for "
+        "the GPU (default 0: automatic, 1 on the CPU, 16 on GPUs)",
     )
 
 

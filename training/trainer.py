@@ -65,11 +65,23 @@ class TrainOptions:
     channels_last: bool = False  # channels-last memory layout for the network and its input
     fused_optimizer: str = "auto"  # auto (on CUDA), on, off
     sync_data_timing: bool = False  # CUDA: synchronise around batch building so its time is measured exactly
+    loss_sync_every: int = 0  # steps between reading losses back to the host; 0: auto (1 on CPU, 16 on GPUs)
+
+
+def loss_sync_interval(options: TrainOptions, device: torch.device) -> int:
+    """How many steps' losses stay on the device before one read-back (and one all-reduce under DDP). Reading a
+    loss waits for the step's kernels, so on a GPU every read is a pipeline stall; on the CPU it costs nothing."""
+    if options.loss_sync_every < 0:
+        raise TrainingError(f"loss_sync_every must be >= 0, got {options.loss_sync_every}")
+    if options.loss_sync_every:
+        return options.loss_sync_every
+    return 1 if device.type == "cpu" else 16
 
 
 @dataclass(frozen=True)
 class StepEvent:
-    """What an ``on_step`` callback sees after every finished step (on every rank)."""
+    """What an ``on_step`` callback sees after every finished step (on every rank), in step order, when the step's
+    loss has been read back (every step on the CPU, see ``loss_sync_interval``)."""
 
     step: int  # steps done so far
     planned_steps: int
@@ -80,6 +92,20 @@ class StepEvent:
 
 
 StepCallback = Callable[[StepEvent], None]
+
+
+@dataclass
+class _PendingStep:
+    """A finished step whose loss is still on the device (read back every ``loss_sync_interval`` steps)."""
+
+    step: int
+    loss: torch.Tensor
+    lr: float
+    seconds: float  # wall time of the step as the host saw it
+    elapsed: float  # since the loop began
+    last: bool
+    value: float | None = None
+    val: str = ""
 
 
 @dataclass
@@ -293,6 +319,8 @@ def train(
     stopped_by_time = False
     samples_per_step = options.batch * ctx.world_size
     meter = ThroughputMeter(device, warmup=1 if options.steps - start > 1 else 0)
+    sync_every = loss_sync_interval(options, device)
+    pending: list[_PendingStep] = []
     # batches come from the method in the loop, or from loader workers ahead of it (same batches either way)
     stream = batch_stream(
         method.batch,
@@ -305,6 +333,44 @@ def train(
         pin=device.type == "cuda",
     )
     timed_sync = options.sync_data_timing and device.type == "cuda"
+
+    def read_back() -> None:
+        """One copy of the pending steps' losses to the host (one all-reduce under DDP); refuses a non-finite
+        loss before any validation, checkpoint or log sees the step."""
+        todo = [item for item in pending if item.value is None]
+        if not todo:
+            return
+        values = torch.stack([item.loss for item in todo]).float()
+        if ctx.distributed:
+            torch.distributed.all_reduce(values)
+            values = values / ctx.world_size
+        for item, value in zip(todo, values.tolist()):
+            if not math.isfinite(value):
+                raise TrainingError(
+                    f"the loss became {value} at step {item.step}; lower --lr (now {options.lr}) or use --amp off"
+                )
+            item.value = value
+
+    def emit(item: _PendingStep) -> None:
+        value = float(item.value)
+        losses.append(value)
+        if log is not None:
+            log.row(
+                step=item.step,
+                loss=f"{value:.6f}",
+                lr=f"{item.lr:.6g}",
+                elapsed_s=f"{item.elapsed:.2f}",
+                samples_per_s=f"{samples_per_step / max(item.seconds, 1e-9):.2f}",
+                val_dice=item.val,
+            )
+        if board is not None:
+            board.add_scalar("loss", value, item.step)
+            if item.val:
+                board.add_scalar("val_dice", float(item.val), item.step)
+        bar.set_postfix(loss=f"{value:.4f}", lr=f"{item.lr:.2e}", **({"val": item.val} if item.val else {}))
+        if on_step is not None:
+            on_step(StepEvent(item.step, options.steps, value, ctx.rank, model, item.last))
+
     try:
         for step in range(start, options.steps):
             tick = time.time()
@@ -323,7 +389,8 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             with _autocast(device, options.amp):
                 loss = method.loss(net, batch, device)
-            if not torch.isfinite(loss):
+            if sync_every == 1 and not torch.isfinite(loss):
+                # read back at once anyway, so refuse before the update touches the weights
                 raise TrainingError(
                     f"the loss became {float(loss)} at step {step + 1}; lower --lr "
                     f"(now {options.lr}) or use --amp off"
@@ -333,59 +400,48 @@ def train(
             torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
             scaler.step(optimizer)
             scaler.update()
-            value = loss.detach()
-            if ctx.distributed:
-                torch.distributed.all_reduce(value)
-                value = value / ctx.world_size
-            value = float(value)
             meter.add(time.perf_counter() - step_began, data_seconds)
-            losses.append(value)
             done = step + 1
+            completed = done
             if options.time_limit is not None and done < options.steps:
                 stopped_by_time = ctx.broadcast_flag(time.time() - began >= options.time_limit)
             last_step = done == options.steps or stopped_by_time
-            val = ""
-            if (
-                ctx.is_main
-                and val_items
-                and (last_step or (options.val_every and done % options.val_every == 0))
-            ):
-                net.eval()
-                score = method.validate(model, val_items, device)
-                val = f"{score:.4f}"
-                if not math.isnan(score) and (math.isnan(best_val) or score > best_val):
-                    best_val, best_step = score, done
-                    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                    save_checkpoint(
-                        best_path, model, None, {"step": done, "val_dice": score}, config_fingerprint
-                    )
-            seconds = time.time() - tick
-            if log is not None:
-                log.row(
-                    step=done,
-                    loss=f"{value:.6f}",
-                    lr=f"{lr:.6g}",
-                    elapsed_s=f"{time.time() - began:.2f}",
-                    samples_per_s=f"{samples_per_step / max(seconds, 1e-9):.2f}",
-                    val_dice=val,
-                )
-            if board is not None:
-                board.add_scalar("loss", value, done)
-                if val:
-                    board.add_scalar("val_dice", float(val), done)
+            current = _PendingStep(
+                done, loss.detach(), lr, time.time() - tick, time.time() - began, last_step
+            )
+            pending.append(current)
+            # decided alike on every rank: read_back all-reduces under DDP
+            validating = last_step or bool(options.val_every and done % options.val_every == 0)
+            checkpointing = done % max(1, options.checkpoint_every) == 0 or last_step
+            if validating or checkpointing or len(pending) >= sync_every:
+                read_back()
+                for item in pending[:-1]:
+                    emit(item)
+                if ctx.is_main and val_items and validating:
+                    net.eval()
+                    score = method.validate(model, val_items, device)
+                    current.val = f"{score:.4f}"
+                    if not math.isnan(score) and (math.isnan(best_val) or score > best_val):
+                        best_val, best_step = score, done
+                        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                        save_checkpoint(
+                            best_path, model, None, {"step": done, "val_dice": score}, config_fingerprint
+                        )
+                if checkpointing:
+                    checkpoint(done)
+                if validating or checkpointing:
+                    ctx.barrier()
+                pending.clear()
+                emit(current)
             bar.update(1)
-            bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", **({"val": val} if val else {}))
-            completed = done
-            if done % max(1, options.checkpoint_every) == 0 or last_step:
-                checkpoint(done)
-            ctx.barrier()
-            if on_step is not None:
-                on_step(StepEvent(done, options.steps, value, ctx.rank, model, last_step))
             if stopped_by_time:
                 break
     except KeyboardInterrupt:
         bar.close()
-        completed = start + len(losses)
+        if not ctx.distributed:  # other ranks may be gone: no collective read-back then
+            read_back()  # a non-finite loss raises here, so its weights are never saved
+            for item in pending:
+                emit(item)
         checkpoint(completed)
         raise TrainingInterrupted(
             f"interrupted at step {completed}; checkpoint saved in {last_path} - run the same command with "

@@ -46,6 +46,28 @@ PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 
 @dataclass(frozen=True)
+class Hierarchy:
+    """Fine label name -> coarse structure name, for coarse-train / fine-test LCS experiments."""
+
+    coarse_names: tuple[str, ...]
+    coarse_of: Callable[[str], str]
+    description: str
+
+
+AAL_HIERARCHY = Hierarchy(
+    sources.AAL_COARSE_NAMES,
+    sources.aal_coarse_name,
+    "AAL region (fine) -> coarse structure, from the region names; values are this dataset's label values.",
+)
+NMM_HIERARCHY = Hierarchy(
+    sources.NMM_COARSE_NAMES,
+    sources.nmm_coarse_name,
+    "Neuromorphometrics label (fine) -> coarse structure (lobes, limbic, deep grey, cerebellum, white matter, "
+    "ventricles/CSF, brain stem), from the label names; values are this dataset's label values.",
+)
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """One dataset folder of a set."""
 
@@ -56,7 +78,9 @@ class TaskSpec:
     plane: str | None = None  # None: 3D volumes; otherwise 2D slices in this plane
     slab_mm: tuple[float, float] | None = None  # world range of the slice position along the plane normal
     both_hemispheres: bool = False  # sagittal: mirror the slab to the other hemisphere at random
-    hierarchy: bool = False  # write the AAL fine -> coarse table
+    hierarchy: Hierarchy | None = None  # writes label_hierarchy.json (fine -> coarse) when given
+    # draw every case's randomness as this folder does: its case i is then the same scan with other labels
+    anatomy_of: str | None = None
 
     @property
     def spatial_dims(self) -> int:
@@ -71,16 +95,20 @@ SETS: dict[str, tuple[TaskSpec, ...]] = {
             sources.atlas_aal,
             "AAL-116 regions on real T1 templates; label_hierarchy.json maps each region to a coarse structure "
             "(lobes, limbic, deep grey, cerebellum) for coarse-train / fine-test LCS experiments.",
-            hierarchy=True,
+            hierarchy=AAL_HIERARCHY,
         ),
     ),
-    "brain-neuromorphometrics": (
+    "brain-nmm": (
         TaskSpec(
             "Dataset802_BrainNeuromorphometrics",
             "BrainNeuromorphometrics",
             sources.atlas_neuromorphometrics,
             "Neuromorphometrics 136-label whole-brain atlas (cortical, subcortical, ventricles, white matter) on "
-            "real T1 templates; the closest public relative of the Hammersmith atlas.",
+            "the same scans as brain-aal (case i of both sets is one scan); label_hierarchy.json maps each label "
+            "to one of 11 coarse structures for coarse-train / fine-test LCS experiments. The closest public "
+            "relative of the Hammersmith atlas.",
+            hierarchy=NMM_HIERARCHY,
+            anatomy_of="Dataset801_BrainAAL",
         ),
     ),
     "brain-hcpex": (
@@ -121,6 +149,10 @@ SETS: dict[str, tuple[TaskSpec, ...]] = {
         ),
     ),
 }
+
+
+# older names still accepted by build_set
+SET_ALIASES = {"brain-neuromorphometrics": "brain-nmm"}
 
 
 def set_names() -> tuple[str, ...]:
@@ -188,10 +220,18 @@ def make_case(
     return image, label.astype(atlas.array.dtype), affine
 
 
+def _case_id(spec: TaskSpec, split: str, index: int) -> str:
+    prefix = spec.name.lower()
+    return f"{prefix}_{index:03d}" if split == "train" else f"{prefix}_test_{index:03d}"
+
+
+def _spec_of(folder: str) -> TaskSpec:
+    return next(spec for specs in SETS.values() for spec in specs if spec.folder == folder)
+
+
 def _rng(seed: int, spec: TaskSpec, split: str, index: int) -> np.random.Generator:
-    return np.random.default_rng(
-        [int(seed), zlib.crc32(spec.folder.encode()), zlib.crc32(split.encode()), index]
-    )
+    stream = spec.anatomy_of or spec.folder
+    return np.random.default_rng([int(seed), zlib.crc32(stream.encode()), zlib.crc32(split.encode()), index])
 
 
 @lru_cache(maxsize=8)
@@ -237,18 +277,17 @@ def _licence_text(files: list[sources.PackagedFile]) -> str:
     return " | ".join(seen)
 
 
-def _hierarchy(names: list[str]) -> dict:
+def _hierarchy(hierarchy: Hierarchy, names: list[str]) -> dict:
     coarse = {"background": 0}
-    coarse.update({name: i + 1 for i, name in enumerate(sources.AAL_COARSE_NAMES)})
+    coarse.update({name: i + 1 for i, name in enumerate(hierarchy.coarse_names)})
     fine_to_coarse = {}
     fine_to_coarse_names = {}
     for value, name in enumerate(names, start=1):
-        group = sources.aal_coarse_name(name)
+        group = hierarchy.coarse_of(name)
         fine_to_coarse[str(value)] = coarse[group]
         fine_to_coarse_names[name] = group
     return {
-        "description": "AAL region (fine) -> coarse structure, from the region names; values are this "
-        "dataset's label values.",
+        "description": hierarchy.description,
         "fine_labels": {"background": 0, **{n: v for v, n in enumerate(names, start=1)}},
         "coarse_labels": coarse,
         "fine_to_coarse": fine_to_coarse,
@@ -286,16 +325,18 @@ def _build_task(
     plan += [("test", i, sources.TEST_TEMPLATE) for i in range(test_cases)]
     counts = np.zeros((len(plan), len(atlas.names) + 1), dtype=np.int64)
     case_templates: dict[str, str] = {}
-    prefix = spec.name.lower()
+    same_scan: dict[str, str] = {}  # case -> "folder/case" of the set it shares its scans with
     with dataset_folder(target, overwrite=overwrite) as tmp:
         make_case_folders(tmp)
         for row, (split, index, template) in enumerate(plan):
             started = time.perf_counter()
             image, label, affine = make_case(spec, template, _rng(seed, spec, split, index), spacing)
-            case_id = f"{prefix}_{index:03d}" if split == "train" else f"{prefix}_test_{index:03d}"
+            case_id = _case_id(spec, split, index)
             write_case(tmp, split, case_id, image, label, affine, ending)
             counts[row] = np.bincount(label.ravel(), minlength=counts.shape[1])[: counts.shape[1]]
             case_templates[case_id] = template
+            if spec.anatomy_of is not None:
+                same_scan[case_id] = f"{spec.anatomy_of}/{_case_id(_spec_of(spec.anatomy_of), split, index)}"
             progress(
                 f"[{set_name}] {spec.name}: {split} case {index + 1}/{cases if split == 'train' else test_cases}"
                 f" from {template}, shape {image.shape} ({time.perf_counter() - started:.1f} s)"
@@ -342,12 +383,15 @@ def _build_task(
                 "train_templates": list(sources.TRAIN_TEMPLATES),
                 "test_template": sources.TEST_TEMPLATE,
                 "case_templates": case_templates,
+                "same_scans_as": spec.anatomy_of,
+                "same_scan_cases": same_scan,
                 "dropped_labels": dropped,
                 "source_label_values": {n: atlas.source_values[v - 1] for n, v in zip(names, present)},
             },
         )
-        if spec.hierarchy:
-            write_text_atomic(tmp / HIERARCHY_FILE, json.dumps(_hierarchy(names), indent=2) + "\n")
+        if spec.hierarchy is not None:
+            text = json.dumps(_hierarchy(spec.hierarchy, names), indent=2) + "\n"
+            write_text_atomic(tmp / HIERARCHY_FILE, text)
         if spec.plane is None:
             template = sources.TRAIN_TEMPLATES[0]
             image, _, affine = make_case(spec, template, np.random.default_rng(seed), spacing, identity=True)
@@ -392,6 +436,7 @@ def build_set(
     max(2, cases // 4). Existing non-empty targets are refused unless ``overwrite`` (then only dataset folders
     are replaced, atomically).
     """
+    name = SET_ALIASES.get(name, name)
     if name not in SETS:
         raise InputError(f"unknown set {name!r}; choose one of: {', '.join(SETS)}")
     if not (0.5 <= float(spacing) <= 8.0):

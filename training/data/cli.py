@@ -67,7 +67,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from .build import DEFAULT_SPACING_MM, set_names
+    from .build import DEFAULT_SPACING_MM, SET_ALIASES, set_names
 
     data = subparsers.add_parser(
         "data",
@@ -81,7 +81,12 @@ def register(subparsers) -> None:
     build = commands.add_parser(
         "build", help="build a dataset set from packaged real T1 templates and atlases"
     )
-    build.add_argument("--set", required=True, choices=set_names(), help="which set to build")
+    build.add_argument(
+        "--set",
+        required=True,
+        choices=(*set_names(), *SET_ALIASES),
+        help="which set to build (brain-neuromorphometrics: the older name of brain-nmm)",
+    )
     build.add_argument("--out", required=True, type=Path, help="folder that receives the dataset folder(s)")
     build.add_argument(
         "--cases",

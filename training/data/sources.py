@@ -286,6 +286,76 @@ def aal_coarse_name(region: str) -> str:
     raise DatasetError(f"AAL region {region!r} has no coarse group; extend AAL_COARSE_RULES")
 
 
+# Neuromorphometrics label (side prefix removed; cortical labels by their abbreviation) -> coarse structure.
+# Lobes as in the Neuromorphometrics/Hammersmith protocols; the opercula go with the lobe they cover (frontal
+# and central operculum: frontal, parietal operculum: parietal); the optic chiasm is white matter (nerve
+# fibres); vessels go with the fluid spaces.
+NMM_COARSE_GROUPS: dict[str, tuple[str, ...]] = {
+    "frontal": (
+        "AOrG",
+        "FO",
+        "CO",
+        "FRP",
+        "GRe",
+        "LOrG",
+        "MFC",
+        "MFG",
+        "MOrG",
+        "MPrG",
+        "MSFG",
+        "OpIFG",
+        "OrIFG",
+        "POrG",
+        "PrG",
+        "SCA",
+        "SFG",
+        "SMC",
+        "TrIFG",
+    ),
+    "insula": ("AIns", "PIns"),
+    "limbic": ("ACgG", "MCgG", "PCgG", "Ent", "PHG", "Hippocampus", "Amygdala"),
+    "occipital": ("Calc", "Cun", "IOG", "LiG", "MOG", "OCP", "OFuG", "SOG"),
+    "parietal": ("AnG", "MPoG", "PCu", "PO", "PoG", "SMG", "SPL"),
+    "temporal": ("FuG", "ITG", "MTG", "PP", "PT", "STG", "TMP", "TTG"),
+    "deep_grey": (
+        "Accumbens_Area",
+        "Caudate",
+        "Pallidum",
+        "Putamen",
+        "Thalamus_Proper",
+        "Ventral_DC",
+        "Basal_Forebrain",
+    ),
+    "cerebellum": (
+        "Cerebellum_Exterior",
+        "Cerebellum_White_Matter",
+        "Cerebellar_Vermal_Lobules_I-V",
+        "Cerebellar_Vermal_Lobules_VI-VII",
+        "Cerebellar_Vermal_Lobules_VIII-X",
+    ),
+    "white_matter": ("Cerebral_White_Matter", "Optic_Chiasm"),
+    "ventricles_csf": (
+        "3rd_Ventricle",
+        "4th_Ventricle",
+        "Lateral_Ventricle",
+        "Inf_Lat_Vent",
+        "CSF",
+        "vessel",
+    ),
+    "brain_stem": ("Brain_Stem",),
+}
+NMM_COARSE_NAMES = tuple(NMM_COARSE_GROUPS)
+
+
+def nmm_coarse_name(label: str) -> str:
+    """Coarse structure of a Neuromorphometrics label, e.g. 'Left_PrG_precentral_gyrus' -> 'frontal'."""
+    core = label.removeprefix("Left_").removeprefix("Right_")
+    for coarse, members in NMM_COARSE_GROUPS.items():
+        if core in members or core.split("_", 1)[0] in members:
+            return coarse
+    raise DatasetError(f"Neuromorphometrics label {label!r} has no coarse group; extend NMM_COARSE_GROUPS")
+
+
 @lru_cache(maxsize=4)
 def atlas_aal_coarse() -> LabelVolume:
     """AAL merged into 8 structures (lobes, limbic, deep grey, cerebellum), both hemispheres together."""

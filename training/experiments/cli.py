@@ -23,6 +23,16 @@ def _budget_options(p: argparse.ArgumentParser, steps: int) -> None:
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--val-fraction", type=float, default=0.2)
     g.add_argument("--no-augment", action="store_true")
+    v = p.add_argument_group("validation (the same for every compared method)")
+    v.add_argument(
+        "--val-labels",
+        type=int,
+        help="score at most N labels in each validation, a fixed sample drawn with --seed, the same for every "
+        "method (default: all; LCS validates one label per decoder pass)",
+    )
+    v.add_argument(
+        "--val-every", type=int, default=0, help="validate every N steps (default: 10 times a run)"
+    )
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     g.add_argument(
         "--threads", type=int, help="CPU threads for torch (default: the cores this process may use)"
@@ -52,6 +62,14 @@ def register(subparsers) -> None:
         "--holdout",
         nargs="*",
         help="tasks held out for incremental learning (default: every task; none given: skip)",
+    )
+    ls.add_argument(
+        "--variants",
+        nargs="*",
+        metavar="VARIANT",
+        help="label-sharing variants to train with the same budget, each testing one reason it may trail: "
+        "task-code, shuffled-mapping, label-sampling, wide; reseeded is the seed-to-seed control (variants may be "
+        "added to a finished experiment)",
     )
     _budget_options(ls, 1000)
     ls.set_defaults(func=cmd_labelsharing)
@@ -101,6 +119,8 @@ def _budget(args):
         val_fraction=args.val_fraction,
         augment=not args.no_augment,
         quiet=not args.verbose,
+        val_labels=args.val_labels,
+        val_every=args.val_every,
     )
 
 
@@ -113,6 +133,7 @@ def cmd_labelsharing(args) -> int:
         _budget(args),
         add_steps=args.add_steps,
         holdout=args.holdout,
+        variants=args.variants,
     )
     print(report.read_text(encoding="utf-8"))
     print(f"Report: {report}")

@@ -20,17 +20,24 @@ from .. import planning
 from . import runner
 from .budget import BudgetLedger, split_steps
 from .report import fmt, grouped_bars, header, mean, mean_dice, table, write_report, yes
+from .variants import Variant, conflict_rows, parse_variants
+from .variants import section as variant_section
 from .workspace import Workspace
 
 METHODS = ("labelsharing", "individual", "multichannel", "dodnet")
 JOINT_METHODS = ("labelsharing", "multichannel", "dodnet")
 
 
-def plan_budget(tasks: list[str], budget: runner.Budget, add_steps: int, holdout: list[str]) -> BudgetLedger:
+def plan_budget(
+    tasks: list[str], budget: runner.Budget, add_steps: int, holdout: list[str], variants: list[Variant] = ()
+) -> BudgetLedger:
     """Every run's steps and batch, checked for equal compute before anything trains."""
     ledger = BudgetLedger()
     for method in JOINT_METHODS:
         ledger.record("methods", method, method, budget.steps, budget.batch)
+    for variant in variants:
+        vb = variant.budget(budget)
+        ledger.record("methods", variant.method, variant.run, vb.steps, vb.batch)
     for task, steps in zip(tasks, split_steps(budget.steps, len(tasks))):
         ledger.record("methods", "individual", f"individual_{task}", steps, budget.batch)
     for task in holdout:
@@ -57,8 +64,11 @@ def run_labelsharing(
     *,
     add_steps: int | None = None,
     holdout: list[str] | None = None,
+    variants: list[str] | None = None,
 ) -> Path:
-    """Run (or continue) the experiment into ``out``; returns ``out/report.md``."""
+    """Run (or continue) the experiment into ``out``; returns ``out/report.md``. ``variants``: label-sharing
+    variants (variants.py) trained with the same budget; they may be added to a finished experiment."""
+    chosen = parse_variants(variants)
     datasets = planning.load_datasets([Path(p) for p in data])
     tasks = [d.task_name() for d in datasets]
     folder = {d.task_name(): Path(d.root).resolve() for d in datasets}
@@ -70,15 +80,16 @@ def run_labelsharing(
         raise InputError(f"--holdout {', '.join(unknown)}: not a task of --data (tasks: {', '.join(tasks)})")
     if holdout and len(tasks) < 2:
         raise InputError("incremental learning needs at least two tasks (one held out, one to train on)")
-    ledger = plan_budget(tasks, budget, add_steps, holdout)
+    ledger = plan_budget(tasks, budget, add_steps, holdout, chosen)
     config = {
         "experiment": "labelsharing",
         "data": [str(folder[t]) for t in tasks],
         "budget": budget.to_dict(),
         "add_steps": add_steps,
         "holdout": list(holdout),
+        **({"variants": [v.name for v in chosen]} if chosen else {}),
     }
-    ws = Workspace(out, config, echo=not budget.quiet)
+    ws = Workspace(out, config, echo=not budget.quiet, extendable=("variants",))
     ws.log(f"labelsharing experiment: tasks {', '.join(tasks)}; {budget.steps} steps x batch {budget.batch}")
 
     rows: list[dict] = []
@@ -116,6 +127,14 @@ def run_labelsharing(
             budget.device,
         )
         bundles["individual"].append(path)
+
+    for variant in chosen:
+        path = ws.run(variant.run)
+        ws.timed(f"train {variant.method}", runner.train_tasks, "labelsharing", list(folder.values()), path,
+                 variant.budget(budget))  # fmt: skip
+        rows += ws.timed(f"evaluate {variant.method}", runner.evaluate_bundle, path, list(folder.values()),
+                         ws.evaluation(variant.run), variant.method, budget.device)  # fmt: skip
+        bundles[variant.method] = [path]
 
     incremental = []
     for held in holdout:
@@ -164,14 +183,18 @@ def run_labelsharing(
 
     runner.write_csv(ws.root / "budget.csv", ledger.rows())
     runner.write_csv(ws.root / "metrics.csv", rows)
-    report = _report(ws, tasks, budget, add_steps, ledger, rows, bundles, incremental)
+    conflicts = ws.cached_rows(
+        "conflicts.csv", lambda: conflict_rows(bundles["labelsharing"][0], folder, rows)
+    )
+    report = _report(ws, tasks, budget, add_steps, ledger, rows, bundles, incremental, chosen, conflicts)
     ws.log(f"report: {report}")
     return report
 
 
-def _report(ws, tasks, budget, add_steps, ledger, rows, bundles, incremental) -> Path:
+def _report(ws, tasks, budget, add_steps, ledger, rows, bundles, incremental, variants, conflicts) -> Path:
     command = ["lsseg", "experiment", "labelsharing", "--data", *ws.config["data"], "--out", str(ws.root)]
     command += budget.to_args() + ["--add-steps", str(add_steps), "--holdout", *ws.config["holdout"]]
+    command += ["--variants", *[v.name for v in variants]] if variants else []
     lines = header(
         "Label sharing against its baselines under equal compute (Anand et al. 2024)", ws.config, command
     )
@@ -230,6 +253,17 @@ def _report(ws, tasks, budget, add_steps, ledger, rows, bundles, incremental) ->
             "Dice per task and method",
         ),
     ]
+    methods = [*METHODS, *[v.method for v in variants]]
+    all_dice = {m: [mean_dice(rows, method=m, task=t) for t in tasks] for m in methods}
+    all_params = {m: _parameters(bundles[m])[0] for m in methods}
+    lines += variant_section(variants, tasks, all_dice, all_params, conflicts)
+    if variants:
+        shown = ["labelsharing", *[v.method for v in variants], "individual"]
+        plots.append(
+            grouped_bars(ws.root / "variants.png", tasks + ["mean"],
+                         {m: all_dice[m] + [mean(all_dice[m])] for m in shown}, "mean Dice",
+                         "Label-sharing variants under the same budget")
+        )  # fmt: skip
     if incremental:
         lines += _incremental_section(ws, incremental, dice, tasks, plots)
     else:

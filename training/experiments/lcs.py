@@ -10,13 +10,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
 from LabelSharingSegLib.engine.errors import InputError
 
-from .. import planning
+from .. import planning, sidebyside
 from ..datasets import NnUNetDataset
 from . import runner
 from .budget import BudgetLedger
@@ -125,6 +126,7 @@ def run_lcs(
 
     map_path, map_source = _coarse_map(dataset, coarse_map, ws)
     table1: list[dict] = []
+    side: list[dict] = []
     if map_path is not None:
         coarse = ws.run("lcs_coarse")
         ws.timed("train lcs on coarse labels", runner.train_lcs, Path(dataset.root), coarse, budget, map_path)
@@ -133,11 +135,14 @@ def run_lcs(
         )
         table1_path = ws.evaluation("lcs_coarse") / "table1.csv"
         table1 = runner.read_csv(table1_path) if table1_path.is_file() else []
+        side = runner.fine_methods(ws.evaluation("lcs_coarse"))
 
     memory = _memory(ws, memory_counts, dims, memory_size, budget)
     runner.write_csv(ws.root / "budget.csv", ledger.rows())
     runner.write_csv(ws.root / "metrics.csv", rows)
-    report = _report(ws, dataset, counts, budget, ledger, rows, table1, map_source, memory, dims, memory_size)
+    report = _report(
+        ws, dataset, counts, budget, ledger, rows, (table1, side), map_source, memory, dims, memory_size
+    )
     ws.log(f"report: {report}")
     return report
 
@@ -160,7 +165,7 @@ def _memory(ws: Workspace, counts: list[int], dims: int, size: int, budget: runn
     return runner.read_csv(path)
 
 
-def _report(ws, dataset, counts, budget, ledger, rows, table1, map_source, memory, dims, size) -> Path:
+def _report(ws, dataset, counts, budget, ledger, rows, fine, map_source, memory, dims, size) -> Path:
     command = ["lsseg", "experiment", "lcs", "--data", ws.config["data"], "--out", str(ws.root)]
     command += budget.to_args() + ["--label-counts", ",".join(map(str, counts))]
     command += ["--memory-label-counts", ",".join(map(str, ws.config["memory_label_counts"]))]
@@ -173,6 +178,7 @@ def _report(ws, dataset, counts, budget, ledger, rows, table1, map_source, memor
         "fewer labels = the first K label values kept, the others made background (copies in `data/`)",
         f"- seed {budget.seed}; network channels {','.join(map(str, budget.channels))}; learning rate {budget.lr}",
         f"- every run: {budget.steps} steps x batch {budget.batch} = {budget.samples} training samples (checked)",
+        *_validation_lines(ws, counts, budget),
         "",
     ]
     dice = {m: [mean_dice(rows, method=m, label_count=k) for k in counts] for m in METHODS}
@@ -191,7 +197,7 @@ def _report(ws, dataset, counts, budget, ledger, rows, table1, map_source, memor
     plots = [
         lines_plot(ws.root / "dice_vs_labels.png", counts, dice, "labels", "mean Dice", "Dice against labels")
     ]
-    lines += _coarse_section(table1, map_source, ws, plots)
+    lines += _coarse_section(*fine, map_source, ws, plots)
     lines += _memory_section(memory, dims, size, ws, plots)
     training = {m: [float(r["training_mb"]) for r in memory if r["method"] == m] for m in METHODS}
     flat = max(training["lcs"]) <= 1.05 * min(training["lcs"])
@@ -215,46 +221,87 @@ def _report(ws, dataset, counts, budget, ledger, rows, table1, map_source, memor
     return write_report(ws.root / "report.md", lines)
 
 
-def _coarse_section(table1, map_source, ws, plots) -> list[str]:
+def _validation_lines(ws, counts, budget) -> list[str]:
+    """How validation chose each run's best weights, and whether both methods scored the same labels."""
+    every = f"every {budget.val_every} steps" if budget.val_every else "ten times a run"
+    if budget.val_labels is None:
+        return [f"- validation (picks each run's best weights): all labels, {every}"]
+    lines = [
+        f"- validation (picks each run's best weights): a fixed sample of at most {budget.val_labels} labels "
+        f"drawn with seed {budget.seed}, the same for both methods, {every}:"
+    ]
+    for k in counts:
+        chosen = {m: runner.validation_labels_of(ws.run(f"{m}_{k}")) for m in METHODS}
+        same = chosen["lcs"] == chosen["multichannel"]
+        shown = ", ".join(map(str, chosen["lcs"] or []))
+        lines.append(f"  - {k} labels: {shown or 'all'} (LCS and multi-channel the same: {yes(same)})")
+    return lines
+
+
+# the registration baselines of `lsseg evaluate` (sidebyside.py), as columns of the coarse-to-fine table
+BASELINES = (
+    (sidebyside.NAIVE, "atlas at world coordinates"),
+    (sidebyside.AFFINE, "affine propagation"),
+    (sidebyside.DEFORMABLE, "deformable propagation"),
+)
+
+
+def _coarse_section(table1, side, map_source, ws, plots) -> list[str]:
     lines = ["## Coarse training labels, fine labels at test time (Table 1 of Ma et al. 2022)", ""]
     if not table1:
         return lines + [
             f"Not measured: coarse map {map_source}; no fine label inside a coarse one on the atlas.",
             "",
         ]
+    baselines = [(key, name) for key, name in BASELINES if any(r["method"] == key for r in side)]
     lines += [
         f"LCS trained on coarse labels ({map_source}). *Naive*: the coarse prediction scored against each fine "
         "label inside it. *Fine-grained*: LCS conditioned on the fine atlas label, never trained, against the "
-        "fine truth.",
+        "fine truth. Registration baselines (`lsseg evaluate`, atlas-labels issue), each fine atlas label carried "
+        "onto the scan on its own: *atlas at world coordinates* (no registration), *affine propagation* (the "
+        "alignment LCS uses), *deformable propagation* (affine + deformable registration).",
         "",
     ]
     keys = sorted({(int(t["coarse_value"]), int(t["fine_value"])) for t in table1})
     entries = []
     for coarse, fine in keys:
         sel = [t for t in table1 if (int(t["coarse_value"]), int(t["fine_value"])) == (coarse, fine)]
+        registered = [
+            [r for r in side if r["method"] == key and int(r["fine_value"]) == fine] for key, _ in baselines
+        ]
         entries.append(
             [f"{sel[0]['coarse_name']} ({coarse})", _col(sel, "coarse_dice"),
-             f"{sel[0]['fine_name']} ({fine})", _col(sel, "naive_dice"), _col(sel, "fine_dice")]
+             f"{sel[0]['fine_name']} ({fine})", _col(sel, "naive_dice"), _col(sel, "fine_dice"),
+             *[_col(r, "dice") for r in registered]]
         )  # fmt: skip
-    registration = "registration baselines" if runner.atlas_baselines_available() else None
-    lines += table(["coarse label", "coarse Dice", "fine label", "naive Dice", "fine-grained Dice"], entries)
+    columns = ["naive", "fine-grained (LCS)", *[name for _, name in baselines]]
+    lines += table(["coarse label", "coarse Dice", "fine label", *columns], entries)
+    means = {c: mean([e[3 + i] for e in entries]) for i, c in enumerate(columns)}
     lines += [
-        "Mean over fine labels: naive "
-        f"{fmt(mean([e[3] for e in entries]))}, fine-grained {fmt(mean([e[4] for e in entries]))}.",
-        "",
-        "Registration baselines (atlas-labels issue): "
-        + (
-            "see `evals/lcs_coarse/summary.md`."
-            if registration
-            else "not in this build's `lsseg evaluate`; their columns join this table when it has them."
-        ),
+        "Mean over fine labels: " + ", ".join(f"{c} {fmt(v)}" for c, v in means.items()) + ".",
         "",
     ]
-    plots.append(
-        grouped_bars(ws.root / "coarse_to_fine.png", [e[2] for e in entries],
-                     {"naive": [e[3] for e in entries], "fine-grained": [e[4] for e in entries]},
-                     "Dice against the fine truth", "Fine labels never trained")
-    )  # fmt: skip
+    if not baselines:
+        lines += ["Registration baselines: not measured (`lsseg evaluate` wrote no `fine_methods.csv`).", ""]
+    elif len(baselines) < len(BASELINES):
+        lines += [
+            "Registration baselines missing from the table: see the notes in `evals/lcs_coarse/summary.md` "
+            "(2D bundles are not registered; a deformable registration that diverged is left out).",
+            "",
+        ]
+    series = {c: [e[3 + i] for e in entries] for i, c in enumerate(columns)}
+    path = ws.root / "coarse_to_fine.png"
+    if len(entries) <= 16:
+        plots.append(grouped_bars(path, [e[2] for e in entries], series, "Dice against the fine truth",
+                                  "Fine labels never trained"))  # fmt: skip
+    else:  # one bar group per label would be metres wide: labels on the x axis, sorted by the naive Dice
+        order = sorted(
+            range(len(entries)), key=lambda k: (math.isnan(series["naive"][k]), series["naive"][k])
+        )
+        sorted_series = {c: [v[k] for k in order] for c, v in series.items()}
+        plots.append(lines_plot(path, list(range(1, len(entries) + 1)), sorted_series,
+                                "fine label (sorted by naive Dice)", "Dice against the fine truth",
+                                "Fine labels never trained"))  # fmt: skip
     return lines
 
 

@@ -8,7 +8,7 @@ mid-way continues from its checkpoint (bit-identical to an uninterrupted run, se
 from __future__ import annotations
 
 import csv
-import inspect
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,11 +37,19 @@ class Budget:
     val_fraction: float = 0.2
     augment: bool = True
     quiet: bool = True
+    # validation (not training compute): a seeded sample of at most ``val_labels`` labels, the same for every
+    # method (validation_labels.py), every ``val_every`` steps (0: ten times a run)
+    val_labels: int | None = None
+    val_every: int = 0
     extra: dict = field(default_factory=dict)  # any further `lsseg train` option by its argparse name
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch < 1:
             raise InputError(f"a budget needs steps >= 1 and batch >= 1, got {self.steps} x {self.batch}")
+        if self.val_labels is not None and self.val_labels < 1:
+            raise InputError(f"--val-labels must be >= 1, got {self.val_labels}")
+        if self.val_every < 0:
+            raise InputError(f"--val-every must be >= 0, got {self.val_every}")
 
     @property
     def samples(self) -> int:
@@ -57,15 +65,22 @@ class Budget:
         args += ["--val-fraction", str(self.val_fraction), "--device", self.device]
         args += ["--patch", ",".join(map(str, self.patch))] if self.patch else []
         args += ["--spacing", ",".join(map(str, self.spacing))] if self.spacing else []
+        args += ["--val-labels", str(self.val_labels)] if self.val_labels is not None else []
+        args += ["--val-every", str(self.val_every)] if self.val_every else []
         return args + ([] if self.augment else ["--no-augment"])
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             **self.__dict__,
             "channels": list(self.channels),
             "patch": list(self.patch or []),
             "spacing": list(self.spacing or []),
         }
+        # validation settings are recorded only when set, so experiments written before they existed continue
+        for key, default in (("val_labels", None), ("val_every", 0)):
+            if out[key] == default:
+                del out[key]
+        return out
 
 
 # ------------------------------------------------------------------------------------------------ runs
@@ -93,6 +108,8 @@ def _settings(budget: Budget, checkpoints: Path, resume: bool | None = None) -> 
         lr=budget.lr,
         device=budget.device,
         val_fraction=budget.val_fraction,
+        val_labels=budget.val_labels,
+        val_every=budget.val_every,
         augment=budget.augment,
         quiet=budget.quiet,
         checkpoint_dir=checkpoints,
@@ -154,9 +171,23 @@ def train_lcs(data: Path, out: Path, budget: Budget, coarse_map: Path | None = N
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
-def atlas_baselines_available() -> bool:
-    """Whether `lsseg evaluate` has the registration-propagation atlas methods (atlas-labels issue)."""
-    return "atlas_methods" in inspect.signature(evaluate).parameters
+def validation_labels_of(bundle: Path) -> list[int] | None:
+    """The label values a finished run validated on when they were capped (``--val-labels``); None otherwise.
+    A task bundle records them per task: the union is returned (one task in the LCS experiment)."""
+    manifest = json.loads((Path(bundle) / "bundle.json").read_text(encoding="utf-8"))
+    chosen = manifest.get("training", {}).get("validation_labels")
+    if chosen is None:
+        return None
+    if isinstance(chosen, dict):
+        return sorted({int(v) for values in chosen.values() for v in values})
+    return sorted(int(v) for v in chosen)
+
+
+def fine_methods(evaluation: Path) -> list[dict]:
+    """Every way of segmenting the fine atlas labels that `lsseg evaluate` measured for a coarse LCS bundle
+    (naive, affine and deformable propagation, LCS; ``fine_methods.csv``); [] when it measured none."""
+    path = Path(evaluation) / "fine_methods.csv"
+    return read_csv(path) if path.is_file() else []
 
 
 def evaluate_bundle(

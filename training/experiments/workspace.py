@@ -22,7 +22,11 @@ CONFIG = "experiment.json"
 
 
 class Workspace:
-    def __init__(self, root: Path, config: dict, *, echo: bool = True) -> None:
+    def __init__(
+        self, root: Path, config: dict, *, echo: bool = True, extendable: tuple[str, ...] = ()
+    ) -> None:
+        """``extendable``: list-valued settings that name extra runs; a rerun may add entries to them (the finished
+        runs stay valid), never drop any."""
         self.root = Path(root)
         self.echo = echo
         if not self.root.parent.is_dir():
@@ -31,6 +35,14 @@ class Workspace:
         if stored_path.is_file():
             stored = json.loads(stored_path.read_text(encoding="utf-8"))
             differing = sorted(k for k in set(stored) | set(config) if stored.get(k) != config.get(k))
+            grown = [
+                k
+                for k in differing
+                if k in extendable and set(stored.get(k) or []) <= set(config.get(k) or [])
+            ]
+            differing = [k for k in differing if k not in grown]
+            if grown and not differing:
+                write_text_atomic(stored_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
             if differing:
                 raise InputError(
                     f"{self.root} holds an experiment with other settings ({', '.join(differing)}); "
@@ -52,6 +64,15 @@ class Workspace:
 
     def evaluation(self, name: str) -> Path:
         return self.root / "evals" / name
+
+    def cached_rows(self, name: str, compute) -> list[dict]:
+        """Rows computed once per experiment folder and kept as ``name`` (a CSV); later runs read them back."""
+        from .runner import read_csv, write_csv
+
+        path = self.root / name
+        if not path.is_file():
+            write_csv(path, compute())
+        return read_csv(path)
 
     def log(self, message: str) -> None:
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"

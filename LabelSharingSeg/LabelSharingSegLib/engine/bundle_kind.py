@@ -28,6 +28,12 @@ class BundleKind(str, Enum):
         return {BundleKind.LCS: "lcs", BundleKind.DODNET: "dodnet"}.get(self, "unet")
 
     @property
+    def archs(self) -> tuple[str, ...]:
+        """Every architecture a bundle of this kind may carry (its own first)."""
+        variants = {BundleKind.LCS: ("lcs_refine",), BundleKind.LABELSHARING: ("unet_film",)}
+        return (self.arch, *variants.get(self, ()))
+
+    @property
     def segments_tasks(self) -> bool:
         """True for kinds that segment named tasks; LCS segments atlas labels instead."""
         return self is not BundleKind.LCS

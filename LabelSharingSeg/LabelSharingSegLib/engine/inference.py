@@ -26,7 +26,6 @@ import torch
 from .atlas_brain import background_level, keep_brain, network_brain, network_pose
 from .atlas_methods import ATLAS_METHODS, DEFAULT_ATLAS_METHOD
 from .bundle import Bundle
-from .bundle_kind import BundleKind
 from .device import resolve_device
 from .errors import CancelledError, InputError
 from .labels import LabelInfo
@@ -43,7 +42,8 @@ from .preprocessing import (
 )
 from .preprocessing_config import Preprocessing
 from .propagation import Propagation, check_drawn_masks
-from .registration import Alignment, register_affine
+from .registration import Alignment
+from .registration_cache import affine_alignment
 
 ProgressCallback = Callable[[float, str], None]
 CancelCheck = Callable[[], bool]
@@ -108,7 +108,7 @@ def _align(
         )
     stored = bundle.network_reference() if network else None
     reference, reference_affine = stored if stored is not None else bundle.reference_image()
-    alignment = register_affine(
+    alignment = affine_alignment(
         image, affine, reference, reference_affine, progress=lambda f, m: report(0.02 + 0.08 * f, m)
     )
     if stored is not None and alignment.accepted:  # scan <- reference, as scan <- atlas for every other use
@@ -230,7 +230,7 @@ def segment_task(
     working_affine, alignment = _align(bundle, image, affine, align, report)
     x, model_affine = _task_model_grid(image, working_affine, prep, info.plane)
     net = network if network is not None else bundle.build_network(torch_device)
-    task_index = info.index if bundle.kind is BundleKind.DODNET else None
+    task_index = info.index if bundle.network_config.TAKES_TASK else None
     logits = _predict_logits(net, x, prep, torch_device, report, task_index)
     values = [label.value for label in info.labels]
     channels = [0] + [info.channels[v] for v in values]

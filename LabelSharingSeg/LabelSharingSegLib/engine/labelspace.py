@@ -140,8 +140,9 @@ class SharedLabelSpace:
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
-    def build(cls, tasks: Iterable[TaskSizes]) -> SharedLabelSpace:
-        """Rank-match the tasks' labels (Anand et al. 2024, section 2.1)."""
+    def build(cls, tasks: Iterable[TaskSizes], *, shuffle_seed: int | None = None) -> SharedLabelSpace:
+        """Rank-match the tasks' labels (Anand et al. 2024, section 2.1). ``shuffle_seed``: each task's labels
+        take the shared labels in a seeded random order instead (the control that measures the rank mapping)."""
         tasks = list(tasks)
         if not tasks:
             raise LabelSpaceError("a shared label space needs at least one task")
@@ -150,6 +151,11 @@ class SharedLabelSpace:
         if duplicates:
             raise LabelSpaceError(f"task names must be unique; repeated: {', '.join(duplicates)}")
         assignment = {t.task: {value: rank + 1 for rank, value in enumerate(t.ranked())} for t in tasks}
+        if shuffle_seed is not None:
+            rng = np.random.default_rng(shuffle_seed)
+            for t in tasks:
+                order = rng.permutation(len(t.labels)) + 1
+                assignment[t.task] = {value: int(order[k]) for k, value in enumerate(t.ranked())}
         n_shared = max(len(t.labels) for t in tasks)
         return cls({t.task: t for t in tasks}, assignment, n_shared)
 

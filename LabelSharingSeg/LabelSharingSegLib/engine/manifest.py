@@ -23,7 +23,14 @@ from .config_checks import check_int, check_mapping, check_number_tuple, check_t
 from .errors import ConfigError, InputError, LabelSpaceError
 from .labels import LabelInfo
 from .labelspace import SharedLabelSpace
-from .network_config import MAX_OUT_CHANNELS, MAX_TASKS, DoDNetConfig, NetworkConfig, network_config_from_dict
+from .network_config import (
+    MAX_OUT_CHANNELS,
+    MAX_TASKS,
+    DoDNetConfig,
+    NetworkConfig,
+    TaskFiLMUNetConfig,
+    network_config_from_dict,
+)
 from .planes import PLANES
 from .preprocessing_config import Preprocessing
 
@@ -158,9 +165,12 @@ class Manifest:
         object.__setattr__(self, "kind", kind)
         object.__setattr__(self, "tasks", tuple(self.tasks))
         network, tasks = self.network, self.tasks
-        # an LCS bundle may carry the paper's network or the one that refines registration
-        if network.arch != kind.arch and not (kind.arch == "lcs" and network.arch == "lcs_refine"):
-            raise ConfigError(f"network: a {kind} bundle needs a {kind.arch} network, not {network.arch}")
+        # an LCS bundle may carry the paper's network or the one that refines registration; a label-sharing
+        # bundle the plain U-Net or the one with a task code
+        if network.arch not in kind.archs:
+            raise ConfigError(
+                f"network: a {kind} bundle needs a {' or '.join(kind.archs)} network, not {network.arch}"
+            )
         if self.preprocessing.spatial_dims != network.spatial_dims:
             raise ConfigError(
                 f"preprocessing.spatial_dims {self.preprocessing.spatial_dims} and network.spatial_dims "
@@ -192,7 +202,7 @@ class Manifest:
         planar = [t.name for t in tasks if t.plane is not None]
         if planar and network.spatial_dims != 2:
             raise ConfigError(f"tasks: {', '.join(planar)} name a plane, but only 2D bundles have one")
-        if isinstance(network, DoDNetConfig) and network.num_tasks != len(tasks):
+        if isinstance(network, (DoDNetConfig, TaskFiLMUNetConfig)) and network.num_tasks != len(tasks):
             raise ConfigError(f"network.num_tasks {network.num_tasks} != {len(tasks)} tasks")
         if kind is BundleKind.LABELSHARING:
             self._check_label_space()

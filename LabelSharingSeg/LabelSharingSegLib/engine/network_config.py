@@ -1,6 +1,7 @@
 """The ``network`` section of a bundle: one typed, validated config per architecture.
 
 * :class:`UNetConfig`   - the plain U-Net (label sharing, multi-channel, individual models);
+* :class:`TaskFiLMUNetConfig` - label sharing's U-Net with per-task modulation of the decoder (no extra outputs);
 * :class:`LCSConfig`    - label conditioned segmentation (Ma et al. 2022): one output, atlas pooling;
 * :class:`RefineLCSConfig` - LCS that refines registration (networks.RefineLCSNet): ``channels[:2]`` only;
 * :class:`DoDNetConfig` - the DoD-Net-style baseline: task count and dynamic-head width.
@@ -36,6 +37,7 @@ class BackboneConfig:
     """Settings every architecture shares: the U-Net backbone (one 2x pooling per level below the top)."""
 
     ARCH: ClassVar[str] = ""
+    TAKES_TASK: ClassVar[bool] = False  # the network's forward takes the task index (inference passes it)
 
     spatial_dims: int = 3
     in_channels: int = 1
@@ -123,6 +125,24 @@ class UNetConfig(BackboneConfig):
 
 
 @dataclass(frozen=True)
+class TaskFiLMUNetConfig(UNetConfig):
+    """The label-sharing U-Net with a task code: per task, a scale and a shift of every decoder level's features
+    (feature-wise linear modulation). It adds ``2 * num_tasks * sum(channels)`` parameters and no output channel,
+    so label sharing keeps its ``n* + 1`` outputs and one network."""
+
+    ARCH: ClassVar[str] = "unet_film"
+    TAKES_TASK: ClassVar[bool] = True
+
+    num_tasks: int = 1
+
+    def _check_own(self) -> None:
+        check_int("network.num_tasks", self.num_tasks, 1, MAX_TASKS)
+
+    def _head_parameters(self) -> int:
+        return super()._head_parameters() + 2 * self.num_tasks * sum(self.channels)
+
+
+@dataclass(frozen=True)
 class LCSConfig(BackboneConfig):
     """Label conditioned segmentation (Ma et al. 2022): atlas image pooled by ``atlas_image_pool`` and one
     max-pooled atlas mask join the bottleneck; exactly one output channel (a logit)."""
@@ -189,6 +209,7 @@ class DoDNetConfig(BackboneConfig):
     """DoD-Net-style dynamic head: ``num_tasks`` task codes, three 1x1 convolutions ``head_channels`` wide."""
 
     ARCH: ClassVar[str] = "dodnet"
+    TAKES_TASK: ClassVar[bool] = True
 
     num_tasks: int = 1
     head_channels: int = 8
@@ -213,9 +234,9 @@ class DoDNetConfig(BackboneConfig):
         return controller_in * self.head_parameter_count + self.head_parameter_count + 2 * self.channels[0]
 
 
-NetworkConfig = UNetConfig | LCSConfig | RefineLCSConfig | DoDNetConfig
+NetworkConfig = UNetConfig | TaskFiLMUNetConfig | LCSConfig | RefineLCSConfig | DoDNetConfig
 CONFIG_OF_ARCH: dict[str, type[BackboneConfig]] = {
-    c.ARCH: c for c in (UNetConfig, LCSConfig, RefineLCSConfig, DoDNetConfig)
+    c.ARCH: c for c in (UNetConfig, TaskFiLMUNetConfig, LCSConfig, RefineLCSConfig, DoDNetConfig)
 }
 ARCHITECTURES = tuple(CONFIG_OF_ARCH)
 

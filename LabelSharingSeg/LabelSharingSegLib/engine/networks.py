@@ -12,6 +12,8 @@
                propagated by registration, at full resolution, and outputs the corrected mask's logit. The head
                has no normalisation and a receptive field of ``REFINE_HALO`` voxels, so it can run in a box
                around each propagated mask and give exactly what full-volume inference gives inside the box.
+* ``unet_film`` - label sharing's U-Net with a task code: per-task scale and shift of each decoder level's
+               features (no extra output channels; an option for measuring task conditioning, issue #15).
 * ``dodnet`` - DoD-Net-style baseline: task one-hot + globally pooled bottleneck features -> a controller
                that generates the weights of a small dynamic head of 1x1 convolutions.
 """
@@ -31,6 +33,7 @@ from .network_config import (
     LCSConfig,
     NetworkConfig,
     RefineLCSConfig,
+    TaskFiLMUNetConfig,
     UNetConfig,
     network_config_from_dict,
 )
@@ -42,6 +45,7 @@ __all__ = [
     "NetworkConfig",
     "REFINE_HALO",
     "RefineLCSNet",
+    "TaskFiLMUNet",
     "UNet",
     "build_network",
     "network_config_from_dict",
@@ -275,8 +279,49 @@ class RefineLCSNet(nn.Module):
         return self.refine(self.encode(scan, warped_atlas), masks)
 
 
+class TaskFiLMUNet(nn.Module):
+    """The U-Net with a task code (label sharing, Anand et al. 2024, with task conditioning): every decoder level's
+    features (bottleneck included) are scaled and shifted per task, ``x * (1 + scale[t]) + shift[t]``. The codes
+    start at zero, so the untrained network is the plain U-Net; the head keeps label sharing's ``n* + 1`` outputs.
+    """
+
+    def __init__(self, config: TaskFiLMUNetConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = UNetBackbone(config)
+        self.head = _conv(config.spatial_dims)(self.backbone.out_features, config.out_channels, 1)
+        self.widths = [
+            config.channels[-1],
+            *reversed(config.channels[:-1]),
+        ]  # bottleneck, then up the decoder
+        self.task_scale = nn.Embedding(config.num_tasks, sum(self.widths))
+        self.task_shift = nn.Embedding(config.num_tasks, sum(self.widths))
+        nn.init.zeros_(self.task_scale.weight)
+        nn.init.zeros_(self.task_shift.weight)
+
+    def forward(self, x: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
+        _check_divisible(x, self.config.downsample_factor)
+        task = task_index.long().view(-1).expand(x.shape[0]) if task_index.numel() == 1 else task_index.long()
+        scales = self.task_scale(task).split(self.widths, dim=1)
+        shifts = self.task_shift(task).split(self.widths, dim=1)
+        shape = (x.shape[0], -1, *([1] * self.config.spatial_dims))
+
+        def modulate(features: torch.Tensor, level: int) -> torch.Tensor:
+            scale, shift = scales[level].view(shape), shifts[level].view(shape)
+            return features * (1 + scale.to(features.dtype)) + shift.to(features.dtype)
+
+        skips, bottom_in = self.backbone.encode(x)
+        features = modulate(self.backbone.bottleneck(bottom_in), 0)
+        for level, (up, block, skip) in enumerate(
+            zip(self.backbone.upsamplers, self.backbone.decoder, reversed(skips)), start=1
+        ):
+            features = modulate(block(torch.cat([up(features), skip], dim=1)), level)
+        return self.head(features)
+
+
 def build_network(config: NetworkConfig) -> nn.Module:
     """Build the network a typed config describes (read one with :func:`network_config_from_dict`)."""
     if not isinstance(config, (UNetConfig, LCSConfig, RefineLCSConfig, DoDNetConfig)):
         raise TypeError(f"build_network needs a typed network config, not {type(config).__name__}")
-    return {"unet": UNet, "lcs": LCSNet, "lcs_refine": RefineLCSNet, "dodnet": DoDNet}[config.arch](config)
+    networks = {"unet": UNet, "unet_film": TaskFiLMUNet, "lcs": LCSNet, "lcs_refine": RefineLCSNet}
+    return {**networks, "dodnet": DoDNet}[config.arch](config)

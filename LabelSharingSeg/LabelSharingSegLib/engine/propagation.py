@@ -17,9 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .deformable import Deformation, register_deformable
+from .deformable import Deformation
 from .errors import InputError
-from .registration import Alignment, register_affine
+from .field_of_view import outside_grid
+from .registration import Alignment
+from .registration_cache import affine_alignment, deformable_registration
 from .warping import apply_affine, displaced_points, grid_points, sample
 
 PROPAGATION_STAGES = ("none", "affine", "deformable")
@@ -60,25 +62,31 @@ def check_drawn_masks(masks: np.ndarray, names: Sequence[str]) -> None:
         )
 
 
-def masks_on_atlas_grid(
+def labelmap_on_atlas_grid(
     labelmap: np.ndarray, affine: np.ndarray, atlas_shape: Sequence[int], atlas_affine: np.ndarray
 ) -> tuple[np.ndarray, list[int]]:
-    """A label map drawn on any grid -> (bool masks (K, *atlas_shape), values); a label reaching outside the
-    atlas's field of view is refused (its part outside would be silently lost)."""
+    """A label map drawn on any grid (e.g. a resampled or cropped copy of the atlas) -> (the label map on the
+    atlas grid, nearest neighbour; its label values). Refused with one line each: an empty map, a label reaching
+    outside the atlas's field of view (its part outside would be silently lost) and a label too small to keep a
+    voxel on the atlas grid. Memory follows one label map, not the number of labels."""
     labelmap = np.asarray(labelmap)
+    if labelmap.ndim != len(atlas_shape):
+        raise InputError(
+            f"the drawn label map has {labelmap.ndim} dimensions; the atlas has {len(atlas_shape)}"
+        )
     values = [int(v) for v in np.unique(labelmap) if v != 0]
     if not values:
-        raise InputError("the drawn label map is empty (no non-zero voxels)")
-    centres = grid_points(labelmap.shape, affine)
-    inside_atlas = apply_affine(np.linalg.inv(np.asarray(atlas_affine, dtype=np.float64)), centres)
-    upper = torch.tensor([s - 0.5 for s in atlas_shape], dtype=torch.float64)
-    outside = ((inside_atlas < -0.5) | (inside_atlas > upper)).any(dim=-1).numpy()
-    leaving = [v for v in values if (outside & (labelmap == v)).any()]
+        raise InputError("the drawn atlas label map is empty (no non-zero voxels)")
+    leaving = sorted(
+        {int(v) for v in np.unique(labelmap[outside_grid(labelmap != 0, affine, atlas_shape, atlas_affine)])}
+    )
     if leaving:
         raise InputError(
             f"label(s) {', '.join(map(str, leaving[:8]))} reach outside the atlas's field of view; draw them "
             "inside the atlas image"
         )
+    if tuple(labelmap.shape) == tuple(atlas_shape) and np.allclose(affine, atlas_affine, atol=1e-3):
+        return labelmap, values
     on_atlas = (
         sample(
             torch.as_tensor(labelmap.astype(np.float32))[None],
@@ -88,9 +96,15 @@ def masks_on_atlas_grid(
         )[0]
         .round()
         .numpy()
+        .astype(labelmap.dtype)
     )
-    masks = np.stack([on_atlas == v for v in values])
-    return masks, values
+    lost = sorted(set(values) - {int(v) for v in np.unique(on_atlas)})
+    if lost:
+        raise InputError(
+            f"label(s) {', '.join(map(str, lost[:8]))} keep no voxel on the atlas grid (smaller than its "
+            "voxels); draw them larger"
+        )
+    return on_atlas, values
 
 
 def register_atlas(
@@ -105,14 +119,19 @@ def register_atlas(
     progress: Callable[[float, str], None] | None = None,
 ) -> Propagation:
     """Register the atlas onto a scan up to ``stage`` ('none', 'affine' or 'deformable'); an ``alignment``
-    from an earlier run on the same scan is reused. Raises RegistrationError when a stage diverges."""
+    from an earlier run on the same scan is reused. Raises RegistrationError when a stage diverges.
+    Registrations are remembered by content (registration_cache.py)."""
     if stage not in PROPAGATION_STAGES:
         raise InputError(f"propagation stage must be one of {', '.join(PROPAGATION_STAGES)}, got {stage!r}")
     if stage == "none":
         return Propagation(None)
     if alignment is None:
-        alignment = register_affine(
-            image, affine, atlas_image, atlas_affine, progress=lambda f, m: progress and progress(0.4 * f, m)
+        alignment = affine_alignment(
+            image,
+            affine,
+            atlas_image,
+            atlas_affine,
+            progress=lambda f, m: progress and progress(0.4 * f, m),
         )
     if stage == "affine":
         return Propagation(alignment)
@@ -124,7 +143,7 @@ def register_atlas(
         apply_affine(alignment.matrix, grid_points(atlas_image.shape, atlas_affine)),
         mode="bilinear",
     )[0].numpy()
-    deformation = register_deformable(aligned, atlas_image, atlas_affine, method=deformable_method)
+    deformation = deformable_registration(aligned, atlas_image, atlas_affine, method=deformable_method)
     return Propagation(alignment, deformation)
 
 

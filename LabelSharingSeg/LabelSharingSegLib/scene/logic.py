@@ -362,6 +362,12 @@ class SegmentationSceneLogic:
             )
         masks = np.zeros((len(chosen),) + tuple(shape), dtype=bool)
         for index, segmentId in enumerate(chosen):
+            outside = seg.segmentVoxelsOutside(atlasSegmentationNode, segmentId, shape, affine)
+            if outside:
+                raise InputError(
+                    f"Atlas segment '{names[index]}' reaches outside the atlas's field of view ({outside} voxel(s) "
+                    "would be lost): draw it inside the atlas image."
+                )
             masks[index] = seg.segmentMask(atlasSegmentationNode, segmentId, shape, affine)
             if not masks[index].any():
                 raise InputError(

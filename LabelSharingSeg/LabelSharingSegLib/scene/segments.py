@@ -246,6 +246,33 @@ def segmentMask(segmentationNode, segmentId: str, shape, ijkToLocal: np.ndarray)
     """Boolean [i, j, k] mask of one segment on the grid (``shape``, ``ijkToLocal`` in the segmentation
     node's own coordinates). The node is never modified: when its segments are stored in another
     representation (e.g. closed surface) the conversion runs on a private copy."""
+    return maskOnGrid(_segmentImage(segmentationNode, segmentId), shape, ijkToLocal)
+
+
+def segmentVoxelsOutside(segmentationNode, segmentId: str, shape, ijkToLocal: np.ndarray) -> int:
+    """How many of a segment's voxels lie outside the grid (``shape``, ``ijkToLocal``): the part
+    :func:`segmentMask` cannot carry onto that grid."""
+    from vtk.util import numpy_support
+
+    from ..engine.field_of_view import outside_grid
+    from .geometry import vtkMatrixToArray
+
+    oriented = _segmentImage(segmentationNode, segmentId)
+    extent = oriented.GetExtent()
+    scalars = oriented.GetPointData().GetScalars()
+    if extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4] or scalars is None:
+        return 0
+    dims = (extent[1] - extent[0] + 1, extent[3] - extent[2] + 1, extent[5] - extent[4] + 1)
+    values = numpy_support.vtk_to_numpy(scalars).reshape(dims[::-1]).transpose(2, 1, 0) != 0
+    matrix = vtk.vtkMatrix4x4()
+    oriented.GetImageToWorldMatrix(matrix)  # image index -> the node's own coordinates
+    offset = np.eye(4)
+    offset[:3, 3] = [extent[0], extent[2], extent[4]]  # the array starts at the extent's first index
+    return int(outside_grid(values, vtkMatrixToArray(matrix) @ offset, shape, ijkToLocal).sum())
+
+
+def _segmentImage(segmentationNode, segmentId: str):
+    """One segment as a binary labelmap (vtkOrientedImageData), read without modifying the node."""
     segmentation = segmentationNode.GetSegmentation()
     if segmentation.GetSegment(segmentId) is None:
         raise InputError(f"'{segmentationNode.GetName()}' has no segment with ID '{segmentId}'")
@@ -269,4 +296,4 @@ def segmentMask(segmentationNode, segmentId: str, shape, ijkToLocal: np.ndarray)
 
             scalars = numpy_support.vtk_to_numpy(oriented.GetPointData().GetScalars())
             scalars[:] = scalars == value
-    return maskOnGrid(oriented, shape, ijkToLocal)
+    return oriented

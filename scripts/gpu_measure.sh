@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Run ON the lent GPU machine, in one device call (at most about 8.5 minutes), after scripts/gpu_wheels.sh here:
+#   device run, carry [".whl"], timeout 600:  bash scripts/gpu_measure.sh
+# Measures the GPU figures of docs/PERFORMANCE.md (issue #10): `lsseg bench train` for every method and both
+# pipelines, the GPU levers one at a time, and two trainings side by side against one alone, with nvidia-smi
+# sampled every second. EXTRA=1 adds --fused-optimizer off and --compile (about 3 minutes more: a second call). Everything lands in $OUT (at most 8 files come back: keep it that way).
+set -u
+PY=${PYTHON:-python3}  # the lent machine's python3 holds torch
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+# the project without installing it: its two import names point at the checkout
+mkdir -p /tmp/pkgs
+ln -sfn "$PWD/training" /tmp/pkgs/lsseg_training
+ln -sfn "$PWD/LabelSharingSeg/LabelSharingSegLib" /tmp/pkgs/LabelSharingSegLib
+export PYTHONPATH=/tmp/pkgs${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+# SMOKE=1 PYTHON=.venv/bin/python: the same script on the CPU with tiny sizes, to check it before spending device time
+if [ "${SMOKE:-0}" = 1 ]; then
+    dev=cpu steps=3 sbs_steps=3 small="--size-2d 32 --size-3d 32 --cases 2" size3d=32 repeats=1
+else
+    dev=cuda steps=40 sbs_steps=150 small="" size3d=64 repeats=2
+fi
+# an `lsseg` command on PATH (also for `timeout` and `taskset`, which cannot run shell functions)
+printf '#!/usr/bin/env bash\nexec "%s" -c "import sys; from lsseg_training.cli import main; sys.exit(main(sys.argv[1:]))" "$@"\n' \
+    "$(cd "$(dirname "$(command -v "$PY")")" && pwd)/$(basename "$PY")" > /tmp/pkgs/lsseg
+chmod +x /tmp/pkgs/lsseg
+export PATH=/tmp/pkgs:$PATH
+
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used,power.draw --format=csv -l 1 > "$OUT/smi.csv" 2>&1 &
+smi=$!
+{
+    nvidia-smi -L
+    "$PY" -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))'
+} > "$OUT/device.txt" 2>&1
+
+section() { echo "=== $(date +%T) $*" | tee -a "$OUT/log.txt"; }
+
+section "1. every method, device vs legacy pipeline, default settings"
+timeout 240 lsseg bench train --device $dev --steps $steps --repeats $repeats $small --json > "$OUT/bench_default.json" 2>> "$OUT/log.txt"
+
+section "2. levers, device pipeline, one at a time"
+levers=("--amp off" "--channels-last" "--loss-sync-every 1")
+[ "${EXTRA:-0}" = 1 ] && levers+=("--fused-optimizer off")
+for lever in "${levers[@]}"; do
+    section "lever: $lever"
+    timeout 45 lsseg bench train --device $dev --methods labelsharing_2d,lcs --pipelines device --steps $steps $small \
+        "--train-args=$lever" --json >> "$OUT/bench_levers.jsonl" 2>> "$OUT/log.txt"
+done
+
+section "3. two trainings side by side vs one alone (LCS 3D, half the cores each)"
+data=/tmp/sbs
+rm -rf "$data"
+lsseg data phantom --out "$data" --tasks 1 --dims 3 --size $size3d --cases 4 --seed 0 >> "$OUT/log.txt" 2>&1
+set -- "$data"/Dataset*
+run_lcs() {  # data cpus name threads
+    timeout 70 taskset -c "$2" lsseg train lcs --data "$1" --out "/tmp/sbs-$3" --steps $sbs_steps --device $dev --quiet --threads "$4" --val-fraction 0
+}
+cpus=$(nproc)
+half=$((cpus / 2))
+second="$half-$((cpus - 1))"
+first="0-$((half - 1))"
+threads=$half
+if [ "$half" -lt 1 ]; then first=0 second=0 threads=1; fi
+rm -rf /tmp/sbs-solo* /tmp/sbs-left* /tmp/sbs-right*
+run_lcs "$1" "$first" solo "$threads" >> "$OUT/log.txt" 2>&1
+run_lcs "$1" "$first" left "$threads" >> "$OUT/log.txt" 2>&1 &
+left=$!
+run_lcs "$1" "$second" right "$threads" >> "$OUT/log.txt" 2>&1
+wait "$left"
+for name in solo left right; do
+    echo "$name $(cat /tmp/sbs-$name.training/throughput.json 2>/dev/null)" >> "$OUT/side_by_side.txt"
+done
+
+if [ "${EXTRA:-0}" = 1 ]; then
+section "4. torch.compile (first steps compile)"
+timeout 120 lsseg bench train --device $dev --methods lcs --pipelines device --steps $steps $small --train-args=--compile \
+    --json > "$OUT/bench_compile.json" 2>> "$OUT/log.txt"
+fi
+section done
+kill "$smi" 2>/dev/null
