@@ -103,7 +103,7 @@ def test_schema_kind_and_missing_files(bundle_copy, tmp_path):
     for change, message in [
         ({"schema_version": 99}, "schema version 99"),
         ({"kind": "magic"}, "unknown bundle kind"),
-        ({"kind": "lcs"}, "needs a lcs network"),
+        ({"kind": "lcs"}, "needs a lcs or lcs_refine network"),
     ]:
         (bundle_copy / MANIFEST).write_text(json.dumps({**manifest, **change}))
         with pytest.raises(BundleError, match=message):
