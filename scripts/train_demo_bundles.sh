@@ -2,9 +2,10 @@
 # Reproduce the shipped demo bundles (LabelSharingSeg/Resources/Bundles) on a CPU: builds the demo data
 # exactly as `lsseg demo` does (seed 0), trains both bundles and evaluates them on the held-out test cases.
 # The shipped training took about 10-12 minutes per bundle on 2 idle CPU cores, far longer on busy ones (each
-# run also stops at its --time-limit). Both train with whole-head appearance (--appearance head,...: skull,
-# scalp, neck, bias field, contrast, resolution and noise; docs/TRAINING.md) for scans as they come from the
-# scanner; the LCS bundle stores the undeformed template as its network reference (docs/DEMO.md).
+# run also stops at its --time-limit). Label sharing trains with whole-head appearance (--appearance head,...:
+# skull, scalp, neck, bias field, contrast, resolution and noise; docs/TRAINING.md) for scans as they come from
+# the scanner; the LCS bundle stores the undeformed template as its network reference and sees aligned scans
+# through its brain (docs/DEMO.md), so it trains on brain-only images as shipped.
 # Usage: bash scripts/train_demo_bundles.sh [WORK_DIR]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,7 +27,6 @@ cd "$work"
   --coarse-map data/Dataset801_BrainAAL/label_hierarchy.json \
   --reference data/Dataset801_BrainAAL/reference_template.nii.gz \
   --out lcs-brain-aal --steps 2400 --spacing 3,3,3 --channels 8,16,32,64 --seed 0 --time-limit 120 \
-  --appearance head,bias,gamma,noise,resolution \
   --name "LCS: brain atlas (AAL lobes, draw finer regions)" --quiet
 "$lsseg" evaluate labelsharing-multitask \
   --data data/Dataset811_AxialTissue data/Dataset812_SagittalLobes data/Dataset813_CoronalSubcortical \
