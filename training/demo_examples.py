@@ -134,12 +134,12 @@ def labelsharing_examples(out: Path, bundle_path: Path, multitask: list[Path], d
 
 def _fine_atlas_labels(bundle, brain: Path) -> tuple[np.ndarray, list[LabelInfo]]:
     """The atlas case's fine (never trained) labels on the bundle's atlas grid, as a user would draw them."""
-    from .evaluate import _fine_atlas
+    from .label_set_eval import labels_on_atlas_grid
 
     dataset = read_dataset(brain)
     atlas_labels, atlas_affine, _ = bundle.atlas_labels()
     training = bundle.manifest.training
-    fine = _fine_atlas(dataset, training.get("atlas_case"), atlas_affine, atlas_labels.shape)
+    fine = labels_on_atlas_grid(dataset, training.get("atlas_case"), atlas_affine, atlas_labels.shape)
     if fine is None:
         raise InputError(f"{bundle.path}: its atlas case is not in {brain}; rebuild the demo data")
     names = dataset.foreground_labels()
