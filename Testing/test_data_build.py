@@ -10,7 +10,7 @@ import pytest
 
 from LabelSharingSegLib.engine.errors import DatasetError, InputError
 from lsseg_training.cli import main as lsseg_main
-from lsseg_training.data import build, sources
+from lsseg_training.data import build, hierarchies, sources
 from lsseg_training.data.build import build_set
 from lsseg_training.datasets import load_case, read_dataset
 
@@ -151,7 +151,7 @@ def test_nmm_hierarchy(built):
     folder = built["brain-nmm"][0]
     ds = read_dataset(folder)
     table = json.loads((folder / build.HIERARCHY_FILE).read_text())
-    assert set(table["coarse_labels"]) == {"background", *sources.NMM_COARSE_NAMES}
+    assert set(table["coarse_labels"]) == {"background", *hierarchies.NMM_COARSE_NAMES}
     mapping = build.read_label_hierarchy(folder)
     assert set(mapping) == set(ds.foreground_labels()) and len(mapping) >= 90
     names = table["fine_to_coarse_names"]
@@ -173,9 +173,9 @@ def test_nmm_hierarchy(built):
     lut = np.zeros(max(mapping) + 1, dtype=np.int16)
     for fine, coarse in mapping.items():
         lut[fine] = coarse
-    assert set(np.unique(lut[label])) == set(range(len(sources.NMM_COARSE_NAMES) + 1))
+    assert set(np.unique(lut[label])) == set(range(len(hierarchies.NMM_COARSE_NAMES) + 1))
     with pytest.raises(DatasetError, match="no coarse group"):
-        sources.nmm_coarse_name("Left_Unknown_structure")
+        hierarchies.nmm_coarse_name("Left_Unknown_structure")
 
 
 def test_nmm_cases_are_the_aal_scans_with_other_labels(built, tmp_path):

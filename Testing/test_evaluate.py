@@ -104,11 +104,10 @@ def test_evaluate_a_second_label_set_drawn_on_the_atlas(tmp_path, capsys):
         == 0
     )
     report = tmp_path / "report"
-    assert lsseg("evaluate", lcs, "--data", nmm, "--out", report, "--device", "cpu", "--no-hd95") == 0
+    assert lsseg("evaluate", lcs, "--data", aal, nmm, "--out", report, "--device", "cpu", "--no-hd95") == 0
     with open(report / "fine_methods.csv", newline="") as handle:
-        side = list(csv.DictReader(handle))
+        side = [r for r in csv.DictReader(handle) if r["task"] == "BrainNeuromorphometrics"]
     names = read_dataset(nmm).foreground_labels()
-    assert {r["task"] for r in side} == {"BrainNeuromorphometrics"}
     assert {r["method"] for r in side} == {
         "naive (world)",
         "affine propagation",
@@ -123,11 +122,14 @@ def test_evaluate_a_second_label_set_drawn_on_the_atlas(tmp_path, capsys):
         for m in {r["method"] for r in side}
     }
     assert means["affine propagation"] > 0.2  # the same scan family at 8 mm: registration carries labels
+    # one section and one pair of plots per label set; the coarse (trained) labels only for brain-aal
     summary = (report / "summary.md").read_text()
-    assert (
-        "Fine atlas labels, every method side by side" in summary
-        and "## Coarse training labels" not in summary
-    )
+    for task in ("BrainAAL", "BrainNeuromorphometrics"):
+        assert f"## Fine atlas labels, every method side by side: {task}" in summary
+        for plot in (f"fine_methods_paired_{task}.png", f"fine_methods_labels_{task}.png"):
+            assert (report / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(report / "metrics.csv", newline="") as handle:
+        assert {r["task"] for r in csv.DictReader(handle)} == {"BrainAAL"}
     # the registration bench on the same bundle and sets (numbers are not asserted: they go to docs/DEMO.md)
     capsys.readouterr()
     args = ("--cases", 1, "--methods", "demons", "--json")

@@ -25,7 +25,12 @@ import numpy as np
 from LabelSharingSegLib.engine import registration_cache
 from LabelSharingSegLib.engine.deformable import DEFORMABLE_METHODS
 from LabelSharingSegLib.engine.errors import InputError, LabelSharingSegError
-from LabelSharingSegLib.engine.propagation import Propagation, carry_independently, register_atlas
+from LabelSharingSegLib.engine.propagation import (
+    MIN_LABEL_VOXELS,
+    Propagation,
+    carry_independently,
+    register_atlas,
+)
 
 from .datasets import as_volume, load_case, require_valid_dataset
 from .label_set_eval import atlas_case_of, labels_on_atlas_grid
@@ -62,7 +67,9 @@ def _label_sets(bundle, folders):
         if case_id is None:
             raise InputError(why)
         drawn = labels_on_atlas_grid(dataset, case_id, atlas_affine, atlas_image.shape)
-        values = [v for v in sorted(dataset.foreground_labels()) if np.count_nonzero(drawn == v) >= 2]
+        values = [
+            v for v in sorted(dataset.foreground_labels()) if np.count_nonzero(drawn == v) >= MIN_LABEL_VOXELS
+        ]
         sets.append((dataset, values, np.stack([drawn == v for v in values])))
     return sets
 

@@ -29,6 +29,7 @@ from LabelSharingSegLib.engine.device import resolve_device
 from LabelSharingSegLib.engine.errors import InputError
 from LabelSharingSegLib.engine.inference import atlas_labels_independently, segment_atlas_labels, segment_task
 from LabelSharingSegLib.engine.labels import LabelInfo
+from LabelSharingSegLib.engine.propagation import MIN_LABEL_VOXELS
 
 from . import sidebyside
 from .csv_tables import write_csv
@@ -150,7 +151,13 @@ def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95):
             )
             if fine_atlas is None:
                 continue
-            fine_pairs = [(f, c) for f, c in sorted(coarse_map.items()) if (fine_atlas == f).any()]
+            # a label left with one voxel on the atlas grid cannot be carried (and is refused): left out, noted
+            present = [(f, c) for f, c in sorted(coarse_map.items()) if (fine_atlas == f).any()]
+            fine_pairs = [(f, c) for f, c in present if np.count_nonzero(fine_atlas == f) >= MIN_LABEL_VOXELS]
+            if len(fine_pairs) < len(present):
+                notes.append(
+                    f"{task}: {len(present) - len(fine_pairs)} fine label(s) of one voxel on the atlas left out"
+                )
             if not fine_pairs:
                 continue
             fine_infos = [
@@ -373,7 +380,9 @@ def evaluate(
         if table1:
             write_csv(staging / "table1.csv", table1, format_value=_fmt)
         plots = _plots(staging, rows, methods)
-        summary = _summary(rows, table1, methods, plots)
+        summary = (
+            _summary(rows, table1, methods, plots) if rows else "# Evaluation\n"
+        )  # no trained labels scored
         if side:
             write_csv(staging / "fine_methods.csv", side, sidebyside.FIELDS, _fmt)
             tasks = list(dict.fromkeys(r["task"] for r in side))

@@ -18,6 +18,7 @@ import torch
 from LabelSharingSegLib.engine.inference import atlas_labels_independently
 from LabelSharingSegLib.engine.labels import LabelInfo
 from LabelSharingSegLib.engine.preprocessing import resample_to_grid
+from LabelSharingSegLib.engine.propagation import MIN_LABEL_VOXELS
 
 from . import sidebyside
 from .datasets import as_volume, load_case
@@ -84,7 +85,7 @@ def evaluate_label_set(bundle, method, dataset, network, device) -> tuple[list[d
     atlas_image, atlas_affine = bundle.atlas_image()
     fine_atlas = labels_on_atlas_grid(dataset, case_id, atlas_affine, atlas_image.shape)
     names = dataset.foreground_labels()
-    values = [v for v in sorted(names) if np.count_nonzero(fine_atlas == v) >= 2]
+    values = [v for v in sorted(names) if np.count_nonzero(fine_atlas == v) >= MIN_LABEL_VOXELS]
     infos = [LabelInfo(v, names[v], (1.0, 0.0, 0.0)) for v in values]
     masks = np.stack([fine_atlas == v for v in values])
     rows, notes = [], []
@@ -102,5 +103,7 @@ def evaluate_label_set(bundle, method, dataset, network, device) -> tuple[list[d
         rows += sidebyside.case_rows(method, task, case.case_id, infos, predictions, truth)
     left_out = len(names) - len(values)
     if left_out:
-        notes.append(f"{task}: {left_out} label(s) with fewer than 2 voxels on the atlas grid left out")
+        notes.append(
+            f"{task}: {left_out} label(s) with fewer than {MIN_LABEL_VOXELS} voxels on the atlas grid left out"
+        )
     return rows, notes

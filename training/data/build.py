@@ -29,6 +29,7 @@ from ..label_hierarchy import HIERARCHY_FILE
 from ..label_hierarchy import read_label_hierarchy as parse_label_hierarchy
 from . import sources
 from .augment import RandomDeformation, WorldBox, sample, vary_intensity
+from .hierarchies import AAL_HIERARCHY, NMM_HIERARCHY, Hierarchy
 from .writer import check_target, dataset_folder, prepare_output_root
 
 # MNI box holding the brain of every packaged template (+2 mm margin); all cases share this grid.
@@ -43,28 +44,6 @@ REFERENCE_FILE = "reference_template.nii.gz"
 MIN_VOLUME_FRACTION = 0.3
 MIN_VOXELS = 4
 PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
-
-
-@dataclass(frozen=True)
-class Hierarchy:
-    """Fine label name -> coarse structure name, for coarse-train / fine-test LCS experiments."""
-
-    coarse_names: tuple[str, ...]
-    coarse_of: Callable[[str], str]
-    description: str
-
-
-AAL_HIERARCHY = Hierarchy(
-    sources.AAL_COARSE_NAMES,
-    sources.aal_coarse_name,
-    "AAL region (fine) -> coarse structure, from the region names; values are this dataset's label values.",
-)
-NMM_HIERARCHY = Hierarchy(
-    sources.NMM_COARSE_NAMES,
-    sources.nmm_coarse_name,
-    "Neuromorphometrics label (fine) -> coarse structure (lobes, limbic, deep grey, cerebellum, white matter, "
-    "ventricles/CSF, brain stem), from the label names; values are this dataset's label values.",
-)
 
 
 @dataclass(frozen=True)
