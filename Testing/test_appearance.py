@@ -97,7 +97,7 @@ def _all_on(**kwargs) -> AppearanceParams:
     return AppearanceParams(**{**probs, **kwargs})
 
 
-@pytest.mark.parametrize("name", APPEARANCE_CHOICES)
+@pytest.mark.parametrize("name", [n for n in APPEARANCE_CHOICES if n != "head"])  # head: test_head_appearance
 def test_each_augmentation_keeps_labels_and_normalised_scale(name):
     image, label = _phantom()
     image = (image - image.mean()) / image.std()  # as the model grid holds it (z-score)

@@ -24,8 +24,7 @@ from lsseg_training.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "LabelSharingSeg" / "Resources" / "Bundles").glob("*/bundle.json"))
-# bundles shipped before schema 2 stay byte-unchanged; newer ones (schema 2) are checked by their own tests
-SHIPPED_SCHEMA_1 = [p for p in SHIPPED if json.loads(p.read_text()).get("schema_version") == 1]
+SCHEMA_1 = sorted((REPO / "Testing" / "data").glob("schema1_*.bundle.json"))
 
 
 # ------------------------------------------------------------------------------------------ round trips
@@ -77,28 +76,35 @@ def test_preprocessing_fills_the_documented_defaults():
         prep.replace(overlap=-0.1)
 
 
-@pytest.mark.parametrize("path", SHIPPED_SCHEMA_1, ids=lambda p: p.parent.name)
-def test_shipped_schema_1_bundles_load_unchanged(path):
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.parent.name)
+def test_shipped_bundles_load_unchanged(path):
     before = hashlib.sha256(path.read_bytes()).hexdigest()
     raw = json.loads(path.read_text())
-    assert raw["schema_version"] == 1  # the shipped files stay as they are
     bundle = load_bundle(path.parent)
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
-    assert (
-        bundle.kind == raw["kind"]
-        and bundle.preprocessing.to_dict()["spacing"] == raw["preprocessing"]["spacing"]
-    )
-    assert bundle.network_config.channels == tuple(raw["network"]["channels"])
-    assert bundle.network_config.out_channels == raw["network"]["out_channels"]
-    assert [t.name for t in bundle.tasks] == [t["name"] for t in raw["tasks"]]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before  # loading never rewrites a bundle
+    assert bundle.kind == raw["kind"] and bundle.manifest.to_dict() == raw
+
+
+@pytest.mark.parametrize("path", SCHEMA_1, ids=lambda p: p.name.split(".")[0])
+def test_schema_1_manifests_read_as_before(path):
+    """The manifests the first shipped bundles were written with (schema 1; kept in Testing/data since the
+    shipped bundles were rewritten in schema 2) still read, and round-trip through the current schema."""
+    raw = json.loads(path.read_text())
+    assert raw["schema_version"] == 1
+    manifest = Manifest.from_dict(raw, str(path))
+    assert manifest.kind == raw["kind"]
+    assert manifest.preprocessing.to_dict()["spacing"] == raw["preprocessing"]["spacing"]
+    assert manifest.network.channels == tuple(raw["network"]["channels"])
+    assert manifest.network.out_channels == raw["network"]["out_channels"]
+    assert [t.name for t in manifest.tasks] == [t["name"] for t in raw["tasks"]]
     # the typed manifest writes the current schema, which reads back to the same manifest
-    data = bundle.manifest.to_dict()
+    data = manifest.to_dict()
     assert data["schema_version"] == SCHEMA_VERSION == 2
     again = Manifest.from_dict(json.loads(json.dumps(data)))
-    assert again == bundle.manifest
-    assert (again.label_space is None) == (bundle.label_space is None)
+    assert again == manifest
+    assert (again.label_space is None) == (manifest.label_space is None)
     if again.label_space is not None:
-        assert again.label_space.to_dict() == bundle.label_space.to_dict()
+        assert again.label_space.to_dict() == manifest.label_space.to_dict()
     if raw["network"]["arch"] == "unet":  # schema 1 stored the other architectures' keys; schema 2 does not
         assert {"num_tasks", "head_channels", "atlas_image_pool"} <= set(raw["network"])
         assert not {"num_tasks", "head_channels", "atlas_image_pool"} & set(data["network"])

@@ -51,6 +51,30 @@ def test_layout_and_metadata(built):
             assert (Path(folder) / build.REPORT_FILE).is_file()
 
 
+def test_3d_sets_carry_the_undeformed_template_as_reference(built):
+    from LabelSharingSegLib.engine.nifti_io import load_nifti
+
+    for name, folders in built.items():
+        for folder in folders:
+            path = Path(folder) / build.REFERENCE_FILE
+            if name == "multitask":  # 2D slices: no reference
+                assert not path.exists()
+                continue
+            reference, affine = load_nifti(path)
+            case, _, case_affine = load_case(read_dataset(folder).training[0])
+            assert reference.shape == case.shape[1:] and np.allclose(affine, case_affine)
+            # the template in MNI space: no random deformation, so it differs from every (deformed) case
+            template = build.make_case(
+                build.SETS[name][0],
+                sources.TRAIN_TEMPLATES[0],
+                np.random.default_rng(0),
+                SPACING,
+                identity=True,
+            )[0]
+            np.testing.assert_allclose(reference, template, atol=1e-6)
+            assert not np.allclose(reference, case[0], atol=0.05)
+
+
 def test_test_cases_come_from_a_held_out_template(built):
     for folders in built.values():
         for folder in folders:

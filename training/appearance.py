@@ -1,9 +1,9 @@
-"""Appearance augmentation for scans as they come from the scanner (batched on the training device): a smooth
-multiplicative bias field, gamma (non-linear contrast), resolution / thick-slice simulation, noise, and
+"""Appearance augmentation for scans as they come from the scanner (batched on the training device): a whole
+head painted around the brain (``head``, see ``head_appearance``), a smooth multiplicative bias field, gamma (non-linear contrast), resolution / thick-slice simulation, noise, and
 SynthSeg-style random-contrast synthesis from the label map (Billot et al. 2023).
 
-Each is chosen by name (``--appearance bias,gamma,noise,resolution,synth``) and applied to a random subset of
-the batch. The scanner-like operations act on the intensities above each sample's minimum (as on raw scan
+Each is chosen by name (``--appearance head,bias,gamma,noise,resolution,synth``) and applied to a random subset
+of the batch. The head comes first (the scanner sees the whole head, so every later change acts on it too). The scanner-like operations act on the intensities above each sample's minimum (as on raw scan
 values); afterwards every sample and channel is mapped back to its original mean and standard deviation, so the
 network still sees normalised inputs, then noise is added in normalised units. Labels are never changed.
 
@@ -22,7 +22,9 @@ import torch.nn.functional as F
 
 from LabelSharingSegLib.engine.errors import InputError
 
-APPEARANCE_CHOICES = ("bias", "gamma", "noise", "resolution", "synth")
+from .head_appearance import HeadParams, add_head, brain_distance
+
+APPEARANCE_CHOICES = ("head", "bias", "gamma", "noise", "resolution", "synth")
 
 
 def parse_appearance(text: str) -> tuple[str, ...]:
@@ -42,6 +44,7 @@ def parse_appearance(text: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class AppearanceParams:
+    head_prob: float = 0.7  # the head's own settings: head_appearance.HeadParams
     bias_prob: float = 0.5
     bias_std: float = 0.3  # std of the log field at the control points
     bias_points: int = 4  # control points per axis
@@ -157,11 +160,21 @@ def _restore_moments(image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor)
 
 
 class AppearanceAugment:
-    """The chosen appearance augmentations for a (B, C, *S) image batch with its (B, *S) label batch."""
+    """The chosen appearance augmentations for a (B, C, *S) image batch with its (B, *S) label batch.
 
-    def __init__(self, names: tuple[str, ...], params: AppearanceParams = AppearanceParams()):
+    ``spacing_mm``: the model grid's voxel size (the head's layers are drawn in millimetres)."""
+
+    def __init__(
+        self,
+        names: tuple[str, ...],
+        params: AppearanceParams = AppearanceParams(),
+        spacing_mm: float = 1.0,
+        head: HeadParams | None = None,
+    ):
         self.names = tuple(names)
         self.params = params
+        self.spacing_mm = float(spacing_mm)
+        self.head = head or HeadParams()
 
     def __bool__(self) -> bool:
         return bool(self.names)
@@ -172,13 +185,25 @@ class AppearanceAugment:
         generator: torch.Generator,
         image: torch.Tensor,
         label: torch.Tensor,
+        distance: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``distance``: (B, *S) millimetres from the brain, 0 inside it, for ``head`` (found from the image
+        when not given)."""
         if not self.names:
             return image
         p = self.params
         batch, channels, *spatial = image.shape
         dims = tuple(range(2, image.ndim))
         image = image.float()
+        if "head" in self.names:
+            chosen = rng.random(batch) < p.head_prob
+            if chosen.any():
+                if distance is None:
+                    found = [brain_distance(image[b, 0].cpu().numpy(), self.spacing_mm) for b in range(batch)]
+                    distance = torch.as_tensor(np.stack(found), device=image.device)
+                index = torch.as_tensor(np.flatnonzero(chosen), device=image.device)
+                headed = add_head(rng, generator, image[index], distance[index], self.head)
+                image = image.index_copy(0, index, headed)
         mean, std = image.mean(dim=dims, keepdim=True), image.std(dim=dims, keepdim=True)
         low = image.amin(dim=dims, keepdim=True)
         x = image - low

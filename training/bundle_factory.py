@@ -192,8 +192,10 @@ def write_lcs_bundle(
     training: dict | None = None,
     overwrite: bool = False,
     arch: str = "lcs",
+    reference: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Path:
-    """``arch``: 'lcs' (Ma et al. 2022, bottleneck conditioning) or 'lcs_refine' (refines registration)."""
+    """``arch``: 'lcs' (Ma et al. 2022, bottleneck conditioning) or 'lcs_refine' (refines registration).
+    ``reference`` = (image, affine) in the position the training targets had (``Bundle.network_reference``)."""
     if arch == "lcs_refine":
         config = RefineLCSConfig(spatial_dims=preprocessing.spatial_dims, channels=tuple(channels))
     else:
@@ -213,6 +215,7 @@ def write_lcs_bundle(
         manifest,
         state_dict,
         atlas=(atlas_image, atlas_labels, atlas_affine, labels),
+        reference=reference,
         overwrite=overwrite,
     )
 
@@ -232,3 +235,24 @@ def set_task_planes(bundle_path: str | Path, planes: dict[str, str]) -> Path:
     )
     reference = bundle.reference_image() if bundle.has_reference() else None
     return write_bundle(bundle.path, manifest, bundle.state_dict, reference=reference, overwrite=True)
+
+
+def set_network_reference(bundle_path: str | Path, image: np.ndarray, affine: np.ndarray) -> Path:
+    """Store ``image`` as an LCS bundle's network reference in place (weights, atlas and everything else
+    unchanged; as ``lsseg train lcs --reference`` would have stored it)."""
+    from LabelSharingSegLib.engine.bundle import load_bundle
+
+    bundle = load_bundle(bundle_path)
+    if not bundle.kind.has_atlas:
+        raise InputError(f"{bundle_path}: only LCS bundles take a network reference")
+    atlas_image, _ = bundle.atlas_image()
+    labelmap, atlas_affine, labels = bundle.atlas_labels()
+    manifest = replace(bundle.manifest, files={}, reference_image=None)
+    return write_bundle(
+        bundle.path,
+        manifest,
+        bundle.state_dict,
+        atlas=(atlas_image, labelmap, atlas_affine, labels),
+        reference=(image, affine),
+        overwrite=True,
+    )

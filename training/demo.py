@@ -26,6 +26,7 @@ from LabelSharingSegLib.engine.atomic import write_text_atomic
 from LabelSharingSegLib.engine.device import DEVICE_CHOICES
 from LabelSharingSegLib.engine.errors import InputError
 
+from .data.build import REFERENCE_FILE
 from .demo_examples import (
     _say,
     labelsharing_examples,
@@ -228,7 +229,16 @@ def train_bundles(
             seed=settings.seed,
             device=device,
         )
-        run_training(LCSRunConfig(brain, lcs_out, lcs_settings, coarse_map=brain / HIERARCHY_FILE))
+        reference = brain / REFERENCE_FILE  # the position its training targets had (docs/DEMO.md)
+        run_training(
+            LCSRunConfig(
+                brain,
+                lcs_out,
+                lcs_settings,
+                coarse_map=brain / HIERARCHY_FILE,
+                reference=reference if reference.is_file() else None,
+            )
+        )
     else:
         _say(f"reusing {lcs_out}")
     return ls_out, lcs_out

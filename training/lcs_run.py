@@ -20,7 +20,7 @@ from .datasets import NnUNetDataset, as_volume, load_case
 from .distributed import distributed_session
 from .label_hierarchy import LabelHierarchy, read_coarse_map
 from .methods import LCSMethod
-from .planning import detect_dims, load_datasets, split_cases
+from .planning import detect_dims, load_datasets, reference_image, split_cases
 from .run_config import LCSRunConfig
 from .run_identity import RunIdentity
 from .samples import ToAtlasGrid, cache_items
@@ -115,6 +115,7 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
     dataset = load_datasets([config.data])[0]
     hierarchy = read_coarse_map(config.coarse_map) if config.coarse_map else LabelHierarchy({})
     atlas = plan_atlas(config, dataset, hierarchy)
+    reference = reference_image(config.reference, atlas.prep)  # checked before any training time is spent
     others = [c for c in dataset.training if c.case_id != atlas.case_id]
     if not others:
         others = [c for c in dataset.training if c.case_id == atlas.case_id]
@@ -173,6 +174,8 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
                 [dataset],
                 [c.case_id for c in val_cases],
                 ctx.world_size,
+                device=ctx.device,
+                appearance=settings.appearance,
                 atlas_case=atlas.case_id,
                 coarse_map=[[f, c] for f, c in coarse_pairs],
                 fine_labels=[[v, n] for v, n in sorted(dataset.foreground_labels().items())],
@@ -189,6 +192,7 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
                 state_dict=result.state_dict,
                 name=settings.name or config.out.name,
                 training=meta,
+                reference=reference,
             )
             session.mark_bundle_written(checkpoint_dir, config.out)
         ctx.barrier()

@@ -105,7 +105,12 @@ class TaskMethod:
         self.device_batches = None
         self.loader_workers = 0
         if pipeline is not None and pipeline.kind == "device":
-            self.device_batches = TaskBatches(self.sampler, pipeline, device or torch.device("cpu"))
+            self.device_batches = TaskBatches(
+                self.sampler,
+                pipeline,
+                device or torch.device("cpu"),
+                spacing_mm=float(np.mean(self.prep.spacing)),
+            )
             self.loader_workers = self.device_batches.loader_workers
         return self.sampler
 
@@ -211,6 +216,7 @@ class LCSMethod:
         validation scores (default: all ``label_values``; one decoder pass each)."""
         self.factor = network_config.downsample_factor
         self.spatial_dims = prep.spatial_dims
+        self.spacing_mm = float(np.mean(prep.spacing))
         self.values = [int(v) for v in label_values]
         self.val_values = self.values if val_labels is None else [int(v) for v in val_labels]
         self.merge_prob = merge_prob
@@ -255,7 +261,9 @@ class LCSMethod:
         self.device_batches = None
         self.loader_workers = 0
         if pipeline is not None and pipeline.kind == "device":
-            self.device_batches = LCSBatches(self, items, pipeline, device or torch.device("cpu"))
+            self.device_batches = LCSBatches(
+                self, items, pipeline, device or torch.device("cpu"), spacing_mm=self.spacing_mm
+            )
             self.loader_workers = self.device_batches.loader_workers
         return self
 

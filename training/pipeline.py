@@ -21,11 +21,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from LabelSharingSegLib.engine.errors import InputError
+from LabelSharingSegLib.engine.preprocessing import pad_spatial
 
 from .appearance import AppearanceAugment, parse_appearance
 from .batch_augment import SpatialParams, device_generator, random_spatial_grid, vary_intensity, warp
+from .head_appearance import brain_distances
 from .samples import PatchSampler, pad_to, step_rng
 
 PIPELINES = ("device", "legacy")
@@ -86,9 +89,20 @@ def cache_device(tensors, device: torch.device, settings: PipelineSettings) -> t
 
 
 class TaskBatches:
-    """Device batches for the task methods: foreground-biased patches cropped and augmented on the device."""
+    """Device batches for the task methods: foreground-biased patches cropped and augmented on the device.
 
-    def __init__(self, sampler: PatchSampler, settings: PipelineSettings, device: torch.device):
+    With ``--appearance head`` every cached image is padded by a margin of background (its own minimum) and
+    each patch is shifted at random by up to that margin, so patches also show the space around the brain
+    where the painted head (and, at inference, a real head and neck) lies; each image's distance from its
+    brain (found once) travels with the patches through the same crop and warp."""
+
+    def __init__(
+        self,
+        sampler: PatchSampler,
+        settings: PipelineSettings,
+        device: torch.device,
+        spacing_mm: float = 1.0,
+    ):
         self.sampler = sampler
         self.patch = tuple(sampler.patch)
         self.settings = settings
@@ -96,35 +110,78 @@ class TaskBatches:
         self.device, self.loader_workers = cache_device(tensors, device, settings)
         self.images = [i["image"].float().to(self.device) for i in sampler.items]
         self.labels = [i["label"].to(self.device) for i in sampler.items]
-        self.appearance = AppearanceAugment(settings.appearance)
+        self.appearance = AppearanceAugment(settings.appearance, spacing_mm=spacing_mm)
         self.spatial = SpatialParams() if settings.elastic else SpatialParams(elastic_prob=0.0)
+        self.nearness: list[torch.Tensor] | None = None
+        self.margin = 0
+        if "head" in settings.appearance:
+            self.margin = int(round(self.appearance.head.margin_mm / spacing_mm))
+            in_plane = len(self.patch)
+            pads = [self.margin] * (2 * in_plane)
+            if sampler.spatial_dims == 2:  # slices along the third axis: that axis is not padded
+                pads = [0, 0] + pads
+            self.images = [F.pad(i, pads, value=float(i.min())) for i in self.images]
+            self.labels = [F.pad(i, pads) for i in self.labels]
+            distances = brain_distances(self.images, sampler.spatial_dims, spacing_mm)
+            self.nearness = [_nearness(d).to(self.device) for d in distances]
+
+    def _shifted(self, rng, region: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
+        """The region in the padded volume, moved by up to the margin (never past the padded edge)."""
+        out = []
+        for r, size, p in zip(region, shape, self.patch):
+            start = r.start + self.margin + int(rng.integers(-self.margin, self.margin + 1))
+            start = min(max(0, start), max(0, size - p))
+            out.append(slice(start, start + p))
+        return tuple(out)
 
     def __call__(self, seed: int, rank: int, step: int, batch_size: int) -> dict:
         rng = step_rng(seed, rank, step)
-        images, labels, tasks = [], [], []
+        images, labels, near, tasks = [], [], [], []
         for _ in range(batch_size):
             index, task, z, region = self.sampler.locate(rng)
             image, label = self.images[index], self.labels[index]
+            nearness = self.nearness[index] if self.nearness is not None else None
+            if self.margin:
+                region = self._shifted(rng, region, tuple(label.shape[: len(self.patch)]))
             if z is not None:
                 image, label = image[..., z], label[..., z]
-            images.append(pad_to(image[(slice(None),) + region], self.patch))
+                nearness = nearness[..., z] if nearness is not None else None
+            background = float(image.min()) if self.margin else 0.0
+            images.append(pad_to(image[(slice(None),) + region], self.patch, background))
             labels.append(pad_to(label[region], self.patch))
+            if nearness is not None:
+                near.append(pad_to(nearness[region], self.patch))
             tasks.append(task)
         image, label = torch.stack(images), torch.stack(labels)
         if self.settings.augment:
             generator = device_generator(rng, self.device)
             grid, moved = random_spatial_grid(rng, batch_size, self.patch, self.device, self.spatial)
-            image, label = warp(image, label, grid, moved)
-            image = self.appearance(rng, generator, image, label)
+            distance = None
+            if near:  # nearness travels as an extra image channel (linear; padding 0 = far from the brain)
+                warped, label = warp(torch.cat([image, torch.stack(near)[:, None]], 1), label, grid, moved)
+                image, distance = warped[:, :-1], _distance(warped[:, -1], self.appearance.spacing_mm)
+            else:
+                image, label = warp(image, label, grid, moved)
+            image = self.appearance(rng, generator, image, label, distance)
             image = vary_intensity(rng, generator, image)
         return {"image": image, "target": label, "task": torch.tensor(tasks, dtype=torch.int64)}
 
 
 class LCSBatches:
     """Device batches for LCS: whole atlas-grid targets (geometry kept, so target and atlas stay aligned),
-    the conditioned label masks built on the device, intensity and appearance augmentation batched."""
+    the conditioned label masks built on the device, intensity and appearance augmentation batched.
 
-    def __init__(self, method, items: list[dict], settings: PipelineSettings, device: torch.device):
+    With ``--appearance head`` the appearance acts on the atlas grid without the network's centred zero
+    padding, which is put back afterwards, as inference normalises the scan on the atlas grid and then pads."""
+
+    def __init__(
+        self,
+        method,
+        items: list[dict],
+        settings: PipelineSettings,
+        device: torch.device,
+        spacing_mm: float = 1.0,
+    ):
         self.method = method
         self.settings = settings
         tensors = [i["image"] for i in items] + [i["label"] for i in items]
@@ -132,24 +189,55 @@ class LCSBatches:
         self.images = [i["image"].float().to(self.device) for i in items]
         self.labels = [i["label"].to(self.device) for i in items]
         self.atlas_label = method.atlas_label.to(self.device)
-        self.appearance = AppearanceAugment(settings.appearance)
+        self.appearance = AppearanceAugment(settings.appearance, spacing_mm=spacing_mm)
+        self.distances: list[torch.Tensor] | None = None
+        if "head" in settings.appearance:
+            unpadded = [method.crop(i) for i in self.images]
+            if method.spatial_dims == 2:  # (C, X, Y): one slice
+                found = [d[..., 0] for d in brain_distances([u[..., None] for u in unpadded], 2, spacing_mm)]
+            else:
+                found = brain_distances(unpadded, 3, spacing_mm)
+            self.distances = [d.to(self.device) for d in found]
 
     def __call__(self, seed: int, rank: int, step: int, batch_size: int) -> dict:
         rng = step_rng(seed, rank, step)
-        images, masks, targets, labels = [], [], [], []
+        images, masks, targets, labels, distances = [], [], [], [], []
         for _ in range(batch_size):
             index = int(rng.integers(len(self.images)))
             chosen = self.method.draw_labels(rng)
             images.append(self.images[index])
             labels.append(self.labels[index])
+            if self.distances is not None:
+                distances.append(self.distances[index])
             masks.append(_any_of(self.atlas_label, chosen)[None].float())
             targets.append(_any_of(self.labels[index], chosen)[None].float())
         image = torch.stack(images)
         if self.settings.augment:
             generator = device_generator(rng, self.device)
-            image = self.appearance(rng, generator, image, torch.stack(labels))
-            image = vary_intensity(rng, generator, image)
+            if self.distances is not None:
+                label = self.method.crop(torch.stack(labels))
+                image = self.appearance(
+                    rng, generator, self.method.crop(image), label, torch.stack(distances)
+                )
+                image = pad_spatial(vary_intensity(rng, generator, image), self.method.pads)
+            else:
+                image = self.appearance(rng, generator, image, torch.stack(labels))
+                image = vary_intensity(rng, generator, image)
         return {"image": image, "atlas_mask": torch.stack(masks), "target": torch.stack(targets)}
+
+
+NEARNESS_MM = 10.0  # length scale of the nearness channel
+
+
+def _nearness(distance: torch.Tensor) -> torch.Tensor:
+    """exp(-distance / 10 mm): 1 inside the brain, 0 far away, so a warp's zero padding means 'far'."""
+    return torch.exp(-distance / NEARNESS_MM)
+
+
+def _distance(nearness: torch.Tensor, spacing_mm: float) -> torch.Tensor:
+    """Back from nearness to millimetres; within half a voxel of the brain counts as inside (0)."""
+    distance = -NEARNESS_MM * torch.log(nearness.clamp_min(1e-12))
+    return torch.where(distance < 0.5 * spacing_mm, torch.zeros_like(distance), distance)
 
 
 def _any_of(label: torch.Tensor, values: list[int]) -> torch.Tensor:

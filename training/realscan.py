@@ -5,8 +5,8 @@ training case was made from (training uses the brain-only ICBM templates). The f
 so it is first put in a scanner pose: head tilted and shifted by a fixed rigid transform and resampled onto a
 scanner grid; the AAL regions drawn on this very brain are moved identically and are the truth.
 
-Every shipped bundle segments it with default settings (LCS: automatic alignment, and for comparison
-``--align off``). Dice is computed where truth exists: LCS coarse labels (AAL merged by the bundle's
+Every shipped bundle segments it with default settings (LCS: automatic alignment, then the atlas's brain as a
+window on the scan; for comparison ``--align off``). Dice is computed where truth exists: LCS coarse labels (AAL merged by the bundle's
 hierarchy) over the whole brain; the 2D tasks inside the slab of slices they were trained on (their plane and
 slab, in MNI millimetres), for the labels AAL also defines.
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from LabelSharingSegLib.engine.atlas_brain import BRAIN_MARGIN_MM
 from LabelSharingSegLib.engine.atomic import write_text_atomic
 from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.inference import segment_atlas_labels, segment_task
@@ -212,7 +213,17 @@ def real_scan_example(out: Path, bundles: tuple[Path, Path], device: str, spacin
     )
     csv_path = target / "realscan.csv"
     _write_rows(csv_path, rows)
-    return {"files": files, "figures": figures, "csv": csv_path, "alignment": alignment_lines}
+    appearance = {
+        name: list(b.manifest.training.get("appearance", []))
+        for name, b in (("label sharing", ls), ("LCS", lcs))
+    }
+    return {
+        "files": files,
+        "figures": figures,
+        "csv": csv_path,
+        "alignment": alignment_lines,
+        "appearance": appearance,
+    }
 
 
 def _row(bundle: str, task: str, mode: str, label: str, dice: float) -> dict:
@@ -267,6 +278,15 @@ def report_lines(out: Path, info: dict, demo_numbers: dict) -> list[str]:
         lines.append(f"| {bundle} | {task} | {mode} | {count} | {_f(dice)} | {_f(reference)} |")
     lines += ["", "Alignment quality (LCS, default settings):", ""]
     lines += [f"- {line}" for line in info["alignment"]] or ["- (no alignment)"]
+    lines += [
+        "",
+        "Once aligned, LCS sees the scan through the atlas's brain grown by "
+        f"{BRAIN_MARGIN_MM:g} mm (skull, scalp, eyes and neck set to the scan's background, as in its brain-only "
+        "training images; `engine/atlas_brain.py`); with `--align off` it sees the whole head. Appearance "
+        "augmentation the bundles were trained with (`--appearance`, docs/TRAINING.md): "
+        + "; ".join(f"{name}: {', '.join(kinds) or 'none'}" for name, kinds in info["appearance"].items())
+        + ".",
+    ]
     lines += [""] + [f"![real scan]({rel(p)})" for p in info["figures"]]
     lines += ["", "Files: " + ", ".join(f"`{rel(f)}`" for f in info["files"] if str(f).endswith(".seg.nrrd"))]
     return lines

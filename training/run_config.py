@@ -262,6 +262,7 @@ class LCSRunConfig:
     max_parts: int = 8  # at most this many cells per split
     max_cases: int | None = None  # use only the first N training cases (each costs a registration)
     registration_cache: Path | None = None  # None: CHECKPOINT_DIR/registrations
+    reference: Path | None = None  # the position of the training targets (atlas_brain.network_pose)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
@@ -270,6 +271,8 @@ class LCSRunConfig:
             object.__setattr__(self, "coarse_map", Path(self.coarse_map))
         if self.registration_cache is not None:
             object.__setattr__(self, "registration_cache", Path(self.registration_cache))
+        if self.reference is not None:
+            object.__setattr__(self, "reference", Path(self.reference))
         _require(
             _finite(self.merge_prob) and 0 <= self.merge_prob <= 1,
             f"--merge-prob must be between 0 and 1, got {self.merge_prob}",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import platform
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -244,11 +245,44 @@ def print_summary(ctx: DistContext, trained: TrainedBundle, extra: str = "") -> 
     )
 
 
+def training_device(device: torch.device, world_size: int) -> str:
+    """What the run trained on, in words: the GPU's name or the CPU model, with the threads per process."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = _cpu_model() or platform.machine() or "CPU"
+        name = f"CPU {name}, {torch.get_num_threads()} thread(s)"
+    return name if world_size == 1 else f"{world_size} x {name}"
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def training_meta(
-    method: str, result: TrainResult, options: TrainOptions, datasets, val_ids, world_size: int, **extra
+    method: str,
+    result: TrainResult,
+    options: TrainOptions,
+    datasets,
+    val_ids,
+    world_size: int,
+    *,
+    device: torch.device | None = None,
+    appearance: tuple[str, ...] = (),
+    **extra,
 ) -> dict:
-    """The ``training`` section of the bundle manifest."""
+    """The ``training`` section of the bundle manifest: the run's settings and results, the device it ran
+    on and the appearance augmentation it was trained for (the scans it should be robust to)."""
     return {
+        "device": None if device is None else training_device(device, world_size),
+        "appearance": list(appearance),
         "method": method,
         "steps": result.steps,
         "seconds": round(result.seconds, 1),

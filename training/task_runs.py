@@ -126,7 +126,17 @@ def train_task_model(
             extra["label_mapping"] = settings.label_mapping
         if settings.val_labels is not None:  # which labels chose the best weights (all when not capped)
             extra["validation_labels"] = {t.name: val_labels[t.index] for t in plan.tasks}
-        meta = training_meta(plan.kind, result, options, datasets, val_ids, ctx.world_size, **extra)
+        meta = training_meta(
+            plan.kind,
+            result,
+            options,
+            datasets,
+            val_ids,
+            ctx.world_size,
+            device=ctx.device,
+            appearance=settings.appearance,
+            **extra,
+        )
         factory.write_task_bundle(
             out,
             plan.kind,

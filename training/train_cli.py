@@ -329,6 +329,14 @@ def register(subparsers) -> None:
         metavar="DIR",
         help="where the registrations of the training cases are kept and reused (default CHECKPOINT_DIR/registrations)",
     )
+    p.add_argument(
+        "--reference",
+        type=Path,
+        metavar="IMAGE.nii.gz",
+        help="3D image in the position the training targets scatter around (lsseg data build writes "
+        "reference_template.nii.gz: the template in MNI space); stored in the bundle, aligned scans are "
+        "shown to the network in its position",
+    )
     _add_budget_options(p)
     p.set_defaults(func=run_training_entry, kind="lcs")
     train_p.set_defaults(func=lambda args: (train_p.print_help(), 2)[1])
@@ -399,6 +407,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             max_parts=args.max_parts,
             max_cases=args.max_cases,
             registration_cache=args.registration_cache,
+            reference=args.reference,
         )
     if args.kind == "add-task":
         return AddTaskConfig(

@@ -37,6 +37,9 @@ BRAIN_BOX = WorldBox(low=np.array([-74.0, -110.0, -74.0]), high=np.array([74.0, 
 DEFAULT_SPACING_MM = 1.0
 DEFAULT_CASES = {3: 20, 2: 40}
 REPORT_FILE = "build_report.json"
+# 3D sets: the first training template undeformed, i.e. in MNI space where the training cases scatter around;
+# `lsseg train lcs --reference` stores it so that aligned scans are shown to the network in that position
+REFERENCE_FILE = "reference_template.nii.gz"
 # a label is reported when its mean voxel count per case falls below this fraction of the atlas' own volume
 MIN_VOLUME_FRACTION = 0.3
 MIN_VOXELS = 4
@@ -368,6 +371,10 @@ def _build_task(
         if spec.hierarchy is not None:
             text = json.dumps(_hierarchy(spec.hierarchy, names), indent=2) + "\n"
             write_text_atomic(tmp / HIERARCHY_FILE, text)
+        if spec.plane is None:
+            template = sources.TRAIN_TEMPLATES[0]
+            image, _, affine = make_case(spec, template, np.random.default_rng(seed), spacing, identity=True)
+            save_nifti(tmp / REFERENCE_FILE, image, affine)
         report = {
             "set": set_name,
             "dataset": spec.name,

@@ -144,6 +144,17 @@ class Bundle:
         assert self._folder is not None
         return load_nifti(self._folder / self.manifest.reference_image, dtype=np.float32)
 
+    def network_reference(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """LCS: the stored reference image, in the position the network's training targets had (e.g. the
+        template in MNI space, where the atlas case is one deformed sample), or None. Scans are still aligned
+        to the atlas; the network sees them in this position (``atlas_brain.network_pose``)."""
+        from .nifti_io import load_nifti
+
+        if not self.kind.has_atlas or self.manifest.reference_image is None:
+            return None
+        assert self._folder is not None
+        return load_nifti(self._folder / self.manifest.reference_image, dtype=np.float32)
+
     def summary(self) -> str:
         m = self.manifest
         lines = [f"Bundle: {m.name or self.path.name}  (kind: {self.kind}, id {self.bundle_id[:12]})"]
@@ -164,6 +175,10 @@ class Bundle:
             lines.append(
                 f"Atlas labels ({len(atlas)}): {', '.join(atlas[:12])}{' ...' if len(atlas) > 12 else ''}"
             )
+        if self.kind.has_atlas and m.reference_image is not None:
+            lines.append(
+                f"Network reference: {m.reference_image} (aligned scans are shown to the network in its position)"
+            )
         training = m.training
         if training:
             parts = [
@@ -173,6 +188,8 @@ class Bundle:
             ]
             if parts:
                 lines.append("Training: " + "; ".join(parts))
+            if "appearance" in training:  # what scans it was trained to hold on (augmentation names)
+                lines.append("Trained for appearance: " + (", ".join(training["appearance"]) or "none"))
             metrics = training.get("metrics")
             if isinstance(metrics, dict) and metrics:
                 lines.append(
@@ -352,7 +369,8 @@ def write_bundle(
     """Write a bundle folder atomically (built in a temporary sibling folder, then renamed into place).
 
     ``atlas`` = (image, labelmap, affine, labels) for LCS bundles; ``reference`` = (image, affine), a 3D
-    image that scans are aligned to before segmenting (task bundles; LCS aligns to its atlas). Validates by loading the result before
+    image that scans are aligned to before segmenting (task bundles; LCS aligns to its atlas and shows the
+    aligned scan to its network in the reference's position, see ``network_reference``). Validates by loading the result before
     it replaces anything. Returns the bundle folder.
     """
     from safetensors.torch import save_file

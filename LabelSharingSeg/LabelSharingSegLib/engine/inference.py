@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
+from .atlas_brain import background_level, keep_brain, network_brain, network_pose
 from .atlas_methods import ATLAS_METHODS, default_atlas_method
 from .bundle import Bundle
 from .device import resolve_device
@@ -88,9 +89,13 @@ def _autocast(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
 
-def _align(bundle: Bundle, image: np.ndarray, affine: np.ndarray, align, report: _Reporter):
+def _align(
+    bundle: Bundle, image: np.ndarray, affine: np.ndarray, align, report: _Reporter, network: bool = False
+):
     """(working affine, alignment or None). ``align=None`` aligns when the bundle carries a reference image;
-    an :class:`Alignment` from an earlier call on the same scan is reused (no second registration)."""
+    an :class:`Alignment` from an earlier call on the same scan is reused (no second registration).
+    ``network``: LCS with a network reference registers the scan to that reference (where the network
+    expects it) and returns the alignment to the atlas through the fixed pose between them (atlas_brain.py)."""
     if isinstance(align, Alignment):
         return align.aligned_affine(affine), align
     if align is None:
@@ -101,10 +106,13 @@ def _align(bundle: Bundle, image: np.ndarray, affine: np.ndarray, align, report:
         raise InputError(
             f"{bundle.path}: this bundle carries no reference image to align to; turn alignment off"
         )
-    reference, reference_affine = bundle.reference_image()
+    stored = bundle.network_reference() if network else None
+    reference, reference_affine = stored if stored is not None else bundle.reference_image()
     alignment = affine_alignment(
         image, affine, reference, reference_affine, progress=lambda f, m: report(0.02 + 0.08 * f, m)
     )
+    if stored is not None and alignment.accepted:  # scan <- reference, as scan <- atlas for every other use
+        alignment = replace(alignment, matrix=alignment.matrix @ np.linalg.inv(network_pose(bundle)))
     return alignment.aligned_affine(affine), alignment
 
 
@@ -334,7 +342,15 @@ def _default_budget_mb(device: torch.device) -> float:
 class PreparedLCS:
     """Target and atlas on the padded atlas grid, ready for conditioned decoding (used by inference and tests)."""
 
-    def __init__(self, bundle: Bundle, image: np.ndarray, affine: np.ndarray, device: torch.device):
+    def __init__(
+        self,
+        bundle: Bundle,
+        image: np.ndarray,
+        affine: np.ndarray,
+        device: torch.device,
+        brain_window: bool = False,
+    ):
+        """``brain_window``: keep only the atlas's brain of the (aligned) target, see ``atlas_brain``."""
         prep = bundle.preprocessing
         atlas_image, atlas_affine = bundle.atlas_image()
         self.atlas_shape = atlas_image.shape
@@ -343,6 +359,8 @@ class PreparedLCS:
         target = resample_to_grid(
             torch.as_tensor(image)[None], atlas_affine, atlas_image.shape, mode="bilinear", src_affine=affine
         )[0]
+        if brain_window:
+            target = keep_brain(target, network_brain(bundle), background_level(image))
         target = normalise_intensity(target, prep.intensity)
         atlas = normalise_intensity(atlas_image, prep.intensity)
         if self.dims == 2:  # 2D atlas stored as (X, Y, 1)
@@ -410,8 +428,13 @@ def _lcs_setup(
     report = _Reporter(progress, cancel)
     torch_device, note = resolve_device(device)
     report(0.0, "bringing the target onto the atlas grid")
-    working_affine, alignment = _align(bundle, image, affine, align, report)
-    prepared = PreparedLCS(bundle, image, working_affine, torch_device)
+    working_affine, alignment = _align(bundle, image, affine, align, report, network=True)
+    # a scan aligned to the atlas is seen in the network's own position (a stored reference's, else the
+    # atlas's) through that position's brain: skull, scalp and neck set to background (atlas_brain.py)
+    window = alignment is not None and alignment.accepted
+    if window:
+        working_affine = np.linalg.inv(alignment.matrix @ network_pose(bundle)) @ np.asarray(affine, float)
+    prepared = PreparedLCS(bundle, image, working_affine, torch_device, brain_window=window)
     net = network if network is not None else bundle.build_network(torch_device)
     budget = memory_budget_mb if memory_budget_mb is not None else _default_budget_mb(torch_device)
     chunk = lcs_chunk_size(bundle.network_config, prepared.target.shape[2:], budget)
