@@ -188,3 +188,41 @@ FLOORS = {"AxialTissue": 0.62, "SagittalLobes": 0.73, "CoronalSubcortical": 0.41
 def test_shipped_bundles_fit_the_size_budget():
     files = [p for p in SHIPPED.rglob("*") if p.is_file()] if SHIPPED.is_dir() else []
     assert sum(p.stat().st_size for p in files) <= 20 * 1024 * 1024
+
+
+def test_lcs_figures_ignore_the_refine_bundle_evaluated_beside_it(tmp_path):
+    """With the refine bundle evaluated beside the LCS bundle, the LCS rows of the report are the LCS bundle's
+    only, and the refine network joins the side-by-side methods."""
+    from lsseg_training.csv_tables import write_csv
+    from lsseg_training.demo import REFINE_BUNDLE, find_refine_bundle
+
+    lcs = tmp_path / "evaluation" / "lcs"
+    for folder in (lcs, tmp_path / "evaluation" / "labelsharing", tmp_path / "results" / "offatlas"):
+        folder.mkdir(parents=True)
+    write_csv(
+        tmp_path / "evaluation" / "labelsharing" / "metrics.csv",
+        [{"task": "t", "case": "0", "label_value": 1, "dice": 0.5}],
+    )
+    coarse = [
+        {"method": m, "case": "0", "label_value": 1, "dice": d}
+        for m, d in ((LCS_BUNDLE, 0.6), (REFINE_BUNDLE, 0.9))
+    ]
+    write_csv(lcs / "metrics.csv", coarse)
+    table1 = [
+        {"method": m, "fine_value": 3, "fine_dice": d, "naive_dice": 0.1}
+        for m, d in ((LCS_BUNDLE, 0.3), (REFINE_BUNDLE, 0.7))
+    ]
+    write_csv(lcs / "table1.csv", table1)
+    side = [{"method": m, "dice": d} for m, d in (("deformable propagation", 0.61), ("LCS refine", 0.62))]
+    write_csv(lcs / "fine_methods.csv", side)
+    write_csv(tmp_path / "results" / "offatlas" / "offatlas.csv", [{"mode": "aligned", "dice": 0.7}])
+    numbers = report_numbers(tmp_path, lcs_method=LCS_BUNDLE)
+    assert numbers["lcs_coarse"]["dice"] == pytest.approx(0.6)
+    assert numbers["lcs_fine"]["fine_dice"] == pytest.approx(0.3)
+    assert numbers["fine_methods"]["LCS refine"] == pytest.approx(0.62)
+    assert report_numbers(tmp_path)["lcs_coarse"]["dice"] == pytest.approx(0.75)  # without a name: every row
+    shipped = shipped_bundles_dir()
+    assert find_refine_bundle(shipped) == (
+        shipped / REFINE_BUNDLE if (shipped / REFINE_BUNDLE).exists() else None
+    )
+    assert find_refine_bundle(tmp_path) is None

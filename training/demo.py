@@ -39,6 +39,7 @@ from .label_hierarchy import HIERARCHY_FILE
 
 LS_BUNDLE = "labelsharing-multitask"
 LCS_BUNDLE = "lcs-brain-aal"
+REFINE_BUNDLE = "lcs-refine-brain-aal"  # optional: evaluated beside the LCS bundle when the folder has it
 MULTITASK_FOLDERS = ("Dataset811_AxialTissue", "Dataset812_SagittalLobes", "Dataset813_CoronalSubcortical")
 BRAIN_FOLDER = "Dataset801_BrainAAL"
 
@@ -257,6 +258,11 @@ def find_bundles(folder: Path) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+def find_refine_bundle(folder: Path) -> Path | None:
+    """The refine bundle beside the demo bundles (shipped; not trained by ``--train``), or None."""
+    return next((c for c in (folder / REFINE_BUNDLE, folder / f"{REFINE_BUNDLE}.zip") if c.exists()), None)
+
+
 # ------------------------------------------------------------------------------------------ command
 
 
@@ -276,19 +282,22 @@ def run_demo(args: argparse.Namespace) -> int:
         bundles = train_bundles(out / "bundles", multitask, brain, settings, args.minutes, args.device)
     else:
         bundles = find_bundles(args.bundles or shipped_bundles_dir())
-    for name, bundle_path, data in (("labelsharing", bundles[0], multitask), ("lcs", bundles[1], [brain])):
+    # the refine network is judged beside the paper's LCS, both on the same registrations
+    refine = None if args.train else find_refine_bundle(args.bundles or shipped_bundles_dir())
+    lcs_paths = [bundles[1], *([refine] if refine else [])]
+    for name, bundle_paths, data in (("labelsharing", [bundles[0]], multitask), ("lcs", lcs_paths, [brain])):
         target = out / "evaluation" / name
         if (target / "summary.md").is_file():
             _say(f"reusing the evaluation in {target}")
             continue
-        _say(f"evaluating {bundle_path.name} on the held-out test cases")
+        _say(f"evaluating {', '.join(p.name for p in bundle_paths)} on the held-out test cases")
         target.parent.mkdir(parents=True, exist_ok=True)
-        evaluate([bundle_path], data, target, device=args.device)
+        evaluate(bundle_paths, data, target, device=args.device)
     examples = labelsharing_examples(out, bundles[0], multitask, args.device)
     lcs = lcs_examples(out, bundles[1], brain, args.device)
     off = off_atlas_example(out, bundles[1], brain, args.device, settings.seed)
     real = real_scan_section(out, bundles, args.device, settings.realscan_spacing)
-    numbers = report_numbers(out)
+    numbers = report_numbers(out, lcs_method=bundles[1].name)
     report = write_report(out, numbers, bundles, source, examples, lcs, off, real)
     print()
     print(f"LabelSharingSeg demo finished in {time.perf_counter() - started:.0f} s")

@@ -21,12 +21,17 @@ def _mean(values) -> float:
     return sum(numbers) / len(numbers) if numbers else float("nan")
 
 
-def report_numbers(out: Path) -> dict:
-    """Every number the report and the printed summary show, read from the evaluation files."""
+def report_numbers(out: Path, lcs_method: str | None = None) -> dict:
+    """Every number the report and the printed summary show, read from the evaluation files. ``lcs_method``: the
+    LCS bundle's name in them, when other bundles (the refine network) were evaluated beside it."""
+
+    def of_lcs(rows: list[dict]) -> list[dict]:
+        return [r for r in rows if lcs_method is None or r["method"] == lcs_method]
+
     ls_rows = _read_csv(out / "evaluation" / "labelsharing" / "metrics.csv")
-    lcs_rows = _read_csv(out / "evaluation" / "lcs" / "metrics.csv")
+    lcs_rows = of_lcs(_read_csv(out / "evaluation" / "lcs" / "metrics.csv"))
     table1_path = out / "evaluation" / "lcs" / "table1.csv"
-    table1 = _read_csv(table1_path) if table1_path.is_file() else []
+    table1 = of_lcs(_read_csv(table1_path)) if table1_path.is_file() else []
     off = _read_csv(out / "results" / "offatlas" / "offatlas.csv")
     side_path = out / "evaluation" / "lcs" / "fine_methods.csv"
     side = _read_csv(side_path) if side_path.is_file() else []
