@@ -167,3 +167,27 @@ def test_an_aligned_scan_is_shown_to_the_network_in_the_reference_position(tmp_p
     assert abs(centre(seen["reference"]) - centre(expected)) < 1.0
     # without it, in the atlas case's position
     assert abs(centre(seen["plain"]) - centre(moved)) < 1.0
+
+
+def test_registration_methods_start_from_the_reference_alignment(tmp_path):
+    """With a network reference, registration methods reuse the alignment LCS computes through it (one
+    registration per scan, measured better than registering to the atlas case directly)."""
+    from lsseg_training.bundle_factory import make_preprocessing, set_network_reference, write_lcs_bundle
+
+    atlas_image, atlas_labels = _ellipsoid(shift_voxels=3.0)
+    names = [LabelInfo(1, "cortex", (0.9, 0.2, 0.2)), LabelInfo(2, "core", (0.2, 0.8, 0.2))]
+    prep = make_preprocessing(3, [2.0, 2.0, 2.0], [24, 28, 24], factor=4)
+    written = write_lcs_bundle(
+        tmp_path / "b", atlas_image, atlas_labels, AFFINE, names, prep, channels=(4, 8, 16)
+    )
+    bundle = load_bundle(set_network_reference(written, _ellipsoid()[0], AFFINE))
+    scan = _ellipsoid(shift_voxels=-1.0)[0]
+    masks = np.stack([atlas_labels == label.value for label in names])
+    lcs = segment_atlas_labels(bundle, scan, AFFINE, masks, names, device="cpu", method="lcs")
+    carried = segment_atlas_labels(bundle, scan, AFFINE, masks, names, device="cpu", method="register-affine")
+    np.testing.assert_allclose(carried.alignment.matrix, lcs.alignment.matrix, atol=1e-6)
+    assert abs(carried.alignment.matrix[0, 3] + 8.0) < 1.5
+    with pytest.raises(Exception, match="empty"):  # a bad drawing is refused before any registration
+        segment_atlas_labels(
+            bundle, scan, AFFINE, masks * False, names, device="cpu", method="register-affine"
+        )

@@ -181,7 +181,7 @@ def test_refine_trains_segments_and_is_evaluated_beside_every_method(tmp_path):
     bundle = load_bundle(out)
     assert bundle.network_config.arch == "lcs_refine" and bundle.network_config.channels == (4, 6)
     training = bundle.manifest.training
-    assert training["method"] == "lcs_refine" and training["device"].startswith("cpu")
+    assert training["method"] == "lcs_refine" and training["device"].lower().startswith("cpu")
     assert training["registration_seconds"] >= 0 and training["validation_cases"]
     assert len(list((tmp_path / "refine.training" / "registrations").glob("*.npz"))) == 3  # the atlas is not
 

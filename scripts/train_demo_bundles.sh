@@ -39,6 +39,7 @@ cd "$work"
   --coarse-map data/Dataset801_BrainAAL/label_hierarchy.json --arch lcs_refine \
   --out lcs-refine-brain-aal --channels 8,16 --patch 16 --spacing 3,3,3 --merge-prob 0.3 --split-prob 0.7 \
   --max-parts 16 --steps 2000 --batch 2 --seed 0 --time-limit 30 --val-every 200 --threads 1 \
+  --reference data/Dataset801_BrainAAL/reference_template.nii.gz \
   --registration-cache registrations --name "LCS refine: brain atlas (AAL lobes trained, draw finer regions)" --quiet
 "$lsseg" evaluate lcs-brain-aal lcs-refine-brain-aal --data data/Dataset801_BrainAAL --no-hd95 \
   --out lcs-refine-brain-aal.evaluation

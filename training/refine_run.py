@@ -27,7 +27,7 @@ from .distributed import distributed_session
 from .label_hierarchy import LabelHierarchy, read_coarse_map
 from .lcs_run import AtlasPlan, plan_atlas
 from .pair_registrations import cached_registration
-from .planning import load_datasets, split_cases
+from .planning import load_datasets, reference_image, split_cases
 from .refine_method import RefineMethod, RefinePair, make_pair
 from .run_config import LCSRunConfig
 from .run_identity import RunIdentity
@@ -76,6 +76,8 @@ def train_refine(config: LCSRunConfig, on_step: StepCallback | None = None) -> s
     atlas = plan_atlas(config, dataset, hierarchy)
     if atlas.prep.spatial_dims != 3:
         raise InputError("--arch lcs_refine needs 3D data: it refines a 3D registration")
+    # stored for inference only: scans are aligned through it (engine/inference._reference_alignment)
+    reference = reference_image(config.reference, atlas.prep)
     others = [c for c in dataset.training if c.case_id != atlas.case_id]
     if config.max_cases is not None:
         others = others[: config.max_cases]
@@ -146,7 +148,7 @@ def train_refine(config: LCSRunConfig, on_step: StepCallback | None = None) -> s
                 atlas_case=atlas.case_id,
                 coarse_map=[[f, c] for f, c in coarse_pairs],
                 fine_labels=[[v, n] for v, n in sorted(dataset.foreground_labels().items())],
-                device=_device_name(ctx.device),
+                device=ctx.device,
                 threads=torch.get_num_threads(),
                 registration_seconds=round(registration_seconds, 1),
                 left_out_cases=left_out + val_left_out,
@@ -166,17 +168,10 @@ def train_refine(config: LCSRunConfig, on_step: StepCallback | None = None) -> s
                 name=settings.name or config.out.name,
                 training=meta,
                 arch="lcs_refine",
+                reference=reference,
             )
             session.mark_bundle_written(checkpoint_dir, config.out)
         ctx.barrier()
         trained = session.TrainedBundle(config.out, result, options)
         session.print_summary(ctx, trained)
         return trained
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    import platform
-
-    return f"cpu ({platform.processor() or platform.machine()})"

@@ -116,6 +116,19 @@ def _align(
     return alignment.aligned_affine(affine), alignment
 
 
+def _reference_alignment(bundle: Bundle, image, affine, masks, labels, progress, cancel) -> Alignment | None:
+    """The registration methods start where LCS does: the scan registered to the bundle's network reference (the
+    undeformed template, closer to any scan than the deformed atlas case), carried to the atlas by the fixed pose.
+    Measured better than registering to the atlas directly (docs/DEMO.md). None (they register to the atlas
+    themselves) when the quality check refuses it."""
+    atlas_image, _ = bundle.atlas_image()
+    checked = check_atlas_masks(masks, atlas_image.shape, labels)  # bad drawings fail before any registration
+    check_drawn_masks(checked, [label.name for label in labels])
+    report = _Reporter(progress, cancel)
+    _, alignment = _align(bundle, image, affine, True, report, network=True)
+    return alignment if alignment is not None and alignment.accepted else None
+
+
 def _require_volume(bundle: Bundle, image: np.ndarray) -> None:
     """A 3D bundle needs a volume: a single slice would be stretched over the whole grid (as the Slicer logic says)."""
     if bundle.network_config.spatial_dims == 3 and min(image.shape) < 2:
@@ -469,6 +482,8 @@ def segment_atlas_labels(
     if method not in ATLAS_METHODS:
         raise InputError(f"unknown atlas-label method {method!r} (choose {', '.join(ATLAS_METHODS)})")
     _require_volume(bundle, check_image(image, affine)[0])  # every method, registration included
+    if method != "lcs" and align is None and bundle.manifest.reference_image is not None:
+        align = _reference_alignment(bundle, image, affine, masks, labels, progress, cancel)
     if method.startswith("register-"):
         from .registered import segment_by_registration
 
