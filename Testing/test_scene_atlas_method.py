@@ -29,7 +29,7 @@ def test_choices_follow_the_bundle(logic):
     assert _methods(logic) == ["register-deformable", "register-affine", "lcs"]
     assert logic.atlasMethodChoices()[0][1].endswith("(default)")
     logic.loadBundle(BUNDLES / "lcs-refine-brain-aal")
-    assert _methods(logic) == ["lcs-refine", "register-deformable", "register-affine"]
+    assert _methods(logic) == ["register-deformable", "register-affine", "lcs-refine"]
     logic.loadBundle(BUNDLES / "labelsharing-multitask")
     assert logic.atlasMethodChoices() == []
 
@@ -60,4 +60,4 @@ def test_the_choice_reaches_the_engine(logic):
     assert run.methodName == "lcs" and run.methodOptions["method"] == "register-affine"
     logic.setAtlasMethod(None)
     run = logic.prepareSegmentAtlasLabels(atlas_volume, atlas_segmentation, [first])
-    assert "method" not in run.methodOptions  # the engine applies the bundle's default (lcs-refine)
+    assert "method" not in run.methodOptions  # the engine applies the bundle's default

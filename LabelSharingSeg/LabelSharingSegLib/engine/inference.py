@@ -471,8 +471,8 @@ def segment_atlas_labels(
 ) -> SegmentationResult:
     """Segment the structures that ``masks`` (K, *atlas grid) outline on the atlas, on a target image.
 
-    ``method`` (one of ``ATLAS_METHODS``; default ``atlas_methods.default_atlas_method``: 'lcs-refine' for bundles
-    with a refine network, else 'register-deformable', 'lcs' for 2D bundles): carry the masks by affine or
+    ``method`` (one of ``ATLAS_METHODS``; default ``atlas_methods.default_atlas_method``: 'register-deformable',
+    'lcs' for 2D bundles): carry the masks by affine or
     affine + deformable registration, or condition the bundle's LCS network on them (Ma et al. 2022).
     ``align``: first register the scan to the atlas image (None: on, for 3D bundles; False: world
     coordinates; an ``Alignment`` from an earlier result on the same scan is reused).
