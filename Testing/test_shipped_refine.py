@@ -57,9 +57,13 @@ def test_shipped_refine_bundle_segments_fine_labels_above_floor(tmp_path):
     values = [int(v) for v in np.unique(fine_atlas) if v != 0]
     assert len(values) == 116
     infos = [LabelInfo(v, f"fine {v}", (1.0, 0.0, 0.0)) for v in values]
-    decided, propagation = refined_independently(
-        bundle, image, affine, np.stack([fine_atlas == v for v in values]), infos, device="cpu"
+    fine_masks = np.stack([fine_atlas == v for v in values])
+    decided, propagation = refined_independently(bundle, image, affine, fine_masks, infos, device="cpu")
+    # a registration passed in (as the evaluation shares one per scan) is used, not computed again
+    again, reused = refined_independently(
+        bundle, image, affine, fine_masks, infos, device="cpu", propagation=propagation
     )
+    assert reused is propagation and np.array_equal(again, decided)
     fine = np.mean([_dice(mask, truth == v) for mask, v in zip(decided, values) if (truth == v).any()])
     assert fine >= FINE_MEASURED - FLOOR_MARGIN, fine
 

@@ -239,7 +239,18 @@ def refined_independently(
     """Each drawn label refined and decided on its own (p >= 0.5, overlaps allowed): bool (K, *image shape),
     and the registration used. For evaluation (as Ma et al. 2022, Table 1); users want segment_by_refinement."""
     refined = _refine(
-        bundle, image, affine, masks, labels, align, device, None, None, network, memory_budget_mb
+        bundle,
+        image,
+        affine,
+        masks,
+        labels,
+        align,
+        device,
+        None,
+        None,
+        network,
+        memory_budget_mb,
+        propagation,
     )
     out = np.zeros((len(labels), *refined.image.shape), dtype=bool)
     for start, weights in refined.on_scan(bundle.atlas_image()[1]):
