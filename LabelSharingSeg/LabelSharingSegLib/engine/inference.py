@@ -122,8 +122,8 @@ def _reference_alignment(bundle: Bundle, image, affine, masks, labels, progress,
     Measured better than registering to the atlas directly (docs/DEMO.md). None (they register to the atlas
     themselves) when the quality check refuses it."""
     atlas_image, _ = bundle.atlas_image()
-    checked = check_atlas_masks(masks, atlas_image.shape, labels)  # bad drawings fail before any registration
-    check_drawn_masks(checked, [label.name for label in labels])
+    masks = check_atlas_masks(masks, atlas_image.shape, labels)  # bad drawings fail before any registration
+    check_drawn_masks(masks, [label.name for label in labels])
     report = _Reporter(progress, cancel)
     _, alignment = _align(bundle, image, affine, True, report, network=True)
     return alignment if alignment is not None and alignment.accepted else None
