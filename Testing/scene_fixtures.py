@@ -180,3 +180,25 @@ def sceneSnapshot(scene):
             entry.append(_ijkToRas(node).tobytes())
         state.append(tuple(entry))
     return state
+
+
+def draw_segment(segmentation_node, name, mask, ijk_to_ras, color=(0.9, 0.5, 0.1)):
+    """Add a segment from a numpy mask on any grid, the way a Segment Editor effect (or an import) writes it."""
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    from LabelSharingSegLib.scene import geometry as geo
+
+    segment_id = segmentation_node.GetSegmentation().AddEmptySegment("", name, color)
+    image = vtk.vtkImageData()
+    image.SetDimensions(*mask.shape)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = mask.transpose(2, 1, 0).ravel()
+    oriented = slicer.vtkOrientedImageData()
+    oriented.ShallowCopy(image)
+    oriented.SetImageToWorldMatrix(geo.arrayToVtkMatrix(ijk_to_ras))
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        oriented, segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
+    )
+    return segment_id

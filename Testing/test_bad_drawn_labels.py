@@ -14,8 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import slicer  # slicer-core: a missing wheel fails the run, never skips it
-import vtk
-from vtk.util import numpy_support
+from scene_fixtures import draw_segment
 
 from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.errors import InputError, LabelSharingSegError, RegistrationError
@@ -114,22 +113,6 @@ def test_engine_api(atlas):
         segment_atlas_labels(bundle, np.roll(image, 1, axis=1), affine, masks[:1], infos[:1], device="cpu")
 
 
-def _draw_segment(segmentation_node, name, mask, ijk_to_ras):
-    """Add a segment from a numpy mask on any grid, as a Segment Editor effect or an import writes it."""
-    segment_id = segmentation_node.GetSegmentation().AddEmptySegment("", name, (0.9, 0.5, 0.1))
-    data = vtk.vtkImageData()
-    data.SetDimensions(*mask.shape)
-    data.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    numpy_support.vtk_to_numpy(data.GetPointData().GetScalars())[:] = mask.transpose(2, 1, 0).ravel()
-    oriented = slicer.vtkOrientedImageData()
-    oriented.ShallowCopy(data)
-    oriented.SetImageToWorldMatrix(geo.arrayToVtkMatrix(ijk_to_ras))
-    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-        oriented, segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
-    )
-    return segment_id
-
-
 def test_slicer_logic(atlas, lcs_bundle_path):
     bundle, image, affine = atlas
     scene = slicer.vtkMRMLScene()
@@ -139,14 +122,14 @@ def test_slicer_logic(atlas, lcs_bundle_path):
         logic.loadBundle(lcs_bundle_path)
         _, atlas_segmentation = logic.loadAtlas()
         blob = _drawn(image.shape, "good") == 1
-        good = _draw_segment(atlas_segmentation, "blob", blob, affine)
-        outside = _draw_segment(atlas_segmentation, "outside", blob, _moved_out(affine))
+        good = draw_segment(atlas_segmentation, "blob", blob, affine)
+        outside = draw_segment(atlas_segmentation, "outside", blob, _moved_out(affine))
         assert seg.segmentVoxelsOutside(atlas_segmentation, outside, image.shape, affine) > 0
         assert seg.segmentVoxelsOutside(atlas_segmentation, good, image.shape, affine) == 0
         empty = atlas_segmentation.GetSegmentation().AddEmptySegment("", "empty", (1, 1, 0))
         dot = np.zeros(image.shape, bool)
         dot[16, 18, 10] = True
-        one_voxel = _draw_segment(atlas_segmentation, "dot", dot, affine)
+        one_voxel = draw_segment(atlas_segmentation, "dot", dot, affine)
         target = geo.createScalarVolumeNode(scene, "target", image, affine)
         rolled = geo.createScalarVolumeNode(scene, "moved", np.roll(image, 1, axis=1), affine)
         before = len(seg.segmentIds(atlas_segmentation)), scene.GetNumberOfNodes()

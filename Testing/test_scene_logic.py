@@ -243,22 +243,6 @@ def test_failed_run_leaves_the_scene_unchanged(scene, ls_bundle_path):
 # ---------------------------------------------------------------------------------------------- atlas flow
 
 
-def _draw_segment(segmentation_node, name, color, mask, ijk_to_ras):
-    """Add a segment from a numpy mask the way a Segment Editor effect writes it."""
-    segment_id = segmentation_node.GetSegmentation().AddEmptySegment("", name, color)
-    image = vtk.vtkImageData()
-    image.SetDimensions(*mask.shape)
-    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = mask.transpose(2, 1, 0).ravel()
-    oriented = slicer.vtkOrientedImageData()
-    oriented.ShallowCopy(image)
-    oriented.SetImageToWorldMatrix(geo.arrayToVtkMatrix(ijk_to_ras))
-    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-        oriented, segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
-    )
-    return segment_id
-
-
 def test_atlas_flow_with_a_newly_drawn_segment(scene, lcs_bundle_path):
     logic = _logic(scene, lcs_bundle_path)
     # the flow, with the paper's network: the engine's default (deformable registration) refuses a noise target
@@ -274,7 +258,7 @@ def test_atlas_flow_with_a_newly_drawn_segment(scene, lcs_bundle_path):
 
     drawn = np.zeros(atlas_image.shape, bool)
     drawn[6:14, 8:16, 6:12] = True
-    new_id = _draw_segment(atlas_segmentation, "hand drawn", (0.2, 0.7, 0.9), drawn, atlas_affine)
+    new_id = demo.draw_segment(atlas_segmentation, "hand drawn", drawn, atlas_affine, color=(0.2, 0.7, 0.9))
     # what the logic reads back is exactly the drawing, on the atlas grid
     masks, chosen, names, colors, _ = logic.atlasSegmentMasks(atlas_segmentation, [new_id])
     np.testing.assert_array_equal(masks[0], drawn)
