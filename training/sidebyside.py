@@ -25,7 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from LabelSharingSegLib.engine.errors import LabelSharingSegError
+from LabelSharingSegLib.engine.inference import reference_alignment
 from LabelSharingSegLib.engine.propagation import Propagation, carry_independently, register_atlas
+from LabelSharingSegLib.engine.registered import atlas_propagation
+from LabelSharingSegLib.engine.registration import Alignment
 
 from .metrics import dice, nanmean
 
@@ -39,6 +42,14 @@ NAIVE, AFFINE, DEFORMABLE, LCS, REFINE = (
 METHODS = (NAIVE, AFFINE, DEFORMABLE, LCS, REFINE)
 REGISTRATION_METHODS = (NAIVE, AFFINE, DEFORMABLE)
 FIELDS = ("bundle", "task", "case", "fine_value", "fine_name", "method", "dice")
+
+
+def scan_alignment(bundle, volume, affine) -> Alignment | None:
+    """The affine alignment of a scan that every registration method and the refine network start from, exactly as
+    ``lsseg segment`` computes it (engine inference.reference_alignment: through the bundle's network reference
+    when it has one, else directly to the atlas). Raises RegistrationError when the alignment diverges."""
+    start = reference_alignment(bundle, volume, affine)
+    return atlas_propagation(bundle, volume, affine, "affine", start).alignment
 
 
 def deformable_registration(bundle, volume, affine, alignment) -> tuple[Propagation | None, str | None]:
