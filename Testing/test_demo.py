@@ -94,6 +94,13 @@ def test_tiny_demo_writes_every_promised_file(tmp_path, capsys):
             rf"\| LCS \| coarse atlas labels \| {re.escape(mode)} \| \d+ \| {mean:.3f} \|", report
         )
     assert "mutual information" in report.split("## A real scan")[1]
+    # the atlas case's fine labels on the real scan, every method beside the others, figures from the csv
+    fine_csv = out / "results" / "realscan" / "realscan_fine.csv"
+    for method in ("naive (world)", "affine propagation", "deformable propagation", "LCS (Ma et al. 2022)"):
+        mean = _csv_mean(fine_csv, "dice", method=method)
+        assert re.search(rf"\| {re.escape(method)} \| {mean:.3f} \|", report.split("## A real scan")[1]), (
+            method
+        )
     for task in ("AxialTissue", "SagittalLobes", "CoronalSubcortical"):
         assert (out / "figures" / f"realscan_labelsharing_{task}.png").is_file()
         assert (out / "results" / "realscan" / f"labelsharing_{task}.seg.nrrd").is_file()

@@ -295,7 +295,7 @@ def run_demo(args: argparse.Namespace) -> int:
     examples = labelsharing_examples(out, bundles[0], multitask, args.device)
     lcs = lcs_examples(out, bundles[1], brain, args.device)
     off = off_atlas_example(out, bundles[1], brain, args.device, settings.seed)
-    real = real_scan_section(out, bundles, args.device, settings.realscan_spacing)
+    real = real_scan_section(out, bundles, args.device, settings.realscan_spacing, brain, refine)
     numbers = report_numbers(out, lcs_method=bundles[1].name)
     report = write_report(out, numbers, bundles, source, examples, lcs, off, real)
     print()

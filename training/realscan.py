@@ -15,7 +15,6 @@ slab, in MNI millimetres), for the labels AAL also defines.
 from __future__ import annotations
 
 import csv
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from LabelSharingSegLib.engine.atlas_brain import BRAIN_MARGIN_MM
-from LabelSharingSegLib.engine.atomic import write_text_atomic
 from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.inference import segment_atlas_labels, segment_task
 from LabelSharingSegLib.engine.nifti_io import save_nifti
 
+from .csv_tables import write_csv
 from .data import sources
 
 # rotation (degrees about R, A, S) and shift (mm) of the head in the scanner, relative to MNI space
@@ -162,8 +161,17 @@ def _truth_for_task(scan: ScannerScan, labels) -> dict[int, np.ndarray]:
     return truth
 
 
-def real_scan_example(out: Path, bundles: tuple[Path, Path], device: str, spacing: float) -> dict:
-    """Segment the real scan with every shipped bundle; write results, overlays and ``realscan.csv``."""
+def real_scan_example(
+    out: Path,
+    bundles: tuple[Path, Path],
+    device: str,
+    spacing: float,
+    brain: Path | None = None,
+    refine: Path | None = None,
+) -> dict:
+    """Segment the real scan with every shipped bundle; write results, overlays and ``realscan.csv``. With the
+    ``brain`` dataset (its atlas case's fine labels), also the fine labels by every method
+    (``realscan_fine.csv``), the ``refine`` bundle among them."""
     from .demo_examples import _network, _say, save_overlay, write_result
 
     scan = scanner_scan(spacing)
@@ -230,6 +238,7 @@ def real_scan_example(out: Path, bundles: tuple[Path, Path], device: str, spacin
 
     lcs = load_bundle(bundles[1])
     network = _network(lcs, device)
+    lcs_alignment = None
     atlas_map, _, coarse_labels = lcs.atlas_labels()
     masks = np.stack([atlas_map == label.value for label in coarse_labels])
     truth = _truth_for_task(scan, coarse_labels)
@@ -246,6 +255,8 @@ def real_scan_example(out: Path, bundles: tuple[Path, Path], device: str, spacin
             align=align,
             method="lcs",
         )
+        if align is None:
+            lcs_alignment = result.alignment
         if result.alignment is not None:
             alignment_lines.append(f"LCS: {result.alignment.summary()}")
             _say(f"real scan: {result.alignment.summary()}")
@@ -265,7 +276,16 @@ def real_scan_example(out: Path, bundles: tuple[Path, Path], device: str, spacin
         )
     )
     csv_path = target / "realscan.csv"
-    _write_rows(csv_path, rows)
+    write_csv(csv_path, rows, ROW_FIELDS)
+    fine_lines: list[str] = []
+    if brain is not None and lcs_alignment is not None:
+        from . import realscan_fine
+
+        atlas_bundles = [lcs, *([load_bundle(refine)] if refine is not None else [])]
+        fine_rows, notes = realscan_fine.fine_label_rows(scan, atlas_bundles, brain, lcs_alignment, device)
+        write_csv(target / "realscan_fine.csv", fine_rows, realscan_fine.FIELDS)
+        fine_lines = realscan_fine.report_lines(fine_rows, notes)
+        _say("real scan: fine atlas labels by every method, " + str(target / "realscan_fine.csv"))
     appearance = {
         name: list(b.manifest.training.get("appearance", []))
         for name, b in (("label sharing", ls), ("LCS", lcs))
@@ -274,23 +294,17 @@ def real_scan_example(out: Path, bundles: tuple[Path, Path], device: str, spacin
         "files": files,
         "figures": figures,
         "csv": csv_path,
+        "fine": fine_lines,
         "alignment": alignment_lines,
         "appearance": appearance,
     }
 
 
+ROW_FIELDS = ("bundle", "task", "mode", "label_name", "dice")
+
+
 def _row(bundle: str, task: str, mode: str, label: str, dice: float) -> dict:
     return {"bundle": bundle, "task": task, "mode": mode, "label_name": label, "dice": dice}
-
-
-def _write_rows(path: Path, rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(
-        buffer, fieldnames=["bundle", "task", "mode", "label_name", "dice"], lineterminator="\n"
-    )
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(path, buffer.getvalue())
 
 
 def real_scan_numbers(csv_path: Path) -> dict[tuple[str, str, str], tuple[float, int]]:
@@ -343,6 +357,8 @@ def report_lines(out: Path, info: dict, demo_numbers: dict) -> list[str]:
         + "; ".join(f"{name}: {', '.join(kinds) or 'none'}" for name, kinds in info["appearance"].items())
         + ".",
     ]
+    if info.get("fine"):
+        lines += [""] + info["fine"]
     lines += [""] + [f"![real scan]({rel(p)})" for p in info["figures"]]
     lines += ["", "Files: " + ", ".join(f"`{rel(f)}`" for f in info["files"] if str(f).endswith(".seg.nrrd"))]
     return lines
