@@ -234,6 +234,9 @@ def test_lcs_figures_ignore_the_refine_bundle_evaluated_beside_it(tmp_path):
     assert numbers["lcs_coarse"]["dice"] == pytest.approx(0.6)
     assert numbers["lcs_fine"]["fine_dice"] == pytest.approx(0.3)
     assert numbers["fine_methods"]["LCS refine"] == pytest.approx(0.62)
+    assert math.isnan(numbers["refine_coarse"]["dice"])  # no refine bundle named
+    named = report_numbers(tmp_path, lcs_method=LCS_BUNDLE, refine_method=REFINE_BUNDLE)
+    assert named["refine_coarse"]["dice"] == pytest.approx(0.9)
     assert report_numbers(tmp_path)["lcs_coarse"]["dice"] == pytest.approx(0.75)  # without a name: every row
     shipped = shipped_bundles_dir()
     assert find_refine_bundle(shipped) == (

@@ -296,7 +296,7 @@ def run_demo(args: argparse.Namespace) -> int:
     lcs = lcs_examples(out, bundles[1], brain, args.device)
     off = off_atlas_example(out, bundles[1], brain, args.device, settings.seed)
     real = real_scan_section(out, bundles, args.device, settings.realscan_spacing, brain, refine)
-    numbers = report_numbers(out, lcs_method=bundles[1].name)
+    numbers = report_numbers(out, lcs_method=bundles[1].name, refine_method=refine.name if refine else None)
     report = write_report(out, numbers, bundles, source, examples, lcs, off, real)
     print()
     print(f"LabelSharingSeg demo finished in {time.perf_counter() - started:.0f} s")

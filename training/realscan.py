@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from LabelSharingSegLib.engine.atlas_brain import BRAIN_MARGIN_MM
+from LabelSharingSegLib.engine.atlas_methods import REFINE_ATLAS_METHOD
 from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.inference import segment_atlas_labels, segment_task
 from LabelSharingSegLib.engine.nifti_io import save_nifti
@@ -275,17 +276,35 @@ def real_scan_example(
             "Real whole-head scan, LCS with its trained coarse labels",
         )
     )
+    refine_bundle = load_bundle(refine) if refine is not None else None
+    if refine_bundle is not None and lcs_alignment is not None:
+        # the refine bundle's trained (coarse) labels, refined from the same alignment
+        refine_map, _, refine_labels = refine_bundle.atlas_labels()
+        result = segment_atlas_labels(
+            refine_bundle,
+            scan.image,
+            scan.affine,
+            np.stack([refine_map == label.value for label in refine_labels]),
+            refine_labels,
+            device=device,
+            align=lcs_alignment,
+            method=REFINE_ATLAS_METHOD,
+        )
+        refine_truth = _truth_for_task(scan, refine_labels)
+        for label in refine_labels:
+            dice = _dice(result.labelmap == label.value, refine_truth[label.value])
+            rows.append(_row("LCS refine", "coarse atlas labels", "aligned automatically", label.name, dice))
     csv_path = target / "realscan.csv"
     write_csv(csv_path, rows, ROW_FIELDS)
-    fine_lines: list[str] = []
+    fine: dict = {}
     if brain is not None and lcs_alignment is not None:
         from . import realscan_fine
 
-        atlas_bundles = [lcs, *([load_bundle(refine)] if refine is not None else [])]
+        atlas_bundles = [lcs, *([refine_bundle] if refine_bundle is not None else [])]
         fine_rows, notes = realscan_fine.fine_label_rows(scan, atlas_bundles, brain, lcs_alignment, device)
-        write_csv(target / "realscan_fine.csv", fine_rows, realscan_fine.FIELDS)
-        fine_lines = realscan_fine.report_lines(fine_rows, notes)
-        _say("real scan: fine atlas labels by every method, " + str(target / "realscan_fine.csv"))
+        fine = {"csv": target / "realscan_fine.csv", "notes": notes}
+        write_csv(fine["csv"], fine_rows, realscan_fine.FIELDS)
+        _say(f"real scan: fine atlas labels by every method, {fine['csv']}")
     appearance = {
         name: list(b.manifest.training.get("appearance", []))
         for name, b in (("label sharing", ls), ("LCS", lcs))
@@ -294,7 +313,7 @@ def real_scan_example(
         "files": files,
         "figures": figures,
         "csv": csv_path,
-        "fine": fine_lines,
+        "fine": fine,
         "alignment": alignment_lines,
         "appearance": appearance,
     }
@@ -343,6 +362,8 @@ def report_lines(out: Path, info: dict, demo_numbers: dict) -> list[str]:
     for (bundle, task, mode), (dice, count) in numbers.items():
         if bundle == "LCS":
             reference = demo_numbers.get("lcs_coarse", {}).get("dice", float("nan"))
+        elif bundle == "LCS refine":
+            reference = demo_numbers.get("refine_coarse", {}).get("dice", float("nan"))
         else:
             reference = demo_numbers.get("labelsharing", {}).get(task, {}).get("dice", float("nan"))
         lines.append(f"| {bundle} | {task} | {mode} | {count} | {_f(dice)} | {_f(reference)} |")
@@ -358,7 +379,12 @@ def report_lines(out: Path, info: dict, demo_numbers: dict) -> list[str]:
         + ".",
     ]
     if info.get("fine"):
-        lines += [""] + info["fine"]
+        from . import realscan_fine
+
+        rows = realscan_fine.read_rows(Path(info["fine"]["csv"]))
+        lines += [""] + realscan_fine.report_lines(
+            rows, info["fine"]["notes"], demo_numbers.get("fine_methods", {})
+        )
     lines += [""] + [f"![real scan]({rel(p)})" for p in info["figures"]]
     lines += ["", "Files: " + ", ".join(f"`{rel(f)}`" for f in info["files"] if str(f).endswith(".seg.nrrd"))]
     return lines
