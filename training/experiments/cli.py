@@ -68,8 +68,8 @@ def register(subparsers) -> None:
         nargs="*",
         metavar="VARIANT",
         help="label-sharing variants to train with the same budget, each testing one reason it may trail: "
-        "task-code, shuffled-mapping, label-sampling, wide; reseeded is the seed-to-seed control (variants may be "
-        "added to a finished experiment)",
+        "task-code, shuffled-mapping, label-sampling, wide, dynamic-head, task-head, mlp-head; reseeded is the "
+        "seed-to-seed control (variants may be added to a finished experiment)",
     )
     _budget_options(ls, 1000)
     ls.set_defaults(func=cmd_labelsharing)
