@@ -50,7 +50,7 @@ def test_dodnet_bundles_written_before_the_option_read_and_write_unchanged():
         network_config_from_dict({**written, "controller_inputs": "label"})
 
 
-@pytest.mark.parametrize("inputs", ["image+task", "task", "none"])
+@pytest.mark.parametrize("inputs", ["image+task", "task", "image", "none"])
 def test_widening_keeps_every_old_task_and_channel_exactly(inputs):
     """add-task with more tasks and more shared outputs: the old tasks' logits on the old channels are unchanged."""
     torch.manual_seed(1)
@@ -124,7 +124,7 @@ def test_head_is_an_option_of_labelsharing_only(tmp_path, capsys):
     assert lsseg("train", "lcs", "--data", data[0], "--out", tmp_path / "lcs", "--head", "mlp", *TINY) == 2
     assert "not lcs" in capsys.readouterr().err
     assert not (tmp_path / "mc").exists() and not (tmp_path / "lcs").exists()
-    with pytest.raises(InputError, match="--head must be one of linear, dynamic, task, mlp"):
+    with pytest.raises(InputError, match="--head must be one of linear, dynamic, task, image, mlp"):
         TrainSettings(head="wide")
     with pytest.raises(InputError, match="--task-film and --head task"):
         TrainSettings(head="task", task_film=True)

@@ -29,7 +29,7 @@ INTENSITY_MODES = ("zscore", "percentile", "ct_window", "none")
 TASK_SAMPLING = ("uniform", "labels")
 LABEL_MAPPINGS = ("rank", "shuffled")
 # label sharing's output head (--head): what the DoD-Net-style controller generates it from (issue #15 item 5)
-HEAD_CONTROLLER_INPUTS = {"dynamic": "image+task", "task": "task", "mlp": "none"}
+HEAD_CONTROLLER_INPUTS = {"dynamic": "image+task", "task": "task", "image": "image", "mlp": "none"}
 HEADS = ("linear", *HEAD_CONTROLLER_INPUTS)
 DEFAULT_CHANNELS = (8, 16, 32, 64, 128)
 DEFAULT_STEPS = 1000

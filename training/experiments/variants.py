@@ -9,10 +9,10 @@ outputs; Anand et al. 2024):
   instead of by relative size (``--label-mapping shuffled``);
 * ``label-sampling``   - task imbalance: tasks drawn in proportion to their label count (``--task-sampling labels``);
 * ``wide``             - capacity: twice the channels at every level;
-* ``dynamic-head``, ``task-head``, ``mlp-head`` - what DoD-Net has that label sharing lacks, one part at a time:
-  DoD-Net's head (a normalisation and three 1x1 convolutions whose weights a controller generates) over label
-  sharing's shared outputs, generated from the task code and the image, from the task code only, or the same
-  head for every task (``--head dynamic|task|mlp``);
+* ``dynamic-head``, ``task-head``, ``image-head``, ``mlp-head`` - what DoD-Net has that label sharing lacks, one
+  part at a time: DoD-Net's head (a normalisation and three 1x1 convolutions whose weights a controller generates)
+  over label sharing's shared outputs, generated from the task code and the image, from the task code only, from
+  the image only, or the same head for every task (``--head dynamic|task|image|mlp``);
 * ``reseeded``         - the control: label sharing as published with the next seed, so a variant's difference can
   be read against the spread between two seeds.
 
@@ -98,6 +98,12 @@ VARIANTS = {
         ),
         Variant(
             "task-head", "a per-task output head", "dynamic head from the task code only", {"head": "task"}
+        ),
+        Variant(
+            "image-head",
+            "an image-dependent output head",
+            "dynamic head from the image only (no task code)",
+            {"head": "image"},
         ),
         Variant(
             "mlp-head",
