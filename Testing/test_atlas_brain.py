@@ -118,7 +118,7 @@ def _ellipsoid(shift_voxels: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_an_aligned_scan_is_shown_to_the_network_in_the_reference_position(tmp_path):
-    from lsseg_training.bundle_factory import make_preprocessing, set_network_reference, write_lcs_bundle
+    from lsseg_training.bundle_factory import make_preprocessing, set_reference, write_lcs_bundle
 
     atlas_image, atlas_labels = _ellipsoid(shift_voxels=3.0)  # the atlas case: 6 mm off the reference
     reference, _ = _ellipsoid()
@@ -127,7 +127,7 @@ def test_an_aligned_scan_is_shown_to_the_network_in_the_reference_position(tmp_p
     plain = write_lcs_bundle(
         tmp_path / "plain", atlas_image, atlas_labels, AFFINE, names, prep, channels=(4, 8, 16), seed=1
     )
-    positioned = set_network_reference(
+    positioned = set_reference(
         write_lcs_bundle(
             tmp_path / "ref", atlas_image, atlas_labels, AFFINE, names, prep, channels=(4, 8, 16), seed=1
         ),
@@ -172,7 +172,7 @@ def test_an_aligned_scan_is_shown_to_the_network_in_the_reference_position(tmp_p
 def test_registration_methods_start_from_the_reference_alignment(tmp_path):
     """With a network reference, registration methods reuse the alignment LCS computes through it (one
     registration per scan, measured better than registering to the atlas case directly)."""
-    from lsseg_training.bundle_factory import make_preprocessing, set_network_reference, write_lcs_bundle
+    from lsseg_training.bundle_factory import make_preprocessing, set_reference, write_lcs_bundle
 
     atlas_image, atlas_labels = _ellipsoid(shift_voxels=3.0)
     names = [LabelInfo(1, "cortex", (0.9, 0.2, 0.2)), LabelInfo(2, "core", (0.2, 0.8, 0.2))]
@@ -180,7 +180,7 @@ def test_registration_methods_start_from_the_reference_alignment(tmp_path):
     written = write_lcs_bundle(
         tmp_path / "b", atlas_image, atlas_labels, AFFINE, names, prep, channels=(4, 8, 16)
     )
-    bundle = load_bundle(set_network_reference(written, _ellipsoid()[0], AFFINE))
+    bundle = load_bundle(set_reference(written, _ellipsoid()[0], AFFINE))
     scan = _ellipsoid(shift_voxels=-1.0)[0]
     masks = np.stack([atlas_labels == label.value for label in names])
     lcs = segment_atlas_labels(bundle, scan, AFFINE, masks, names, device="cpu", method="lcs")

@@ -78,15 +78,29 @@ def test_tiny_demo_writes_every_promised_file(tmp_path, capsys):
     # the real whole-head scan: every shipped bundle's result, alignment quality, Dice read from realscan.csv
     assert "## A real scan as it comes from the scanner" in report
     real_csv = out / "results" / "realscan" / "realscan.csv"
+    from lsseg_training.realscan import TEMPLATE_MODE
+
     for task in ("SagittalLobes", "CoronalSubcortical"):
-        mean = _csv_mean(real_csv, "dice", task=task)
-        assert re.search(rf"\| label sharing \| {task} \| [^|]+ \| \d+ \| {mean:.3f} \|", report), task
+        # the trained bundle stores the template: aligned by default, beside --align off and the held-out
+        # template scored against the same AAL truth
+        for mode in ("aligned automatically (default)", "--align off", TEMPLATE_MODE):
+            mean = _csv_mean(real_csv, "dice", task=task, mode=mode)
+            assert re.search(
+                rf"\| label sharing \| {task} \| {re.escape(mode)} \| \d+ \| {mean:.3f} \|", report
+            ), (task, mode)
     for mode in ("aligned automatically (default)", "--align off"):
         mean = _csv_mean(real_csv, "dice", bundle="LCS", mode=mode)
         assert re.search(
             rf"\| LCS \| coarse atlas labels \| {re.escape(mode)} \| \d+ \| {mean:.3f} \|", report
         )
     assert "mutual information" in report.split("## A real scan")[1]
+    # the atlas case's fine labels on the real scan, every method beside the others, figures from the csv
+    fine_csv = out / "results" / "realscan" / "realscan_fine.csv"
+    for method in ("naive (world)", "affine propagation", "deformable propagation", "LCS (Ma et al. 2022)"):
+        mean = _csv_mean(fine_csv, "dice", method=method)
+        assert re.search(rf"\| {re.escape(method)} \| {mean:.3f} \|", report.split("## A real scan")[1]), (
+            method
+        )
     for task in ("AxialTissue", "SagittalLobes", "CoronalSubcortical"):
         assert (out / "figures" / f"realscan_labelsharing_{task}.png").is_file()
         assert (out / "results" / "realscan" / f"labelsharing_{task}.seg.nrrd").is_file()
@@ -220,6 +234,9 @@ def test_lcs_figures_ignore_the_refine_bundle_evaluated_beside_it(tmp_path):
     assert numbers["lcs_coarse"]["dice"] == pytest.approx(0.6)
     assert numbers["lcs_fine"]["fine_dice"] == pytest.approx(0.3)
     assert numbers["fine_methods"]["LCS refine"] == pytest.approx(0.62)
+    assert math.isnan(numbers["refine_coarse"]["dice"])  # no refine bundle named
+    named = report_numbers(tmp_path, lcs_method=LCS_BUNDLE, refine_method=REFINE_BUNDLE)
+    assert named["refine_coarse"]["dice"] == pytest.approx(0.9)
     assert report_numbers(tmp_path)["lcs_coarse"]["dice"] == pytest.approx(0.75)  # without a name: every row
     shipped = shipped_bundles_dir()
     assert find_refine_bundle(shipped) == (

@@ -98,3 +98,25 @@ def test_the_quality_check_refuses_a_registration_worse_than_none(colin):
         moved.image, moved.affine, brain, affine, initial=wrong, stages=("rigid",), check=False
     )
     assert unchecked.warning and not np.allclose(unchecked.matrix, np.eye(4))
+
+
+def test_every_shipped_bundle_segments_the_real_scan(tmp_path):
+    """The demo's real-scan section with the shipped bundles (a coarse 6 mm scanner grid to stay quick): label
+    sharing aligned and not, and on the held-out template against the same AAL truth; LCS aligned and not; the
+    refine bundle's trained labels. Floors far below the 2 mm figures of docs/DEMO.md, far above chance."""
+    from lsseg_training.demo import LCS_BUNDLE, LS_BUNDLE, REFINE_BUNDLE, shipped_bundles_dir
+    from lsseg_training.realscan import TEMPLATE_MODE, real_scan_example, real_scan_numbers
+
+    shipped = shipped_bundles_dir()
+    info = real_scan_example(
+        tmp_path, (shipped / LS_BUNDLE, shipped / LCS_BUNDLE), "cpu", 6.0, refine=shipped / REFINE_BUNDLE
+    )
+    numbers = {key: dice for key, (dice, _) in real_scan_numbers(info["csv"]).items()}
+    aligned = "aligned automatically (default)"
+    for task in ("SagittalLobes", "CoronalSubcortical"):
+        for mode in (aligned, "--align off", TEMPLATE_MODE):
+            assert ("label sharing", task, mode) in numbers
+    assert numbers[("label sharing", "SagittalLobes", aligned)] > 0.5
+    assert numbers[("LCS", "coarse atlas labels", aligned)] > 0.6
+    assert numbers[("LCS refine", "coarse atlas labels", "aligned automatically")] > 0.6
+    assert len(info["alignment"]) == 2 and "refused" not in " ".join(info["alignment"])

@@ -163,3 +163,30 @@ def test_a_bad_or_misplaced_plane_is_refused(tmp_path, bundle):
     (copy / "bundle.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="plane: 'transverse' is not one of axial, sagittal, coronal"):
         load_bundle(copy)
+
+
+def test_a_grid_limited_to_the_imaged_object_keeps_the_slice_lattice():
+    """``within``: the grid spans only the object (plus the margin), on the same lattice of positions as the
+    grid over the whole volume, so every object voxel is covered and no slice moves."""
+    from scipy.spatial.transform import Rotation
+
+    affine = np.eye(4)
+    affine[:3, :3] = Rotation.from_euler("x", 14, degrees=True).as_matrix() @ np.diag([1.0, 1.0, 2.4])
+    affine[:3, 3] = (-60.0, -80.0, -50.0)
+    shape = (120, 140, 60)
+    head = np.zeros(shape, dtype=bool)
+    head[30:90, 40:110, 10:50] = True
+    full_affine, full_shape = plane_grid(affine, shape, "sagittal", (1.5, 1.5))
+    part_affine, part_shape = plane_grid(affine, shape, "sagittal", (1.5, 1.5), within=head, margin_mm=10.0)
+    np.testing.assert_allclose(part_affine[:3, :3], full_affine[:3, :3])
+    offset = np.linalg.solve(full_affine[:3, :3], part_affine[:3, 3] - full_affine[:3, 3])
+    np.testing.assert_allclose(offset, np.round(offset), atol=1e-6)  # whole grid steps: the lattice is kept
+    assert all(0 <= o and o + p <= f for o, p, f in zip(np.round(offset), part_shape, full_shape))
+    assert np.prod(part_shape) < 0.6 * np.prod(full_shape)
+    corners = np.array(np.meshgrid(*[[0, p - 1] for p in part_shape], indexing="ij")).reshape(3, -1)
+    part_world = part_affine[:3, :3] @ corners + part_affine[:3, 3:4]
+    voxels = np.argwhere(head).T
+    world = affine[:3, :3] @ voxels + affine[:3, 3:4]
+    low, high = part_world.min(axis=1), part_world.max(axis=1)
+    assert np.all(world.min(axis=1) - 10.0 >= low - 2.4) and np.all(world.max(axis=1) + 10.0 <= high + 2.4)
+    assert np.all(world.min(axis=1) >= low) and np.all(world.max(axis=1) <= high)

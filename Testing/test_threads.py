@@ -40,9 +40,14 @@ def test_overrides_win_in_order(clean_env):
         threads_per_process(0)
 
 
-def test_configure_sets_torch_threads(clean_env):
-    before = torch.get_num_threads()
+def test_configure_sets_torch_and_registration_threads(clean_env):
+    import SimpleITK as sitk
+
+    before = torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     try:
         assert configure_threads(1) == 1 and torch.get_num_threads() == 1
+        assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 1
+        assert sitk.ImageRegistrationMethod().GetNumberOfThreads() == 1  # what a new registration gets
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(before[0])
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before[1])

@@ -196,7 +196,7 @@ def test_worker_command_line_reports_progress_lines_and_refuses_existing_outputs
         fractions = [e["fraction"] for e in events if e["event"] == "progress"]
         assert len(fractions) >= 3 and fractions == sorted(fractions)
         assert events[-1]["event"] == "done" and Path(events[-1]["output"]).is_file()
-        assert events[-1]["alignment"] == ""  # this bundle has no reference: nothing was aligned
+        assert events[-1]["alignment"] == ""  # three slices: a 2D bundle does not align them
         before = Path(job.request.output).read_bytes()
         again = subprocess.run(
             job.command, env=job.environment(), capture_output=True, text=True, timeout=TIMEOUT_S

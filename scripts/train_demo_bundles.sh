@@ -15,13 +15,15 @@ lsseg="$venv/bin/lsseg"
 mkdir -p "$work"
 cd "$work"
 [ -f data/Dataset811_AxialTissue/dataset.json ] || "$lsseg" data build --set multitask --out data --seed 0
-# (data built before reference_template.nii.gz existed is rebuilt: the LCS bundle stores that reference)
+# (data built before reference_template.nii.gz existed is rebuilt: the bundles store that reference)
 [ -f data/Dataset801_BrainAAL/reference_template.nii.gz ] || \
   "$lsseg" data build --set brain-aal --out data --cases 20 --test-cases 5 --spacing 2 --seed 0 --force
+# the 2D bundle stores the template too: volumes are aligned to it, then cut in each task's plane (docs/DEMO.md)
 "$lsseg" train labelsharing \
   --data data/Dataset811_AxialTissue data/Dataset812_SagittalLobes data/Dataset813_CoronalSubcortical \
   --out labelsharing-multitask --steps 6000 --batch 8 --patch 96,96 --spacing 1.5,1.5 --seed 0 --time-limit 120 \
   --appearance head,bias,gamma,noise,resolution \
+  --reference data/Dataset801_BrainAAL/reference_template.nii.gz \
   --name "Label sharing: brain slices (axial tissue, sagittal lobes, coronal subcortical)" --quiet
 "$lsseg" train lcs --data data/Dataset801_BrainAAL \
   --coarse-map data/Dataset801_BrainAAL/label_hierarchy.json \

@@ -246,22 +246,21 @@ def set_task_planes(bundle_path: str | Path, planes: dict[str, str]) -> Path:
     return write_bundle(bundle.path, manifest, bundle.state_dict, reference=reference, overwrite=True)
 
 
-def set_network_reference(bundle_path: str | Path, image: np.ndarray, affine: np.ndarray) -> Path:
-    """Store ``image`` as an LCS bundle's network reference in place (weights, atlas and everything else
-    unchanged; as ``lsseg train lcs --reference`` would have stored it)."""
+def set_reference(bundle_path: str | Path, image: np.ndarray, affine: np.ndarray) -> Path:
+    """Store ``image`` (3D) as a bundle's reference in place, weights and everything else unchanged, as
+    ``lsseg train ... --reference`` would have stored it: LCS bundles show aligned scans to their network in its
+    position (the network reference); task bundles, 2D ones included, align volumes to it before segmenting."""
     from LabelSharingSegLib.engine.bundle import load_bundle
 
+    if np.ndim(image) != 3 or min(np.shape(image)) < 2:
+        raise InputError(f"reference: a 3D volume is needed, got shape {tuple(np.shape(image))}")
     bundle = load_bundle(bundle_path)
-    if not bundle.kind.has_atlas:
-        raise InputError(f"{bundle_path}: only LCS bundles take a network reference")
-    atlas_image, _ = bundle.atlas_image()
-    labelmap, atlas_affine, labels = bundle.atlas_labels()
+    atlas = None
+    if bundle.kind.has_atlas:
+        atlas_image, _ = bundle.atlas_image()
+        labelmap, atlas_affine, labels = bundle.atlas_labels()
+        atlas = (atlas_image, labelmap, atlas_affine, labels)
     manifest = replace(bundle.manifest, files={}, reference_image=None)
     return write_bundle(
-        bundle.path,
-        manifest,
-        bundle.state_dict,
-        atlas=(atlas_image, labelmap, atlas_affine, labels),
-        reference=(image, affine),
-        overwrite=True,
+        bundle.path, manifest, bundle.state_dict, atlas=atlas, reference=(image, affine), overwrite=True
     )

@@ -203,6 +203,10 @@ def train_bundles(
 
     target.mkdir(parents=True, exist_ok=True)
     ls_out, lcs_out = target / LS_BUNDLE, target / LCS_BUNDLE
+    # both bundles store the undeformed template: label sharing aligns volumes to it (then cuts them in each
+    # task's plane), LCS shows aligned scans to its network in the position its training targets had
+    template = brain / REFERENCE_FILE
+    reference = template if template.is_file() else None
     if not (ls_out / "bundle.json").is_file():
         _say(f"training the label-sharing bundle (up to {minutes / 3:.1f} min)")
         ls_settings = TrainSettings(
@@ -216,7 +220,9 @@ def train_bundles(
             seed=settings.seed,
             device=device,
         )
-        run_training(TaskRunConfig("labelsharing", tuple(multitask), ls_out, ls_settings))
+        run_training(
+            TaskRunConfig("labelsharing", tuple(multitask), ls_out, ls_settings, reference=reference)
+        )
     else:
         _say(f"reusing {ls_out}")
     if not (lcs_out / "bundle.json").is_file():
@@ -230,15 +236,8 @@ def train_bundles(
             seed=settings.seed,
             device=device,
         )
-        reference = brain / REFERENCE_FILE  # the position its training targets had (docs/DEMO.md)
         run_training(
-            LCSRunConfig(
-                brain,
-                lcs_out,
-                lcs_settings,
-                coarse_map=brain / HIERARCHY_FILE,
-                reference=reference if reference.is_file() else None,
-            )
+            LCSRunConfig(brain, lcs_out, lcs_settings, coarse_map=brain / HIERARCHY_FILE, reference=reference)
         )
     else:
         _say(f"reusing {lcs_out}")
@@ -296,8 +295,8 @@ def run_demo(args: argparse.Namespace) -> int:
     examples = labelsharing_examples(out, bundles[0], multitask, args.device)
     lcs = lcs_examples(out, bundles[1], brain, args.device)
     off = off_atlas_example(out, bundles[1], brain, args.device, settings.seed)
-    real = real_scan_section(out, bundles, args.device, settings.realscan_spacing)
-    numbers = report_numbers(out, lcs_method=bundles[1].name)
+    real = real_scan_section(out, bundles, args.device, settings.realscan_spacing, brain, refine)
+    numbers = report_numbers(out, lcs_method=bundles[1].name, refine_method=refine.name if refine else None)
     report = write_report(out, numbers, bundles, source, examples, lcs, off, real)
     print()
     print(f"LabelSharingSeg demo finished in {time.perf_counter() - started:.0f} s")

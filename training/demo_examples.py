@@ -272,14 +272,22 @@ def off_atlas_example(out: Path, bundle_path: Path, brain: Path, device: str, se
     return {"case": case.case_id, "files": files, "csv": csv_path, "figure": figure}
 
 
-def real_scan_section(out: Path, bundles: tuple[Path, Path], device: str, spacing: float) -> dict:
-    """Results on the real whole-head scan; {"skipped": reason} when its Debian package is not installed."""
+def real_scan_section(
+    out: Path,
+    bundles: tuple[Path, Path],
+    device: str,
+    spacing: float,
+    brain: Path | None = None,
+    refine: Path | None = None,
+) -> dict:
+    """Results on the real whole-head scan (with ``brain``: also the atlas case's fine labels by every method);
+    {"skipped": reason} when its Debian package is not installed."""
     from LabelSharingSegLib.engine.errors import DatasetError
 
     from .realscan import real_scan_example
 
     try:
-        return real_scan_example(out, bundles, device, spacing)
+        return real_scan_example(out, bundles, device, spacing, brain, refine)
     except DatasetError as exc:
         _say(f"skipping the real scan: {exc}")
         return {"skipped": str(exc)}

@@ -21,15 +21,18 @@ def _mean(values) -> float:
     return sum(numbers) / len(numbers) if numbers else float("nan")
 
 
-def report_numbers(out: Path, lcs_method: str | None = None) -> dict:
+def report_numbers(out: Path, lcs_method: str | None = None, refine_method: str | None = None) -> dict:
     """Every number the report and the printed summary show, read from the evaluation files. ``lcs_method``: the
-    LCS bundle's name in them, when other bundles (the refine network) were evaluated beside it."""
+    LCS bundle's name in them, when other bundles (the refine network, ``refine_method``) were evaluated beside
+    it."""
 
     def of_lcs(rows: list[dict]) -> list[dict]:
         return [r for r in rows if lcs_method is None or r["method"] == lcs_method]
 
     ls_rows = _read_csv(out / "evaluation" / "labelsharing" / "metrics.csv")
-    lcs_rows = of_lcs(_read_csv(out / "evaluation" / "lcs" / "metrics.csv"))
+    all_lcs_rows = _read_csv(out / "evaluation" / "lcs" / "metrics.csv")
+    lcs_rows = of_lcs(all_lcs_rows)
+    refine_rows = [r for r in all_lcs_rows if refine_method is not None and r["method"] == refine_method]
     table1_path = out / "evaluation" / "lcs" / "table1.csv"
     table1 = of_lcs(_read_csv(table1_path)) if table1_path.is_file() else []
     off = _read_csv(out / "results" / "offatlas" / "offatlas.csv")
@@ -54,6 +57,7 @@ def report_numbers(out: Path, lcs_method: str | None = None) -> dict:
             "cases": len({r["case"] for r in lcs_rows}),
             "labels": len({r["label_value"] for r in lcs_rows}),
         },
+        "refine_coarse": {"dice": _mean(r["dice"] for r in refine_rows)},
         "lcs_fine": {
             "fine_dice": _mean(r["fine_dice"] for r in table1),
             "naive_dice": _mean(r["naive_dice"] for r in table1),

@@ -101,10 +101,11 @@ def reference_image(path: Path | None, prep: Preprocessing):
     if path is None:
         return None
     image, affine = load_nifti(path)
-    if prep.spatial_dims != 3 or image.ndim != 3 or min(image.shape) < 4:
+    if image.ndim != 3 or min(image.shape) < 4:
+        # a 2D bundle takes a 3D reference too: volumes are aligned to it, then cut in its tasks' planes
         raise InputError(
-            f"{path}: a reference must be a 3D image for a 3D bundle (this bundle is "
-            f"{prep.spatial_dims}D, the image has shape {image.shape})"
+            f"{path}: a reference must be a 3D volume (this bundle is {prep.spatial_dims}D, the image has "
+            f"shape {image.shape})"
         )
     if not np.all(np.isfinite(image)):
         raise InputError(f"{path}: the reference image holds NaN/Inf voxels")

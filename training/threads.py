@@ -52,7 +52,12 @@ def threads_per_process(override: int | None = None) -> int:
 
 
 def configure_threads(override: int | None = None) -> int:
-    """Set torch's intra-op threads for this process; returns the number set."""
+    """Set torch's intra-op threads and SimpleITK's default thread count for this process; returns the number
+    set. SimpleITK (the registrations training pairs and evaluation run) sizes its pool from the cores, not from
+    ``OMP_NUM_THREADS``, so without this a capped run still registers on every core."""
     threads = threads_per_process(override)
     torch.set_num_threads(threads)
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     return threads

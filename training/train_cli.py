@@ -288,7 +288,8 @@ def register(subparsers) -> None:
             type=Path,
             metavar="IMAGE.nii.gz",
             help="3D image stored in the bundle as its reference: scans are aligned (affine) to it "
-            "before segmenting (lsseg segment --align, on by default); e.g. a training case or template",
+            "before segmenting (lsseg segment --align, on by default; a 2D bundle then cuts the aligned volume "
+            "in each task's plane of the reference); e.g. a training case or template",
         )
         _add_budget_options(p)
         p.set_defaults(func=run_training_entry, kind=kind)

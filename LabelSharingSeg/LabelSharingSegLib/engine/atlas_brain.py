@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .registration import _robust_scale, foreground_mask, register_affine
+from .registration import foreground_mask, register_affine, robust_scale
 
 BRAIN_MARGIN_MM = 4.0  # two brains aligned by an affine differ by a few millimetres at the surface
 BACKGROUND_PERCENTILE = (
@@ -38,7 +38,7 @@ def atlas_brain(
     """Boolean mask on the atlas grid: the atlas image's foreground grown by ``margin_mm``."""
     from scipy import ndimage
 
-    brain = foreground_mask(_robust_scale(np.asarray(atlas_image, dtype=np.float32)))
+    brain = foreground_mask(robust_scale(np.asarray(atlas_image, dtype=np.float32)))
     if margin_mm <= 0:
         return brain
     spacing = np.linalg.norm(np.asarray(atlas_affine, dtype=np.float64)[:3, :3], axis=0)

@@ -8,8 +8,9 @@
 
 The default is the best measured on the demo's held-out brains: 116 fine AAL labels drawn on the atlas, never
 trained, and 133 Neuromorphometrics labels (docs/DEMO.md): ``register-deformable`` for every 3D bundle. The
-shipped refine network ties with it (AAL 0.640 vs 0.636 through ``lsseg evaluate``; Neuromorphometrics 0.552 vs
-0.558), so ``lcs-refine`` is offered, not the default. 2D bundles (no registration) keep ``lcs``.
+shipped refine network ties with it (AAL 0.641 vs 0.636 through ``lsseg evaluate``, 0.640 vs 0.624 on the real
+whole-head scan; Neuromorphometrics 0.552 vs 0.558), so ``lcs-refine`` is offered, not the default. 2D bundles
+(no registration) keep ``lcs``.
 Kept free of torch so command-line help stays fast.
 """
 

@@ -126,10 +126,10 @@ class Bundle:
         return labelmap, affine, labels_from_csv(folder / atlas.names)
 
     def has_reference(self) -> bool:
-        """True when scans can be aligned automatically: LCS atlases, or a stored reference image (3D only)."""
-        return self.preprocessing.spatial_dims == 3 and (
-            self.kind.has_atlas or self.manifest.reference_image is not None
-        )
+        """True when scans can be aligned automatically: LCS atlases, or a stored reference image (a 3D image;
+        a 2D bundle aligns volumes to it, then cuts them in its tasks' planes in the reference's orientation)."""
+        atlas_volume = self.kind.has_atlas and self.preprocessing.spatial_dims == 3
+        return atlas_volume or self.manifest.reference_image is not None
 
     def reference_image(self) -> tuple[np.ndarray, np.ndarray]:
         """The image scans are aligned to: the atlas for LCS, else the stored reference (BundleError if none)."""

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .errors import InputError, RegistrationError
-from .registration import _robust_scale, _to_sitk
+from .registration import _to_sitk, robust_scale
 from .warping import displaced_points, grid_points, jacobian_determinant, sample
 
 DEFORMABLE_METHODS = ("demons", "bspline")
@@ -58,7 +58,7 @@ def similarity(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> float:
 
 def brain_region(atlas: np.ndarray) -> np.ndarray:
     """Where the atlas image shows anatomy (above 10% of its robust range): the region checks look at."""
-    return _robust_scale(atlas) > 0.1
+    return robust_scale(atlas) > 0.1
 
 
 def register_deformable(
@@ -83,8 +83,8 @@ def register_deformable(
         raise InputError(
             "deformable registration needs two 3D images on one grid, at least 8 voxels per axis"
         )
-    fixed = _to_sitk(_robust_scale(aligned_scan), grid_affine)
-    moving = _to_sitk(_robust_scale(atlas), grid_affine)
+    fixed = _to_sitk(robust_scale(aligned_scan), grid_affine)
+    moving = _to_sitk(robust_scale(atlas), grid_affine)
     if method == "demons":
         field = _demons(fixed, moving, iterations, smoothing_mm)
     else:
@@ -107,11 +107,11 @@ def assess_deformation(
     region = brain_region(atlas)
     jacobian = jacobian_determinant(displacement, grid_affine)
     points = grid_points(atlas.shape, grid_affine)
-    atlas01 = torch.as_tensor(_robust_scale(atlas))[None]
+    atlas01 = torch.as_tensor(robust_scale(atlas))[None]
     warped = sample(
         atlas01, grid_affine, displaced_points(points, displacement, grid_affine), mode="bilinear"
     )
-    scan01 = _robust_scale(aligned_scan)
+    scan01 = robust_scale(aligned_scan)
     return Deformation(
         displacement=displacement,
         affine=np.asarray(grid_affine, dtype=np.float64),

@@ -65,16 +65,27 @@ def check_image(
     return array, matrix
 
 
-def normalise_intensity(array: torch.Tensor | np.ndarray, config: IntensityConfig) -> torch.Tensor:
-    """Apply the bundle's intensity normalisation (returns a new float32 tensor)."""
-    x = torch.as_tensor(np.asarray(array) if isinstance(array, np.ndarray) else array).float().clone()
+def _as_float_tensor(array: torch.Tensor | np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(array) if isinstance(array, np.ndarray) else array).float().clone()
+
+
+def normalise_intensity(
+    array: torch.Tensor | np.ndarray,
+    config: IntensityConfig,
+    statistics_of: torch.Tensor | np.ndarray | None = None,
+) -> torch.Tensor:
+    """Apply the bundle's intensity normalisation (returns a new float32 tensor). ``statistics_of``: take the
+    mean/std or percentiles from this array instead (the scan itself when ``array`` is a resampling of it whose
+    grid reaches outside the scan: the zero padding is not image content)."""
+    x = _as_float_tensor(array)
+    source = x if statistics_of is None else _as_float_tensor(statistics_of)
     mode = config.mode
     if mode == "zscore":
-        values = x[x != 0] if config.nonzero and bool((x != 0).any()) else x.flatten()
+        values = source[source != 0] if config.nonzero and bool((source != 0).any()) else source.flatten()
         std = float(values.std()) if values.numel() > 1 else 0.0
         return (x - float(values.mean())) / (std if std > 1e-8 else 1.0)
     if mode == "percentile":
-        flat = x.flatten().double()
+        flat = source.flatten().double()
         if flat.numel() > 2_000_000:  # quantile of a strided sample keeps this fast on big volumes
             flat = flat[:: flat.numel() // 1_000_000]
         lo, hi = (float(torch.quantile(flat, q / 100.0)) for q in (config.lower, config.upper))

@@ -34,6 +34,7 @@ _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # ITK works in LPS, our affines are RAS
 _START_ROTATIONS = ((0, 0, 0), (15, 0, 0), (-15, 0, 0), (0, 0, 15), (0, 0, -15), (0, 15, 0), (0, -15, 0))
 _REFINED_STARTS = 4  # best-scoring starting poses refined before choosing one
 _WORKING_SPACING_MM = 2.0  # finer references are compared at this spacing: enough for an affine
+MIN_REGISTRATION_VOXELS = 4
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,11 @@ class Alignment:
         if not self.accepted:
             return f"alignment refused, world coordinates kept: {self.warning}; {quality}"
         return f"aligned the scan to the bundle's reference: {quality}"
+
+
+def can_register(image: np.ndarray) -> bool:
+    """Whether ``image`` is enough of a volume to be registered (a few slices are not)."""
+    return np.ndim(image) == 3 and min(np.shape(image)) >= MIN_REGISTRATION_VOXELS
 
 
 def _percent(value: float) -> str:
@@ -111,7 +117,7 @@ def _ras_matrix_to_transform(matrix: np.ndarray, centre):
     return transform
 
 
-def _robust_scale(array: np.ndarray) -> np.ndarray:
+def robust_scale(array: np.ndarray) -> np.ndarray:
     """Clip to the 1st-99th percentile of the non-zero voxels and scale to 0..1 (tames outliers)."""
     array = np.asarray(array, dtype=np.float32)
     values = array[array != 0]
@@ -170,7 +176,7 @@ def _prepare(scan, scan_affine, reference, reference_affine) -> _Pair:
 
     def one(array, affine):
         array, affine = _working_grid(np.asarray(array, dtype=np.float32), affine)
-        scaled = _robust_scale(array)
+        scaled = robust_scale(array)
         mask = foreground_mask(scaled)
         if mask.sum() < 8:
             raise InputError("automatic alignment found no object in the image (it is blank or constant)")
@@ -308,8 +314,10 @@ def register_affine(
     """
     import SimpleITK as sitk
 
-    if np.asarray(scan).ndim != 3 or np.asarray(reference).ndim != 3 or min(np.shape(scan)) < 4:
-        raise InputError("automatic alignment needs a 3D scan (at least 4 voxels along each axis)")
+    if np.asarray(reference).ndim != 3 or not can_register(scan):
+        raise InputError(
+            f"automatic alignment needs a 3D scan (at least {MIN_REGISTRATION_VOXELS} voxels along each axis)"
+        )
     unknown = set(stages) - {"rigid", "affine"}
     if unknown or not stages:
         raise InputError(f"alignment stages must be 'rigid' and/or 'affine', got {stages}")
