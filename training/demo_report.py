@@ -9,6 +9,8 @@ from pathlib import Path
 from LabelSharingSegLib.engine.atomic import write_text_atomic
 from LabelSharingSegLib.engine.bundle import load_bundle
 
+from . import sidebyside
+
 
 def _read_csv(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as handle:
@@ -37,7 +39,8 @@ def report_numbers(out: Path, lcs_method: str | None = None, refine_method: str 
     table1 = of_lcs(_read_csv(table1_path)) if table1_path.is_file() else []
     off = _read_csv(out / "results" / "offatlas" / "offatlas.csv")
     side_path = out / "evaluation" / "lcs" / "fine_methods.csv"
-    side = _read_csv(side_path) if side_path.is_file() else []
+    # registration rows of bundles on different atlases (and each refine bundle) kept apart, named by bundle
+    side = sidebyside.by_bundle(_read_csv(side_path)) if side_path.is_file() else []
     fine_methods = {
         m: _mean(r["dice"] for r in side if r["method"] == m)
         for m in dict.fromkeys(r["method"] for r in side)

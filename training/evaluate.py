@@ -31,7 +31,6 @@ from LabelSharingSegLib.engine.inference import atlas_labels_independently, segm
 from LabelSharingSegLib.engine.labels import LabelInfo
 from LabelSharingSegLib.engine.propagation import MIN_LABEL_VOXELS
 from LabelSharingSegLib.engine.registered import (
-    atlas_propagation,
     refined_independently,
     segment_by_refinement,
 )
@@ -125,7 +124,7 @@ def _refined_result(bundle, volume, affine, masks, infos, device, network, share
     """(the refine network's segmentation of the trained labels, the registration it refined), the scan's
     registration taken from / stored in ``shared``; (None, None) when the registration diverged."""
     if "alignment" not in shared:
-        shared["alignment"] = atlas_propagation(bundle, volume, affine, "affine", None).alignment
+        shared["alignment"] = sidebyside.scan_alignment(bundle, volume, affine)
     if "deformable" not in shared and "note" not in shared:
         shared["deformable"], shared["note"] = sidebyside.deformable_registration(
             bundle, volume, affine, shared["alignment"]

@@ -19,7 +19,7 @@ from LabelSharingSegLib.engine.inference import atlas_labels_independently
 from LabelSharingSegLib.engine.labels import LabelInfo
 from LabelSharingSegLib.engine.preprocessing import resample_to_grid
 from LabelSharingSegLib.engine.propagation import MIN_LABEL_VOXELS
-from LabelSharingSegLib.engine.registered import atlas_propagation, refined_independently
+from LabelSharingSegLib.engine.registered import refined_independently
 
 from . import sidebyside
 from .datasets import as_volume, load_case
@@ -95,7 +95,7 @@ def evaluate_label_set(bundle, method, dataset, network, device) -> tuple[list[d
         image, truth, affine = load_case(case)
         volume, truth = as_volume(image[0]), as_volume(truth).astype(np.int64)
         if bundle.network_config.arch == "lcs_refine":  # refines the deformable registration it computes
-            alignment = atlas_propagation(bundle, volume, affine, "affine", None).alignment
+            alignment = sidebyside.scan_alignment(bundle, volume, affine)  # as `lsseg segment` aligns it
             deformable, note = sidebyside.deformable_registration(bundle, volume, affine, alignment)
             predictions, note = sidebyside.registration_predictions(
                 bundle, masks, volume, affine, alignment, deformable, note

@@ -240,7 +240,6 @@ def real_scan_example(
 
     lcs = load_bundle(bundles[1])
     network = _network(lcs, device)
-    lcs_alignment = None
     atlas_map, _, coarse_labels = lcs.atlas_labels()
     masks = np.stack([atlas_map == label.value for label in coarse_labels])
     truth = _truth_for_task(scan, coarse_labels)
@@ -257,8 +256,6 @@ def real_scan_example(
             align=align,
             method="lcs",
         )
-        if align is None:
-            lcs_alignment = result.alignment
         if result.alignment is not None:
             alignment_lines.append(f"LCS: {result.alignment.summary()}")
             _say(f"real scan: {result.alignment.summary()}")
@@ -278,8 +275,8 @@ def real_scan_example(
         )
     )
     refine_bundle = load_bundle(refine) if refine is not None else None
-    if refine_bundle is not None and lcs_alignment is not None:
-        # the refine bundle's trained (coarse) labels, refined from the same alignment
+    if refine_bundle is not None:
+        # the refine bundle's trained (coarse) labels with its own registration, as `lsseg segment` computes it
         refine_map, _, refine_labels = refine_bundle.atlas_labels()
         result = segment_atlas_labels(
             refine_bundle,
@@ -288,7 +285,6 @@ def real_scan_example(
             np.stack([refine_map == label.value for label in refine_labels]),
             refine_labels,
             device=device,
-            align=lcs_alignment,
             method=REFINE_ATLAS_METHOD,
         )
         refine_truth = _truth_for_task(scan, refine_labels)
@@ -298,11 +294,11 @@ def real_scan_example(
     csv_path = target / "realscan.csv"
     write_csv(csv_path, rows, ROW_FIELDS)
     fine: dict = {}
-    if brain is not None and lcs_alignment is not None:
+    if brain is not None:
         from . import realscan_fine
 
         atlas_bundles = [lcs, *([refine_bundle] if refine_bundle is not None else [])]
-        fine_rows, notes = realscan_fine.fine_label_rows(scan, atlas_bundles, brain, lcs_alignment, device)
+        fine_rows, notes = realscan_fine.fine_label_rows(scan, atlas_bundles, brain, device)
         fine = {"csv": target / "realscan_fine.csv", "notes": notes}
         write_csv(fine["csv"], fine_rows, realscan_fine.FIELDS)
         _say(f"real scan: fine atlas labels by every method, {fine['csv']}")

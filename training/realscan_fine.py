@@ -17,7 +17,6 @@ import numpy as np
 from LabelSharingSegLib.engine.inference import atlas_labels_independently
 from LabelSharingSegLib.engine.labels import LabelInfo
 from LabelSharingSegLib.engine.registered import refined_independently
-from LabelSharingSegLib.engine.registration import Alignment
 
 from . import sidebyside
 from .datasets import read_dataset
@@ -29,60 +28,85 @@ CASE = "colin27 (scanner pose)"
 FIELDS = sidebyside.FIELDS
 
 
-def fine_label_rows(scan, bundles: list, brain: Path, alignment: Alignment, device: str) -> tuple[list, list]:
+def _atlas_groups(bundles: list) -> list[list]:
+    """Bundles grouped by atlas image (one registration per atlas; a 3 mm and a 2 mm atlas are two groups)."""
+    groups: list[list] = []
+    for bundle in bundles:
+        image = bundle.atlas_image()[0]
+        for group in groups:
+            seen = group[0].atlas_image()[0]
+            if seen.shape == image.shape and np.allclose(seen, image, atol=1e-4):
+                group.append(bundle)
+                break
+        else:
+            groups.append([bundle])
+    return groups
+
+
+def fine_label_rows(scan, bundles: list, brain: Path, device: str) -> tuple[list, list]:
     """(side-by-side rows, notes) for the fine labels of ``brain``'s atlas case on ``scan`` (realscan.ScannerScan),
-    segmented with ``bundles`` (LCS bundles sharing one atlas; the refine one is recognised by its network)."""
-    lead = bundles[0]
-    training = lead.manifest.training
+    segmented with ``bundles`` (LCS bundles; the refine one is recognised by its network). The registration
+    methods run once per atlas, from the alignment ``lsseg segment`` computes, and their rows name its bundle."""
     dataset = read_dataset(brain)
-    atlas_image, atlas_affine = lead.atlas_image()
-    fine_atlas = labels_on_atlas_grid(dataset, training.get("atlas_case"), atlas_affine, atlas_image.shape)
-    if fine_atlas is None:
-        return [], [f"{brain}: no atlas case {training.get('atlas_case')!r}; fine labels not measured"]
     names = dataset.foreground_labels()
     by_name = {name: value for value, name in names.items()}
-    values = [v for v in sorted(names) if np.count_nonzero(fine_atlas == v) >= MIN_ATLAS_VOXELS]
-    infos = [LabelInfo(v, names[v], (1.0, 0.0, 0.0)) for v in values]
-    masks = np.stack([fine_atlas == v for v in values])
     # the scan's AAL truth in the dataset's values (both are AAL, matched by name)
     lookup = np.zeros(len(scan.names) + 1, dtype=np.int64)
     for index, name in enumerate(scan.names, start=1):
         lookup[index] = by_name.get(name, 0)
     truth = lookup[scan.truth]
-
+    task = dataset.task_name()
+    rows: list[dict] = []
     notes: list[str] = []
-    deformable, note = sidebyside.deformable_registration(lead, scan.image, scan.affine, alignment)
-    predictions, note = sidebyside.registration_predictions(
-        lead, masks, scan.image, scan.affine, alignment, deformable, note
-    )
-    if note:
-        notes.append(note)
-    for bundle in bundles:
-        if not np.allclose(bundle.atlas_image()[0], atlas_image, atol=1e-4):
-            notes.append(f"{bundle.path.name}: another atlas than {lead.path.name}'s; left out")
+    for group in _atlas_groups(bundles):
+        lead = group[0]
+        atlas_image, atlas_affine = lead.atlas_image()
+        case_id = lead.manifest.training.get("atlas_case")
+        fine_atlas = labels_on_atlas_grid(dataset, case_id, atlas_affine, atlas_image.shape)
+        if fine_atlas is None:
+            notes.append(f"{lead.path.name}: {brain} has no atlas case {case_id!r}; left out")
             continue
-        network = bundle.build_network(device)
-        if bundle.network_config.arch == "lcs_refine":
-            if deformable is None:
-                notes.append(f"{bundle.path.name}: no deformable registration to refine; left out")
-                continue
-            decided, _ = refined_independently(
-                bundle,
-                scan.image,
-                scan.affine,
-                masks,
-                infos,
-                device=device,
-                network=network,
-                propagation=deformable,
-            )
-            predictions[sidebyside.REFINE] = decided
-        else:
-            decided, _ = atlas_labels_independently(
-                bundle, scan.image, scan.affine, masks, infos, device=device, network=network, align=alignment
-            )
-            predictions[sidebyside.LCS] = decided
-    rows = sidebyside.case_rows(lead.path.name, dataset.task_name(), CASE, infos, predictions, truth)
+        values = [v for v in sorted(names) if np.count_nonzero(fine_atlas == v) >= MIN_ATLAS_VOXELS]
+        infos = [LabelInfo(v, names[v], (1.0, 0.0, 0.0)) for v in values]
+        masks = np.stack([fine_atlas == v for v in values])
+        alignment = sidebyside.scan_alignment(lead, scan.image, scan.affine)
+        deformable, note = sidebyside.deformable_registration(lead, scan.image, scan.affine, alignment)
+        predictions, note = sidebyside.registration_predictions(
+            lead, masks, scan.image, scan.affine, alignment, deformable, note
+        )
+        if note:
+            notes.append(f"{lead.path.name}: {note}")
+        rows += sidebyside.case_rows(lead.path.name, task, CASE, infos, predictions, truth)
+        for bundle in group:
+            network = bundle.build_network(device)
+            if bundle.network_config.arch == "lcs_refine":
+                if deformable is None:
+                    notes.append(f"{bundle.path.name}: no deformable registration to refine; left out")
+                    continue
+                decided, _ = refined_independently(
+                    bundle,
+                    scan.image,
+                    scan.affine,
+                    masks,
+                    infos,
+                    device=device,
+                    network=network,
+                    propagation=deformable,
+                )
+                method = sidebyside.REFINE
+            else:
+                decided, _ = atlas_labels_independently(
+                    bundle,
+                    scan.image,
+                    scan.affine,
+                    masks,
+                    infos,
+                    device=device,
+                    network=network,
+                    align=alignment,
+                )
+                method = sidebyside.LCS
+            rows += sidebyside.case_rows(bundle.path.name, task, CASE, infos, {method: decided}, truth)
     return rows, notes
 
 
@@ -96,13 +120,17 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def report_lines(rows: list[dict], notes: list[str], test_means: dict) -> list[str]:
-    """A compact table: each method's mean Dice over the fine labels, how often it beats affine propagation, and
-    its mean on the demo's test cases (``test_means``: method -> mean Dice, from ``lsseg evaluate``)."""
+    """A compact table: each method's mean Dice over the fine labels, how often it beats affine propagation (on the
+    same atlas), and its mean on the demo's test cases (``test_means``: method -> mean Dice from ``lsseg evaluate``,
+    named as its report names them: ``sidebyside.by_bundle``)."""
     if not rows:
         return [f"- {note}" for note in notes]
-    methods = [m for m in sidebyside.METHODS if any(r["method"] == m for r in rows)]
+    rows = sidebyside.by_bundle(rows)
+    methods = sidebyside.methods_in(rows)
+    base = {r["method"]: r.get("base_method", r["method"]) for r in rows}
+    bundle_of = {r["method"]: r["bundle"] for r in rows}
     per_label = {m: {r["fine_value"]: r["dice"] for r in rows if r["method"] == m} for m in methods}
-    affine = per_label.get(sidebyside.AFFINE, {})
+    affines = [m for m in methods if base[m] == sidebyside.AFFINE]
     count = len({r["fine_value"] for r in rows})
     lines = [
         f"Fine atlas labels on the real scan: the {count} AAL regions of the atlas case, drawn on the atlas and "
@@ -113,8 +141,12 @@ def report_lines(rows: list[dict], notes: list[str], test_means: dict) -> list[s
         "|---|---|---|---|",
     ]
     for method in methods:
+        same = [m for m in affines if bundle_of[m] == bundle_of[method]]
+        affine = per_label[(same or affines)[0]] if affines else {}
         wins = sum(1 for v, d in per_label[method].items() if d > affine.get(v, float("nan")))
-        share = "" if method == sidebyside.AFFINE or not affine else f"{wins} of {len(per_label[method])}"
+        share = (
+            "" if base[method] == sidebyside.AFFINE or not affine else f"{wins} of {len(per_label[method])}"
+        )
         test = test_means.get(method, float("nan"))
         test_text = "n/a" if math.isnan(test) else f"{test:.3f}"
         lines.append(f"| {method} | {nanmean(per_label[method].values()):.3f} | {share} | {test_text} |")

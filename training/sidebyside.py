@@ -25,7 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from LabelSharingSegLib.engine.errors import LabelSharingSegError
+from LabelSharingSegLib.engine.inference import reference_alignment
 from LabelSharingSegLib.engine.propagation import Propagation, carry_independently, register_atlas
+from LabelSharingSegLib.engine.registered import atlas_propagation
+from LabelSharingSegLib.engine.registration import Alignment
 
 from .metrics import dice, nanmean
 
@@ -39,6 +42,14 @@ NAIVE, AFFINE, DEFORMABLE, LCS, REFINE = (
 METHODS = (NAIVE, AFFINE, DEFORMABLE, LCS, REFINE)
 REGISTRATION_METHODS = (NAIVE, AFFINE, DEFORMABLE)
 FIELDS = ("bundle", "task", "case", "fine_value", "fine_name", "method", "dice")
+
+
+def scan_alignment(bundle, volume, affine) -> Alignment | None:
+    """The affine alignment of a scan that every registration method and the refine network start from, exactly as
+    ``lsseg segment`` computes it (engine inference.reference_alignment: through the bundle's network reference
+    when it has one, else directly to the atlas). Raises RegistrationError when the alignment diverges."""
+    start = reference_alignment(bundle, volume, affine)
+    return atlas_propagation(bundle, volume, affine, "affine", start).alignment
 
 
 def deformable_registration(bundle, volume, affine, alignment) -> tuple[Propagation | None, str | None]:
@@ -97,6 +108,43 @@ def case_rows(bundle_name, task, case_id, fine_infos, predictions: dict, truth) 
     return rows
 
 
+def by_bundle(rows: list[dict]) -> list[dict]:
+    """Rows whose method several bundles produced, named apart: ``"deformable propagation (B)"``. Bundles whose
+    atlases differ (e.g. a 3 mm and a 2 mm grid) each have their own registration rows, and two refine bundles
+    their own refine rows; averaged together they would describe neither. Rows without a bundle stay as they are."""
+    bundles: dict[str, set] = {}
+    for r in rows:
+        bundles.setdefault(r["method"], set()).add(r.get("bundle"))
+    return [
+        dict(r, method=f"{r['method']} ({r['bundle']})", base_method=r["method"])
+        if len(bundles[r["method"]]) > 1
+        else r
+        for r in rows
+    ]
+
+
+def methods_in(rows: list[dict]) -> list[str]:
+    """The methods of (``by_bundle``) rows in the order of METHODS, bundles in the order they were evaluated."""
+    seen = list(dict.fromkeys(r["method"] for r in rows))
+    base = {r["method"]: r.get("base_method", r["method"]) for r in rows}
+    return sorted(
+        (m for m in seen if base[m] in METHODS), key=lambda m: (METHODS.index(base[m]), seen.index(m))
+    )
+
+
+def _reference(rows: list[dict], method: str, present: list[str]) -> str | None:
+    """The affine propagation a method is compared with: on the same bundle's atlas where the affine rows are
+    split by bundle (else the first), naive where there is no affine row."""
+    base = {r["method"]: r.get("base_method", r["method"]) for r in rows}
+    bundle = next(r.get("bundle") for r in rows if r["method"] == method)
+    for wanted in (AFFINE, NAIVE):
+        candidates = [m for m in present if base[m] == wanted]
+        same = [m for m in candidates if any(r["method"] == m and r.get("bundle") == bundle for r in rows)]
+        if candidates:
+            return (same or candidates)[0]
+    return None
+
+
 def _per_label(rows, method) -> dict[int, float]:
     values = sorted({r["fine_value"] for r in rows})
     return {
@@ -106,21 +154,24 @@ def _per_label(rows, method) -> dict[int, float]:
 
 def headline(rows: list[dict]) -> tuple[str, float]:
     """(best method, its mean Dice over fine labels and cases)."""
-    means = {m: nanmean(r["dice"] for r in rows if r["method"] == m) for m in METHODS}
+    rows = by_bundle(rows)
+    means = {m: nanmean(r["dice"] for r in rows if r["method"] == m) for m in methods_in(rows)}
     means = {m: v for m, v in means.items() if not math.isnan(v)}
     best = max(means, key=means.get)
     return best, means[best]
 
 
 def summary_lines(rows: list[dict], plots: list[Path], notes: list[str], title: str = "") -> list[str]:
-    present = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    rows = by_bundle(rows)
+    present = methods_in(rows)
+    base = {r["method"]: r.get("base_method", r["method"]) for r in rows}
     best, best_mean = headline(rows)
-    affine = _per_label(rows, AFFINE if AFFINE in present else NAIVE)
+    labels = {r["fine_value"] for r in rows}
     lines = [
         "",
         "## Fine atlas labels, every method side by side" + (f": {title}" if title else ""),
         "",
-        f"**Best: {best}, mean Dice {best_mean:.4f}** over {len(affine)} fine labels never trained and "
+        f"**Best: {best}, mean Dice {best_mean:.4f}** over {len(labels)} fine labels never trained and "
         f"{len({r['case'] for r in rows})} test cases. Each label decided on its own (as Ma et al. 2022, Table 1).",
         "",
         "| method | mean Dice | labels better than affine propagation |",
@@ -128,13 +179,12 @@ def summary_lines(rows: list[dict], plots: list[Path], notes: list[str], title: 
     ]
     for method in present:
         per_label = _per_label(rows, method)
+        reference = _reference(rows, method, present)
+        affine = _per_label(rows, reference) if reference else {}
         wins = sum(1 for v, d in per_label.items() if d > affine.get(v, float("nan")))
         mean = nanmean(r["dice"] for r in rows if r["method"] == method)
-        share = (
-            ""
-            if method == AFFINE or not any(r["method"] == AFFINE for r in rows)
-            else f"{wins} of {len(per_label)}"
-        )
+        compared = reference is not None and base[reference] == AFFINE and base[method] != AFFINE
+        share = f"{wins} of {len(per_label)}" if compared else ""
         lines.append(f"| {method} | {mean:.4f} | {share} |")
     lines += [""] + [f"- {note}" for note in dict.fromkeys(notes)] if notes else []
     lines += ["", "| fine label | " + " | ".join(present) + " |", "|---|" + "---|" * len(present)]
@@ -156,7 +206,8 @@ def plots(out: Path, rows: list[dict], suffix: str = "") -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    present = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    rows = by_bundle(rows)
+    present = methods_in(rows)
     written = []
     fig, ax = plt.subplots(figsize=(2 + 1.7 * len(present), 4.2))
     for case in sorted({r["case"] for r in rows}):
@@ -174,7 +225,8 @@ def plots(out: Path, rows: list[dict], suffix: str = "") -> list[Path]:
     plt.close(fig)
     written.append(out / f"fine_methods_paired{suffix}.png")
 
-    affine = _per_label(rows, AFFINE if AFFINE in present else NAIVE)
+    reference = _reference(rows, present[0], present)
+    affine = _per_label(rows, reference) if reference else {}
     order = sorted(affine, key=lambda v: affine[v])
     fig, ax = plt.subplots(figsize=(10, 4.2))
     for method in present:
@@ -186,7 +238,7 @@ def plots(out: Path, rows: list[dict], suffix: str = "") -> list[Path]:
             linewidth=1,
             label=method,
         )
-    ax.set_xlabel(f"fine label (sorted by {AFFINE if AFFINE in present else NAIVE} Dice)")
+    ax.set_xlabel(f"fine label (sorted by {reference} Dice)")
     ax.set_ylabel("mean Dice over test cases")
     ax.set_ylim(0, 1)
     ax.set_title("fine atlas labels: Dice per label and method")

@@ -122,17 +122,23 @@ def _align(
     return alignment.aligned_affine(affine), alignment
 
 
+def reference_alignment(bundle: Bundle, image, affine, progress=None, cancel=None) -> Alignment | None:
+    """The alignment the registration methods (and the refine network) start from, as LCS does: the scan registered
+    to the bundle's network reference (the undeformed template, closer to any scan than the deformed atlas case),
+    carried to the atlas by the fixed pose. Measured better than registering to the atlas directly
+    (docs/DEMO.md). None (they register to the atlas themselves) when the bundle has no reference or the quality
+    check refuses it. ``lsseg evaluate`` starts from the same alignment as ``segment_atlas_labels``."""
+    if bundle.manifest.reference_image is None:
+        return None
+    _, alignment = _align(bundle, image, affine, True, _Reporter(progress, cancel), network=True)
+    return alignment if alignment is not None and alignment.accepted else None
+
+
 def _reference_alignment(bundle: Bundle, image, affine, masks, labels, progress, cancel) -> Alignment | None:
-    """The registration methods start where LCS does: the scan registered to the bundle's network reference (the
-    undeformed template, closer to any scan than the deformed atlas case), carried to the atlas by the fixed pose.
-    Measured better than registering to the atlas directly (docs/DEMO.md). None (they register to the atlas
-    themselves) when the quality check refuses it."""
     atlas_image, _ = bundle.atlas_image()
     masks = check_atlas_masks(masks, atlas_image.shape, labels)  # bad drawings fail before any registration
     check_drawn_masks(masks, [label.name for label in labels])
-    report = _Reporter(progress, cancel)
-    _, alignment = _align(bundle, image, affine, True, report, network=True)
-    return alignment if alignment is not None and alignment.accepted else None
+    return reference_alignment(bundle, image, affine, progress, cancel)
 
 
 def _require_volume(bundle: Bundle, image: np.ndarray) -> None:

@@ -80,7 +80,7 @@ def refine_inputs(
     )[0]
     # a whole-head scan shows skull, scalp and neck that no brain-only training scan had: it is seen through the
     # warped atlas's brain grown by a margin, as LCS sees it (atlas_brain.py). On the real whole-head scan, 116
-    # fine AAL labels: 0.597 without the window, 0.640 with it (deformable propagation 0.624; docs/DEMO.md)
+    # fine AAL labels, the 3 mm refine bundle: 0.597 without the window, 0.640 with it (deformable 0.624)
     scan = keep_brain(scan, atlas_brain(warped.numpy(), atlas_affine), background_level(image))
     return (
         normalise_intensity(scan, intensity)[None, None],
