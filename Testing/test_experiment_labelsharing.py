@@ -154,3 +154,35 @@ def test_variant_differences_are_read_against_the_seed_to_seed_spread():
     assert "- labelsharing reseeded: 0.050 mean; worst gap" in text
     # look-alikes (small distance) losing more: a perfect positive rank correlation over the 3 paired labels
     assert "over the 3 labels that share a channel: **1.00**" in text
+
+
+def test_seeds_run_one_experiment_each_and_compare_them(tmp_path, capsys):
+    data = phantoms(tmp_path / "data", tasks=2, cases=3)
+    out = tmp_path / "seeds"
+    command = ["experiment", "labelsharing", "--data", *data, "--out", out, "--holdout", *ARGS]
+    assert lsseg(*command, "--seeds", 3, 5, "--variants", "mlp-head") == 0
+    for seed in (3, 5):  # each seed is a whole experiment, the folder a plain --seed run writes
+        report = (out / f"seed_{seed}" / "report.md").read_text()
+        assert f"--seed {seed} " in report and "labelsharing mlp-head" in report
+    summary = (out / "seeds.md").read_text()
+    for heading in ("## Mean Dice per seed", "## Per task", "## Each method against label sharing"):
+        assert heading in summary
+    assert "--seeds 3 5" in summary and "--seed " not in summary
+    for method in ("individual", "multichannel", "dodnet", "labelsharing mlp-head"):
+        assert f"| {method} |" in summary
+    with open(out / "seeds.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 5 * 2 * 2  # methods x seeds x tasks
+    # the seeds differ (weights, split, sampling), so the summary compares two different runs
+    by_seed = {s: [r["dice"] for r in rows if r["seed"] == s] for s in ("3", "5")}
+    assert by_seed["3"] != by_seed["5"]
+
+    kept = tree_hashes(out / "seed_3" / "runs")
+    assert lsseg(*command, "--seeds", 3, 5, "--variants", "mlp-head") == 0  # rerun: nothing retrained
+    assert tree_hashes(out / "seed_3" / "runs") == kept
+    assert "already done, skipped" in (out / "seed_5" / "log.txt").read_text()
+    capsys.readouterr()
+    assert lsseg(*command, "--seeds", 3, "--variants", "mlp-head") == 2
+    assert "two or more different seeds" in capsys.readouterr().err
+    assert lsseg(*command, "--seeds", 3, 4, "--seed", 1) == 2
+    assert "--seed and --seeds" in capsys.readouterr().err

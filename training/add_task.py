@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from LabelSharingSegLib.engine.errors import InputError, LabelSpaceError
+from LabelSharingSegLib.engine.network_config import DoDNetConfig, NetworkConfig
 from LabelSharingSegLib.engine.networks import build_network
 
 from . import bundle_factory as factory
@@ -17,21 +18,57 @@ from .task_runs import TaskModelPlan, train_task_model
 from .trainer import StepCallback
 
 
-def widen_state(old_state: dict, new_model: torch.nn.Module) -> dict:
+def widen_state(
+    old_state: dict, new_model: torch.nn.Module, old_network: NetworkConfig | None = None
+) -> dict:
     """Old weights in the new (possibly wider) network: equal shapes copied; the head's old channels and the old
-    tasks' codes (``unet_film``) kept, the new task's code left at its neutral zero."""
+    tasks' codes (``unet_film``) kept, the new task's code left at its neutral zero. A DoD-Net-style head
+    (``--head``; ``old_network`` says its old shape) keeps every old generated weight in its new place."""
     state = new_model.state_dict()
     for key, value in old_state.items():
         if key not in state:
             continue
         if state[key].shape == value.shape:
             state[key] = value.clone()
+        elif key.startswith("controller.") and isinstance(old_network, DoDNetConfig):
+            state[key] = _widen_controller(value, state[key], old_network, new_model.config)
         elif (
             key.startswith(("head.", "task_scale.", "task_shift."))
             and value.shape[1:] == state[key].shape[1:]
         ):
             state[key][: value.shape[0]] = value
     return state
+
+
+def _head_rows(old: DoDNetConfig, new: DoDNetConfig) -> torch.Tensor:
+    """Where each of the old head's generated parameters sits in the new one (more output channels move the
+    last layer's biases; the old channels keep their weights)."""
+    rows, offset_new = [], 0
+    for (o_old, i), (o_new, _) in zip(old.head_layer_shapes, new.head_layer_shapes):
+        rows += [offset_new + k for k in range(o_old * i)]  # weights: (out, in) row-major, old outs first
+        rows += [offset_new + o_new * i + k for k in range(o_old)]  # biases
+        offset_new += o_new * i + o_new
+    return torch.tensor(rows, dtype=torch.int64)
+
+
+def _widen_controller(old: torch.Tensor, fresh: torch.Tensor, old_cfg: DoDNetConfig, new_cfg) -> torch.Tensor:
+    """The controller (weight or bias) of a head with more tasks and/or output channels: old rows moved to their
+    new places, old columns kept, the new task's column the mean of the old tasks' (an average task to start
+    from); parameters of new output channels keep their fresh initialisation."""
+    out = fresh.clone()
+    rows = _head_rows(old_cfg, new_cfg)
+    if old.ndim == 1:  # bias
+        out[rows] = old
+        return out
+    if "task" not in old_cfg.controller_inputs:  # the columns are unchanged
+        out[rows] = old
+        return out
+    image = old_cfg.channels[-1] if "image" in old_cfg.controller_inputs else 0
+    columns = torch.cat(
+        [old, old[:, image:].mean(dim=1, keepdim=True).expand(-1, new_cfg.num_tasks - old_cfg.num_tasks)], 1
+    )
+    out[rows] = columns
+    return out
 
 
 def add_task(config: AddTaskConfig, on_step: StepCallback | None = None) -> TrainedBundle:
@@ -57,7 +94,7 @@ def add_task(config: AddTaskConfig, on_step: StepCallback | None = None) -> Trai
     space = bundle.label_space.place_task(task_sizes(new), widen=config.widen)
     colors = {t.name: {label.value: label.color for label in t.labels} for t in bundle.tasks}
     network = bundle.network_config.replace(out_channels=space.n_shared + 1)
-    if network.TAKES_TASK:  # a task code per task (unet_film): one more for the new task
+    if network.TAKES_TASK:  # a task code per task (unet_film, --head): one more for the new task
         network = network.replace(num_tasks=len(space.task_names))
     # the old tasks keep their planes; the new one brings its dataset's
     planes = {t.name: t.plane for t in bundle.tasks} | {new.task_name(): factory.dataset_plane(new)}
@@ -67,7 +104,7 @@ def add_task(config: AddTaskConfig, on_step: StepCallback | None = None) -> Trai
         space,
         prep=bundle.preprocessing,
         network=network,
-        init_state=widen_state(bundle.state_dict, build_network(network)),
+        init_state=widen_state(bundle.state_dict, build_network(network), bundle.network_config),
         identity_extra={"base_bundle": bundle.bundle_id},
         reference=bundle.reference_image() if bundle.has_reference() else None,
     )

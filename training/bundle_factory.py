@@ -20,6 +20,8 @@ from LabelSharingSegLib.engine.networks import build_network
 from LabelSharingSegLib.engine.planes import PLANES
 from LabelSharingSegLib.engine.preprocessing_config import IntensityConfig, Preprocessing
 
+from .run_config import HEAD_CONTROLLER_INPUTS
+
 
 def make_preprocessing(
     spatial_dims: int,
@@ -115,18 +117,25 @@ def network_config_for(
     channels: Sequence[int],
     *,
     task_film: bool = False,
+    head: str = "linear",
     **extra,
 ) -> NetworkConfig:
-    """The network of a new bundle; ``task_film``: label sharing's U-Net with a task code (``unet_film``)."""
+    """The network of a new bundle; ``task_film``: label sharing's U-Net with a task code (``unet_film``);
+    ``head``: label sharing's output head, ``linear`` (as published) or a DoD-Net-style head (``dodnet``) whose
+    weights the controller generates from ``HEAD_CONTROLLER_INPUTS[head]``, over the same shared outputs."""
     kind = BundleKind.parse(kind)
     settings = {"spatial_dims": spatial_dims, "channels": tuple(channels), **extra}
     if kind.segments_tasks:
         settings["out_channels"] = 1 + max(max(t.channels.values()) for t in tasks)
     arch = kind.arch
+    if (task_film or head != "linear") and kind is not BundleKind.LABELSHARING:
+        option = "a task code (--task-film)" if task_film else f"--head {head}"
+        raise InputError(f"{option} is an option of labelsharing, not {kind}")
     if task_film:
-        if kind is not BundleKind.LABELSHARING:
-            raise InputError(f"a task code (--task-film) is an option of labelsharing, not {kind}")
         arch = "unet_film"
+    elif head != "linear":
+        arch = "dodnet"
+        settings["controller_inputs"] = HEAD_CONTROLLER_INPUTS[head]
     if CONFIG_OF_ARCH[arch].TAKES_TASK:
         settings["num_tasks"] = len(tasks)
     return CONFIG_OF_ARCH[arch](**settings)  # type: ignore[return-value]

@@ -107,9 +107,14 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
 
         return train_refine(config, on_step)
     settings = config.settings
-    if settings.task_film or settings.label_mapping != "rank" or settings.task_sampling != "uniform":
+    if (
+        settings.task_film
+        or settings.head != "linear"
+        or settings.label_mapping != "rank"
+        or settings.task_sampling != "uniform"
+    ):
         raise InputError(
-            "--task-film, --label-mapping and --task-sampling are options of task training, not lcs"
+            "--task-film, --head, --label-mapping and --task-sampling are options of task training, not lcs"
         )
     checkpoint_dir = session.claim_outputs(config.out, settings)
     dataset = load_datasets([config.data])[0]

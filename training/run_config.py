@@ -28,6 +28,9 @@ AMP_MODES = ("auto", "bf16", "off")
 INTENSITY_MODES = ("zscore", "percentile", "ct_window", "none")
 TASK_SAMPLING = ("uniform", "labels")
 LABEL_MAPPINGS = ("rank", "shuffled")
+# label sharing's output head (--head): what the DoD-Net-style controller generates it from (issue #15 item 5)
+HEAD_CONTROLLER_INPUTS = {"dynamic": "image+task", "task": "task", "image": "image", "mlp": "none"}
+HEADS = ("linear", *HEAD_CONTROLLER_INPUTS)
 DEFAULT_CHANNELS = (8, 16, 32, 64, 128)
 DEFAULT_STEPS = 1000
 LCS_ARCHS = ("lcs", "lcs_refine")
@@ -99,6 +102,7 @@ class TrainSettings:
     )
     label_mapping: str = "rank"  # rank: labels share channels by size rank; shuffled: a seeded random mapping
     task_film: bool = False  # the U-Net gets a per-task scale and shift of its decoder features
+    head: str = "linear"  # linear: one 1x1 convolution (as published); else HEAD_CONTROLLER_INPUTS
     augment: bool = True
     cache_workers: int = 0
     channels: tuple[int, ...] = DEFAULT_CHANNELS
@@ -163,6 +167,11 @@ class TrainSettings:
         _require(
             self.label_mapping in LABEL_MAPPINGS,
             f"--label-mapping must be one of {', '.join(LABEL_MAPPINGS)}, got {self.label_mapping!r}",
+        )
+        _require(self.head in HEADS, f"--head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        _require(
+            not (self.task_film and self.head != "linear"),
+            f"--task-film and --head {self.head} are two different label-sharing networks; choose one",
         )
         _require(self.cache_workers >= 0, f"--cache-workers must be >= 0, got {self.cache_workers}")
         object.__setattr__(self, "channels", _positive_ints(self.channels, "--channels"))

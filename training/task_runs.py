@@ -69,7 +69,7 @@ def train_task_model(
 ) -> TrainedBundle:
     """Train one network on ``datasets`` and write its bundle to ``out`` (rank 0)."""
     network = plan.network or factory.network_config_for(
-        plan.kind, plan.tasks, 2, list(settings.channels), task_film=settings.task_film
+        plan.kind, plan.tasks, 2, list(settings.channels), task_film=settings.task_film, head=settings.head
     )
     prep = plan.prep or plan_preprocessing(settings, datasets, network.downsample_factor)
     network = network.replace(spatial_dims=prep.spatial_dims)
@@ -163,12 +163,12 @@ def _continuing_individual(config: TaskRunConfig) -> bool:
 def train_tasks(config: TaskRunConfig, on_step: StepCallback | None = None) -> list[TrainedBundle]:
     """Train one bundle over all tasks (``individual``: one bundle per task in the folder ``config.out``)."""
     settings = config.settings
+    if config.kind != "labelsharing" and (
+        settings.task_film or settings.label_mapping != "rank" or settings.head != "linear"
+    ):
+        raise InputError("--task-film, --head and --label-mapping are options of labelsharing training")
     if config.kind == "individual":
-        if settings.task_film or settings.label_mapping != "rank":
-            raise InputError("--task-film and --label-mapping are options of labelsharing training")
         return _train_individual(config, on_step)
-    if config.kind != "labelsharing" and (settings.task_film or settings.label_mapping != "rank"):
-        raise InputError("--task-film and --label-mapping are options of labelsharing training")
     checkpoint_dir = claim_outputs(config.out, settings)
     datasets = load_datasets(config.data)
     with distributed_session(settings.device, settings.threads) as ctx:

@@ -18,6 +18,7 @@ from .pipeline import PIPELINES
 from .run_config import (
     AMP_MODES,
     DEFAULT_CHANNELS,
+    HEADS,
     INTENSITY_MODES,
     LABEL_MAPPINGS,
     LCS_ARCHS,
@@ -138,6 +139,15 @@ def _add_budget_options(p: argparse.ArgumentParser) -> None:
         "--task-film",
         action="store_true",
         help="give the label-sharing U-Net a per-task scale and shift of its decoder features (no extra outputs)",
+    )
+    ls.add_argument(
+        "--head",
+        choices=HEADS,
+        default="linear",
+        help="label sharing's output head over its n*+1 shared channels: linear, one 1x1 convolution (Anand et al. "
+        "2024, default); dynamic, DoD-Net's head, three 1x1 convolutions whose weights a controller generates from "
+        "the task code and the image; task, from the task code only; image, from the image only; mlp, the same head "
+        "for every task",
     )
     v = p.add_argument_group("validation, checkpoints, logs")
     v.add_argument(

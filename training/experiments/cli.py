@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from LabelSharingSegLib.engine.errors import InputError
+
 from ..train_cli import _float_list, _int_list
 
 
@@ -12,7 +14,7 @@ def _budget_options(p: argparse.ArgumentParser, steps: int) -> None:
     g = p.add_argument_group("budget (the same for every compared method)")
     g.add_argument("--steps", type=int, default=steps, help=f"optimiser steps per method (default {steps})")
     g.add_argument("--batch", type=int, default=2, help="samples per step (default 2)")
-    g.add_argument("--seed", type=int, default=0, help="seed of every run (weights, split, sampling)")
+    g.add_argument("--seed", type=int, help="seed of every run (weights, split, sampling; default 0)")
     g.add_argument(
         "--channels", type=_int_list, default=[8, 16, 32, 64, 128], help="U-Net channels per level"
     )
@@ -68,8 +70,17 @@ def register(subparsers) -> None:
         nargs="*",
         metavar="VARIANT",
         help="label-sharing variants to train with the same budget, each testing one reason it may trail: "
-        "task-code, shuffled-mapping, label-sampling, wide; reseeded is the seed-to-seed control (variants may be "
-        "added to a finished experiment)",
+        "task-code, shuffled-mapping, label-sampling, wide, dynamic-head, task-head, image-head, mlp-head; reseeded "
+        "is the "
+        "seed-to-seed control (variants may be added to a finished experiment)",
+    )
+    ls.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        metavar="SEED",
+        help="run the whole experiment once per seed into OUT/seed_<SEED> and compare the seeds in OUT/seeds.md "
+        "(instead of --seed)",
     )
     _budget_options(ls, 1000)
     ls.set_defaults(func=cmd_labelsharing)
@@ -110,7 +121,7 @@ def _budget(args):
     return Budget(
         steps=args.steps,
         batch=args.batch,
-        seed=args.seed,
+        seed=0 if args.seed is None else args.seed,
         channels=tuple(args.channels),
         patch=tuple(args.patch) if args.patch else None,
         spacing=tuple(args.spacing) if args.spacing else None,
@@ -126,15 +137,15 @@ def _budget(args):
 
 def cmd_labelsharing(args) -> int:
     from .labelsharing import run_labelsharing
+    from .seeds import run_seeds
 
-    report = run_labelsharing(
-        args.data,
-        args.out,
-        _budget(args),
-        add_steps=args.add_steps,
-        holdout=args.holdout,
-        variants=args.variants,
-    )
+    options = {"add_steps": args.add_steps, "holdout": args.holdout, "variants": args.variants}
+    if args.seeds and args.seed is not None:
+        raise InputError("--seed and --seeds: give one of them")
+    if args.seeds:
+        report = run_seeds(args.data, args.out, _budget(args), args.seeds, **options)
+    else:
+        report = run_labelsharing(args.data, args.out, _budget(args), **options)
     print(report.read_text(encoding="utf-8"))
     print(f"Report: {report}")
     return 0

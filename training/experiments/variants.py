@@ -9,6 +9,10 @@ outputs; Anand et al. 2024):
   instead of by relative size (``--label-mapping shuffled``);
 * ``label-sampling``   - task imbalance: tasks drawn in proportion to their label count (``--task-sampling labels``);
 * ``wide``             - capacity: twice the channels at every level;
+* ``dynamic-head``, ``task-head``, ``image-head``, ``mlp-head`` - what DoD-Net has that label sharing lacks, one
+  part at a time: DoD-Net's head (a normalisation and three 1x1 convolutions whose weights a controller generates)
+  over label sharing's shared outputs, generated from the task code and the image, from the task code only, from
+  the image only, or the same head for every task (``--head dynamic|task|image|mlp``);
 * ``reseeded``         - the control: label sharing as published with the next seed, so a variant's difference can
   be read against the spread between two seeds.
 
@@ -85,6 +89,28 @@ VARIANTS = {
             {"task_sampling": "labels"},
         ),
         Variant("wide", "capacity", "2x channels at every level", channel_factor=2),
+        # what DoD-Net has that label sharing lacks, one part at a time (rank mapping and shared outputs kept)
+        Variant(
+            "dynamic-head",
+            "DoD-Net's head (task and image conditioned)",
+            "DoD-Net's dynamic head over the shared outputs",
+            {"head": "dynamic"},
+        ),
+        Variant(
+            "task-head", "a per-task output head", "dynamic head from the task code only", {"head": "task"}
+        ),
+        Variant(
+            "image-head",
+            "an image-dependent output head",
+            "dynamic head from the image only (no task code)",
+            {"head": "image"},
+        ),
+        Variant(
+            "mlp-head",
+            "DoD-Net's head shape, not its conditioning",
+            "norm + three 1x1 convolutions, one for all tasks",
+            {"head": "mlp"},
+        ),
         Variant("reseeded", "none: run-to-run spread (control)", "as published, seed + 1", seed_offset=1),
     )
 }

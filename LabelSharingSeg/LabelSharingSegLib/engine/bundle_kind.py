@@ -30,7 +30,8 @@ class BundleKind(str, Enum):
     @property
     def archs(self) -> tuple[str, ...]:
         """Every architecture a bundle of this kind may carry (its own first)."""
-        variants = {BundleKind.LCS: ("lcs_refine",), BundleKind.LABELSHARING: ("unet_film",)}
+        # label sharing may carry a task code (unet_film) or a DoD-Net-style head over its shared outputs (--head)
+        variants = {BundleKind.LCS: ("lcs_refine",), BundleKind.LABELSHARING: ("unet_film", "dodnet")}
         return (self.arch, *variants.get(self, ()))
 
     @property

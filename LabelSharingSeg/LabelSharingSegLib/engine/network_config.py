@@ -30,6 +30,7 @@ MAX_HEAD_CHANNELS = 1024
 MAX_PARAMETERS = 250_000_000  # 1 GB of float32 weights; the shipped models hold under 2 million
 NORMS = ("instance", "batch", "none")
 POOLS = ("avg", "max")
+CONTROLLER_INPUTS = ("image+task", "task", "image", "none")  # DoDNetConfig.controller_inputs
 
 
 @dataclass(frozen=True)
@@ -220,17 +221,40 @@ class RefineLCSConfig(BackboneConfig):
 
 @dataclass(frozen=True)
 class DoDNetConfig(BackboneConfig):
-    """DoD-Net-style dynamic head: ``num_tasks`` task codes, three 1x1 convolutions ``head_channels`` wide."""
+    """DoD-Net-style dynamic head: ``num_tasks`` task codes, three 1x1 convolutions ``head_channels`` wide.
+
+    ``controller_inputs`` says what the controller generates the head's weights from: ``image+task`` (DoD-Net:
+    the pooled bottleneck features and the task one-hot), ``task`` (the task code only: one small head per task),
+    ``image`` (the image only) or ``none`` (learned weights, the same for every task and image). Label sharing may
+    carry this head too (``--head``, issue #15 item 5): its ``n* + 1`` outputs stay the shared channels.
+    """
 
     ARCH: ClassVar[str] = "dodnet"
     TAKES_TASK: ClassVar[bool] = True
 
     num_tasks: int = 1
     head_channels: int = 8
+    controller_inputs: str = "image+task"
 
     def _check_own(self) -> None:
         check_int("network.num_tasks", self.num_tasks, 1, MAX_TASKS)
         check_int("network.head_channels", self.head_channels, 1, MAX_HEAD_CHANNELS)
+        check_choice("network.controller_inputs", self.controller_inputs, CONTROLLER_INPUTS)
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        if (
+            self.controller_inputs == "image+task"
+        ):  # DoD-Net as before: bundles written before the option match
+            del out["controller_inputs"]
+        return out
+
+    @property
+    def controller_features(self) -> int:
+        """Inputs of the controller: pooled bottleneck channels, task one-hot, or one constant when neither."""
+        count = self.channels[-1] if "image" in self.controller_inputs else 0
+        count += self.num_tasks if "task" in self.controller_inputs else 0
+        return count or 1
 
     @property
     def head_layer_shapes(self) -> list[tuple[int, int]]:
@@ -244,7 +268,7 @@ class DoDNetConfig(BackboneConfig):
         return sum(o * i + o for o, i in self.head_layer_shapes)
 
     def _head_parameters(self) -> int:
-        controller_in = self.channels[-1] + self.num_tasks
+        controller_in = self.controller_features
         return controller_in * self.head_parameter_count + self.head_parameter_count + 2 * self.channels[0]
 
 

@@ -15,7 +15,8 @@
 * ``unet_film`` - label sharing's U-Net with a task code: per-task scale and shift of each decoder level's
                features (no extra output channels; an option for measuring task conditioning, issue #15).
 * ``dodnet`` - DoD-Net-style baseline: task one-hot + globally pooled bottleneck features -> a controller
-               that generates the weights of a small dynamic head of 1x1 convolutions.
+               that generates the weights of a small dynamic head of 1x1 convolutions (``controller_inputs``
+               may drop either; label sharing can carry this head with its shared outputs, ``--head``).
 """
 
 from __future__ import annotations
@@ -201,7 +202,7 @@ class DoDNet(nn.Module):
         self.config = config
         self.backbone = UNetBackbone(config)
         self.layer_shapes = config.head_layer_shapes
-        self.controller = nn.Linear(config.channels[-1] + config.num_tasks, config.head_parameter_count)
+        self.controller = nn.Linear(config.controller_features, config.head_parameter_count)
         self.feature_norm = _norm(config.spatial_dims, config.norm, self.backbone.out_features)
 
     def forward(self, x: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
@@ -209,12 +210,20 @@ class DoDNet(nn.Module):
         skips, bottom_in = self.backbone.encode(x)
         features, bottom = self.backbone.decode(bottom_in, skips)
         features = F.leaky_relu(self.feature_norm(features), 0.01)
-        pooled = bottom.flatten(2).mean(dim=2)
-        onehot = F.one_hot(task_index.long().view(-1), self.config.num_tasks).to(pooled.dtype)
-        if onehot.shape[0] != pooled.shape[0]:
-            onehot = onehot.expand(pooled.shape[0], -1)
-        params = self.controller(torch.cat([pooled, onehot], dim=1))
+        params = self.controller(self._controller_input(bottom, task_index))
         return self._dynamic_head(features, params)
+
+    def _controller_input(self, bottom: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
+        """(B, controller_features): what the head's weights are generated from (``controller_inputs``)."""
+        batch, parts = bottom.shape[0], []
+        if "image" in self.config.controller_inputs:
+            parts.append(bottom.flatten(2).mean(dim=2))
+        if "task" in self.config.controller_inputs:
+            onehot = F.one_hot(task_index.long().view(-1), self.config.num_tasks).to(bottom.dtype)
+            parts.append(onehot.expand(batch, -1) if onehot.shape[0] != batch else onehot)
+        if not parts:  # no conditioning: the controller's bias is the head
+            return bottom.new_zeros(batch, 1)
+        return torch.cat(parts, dim=1)
 
     def _dynamic_head(self, features: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         batch, dims = features.shape[0], self.config.spatial_dims
