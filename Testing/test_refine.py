@@ -149,11 +149,9 @@ def test_lcs_refine_method_end_to_end(tmp_path):
         a, b = refined.labelmap == info.value, carried.labelmap == info.value
         assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.9, info.name
         assert 2 * (a & (labels == info.value)).sum() / (a.sum() + (labels == info.value).sum()) >= 0.9
-    # a refine bundle's default is deformable propagation, measured best on both label sets (docs/DEMO.md)
+    # a refine bundle's default is its refine network, measured best on both label sets (docs/DEMO.md)
     default = segment_atlas_labels(bundle, image, affine, masks, names, align=refined.alignment)
-    assert default.method == "register-deformable"
-    assert (
-        np.mean(default.labelmap == carried.labelmap) > 0.99
-    )  # the same registration, up to thread rounding
+    assert default.method == "lcs-refine"
+    assert np.mean(default.labelmap == refined.labelmap) > 0.99  # the same registration, up to thread rounding
     with pytest.raises(InputError, match="use method 'lcs-refine'"):
         segment_atlas_labels(bundle, image, affine, masks, names, method="lcs")

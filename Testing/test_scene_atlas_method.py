@@ -29,7 +29,7 @@ def test_choices_follow_the_bundle(logic):
     assert _methods(logic) == ["register-deformable", "register-affine", "lcs"]
     assert logic.atlasMethodChoices()[0][1].endswith("(default)")
     logic.loadBundle(BUNDLES / "lcs-refine-brain-aal")
-    assert _methods(logic) == ["register-deformable", "register-affine", "lcs-refine"]
+    assert _methods(logic) == ["lcs-refine", "register-deformable", "register-affine"]
     logic.loadBundle(BUNDLES / "labelsharing-multitask")
     assert logic.atlasMethodChoices() == []
 

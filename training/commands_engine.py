@@ -67,8 +67,8 @@ def register(subparsers) -> None:
         default=None,
         help="how --atlas-labels are segmented: carried by affine + deformable registration, by affine "
         "registration only, by the bundle's LCS network (Ma et al. 2022) or by a refine network; default: the "
-        f"best measured (docs/DEMO.md): {DEFAULT_ATLAS_METHOD}; lcs for 2D bundles; {REFINE_ATLAS_METHOD} "
-        "needs a bundle with a refine network",
+        f"best measured (docs/DEMO.md): {REFINE_ATLAS_METHOD} for a bundle with a refine network (it needs one), "
+        f"else {DEFAULT_ATLAS_METHOD}; lcs for 2D bundles",
     )
     segment.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     segment.add_argument(
