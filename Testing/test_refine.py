@@ -152,6 +152,8 @@ def test_lcs_refine_method_end_to_end(tmp_path):
     # a refine bundle's default is its refine network, measured best on both label sets (docs/DEMO.md)
     default = segment_atlas_labels(bundle, image, affine, masks, names, align=refined.alignment)
     assert default.method == "lcs-refine"
-    assert np.mean(default.labelmap == refined.labelmap) > 0.99  # the same registration, up to thread rounding
+    assert (
+        np.mean(default.labelmap == refined.labelmap) > 0.99
+    )  # the same registration, up to thread rounding
     with pytest.raises(InputError, match="use method 'lcs-refine'"):
         segment_atlas_labels(bundle, image, affine, masks, names, method="lcs")
