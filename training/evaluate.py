@@ -27,11 +27,10 @@ from LabelSharingSegLib.engine.atomic import (
 from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.device import resolve_device
 from LabelSharingSegLib.engine.errors import InputError
-from LabelSharingSegLib.engine.inference import atlas_labels_independently, segment_atlas_labels, segment_task
+from LabelSharingSegLib.engine.inference import segment_atlas_labels, segment_task
 from LabelSharingSegLib.engine.labels import LabelInfo
 from LabelSharingSegLib.engine.propagation import MIN_LABEL_VOXELS
 from LabelSharingSegLib.engine.registered import (
-    refined_independently,
     segment_by_refinement,
 )
 
@@ -224,28 +223,17 @@ def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95, registrati
             ]
             fine_masks = np.stack([fine_atlas == f for f, _ in fine_pairs])
             # every fine label decided on its own (as one at a time), batched; the scan's registration reused
-            if refine:
-                decided, _ = refined_independently(
-                    bundle,
-                    volume,
-                    affine,
-                    fine_masks,
-                    fine_infos,
-                    device=str(device),
-                    network=network,
-                    propagation=deformable,
-                )
-            else:
-                decided, _ = atlas_labels_independently(
-                    bundle,
-                    volume,
-                    affine,
-                    fine_masks,
-                    fine_infos,
-                    device=str(device),
-                    network=network,
-                    align=result.alignment,
-                )
+            network_method, decided = sidebyside.network_decisions(
+                bundle,
+                network,
+                volume,
+                affine,
+                fine_masks,
+                fine_infos,
+                str(device),
+                result.alignment,
+                deformable if refine else None,
+            )
             predictions: dict = {}
             if not shared.get("scored"):  # the registration methods once per scan and atlas
                 if result.alignment is not None and "note" not in shared and "deformable" not in shared:
@@ -264,7 +252,7 @@ def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95, registrati
                 shared["scored"] = True
                 if note:
                     notes.append(note if result.alignment is None else f"{case.case_id}: {note}")
-            predictions[sidebyside.REFINE if refine else sidebyside.LCS] = decided
+            predictions[network_method] = decided
             side += sidebyside.case_rows(method, task, case.case_id, fine_infos, predictions, truth)
             for (fine, coarse), info, fine_prediction in zip(fine_pairs, fine_infos, decided):
                 table1.append(

@@ -14,9 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from LabelSharingSegLib.engine.inference import atlas_labels_independently
 from LabelSharingSegLib.engine.labels import LabelInfo
-from LabelSharingSegLib.engine.registered import refined_independently
 
 from . import sidebyside
 from .datasets import read_dataset
@@ -78,34 +76,20 @@ def fine_label_rows(scan, bundles: list, brain: Path, device: str) -> tuple[list
             notes.append(f"{lead.path.name}: {note}")
         rows += sidebyside.case_rows(lead.path.name, task, CASE, infos, predictions, truth)
         for bundle in group:
-            network = bundle.build_network(device)
-            if bundle.network_config.arch == "lcs_refine":
-                if deformable is None:
-                    notes.append(f"{bundle.path.name}: no deformable registration to refine; left out")
-                    continue
-                decided, _ = refined_independently(
-                    bundle,
-                    scan.image,
-                    scan.affine,
-                    masks,
-                    infos,
-                    device=device,
-                    network=network,
-                    propagation=deformable,
-                )
-                method = sidebyside.REFINE
-            else:
-                decided, _ = atlas_labels_independently(
-                    bundle,
-                    scan.image,
-                    scan.affine,
-                    masks,
-                    infos,
-                    device=device,
-                    network=network,
-                    align=alignment,
-                )
-                method = sidebyside.LCS
+            if bundle.network_config.arch == "lcs_refine" and deformable is None:
+                notes.append(f"{bundle.path.name}: no deformable registration to refine; left out")
+                continue
+            method, decided = sidebyside.network_decisions(
+                bundle,
+                bundle.build_network(device),
+                scan.image,
+                scan.affine,
+                masks,
+                infos,
+                device,
+                alignment,
+                deformable,
+            )
             rows += sidebyside.case_rows(bundle.path.name, task, CASE, infos, {method: decided}, truth)
     return rows, notes
 

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from LabelSharingSegLib.engine.errors import LabelSharingSegError
-from LabelSharingSegLib.engine.inference import reference_alignment
+from LabelSharingSegLib.engine.inference import atlas_labels_independently, reference_alignment
 from LabelSharingSegLib.engine.propagation import Propagation, carry_independently, register_atlas
-from LabelSharingSegLib.engine.registered import atlas_propagation
+from LabelSharingSegLib.engine.registered import atlas_propagation, refined_independently
 from LabelSharingSegLib.engine.registration import Alignment
 
 from .metrics import dice, nanmean
@@ -62,6 +62,20 @@ def deformable_registration(bundle, volume, affine, alignment) -> tuple[Propagat
         ), None
     except LabelSharingSegError as exc:  # diverged or impossible
         return None, f"deformable propagation left out: {exc}"
+
+
+def network_decisions(bundle, network, volume, affine, masks, infos, device, alignment, deformable):
+    """(method, bool masks (K, *scan)): each label decided on its own by the bundle's network - a refine network
+    correcting the scan's ``deformable`` registration, or the paper's LCS from its ``alignment``."""
+    if bundle.network_config.arch == "lcs_refine":
+        decided, _ = refined_independently(
+            bundle, volume, affine, masks, infos, device=device, network=network, propagation=deformable
+        )
+        return REFINE, decided
+    decided, _ = atlas_labels_independently(
+        bundle, volume, affine, masks, infos, device=device, network=network, align=alignment
+    )
+    return LCS, decided
 
 
 def registration_predictions(
