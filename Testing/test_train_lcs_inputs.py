@@ -10,8 +10,8 @@ import torch
 from train_helpers import TINY, lsseg, phantoms
 
 import lsseg_training.run_session as run_session
+from LabelSharingSegLib.engine.atlas_segmentation import PreparedLCS
 from LabelSharingSegLib.engine.bundle import load_bundle
-from LabelSharingSegLib.engine.inference import PreparedLCS
 from lsseg_training.datasets import as_volume, load_case, read_dataset
 from lsseg_training.methods import LCSMethod
 from lsseg_training.samples import ToAtlasGrid, cache_items
