@@ -41,6 +41,9 @@ class LCSVariant:
     channel_factor: int = 1
     step_factor: int = 1  # above 1 only for the training-length variant
     seed_offset: int = 0
+    coarse_to_fine: bool = (
+        False  # also trained on the coarse labels for Table 1 (fine atlas labels never trained)
+    )
 
     @property
     def run(self) -> str:
@@ -81,6 +84,7 @@ LCS_VARIANTS = {
             "conditioning",
             "atlas image and mask at every decoder level too",
             {"conditioning": "every-level"},
+            coarse_to_fine=True,  # can a never-trained fine mask be read when the decoder sees it at full resolution?
         ),
         LCSVariant("dice-bce", "the loss", "soft Dice + binary cross-entropy", {"loss": "dice-bce"}),
         LCSVariant("wide", "capacity", "2x channels at every level", channel_factor=2),
@@ -106,6 +110,8 @@ def record_budgets(
     for variant in variants:
         vb = variant.budget(budget)
         ledger.record(variant.comparison, variant.method, variant.run, vb.steps, vb.batch)
+        if variant.coarse_to_fine:
+            ledger.record("coarse-to-fine", variant.method, f"lcs_coarse_{variant.name}", vb.steps, vb.batch)
 
 
 def train_and_evaluate(
@@ -120,6 +126,21 @@ def train_and_evaluate(
         more = runner.evaluate_bundle(path, [data], ws.evaluation(variant.run), variant.method, budget.device)
         rows += [{**r, "label_count": label_count} for r in more]
     return rows
+
+
+def train_coarse(
+    ws: Workspace, data: Path, variants: list[LCSVariant], budget: runner.Budget, coarse_map: Path
+) -> dict[str, list[dict]]:
+    """The coarse-to-fine variants trained on the coarse labels and evaluated: Table 1 rows by variant method."""
+    table1: dict[str, list[dict]] = {}
+    for variant in (v for v in variants if v.coarse_to_fine):
+        run = f"lcs_coarse_{variant.name}"
+        ws.timed(f"train {variant.method} on coarse labels", runner.train_lcs, data, ws.run(run),
+                 variant.budget(budget), coarse_map, **variant.options)  # fmt: skip
+        runner.evaluate_bundle(ws.run(run), [data], ws.evaluation(run), run, budget.device)
+        path = ws.evaluation(run) / "table1.csv"
+        table1[variant.method] = runner.read_csv(path) if path.is_file() else []
+    return table1
 
 
 def run_facts(bundle: Path) -> dict:
