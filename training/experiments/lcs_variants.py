@@ -9,6 +9,7 @@ count, each changing one thing the issue suspects, under the published LCS's bud
 * ``dice-bce``         - the loss: soft Dice plus binary cross-entropy (the paper: soft Dice);
 * ``wide``             - capacity: twice the channels at every level;
 * ``long``             - training length: four times the steps (the only variant that spends more);
+* ``combined``         - ``every-level``, ``no-merge`` and ``labels-per-image`` together;
 * ``reseeded``         - the control: the published LCS with the next seed, so a variant's difference can be
   read against the spread between two seeds.
 
@@ -89,6 +90,12 @@ LCS_VARIANTS = {
         LCSVariant("dice-bce", "the loss", "soft Dice + binary cross-entropy", {"loss": "dice-bce"}),
         LCSVariant("wide", "capacity", "2x channels at every level", channel_factor=2),
         LCSVariant("long", "training length", "4x the steps (4x the budget)", step_factor=4),
+        LCSVariant(
+            "combined",
+            "the helpful changes together",
+            "every-level conditioning, no merged pairs, 4 labels per image",
+            {"conditioning": "every-level", "merge_prob": 0.0, "labels_per_image": 4},
+        ),
         LCSVariant("reseeded", "none: run-to-run spread (control)", "as published, seed + 1", seed_offset=1),
     )
 }
