@@ -64,11 +64,14 @@ def test_lcs_experiment_reports_every_table_and_resumes(tmp_path, monkeypatch):
 
     # variants join the finished experiment: only they train, each with its own change recorded in its bundle
     monkeypatch.undo()
-    variants = ["--variants", "every-level", "labels-per-image", "long", "reseeded"]
+    variants = ["--variants", "every-level", "labels-per-image", "long", "reseeded", "every-level-reseeded"]
     assert lsseg(*command, *variants) == 0
     report = (out / "report.md").read_text()
     assert "## Why LCS trails: variants at 3 labels (issue #15)" in report
-    assert "--variants every-level labels-per-image long reseeded" in report.splitlines()[2]
+    assert (
+        "--variants every-level labels-per-image long reseeded every-level-reseeded" in report.splitlines()[2]
+    )
+    assert "Paired over two seeds, `every-level` minus the published LCS:" in report
     for run, change in (("every-level", "atlas image and mask at every decoder level too"),
                         ("long", "4x the steps (4x the budget)")):  # fmt: skip
         assert f"| lcs {run} |" in report and change in report

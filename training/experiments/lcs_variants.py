@@ -11,7 +11,9 @@ count, each changing one thing the issue suspects, under the published LCS's bud
 * ``long``             - training length: four times the steps (the only variant that spends more);
 * ``combined``         - ``every-level``, ``no-merge`` and ``labels-per-image`` together;
 * ``reseeded``         - the control: the published LCS with the next seed, so a variant's difference can be
-  read against the spread between two seeds.
+  read against the spread between two seeds;
+* ``every-level-reseeded`` - ``every-level`` with the next seed: its difference to ``reseeded`` repeats the
+  conditioning comparison on a second seed (a paired comparison; any ``NAME-reseeded`` pairs the same way).
 
 Each image-sample budget (steps x batch) is the published LCS's except ``long``; ``labels-per-image`` spends more
 decoder passes per step, so the report gives every run's training seconds beside its Dice.
@@ -97,6 +99,13 @@ LCS_VARIANTS = {
             {"conditioning": "every-level", "merge_prob": 0.0, "labels_per_image": 4},
         ),
         LCSVariant("reseeded", "none: run-to-run spread (control)", "as published, seed + 1", seed_offset=1),
+        LCSVariant(
+            "every-level-reseeded",
+            "conditioning, second seed",
+            "every-level conditioning, seed + 1 (paired with reseeded)",
+            {"conditioning": "every-level"},
+            seed_offset=1,
+        ),
     )
 }
 
@@ -214,6 +223,19 @@ def section(
             f"multi-channel {fmt(dice['multichannel'])}, published LCS {fmt(dice['lcs'])}.",
             "",
         ]
+    for variant in variants:  # NAME-reseeded against reseeded: the same comparison on the next seed
+        first = variant.name.removesuffix("-reseeded")
+        if (
+            variant.name.endswith("-reseeded")
+            and first in LCS_VARIANTS
+            and {control, f"lcs {first}"} <= set(dice)
+        ):
+            lines += [
+                f"Paired over two seeds, `{first}` minus the published LCS: "
+                f"{fmt(dice[f'lcs {first}'] - dice['lcs'])} (seed {ws.config['budget']['seed']}), "
+                f"{fmt(dice[variant.method] - dice[control])} (the next seed).",
+                "",
+            ]
     curves = {method: facts[method]["curve"] for method, *_ in runs if facts[method]["curve"]}
     if curves:
         plots.append(curves_plot(ws.root / "variants_validation.png", curves, "training step",
