@@ -30,7 +30,7 @@ def _budget_options(p: argparse.ArgumentParser, steps: int) -> None:
         "--val-labels",
         type=int,
         help="score at most N labels in each validation, a fixed sample drawn with --seed, the same for every "
-        "method (default: all; LCS validates one label per decoder pass)",
+        "method (default: all; LCS decodes every label either way, as segment decides by the most probable)",
     )
     v.add_argument(
         "--val-every", type=int, default=0, help="validate every N steps (default: 10 times a run)"

@@ -261,6 +261,16 @@ def _lcs_setup(
     return _LCSRun(image, affine, masks, report, note, working_affine, alignment, prepared, net, chunk)
 
 
+def keep_most_probable(
+    best: torch.Tensor, best_index: torch.Tensor, probs: torch.Tensor, start: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold a chunk of label probabilities (n, ...), labels ``start``.. ``start + n - 1``, into the running
+    maximum and its label index (int32; ties keep the earlier label). Training validation decides the same way."""
+    value, index = probs.max(dim=0)
+    better = value > best
+    return torch.where(better, value, best), torch.where(better, index.to(torch.int32) + start, best_index)
+
+
 def segment_atlas_labels(
     bundle: Bundle,
     image: np.ndarray,
@@ -313,10 +323,7 @@ def segment_atlas_labels(
     best = torch.zeros(run.prepared.atlas_shape)
     best_index = torch.zeros(run.prepared.atlas_shape, dtype=torch.int32)
     for start, probs in lcs_probabilities_chunks(run.network, run.prepared, run.masks, run.chunk, run.report):
-        value, index = probs.max(dim=0)
-        better = value > best
-        best = torch.where(better, value, best)
-        best_index = torch.where(better, index.to(torch.int32) + start, best_index)
+        best, best_index = keep_most_probable(best, best_index, probs, start)
     lookup = torch.tensor([label.value for label in labels], dtype=torch.int32)
     on_atlas = torch.where(best >= LCS_THRESHOLD, lookup[best_index.long()], torch.zeros_like(best_index))
     run.report(0.95, "mapping back onto the input grid")
