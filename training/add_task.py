@@ -136,6 +136,9 @@ def add_task(config: AddTaskConfig, on_step: StepCallback | None = None) -> Trai
     with distributed_session(settings.device, settings.threads) as ctx:
         if ctx.is_main and not settings.quiet:
             print(space.format_table())
+            if weights:
+                old = ", ".join(f"{t} {w:.0%}" for t, w in weights.items() if t != new.task_name())
+                print(f"Replay: {new.task_name()} {share:.0%} of the samples; replayed tasks {old}")
         trained = train_task_model(
             plan, [new, *replay], settings, ctx, config.out, checkpoint_dir, on_step=on_step
         )
