@@ -62,6 +62,32 @@ def test_lcs_experiment_reports_every_table_and_resumes(tmp_path, monkeypatch):
     assert lsseg(*command) == 0
     assert (out / "report.md").read_text() == report
 
+    # variants join the finished experiment: only they train, each with its own change recorded in its bundle
+    monkeypatch.undo()
+    variants = ["--variants", "every-level", "labels-per-image", "long", "reseeded"]
+    assert lsseg(*command, *variants) == 0
+    report = (out / "report.md").read_text()
+    assert "## Why LCS trails: variants at 3 labels (issue #15)" in report
+    assert "--variants every-level labels-per-image long reseeded" in report.splitlines()[2]
+    for run, change in (("every-level", "atlas image and mask at every decoder level too"),
+                        ("long", "4x the steps (4x the budget)")):  # fmt: skip
+        assert f"| lcs {run} |" in report and change in report
+    manifest = (out / "runs" / "lcs_every-level" / "bundle.json").read_text()
+    assert '"conditioning": "every-level"' in manifest
+    assert '"labels_per_image": 4' in (out / "runs" / "lcs_labels-per-image" / "bundle.json").read_text()
+    with open(out / "budget.csv", newline="") as handle:
+        spent = {r["run"]: int(r["samples"]) for r in csv.DictReader(handle)}
+    assert spent["lcs_long"] == 24 and spent["lcs_every-level"] == spent["lcs_3"] == 6
+    with open(out / "metrics.csv", newline="") as handle:
+        methods = {r["method"] for r in csv.DictReader(handle)}
+    assert {"lcs every-level", "lcs labels-per-image", "lcs long", "lcs reseeded"} <= methods
+    assert (out / "variants_validation.png").stat().st_size > 1000
+    assert "seeds" in report and "Largest gain:" in report
+    # variants need the full label count among the trained ones
+    fewer = [str(c) for c in command]
+    fewer[fewer.index("2,3")], fewer[fewer.index(str(out))] = "2", str(tmp_path / "other")
+    assert lsseg(*fewer, *variants) == 2
+
 
 def test_memory_multichannel_grows_with_labels_lcs_does_not():
     small = {m: measure(m, 2, 2, 32, [4, 8, 16], 2, "cpu") for m in ("lcs", "multichannel")}

@@ -48,6 +48,33 @@ def test_lcs_conditioning_lives_on_the_bottleneck_grid():
     assert cond.shape == (4, 2, 2, 2, 2)
 
 
+@pytest.mark.parametrize("conditioning", ["bottleneck", "every-level"])
+@pytest.mark.parametrize("dims", [2, 3])
+def test_lcs_conditionings_sharing_one_encoded_volume_equal_separate_volumes(conditioning, dims):
+    """Several labels per training image: 2 images x 3 masks give what 6 separate image copies give, and
+    every-level conditioning reaches each decoder level on its own grid."""
+    torch.manual_seed(0)
+    lcs = build_network(LCSConfig(spatial_dims=dims, channels=(4, 8, 16), conditioning=conditioning)).eval()
+    grid = (16,) * dims
+    images, atlas = torch.randn((2, 1) + grid), torch.randn((1, 1) + grid)
+    masks = (torch.rand((6, 1) + grid) > 0.5).float()
+    shared = lcs.decode_conditioned(lcs.encode(images), lcs.condition(atlas, masks))
+    separate = lcs(images.repeat_interleave(3, dim=0), atlas, masks)
+    assert shared.shape == (6, 1) + grid
+    assert torch.allclose(shared, separate, atol=1e-6)
+    cond = lcs.condition(atlas, masks)
+    if conditioning == "bottleneck":
+        assert cond.shape == (6, 2) + (4,) * dims
+    else:  # the bottleneck, then the decoder levels coarsest first
+        assert [c.shape[2:] for c in cond] == [(4,) * dims, (8,) * dims, (16,) * dims]
+        # a mask change only at full resolution (invisible after pooling) still changes the output
+        other = masks.clone()
+        other[(0, 0) + (slice(0, 2),) * dims] = 1 - other[(0, 0) + (slice(0, 2),) * dims]
+        assert not torch.equal(lcs(images[:1], atlas, other[:1]), lcs(images[:1], atlas, masks[:1]))
+    with pytest.raises(InputError, match="cannot share 2 encoded volumes"):
+        lcs.decode_conditioned(lcs.encode(images), lcs.condition(atlas, masks[:5]))
+
+
 def test_sizes_not_divisible_are_refused():
     net = build_network(UNetConfig(spatial_dims=2, channels=(4, 8, 16)))
     with pytest.raises(InputError, match="divisible by 4"):
@@ -61,6 +88,7 @@ CONFIGS = [
     TaskFiLMUNetConfig(spatial_dims=3, channels=(3, 5), convs_per_level=2),
     LCSConfig(spatial_dims=3, channels=(4, 8, 16), in_channels=2, atlas_image_pool="max"),
     LCSConfig(spatial_dims=2, channels=(8, 16, 32, 64)),
+    LCSConfig(spatial_dims=3, channels=(4, 8, 16), conditioning="every-level", convs_per_level=2),
     DoDNetConfig(spatial_dims=3, channels=(4, 8), out_channels=4, num_tasks=3, head_channels=5),
     DoDNetConfig(spatial_dims=2, channels=(4, 8, 16), convs_per_level=3),
     RefineLCSConfig(spatial_dims=3, channels=(6, 10)),
@@ -92,7 +120,7 @@ def test_each_architecture_stores_only_its_own_settings():
         "convs_per_level",
         "norm",
     }
-    assert set(LCSConfig().to_dict()) - set(UNetConfig().to_dict()) == {"atlas_image_pool"}
+    assert set(LCSConfig().to_dict()) - set(UNetConfig().to_dict()) == {"atlas_image_pool", "conditioning"}
     assert set(DoDNetConfig().to_dict()) - set(UNetConfig().to_dict()) == {"num_tasks", "head_channels"}
     with pytest.raises(ConfigError, match="unknown key.*num_tasks"):
         network_config_from_dict({"arch": "unet", "num_tasks": 1})

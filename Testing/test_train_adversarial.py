@@ -193,6 +193,31 @@ ROWS = [
         "--merge-prob must be between 0 and 1",
     ),
     Row(
+        "lcs-labels-per-image-0",
+        ["train", "lcs", "--data", "{d0}", "--out", "{work}/lcs", "--labels-per-image", "0", *STEPS, *TINY],
+        2,
+        "--labels-per-image must be an integer from 1 to 64",
+    ),
+    Row(
+        "refine-with-lcs-variant",
+        [
+            "train",
+            "lcs",
+            "--data",
+            "{d0}",
+            "--out",
+            "{work}/lcs",
+            "--arch",
+            "lcs_refine",
+            "--loss",
+            "dice-bce",
+            *STEPS,
+            *TINY,
+        ],
+        2,
+        "--conditioning, --labels-per-image and --loss are options of --arch lcs, not lcs_refine",
+    ),  # fmt: skip
+    Row(
         "time-limit-zero",
         ["train", "labelsharing", "--data", "{d0}", "{d1}", "--out", "{work}/ls", "--time-limit", "0", *TINY],
         2,

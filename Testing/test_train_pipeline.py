@@ -11,6 +11,7 @@ from train_helpers import TINY, lsseg, phantoms
 
 from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.network_config import network_config_from_dict
+from LabelSharingSegLib.engine.networks import build_network
 from LabelSharingSegLib.engine.preprocessing_config import Preprocessing
 from lsseg_training.batch_augment import (
     SpatialParams,
@@ -93,6 +94,43 @@ def test_lcs_batches_are_reproducible_and_keep_geometry():
         assert len(chosen) in (1, 2) and set(chosen.tolist()) <= {1, 2}
         assert torch.equal(batch["target"][b, 0].bool(), torch.isin(items[1]["label"], chosen))
     assert batch["atlas_mask"].shape == batch["target"].shape == (2, 1, 16, 16, 16)
+
+
+@pytest.mark.parametrize("pipeline", ["device", "loop"])
+def test_several_labels_per_image_share_its_encoder_pass(pipeline):
+    """--labels-per-image K: B images, B*K conditionings, image b's K consecutive ones distinct labels of it."""
+    items = _items(3, cases=2, size=16)
+    prep = Preprocessing.from_dict({"spatial_dims": 3, "spacing": [1, 1, 1], "patch_size": [16, 16, 16]})
+    config = network_config_from_dict(
+        {"arch": "lcs", "spatial_dims": 3, "out_channels": 1, "channels": [4, 8, 16]}
+    )
+    method = LCSMethod(items[0]["image"][0], items[0]["label"], [1, 2], config, prep, merge_prob=0.0,
+                       labels_per_image=2, loss="dice-bce")  # fmt: skip
+    method.prepare_items(items[1:])
+    if pipeline == "device":
+        batch = LCSBatches(method, items[1:], PipelineSettings(augment=False), torch.device("cpu"))(
+            0, 0, 3, 2
+        )
+    else:
+        method.make_sampler(items[1:], 0.5, augment=False)
+        batch = method.batch(0, 0, 3, 2)
+    assert batch["image"].shape == (2, 1, 16, 16, 16)
+    assert batch["atlas_mask"].shape == batch["target"].shape == (4, 1, 16, 16, 16)
+    for b in range(2):
+        pair = [
+            method.atlas_label[batch["atlas_mask"][2 * b + k, 0].bool()].unique().tolist() for k in (0, 1)
+        ]
+        assert sorted(pair) == [[1], [2]]  # both labels, each once
+        for k in (0, 1):
+            target = batch["target"][2 * b + k, 0].bool()
+            assert target.any() and torch.equal(target, items[1]["label"] == pair[k][0])
+    torch.manual_seed(0)
+    loss = method.loss(build_network(config), batch, torch.device("cpu"))
+    assert loss.ndim == 0 and torch.isfinite(loss) and loss > 1.0  # Dice term + a positive cross-entropy
+    # one label per image draws exactly what the published sampler drew
+    single = LCSMethod(items[0]["image"][0], items[0]["label"], [1, 2], config, prep)
+    r1, r2 = np.random.default_rng(5), np.random.default_rng(5)
+    assert [single.draw_label_sets(r1) for _ in range(20)] == [[single.draw_labels(r2)] for _ in range(20)]
 
 
 def _flip_grid(shape):

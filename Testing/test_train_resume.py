@@ -144,6 +144,19 @@ def test_resume_of_other_config_or_method_refused(tmp_path, data, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "change", [["--labels-per-image", "2"], ["--conditioning", "every-level"], ["--loss", "dice-bce"]]
+)
+def test_resume_of_lcs_with_another_variant_refused(tmp_path, data, capsys, change):
+    """An LCS variant option changes what is trained, so a checkpoint of the published LCS is not resumed."""
+    ckpt_dir = tmp_path / "ck"
+    common = ["train", "lcs", "--data", data[0], "--checkpoint-dir", ckpt_dir, *TINY]
+    assert lsseg(*common, "--out", tmp_path / "a", "--steps", 2) == 0
+    capsys.readouterr()
+    assert lsseg(*common, "--out", tmp_path / "b", "--steps", 4, "--resume", *change) == 2
+    assert "different training run" in capsys.readouterr().err
+
+
 def test_failed_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
     import safetensors.torch
 

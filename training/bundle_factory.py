@@ -202,10 +202,14 @@ def write_lcs_bundle(
     overwrite: bool = False,
     arch: str = "lcs",
     reference: tuple[np.ndarray, np.ndarray] | None = None,
+    network: NetworkConfig | None = None,
 ) -> Path:
     """``arch``: 'lcs' (Ma et al. 2022, bottleneck conditioning) or 'lcs_refine' (refines registration).
-    ``reference`` = (image, affine) in the position the training targets had (``Bundle.network_reference``)."""
-    if arch == "lcs_refine":
+    ``reference`` = (image, affine) in the position the training targets had (``Bundle.network_reference``).
+    ``network``: the trained network's config (instead of ``arch`` and ``channels``)."""
+    if network is not None:
+        config = network
+    elif arch == "lcs_refine":
         config = RefineLCSConfig(spatial_dims=preprocessing.spatial_dims, channels=tuple(channels))
     else:
         config = network_config_for(BundleKind.LCS, [], preprocessing.spatial_dims, channels)

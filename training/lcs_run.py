@@ -125,7 +125,9 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
     if not others:
         others = [c for c in dataset.training if c.case_id == atlas.case_id]
     train_cases, val_cases = split_cases(others, settings.val_fraction, settings.seed)
-    network = factory.network_config_for("lcs", [], atlas.prep.spatial_dims, list(settings.channels))
+    network = factory.network_config_for(
+        "lcs", [], atlas.prep.spatial_dims, list(settings.channels), conditioning=config.conditioning
+    )
     val_labels = validation_labels(atlas.present, settings.val_labels, settings.seed)
     method = LCSMethod(
         atlas.raw,
@@ -135,6 +137,8 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
         atlas.prep,
         merge_prob=config.merge_prob,
         val_labels=val_labels,
+        labels_per_image=config.labels_per_image,
+        loss=config.loss,
     )
     transform = ToAtlasGrid(atlas.prep, atlas.grid_affine, atlas.grid_shape)
     max_value = len(atlas.lut) - 1
@@ -168,6 +172,7 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
                 "coarse_map": {str(k): v for k, v in coarse_pairs},
                 "labels": atlas.present,
                 "merge_prob": config.merge_prob,
+                **config.lcs_variant_options(),
             },
         )
         result = session.run_loop(method, model, val_items, options, ctx, identity, on_step)
@@ -184,6 +189,9 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
                 atlas_case=atlas.case_id,
                 coarse_map=[[f, c] for f, c in coarse_pairs],
                 fine_labels=[[v, n] for v, n in sorted(dataset.foreground_labels().items())],
+                merge_prob=config.merge_prob,
+                labels_per_image=config.labels_per_image,
+                loss=config.loss,
                 **({} if settings.val_labels is None else {"validation_labels": val_labels}),
             )
             factory.write_lcs_bundle(
@@ -193,7 +201,7 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
                 atlas.grid_affine,
                 [LabelInfo(v, atlas.names[v], default_color(v)) for v in atlas.present],
                 atlas.prep,
-                channels=list(settings.channels),
+                network=network,
                 state_dict=result.state_dict,
                 name=settings.name or config.out.name,
                 training=meta,

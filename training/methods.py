@@ -210,16 +210,22 @@ class LCSMethod:
         prep: Preprocessing,
         merge_prob: float = 0.5,
         val_labels: list[int] | None = None,
+        labels_per_image: int = 1,
+        loss: str = "dice",
     ):
         """``atlas_raw``: the atlas image on its grid, (X, Y, Z), before normalisation (as the bundle stores
         it); ``atlas_label``: (X, Y, Z) label values on the same grid; ``val_labels``: the label values
-        validation scores (default: all ``label_values``; one decoder pass each)."""
+        validation scores (default: all ``label_values``; one decoder pass each); ``labels_per_image``: labels
+        conditioned on each sampled image per step (one encoder pass, that many decoder passes; 1 in Ma et al.
+        2022); ``loss``: 'dice' (soft Dice, as the paper) or 'dice-bce' (plus binary cross-entropy)."""
         self.factor = network_config.downsample_factor
         self.spatial_dims = prep.spatial_dims
         self.spacing_mm = float(np.mean(prep.spacing))
         self.values = [int(v) for v in label_values]
         self.val_values = self.values if val_labels is None else [int(v) for v in val_labels]
         self.merge_prob = merge_prob
+        self.labels_per_image = labels_per_image
+        self.loss_kind = loss
         self.grid = tuple(int(s) for s in atlas_label.shape)
         net_grid = self.grid[:2] if self.spatial_dims == 2 else self.grid
         self.pads = centred_pad_amounts(net_grid, self.factor)
@@ -269,11 +275,23 @@ class LCSMethod:
 
     def draw_labels(self, rng: np.random.Generator) -> list[int]:
         first = self.values[int(rng.integers(len(self.values)))]
+        return self._maybe_merged(rng, first)
+
+    def _maybe_merged(self, rng: np.random.Generator, first: int) -> list[int]:
         chosen = [first]
         if len(self.values) > 1 and rng.random() < self.merge_prob:
             others = [v for v in self.values if v != first]
             chosen.append(others[int(rng.integers(len(others)))])
         return chosen
+
+    def draw_label_sets(self, rng: np.random.Generator) -> list[list[int]]:
+        """The label sets one sampled image is conditioned on this step: ``labels_per_image`` distinct first
+        labels (each possibly merged with another). One set draws exactly as ``draw_labels``."""
+        if self.labels_per_image == 1:
+            return [self.draw_labels(rng)]
+        count = min(self.labels_per_image, len(self.values))
+        firsts = rng.choice(len(self.values), size=count, replace=False)
+        return [self._maybe_merged(rng, self.values[int(i)]) for i in firsts]
 
     def batch(self, seed: int, rank: int, step: int, batch_size: int) -> dict:
         if getattr(self, "device_batches", None) is not None:
@@ -282,14 +300,15 @@ class LCSMethod:
         images, masks, targets = [], [], []
         for _ in range(batch_size):
             item = self.items[int(rng.integers(len(self.items)))]
-            chosen = torch.tensor(self.draw_labels(rng))
+            label_sets = self.draw_label_sets(rng)
             image = item["image"]
             if self.augmentation is not None:
                 self.augmentation.set_random_state(seed=int(rng.integers(2**31)))
                 image = torch.as_tensor(self.augmentation({"image": image})["image"]).float()
             images.append(image)
-            masks.append(torch.isin(self.atlas_label, chosen)[None].float())
-            targets.append(torch.isin(item["label"], chosen)[None].float())
+            for chosen in map(torch.tensor, label_sets):
+                masks.append(torch.isin(self.atlas_label, chosen)[None].float())
+                targets.append(torch.isin(item["label"], chosen)[None].float())
         return {
             "image": torch.stack(images),
             "atlas_mask": torch.stack(masks),
@@ -312,7 +331,10 @@ class LCSMethod:
         target = batch["target"].to(device)
         dims = tuple(range(1, probs.ndim))
         soft = (2 * (probs * target).sum(dims) + 1.0) / (probs.sum(dims) + target.sum(dims) + 1.0)
-        return 1.0 - soft.mean()
+        dice = 1.0 - soft.mean()
+        if self.loss_kind == "dice-bce":
+            return dice + F.binary_cross_entropy_with_logits(logits, target)
+        return dice
 
     @torch.no_grad()
     def validate(self, model, items: list[dict], device: torch.device) -> float:

@@ -204,13 +204,14 @@ class LCSBatches:
         images, masks, targets, labels, distances = [], [], [], [], []
         for _ in range(batch_size):
             index = int(rng.integers(len(self.images)))
-            chosen = self.method.draw_labels(rng)
+            label_sets = self.method.draw_label_sets(rng)
             images.append(self.images[index])
             labels.append(self.labels[index])
             if self.distances is not None:
                 distances.append(self.distances[index])
-            masks.append(_any_of(self.atlas_label, chosen)[None].float())
-            targets.append(_any_of(self.labels[index], chosen)[None].float())
+            for chosen in label_sets:  # consecutive conditionings of one image share its encoder pass
+                masks.append(_any_of(self.atlas_label, chosen)[None].float())
+                targets.append(_any_of(self.labels[index], chosen)[None].float())
         image = torch.stack(images)
         if self.settings.augment:
             generator = device_generator(rng, self.device)

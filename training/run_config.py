@@ -17,6 +17,7 @@ from pathlib import Path
 
 from LabelSharingSegLib.engine.bundle_kind import TASK_KINDS as BUNDLE_TASK_KINDS
 from LabelSharingSegLib.engine.errors import InputError
+from LabelSharingSegLib.engine.network_config import LCS_CONDITIONINGS
 
 from .appearance import parse_appearance
 from .pipeline import PipelineSettings
@@ -38,6 +39,11 @@ LCS_ARCHS = ("lcs", "lcs_refine")
 # every replayed task (by --task-sampling; equally often by default), as add-task did before the option existed.
 EQUAL_SHARE = "equal"
 DEFAULT_NEW_TASK_SHARE: float | str = 0.5
+LCS_LOSSES = (
+    "dice",
+    "dice-bce",
+)  # soft Dice on the conditioned label (Ma et al. 2022), or plus cross-entropy
+MAX_LABELS_PER_IMAGE = 64
 
 # What ``--resume`` may change: how long to train and how the run is watched. A larger ``steps`` continues the run;
 # the lr schedule is then recomputed for the new total. Everything else must match the checkpoint.
@@ -276,6 +282,11 @@ class LCSRunConfig:
     max_cases: int | None = None  # use only the first N training cases (each costs a registration)
     registration_cache: Path | None = None  # None: CHECKPOINT_DIR/registrations
     reference: Path | None = None  # the position of the training targets (atlas_brain.network_pose)
+    # issue #15's LCS variants ('lcs' only; the defaults are Ma et al. 2022): where the conditioning joins the
+    # U-Net (LCS_CONDITIONINGS), labels conditioned per sampled image per step, and the loss
+    conditioning: str = "bottleneck"
+    labels_per_image: int = 1
+    loss: str = "dice"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
@@ -292,6 +303,19 @@ class LCSRunConfig:
         )
         _require(self.arch in LCS_ARCHS, f"--arch must be one of {', '.join(LCS_ARCHS)}, got {self.arch!r}")
         _require(
+            self.conditioning in LCS_CONDITIONINGS,
+            f"--conditioning must be one of {', '.join(LCS_CONDITIONINGS)}, got {self.conditioning!r}",
+        )
+        _require(
+            isinstance(self.labels_per_image, int) and 1 <= self.labels_per_image <= MAX_LABELS_PER_IMAGE,
+            f"--labels-per-image must be an integer from 1 to {MAX_LABELS_PER_IMAGE}, got {self.labels_per_image}",
+        )
+        _require(self.loss in LCS_LOSSES, f"--loss must be one of {', '.join(LCS_LOSSES)}, got {self.loss!r}")
+        _require(
+            self.arch == "lcs" or self.lcs_variant_options() == {},
+            f"--conditioning, --labels-per-image and --loss are options of --arch lcs, not {self.arch}",
+        )
+        _require(
             _finite(self.split_prob) and 0 <= self.split_prob <= 1,
             f"--split-prob must be between 0 and 1, got {self.split_prob}",
         )
@@ -303,6 +327,16 @@ class LCSRunConfig:
             self.max_cases is None or (isinstance(self.max_cases, int) and self.max_cases >= 1),
             f"--max-cases must be >= 1, got {self.max_cases}",
         )
+
+    def lcs_variant_options(self) -> dict:
+        """The LCS variant options that differ from Ma et al. 2022 (recorded in the run and the bundle)."""
+        chosen = {
+            "conditioning": self.conditioning,
+            "labels_per_image": self.labels_per_image,
+            "loss": self.loss,
+        }
+        published = {"conditioning": "bottleneck", "labels_per_image": 1, "loss": "dice"}
+        return {k: v for k, v in chosen.items() if v != published[k]}
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ from .run_config import (
     INTENSITY_MODES,
     LABEL_MAPPINGS,
     LCS_ARCHS,
+    LCS_CONDITIONINGS,
+    LCS_LOSSES,
     OPTIMIZERS,
     SCHEDULES,
     TASK_SAMPLING,
@@ -312,6 +314,30 @@ def register(subparsers) -> None:
     p.add_argument(
         "--merge-prob", type=float, default=0.5, help="chance a sample merges two labels (default 0.5)"
     )
+    variants = p.add_argument_group(
+        "variants of Ma et al. 2022 (--arch lcs; measured by `lsseg experiment lcs --variants`, docs/EXPERIMENTS.md)"
+    )
+    variants.add_argument(
+        "--conditioning",
+        choices=LCS_CONDITIONINGS,
+        default="bottleneck",
+        help="where the atlas image and mask join the U-Net: the bottleneck (the paper, default) or also every "
+        "decoder level on its own grid",
+    )
+    variants.add_argument(
+        "--labels-per-image",
+        type=int,
+        default=1,
+        metavar="K",
+        help="labels conditioned on each sampled image per step: one encoder pass serves K decoder passes "
+        "(default 1, the paper)",
+    )
+    variants.add_argument(
+        "--loss",
+        choices=LCS_LOSSES,
+        default="dice",
+        help="soft Dice on the conditioned label (the paper, default) or soft Dice plus binary cross-entropy",
+    )
     refine = p.add_argument_group(
         "refining registration (--arch lcs_refine; see docs/TRAINING.md)",
     )
@@ -428,6 +454,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             max_cases=args.max_cases,
             registration_cache=args.registration_cache,
             reference=args.reference,
+            conditioning=args.conditioning,
+            labels_per_image=args.labels_per_image,
+            loss=args.loss,
         )
     if args.kind == "add-task":
         return AddTaskConfig(

@@ -116,6 +116,14 @@ def register(subparsers) -> None:
         help="fine->coarse CSV or label_hierarchy.json (default: the dataset's label_hierarchy.json, else "
         "neighbouring label values merged in pairs)",
     )
+    lcs.add_argument(
+        "--variants",
+        nargs="*",
+        metavar="VARIANT",
+        help="LCS variants at the dataset's full label count, each testing one reason LCS may trail: no-merge, "
+        "labels-per-image, every-level, dice-bce, wide, long (4x the steps); reseeded is the seed-to-seed "
+        "control (variants may be added to a finished experiment)",
+    )
     _budget_options(lcs, 1000)
     lcs.set_defaults(func=cmd_lcs)
 
@@ -174,6 +182,7 @@ def cmd_lcs(args) -> int:
         label_counts=args.label_counts,
         memory_label_counts=args.memory_label_counts,
         coarse_map=args.coarse_map,
+        variants=args.variants,
     )
     print(report.read_text(encoding="utf-8"))
     print(f"Report: {report}")

@@ -22,12 +22,17 @@ from ..datasets import NnUNetDataset
 from . import runner
 from .budget import BudgetLedger
 from .label_subset import write_label_subset
+from .lcs_variants import parse_lcs_variants, record_budgets, train_and_evaluate
+from .lcs_variants import section as variants_section
 from .memory import measure
 from .report import fmt, grouped_bars, header, lines_plot, mean, mean_dice, table, write_report, yes
 from .workspace import Workspace
 
 METHODS = ("lcs", "multichannel")
-PAPER = "Ma et al. 2022 report LCS 0.713 against multi-channel 0.680 mean Dice at 116 labels (AAL)"
+PAPER = (
+    "Ma et al. 2022 report LCS 0.713 against 0.680 mean Dice on 95 Hammersmith labels (1 mm), where the "
+    "multi-channel baseline is ten U-Nets of 9-10 labels each (a single one did not fit on their GPU)"
+)
 
 
 def default_counts(total: int, up_to: int) -> list[int]:
@@ -79,8 +84,11 @@ def run_lcs(
     label_counts: list[int] | None = None,
     memory_label_counts: list[int] | None = None,
     coarse_map: Path | None = None,
+    variants: list[str] | None = None,
 ) -> Path:
-    """Run (or continue) the experiment into ``out``; returns ``out/report.md``."""
+    """Run (or continue) the experiment into ``out``; returns ``out/report.md``. ``variants``: LCS variants
+    (lcs_variants.py) at the dataset's full label count; they may be added to a finished experiment."""
+    chosen = parse_lcs_variants(variants)
     dataset = planning.load_datasets([Path(data)])[0]
     total = len(dataset.foreground_labels())
     counts = sorted(set(label_counts or default_counts(total, total)))
@@ -98,13 +106,17 @@ def run_lcs(
         "label_counts": counts,
         "memory_label_counts": memory_counts,
         "coarse_map": str(Path(coarse_map).resolve()) if coarse_map else None,
+        **({"variants": [v.name for v in chosen]} if chosen else {}),
     }
-    ws = Workspace(out, config, echo=not budget.quiet)
+    if chosen and total not in counts:
+        raise InputError(f"--variants are trained at all {total} labels: include {total} in --label-counts")
+    ws = Workspace(out, config, echo=not budget.quiet, extendable=("variants",))
     ledger = BudgetLedger()
     for k in counts:
         for method in METHODS:
             ledger.record(f"{k} labels", method, f"{method}_{k}", budget.steps, budget.batch)
     ledger.record("coarse-to-fine", "lcs", "lcs_coarse", budget.steps, budget.batch)
+    record_budgets(ledger, chosen, budget, f"lcs_{total}")
     ledger.check_equal()
     ws.log(
         f"lcs experiment: {dataset.task_name()} ({total} labels); {budget.steps} steps x batch {budget.batch}"
@@ -123,6 +135,7 @@ def run_lcs(
             more = runner.evaluate_bundle(ws.run(f"{method}_{k}"), [path], ws.evaluation(f"{method}_{k}"), method,
                                           budget.device)  # fmt: skip
             rows += [{**r, "label_count": k} for r in more]
+    rows += train_and_evaluate(ws, Path(dataset.root), chosen, budget, total)
 
     map_path, map_source = _coarse_map(dataset, coarse_map, ws)
     table1: list[dict] = []
@@ -141,7 +154,18 @@ def run_lcs(
     runner.write_csv(ws.root / "budget.csv", ledger.rows())
     runner.write_csv(ws.root / "metrics.csv", rows)
     report = _report(
-        ws, dataset, counts, budget, ledger, rows, (table1, side), map_source, memory, dims, memory_size
+        ws,
+        dataset,
+        counts,
+        budget,
+        ledger,
+        rows,
+        (table1, side),
+        map_source,
+        memory,
+        dims,
+        memory_size,
+        chosen,
     )
     ws.log(f"report: {report}")
     return report
@@ -165,11 +189,14 @@ def _memory(ws: Workspace, counts: list[int], dims: int, size: int, budget: runn
     return runner.read_csv(path)
 
 
-def _report(ws, dataset, counts, budget, ledger, rows, fine, map_source, memory, dims, size) -> Path:
+def _report(
+    ws, dataset, counts, budget, ledger, rows, fine, map_source, memory, dims, size, variants
+) -> Path:
     command = ["lsseg", "experiment", "lcs", "--data", ws.config["data"], "--out", str(ws.root)]
     command += budget.to_args() + ["--label-counts", ",".join(map(str, counts))]
     command += ["--memory-label-counts", ",".join(map(str, ws.config["memory_label_counts"]))]
     command += ["--coarse-map", ws.config["coarse_map"]] if ws.config["coarse_map"] else []
+    command += ["--variants", *[v.name for v in variants]] if variants else []
     lines = header("LCS against a multi-channel U-Net (Ma, Lee, Sabuncu 2022)", ws.config, command)
     lines += [
         "## Data, seeds and budgets",
@@ -177,7 +204,8 @@ def _report(ws, dataset, counts, budget, ledger, rows, fine, map_source, memory,
         f"- dataset `{dataset.task_name()}` ({len(dataset.foreground_labels())} labels): `{ws.config['data']}`; "
         "fewer labels = the first K label values kept, the others made background (copies in `data/`)",
         f"- seed {budget.seed}; network channels {','.join(map(str, budget.channels))}; learning rate {budget.lr}",
-        f"- every run: {budget.steps} steps x batch {budget.batch} = {budget.samples} training samples (checked)",
+        f"- every run: {budget.steps} steps x batch {budget.batch} = {budget.samples} training samples (checked)"
+        + ("; the `long` variant 4x that" if any(v.step_factor > 1 for v in variants) else ""),
         *_validation_lines(ws, counts, budget),
         "",
     ]
@@ -197,6 +225,7 @@ def _report(ws, dataset, counts, budget, ledger, rows, fine, map_source, memory,
     plots = [
         lines_plot(ws.root / "dice_vs_labels.png", counts, dice, "labels", "mean Dice", "Dice against labels")
     ]
+    lines += variants_section(ws, variants, rows, top, plots)
     lines += _coarse_section(*fine, map_source, ws, plots)
     lines += _memory_section(memory, dims, size, ws, plots)
     training = {m: [float(r["training_mb"]) for r in memory if r["method"] == m] for m in METHODS}

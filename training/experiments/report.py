@@ -124,6 +124,21 @@ def lines_plot(
     return _save(fig, path)
 
 
+def curves_plot(
+    path: Path, curves: dict[str, Sequence[tuple[float, float]]], xlabel: str, ylabel: str, title: str
+) -> Path:
+    """One line per name through its own (x, y) points (runs of different lengths on one axis)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, points in curves.items():
+        ax.plot([x for x, _ in points], [y for _, y in points], marker=".", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=100)

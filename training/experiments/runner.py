@@ -169,13 +169,13 @@ def add_task(
     return True
 
 
-def train_lcs(data: Path, out: Path, budget: Budget, coarse_map: Path | None = None) -> bool:
-    """LCS on one dataset, optionally on the coarse labels of ``coarse_map``."""
+def train_lcs(data: Path, out: Path, budget: Budget, coarse_map: Path | None = None, **options) -> bool:
+    """LCS on one dataset, optionally on the coarse labels of ``coarse_map``; ``options``: further
+    ``LCSRunConfig`` settings (the LCS variants)."""
     if is_bundle(out):
         return False
-    api.train_lcs(
-        LCSRunConfig(data, out, settings=_settings(budget, checkpoint_dir(out)), coarse_map=coarse_map)
-    )
+    settings = _settings(budget, checkpoint_dir(out))
+    api.train_lcs(LCSRunConfig(data, out, settings=settings, coarse_map=coarse_map, **options))
     return True
 
 

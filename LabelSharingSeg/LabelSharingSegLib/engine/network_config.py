@@ -30,6 +30,8 @@ MAX_HEAD_CHANNELS = 1024
 MAX_PARAMETERS = 250_000_000  # 1 GB of float32 weights; the shipped models hold under 2 million
 NORMS = ("instance", "batch", "none")
 POOLS = ("avg", "max")
+# where LCS's atlas conditioning joins the U-Net: the bottleneck only (Ma et al. 2022), or also every decoder level
+LCS_CONDITIONINGS = ("bottleneck", "every-level")
 CONTROLLER_INPUTS = ("image+task", "task", "image", "none")  # DoDNetConfig.controller_inputs
 
 
@@ -82,6 +84,11 @@ class BackboneConfig:
         """Channels concatenated to the bottleneck input besides the encoder's (LCS conditioning)."""
         return 0
 
+    @property
+    def decoder_extra(self) -> int:
+        """Channels concatenated to every decoder level's input besides the upsampled and skip features."""
+        return 0
+
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"arch": self.arch}
         for item in fields(self):
@@ -118,7 +125,7 @@ class BackboneConfig:
         total += block(ch[-2] + self.bottleneck_extra, ch[-1])
         for level in range(len(ch) - 1):
             total += ch[level + 1] * ch[level] * up + ch[level]  # transposed convolution
-            total += block(2 * ch[level], ch[level])
+            total += block(2 * ch[level] + self.decoder_extra, ch[level])
         return total
 
     def _head_parameters(self) -> int:
@@ -153,12 +160,15 @@ class TaskFiLMUNetConfig(UNetConfig):
 @dataclass(frozen=True)
 class LCSConfig(BackboneConfig):
     """Label conditioned segmentation (Ma et al. 2022): atlas image pooled by ``atlas_image_pool`` and one
-    max-pooled atlas mask join the bottleneck; exactly one output channel (a logit)."""
+    max-pooled atlas mask join the bottleneck; exactly one output channel (a logit). ``conditioning``
+    'every-level' also gives every decoder level the atlas image and mask on its own grid (not in the paper;
+    issue #15 measures it)."""
 
     ARCH: ClassVar[str] = "lcs"
 
     out_channels: int = 1
     atlas_image_pool: str = "avg"
+    conditioning: str = "bottleneck"
 
     def _check_own(self) -> None:
         if self.out_channels != 1:
@@ -166,10 +176,15 @@ class LCSConfig(BackboneConfig):
                 f"network.out_channels of an lcs network must be 1 (got {shown(self.out_channels)})"
             )
         check_choice("network.atlas_image_pool", self.atlas_image_pool, POOLS)
+        check_choice("network.conditioning", self.conditioning, LCS_CONDITIONINGS)
 
     @property
     def bottleneck_extra(self) -> int:
         return self.in_channels + 1  # the atlas image channels + one binary mask
+
+    @property
+    def decoder_extra(self) -> int:
+        return self.bottleneck_extra if self.conditioning == "every-level" else 0
 
     def _head_parameters(self) -> int:
         return self.channels[0] + 1

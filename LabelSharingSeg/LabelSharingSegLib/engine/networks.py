@@ -6,7 +6,9 @@
                reduced to the bottleneck grid (mask max-pooled, image average-pooled, by 2**levels) and
                concatenated to the bottleneck input; one output channel (a logit; sigmoid gives the
                probability). Split into ``encode`` (label independent, run once per volume) and
-               ``decode_conditioned`` (bottleneck + decoder, batched over atlas masks).
+               ``decode_conditioned`` (bottleneck + decoder, batched over atlas masks; several masks may share
+               one encoded volume). ``conditioning='every-level'`` also feeds the atlas image and mask to every
+               decoder level on its own grid (issue #15's conditioning variant; not in the paper).
 * ``lcs_refine`` - LCS that refines registration: the scan and the atlas image warped onto it are encoded once
                (label independent, full volume); a small local head sees those features and one atlas mask
                propagated by registration, at full resolution, and outputs the corrected mask's logit. The head
@@ -81,7 +83,8 @@ class ConvBlock(nn.Sequential):
 
 class UNetBackbone(nn.Module):
     """Encoder levels (conv block, then 2x max-pool) -> bottleneck block -> decoder (2x up-conv, concat skip,
-    conv block). ``config.bottleneck_extra`` adds input channels at the bottleneck (LCS conditioning)."""
+    conv block). ``config.bottleneck_extra`` adds input channels at the bottleneck, ``config.decoder_extra`` at
+    every decoder level (LCS conditioning)."""
 
     def __init__(self, config: BackboneConfig):
         super().__init__()
@@ -100,7 +103,7 @@ class UNetBackbone(nn.Module):
         self.decoder = nn.ModuleList()
         for level in range(len(ch) - 2, -1, -1):
             self.upsamplers.append(transpose(ch[level + 1], ch[level], 2, stride=2))
-            self.decoder.append(ConvBlock(dims, 2 * ch[level], ch[level], n, norm))
+            self.decoder.append(ConvBlock(dims, 2 * ch[level] + config.decoder_extra, ch[level], n, norm))
         self.out_features = ch[0]
 
     def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -113,17 +116,35 @@ class UNetBackbone(nn.Module):
         return skips, x
 
     def decode(
-        self, bottleneck_input: torch.Tensor, skips: list[torch.Tensor]
+        self,
+        bottleneck_input: torch.Tensor,
+        skips: list[torch.Tensor],
+        level_inputs: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (top-level decoder features, bottleneck features)."""
+        """Returns (top-level decoder features, bottleneck features). ``level_inputs``: extra channels per
+        decoder level, coarsest first (``config.decoder_extra`` each)."""
         bottom = self.bottleneck(bottleneck_input)
         x = bottom
-        for up, block, skip in zip(self.upsamplers, self.decoder, reversed(skips)):
+        for k, (up, block, skip) in enumerate(zip(self.upsamplers, self.decoder, reversed(skips))):
             x = up(x)
-            if skip.shape[0] != x.shape[0]:  # skips of one encoded volume shared by a batch of masks
-                skip = skip.expand(x.shape[0], *skip.shape[1:])
-            x = block(torch.cat([x, skip], dim=1))
+            parts = [x, share_batch(skip, x.shape[0])]
+            if level_inputs is not None:
+                parts.append(level_inputs[k])
+            x = block(torch.cat(parts, dim=1))
         return x, bottom
+
+
+def share_batch(encoded: torch.Tensor, batch: int) -> torch.Tensor:
+    """Features of ``n`` encoded volumes for a batch of ``batch`` conditionings, ``batch / n`` consecutive ones
+    per volume (one volume: a view, no copy)."""
+    n = encoded.shape[0]
+    if n == batch:
+        return encoded
+    if n == 1:
+        return encoded.expand(batch, *encoded.shape[1:])
+    if batch % n:
+        raise InputError(f"{batch} conditionings cannot share {n} encoded volumes equally")
+    return encoded.repeat_interleave(batch // n, dim=0)
 
 
 def _check_divisible(x: torch.Tensor, factor: int) -> None:
@@ -152,22 +173,38 @@ class LCSNet(nn.Module):
         super().__init__()
         self.config = config
         self.factor = config.downsample_factor
+        self.levels = len(config.channels)
         # conditioning channels (config.bottleneck_extra): the atlas image channels + one binary mask
         self.backbone = UNetBackbone(config)
         self.head = _conv(config.spatial_dims)(self.backbone.out_features, 1, 1)
 
-    def _pool(self, x: torch.Tensor, kind: str) -> torch.Tensor:
+    def _pool(self, x: torch.Tensor, kind: str, factor: int) -> torch.Tensor:
+        if factor == 1:
+            return x
         if self.config.spatial_dims == 3:
-            return (F.max_pool3d if kind == "max" else F.avg_pool3d)(x, self.factor)
-        return (F.max_pool2d if kind == "max" else F.avg_pool2d)(x, self.factor)
+            return (F.max_pool3d if kind == "max" else F.avg_pool3d)(x, factor)
+        return (F.max_pool2d if kind == "max" else F.avg_pool2d)(x, factor)
 
-    def condition(self, atlas_image: torch.Tensor, atlas_masks: torch.Tensor) -> torch.Tensor:
-        """Atlas image (1 or B, C, ...) and masks (B, 1, ...) -> conditioning on the bottleneck grid (B, C+1, ...)."""
-        image = self._pool(atlas_image, self.config.atlas_image_pool)
-        masks = self._pool(atlas_masks.to(atlas_image.dtype), "max")
+    def _condition_at(
+        self, atlas_image: torch.Tensor, atlas_masks: torch.Tensor, factor: int
+    ) -> torch.Tensor:
+        image = self._pool(atlas_image, self.config.atlas_image_pool, factor)
+        masks = self._pool(atlas_masks.to(atlas_image.dtype), "max", factor)
         if image.shape[0] != masks.shape[0]:
             image = image.expand(masks.shape[0], *image.shape[1:])
         return torch.cat([image, masks], dim=1)
+
+    def condition(self, atlas_image: torch.Tensor, atlas_masks: torch.Tensor) -> torch.Tensor | tuple:
+        """Atlas image (1 or B, C, ...) and masks (B, 1, ...) -> conditioning on the bottleneck grid (B, C+1, ...);
+        with every-level conditioning a tuple: that, then the same on each decoder level's grid, coarsest first.
+        Callers pass it to ``decode_conditioned`` as it is."""
+        bottleneck = self._condition_at(atlas_image, atlas_masks, self.factor)
+        if self.config.conditioning != "every-level":
+            return bottleneck
+        levels = [
+            self._condition_at(atlas_image, atlas_masks, self.factor >> k) for k in range(1, self.levels)
+        ]
+        return (bottleneck, *levels)
 
     def encode(self, image: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Label-independent part: run once per target volume."""
@@ -175,16 +212,18 @@ class LCSNet(nn.Module):
         return self.backbone.encode(image)
 
     def decode_conditioned(
-        self, encoded: tuple[list[torch.Tensor], torch.Tensor], conditioning: torch.Tensor
+        self, encoded: tuple[list[torch.Tensor], torch.Tensor], conditioning: torch.Tensor | tuple
     ) -> torch.Tensor:
-        """Label-dependent part for a batch of conditionings (B, C+1, bottleneck grid) -> logits (B, 1, ...).
+        """Label-dependent part for a batch of B conditionings (from ``condition``) -> logits (B, 1, ...).
 
-        ``encoded`` may come from one volume (batch 1), broadcast to every conditioning.
+        ``encoded`` may come from fewer volumes than conditionings: one volume is broadcast to every
+        conditioning, n volumes each serve B / n consecutive ones (several labels per volume in training).
         """
         skips, bottom_in = encoded
-        if bottom_in.shape[0] != conditioning.shape[0]:
-            bottom_in = bottom_in.expand(conditioning.shape[0], *bottom_in.shape[1:])
-        features, _ = self.backbone.decode(torch.cat([bottom_in, conditioning], dim=1), skips)
+        parts = conditioning if isinstance(conditioning, tuple) else (conditioning,)
+        bottom_in = share_batch(bottom_in, parts[0].shape[0])
+        levels = list(parts[1:]) if len(parts) > 1 else None
+        features, _ = self.backbone.decode(torch.cat([bottom_in, parts[0]], dim=1), skips, levels)
         return self.head(features)
 
     def forward(

@@ -1,0 +1,193 @@
+"""Why LCS trails a multi-channel U-Net at many labels (issue #15): LCS variants at the dataset's full label
+count, each changing one thing the issue suspects, under the published LCS's budget.
+
+* ``no-merge``         - label sampling: no merged label pairs (the default merges two labels in half the samples);
+* ``labels-per-image`` - labels per step: each sampled image conditioned on 4 labels (one encoder pass, four
+  decoder passes; the paper conditions each image on one);
+* ``every-level``      - conditioning: the atlas image and mask also join every decoder level on its own grid
+  (the paper gives them to the bottleneck only, 8x coarser than the scan at four levels);
+* ``dice-bce``         - the loss: soft Dice plus binary cross-entropy (the paper: soft Dice);
+* ``wide``             - capacity: twice the channels at every level;
+* ``long``             - training length: four times the steps (the only variant that spends more);
+* ``reseeded``         - the control: the published LCS with the next seed, so a variant's difference can be
+  read against the spread between two seeds.
+
+Each image-sample budget (steps x batch) is the published LCS's except ``long``; ``labels-per-image`` spends more
+decoder passes per step, so the report gives every run's training seconds beside its Dice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from LabelSharingSegLib.engine.errors import InputError
+from LabelSharingSegLib.engine.network_config import network_config_from_dict
+
+from . import runner
+from .budget import BudgetLedger
+from .report import curves_plot, fmt, mean_dice, table
+from .workspace import Workspace
+
+
+@dataclass(frozen=True)
+class LCSVariant:
+    name: str
+    suspect: str  # the issue's hypothesis this variant tests
+    change: str  # what differs from the published LCS
+    options: dict = field(default_factory=dict)  # LCSRunConfig changes (`lsseg train lcs` options)
+    channel_factor: int = 1
+    step_factor: int = 1  # above 1 only for the training-length variant
+    seed_offset: int = 0
+
+    @property
+    def run(self) -> str:
+        return f"lcs_{self.name}"
+
+    @property
+    def method(self) -> str:
+        return f"lcs {self.name}"
+
+    @property
+    def comparison(self) -> str:
+        return "training length" if self.step_factor > 1 else "LCS variants"
+
+    def budget(self, budget: runner.Budget) -> runner.Budget:
+        """The published LCS's budget with only the variant's own change."""
+        return runner.Budget(
+            **{
+                **budget.__dict__,
+                "channels": tuple(c * self.channel_factor for c in budget.channels),
+                "steps": budget.steps * self.step_factor,
+                "seed": budget.seed + self.seed_offset,
+            }
+        )
+
+
+LCS_VARIANTS = {
+    v.name: v
+    for v in (
+        LCSVariant("no-merge", "sampling of labels", "no merged label pairs", {"merge_prob": 0.0}),
+        LCSVariant(
+            "labels-per-image",
+            "labels per step",
+            "4 labels per sampled image (one encoder pass)",
+            {"labels_per_image": 4},
+        ),
+        LCSVariant(
+            "every-level",
+            "conditioning",
+            "atlas image and mask at every decoder level too",
+            {"conditioning": "every-level"},
+        ),
+        LCSVariant("dice-bce", "the loss", "soft Dice + binary cross-entropy", {"loss": "dice-bce"}),
+        LCSVariant("wide", "capacity", "2x channels at every level", channel_factor=2),
+        LCSVariant("long", "training length", "4x the steps (4x the budget)", step_factor=4),
+        LCSVariant("reseeded", "none: run-to-run spread (control)", "as published, seed + 1", seed_offset=1),
+    )
+}
+
+
+def parse_lcs_variants(names: list[str] | None) -> list[LCSVariant]:
+    unknown = [n for n in names or [] if n not in LCS_VARIANTS]
+    if unknown:
+        raise InputError(f"--variants {', '.join(unknown)}: unknown (choose from {', '.join(LCS_VARIANTS)})")
+    return [LCS_VARIANTS[n] for n in dict.fromkeys(names or [])]
+
+
+def record_budgets(
+    ledger: BudgetLedger, variants: list[LCSVariant], budget: runner.Budget, published: str
+) -> None:
+    """Every variant but ``long`` spends the published LCS's steps x batch (checked with the rest)."""
+    if variants:
+        ledger.record("LCS variants", "lcs", published, budget.steps, budget.batch)
+    for variant in variants:
+        vb = variant.budget(budget)
+        ledger.record(variant.comparison, variant.method, variant.run, vb.steps, vb.batch)
+
+
+def train_and_evaluate(
+    ws: Workspace, data: Path, variants: list[LCSVariant], budget: runner.Budget, label_count: int
+) -> list[dict]:
+    """Train (or skip, when finished) and evaluate every variant; Dice rows like the label-count runs'."""
+    rows: list[dict] = []
+    for variant in variants:
+        path = ws.run(variant.run)
+        ws.timed(f"train {variant.method}", runner.train_lcs, data, path, variant.budget(budget),
+                 **variant.options)  # fmt: skip
+        more = runner.evaluate_bundle(path, [data], ws.evaluation(variant.run), variant.method, budget.device)
+        rows += [{**r, "label_count": label_count} for r in more]
+    return rows
+
+
+def run_facts(bundle: Path) -> dict:
+    """Parameters, training seconds, first and last loss and the validation curve of one finished run."""
+    manifest = json.loads((Path(bundle) / "bundle.json").read_text(encoding="utf-8"))
+    log = runner.read_csv(runner.checkpoint_dir(Path(bundle)) / "log.csv")
+    curve = [(int(r["step"]), float(r["val_dice"])) for r in log if r.get("val_dice") not in (None, "")]
+    return {
+        "parameters": network_config_from_dict(manifest["network"]).parameter_count(),
+        "seconds": float(log[-1]["elapsed_s"]) if log else float("nan"),
+        "first_loss": float(log[0]["loss"]) if log else float("nan"),
+        "last_loss": float(log[-1]["loss"]) if log else float("nan"),
+        "curve": curve,
+    }
+
+
+def _best(curve: list[tuple[int, float]]) -> float:
+    finite = [v for _, v in curve if not math.isnan(v)]
+    return max(finite) if finite else float("nan")
+
+
+def section(
+    ws: Workspace, variants: list[LCSVariant], rows: list[dict], label_count: int, plots: list[Path]
+) -> list[str]:
+    """The report's "why LCS trails" section: each variant against the published LCS and the multi-channel U-Net."""
+    lines = [f"## Why LCS trails: variants at {label_count} labels (issue #15)", ""]
+    if not variants:
+        return lines + ["No variants were run (`--variants` names them).", ""]
+    runs = [("lcs", f"lcs_{label_count}", "as published (Ma et al. 2022)", "-")]
+    runs += [(v.method, v.run, v.change, v.suspect) for v in variants]
+    runs.append(("multichannel", f"multichannel_{label_count}", "multi-channel U-Net (baseline)", "-"))
+    facts = {method: run_facts(ws.run(run)) for method, run, _, _ in runs}
+    dice = {method: mean_dice(rows, method=method, label_count=label_count) for method, *_ in runs}
+    control = LCS_VARIANTS["reseeded"].method
+    spread = abs(dice[control] - dice["lcs"]) if control in dice else None
+    lines += [
+        "Each variant changes one suspect of the published LCS; the same steps x batch and seed (except `long`, "
+        "4x the steps, and `reseeded`, the next seed). Test-case mean Dice over all labels; seconds of training "
+        "on this machine (validation included).",
+        "",
+    ]
+    entries = []
+    for method, _, change, suspect in runs:
+        f = facts[method]
+        versus = "" if method in ("lcs", "multichannel") else fmt(dice[method] - dice["lcs"])
+        if versus and spread is not None and method != control:
+            versus += " (within spread)" if abs(dice[method] - dice["lcs"]) <= spread else " (beyond spread)"
+        entries.append(
+            [method, suspect, change, f["parameters"], round(f["seconds"]), f"{f['first_loss']:.3f} -> "
+             f"{f['last_loss']:.3f}", _best(f["curve"]), dice[method], versus]
+        )  # fmt: skip
+    lines += table(
+        ["run", "suspect tested", "change", "parameters", "seconds", "loss first -> last",
+         "best validation Dice", "test mean Dice", "minus published LCS"],
+        entries,
+    )  # fmt: skip
+    if spread is not None:
+        lines += [f"Seed-to-seed spread (published LCS, seeds {fmt(spread)} apart): a difference within it is "
+                  "not evidence.", ""]  # fmt: skip
+    best = max((v for v in variants if v.name != "reseeded"), key=lambda v: dice[v.method], default=None)
+    if best is not None:
+        lines += [
+            f"Largest gain: `{best.name}` ({best.suspect}), {fmt(dice[best.method] - dice['lcs'])} mean Dice; "
+            f"multi-channel {fmt(dice['multichannel'])}, published LCS {fmt(dice['lcs'])}.",
+            "",
+        ]
+    curves = {method: facts[method]["curve"] for method, *_ in runs if facts[method]["curve"]}
+    if curves:
+        plots.append(curves_plot(ws.root / "variants_validation.png", curves, "training step",
+                                 "validation Dice (sampled labels)", "LCS variants during training"))  # fmt: skip
+    return lines
