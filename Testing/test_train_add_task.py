@@ -172,3 +172,17 @@ def test_new_task_share_without_replay_is_refused(setup, tmp_path, capsys):
         AddTaskConfig(base, data[1], out, new_task_share=0.5)
     assert AddTaskConfig(base, data[1], out).share() is None
     assert AddTaskConfig(base, data[1], out, replay=(data[0],)).share() == DEFAULT_NEW_TASK_SHARE
+
+
+def test_resume_with_another_new_task_share_is_refused(setup, tmp_path, capsys):
+    """The share changes what is trained: a checkpoint of another share is not continued; the same share is."""
+    root, data, base, _ = setup
+    ckpt = tmp_path / "ck"
+    common = ["add-task", base, "--data", data[1], "--replay", data[0], "--checkpoint-dir", ckpt, *TINY]
+    assert lsseg(*common, "--out", tmp_path / "a", "--steps", 2, "--new-task-share", "0.75") == 0
+    capsys.readouterr()
+    resume = ["--steps", 3, "--resume"]
+    for other in ("0.5", "equal"):
+        assert lsseg(*common, "--out", tmp_path / "b", *resume, "--new-task-share", other) == 2
+        assert "different training run" in capsys.readouterr().err
+    assert lsseg(*common, "--out", tmp_path / "c", *resume, "--new-task-share", "3/4") == 0
