@@ -397,8 +397,9 @@ def register(subparsers) -> None:
         "--new-task-share",
         metavar="P",
         help="with --replay: the new task's share of the training samples, a fraction between 0 and 1 (e.g. "
-        f"0.5 or 1/3; the replayed tasks share the rest; default {DEFAULT_NEW_TASK_SHARE}), or '{EQUAL_SHARE}': "
-        "drawn like each replayed task (by --task-sampling; the behaviour before this option)",
+        f"0.4 or 1/3; the replayed tasks share the rest), or '{EQUAL_SHARE}': drawn like each replayed task (by "
+        f"--task-sampling). Default: {DEFAULT_NEW_TASK_SHARE}. A larger share learns the new task faster and "
+        "forgets more of the old ones (docs/EXPERIMENTS.md)",
     )
     _add_budget_options(p)
     p.set_defaults(func=run_training_entry, kind="add-task")
