@@ -80,12 +80,19 @@ def test_killed_experiment_resumes_and_reports_everything(tmp_path):
     # a third invocation trains nothing and writes the same tables
     assert lsseg(*command) == 0
     assert (out / "report.md").read_text() == report
-    # a share may be added to a finished experiment (only its run trains); dropping one is refused
-    assert lsseg(*command, "0.5") == 0
+    # a share may be added to a finished experiment (only its runs train); dropping one is refused. A matched share
+    # also runs with add-steps / share steps (2 / 0.5), so the new task gets its own model's samples
+    assert lsseg(*command, "0.5", "--matched-share", "0.5") == 0
     log = (out / "log.txt").read_text()
     assert "add-task Phantom1 (replay, new task 0.75): already done, skipped" in log
     assert "add-task Phantom1 (replay, new task 0.5): done in" in log
-    assert "| Phantom1 | replay, new task 0.5 |" in (out / "report.md").read_text()
+    assert "add-task Phantom1 (replay, new task 0.5, 4 steps): done in" in log
+    report = (out / "report.md").read_text()
+    assert "| Phantom1 | replay, new task 0.5 |" in report
+    assert "| Phantom1 | replay, new task 0.5, 4 steps |" in report
+    assert "--new-task-share equal 0.75 0.5 --matched-share 0.5" in report.splitlines()[2]
+    matched = json.loads((out / "runs" / "add_Phantom1_replay_share0.5_steps4" / "bundle.json").read_text())
+    assert matched["training"]["steps"] == 4 and matched["training"]["new_task_share"] == 0.5
     assert lsseg(*command[:-2], "0.75") == 2
 
 

@@ -83,6 +83,13 @@ def register(subparsers) -> None:
         "may be added to a finished experiment)",
     )
     ls.add_argument(
+        "--matched-share",
+        nargs="+",
+        metavar="P",
+        help="also add the held-out task with replay at these shares with more steps: --add-steps / P, so the new "
+        "task gets as many samples as its own model (more compute than the other add-task runs; stated apart)",
+    )
+    ls.add_argument(
         "--seeds",
         nargs="+",
         type=int,
@@ -160,6 +167,7 @@ def cmd_labelsharing(args) -> int:
         "holdout": args.holdout,
         "variants": args.variants,
         "new_task_shares": args.new_task_share,
+        "matched_shares": args.matched_share,
     }
     if args.seeds and args.seed is not None:
         raise InputError("--seed and --seeds: give one of them")

@@ -8,6 +8,7 @@ side by side (seeds.py).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,36 @@ def run_name(held: str, share: float | str | None) -> str:
     return f"add_{held}_replay" + ("" if share == EQUAL_SHARE else f"_share{share:g}")
 
 
+def matched_steps(add_steps: int, share: float | str, n_old: int) -> int:
+    """Add-task steps that give the new task as many samples as its own model gets in ``add_steps``."""
+    fraction = 1.0 / (n_old + 1) if share == EQUAL_SHARE else float(share)
+    return math.ceil(round(add_steps / fraction, 6))
+
+
+@dataclass(frozen=True)
+class AddRun:
+    """One add-task run of a held-out task."""
+
+    variant: str  # the report's name
+    run: str  # its folder in runs/
+    share: float | str | None  # None: no replay
+    steps: int
+    comparison: str  # the budget ledger's comparison (runs of one comparison spend the same samples)
+
+
+def add_runs(held: str, n_old: int, add_steps: int, shares, matched=()) -> list[AddRun]:
+    """Without replay, with replay at each share (all ``add_steps``), and for each ``matched`` share with the steps
+    that give the new task its own model's number of samples (more compute, so a comparison of its own)."""
+    same = f"add {held}"
+    runs = [AddRun(NO_REPLAY, run_name(held, None), None, add_steps, same)]
+    runs += [AddRun(variant_name(s, n_old), run_name(held, s), s, add_steps, same) for s in shares]
+    for s in matched:
+        steps = matched_steps(add_steps, s, n_old)
+        variant = f"{variant_name(s, n_old)}, {steps} steps"
+        runs.append(AddRun(variant, f"{run_name(held, s)}_steps{steps}", s, steps, f"{same}: {variant}"))
+    return runs
+
+
 @dataclass
 class Added:
     """One held-out task's incremental runs: evaluation rows before (base model) and after each variant."""
@@ -58,7 +89,9 @@ class Added:
     after: dict[str, list[dict]]  # variant name -> rows
 
 
-def run_incremental(ws, held, tasks, folder, budget: runner.Budget, add_steps: int, shares) -> Added:
+def run_incremental(
+    ws, held, tasks, folder, budget: runner.Budget, add_steps: int, shares, matched=()
+) -> Added:
     rest = [t for t in tasks if t != held]
     rest_data = [folder[t] for t in rest]
     base = ws.run(f"base_without_{held}")
@@ -75,26 +108,24 @@ def run_incremental(ws, held, tasks, folder, budget: runner.Budget, add_steps: i
         budget.device,
     )
     after = {}
-    plan = [(NO_REPLAY, None, [])] + [(variant_name(s, len(rest)), s, rest_data) for s in shares]
-    for variant, share, replay in plan:
-        name = run_name(held, share)
+    for add in add_runs(held, len(rest), add_steps, shares, matched):
         ws.timed(
-            f"add-task {held} ({variant})",
+            f"add-task {held} ({add.variant})",
             runner.add_task,
             base,
             folder[held],
-            ws.run(name),
-            budget.with_steps(add_steps),
-            replay,
-            share,
+            ws.run(add.run),
+            budget.with_steps(add.steps),
+            rest_data if add.share is not None else [],
+            add.share,
         )
-        after[variant] = ws.timed(
-            f"evaluate {name}",
+        after[add.variant] = ws.timed(
+            f"evaluate {add.run}",
             runner.evaluate_bundle,
-            ws.run(name),
+            ws.run(add.run),
             list(folder.values()),
-            ws.evaluation(name),
-            variant,
+            ws.evaluation(add.run),
+            add.variant,
             budget.device,
         )
     return Added(held, rest, before, after)
@@ -133,7 +164,9 @@ def section(root: Path, added: list[Added], own: dict[str, float], plots: list[P
         "",
         "Each held-out task is added to a label-sharing model trained on the other tasks, without replay and with "
         "replay of the other tasks' data. *New task share*: the new task's share of the add-task training samples "
-        "(`add-task --new-task-share`; the replayed tasks share the rest equally; *equal*: every task as often). "
+        "(`add-task --new-task-share`; the replayed tasks share the rest equally; *equal*: every task as often); "
+        "a run named with its steps has more add-task steps, so that the new task gets as many samples as its own "
+        "model (`--matched-share`). "
         "*Own model*: the one-model-per-task run of that task. *Drop*: old tasks' mean Dice before minus after "
         "(forgetting). `add-task --widen`: a task with more labels than the shared space gets new shared labels.",
         "",

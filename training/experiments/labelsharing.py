@@ -35,6 +35,7 @@ def plan_budget(
     holdout: list[str],
     variants: list[Variant] = (),
     shares: list[float | str] = (incremental.EQUAL_SHARE,),
+    matched: list[float | str] = (),
 ) -> BudgetLedger:
     """Every run's steps and batch, checked for equal compute before anything trains."""
     ledger = BudgetLedger()
@@ -46,11 +47,8 @@ def plan_budget(
     for task, steps in zip(tasks, split_steps(budget.steps, len(tasks))):
         ledger.record("methods", "individual", f"individual_{task}", steps, budget.batch)
     for task in holdout:
-        n_old = len(tasks) - 1
-        ledger.record(f"add {task}", incremental.NO_REPLAY, f"add_{task}", add_steps, budget.batch)
-        for share in shares:
-            run = incremental.run_name(task, share)
-            ledger.record(f"add {task}", incremental.variant_name(share, n_old), run, add_steps, budget.batch)
+        for add in incremental.add_runs(task, len(tasks) - 1, add_steps, shares, matched):
+            ledger.record(add.comparison, add.variant, add.run, add.steps, budget.batch)
     ledger.check_equal()
     return ledger
 
@@ -74,12 +72,15 @@ def run_labelsharing(
     holdout: list[str] | None = None,
     variants: list[str] | None = None,
     new_task_shares: list[float | str] | None = None,
+    matched_shares: list[float | str] | None = None,
 ) -> Path:
     """Run (or continue) the experiment into ``out``; returns ``out/report.md``. ``variants``: label-sharing
     variants (variants.py) trained with the same budget; ``new_task_shares``: the new task's shares of the samples
-    in add-task with replay (default: add-task's default). Both may be added to a finished experiment."""
+    in add-task with replay (default: add-task's default); ``matched_shares``: shares also run with the new task's
+    own-model sample count. All may be added to a finished experiment."""
     chosen = parse_variants(variants)
     shares = incremental.parse_shares(new_task_shares)
+    matched = incremental.parse_shares(matched_shares) if matched_shares else []
     datasets = planning.load_datasets([Path(p) for p in data])
     tasks = [d.task_name() for d in datasets]
     folder = {d.task_name(): Path(d.root).resolve() for d in datasets}
@@ -91,7 +92,7 @@ def run_labelsharing(
         raise InputError(f"--holdout {', '.join(unknown)}: not a task of --data (tasks: {', '.join(tasks)})")
     if holdout and len(tasks) < 2:
         raise InputError("incremental learning needs at least two tasks (one held out, one to train on)")
-    ledger = plan_budget(tasks, budget, add_steps, holdout, chosen, shares)
+    ledger = plan_budget(tasks, budget, add_steps, holdout, chosen, shares, matched)
     config = {
         "experiment": "labelsharing",
         "data": [str(folder[t]) for t in tasks],
@@ -100,8 +101,10 @@ def run_labelsharing(
         "holdout": list(holdout),
         **({"variants": [v.name for v in chosen]} if chosen else {}),
         **({"new_task_shares": shares} if holdout else {}),
+        **({"matched_shares": matched} if holdout and matched else {}),
     }
-    ws = Workspace(out, config, echo=not budget.quiet, extendable=("variants", "new_task_shares"))
+    extendable = ("variants", "new_task_shares", "matched_shares")
+    ws = Workspace(out, config, echo=not budget.quiet, extendable=extendable)
     ws.log(f"labelsharing experiment: tasks {', '.join(tasks)}; {budget.steps} steps x batch {budget.batch}")
 
     rows: list[dict] = []
@@ -149,7 +152,8 @@ def run_labelsharing(
         bundles[variant.method] = [path]
 
     added = [
-        incremental.run_incremental(ws, held, tasks, folder, budget, add_steps, shares) for held in holdout
+        incremental.run_incremental(ws, held, tasks, folder, budget, add_steps, shares, matched)
+        for held in holdout
     ]
 
     runner.write_csv(ws.root / "budget.csv", ledger.rows())
@@ -168,6 +172,8 @@ def _report(ws, tasks, budget, add_steps, ledger, rows, bundles, added, variants
     command += ["--variants", *[v.name for v in variants]] if variants else []
     shares = ws.config.get("new_task_shares", [])
     command += ["--new-task-share", *map(str, shares)] if shares else []
+    matched = ws.config.get("matched_shares", [])
+    command += ["--matched-share", *map(str, matched)] if matched else []
     lines = header(
         "Label sharing against its baselines under equal compute (Anand et al. 2024)", ws.config, command
     )
@@ -180,7 +186,13 @@ def _report(ws, tasks, budget, add_steps, ledger, rows, bundles, added, variants
         f"- budget per method: {budget.steps} steps x batch {budget.batch} = {budget.samples} training samples "
         "(one model per task splits the steps between its models); add-task: "
         f"{add_steps} steps x batch {budget.batch} without replay and with replay at new-task share "
-        f"{', '.join(incremental.share_text(x, len(tasks) - 1) for x in shares) or 'none'}",
+        f"{', '.join(incremental.share_text(x, len(tasks) - 1) for x in shares) or 'none'}"
+        + (
+            "; also with the steps that give the new task its own model's samples (steps / share) at share "
+            f"{', '.join(incremental.share_text(x, len(tasks) - 1) for x in matched)}"
+            if matched
+            else ""
+        ),
         "",
         "Every run of a comparison spends the same number of training samples (checked before training):",
         "",

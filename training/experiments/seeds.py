@@ -104,6 +104,8 @@ def _option_args(options: dict) -> list[str]:
         args += ["--variants", *options["variants"]]
     if options.get("new_task_shares"):
         args += ["--new-task-share", *map(str, options["new_task_shares"])]
+    if options.get("matched_shares"):
+        args += ["--matched-share", *map(str, options["matched_shares"])]
     return args
 
 
