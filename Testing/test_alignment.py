@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from LabelSharingSegLib.engine.atlas_segmentation import segment_atlas_labels
 from LabelSharingSegLib.engine.bundle import load_bundle
-from LabelSharingSegLib.engine.inference import segment_atlas_labels
 from LabelSharingSegLib.engine.labels import LabelInfo
 from LabelSharingSegLib.engine.preprocessing import resample_to_grid
 from LabelSharingSegLib.engine.registration import register_affine

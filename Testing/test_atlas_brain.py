@@ -9,8 +9,8 @@ import torch
 from scipy import ndimage
 
 from LabelSharingSegLib.engine.atlas_brain import atlas_brain, background_level, keep_brain
+from LabelSharingSegLib.engine.atlas_segmentation import PreparedLCS, segment_atlas_labels
 from LabelSharingSegLib.engine.bundle import load_bundle
-from LabelSharingSegLib.engine.inference import PreparedLCS, segment_atlas_labels
 from LabelSharingSegLib.engine.labels import LabelInfo
 from LabelSharingSegLib.engine.registration import Alignment
 

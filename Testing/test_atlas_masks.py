@@ -8,9 +8,13 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from LabelSharingSegLib.engine.atlas_segmentation import (
+    LabelMapMasks,
+    check_atlas_masks,
+    segment_atlas_labels,
+)
 from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.errors import InputError
-from LabelSharingSegLib.engine.inference import LabelMapMasks, check_atlas_masks, segment_atlas_labels
 from LabelSharingSegLib.engine.labels import LabelInfo
 
 

@@ -16,9 +16,9 @@ import pytest
 import slicer  # slicer-core: a missing wheel fails the run, never skips it
 from scene_fixtures import draw_segment
 
+from LabelSharingSegLib.engine.atlas_segmentation import segment_atlas_labels
 from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.errors import InputError, LabelSharingSegError, RegistrationError
-from LabelSharingSegLib.engine.inference import segment_atlas_labels
 from LabelSharingSegLib.engine.labels import LabelInfo
 from LabelSharingSegLib.engine.propagation import labelmap_on_atlas_grid
 from LabelSharingSegLib.scene import geometry as geo

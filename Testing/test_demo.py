@@ -125,7 +125,8 @@ SHIPPED = shipped_bundles_dir()
     reason="demo bundles not shipped in this checkout",
 )
 def test_shipped_bundles_segment_held_out_cases_above_floor(tmp_path):
-    from LabelSharingSegLib.engine.inference import segment_atlas_labels, segment_task
+    from LabelSharingSegLib.engine.atlas_segmentation import segment_atlas_labels
+    from LabelSharingSegLib.engine.inference import segment_task
     from lsseg_training.data.build import build_set
     from lsseg_training.datasets import load_case, read_dataset
     from lsseg_training.demo import FULL

@@ -64,11 +64,14 @@ def test_lcs_experiment_reports_every_table_and_resumes(tmp_path, monkeypatch):
 
     # variants join the finished experiment: only they train, each with its own change recorded in its bundle
     monkeypatch.undo()
-    variants = ["--variants", "every-level", "labels-per-image", "long", "reseeded"]
+    variants = ["--variants", "every-level", "labels-per-image", "long", "reseeded", "every-level-reseeded"]
     assert lsseg(*command, *variants) == 0
     report = (out / "report.md").read_text()
     assert "## Why LCS trails: variants at 3 labels (issue #15)" in report
-    assert "--variants every-level labels-per-image long reseeded" in report.splitlines()[2]
+    assert (
+        "--variants every-level labels-per-image long reseeded every-level-reseeded" in report.splitlines()[2]
+    )
+    assert "Paired over two seeds, `every-level` minus the published LCS:" in report
     for run, change in (("every-level", "atlas image and mask at every decoder level too"),
                         ("long", "4x the steps (4x the budget)")):  # fmt: skip
         assert f"| lcs {run} |" in report and change in report
@@ -83,6 +86,11 @@ def test_lcs_experiment_reports_every_table_and_resumes(tmp_path, monkeypatch):
     assert {"lcs every-level", "lcs labels-per-image", "lcs long", "lcs reseeded"} <= methods
     assert (out / "variants_validation.png").stat().st_size > 1000
     assert "seeds" in report and "Largest gain:" in report
+    # the conditioning variant also answers Table 1: its own naive and fine-grained columns
+    assert (
+        "| naive | fine-grained (LCS) | naive (lcs every-level) | fine-grained (lcs every-level) |" in report
+    )
+    assert spent["lcs_coarse_every-level"] == spent["lcs_coarse"]
     # variants need the full label count among the trained ones
     fewer = [str(c) for c in command]
     fewer[fewer.index("2,3")], fewer[fewer.index(str(out))] = "2", str(tmp_path / "other")
@@ -124,7 +132,7 @@ def test_coarse_to_fine_table_has_every_registration_baseline(tmp_path):
         ):
             side.append({"method": method, "fine_value": str(fine), "dice": str(value)})
     plots = []
-    lines = "\n".join(_coarse_section(table1, side, "a test map", Root(), plots))
+    lines = "\n".join(_coarse_section(table1, side, {}, "a test map", Root(), plots))
     header = "| coarse label | coarse Dice | fine label | naive | fine-grained (LCS) | atlas at world coordinates | "
     assert header + "affine propagation | deformable propagation |" in lines
     assert "| lobe (1) | 0.900 | f3 (3) | 0.100 | 0.400 | 0.200 | 0.300 | 0.500 |" in lines
@@ -134,4 +142,6 @@ def test_coarse_to_fine_table_has_every_registration_baseline(tmp_path):
     )
     assert plots == [tmp_path / "coarse_to_fine.png"] and plots[0].stat().st_size > 1000
     # without fine_methods.csv the table says the baselines were not measured
-    assert "Registration baselines: not measured" in "\n".join(_coarse_section(table1, [], "m", Root(), []))
+    assert "Registration baselines: not measured" in "\n".join(
+        _coarse_section(table1, [], {}, "m", Root(), [])
+    )

@@ -7,15 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from LabelSharingSegLib.engine.bundle import load_bundle
-from LabelSharingSegLib.engine.errors import CancelledError, InputError
-from LabelSharingSegLib.engine.inference import (
+from LabelSharingSegLib.engine.atlas_segmentation import (
     PreparedLCS,
-    _Reporter,
     lcs_probabilities_chunks,
     segment_atlas_labels,
-    segment_task,
 )
+from LabelSharingSegLib.engine.bundle import load_bundle
+from LabelSharingSegLib.engine.errors import CancelledError, InputError
+from LabelSharingSegLib.engine.inference import _Reporter, segment_task
 from LabelSharingSegLib.engine.labels import LabelInfo
 from LabelSharingSegLib.engine.preprocessing import resample_to_grid, to_model_grid
 from LabelSharingSegLib.engine.preprocessing_config import Preprocessing
@@ -211,7 +210,7 @@ def test_cancel_raises_and_bad_input(ls_bundle_path, lcs_bundle_path):
 
 
 def test_independent_atlas_labels_equal_one_label_at_a_time(lcs_bundle_path):
-    from LabelSharingSegLib.engine.inference import atlas_labels_independently
+    from LabelSharingSegLib.engine.atlas_segmentation import atlas_labels_independently
 
     bundle = load_bundle(lcs_bundle_path)
     atlas, affine = bundle.atlas_image()

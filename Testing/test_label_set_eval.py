@@ -1,6 +1,6 @@
 """A second label set scored on a refine bundle (training/label_set_eval.py) starts every registration method from
 the alignment ``lsseg segment`` uses: the scan registered to the bundle's network reference, carried to the atlas
-by the fixed pose (engine inference.reference_alignment), not a registration straight to the atlas case."""
+by the fixed pose (engine atlas_segmentation.reference_alignment), not a registration straight to the atlas case."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from train_helpers import lsseg
 
+from LabelSharingSegLib.engine.atlas_segmentation import segment_atlas_labels
 from LabelSharingSegLib.engine.bundle import load_bundle
-from LabelSharingSegLib.engine.inference import segment_atlas_labels
 from LabelSharingSegLib.engine.labels import LabelInfo
 from LabelSharingSegLib.engine.propagation import MIN_LABEL_VOXELS, Propagation, carry_independently
 from LabelSharingSegLib.engine.registered import atlas_propagation

@@ -120,7 +120,8 @@ def test_each_architecture_stores_only_its_own_settings():
         "convs_per_level",
         "norm",
     }
-    assert set(LCSConfig().to_dict()) - set(UNetConfig().to_dict()) == {"atlas_image_pool", "conditioning"}
+    assert set(LCSConfig().to_dict()) - set(UNetConfig().to_dict()) == {"atlas_image_pool"}
+    assert LCSConfig(conditioning="every-level").to_dict()["conditioning"] == "every-level"
     assert set(DoDNetConfig().to_dict()) - set(UNetConfig().to_dict()) == {"num_tasks", "head_channels"}
     with pytest.raises(ConfigError, match="unknown key.*num_tasks"):
         network_config_from_dict({"arch": "unet", "num_tasks": 1})

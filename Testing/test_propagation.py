@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from LabelSharingSegLib.engine.atlas_segmentation import segment_atlas_labels
 from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.deformable import assess_deformation, check_deformation, register_deformable
 from LabelSharingSegLib.engine.errors import InputError, RegistrationError
-from LabelSharingSegLib.engine.inference import segment_atlas_labels
 from LabelSharingSegLib.engine.labels import LabelInfo
 from LabelSharingSegLib.engine.propagation import (
     Propagation,

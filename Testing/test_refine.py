@@ -127,9 +127,9 @@ def test_lcs_refine_method_end_to_end(tmp_path):
     """A refine bundle through segment_atlas_labels: untrained, it reproduces deformable propagation."""
     from conftest import atlas_volume
 
+    from LabelSharingSegLib.engine.atlas_segmentation import segment_atlas_labels
     from LabelSharingSegLib.engine.bundle import load_bundle
     from LabelSharingSegLib.engine.errors import InputError
-    from LabelSharingSegLib.engine.inference import segment_atlas_labels
     from lsseg_training.bundle_factory import make_preprocessing, write_lcs_bundle
 
     image, labels, affine, names = atlas_volume()

@@ -10,8 +10,8 @@ import torch
 from train_helpers import TINY, lsseg, phantoms
 
 import lsseg_training.run_session as run_session
+from LabelSharingSegLib.engine.atlas_segmentation import PreparedLCS
 from LabelSharingSegLib.engine.bundle import load_bundle
-from LabelSharingSegLib.engine.inference import PreparedLCS
 from lsseg_training.datasets import as_volume, load_case, read_dataset
 from lsseg_training.methods import LCSMethod
 from lsseg_training.samples import ToAtlasGrid, cache_items
@@ -95,3 +95,45 @@ def test_lcs_input_for_a_new_image_matches_prepared_lcs(tmp_path):
     assert torch.allclose(method.atlas_image, prepared.atlas[0], atol=1e-5)
     # and the value range really is the percentile one (normalisation applied once, not twice or never)
     assert float(item["image"].max()) <= 1.0 + 1e-6 and float(item["image"].min()) >= 0.0
+
+
+def test_lcs_validation_decides_labels_as_segment_does(tmp_path):
+    """Validation scores what inference decides (every label decoded, argmax, background below 0.5), so the
+    weights a run keeps are the best at what `segment` does; ``val_labels`` only caps the labels scored."""
+    from LabelSharingSegLib.engine.atlas_segmentation import (
+        LCS_THRESHOLD,
+        keep_most_probable,
+        lcs_probabilities_chunks,
+    )
+    from lsseg_training.metrics import dice
+
+    data = phantoms(tmp_path / "data", tasks=1, dims=2, size=30, cases=3, test_cases=1)
+    out = tmp_path / "lcs"
+    assert lsseg("train", "lcs", "--data", data[0], "--out", out, "--steps", 3, *TINY) == 0
+    bundle = load_bundle(out)
+    atlas_raw, atlas_affine = bundle.atlas_image()
+    atlas_labels, _, infos = bundle.atlas_labels()
+    values = [i.value for i in infos]
+    network = bundle.build_network("cpu").eval()
+    case = read_dataset(data[0]).test[0]
+    image, _, affine = load_case(case)
+    prepared = PreparedLCS(bundle, as_volume(image[0]), affine, torch.device("cpu"))
+    masks = np.stack([atlas_labels == v for v in values])
+    best = torch.zeros(prepared.atlas_shape)
+    index = torch.zeros(prepared.atlas_shape, dtype=torch.int32)
+    for start, probs in lcs_probabilities_chunks(network, prepared, masks, 2, lambda *a: None):
+        best, index = keep_most_probable(best, index, probs, start)
+    decided = torch.where(best >= LCS_THRESHOLD, torch.tensor(values)[index.long()], 0)[..., 0]
+
+    for scored in (values, values[1:]):
+        method = LCSMethod(torch.as_tensor(atlas_raw), torch.as_tensor(atlas_labels), values,
+                           bundle.network_config, bundle.preprocessing, val_labels=scored)  # fmt: skip
+        item = method.prepare_items(
+            cache_items([(case, 0)], ToAtlasGrid(bundle.preprocessing, atlas_affine, atlas_raw.shape))
+        )[0]
+        truth = method.crop(item["label"])
+        expected = [dice((decided == v).numpy(), (truth == v).numpy()) for v in scored]
+        expected = [d for d in expected if not np.isnan(d)]
+        assert method.validate(network, [item], torch.device("cpu")) == pytest.approx(
+            np.mean(expected), abs=1e-6
+        )

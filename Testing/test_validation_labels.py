@@ -68,11 +68,13 @@ def test_lcs_and_multichannel_validate_the_same_seeded_labels(tmp_path, monkeypa
     assert runner.validation_labels_of(tmp_path / "lcs") == runner.validation_labels_of(tmp_path / "mc")
 
 
-def test_lcs_validation_runs_one_decoder_pass_per_validated_label(tmp_path):
+def test_lcs_validation_decodes_every_label_and_scores_the_sample(tmp_path):
+    """Inference decides each voxel among all labels, so validation decodes all of them (in chunks) even when
+    --val-labels scores a sample."""
     from LabelSharingSegLib.engine.network_config import LCSConfig
     from LabelSharingSegLib.engine.networks import build_network
     from LabelSharingSegLib.engine.preprocessing_config import Preprocessing
-    from lsseg_training.methods import LCSMethod
+    from lsseg_training.methods import VALIDATION_CHUNK, LCSMethod
 
     prep = Preprocessing(spatial_dims=2, spacing=(1.0, 1.0), patch_size=(16, 16))
     atlas = torch.zeros(16, 16, 1, dtype=torch.long)
@@ -91,4 +93,4 @@ def test_lcs_validation_runs_one_decoder_pass_per_validated_label(tmp_path):
     model.decode_conditioned = counting
     items = method.prepare_items([{"image": torch.randn(1, 16, 16, 1), "label": atlas.clone()}])
     method.validate(model, items, torch.device("cpu"))
-    assert batches == [2]  # two labels conditioned, not eight
+    assert sum(batches) == 8 and max(batches) <= VALIDATION_CHUNK  # all eight labels, chunked

@@ -138,7 +138,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
 def _atlas_masks_from_labelmap(bundle, path: Path | None, names_path: Path | None):
     """Masks (K, *atlas grid, made lazily) and LabelInfo for every non-zero value of a label map drawn on the atlas."""
-    from LabelSharingSegLib.engine.inference import LabelMapMasks
+    from LabelSharingSegLib.engine.atlas_segmentation import LabelMapMasks
     from LabelSharingSegLib.engine.propagation import labelmap_on_atlas_grid
 
     atlas_image, atlas_affine = bundle.atlas_image()
@@ -162,8 +162,9 @@ def _atlas_masks_from_labelmap(bundle, path: Path | None, names_path: Path | Non
 
 
 def run_segment(args: argparse.Namespace) -> int:
+    from LabelSharingSegLib.engine.atlas_segmentation import segment_atlas_labels
     from LabelSharingSegLib.engine.bundle import load_bundle
-    from LabelSharingSegLib.engine.inference import segment_atlas_labels, segment_task
+    from LabelSharingSegLib.engine.inference import segment_task
     from LabelSharingSegLib.engine.registration_cache import disk_cache_off
 
     if not has_nifti_ending(args.output):

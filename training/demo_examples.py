@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from LabelSharingSegLib.engine.atlas_segmentation import segment_atlas_labels
 from LabelSharingSegLib.engine.atomic import write_text_atomic
 from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.errors import InputError
-from LabelSharingSegLib.engine.inference import segment_atlas_labels, segment_task
+from LabelSharingSegLib.engine.inference import segment_task
 from LabelSharingSegLib.engine.labels import LabelInfo, default_color, labels_to_csv
 from LabelSharingSegLib.engine.nifti_io import save_nifti
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from LabelSharingSegLib.engine.atlas_segmentation import segment_atlas_labels
 from LabelSharingSegLib.engine.atomic import (
     atomic_folder,
     check_replaceable_folder,
@@ -27,7 +28,7 @@ from LabelSharingSegLib.engine.atomic import (
 from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.device import resolve_device
 from LabelSharingSegLib.engine.errors import InputError
-from LabelSharingSegLib.engine.inference import segment_atlas_labels, segment_task
+from LabelSharingSegLib.engine.inference import segment_task
 from LabelSharingSegLib.engine.labels import LabelInfo
 from LabelSharingSegLib.engine.propagation import MIN_LABEL_VOXELS
 from LabelSharingSegLib.engine.registered import (

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from LabelSharingSegLib.engine.inference import atlas_labels_independently
+from LabelSharingSegLib.engine.atlas_segmentation import atlas_labels_independently
 from LabelSharingSegLib.engine.labels import LabelInfo
 from LabelSharingSegLib.engine.preprocessing import resample_to_grid
 from LabelSharingSegLib.engine.propagation import MIN_LABEL_VOXELS

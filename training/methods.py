@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from LabelSharingSegLib.engine.atlas_segmentation import LCS_THRESHOLD, keep_most_probable
 from LabelSharingSegLib.engine.bundle import TaskInfo
 from LabelSharingSegLib.engine.bundle_kind import BundleKind
 from LabelSharingSegLib.engine.inference import predict_logits
@@ -193,6 +194,9 @@ class TaskMethod:
         return float(np.mean(scores)) if scores else float("nan")
 
 
+VALIDATION_CHUNK = 16  # LCS conditionings decoded at once in validation (bounds its memory)
+
+
 class LCSMethod:
     """Label conditioned segmentation: whole atlas-grid volumes (the conditioning is spatial).
 
@@ -215,9 +219,9 @@ class LCSMethod:
     ):
         """``atlas_raw``: the atlas image on its grid, (X, Y, Z), before normalisation (as the bundle stores
         it); ``atlas_label``: (X, Y, Z) label values on the same grid; ``val_labels``: the label values
-        validation scores (default: all ``label_values``; one decoder pass each); ``labels_per_image``: labels
-        conditioned on each sampled image per step (one encoder pass, that many decoder passes; 1 in Ma et al.
-        2022); ``loss``: 'dice' (soft Dice, as the paper) or 'dice-bce' (plus binary cross-entropy)."""
+        validation scores (default: all ``label_values``; every label is decoded either way);
+        ``labels_per_image``: labels conditioned on each sampled image per step (one encoder pass, that many
+        decoder passes; 1 in Ma et al. 2022); ``loss``: 'dice' (soft Dice, as the paper) or 'dice-bce' (plus binary cross-entropy)."""
         self.factor = network_config.downsample_factor
         self.spatial_dims = prep.spatial_dims
         self.spacing_mm = float(np.mean(prep.spacing))
@@ -338,16 +342,33 @@ class LCSMethod:
 
     @torch.no_grad()
     def validate(self, model, items: list[dict], device: torch.device) -> float:
+        """Mean Dice of the validation labels as `segment` decides them: every trained label decoded, each voxel
+        given the most probable one, or background below 0.5 (engine.atlas_segmentation). Scoring each label's
+        sigmoid alone instead ranked weights by something inference never does (issue #15). ``val_labels``
+        caps the labels scored, not those decoded."""
         net = _unwrap(model)
         atlas = self.atlas_image[None].to(device)
+        lookup = torch.tensor(self.values, dtype=torch.int32)
         scores = []
         for item in items:
             encoded = net.encode(item["image"][None].to(device))
-            masks = torch.stack([(self.atlas_label == v)[None].float() for v in self.val_values]).to(device)
-            logits = self.crop(net.decode_conditioned(encoded, net.condition(atlas, masks)).float().cpu())
-            truth = self.crop(item["label"])  # scored on the atlas grid, as inference crops the padding away
-            for k, value in enumerate(self.val_values):
-                score = dice_score((logits[k, 0] > 0).numpy(), (truth == value).numpy())
+            best = torch.zeros(item["label"].shape)
+            best_index = torch.zeros(item["label"].shape, dtype=torch.int32)
+            for start in range(0, len(self.values), VALIDATION_CHUNK):
+                chosen = self.values[start : start + VALIDATION_CHUNK]
+                masks = torch.stack([(self.atlas_label == v)[None].float() for v in chosen]).to(device)
+                logits = net.decode_conditioned(encoded, net.condition(atlas, masks))
+                probs = torch.sigmoid(logits.float())[:, 0].cpu()
+                best, best_index = keep_most_probable(best, best_index, probs, start)
+            decided = torch.where(
+                best >= LCS_THRESHOLD, lookup[best_index.long()], torch.zeros_like(best_index)
+            )
+            decided, truth = (
+                self.crop(decided),
+                self.crop(item["label"]),
+            )  # the atlas grid, as inference crops
+            for value in self.val_values:
+                score = dice_score((decided == value).numpy(), (truth == value).numpy())
                 if not math.isnan(score):
                     scores.append(score)
         return float(np.mean(scores)) if scores else float("nan")

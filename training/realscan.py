@@ -24,8 +24,9 @@ import numpy as np
 
 from LabelSharingSegLib.engine.atlas_brain import BRAIN_MARGIN_MM
 from LabelSharingSegLib.engine.atlas_methods import REFINE_ATLAS_METHOD
+from LabelSharingSegLib.engine.atlas_segmentation import segment_atlas_labels
 from LabelSharingSegLib.engine.bundle import load_bundle
-from LabelSharingSegLib.engine.inference import segment_atlas_labels, segment_task
+from LabelSharingSegLib.engine.inference import segment_task
 from LabelSharingSegLib.engine.nifti_io import save_nifti
 
 from .csv_tables import write_csv

@@ -76,7 +76,7 @@ def train_refine(config: LCSRunConfig, on_step: StepCallback | None = None) -> s
     atlas = plan_atlas(config, dataset, hierarchy)
     if atlas.prep.spatial_dims != 3:
         raise InputError("--arch lcs_refine needs 3D data: it refines a 3D registration")
-    # stored for inference only: scans are aligned through it (engine/inference._reference_alignment)
+    # stored for inference only: scans are aligned through it (engine/atlas_segmentation._reference_alignment)
     reference = reference_image(config.reference, atlas.prep)
     others = [c for c in dataset.training if c.case_id != atlas.case_id]
     if config.max_cases is not None:

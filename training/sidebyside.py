@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from LabelSharingSegLib.engine.atlas_segmentation import atlas_labels_independently, reference_alignment
 from LabelSharingSegLib.engine.errors import LabelSharingSegError
-from LabelSharingSegLib.engine.inference import atlas_labels_independently, reference_alignment
 from LabelSharingSegLib.engine.propagation import Propagation, carry_independently, register_atlas
 from LabelSharingSegLib.engine.registered import atlas_propagation, refined_independently
 from LabelSharingSegLib.engine.registration import Alignment
@@ -46,7 +46,7 @@ FIELDS = ("bundle", "task", "case", "fine_value", "fine_name", "method", "dice")
 
 def scan_alignment(bundle, volume, affine) -> Alignment | None:
     """The affine alignment of a scan that every registration method and the refine network start from, exactly as
-    ``lsseg segment`` computes it (engine inference.reference_alignment: through the bundle's network reference
+    ``lsseg segment`` computes it (engine atlas_segmentation.reference_alignment: through the bundle's network reference
     when it has one, else directly to the atlas). Raises RegistrationError when the alignment diverges."""
     start = reference_alignment(bundle, volume, affine)
     return atlas_propagation(bundle, volume, affine, "affine", start).alignment

@@ -30,7 +30,7 @@ def _budget_options(p: argparse.ArgumentParser, steps: int) -> None:
         "--val-labels",
         type=int,
         help="score at most N labels in each validation, a fixed sample drawn with --seed, the same for every "
-        "method (default: all; LCS validates one label per decoder pass)",
+        "method (default: all; LCS decodes every label either way, as segment decides by the most probable)",
     )
     v.add_argument(
         "--val-every", type=int, default=0, help="validate every N steps (default: 10 times a run)"
@@ -128,8 +128,9 @@ def register(subparsers) -> None:
         nargs="*",
         metavar="VARIANT",
         help="LCS variants at the dataset's full label count, each testing one reason LCS may trail: no-merge, "
-        "labels-per-image, every-level, dice-bce, wide, long (4x the steps); reseeded is the seed-to-seed "
-        "control (variants may be added to a finished experiment)",
+        "labels-per-image, every-level, dice-bce, wide, long (4x the steps), combined (every-level, no-merge and "
+        "labels-per-image together); reseeded is the seed-to-seed control, every-level-reseeded its pair "
+        "(variants may be added to a finished experiment)",
     )
     _budget_options(lcs, 1000)
     lcs.set_defaults(func=cmd_lcs)

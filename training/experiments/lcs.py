@@ -22,7 +22,7 @@ from ..datasets import NnUNetDataset
 from . import runner
 from .budget import BudgetLedger
 from .label_subset import write_label_subset
-from .lcs_variants import parse_lcs_variants, record_budgets, train_and_evaluate
+from .lcs_variants import parse_lcs_variants, record_budgets, train_and_evaluate, train_coarse
 from .lcs_variants import section as variants_section
 from .memory import measure
 from .report import fmt, grouped_bars, header, lines_plot, mean, mean_dice, table, write_report, yes
@@ -140,6 +140,7 @@ def run_lcs(
     map_path, map_source = _coarse_map(dataset, coarse_map, ws)
     table1: list[dict] = []
     side: list[dict] = []
+    variant_table1: dict[str, list[dict]] = {}
     if map_path is not None:
         coarse = ws.run("lcs_coarse")
         ws.timed("train lcs on coarse labels", runner.train_lcs, Path(dataset.root), coarse, budget, map_path)
@@ -149,6 +150,7 @@ def run_lcs(
         table1_path = ws.evaluation("lcs_coarse") / "table1.csv"
         table1 = runner.read_csv(table1_path) if table1_path.is_file() else []
         side = runner.fine_methods(ws.evaluation("lcs_coarse"))
+        variant_table1 = train_coarse(ws, Path(dataset.root), chosen, budget, map_path)
 
     memory = _memory(ws, memory_counts, dims, memory_size, budget)
     runner.write_csv(ws.root / "budget.csv", ledger.rows())
@@ -160,7 +162,7 @@ def run_lcs(
         budget,
         ledger,
         rows,
-        (table1, side),
+        (table1, side, variant_table1),
         map_source,
         memory,
         dims,
@@ -275,7 +277,7 @@ BASELINES = (
 )
 
 
-def _coarse_section(table1, side, map_source, ws, plots) -> list[str]:
+def _coarse_section(table1, side, variant_table1, map_source, ws, plots) -> list[str]:
     lines = ["## Coarse training labels, fine labels at test time (Table 1 of Ma et al. 2022)", ""]
     if not table1:
         return lines + [
@@ -289,21 +291,36 @@ def _coarse_section(table1, side, map_source, ws, plots) -> list[str]:
         "fine truth. Registration baselines (`lsseg evaluate`, atlas-labels issue), each fine atlas label carried "
         "onto the scan on its own: *atlas at world coordinates* (no registration), *affine propagation* (the "
         "alignment LCS uses), *deformable propagation* (affine + deformable registration).",
+        *(
+            [
+                "Each LCS variant trained on the coarse labels too (same budget) gets its own naive and fine-grained "
+                "columns."
+            ]
+            if variant_table1
+            else []
+        ),
         "",
     ]
     keys = sorted({(int(t["coarse_value"]), int(t["fine_value"])) for t in table1})
     entries = []
     for coarse, fine in keys:
         sel = [t for t in table1 if (int(t["coarse_value"]), int(t["fine_value"])) == (coarse, fine)]
+        of_variants = []
+        for rows in variant_table1.values():
+            mine = [t for t in rows if (int(t["coarse_value"]), int(t["fine_value"])) == (coarse, fine)]
+            of_variants += [_col(mine, "naive_dice"), _col(mine, "fine_dice")]
         registered = [
             [r for r in side if r["method"] == key and int(r["fine_value"]) == fine] for key, _ in baselines
         ]
         entries.append(
             [f"{sel[0]['coarse_name']} ({coarse})", _col(sel, "coarse_dice"),
-             f"{sel[0]['fine_name']} ({fine})", _col(sel, "naive_dice"), _col(sel, "fine_dice"),
+             f"{sel[0]['fine_name']} ({fine})", _col(sel, "naive_dice"), _col(sel, "fine_dice"), *of_variants,
              *[_col(r, "dice") for r in registered]]
         )  # fmt: skip
-    columns = ["naive", "fine-grained (LCS)", *[name for _, name in baselines]]
+    variant_columns = [
+        f"{kind} ({method})" for method in variant_table1 for kind in ("naive", "fine-grained")
+    ]
+    columns = ["naive", "fine-grained (LCS)", *variant_columns, *[name for _, name in baselines]]
     lines += table(["coarse label", "coarse Dice", "fine label", *columns], entries)
     means = {c: mean([e[3 + i] for e in entries]) for i, c in enumerate(columns)}
     lines += [

@@ -9,8 +9,11 @@ count, each changing one thing the issue suspects, under the published LCS's bud
 * ``dice-bce``         - the loss: soft Dice plus binary cross-entropy (the paper: soft Dice);
 * ``wide``             - capacity: twice the channels at every level;
 * ``long``             - training length: four times the steps (the only variant that spends more);
+* ``combined``         - ``every-level``, ``no-merge`` and ``labels-per-image`` together;
 * ``reseeded``         - the control: the published LCS with the next seed, so a variant's difference can be
-  read against the spread between two seeds.
+  read against the spread between two seeds;
+* ``every-level-reseeded`` - ``every-level`` with the next seed: its difference to ``reseeded`` repeats the
+  conditioning comparison on a second seed (a paired comparison; any ``NAME-reseeded`` pairs the same way).
 
 Each image-sample budget (steps x batch) is the published LCS's except ``long``; ``labels-per-image`` spends more
 decoder passes per step, so the report gives every run's training seconds beside its Dice.
@@ -41,6 +44,9 @@ class LCSVariant:
     channel_factor: int = 1
     step_factor: int = 1  # above 1 only for the training-length variant
     seed_offset: int = 0
+    coarse_to_fine: bool = (
+        False  # also trained on the coarse labels for Table 1 (fine atlas labels never trained)
+    )
 
     @property
     def run(self) -> str:
@@ -81,11 +87,25 @@ LCS_VARIANTS = {
             "conditioning",
             "atlas image and mask at every decoder level too",
             {"conditioning": "every-level"},
+            coarse_to_fine=True,  # can a never-trained fine mask be read when the decoder sees it at full resolution?
         ),
         LCSVariant("dice-bce", "the loss", "soft Dice + binary cross-entropy", {"loss": "dice-bce"}),
         LCSVariant("wide", "capacity", "2x channels at every level", channel_factor=2),
         LCSVariant("long", "training length", "4x the steps (4x the budget)", step_factor=4),
+        LCSVariant(
+            "combined",
+            "the helpful changes together",
+            "every-level conditioning, no merged pairs, 4 labels per image",
+            {"conditioning": "every-level", "merge_prob": 0.0, "labels_per_image": 4},
+        ),
         LCSVariant("reseeded", "none: run-to-run spread (control)", "as published, seed + 1", seed_offset=1),
+        LCSVariant(
+            "every-level-reseeded",
+            "conditioning, second seed",
+            "every-level conditioning, seed + 1 (paired with reseeded)",
+            {"conditioning": "every-level"},
+            seed_offset=1,
+        ),
     )
 }
 
@@ -106,6 +126,8 @@ def record_budgets(
     for variant in variants:
         vb = variant.budget(budget)
         ledger.record(variant.comparison, variant.method, variant.run, vb.steps, vb.batch)
+        if variant.coarse_to_fine:
+            ledger.record("coarse-to-fine", variant.method, f"lcs_coarse_{variant.name}", vb.steps, vb.batch)
 
 
 def train_and_evaluate(
@@ -120,6 +142,21 @@ def train_and_evaluate(
         more = runner.evaluate_bundle(path, [data], ws.evaluation(variant.run), variant.method, budget.device)
         rows += [{**r, "label_count": label_count} for r in more]
     return rows
+
+
+def train_coarse(
+    ws: Workspace, data: Path, variants: list[LCSVariant], budget: runner.Budget, coarse_map: Path
+) -> dict[str, list[dict]]:
+    """The coarse-to-fine variants trained on the coarse labels and evaluated: Table 1 rows by variant method."""
+    table1: dict[str, list[dict]] = {}
+    for variant in (v for v in variants if v.coarse_to_fine):
+        run = f"lcs_coarse_{variant.name}"
+        ws.timed(f"train {variant.method} on coarse labels", runner.train_lcs, data, ws.run(run),
+                 variant.budget(budget), coarse_map, **variant.options)  # fmt: skip
+        runner.evaluate_bundle(ws.run(run), [data], ws.evaluation(run), run, budget.device)
+        path = ws.evaluation(run) / "table1.csv"
+        table1[variant.method] = runner.read_csv(path) if path.is_file() else []
+    return table1
 
 
 def run_facts(bundle: Path) -> dict:
@@ -186,6 +223,19 @@ def section(
             f"multi-channel {fmt(dice['multichannel'])}, published LCS {fmt(dice['lcs'])}.",
             "",
         ]
+    for variant in variants:  # NAME-reseeded against reseeded: the same comparison on the next seed
+        first = variant.name.removesuffix("-reseeded")
+        if (
+            variant.name.endswith("-reseeded")
+            and first in LCS_VARIANTS
+            and {control, f"lcs {first}"} <= set(dice)
+        ):
+            lines += [
+                f"Paired over two seeds, `{first}` minus the published LCS: "
+                f"{fmt(dice[f'lcs {first}'] - dice['lcs'])} (seed {ws.config['budget']['seed']}), "
+                f"{fmt(dice[variant.method] - dice[control])} (the next seed).",
+                "",
+            ]
     curves = {method: facts[method]["curve"] for method, *_ in runs if facts[method]["curve"]}
     if curves:
         plots.append(curves_plot(ws.root / "variants_validation.png", curves, "training step",

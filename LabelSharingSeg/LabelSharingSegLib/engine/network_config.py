@@ -186,6 +186,12 @@ class LCSConfig(BackboneConfig):
     def decoder_extra(self) -> int:
         return self.bottleneck_extra if self.conditioning == "every-level" else 0
 
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        if self.conditioning == "bottleneck":  # the paper's network keeps the manifest older readers know
+            del out["conditioning"]
+        return out
+
     def _head_parameters(self) -> int:
         return self.channels[0] + 1
 

@@ -1,6 +1,6 @@
 """Drawn atlas labels segmented through registration: carried by it (``register-affine``,
 ``register-deformable``) or carried and then corrected by a refine network (``lcs-refine``); see
-propagation.py, deformable.py, boxes.py and networks.RefineLCSNet. Entry point: inference.segment_atlas_labels.
+propagation.py, deformable.py, boxes.py and networks.RefineLCSNet. Entry point: atlas_segmentation.segment_atlas_labels.
 """
 
 from __future__ import annotations
@@ -13,18 +13,12 @@ import numpy as np
 import torch
 
 from .atlas_brain import atlas_brain, background_level, keep_brain
+from .atlas_segmentation import LCS_THRESHOLD, _default_budget_mb, check_atlas_masks
 from .boxes import chunked_boxes, crop
 from .bundle import Bundle
 from .device import resolve_device
 from .errors import InputError
-from .inference import (
-    LCS_THRESHOLD,
-    SegmentationResult,
-    _autocast,
-    _default_budget_mb,
-    _Reporter,
-    check_atlas_masks,
-)
+from .inference import SegmentationResult, _autocast, _Reporter
 from .networks import REFINE_HALO
 from .preprocessing import check_image, normalise_intensity
 from .propagation import Propagation, carried_chunks, carry_labels, check_drawn_masks, register_atlas

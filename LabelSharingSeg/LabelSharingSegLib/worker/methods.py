@@ -21,7 +21,7 @@ from ..engine.errors import InputError
 
 METHOD_ALIASES = {
     "task": "inference:segment_task",
-    "lcs": "inference:segment_atlas_labels",
+    "lcs": "atlas_segmentation:segment_atlas_labels",
 }
 # keyword arguments the worker itself passes: options cannot override them
 RESERVED_OPTIONS = frozenset({"device", "progress", "cancel", "network"})
