@@ -28,7 +28,24 @@ def test_labelsharing_plan_spends_the_same_samples_per_method():
     }
     individual = [r for r in ledger.rows() if r["method"] == "individual"]
     assert [r["steps"] for r in individual] == [34, 33, 33]
-    assert ledger.totals("add B") == {"no replay": 60, "replay": 60}
+    assert ledger.totals("add B") == {"no replay": 60, "replay, new task equal (0.33)": 60}
+    # one add-task run per asked new-task share, each with the same budget
+    ledger = plan_budget(["A", "B", "C"], Budget(steps=100, batch=3), 20, ["B"], shares=["equal", 0.5, 0.75])
+    assert ledger.totals("add B") == {
+        "no replay": 60,
+        "replay, new task equal (0.33)": 60,
+        "replay, new task 0.5": 60,
+        "replay, new task 0.75": 60,
+    }
+    runs = [r["run"] for r in ledger.rows() if r["comparison"] == "add B"]
+    assert runs == ["add_B", "add_B_replay", "add_B_replay_share0.5", "add_B_replay_share0.75"]
+    # a matched share: add-steps / share steps (20 / (1/3) = 60, 20 / 0.5 = 40), each a comparison of its own
+    ledger = plan_budget(
+        ["A", "B", "C"], Budget(steps=100, batch=3), 20, ["B"], shares=[0.5], matched=["equal", 0.5]
+    )
+    matched = {r["run"]: r["steps"] for r in ledger.rows() if r["comparison"].startswith("add B: ")}
+    assert matched == {"add_B_replay_steps60": 60, "add_B_replay_share0.5_steps40": 40}
+    assert ledger.totals("add B") == {"no replay": 60, "replay, new task 0.5": 60}
 
 
 def test_unequal_budgets_are_refused():

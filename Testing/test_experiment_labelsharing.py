@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import signal
 import time
 
@@ -15,6 +16,7 @@ def test_killed_experiment_resumes_and_reports_everything(tmp_path):
     data = phantoms(tmp_path / "data", tasks=2, cases=3)
     out = tmp_path / "exp"
     command = ["experiment", "labelsharing", "--data", *data, "--out", out, "--holdout", "Phantom1", *ARGS]
+    command += ["--new-task-share", "equal", "0.75"]
     first = out / "runs" / "labelsharing"
     process = lsseg_process(*command)
     try:
@@ -43,8 +45,22 @@ def test_killed_experiment_resumes_and_reports_everything(tmp_path):
         assert f"![{plot}]({plot}.png)" in report
     assert "--holdout Phantom1" in report and "8 training samples" in report
     for run in ("labelsharing", "multichannel", "dodnet", "individual_Phantom0", "individual_Phantom1",
-                "base_without_Phantom1", "add_Phantom1", "add_Phantom1_replay"):  # fmt: skip
+                "base_without_Phantom1", "add_Phantom1", "add_Phantom1_replay", "add_Phantom1_replay_share0.75"):  # fmt: skip
         assert (out / "runs" / run / "bundle.json").is_file(), run
+    # the report states the new task's share of each replay run, and the command that reproduces it
+    assert "--new-task-share equal 0.75" in report.splitlines()[2]
+    assert "with replay at new-task share equal (0.50), 0.75" in report
+    for variant in ("no replay", "replay, new task equal (0.50)", "replay, new task 0.75"):
+        assert f"| Phantom1 | {variant} |" in report, variant
+    assert "- replay, new task 0.75: added task within 0.03 of its own model:" in report
+    training = json.loads((out / "runs" / "add_Phantom1_replay_share0.75" / "bundle.json").read_text())[
+        "training"
+    ]
+    assert training["new_task_share"] == 0.75
+    with open(out / "incremental.csv", newline="") as handle:
+        assert [r["variant"] for r in csv.DictReader(handle)] == [
+            "no replay", "replay, new task equal (0.50)", "replay, new task 0.75"
+        ]  # fmt: skip
 
     with open(out / "budget.csv", newline="") as handle:
         budget = list(csv.DictReader(handle))
@@ -64,6 +80,20 @@ def test_killed_experiment_resumes_and_reports_everything(tmp_path):
     # a third invocation trains nothing and writes the same tables
     assert lsseg(*command) == 0
     assert (out / "report.md").read_text() == report
+    # a share may be added to a finished experiment (only its runs train); dropping one is refused. A matched share
+    # also runs with add-steps / share steps (2 / 0.5), so the new task gets its own model's samples
+    assert lsseg(*command, "0.5", "--matched-share", "0.5") == 0
+    log = (out / "log.txt").read_text()
+    assert "add-task Phantom1 (replay, new task 0.75): already done, skipped" in log
+    assert "add-task Phantom1 (replay, new task 0.5): done in" in log
+    assert "add-task Phantom1 (replay, new task 0.5, 4 steps): done in" in log
+    report = (out / "report.md").read_text()
+    assert "| Phantom1 | replay, new task 0.5 |" in report
+    assert "| Phantom1 | replay, new task 0.5, 4 steps |" in report
+    assert "--new-task-share equal 0.75 0.5 --matched-share 0.5" in report.splitlines()[2]
+    matched = json.loads((out / "runs" / "add_Phantom1_replay_share0.5_steps4" / "bundle.json").read_text())
+    assert matched["training"]["steps"] == 4 and matched["training"]["new_task_share"] == 0.5
+    assert lsseg(*command[:-2], "0.75") == 2
 
 
 def test_unknown_holdout_task_is_refused(tmp_path, capsys):
@@ -159,7 +189,8 @@ def test_variant_differences_are_read_against_the_seed_to_seed_spread():
 def test_seeds_run_one_experiment_each_and_compare_them(tmp_path, capsys):
     data = phantoms(tmp_path / "data", tasks=2, cases=3)
     out = tmp_path / "seeds"
-    command = ["experiment", "labelsharing", "--data", *data, "--out", out, "--holdout", *ARGS]
+    command = ["experiment", "labelsharing", "--data", *data, "--out", out, "--holdout", "Phantom1", *ARGS]
+    command += ["--new-task-share", "0.75"]
     assert lsseg(*command, "--seeds", 3, 5, "--variants", "mlp-head") == 0
     for seed in (3, 5):  # each seed is a whole experiment, the folder a plain --seed run writes
         report = (out / f"seed_{seed}" / "report.md").read_text()
@@ -168,6 +199,11 @@ def test_seeds_run_one_experiment_each_and_compare_them(tmp_path, capsys):
     for heading in ("## Mean Dice per seed", "## Per task", "## Each method against label sharing"):
         assert heading in summary
     assert "--seeds 3 5" in summary and "--seed " not in summary
+    assert "--new-task-share 0.75" in summary
+    # the incremental part seed by seed: the added task against its own model, the old tasks' drop
+    assert "## Incremental learning over the seeds" in summary
+    assert summary.count("| Phantom1 | replay, new task 0.75 |") == 2
+    assert summary.count("| Phantom1 | no replay |") == 2
     for method in ("individual", "multichannel", "dodnet", "labelsharing mlp-head"):
         assert f"| {method} |" in summary
     with open(out / "seeds.csv", newline="") as handle:

@@ -1,5 +1,5 @@
 """add-task: the old bundle stays byte-identical, the new task's placement follows the stored size table, too
-many labels need --widen, --replay mixes old data in."""
+many labels need --widen, --replay mixes old data in, at the new task's share of the samples."""
 
 from __future__ import annotations
 
@@ -10,8 +10,13 @@ import pytest
 from train_helpers import TINY, lsseg, phantoms, tree_hashes
 
 from LabelSharingSegLib.engine.bundle import load_bundle
+from LabelSharingSegLib.engine.errors import InputError
+from lsseg_training.add_task import replay_weights
 from lsseg_training.datasets import read_dataset
+from lsseg_training.methods import TaskMethod
 from lsseg_training.planning import task_sizes
+from lsseg_training.run_config import DEFAULT_NEW_TASK_SHARE, EQUAL_SHARE, AddTaskConfig
+from lsseg_training.samples import step_rng
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +83,106 @@ def test_replay_of_unknown_task_rejected(setup, tmp_path, capsys):
         lsseg("add-task", base, "--data", data[1], "--replay", data[2], "--out", tmp_path / "x", *TINY) == 2
     )
     assert "not in the bundle" in capsys.readouterr().err
+
+
+# -- the new task's share of the samples with replay (--new-task-share) -------------------------------------
+
+
+def _drawn_tasks(sampler, seed: int, steps: int, batch: int = 4) -> list[int]:
+    """The tasks the sampler draws over ``steps`` steps of ``batch`` samples, each step from its own generator
+    (as training draws them: by seed, rank and step)."""
+    drawn = []
+    for step in range(steps):
+        rng = step_rng(seed, 0, step)
+        drawn += [sampler.locate(rng)[1] for _ in range(batch)]
+    return drawn
+
+
+def test_replay_weights_give_the_new_task_its_share():
+    assert replay_weights("new", {"a": 3, "b": 8}, 0.75, "uniform") == pytest.approx(
+        {"new": 0.75, "a": 0.125, "b": 0.125}
+    )
+    # --task-sampling labels: the replayed tasks split the rest by label count
+    assert replay_weights("new", {"a": 3, "b": 9}, 0.5, "labels") == pytest.approx(
+        {"new": 0.5, "a": 0.125, "b": 0.375}
+    )
+    # no replay, or the equal share: every task drawn by --task-sampling, as before the option existed
+    assert replay_weights("new", {"a": 3}, EQUAL_SHARE, "uniform") is None
+    assert replay_weights("new", {}, 0.5, "uniform") is None
+    assert replay_weights("new", {"a": 3}, None, "uniform") is None
+
+
+def test_add_task_draws_the_new_task_at_its_share_deterministically(setup, tmp_path, monkeypatch):
+    """The sampler a real add-task run trains with draws the new task at the asked share, by (seed, rank, step)."""
+    root, data, base, _ = setup
+    built = []
+    make_sampler = TaskMethod.make_sampler
+
+    def keep(self, *args, **kwargs):
+        built.append(make_sampler(self, *args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(TaskMethod, "make_sampler", keep)
+    replay = [data[0], data[2]]
+    # a base with two old tasks, so the equal share (1/3) differs from every share asked below
+    two = tmp_path / "base_two"
+    assert lsseg("train", "labelsharing", "--data", data[0], data[2], "--out", two, "--steps", 1, *TINY) == 0
+    counts, recorded = {}, {"0.75": 0.75, "1/2": 0.5, "equal": None}
+    for share in recorded:
+        out = tmp_path / f"plus_{share.replace('/', '_')}"
+        args = ["--replay", *replay, "--new-task-share", share, "--steps", 1, "--seed", 3, *TINY]
+        assert lsseg("add-task", two, "--data", data[1], "--out", out, *args) == 0
+        sampler = built[-1]
+        new = load_bundle(out).task("Phantom1").index
+        drawn = _drawn_tasks(sampler, seed=3, steps=1000)
+        counts[share] = drawn.count(new) / len(drawn)
+        assert _drawn_tasks(sampler, seed=3, steps=50) == drawn[:200]  # the same steps draw the same tasks
+        assert _drawn_tasks(sampler, seed=4, steps=50) != drawn[:200]
+        assert load_bundle(out).manifest.training.get("new_task_share") == recorded[share]
+    assert counts["0.75"] == pytest.approx(0.75, abs=0.02)
+    assert counts["1/2"] == pytest.approx(0.5, abs=0.02)
+    assert counts["equal"] == pytest.approx(1 / 3, abs=0.02)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--new-task-share", "1"], "--new-task-share must be a fraction between 0 and 1"),
+        (["--new-task-share", "0"], "--new-task-share must be a fraction between 0 and 1"),
+        (["--new-task-share", "nan"], "--new-task-share must be a fraction between 0 and 1"),
+        (["--new-task-share", "half"], "got 'half'"),
+        (["--new-task-share", "1/0"], "got '1/0'"),
+    ],
+)
+def test_bad_new_task_share_is_refused(setup, tmp_path, capsys, args, message):
+    root, data, base, _ = setup
+    out = tmp_path / "x"
+    assert lsseg("add-task", base, "--data", data[1], "--replay", data[0], "--out", out, *args, *TINY) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_new_task_share_without_replay_is_refused(setup, tmp_path, capsys):
+    root, data, base, _ = setup
+    out = tmp_path / "x"
+    assert lsseg("add-task", base, "--data", data[1], "--new-task-share", "0.5", "--out", out, *TINY) == 2
+    assert "without --replay every sample is the new task's" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(InputError, match="without --replay"):
+        AddTaskConfig(base, data[1], out, new_task_share=0.5)
+    assert AddTaskConfig(base, data[1], out).share() is None
+    assert AddTaskConfig(base, data[1], out, replay=(data[0],)).share() == DEFAULT_NEW_TASK_SHARE
+
+
+def test_resume_with_another_new_task_share_is_refused(setup, tmp_path, capsys):
+    """The share changes what is trained: a checkpoint of another share is not continued; the same share is."""
+    root, data, base, _ = setup
+    ckpt = tmp_path / "ck"
+    common = ["add-task", base, "--data", data[1], "--replay", data[0], "--checkpoint-dir", ckpt, *TINY]
+    assert lsseg(*common, "--out", tmp_path / "a", "--steps", 2, "--new-task-share", "0.75") == 0
+    capsys.readouterr()
+    resume = ["--steps", 3, "--resume"]
+    for other in ("0.5", "equal"):
+        assert lsseg(*common, "--out", tmp_path / "b", *resume, "--new-task-share", other) == 2
+        assert "different training run" in capsys.readouterr().err
+    assert lsseg(*common, "--out", tmp_path / "c", *resume, "--new-task-share", "3/4") == 0

@@ -12,7 +12,7 @@ from LabelSharingSegLib.engine.networks import build_network
 from . import bundle_factory as factory
 from .distributed import distributed_session
 from .planning import load_datasets, task_sizes
-from .run_config import AddTaskConfig
+from .run_config import EQUAL_SHARE, AddTaskConfig
 from .run_session import TrainedBundle, claim_outputs, print_summary
 from .task_runs import TaskModelPlan, train_task_model
 from .trainer import StepCallback
@@ -71,6 +71,20 @@ def _widen_controller(old: torch.Tensor, fresh: torch.Tensor, old_cfg: DoDNetCon
     return out
 
 
+def replay_weights(
+    new_task: str, replayed: dict[str, int], share: float | str | None, task_sampling: str
+) -> dict[str, float] | None:
+    """How often each task is drawn when the new task is fine-tuned with replay: the new task ``share`` of the
+    samples, the replayed tasks (name -> label count) the rest between them, equally or, with ``--task-sampling
+    labels``, in proportion to their label counts. None (every task by ``--task-sampling``, the new one
+    included) for no replay or EQUAL_SHARE."""
+    if share is None or share == EQUAL_SHARE or not replayed:
+        return None
+    old = {t: float(n) if task_sampling == "labels" else 1.0 for t, n in replayed.items()}
+    total = sum(old.values())
+    return {new_task: float(share), **{t: (1.0 - share) * w / total for t, w in old.items()}}
+
+
 def add_task(config: AddTaskConfig, on_step: StepCallback | None = None) -> TrainedBundle:
     from LabelSharingSegLib.engine.bundle import load_bundle
 
@@ -98,6 +112,16 @@ def add_task(config: AddTaskConfig, on_step: StepCallback | None = None) -> Trai
         network = network.replace(num_tasks=len(space.task_names))
     # the old tasks keep their planes; the new one brings its dataset's
     planes = {t.name: t.plane for t in bundle.tasks} | {new.task_name(): factory.dataset_plane(new)}
+    share = config.share()
+    weights = replay_weights(
+        new.task_name(),
+        {d.task_name(): len(bundle.task(d.task_name()).labels) for d in replay},
+        share,
+        settings.task_sampling,
+    )
+    # recorded (run identity, bundle) only when the samples are not drawn as before the option existed, so
+    # add-task runs started then still resume
+    extra = {"base_bundle": bundle.bundle_id} | ({"new_task_share": share} if weights else {})
     plan = TaskModelPlan(
         "labelsharing",
         factory.with_planes(factory.labelsharing_tasks(space, colors), planes),
@@ -105,12 +129,16 @@ def add_task(config: AddTaskConfig, on_step: StepCallback | None = None) -> Trai
         prep=bundle.preprocessing,
         network=network,
         init_state=widen_state(bundle.state_dict, build_network(network), bundle.network_config),
-        identity_extra={"base_bundle": bundle.bundle_id},
+        identity_extra=extra,
         reference=bundle.reference_image() if bundle.has_reference() else None,
+        task_weights=weights,
     )
     with distributed_session(settings.device, settings.threads) as ctx:
         if ctx.is_main and not settings.quiet:
             print(space.format_table())
+            if weights:
+                old = ", ".join(f"{t} {w:.0%}" for t, w in weights.items() if t != new.task_name())
+                print(f"Replay: {new.task_name()} {share:.0%} of the samples; replayed tasks {old}")
         trained = train_task_model(
             plan, [new, *replay], settings, ctx, config.out, checkpoint_dir, on_step=on_step
         )

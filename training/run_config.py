@@ -35,6 +35,12 @@ HEADS = ("linear", *HEAD_CONTROLLER_INPUTS)
 DEFAULT_CHANNELS = (8, 16, 32, 64, 128)
 DEFAULT_STEPS = 1000
 LCS_ARCHS = ("lcs", "lcs_refine")
+# add-task with replay: the new task's share of the training samples (--new-task-share). EQUAL_SHARE draws it like
+# every replayed task (by --task-sampling; equally often by default). It stays the default: at a fixed add-task
+# budget a larger share trades the old tasks' Dice for the new task's about one for one, and only the equal share
+# kept the old tasks within 0.01 (docs/EXPERIMENTS.md, "Incremental learning: the new task's share").
+EQUAL_SHARE = "equal"
+DEFAULT_NEW_TASK_SHARE: float | str = EQUAL_SHARE
 LCS_LOSSES = (
     "dice",
     "dice-bce",
@@ -345,12 +351,49 @@ class AddTaskConfig:
     settings: TrainSettings = field(default_factory=TrainSettings)
     replay: tuple[Path, ...] = ()
     widen: bool = False
+    # the new task's share of the samples when replaying: a fraction in (0, 1), EQUAL_SHARE, or None for the
+    # default (DEFAULT_NEW_TASK_SHARE); without replay every sample is the new task's, so a value is refused
+    new_task_share: float | str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bundle", Path(self.bundle))
         object.__setattr__(self, "data", Path(self.data))
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "replay", tuple(Path(p) for p in self.replay))
+        share = self.new_task_share
+        if share is None:
+            return
+        _require(
+            bool(self.replay),
+            "--new-task-share sets the new task's share of the samples among replayed tasks; without --replay "
+            "every sample is the new task's (add --replay or drop the option)",
+        )
+        object.__setattr__(self, "new_task_share", parse_new_task_share(share))
+
+    def share(self) -> float | str | None:
+        """The new task's share this run uses: None without replay (it is the only task)."""
+        if not self.replay:
+            return None
+        return DEFAULT_NEW_TASK_SHARE if self.new_task_share is None else self.new_task_share
+
+
+def parse_new_task_share(value: float | str) -> float | str:
+    """``--new-task-share``: EQUAL_SHARE or a fraction strictly between 0 and 1 (a number or 'A/B', e.g. 1/3)."""
+    given = value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == EQUAL_SHARE:
+            return EQUAL_SHARE
+        try:
+            top, _, bottom = text.partition("/")
+            value = float(top) / float(bottom) if bottom else float(top)
+        except (ValueError, ZeroDivisionError):
+            value = math.nan
+    _require(
+        not isinstance(value, bool) and _finite(value) and 0 < value < 1,
+        f"--new-task-share must be a fraction between 0 and 1 (exclusive) or '{EQUAL_SHARE}', got {given!r}",
+    )
+    return float(value)
 
 
 RunConfig = TaskRunConfig | LCSRunConfig | AddTaskConfig

@@ -54,6 +54,9 @@ class TaskModelPlan:
     identity_extra: dict | None = None  # more run identity (add-task's base bundle)
     reference: tuple | None = None  # (image, affine) stored in the bundle
     reference_path: Path | None = None  # or a file to read it from
+    task_weights: dict[str, float] | None = (
+        None  # how often each task is drawn, by name (None: --task-sampling)
+    )
 
 
 def train_task_model(
@@ -84,9 +87,12 @@ def train_task_model(
     val_labels = {
         t.index: validation_labels(t.channels, settings.val_labels, settings.seed) for t in plan.tasks
     }
-    weights = (
-        {t.index: float(len(t.labels)) for t in plan.tasks} if settings.task_sampling == "labels" else None
-    )
+    if plan.task_weights is not None:
+        weights = {index_of[name]: float(w) for name, w in plan.task_weights.items()}
+    elif settings.task_sampling == "labels":
+        weights = {t.index: float(len(t.labels)) for t in plan.tasks}
+    else:
+        weights = None
     method = TaskMethod(plan.kind, plan.tasks, network, prep, val_labels, weights)
     to_grid = ToModelGrid(prep)
     items = method.prepare_items(cache_items(train_cases, to_grid, settings.cache_workers))

@@ -18,6 +18,8 @@ from .pipeline import PIPELINES
 from .run_config import (
     AMP_MODES,
     DEFAULT_CHANNELS,
+    DEFAULT_NEW_TASK_SHARE,
+    EQUAL_SHARE,
     HEADS,
     INTENSITY_MODES,
     LABEL_MAPPINGS,
@@ -391,6 +393,14 @@ def register(subparsers) -> None:
     p.add_argument(
         "--widen", action="store_true", help="allow more labels than the space holds (adds shared labels)"
     )
+    p.add_argument(
+        "--new-task-share",
+        metavar="P",
+        help="with --replay: the new task's share of the training samples, a fraction between 0 and 1 (e.g. "
+        f"0.4 or 1/3; the replayed tasks share the rest), or '{EQUAL_SHARE}': drawn like each replayed task (by "
+        f"--task-sampling). Default: {DEFAULT_NEW_TASK_SHARE}. A larger share learns the new task faster and "
+        "forgets more of the old ones (docs/EXPERIMENTS.md)",
+    )
     _add_budget_options(p)
     p.set_defaults(func=run_training_entry, kind="add-task")
 
@@ -451,7 +461,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         )
     if args.kind == "add-task":
         return AddTaskConfig(
-            args.bundle, args.data, args.out, settings, replay=tuple(args.replay), widen=args.widen
+            args.bundle,
+            args.data,
+            args.out,
+            settings,
+            replay=tuple(args.replay),
+            widen=args.widen,
+            new_task_share=args.new_task_share,
         )
     return TaskRunConfig(args.kind, tuple(args.data), args.out, settings, reference=args.reference)
 

@@ -75,6 +75,21 @@ def register(subparsers) -> None:
         "seed-to-seed control (variants may be added to a finished experiment)",
     )
     ls.add_argument(
+        "--new-task-share",
+        nargs="+",
+        metavar="P",
+        help="add-task with replay: the new task's share of the samples, one add-task run per value (a fraction "
+        "between 0 and 1, e.g. 0.5 or 1/3, or 'equal': every task as often; default: add-task's default; more "
+        "may be added to a finished experiment)",
+    )
+    ls.add_argument(
+        "--matched-share",
+        nargs="+",
+        metavar="P",
+        help="also add the held-out task with replay at these shares with more steps: --add-steps / P, so the new "
+        "task gets as many samples as its own model (more compute than the other add-task runs; stated apart)",
+    )
+    ls.add_argument(
         "--seeds",
         nargs="+",
         type=int,
@@ -148,7 +163,13 @@ def cmd_labelsharing(args) -> int:
     from .labelsharing import run_labelsharing
     from .seeds import run_seeds
 
-    options = {"add_steps": args.add_steps, "holdout": args.holdout, "variants": args.variants}
+    options = {
+        "add_steps": args.add_steps,
+        "holdout": args.holdout,
+        "variants": args.variants,
+        "new_task_shares": args.new_task_share,
+        "matched_shares": args.matched_share,
+    }
     if args.seeds and args.seed is not None:
         raise InputError("--seed and --seeds: give one of them")
     if args.seeds:

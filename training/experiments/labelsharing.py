@@ -3,10 +3,10 @@
 1. Label sharing, one model per task, multi-channel and DoD-Net are trained on the same tasks with the same budget
    (steps x batch per method; one model per task splits its steps between the tasks) and evaluated on every task's
    held-out test cases.
-2. Incremental learning: for each held-out task, label sharing is trained on the other tasks (same budget), then the
-   task is added with `add-task` with and without replay of the other tasks (the same add-task budget for both). The
-   new task is compared with its own model (the one-model-per-task run), and every old task's Dice before and after
-   gives the forgetting.
+2. Incremental learning (incremental.py): for each held-out task, label sharing is trained on the other tasks (same
+   budget), then the task is added with `add-task` without replay and with replay of the other tasks at each asked
+   new-task share (the same add-task budget for all). The new task is compared with its own model (the
+   one-model-per-task run), and every old task's Dice before and after gives the forgetting.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.errors import InputError
 
 from .. import planning
-from . import runner
+from . import incremental, runner
 from .budget import BudgetLedger, split_steps
 from .report import fmt, grouped_bars, header, mean, mean_dice, table, write_report, yes
 from .variants import Variant, conflict_rows, parse_variants
@@ -29,7 +29,13 @@ JOINT_METHODS = ("labelsharing", "multichannel", "dodnet")
 
 
 def plan_budget(
-    tasks: list[str], budget: runner.Budget, add_steps: int, holdout: list[str], variants: list[Variant] = ()
+    tasks: list[str],
+    budget: runner.Budget,
+    add_steps: int,
+    holdout: list[str],
+    variants: list[Variant] = (),
+    shares: list[float | str] = (incremental.EQUAL_SHARE,),
+    matched: list[float | str] = (),
 ) -> BudgetLedger:
     """Every run's steps and batch, checked for equal compute before anything trains."""
     ledger = BudgetLedger()
@@ -41,8 +47,8 @@ def plan_budget(
     for task, steps in zip(tasks, split_steps(budget.steps, len(tasks))):
         ledger.record("methods", "individual", f"individual_{task}", steps, budget.batch)
     for task in holdout:
-        ledger.record(f"add {task}", "no replay", f"add_{task}", add_steps, budget.batch)
-        ledger.record(f"add {task}", "replay", f"add_{task}_replay", add_steps, budget.batch)
+        for add in incremental.add_runs(task, len(tasks) - 1, add_steps, shares, matched):
+            ledger.record(add.comparison, add.variant, add.run, add.steps, budget.batch)
     ledger.check_equal()
     return ledger
 
@@ -65,10 +71,16 @@ def run_labelsharing(
     add_steps: int | None = None,
     holdout: list[str] | None = None,
     variants: list[str] | None = None,
+    new_task_shares: list[float | str] | None = None,
+    matched_shares: list[float | str] | None = None,
 ) -> Path:
     """Run (or continue) the experiment into ``out``; returns ``out/report.md``. ``variants``: label-sharing
-    variants (variants.py) trained with the same budget; they may be added to a finished experiment."""
+    variants (variants.py) trained with the same budget; ``new_task_shares``: the new task's shares of the samples
+    in add-task with replay (default: add-task's default); ``matched_shares``: shares also run with the new task's
+    own-model sample count. All may be added to a finished experiment."""
     chosen = parse_variants(variants)
+    shares = incremental.parse_shares(new_task_shares)
+    matched = incremental.parse_shares(matched_shares) if matched_shares else []
     datasets = planning.load_datasets([Path(p) for p in data])
     tasks = [d.task_name() for d in datasets]
     folder = {d.task_name(): Path(d.root).resolve() for d in datasets}
@@ -80,7 +92,7 @@ def run_labelsharing(
         raise InputError(f"--holdout {', '.join(unknown)}: not a task of --data (tasks: {', '.join(tasks)})")
     if holdout and len(tasks) < 2:
         raise InputError("incremental learning needs at least two tasks (one held out, one to train on)")
-    ledger = plan_budget(tasks, budget, add_steps, holdout, chosen)
+    ledger = plan_budget(tasks, budget, add_steps, holdout, chosen, shares, matched)
     config = {
         "experiment": "labelsharing",
         "data": [str(folder[t]) for t in tasks],
@@ -88,8 +100,11 @@ def run_labelsharing(
         "add_steps": add_steps,
         "holdout": list(holdout),
         **({"variants": [v.name for v in chosen]} if chosen else {}),
+        **({"new_task_shares": shares} if holdout else {}),
+        **({"matched_shares": matched} if holdout and matched else {}),
     }
-    ws = Workspace(out, config, echo=not budget.quiet, extendable=("variants",))
+    extendable = ("variants", "new_task_shares", "matched_shares")
+    ws = Workspace(out, config, echo=not budget.quiet, extendable=extendable)
     ws.log(f"labelsharing experiment: tasks {', '.join(tasks)}; {budget.steps} steps x batch {budget.batch}")
 
     rows: list[dict] = []
@@ -136,65 +151,29 @@ def run_labelsharing(
                          ws.evaluation(variant.run), variant.method, budget.device)  # fmt: skip
         bundles[variant.method] = [path]
 
-    incremental = []
-    for held in holdout:
-        rest = [t for t in tasks if t != held]
-        rest_data = [folder[t] for t in rest]
-        base = ws.run(f"base_without_{held}")
-        ws.timed(
-            f"train labelsharing without {held}",
-            runner.train_tasks,
-            "labelsharing",
-            rest_data,
-            base,
-            budget,
-        )
-        before = ws.timed(
-            f"evaluate base without {held}",
-            runner.evaluate_bundle,
-            base,
-            rest_data,
-            ws.evaluation(f"base_without_{held}"),
-            "before",
-            budget.device,
-        )
-        after = {}
-        for variant, replay in (("no replay", []), ("replay", rest_data)):
-            name = f"add_{held}" + ("_replay" if replay else "")
-            ws.timed(
-                f"add-task {held} ({variant})",
-                runner.add_task,
-                base,
-                folder[held],
-                ws.run(name),
-                budget.with_steps(add_steps),
-                replay,
-            )
-            after[variant] = ws.timed(
-                f"evaluate {name}",
-                runner.evaluate_bundle,
-                ws.run(name),
-                list(folder.values()),
-                ws.evaluation(name),
-                variant,
-                budget.device,
-            )
-        incremental.append((held, rest, before, after))
+    added = [
+        incremental.run_incremental(ws, held, tasks, folder, budget, add_steps, shares, matched)
+        for held in holdout
+    ]
 
     runner.write_csv(ws.root / "budget.csv", ledger.rows())
     runner.write_csv(ws.root / "metrics.csv", rows)
     conflicts = ws.cached_rows(
         "conflicts.csv", lambda: conflict_rows(bundles["labelsharing"][0], folder, rows)
     )
-    report = _report(ws, tasks, budget, add_steps, ledger, rows, bundles, incremental, chosen, conflicts)
+    report = _report(ws, tasks, budget, add_steps, ledger, rows, bundles, added, chosen, conflicts)
     ws.log(f"report: {report}")
     return report
 
 
-def _report(ws, tasks, budget, add_steps, ledger, rows, bundles, incremental, variants, conflicts) -> Path:
+def _report(ws, tasks, budget, add_steps, ledger, rows, bundles, added, variants, conflicts) -> Path:
     command = ["lsseg", "experiment", "labelsharing", "--data", *ws.config["data"], "--out", str(ws.root)]
     command += budget.to_args() + ["--add-steps", str(add_steps), "--holdout", *ws.config["holdout"]]
     command += ["--variants", *[v.name for v in variants]] if variants else []
+    shares = ws.config.get("new_task_shares", [])
+    command += ["--new-task-share", *map(str, shares)] if shares else []
+    matched = ws.config.get("matched_shares", [])
+    command += ["--matched-share", *map(str, matched)] if matched else []
     lines = header(
         "Label sharing against its baselines under equal compute (Anand et al. 2024)", ws.config, command
     )
@@ -206,7 +185,14 @@ def _report(ws, tasks, budget, add_steps, ledger, rows, bundles, incremental, va
         f"validation fraction {budget.val_fraction}; augmentation {'on' if budget.augment else 'off'}",
         f"- budget per method: {budget.steps} steps x batch {budget.batch} = {budget.samples} training samples "
         "(one model per task splits the steps between its models); add-task: "
-        f"{add_steps} steps x batch {budget.batch} with and without replay",
+        f"{add_steps} steps x batch {budget.batch} without replay and with replay at new-task share "
+        f"{', '.join(incremental.share_text(x, len(tasks) - 1) for x in shares) or 'none'}"
+        + (
+            "; also with the steps that give the new task its own model's samples (steps / share) at share "
+            f"{', '.join(incremental.share_text(x, len(tasks) - 1) for x in matched)}"
+            if matched
+            else ""
+        ),
         "",
         "Every run of a comparison spends the same number of training samples (checked before training):",
         "",
@@ -264,8 +250,9 @@ def _report(ws, tasks, budget, add_steps, ledger, rows, bundles, incremental, va
                          {m: all_dice[m] + [mean(all_dice[m])] for m in shown}, "mean Dice",
                          "Label-sharing variants under the same budget")
         )  # fmt: skip
-    if incremental:
-        lines += _incremental_section(ws, incremental, dice, tasks, plots)
+    if added:
+        own = {t: dice["individual"][i] for i, t in enumerate(tasks)}
+        lines += incremental.section(ws.root, added, own, plots)
     else:
         lines += [
             "## Incremental learning",
@@ -282,85 +269,3 @@ def _report(ws, tasks, budget, add_steps, ledger, rows, bundles, incremental, va
         "`log.txt`.",
     ]
     return write_report(ws.root / "report.md", lines)
-
-
-def _incremental_section(ws, incremental, dice, tasks, plots) -> list[str]:
-    lines = [
-        "## Incremental learning (add-task)",
-        "",
-        "Each held-out task is added to a label-sharing model trained on the other tasks. *Own model*: the "
-        "one-model-per-task run of that task. *Drop*: old tasks' mean Dice before minus after (forgetting). "
-        "`add-task --widen`: a task with more labels than the shared space gets new shared labels.",
-        "",
-    ]
-    new_rows, old_rows, forgetting = [], [], {"no replay": [], "replay": []}
-    pairs = []
-    for held, rest, before, after in incremental:
-        own = dice["individual"][tasks.index(held)]
-        new = {v: mean_dice(after[v], task=held) for v in after}
-        new_rows.append([held, new["no replay"], new["replay"], own, new["replay"] - own])
-        old_before = mean([mean_dice(before, task=t) for t in rest])
-        old_after = {v: mean([mean_dice(after[v], task=t) for t in rest]) for v in after}
-        old_rows.append(
-            [
-                held,
-                old_before,
-                old_after["no replay"],
-                old_after["replay"],
-                old_before - old_after["no replay"],
-                old_before - old_after["replay"],
-            ]
-        )
-        for t in rest:
-            pairs.append(f"+{held}: {t}")
-            for v in after:
-                forgetting[v].append(mean_dice(before, task=t) - mean_dice(after[v], task=t))
-    lines += table(["added task", "no replay", "replay", "own model", "replay - own model"], new_rows)
-    lines += table(
-        [
-            "added task",
-            "old tasks before",
-            "after (no replay)",
-            "after (replay)",
-            "drop (no replay)",
-            "drop (replay)",
-        ],
-        old_rows,
-    )
-    lines += ["Forgetting per old task (Dice before - after):", ""]
-    lines += table(
-        ["added task: old task", "drop (no replay)", "drop (replay)"],
-        [[p, a, b] for p, a, b in zip(pairs, forgetting["no replay"], forgetting["replay"])],
-    )
-    gaps = [r[4] for r in new_rows]
-    drops = [r[5] for r in old_rows]
-    lines += [
-        f"- added task within 0.03 of its own model (replay): {yes(all(g >= -0.03 for g in gaps))} "
-        f"(worst {fmt(min(gaps))})",
-        f"- old tasks drop at most 0.01 with replay: {yes(all(d <= 0.01 for d in drops))} (worst {fmt(max(drops))})",
-        "",
-    ]
-    plots.append(
-        grouped_bars(
-            ws.root / "incremental_new_task.png",
-            [r[0] for r in new_rows],
-            {
-                "no replay": [r[1] for r in new_rows],
-                "replay": [r[2] for r in new_rows],
-                "own model": [r[3] for r in new_rows],
-            },
-            "mean Dice",
-            "Added task against its own model",
-        )
-    )
-    plots.append(
-        grouped_bars(
-            ws.root / "forgetting.png",
-            pairs,
-            forgetting,
-            "Dice before - after",
-            "Forgetting of old tasks after add-task",
-            ylim=None,
-        )
-    )
-    return lines

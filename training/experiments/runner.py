@@ -148,13 +148,24 @@ def train_individual(data: Path, out: Path, budget: Budget) -> bool:
     return True
 
 
-def add_task(base: Path, data: Path, out: Path, budget: Budget, replay: list[Path] = ()) -> bool:
+def add_task(
+    base: Path,
+    data: Path,
+    out: Path,
+    budget: Budget,
+    replay: list[Path] = (),
+    new_task_share: float | str | None = None,
+) -> bool:
     """`add-task` with ``widen``: it only acts when the task has more labels than the shared space (those get new
-    shared labels; otherwise a held-out task larger than the others could not be added at all)."""
+    shared labels; otherwise a held-out task larger than the others could not be added at all).
+    ``new_task_share``: the new task's share of the samples with replay (None: add-task's default)."""
     if is_bundle(out):
         return False
     settings = _settings(budget, checkpoint_dir(out))
-    api.add_task(AddTaskConfig(base, data, out, settings=settings, replay=tuple(replay), widen=True))
+    config = AddTaskConfig(
+        base, data, out, settings=settings, replay=tuple(replay), widen=True, new_task_share=new_task_share
+    )
+    api.add_task(config)
     return True
 
 

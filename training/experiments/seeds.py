@@ -16,7 +16,7 @@ from pathlib import Path
 
 from LabelSharingSegLib.engine.errors import InputError
 
-from . import runner
+from . import incremental, runner
 from .labelsharing import METHODS, run_labelsharing
 from .report import fmt, header, mean, mean_dice, table, write_report
 from .variants import parse_variants
@@ -59,7 +59,34 @@ def run_seeds(data: list[Path], out: Path, budget: runner.Budget, seeds: list[in
     command = (
         _without_seed(command + budget.to_args()) + ["--seeds", *map(str, seeds)] + _option_args(options)
     )
-    return write_report(out / SUMMARY, _summary(budget, seeds, tasks, methods, dice, command))
+    added = {s: seed_folder(out, s) / incremental.CSV for s in seeds}
+    more = []
+    if all(path.is_file() for path in added.values()):
+        more = _incremental(seeds, {s: runner.read_csv(path) for s, path in added.items()})
+    return write_report(out / SUMMARY, _summary(budget, seeds, tasks, methods, dice, command, more))
+
+
+def _incremental(seeds: list[int], rows: dict[int, list[dict]]) -> list[str]:
+    """Each (added task, variant) of the incremental part over the seeds: the added task against its own model and
+    the old tasks' drop, per seed and their mean."""
+    keys = list(dict.fromkeys((r["added_task"], r["variant"]) for r in rows[seeds[0]]))
+    value = {(s, r["added_task"], r["variant"]): r for s in seeds for r in rows[s]}
+    lines = [
+        "## Incremental learning over the seeds",
+        "",
+        "Per added task and variant (`seed_<S>/incremental.csv`): the added task's Dice minus its own model's, and "
+        "the old tasks' mean Dice before minus after (forgetting); the mean over seeds.",
+        "",
+    ]
+    for column, title in (("new_minus_own", "added task - own model"), ("old_drop", "old tasks' drop")):
+        table_rows = []
+        for task, variant in keys:
+            per_seed = [float(value[(s, task, variant)][column]) if (s, task, variant) in value else math.nan
+                        for s in seeds]  # fmt: skip
+            table_rows.append([task, variant, *per_seed, mean(per_seed)])
+        lines += [f"{title}:", ""]
+        lines += table(["added task", "variant", *[f"seed {s}" for s in seeds], "mean"], table_rows)
+    return lines
 
 
 def _without_seed(command: list[str]) -> list[str]:
@@ -75,6 +102,10 @@ def _option_args(options: dict) -> list[str]:
         args += ["--holdout", *options["holdout"]]
     if options.get("variants"):
         args += ["--variants", *options["variants"]]
+    if options.get("new_task_shares"):
+        args += ["--new-task-share", *map(str, options["new_task_shares"])]
+    if options.get("matched_shares"):
+        args += ["--matched-share", *map(str, options["matched_shares"])]
     return args
 
 
@@ -83,7 +114,7 @@ def _sd(values: list[float]) -> float:
     return statistics.stdev(finite) if len(finite) > 1 else float("nan")
 
 
-def _summary(budget, seeds, tasks, methods, dice, command) -> list[str]:
+def _summary(budget, seeds, tasks, methods, dice, command, more: list[str]) -> list[str]:
     per_seed = {m: [mean(dice[m][s]) for s in seeds] for m in methods}
     lines = header(
         f"Label sharing and its baselines over {len(seeds)} seeds (Anand et al. 2024)",
@@ -129,6 +160,7 @@ def _summary(budget, seeds, tasks, methods, dice, command) -> list[str]:
     lines += table(
         ["method", *[f"seed {s}" for s in seeds], "mean difference", "sd", "beyond the seed spread"], rows
     )
+    lines += more
     lines += [
         "## Files",
         "",
