@@ -207,7 +207,7 @@ def _report(
         "fewer labels = the first K label values kept, the others made background (copies in `data/`)",
         f"- seed {budget.seed}; network channels {','.join(map(str, budget.channels))}; learning rate {budget.lr}",
         f"- every run: {budget.steps} steps x batch {budget.batch} = {budget.samples} training samples (checked)"
-        + ("; the `long` variant 4x that" if any(v.step_factor > 1 for v in variants) else ""),
+        + ("; the `long` variants 4x that" if any(v.step_factor > 1 for v in variants) else ""),
         *_validation_lines(ws, counts, budget),
         "",
     ]
