@@ -221,7 +221,8 @@ class LCSMethod:
         it); ``atlas_label``: (X, Y, Z) label values on the same grid; ``val_labels``: the label values
         validation scores (default: all ``label_values``; every label is decoded either way);
         ``labels_per_image``: labels conditioned on each sampled image per step (one encoder pass, that many
-        decoder passes; 1 in Ma et al. 2022); ``loss``: 'dice' (soft Dice, as the paper) or 'dice-bce' (plus binary cross-entropy)."""
+        decoder passes; 1 in Ma et al. 2022); ``loss``: 'dice' (soft Dice, as the paper) or 'dice-bce' (plus
+        binary cross-entropy)."""
         self.factor = network_config.downsample_factor
         self.spatial_dims = prep.spatial_dims
         self.spacing_mm = float(np.mean(prep.spacing))
@@ -363,10 +364,8 @@ class LCSMethod:
             decided = torch.where(
                 best >= LCS_THRESHOLD, lookup[best_index.long()], torch.zeros_like(best_index)
             )
-            decided, truth = (
-                self.crop(decided),
-                self.crop(item["label"]),
-            )  # the atlas grid, as inference crops
+            # scored on the atlas grid: inference crops the padding away too
+            decided, truth = self.crop(decided), self.crop(item["label"])
             for value in self.val_values:
                 score = dice_score((decided == value).numpy(), (truth == value).numpy())
                 if not math.isnan(score):

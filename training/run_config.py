@@ -41,10 +41,8 @@ LCS_ARCHS = ("lcs", "lcs_refine")
 # kept the old tasks within 0.01 (docs/EXPERIMENTS.md, "Incremental learning: the new task's share").
 EQUAL_SHARE = "equal"
 DEFAULT_NEW_TASK_SHARE: float | str = EQUAL_SHARE
-LCS_LOSSES = (
-    "dice",
-    "dice-bce",
-)  # soft Dice on the conditioned label (Ma et al. 2022), or plus cross-entropy
+# soft Dice on the conditioned label (Ma et al. 2022), or plus binary cross-entropy
+LCS_LOSSES = ("dice", "dice-bce")
 MAX_LABELS_PER_IMAGE = 64
 
 # What ``--resume`` may change: how long to train and how the run is watched. A larger ``steps`` continues the run;

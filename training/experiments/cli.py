@@ -128,10 +128,9 @@ def register(subparsers) -> None:
         nargs="*",
         metavar="VARIANT",
         help="LCS variants at the dataset's full label count, each testing one reason LCS may trail: no-merge, "
-        "labels-per-image, every-level, dice-bce, wide, long (4x the steps), every-level-long, combined (every-level, "
-        "no-merge and "
-        "labels-per-image together); reseeded is the seed-to-seed control, every-level-reseeded its pair "
-        "(variants may be added to a finished experiment)",
+        "labels-per-image, every-level, dice-bce, wide, long (4x the steps), every-level-long, combined "
+        "(every-level, no-merge and labels-per-image together); reseeded is the seed-to-seed control, "
+        "every-level-reseeded its pair (variants may be added to a finished experiment)",
     )
     _budget_options(lcs, 1000)
     lcs.set_defaults(func=cmd_lcs)
