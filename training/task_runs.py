@@ -54,9 +54,8 @@ class TaskModelPlan:
     identity_extra: dict | None = None  # more run identity (add-task's base bundle)
     reference: tuple | None = None  # (image, affine) stored in the bundle
     reference_path: Path | None = None  # or a file to read it from
-    task_weights: dict[str, float] | None = (
-        None  # how often each task is drawn, by name (None: --task-sampling)
-    )
+    # how often each task is drawn, by name (None: by --task-sampling)
+    task_weights: dict[str, float] | None = None
 
 
 def train_task_model(
