@@ -60,6 +60,9 @@ def test_bench_lcs_and_heads(capsys):
     rows = json.loads(out[out.index("{") :])["rows"]
     assert rows["labelsharing"]["output_channels"] == 6 and rows["multichannel"]["output_channels"] == 8
     assert rows["individual"]["models"] == 2
+    # label sharing's default head keeps its outputs, adds the controller's parameters
+    assert rows["ls-dynamic"]["output_channels"] == 6 and rows["ls-dynamic"]["models"] == 1
+    assert rows["ls-dynamic"]["parameters"] > rows["labelsharing"]["parameters"]
 
 
 def test_bench_train_json_has_every_field_on_cpu(capsys):

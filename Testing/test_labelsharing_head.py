@@ -1,6 +1,7 @@
 """Label sharing with DoD-Net's head (``--head``, issue #15 item 5): the DoD-Net-style head over label sharing's
-``n* + 1`` shared outputs, generated from the task code and the image (``dynamic``), the task code only (``task``)
-or the same for every task (``mlp``); trained, segmented, and widened by add-task without losing the old tasks."""
+``n* + 1`` shared outputs, generated from the task code and the image (``dynamic``, the default), the task code
+only (``task``) or the same for every task (``mlp``); trained, segmented, and widened by add-task without losing
+the old tasks. The published head (``linear``) stays one option away and is what the experiments measure."""
 
 from __future__ import annotations
 
@@ -88,9 +89,7 @@ def head_bundle(tmp_path_factory):
         out,
         "--steps",
         2,
-        "--head",
-        "dynamic",
-    ]
+    ]  # no --head: the dynamic head is label sharing's default
     assert lsseg(*command, *TINY) == 0
     return root, data, out
 
@@ -128,3 +127,46 @@ def test_head_is_an_option_of_labelsharing_only(tmp_path, capsys):
         TrainSettings(head="wide")
     with pytest.raises(InputError, match="--task-film and --head task"):
         TrainSettings(head="task", task_film=True)
+
+
+def test_which_head_each_method_trains_with():
+    from lsseg_training.api import TaskRunConfig, TrainSettings
+
+    def head(kind: str, **settings) -> str | None:
+        return TaskRunConfig(kind, data=("d",), out="o", settings=TrainSettings(**settings)).settings.head
+
+    assert TrainSettings().head is None  # settled by the method, so the checkpoint records what trained
+    assert head("labelsharing") == "dynamic"
+    assert head("labelsharing", head="linear") == "linear"
+    assert head("labelsharing", task_film=True) == "linear"  # a task code replaces the generated head
+    for kind in ("individual", "multichannel", "dodnet"):
+        assert head(kind) == "linear"
+
+
+def test_the_published_head_on_request_and_in_the_experiments(head_bundle, tmp_path):
+    from lsseg_training.experiments.runner import Budget, _settings
+
+    _, data, _ = head_bundle
+    out = tmp_path / "published"
+    assert (
+        lsseg(
+            "train",
+            "labelsharing",
+            "--data",
+            data[0],
+            data[1],
+            "--out",
+            out,
+            "--steps",
+            1,
+            "--head",
+            "linear",
+            *TINY,
+        )
+        == 0
+    )
+    assert load_bundle(out).network_config.arch == "unet"
+    # the experiments measure the papers' claims: label sharing as published unless a variant sets its head
+    budget = Budget(steps=1)
+    assert _settings(budget, tmp_path / "ckpt").head == "linear"
+    assert _settings(Budget(steps=1, extra={"head": "dynamic"}), tmp_path / "ckpt").head == "dynamic"

@@ -152,6 +152,10 @@ def test_add_task_draws_the_new_task_at_its_share_deterministically(setup, tmp_p
         (["--new-task-share", "nan"], "--new-task-share must be a fraction between 0 and 1"),
         (["--new-task-share", "half"], "got 'half'"),
         (["--new-task-share", "1/0"], "got '1/0'"),
+        # the network is the bundle's: options that choose another one are refused, not silently dropped
+        (["--head", "linear"], "add-task keeps the bundle's network"),
+        (["--task-film"], "add-task keeps the bundle's network"),
+        (["--label-mapping", "shuffled"], "add-task keeps the bundle's network"),
     ],
 )
 def test_bad_new_task_share_is_refused(setup, tmp_path, capsys, args, message):

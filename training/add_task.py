@@ -89,6 +89,10 @@ def add_task(config: AddTaskConfig, on_step: StepCallback | None = None) -> Trai
     from LabelSharingSegLib.engine.bundle import load_bundle
 
     settings = config.settings
+    if settings.head is not None or settings.task_film or settings.label_mapping != "rank":
+        raise InputError(
+            "--head, --task-film and --label-mapping choose a new network; add-task keeps the bundle's network"
+        )
     checkpoint_dir = claim_outputs(config.out, settings)
     bundle = load_bundle(config.bundle)
     if bundle.kind != "labelsharing":

@@ -22,7 +22,13 @@ import torch
 
 from LabelSharingSegLib.engine.device import DEVICE_CHOICES, resolve_device
 from LabelSharingSegLib.engine.errors import InputError
-from LabelSharingSegLib.engine.network_config import LCSConfig, RefineLCSConfig, UNetConfig
+from LabelSharingSegLib.engine.network_config import (
+    DoDNetConfig,
+    LCSConfig,
+    NetworkConfig,
+    RefineLCSConfig,
+    UNetConfig,
+)
 from LabelSharingSegLib.engine.networks import build_network
 
 
@@ -201,18 +207,26 @@ def run_heads(args: argparse.Namespace) -> int:
     counts = [int(c) for c in args.task_labels.split(",") if c.strip()]
     x = torch.randn(4, 1, args.size, args.size, device=device)
     rows = {}
-    configs = {
-        "labelsharing": [UNetConfig(spatial_dims=2, out_channels=max(counts) + 1)],
+    shared = max(counts) + 1
+    codes = [torch.full((x.shape[0],), t, device=device) for t in range(len(counts))]
+    configs: dict[str, list[NetworkConfig]] = {
+        "labelsharing": [UNetConfig(spatial_dims=2, out_channels=shared)],
+        # the default head is generated per task, so every task needs a pass of its own
+        "ls-dynamic": [DoDNetConfig(spatial_dims=2, out_channels=shared, num_tasks=len(counts))],
         "multichannel": [UNetConfig(spatial_dims=2, out_channels=sum(counts) + 1)],
         "individual": [UNetConfig(spatial_dims=2, out_channels=c + 1) for c in counts],
     }
     for name, cfgs in configs.items():
         nets = [build_network(c).to(device).eval() for c in cfgs]
 
-        def forward(nets=nets):
+        def forward(nets=nets, cfgs=cfgs):
             with torch.no_grad():
-                for n in nets:  # every model once: what segmenting all tasks costs
-                    n(x)
+                for n, c in zip(nets, cfgs):  # every model once: what segmenting all tasks costs
+                    if c.TAKES_TASK:
+                        for code in codes:
+                            n(x, code)
+                    else:
+                        n(x)
 
         rows[name] = {
             "models": len(nets),

@@ -109,7 +109,7 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
     settings = config.settings
     if (
         settings.task_film
-        or settings.head != "linear"
+        or settings.head_chosen
         or settings.label_mapping != "rank"
         or settings.task_sampling != "uniform"
     ):

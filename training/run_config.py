@@ -32,6 +32,13 @@ LABEL_MAPPINGS = ("rank", "shuffled")
 # label sharing's output head (--head): what the DoD-Net-style controller generates it from (issue #15 item 5)
 HEAD_CONTROLLER_INPUTS = {"dynamic": "image+task", "task": "task", "image": "image", "mlp": "none"}
 HEADS = ("linear", *HEAD_CONTROLLER_INPUTS)
+PUBLISHED_HEAD = (
+    "linear"  # one 1x1 convolution (Anand et al. 2024); the only head the baselines and --task-film take
+)
+# label sharing's default head: DoD-Net's dynamic head over the same n*+1 shared outputs. On the demo tasks it was
+# above the published head, one model per task, multi-channel and DoD-Net on every one of 4 seeds at 1200 steps
+# (docs/EXPERIMENTS.md, "What DoD-Net has that label sharing lacks").
+DEFAULT_LABELSHARING_HEAD = "dynamic"
 DEFAULT_CHANNELS = (8, 16, 32, 64, 128)
 DEFAULT_STEPS = 1000
 LCS_ARCHS = ("lcs", "lcs_refine")
@@ -112,7 +119,9 @@ class TrainSettings:
     )
     label_mapping: str = "rank"  # rank: labels share channels by size rank; shuffled: a seeded random mapping
     task_film: bool = False  # the U-Net gets a per-task scale and shift of its decoder features
-    head: str = "linear"  # linear: one 1x1 convolution (as published); else HEAD_CONTROLLER_INPUTS
+    head: str | None = (
+        None  # None: the method's default (head_for); linear: as published; else HEAD_CONTROLLER_INPUTS
+    )
     augment: bool = True
     cache_workers: int = 0
     channels: tuple[int, ...] = DEFAULT_CHANNELS
@@ -178,9 +187,12 @@ class TrainSettings:
             self.label_mapping in LABEL_MAPPINGS,
             f"--label-mapping must be one of {', '.join(LABEL_MAPPINGS)}, got {self.label_mapping!r}",
         )
-        _require(self.head in HEADS, f"--head must be one of {', '.join(HEADS)}, got {self.head!r}")
         _require(
-            not (self.task_film and self.head != "linear"),
+            self.head is None or self.head in HEADS,
+            f"--head must be one of {', '.join(HEADS)}, got {self.head!r}",
+        )
+        _require(
+            not (self.task_film and self.head not in (None, PUBLISHED_HEAD)),
             f"--task-film and --head {self.head} are two different label-sharing networks; choose one",
         )
         _require(self.cache_workers >= 0, f"--cache-workers must be >= 0, got {self.cache_workers}")
@@ -241,6 +253,20 @@ class TrainSettings:
     def with_changes(self, **changes) -> TrainSettings:
         return replace(self, **changes)
 
+    @property
+    def head_chosen(self) -> bool:
+        """True when the output head is other than the published one (only label sharing takes that)."""
+        return self.head not in (None, PUBLISHED_HEAD)
+
+    def head_for(self, kind: str) -> str:
+        """The output head ``kind`` trains with: the one asked for, else label sharing's default (the published
+        head beside a task code, --task-film) or, for every other method, the published head."""
+        if self.head is not None:
+            return self.head
+        if kind == "labelsharing" and not self.task_film:
+            return DEFAULT_LABELSHARING_HEAD
+        return PUBLISHED_HEAD
+
 
 @dataclass(frozen=True)
 class TaskRunConfig:
@@ -263,6 +289,10 @@ class TaskRunConfig:
         object.__setattr__(self, "out", Path(self.out))
         if self.reference is not None:
             object.__setattr__(self, "reference", Path(self.reference))
+        # the head is settled here, so checkpoints record it and a resume compares like with like
+        object.__setattr__(
+            self, "settings", self.settings.with_changes(head=self.settings.head_for(self.kind))
+        )
 
 
 @dataclass(frozen=True)

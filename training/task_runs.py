@@ -71,7 +71,12 @@ def train_task_model(
 ) -> TrainedBundle:
     """Train one network on ``datasets`` and write its bundle to ``out`` (rank 0)."""
     network = plan.network or factory.network_config_for(
-        plan.kind, plan.tasks, 2, list(settings.channels), task_film=settings.task_film, head=settings.head
+        plan.kind,
+        plan.tasks,
+        2,
+        list(settings.channels),
+        task_film=settings.task_film,
+        head=settings.head_for(plan.kind),
     )
     prep = plan.prep or plan_preprocessing(settings, datasets, network.downsample_factor)
     network = network.replace(spatial_dims=prep.spatial_dims)
@@ -169,7 +174,7 @@ def train_tasks(config: TaskRunConfig, on_step: StepCallback | None = None) -> l
     """Train one bundle over all tasks (``individual``: one bundle per task in the folder ``config.out``)."""
     settings = config.settings
     if config.kind != "labelsharing" and (
-        settings.task_film or settings.label_mapping != "rank" or settings.head != "linear"
+        settings.task_film or settings.label_mapping != "rank" or settings.head_chosen
     ):
         raise InputError("--task-film, --head and --label-mapping are options of labelsharing training")
     if config.kind == "individual":

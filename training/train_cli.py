@@ -147,11 +147,11 @@ def _add_budget_options(p: argparse.ArgumentParser) -> None:
     ls.add_argument(
         "--head",
         choices=HEADS,
-        default="linear",
-        help="label sharing's output head over its n*+1 shared channels: linear, one 1x1 convolution (Anand et al. "
-        "2024, default); dynamic, DoD-Net's head, three 1x1 convolutions whose weights a controller generates from "
-        "the task code and the image; task, from the task code only; image, from the image only; mlp, the same head "
-        "for every task",
+        default=None,
+        help="label sharing's output head over its n*+1 shared channels: dynamic (default), DoD-Net's head, three "
+        "1x1 convolutions whose weights a controller generates from the task code and the image; linear, one 1x1 "
+        "convolution as published (Anand et al. 2024; the default with --task-film); task, from the task code only; "
+        "image, from the image only; mlp, the same head for every task",
     )
     v = p.add_argument_group("validation, checkpoints, logs")
     v.add_argument(

@@ -20,6 +20,7 @@ from .. import api
 from ..api import AddTaskConfig, LCSRunConfig, TaskRunConfig, TrainSettings
 from ..checkpoint import LAST
 from ..evaluate import evaluate
+from ..run_config import PUBLISHED_HEAD
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,8 @@ def _settings(budget: Budget, checkpoints: Path, resume: bool | None = None) -> 
         resume=(checkpoints / LAST).is_file() if resume is None else resume,
         # the count the experiment command set (cli.py), so every run and the report's device line agree
         threads=torch.get_num_threads(),
+        # the papers' claims are about label sharing as published; the default head is the dynamic-head variant
+        head=PUBLISHED_HEAD,
     ).with_changes(**budget.extra)
 
 
