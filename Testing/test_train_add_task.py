@@ -11,11 +11,17 @@ from train_helpers import TINY, lsseg, phantoms, tree_hashes
 
 from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.errors import InputError
-from lsseg_training.add_task import replay_weights
+from lsseg_training.add_task import new_task_fraction, replay_weights
 from lsseg_training.datasets import read_dataset
 from lsseg_training.methods import TaskMethod
 from lsseg_training.planning import task_sizes
-from lsseg_training.run_config import DEFAULT_NEW_TASK_SHARE, EQUAL_SHARE, AddTaskConfig
+from lsseg_training.run_config import (
+    DEFAULT_NEW_TASK_SHARE,
+    DEFAULT_STEPS,
+    EQUAL_SHARE,
+    AddTaskConfig,
+    TrainSettings,
+)
 from lsseg_training.samples import step_rng
 
 
@@ -190,3 +196,38 @@ def test_resume_with_another_new_task_share_is_refused(setup, tmp_path, capsys):
         assert lsseg(*common, "--out", tmp_path / "b", *resume, "--new-task-share", other) == 2
         assert "different training run" in capsys.readouterr().err
     assert lsseg(*common, "--out", tmp_path / "c", *resume, "--new-task-share", "3/4") == 0
+
+
+def test_new_task_fraction():
+    assert new_task_fraction(2, {}, None, "uniform") == 1.0
+    assert new_task_fraction(2, {"a": 3, "b": 8}, EQUAL_SHARE, "uniform") == pytest.approx(1 / 3)
+    assert new_task_fraction(2, {"a": 3, "b": 5}, EQUAL_SHARE, "labels") == pytest.approx(0.2)
+    assert new_task_fraction(2, {"a": 3}, 0.25, "labels") == 0.25
+
+
+def test_by_default_the_new_task_gets_the_samples_of_a_model_of_its_own(setup, tmp_path, monkeypatch):
+    """Without --steps / --epochs, add-task trains DEFAULT_STEPS / (the new task's share) steps."""
+    import lsseg_training.add_task as module
+
+    root, data, base, _ = setup
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(plan, datasets, settings, *args, **kwargs):
+        seen.append((settings.steps, settings.epochs))
+        raise Stop  # the step count is all this test needs; no training
+
+    monkeypatch.setattr(module, "train_task_model", capture)
+    cases = [
+        ({}, (DEFAULT_STEPS, None)),  # no replay: every sample is the new task's
+        ({"replay": (data[0],)}, (2 * DEFAULT_STEPS, None)),  # equal share of two tasks
+        ({"replay": (data[0],), "new_task_share": 0.25}, (4 * DEFAULT_STEPS, None)),
+        ({"replay": (data[0],), "settings": TrainSettings(steps=7)}, (7, None)),  # asked for: kept
+        ({"replay": (data[0],), "settings": TrainSettings(epochs=2)}, (None, 2)),
+    ]
+    for i, (options, expected) in enumerate(cases):
+        with pytest.raises(Stop):
+            module.add_task(AddTaskConfig(base, data[1], tmp_path / f"out{i}", **options))
+        assert seen[-1] == expected
