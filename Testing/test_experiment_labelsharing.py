@@ -222,3 +222,30 @@ def test_seeds_run_one_experiment_each_and_compare_them(tmp_path, capsys):
     assert "two or more different seeds" in capsys.readouterr().err
     assert lsseg(*command, "--seeds", 3, 4, "--seed", 1) == 2
     assert "--seed and --seeds" in capsys.readouterr().err
+
+
+def test_the_experiment_measures_label_sharing_with_the_head_asked_for(tmp_path, capsys):
+    """Default: as published (the paper's claims); --head dynamic: the product's default head, incremental runs too;
+    the baselines are the same either way."""
+    from LabelSharingSegLib.engine.bundle import load_bundle
+
+    data = phantoms(tmp_path / "data", tasks=2, cases=3)
+    out = tmp_path / "exp"
+    command = ["experiment", "labelsharing", "--data", *data, "--out", out, "--holdout", "Phantom1", *ARGS]
+    assert lsseg(*command, "--head", "dynamic") == 0
+    runs = out / "runs"
+    for run in ("labelsharing", "base_without_Phantom1", "add_Phantom1", "add_Phantom1_replay"):
+        assert load_bundle(runs / run).network_config.arch == "dodnet", run
+    for run in ("multichannel", "individual_Phantom0"):
+        assert load_bundle(runs / run).network_config.arch == "unet", run
+    assert load_bundle(runs / "dodnet").network_config.controller_inputs == "image+task"
+    report = (out / "report.md").read_text()
+    assert "--head dynamic" in report.splitlines()[2] and "label sharing: `--head dynamic`" in report
+    published = tmp_path / "published"
+    assert lsseg("experiment", "labelsharing", "--data", *data, "--out", published, "--holdout", *ARGS) == 0
+    assert load_bundle(published / "runs" / "labelsharing").network_config.arch == "unet"
+    assert "label sharing: as published" in (published / "report.md").read_text()
+    capsys.readouterr()
+    refused = ["experiment", "labelsharing", "--data", *data, "--out", tmp_path / "v", "--holdout", *ARGS]
+    assert lsseg(*refused, "--head", "dynamic", "--variants", "wide") == 2
+    assert "run them without --head dynamic" in capsys.readouterr().err

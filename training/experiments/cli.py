@@ -7,6 +7,7 @@ from pathlib import Path
 
 from LabelSharingSegLib.engine.errors import InputError
 
+from ..run_config import HEADS, PUBLISHED_HEAD
 from ..train_cli import _float_list, _int_list
 
 
@@ -90,6 +91,14 @@ def register(subparsers) -> None:
         "task gets as many samples as its own model (more compute than the other add-task runs; stated apart)",
     )
     ls.add_argument(
+        "--head",
+        choices=HEADS,
+        default=PUBLISHED_HEAD,
+        help="label sharing's output head in this experiment, its incremental runs included: linear (default), as "
+        "published (Anand et al. 2024), the paper's claims; dynamic, `lsseg train labelsharing`'s default "
+        "(variants measure changes to the published method, so they need linear)",
+    )
+    ls.add_argument(
         "--seeds",
         nargs="+",
         type=int,
@@ -169,6 +178,7 @@ def cmd_labelsharing(args) -> int:
         "variants": args.variants,
         "new_task_shares": args.new_task_share,
         "matched_shares": args.matched_share,
+        "head": args.head,
     }
     if args.seeds and args.seed is not None:
         raise InputError("--seed and --seeds: give one of them")

@@ -17,6 +17,7 @@ from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.errors import InputError
 
 from .. import planning
+from ..run_config import HEADS, PUBLISHED_HEAD
 from . import incremental, runner
 from .budget import BudgetLedger, split_steps
 from .report import fmt, grouped_bars, header, mean, mean_dice, table, write_report, yes
@@ -73,12 +74,20 @@ def run_labelsharing(
     variants: list[str] | None = None,
     new_task_shares: list[float | str] | None = None,
     matched_shares: list[float | str] | None = None,
+    head: str = PUBLISHED_HEAD,
 ) -> Path:
     """Run (or continue) the experiment into ``out``; returns ``out/report.md``. ``variants``: label-sharing
     variants (variants.py) trained with the same budget; ``new_task_shares``: the new task's shares of the samples
     in add-task with replay (default: add-task's default); ``matched_shares``: shares also run with the new task's
-    own-model sample count. All may be added to a finished experiment."""
+    own-model sample count. All may be added to a finished experiment. ``head``: label sharing's output head
+    (default: as published), for the labelsharing method and the incremental runs."""
     chosen = parse_variants(variants)
+    if head not in HEADS:
+        raise InputError(f"--head must be one of {', '.join(HEADS)}, got {head!r}")
+    if head != PUBLISHED_HEAD and chosen:
+        raise InputError(
+            f"--variants measure changes to label sharing as published; run them without --head {head}"
+        )
     shares = incremental.parse_shares(new_task_shares)
     matched = incremental.parse_shares(matched_shares) if matched_shares else []
     datasets = planning.load_datasets([Path(p) for p in data])
@@ -102,16 +111,21 @@ def run_labelsharing(
         **({"variants": [v.name for v in chosen]} if chosen else {}),
         **({"new_task_shares": shares} if holdout else {}),
         **({"matched_shares": matched} if holdout and matched else {}),
+        # recorded only when not the published head, so experiments written before the option continue
+        **({"head": head} if head != PUBLISHED_HEAD else {}),
     }
     extendable = ("variants", "new_task_shares", "matched_shares")
     ws = Workspace(out, config, echo=not budget.quiet, extendable=extendable)
     ws.log(f"labelsharing experiment: tasks {', '.join(tasks)}; {budget.steps} steps x batch {budget.batch}")
 
+    # label sharing's runs (the method and the incremental bases) carry the head; the baselines have their own
+    ls_budget = budget.with_extra(head=head)
     rows: list[dict] = []
     bundles: dict[str, list[Path]] = {}
     for method in JOINT_METHODS:
         path = ws.run(method)
-        ws.timed(f"train {method}", runner.train_tasks, method, list(folder.values()), path, budget)
+        trained = ls_budget if method == "labelsharing" else budget
+        ws.timed(f"train {method}", runner.train_tasks, method, list(folder.values()), path, trained)
         rows += ws.timed(
             f"evaluate {method}",
             runner.evaluate_bundle,
@@ -152,7 +166,7 @@ def run_labelsharing(
         bundles[variant.method] = [path]
 
     added = [
-        incremental.run_incremental(ws, held, tasks, folder, budget, add_steps, shares, matched)
+        incremental.run_incremental(ws, held, tasks, folder, ls_budget, add_steps, shares, matched)
         for held in holdout
     ]
 
@@ -174,6 +188,8 @@ def _report(ws, tasks, budget, add_steps, ledger, rows, bundles, added, variants
     command += ["--new-task-share", *map(str, shares)] if shares else []
     matched = ws.config.get("matched_shares", [])
     command += ["--matched-share", *map(str, matched)] if matched else []
+    head = ws.config.get("head", PUBLISHED_HEAD)
+    command += ["--head", head] if head != PUBLISHED_HEAD else []
     lines = header(
         "Label sharing against its baselines under equal compute (Anand et al. 2024)", ws.config, command
     )
@@ -181,6 +197,12 @@ def _report(ws, tasks, budget, add_steps, ledger, rows, bundles, added, variants
         "## Data, seeds and budgets",
         "",
         *[f"- task `{t}`: `{p}`" for t, p in zip(tasks, ws.config["data"])],
+        "- label sharing: "
+        + (
+            "as published (Anand et al. 2024; one 1x1 convolution over the shared outputs)"
+            if head == PUBLISHED_HEAD
+            else f"`--head {head}` (`lsseg train labelsharing`'s default), over the same n* + 1 shared outputs"
+        ),
         f"- seed {budget.seed}; network channels {','.join(map(str, budget.channels))}; learning rate {budget.lr}; "
         f"validation fraction {budget.val_fraction}; augmentation {'on' if budget.augment else 'off'}",
         f"- budget per method: {budget.steps} steps x batch {budget.batch} = {budget.samples} training samples "

@@ -59,6 +59,9 @@ class Budget:
     def with_steps(self, steps: int) -> Budget:
         return Budget(**{**self.__dict__, "steps": steps})
 
+    def with_extra(self, **options) -> Budget:
+        return Budget(**{**self.__dict__, "extra": {**self.extra, **options}})
+
     def to_args(self) -> list[str]:
         """The `lsseg experiment` options that give this budget (for the report's reproduce line)."""
         args = ["--steps", str(self.steps), "--batch", str(self.batch), "--seed", str(self.seed)]
@@ -164,7 +167,7 @@ def add_task(
     ``new_task_share``: the new task's share of the samples with replay (None: add-task's default)."""
     if is_bundle(out):
         return False
-    settings = _settings(budget, checkpoint_dir(out))
+    settings = _settings(budget, checkpoint_dir(out)).with_changes(head=None)  # the base bundle's network
     config = AddTaskConfig(
         base, data, out, settings=settings, replay=tuple(replay), widen=True, new_task_share=new_task_share
     )
