@@ -68,6 +68,14 @@ def test_workspace_refuses_another_configuration(tmp_path):
     assert again.resumed
     with pytest.raises(InputError, match=r"other settings \(steps\)"):
         Workspace(tmp_path / "exp", {"steps": 20}, echo=False)
+    # --verbose (the budget's quiet) only changes what is shown: a rerun with or without it continues
+    quiet = {"budget": Budget(steps=10, quiet=True).to_dict()}
+    Workspace(tmp_path / "watched", quiet, echo=False)
+    assert Workspace(
+        tmp_path / "watched", {"budget": Budget(steps=10, quiet=False).to_dict()}, echo=False
+    ).resumed
+    with pytest.raises(InputError, match=r"other settings \(budget\)"):
+        Workspace(tmp_path / "watched", {"budget": Budget(steps=11, quiet=False).to_dict()}, echo=False)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "file.txt").write_text("x")
     with pytest.raises(InputError, match="not an experiment folder"):

@@ -21,6 +21,14 @@ from LabelSharingSegLib.engine.errors import InputError
 CONFIG = "experiment.json"
 
 
+def _comparable(config: dict, key: str):
+    """A setting as a rerun must repeat it: how the runs are watched (--verbose) does not change their results."""
+    value = config.get(key)
+    if key == "budget" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k != "quiet"}
+    return value
+
+
 class Workspace:
     def __init__(
         self, root: Path, config: dict, *, echo: bool = True, extendable: tuple[str, ...] = ()
@@ -34,7 +42,9 @@ class Workspace:
         stored_path = self.root / CONFIG
         if stored_path.is_file():
             stored = json.loads(stored_path.read_text(encoding="utf-8"))
-            differing = sorted(k for k in set(stored) | set(config) if stored.get(k) != config.get(k))
+            differing = sorted(
+                k for k in set(stored) | set(config) if _comparable(stored, k) != _comparable(config, k)
+            )
             grown = [
                 k
                 for k in differing
