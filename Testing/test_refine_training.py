@@ -109,6 +109,41 @@ def test_batches_are_deterministic_and_patches_compute_what_the_full_volume_comp
     assert torch.isfinite(loss) and net.correction.weight.grad.abs().sum() > 0
 
 
+def test_refine_validation_decides_cells_as_segment_does():
+    """Validation scores what `segment` decides (each voxel its most probable cell, background below 0.5, zero
+    outside each cell's box), not each cell alone: the kept weights are the best at what users get."""
+    from LabelSharingSegLib.engine.registered import refined_in_boxes
+    from lsseg_training.metrics import dice
+
+    pair, _, labels, affine = _identity_pair(displacement_mm=2.0)
+    method = _method(labels, affine)
+    torch.manual_seed(0)
+    net = build_network(RefineLCSConfig(channels=(4, 6))).eval()
+    with torch.no_grad():
+        net.correction.bias.fill_(5.0)  # above the prior gain (4): every box voxel >= 0.5, boxes compete
+    cells, truths = method.validation_conditions(pair)
+    carried = method.propagated(pair, cells)
+    with torch.no_grad():
+        features = net.encode(pair.inputs[None, :1], pair.inputs[None, 1:])
+        probabilities = np.zeros(carried.shape, np.float32)
+        for k, box, probs in refined_in_boxes(net, features, carried, chunk=8):
+            probabilities[(k, *box)] = probs.numpy()
+    winner = probabilities.argmax(axis=0)
+    decided = [(winner == k) & (probabilities.max(axis=0) >= 0.5) for k in range(len(cells))]
+    truths = truths.numpy()
+    expected = np.nanmean([dice(d, t) for d, t in zip(decided, truths)])
+    alone = np.nanmean([dice(p >= 0.5, t) for p, t in zip(probabilities, truths)])
+    assert abs(expected - alone) > 0.01  # the two decisions really differ here
+    assert method.validate(net, [pair], torch.device("cpu")) == pytest.approx(expected, abs=1e-6)
+    # the registration's own answer is decided the same way
+    winner = carried.numpy().argmax(axis=0)
+    propagated = [(winner == k) & (carried.numpy().max(axis=0) >= 0.5) for k in range(len(cells))]
+    expected = np.nanmean([dice(d, t) for d, t in zip(propagated, truths)])
+    assert method.validate(net, [pair], torch.device("cpu"), refine=False) == pytest.approx(
+        expected, abs=1e-6
+    )
+
+
 def test_registration_cache_reuses_and_repairs(tmp_path):
     image, _, affine, _ = atlas_volume()
     # a registration that diverges (here: the deformable stage matches worse than affine) is not kept

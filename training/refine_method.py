@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from LabelSharingSegLib.engine.atlas_segmentation import LCS_THRESHOLD, keep_most_probable
 from LabelSharingSegLib.engine.network_config import REFINE_HALO, RefineLCSConfig
 from LabelSharingSegLib.engine.propagation import Propagation
 from LabelSharingSegLib.engine.registered import refine_inputs, refined_in_boxes
@@ -35,6 +36,16 @@ from .metrics import dice as dice_score
 from .samples import step_rng
 
 VAL_PARTS = 4  # Voronoi cells per trained label in validation
+
+
+def most_probable(probabilities: torch.Tensor) -> torch.Tensor:
+    """Bool (K, ...): each voxel in the mask of its most probable label (ties: the earlier), none below 0.5."""
+    shape = probabilities.shape[1:]
+    best, index = keep_most_probable(
+        torch.zeros(shape), torch.zeros(shape, dtype=torch.int32), probabilities.float(), 0
+    )
+    labels = torch.arange(probabilities.shape[0], dtype=torch.int32).view(-1, *([1] * len(shape)))
+    return (index[None] == labels) & (best >= LCS_THRESHOLD)[None]
 
 
 @dataclass
@@ -192,19 +203,20 @@ class RefineMethod:
     @torch.no_grad()
     def validate(self, model, items: list[RefinePair], device: torch.device, *, refine: bool = True) -> float:
         """Mean Dice of the refined masks (``refine=False``: of the propagated masks alone) over every
-        validation pair and fixed Voronoi cell, through the inference path (encoder once, boxes)."""
+        validation pair and fixed Voronoi cell, through the inference path (encoder once, boxes), decided as
+        ``segment`` decides: each voxel the most probable cell, background below 0.5."""
         net = _unwrap(model)
         scores = []
         for pair in items:
             atlas_masks, truths = self.validation_conditions(pair)
-            carried = self.propagated(pair, atlas_masks)
-            decided = carried >= 0.5
+            probabilities = self.propagated(pair, atlas_masks)
             if refine:
                 image = pair.inputs[None].to(device)
                 features = net.encode(image[:, :1], image[:, 1:])
-                decided = torch.zeros_like(decided)
+                carried, probabilities = probabilities, torch.zeros_like(probabilities)
                 for k, box, probs in refined_in_boxes(net, features, carried.to(device), chunk=8):
-                    decided[(k, *box)] = probs >= 0.5
+                    probabilities[(k, *box)] = probs.cpu()  # zero outside each cell's box, as at inference
+            decided = most_probable(probabilities)
             for k in range(truths.shape[0]):
                 score = dice_score(decided[k].numpy(), truths[k].numpy())
                 if not math.isnan(score):

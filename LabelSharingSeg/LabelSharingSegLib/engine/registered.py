@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .atlas_brain import atlas_brain, background_level, keep_brain
-from .atlas_segmentation import LCS_THRESHOLD, _default_budget_mb, check_atlas_masks
+from .atlas_segmentation import LCS_THRESHOLD, _default_budget_mb, check_atlas_masks, keep_most_probable
 from .boxes import chunked_boxes, crop
 from .bundle import Bundle
 from .device import resolve_device
@@ -205,16 +205,11 @@ def segment_by_refinement(
     image, affine = refined.image, refined.affine
     values = [label.value for label in labels]
     best = torch.zeros(image.shape)
-    best_index = torch.zeros(image.shape, dtype=torch.long)
+    best_index = torch.zeros(image.shape, dtype=torch.int32)
     for start, weights in refined.on_scan(bundle.atlas_image()[1]):
-        value, index = weights.max(dim=0)
-        better = value > best
-        best = torch.where(better, value, best)
-        best_index = torch.where(better, index + start, best_index)
+        best, best_index = keep_most_probable(best, best_index, weights, start)
     lookup = torch.tensor(values, dtype=torch.int32)
-    labelmap = torch.where(
-        best >= LCS_THRESHOLD, lookup[best_index], torch.zeros_like(best_index, dtype=torch.int32)
-    )
+    labelmap = torch.where(best >= LCS_THRESHOLD, lookup[best_index.long()], torch.zeros_like(best_index))
     labelmap = labelmap.numpy().astype(np.int16 if max(values) < 32768 else np.int32)
     refined.report(1.0, "done")
     alignment = refined.propagation.alignment if align is not False else None
