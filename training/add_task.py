@@ -161,7 +161,7 @@ def add_task(config: AddTaskConfig, on_step: StepCallback | None = None) -> Trai
                 old = ", ".join(f"{t} {w:.0%}" for t, w in weights.items() if t != new.task_name())
                 print(f"Replay: {new.task_name()} {share:.0%} of the samples; replayed tasks {old}")
             if replay and settings.steps is not None:
-                print(f"{settings.steps} steps, {fraction:.0%} of the samples the new task's")
+                print(f"{settings.steps} steps; {fraction:.0%} of the samples are the new task's")
         trained = train_task_model(
             plan, [new, *replay], settings, ctx, config.out, checkpoint_dir, on_step=on_step
         )
