@@ -30,9 +30,10 @@ def test_what_the_head_is_generated_from():
     with torch.no_grad():
         assert torch.equal(shared(x, torch.tensor([0, 0])), shared(x, torch.tensor([1, 1])))
         assert not torch.allclose(per_task(x, torch.tensor([0, 0])), per_task(x, torch.tensor([1, 1])))
-        # the task-only head does not depend on the rest of the batch: one sample alone gives the same
+        # the task-only head does not depend on the rest of the batch: one sample alone gives the same (to float
+        # rounding: a batch of one and of two may take different convolution kernels)
         assert torch.allclose(
-            per_task(x[:1], torch.tensor(1)), per_task(x, torch.tensor([1, 0]))[:1], atol=1e-6
+            per_task(x[:1], torch.tensor(1)), per_task(x, torch.tensor([1, 0]))[:1], atol=1e-5
         )
     assert shared.controller.in_features == 1 and per_task.controller.in_features == 2
     assert build_network(_config("image+task")).controller.in_features == 16 + 2
@@ -74,23 +75,18 @@ def test_widening_keeps_every_old_task_and_channel_exactly(inputs):
             assert torch.allclose(new.controller.weight[rows, image + 2], average, atol=1e-6)
 
 
+def _train_two_tasks(data, out, steps: int, *options) -> int:
+    return lsseg(
+        "train", "labelsharing", "--data", data[0], data[1], "--out", out, "--steps", steps, *options, *TINY
+    )
+
+
 @pytest.fixture(scope="module")
 def head_bundle(tmp_path_factory):
     root = tmp_path_factory.mktemp("head")
     data = phantoms(root / "data", tasks=3, cases=3)
     out = root / "dynamic"
-    command = [
-        "train",
-        "labelsharing",
-        "--data",
-        data[0],
-        data[1],
-        "--out",
-        out,
-        "--steps",
-        2,
-    ]  # no --head: the dynamic head is label sharing's default
-    assert lsseg(*command, *TINY) == 0
+    assert _train_two_tasks(data, out, 2) == 0  # no --head: the dynamic head is label sharing's default
     return root, data, out
 
 
@@ -148,23 +144,7 @@ def test_the_published_head_on_request_and_in_the_experiments(head_bundle, tmp_p
 
     _, data, _ = head_bundle
     out = tmp_path / "published"
-    assert (
-        lsseg(
-            "train",
-            "labelsharing",
-            "--data",
-            data[0],
-            data[1],
-            "--out",
-            out,
-            "--steps",
-            1,
-            "--head",
-            "linear",
-            *TINY,
-        )
-        == 0
-    )
+    assert _train_two_tasks(data, out, 1, "--head", "linear") == 0
     assert load_bundle(out).network_config.arch == "unet"
     # the experiments measure the papers' claims: label sharing as published unless a variant sets its head
     budget = Budget(steps=1)
