@@ -143,4 +143,6 @@ def test_a_2d_bundle_aligns_volumes_to_its_3d_reference_and_leaves_slices_alone(
     np.testing.assert_allclose(aligned.alignment.matrix[:3, :3], pose[:3, :3], atol=0.03)
     np.testing.assert_allclose(aligned.alignment.matrix[:3, 3], pose[:3, 3], atol=0.5)
     agree, agree_off = (np.mean(r.labelmap == unmoved.labelmap) for r in (aligned, not_aligned))
-    assert agree > 0.88 and agree > agree_off + 0.03  # measured 0.91 vs 0.84 (a 60-step network)
+    # alignment removes a good part of the disagreement the tilt causes: measured 0.975 vs 0.948 with the default
+    # (dynamic) head, 0.91 vs 0.84 with the published one (a 60-step network)
+    assert agree > 0.88 and (1 - agree) < 0.75 * (1 - agree_off)
