@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Reproduce the shipped demo bundles (LabelSharingSeg/Resources/Bundles) on a CPU: builds the demo data
 # exactly as `lsseg demo` does (seed 0), trains both bundles and evaluates them on the held-out test cases.
-# The shipped training took about 10-12 minutes per bundle on 2 idle CPU cores, far longer on busy ones (each
-# run also stops at its --time-limit). Label sharing trains with whole-head appearance (--appearance head,...:
-# skull, scalp, neck, bias field, contrast, resolution and noise; docs/TRAINING.md) for scans as they come from
-# the scanner; the LCS bundle stores the undeformed template as its network reference and sees aligned scans
-# through its brain (docs/DEMO.md), so it trains on brain-only images as shipped.
+# The shipped training took 10-30 minutes per bundle on the 2-core CPU, far longer on busy cores (each run also
+# stops at its --time-limit). Label sharing trains with whole-head appearance (--appearance head,...: skull,
+# scalp, neck, bias field, contrast, resolution and noise; docs/TRAINING.md) for scans as they come from the
+# scanner, and with its default output head (--head dynamic; 1795 s for 6000 steps on one thread). The LCS bundle
+# stores the undeformed template as its network reference and sees aligned scans through its brain
+# (docs/DEMO.md), so it trains on brain-only images as shipped.
 # Usage: bash scripts/train_demo_bundles.sh [WORK_DIR]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
