@@ -100,6 +100,11 @@ def new_task_fraction(
     return 1.0 / (1 + len(replayed))
 
 
+def steps_for_samples(steps: int, fraction: float) -> int:
+    """Steps at which a task drawn for ``fraction`` of the samples gets as many as in ``steps`` steps of its own."""
+    return math.ceil(round(steps / fraction, 6))
+
+
 def add_task(config: AddTaskConfig, on_step: StepCallback | None = None) -> TrainedBundle:
     from LabelSharingSegLib.engine.bundle import load_bundle
 
@@ -139,7 +144,7 @@ def add_task(config: AddTaskConfig, on_step: StepCallback | None = None) -> Trai
         # The new task gets the samples a model of its own gets by default, so with replay the run is longer.
         # At the same steps as its own model it trailed that model by up to 0.1; with its samples matched it was
         # within 0.03 on every seed and the old tasks lost nothing (docs/EXPERIMENTS.md, "Incremental learning").
-        settings = settings.with_changes(steps=math.ceil(DEFAULT_STEPS / fraction - 1e-9))
+        settings = settings.with_changes(steps=steps_for_samples(DEFAULT_STEPS, fraction))
     # recorded (run identity, bundle) only when the samples are not drawn as before the option existed, so
     # add-task runs started then still resume
     extra = {"base_bundle": bundle.bundle_id} | ({"new_task_share": share} if weights else {})

@@ -8,10 +8,10 @@ side by side (seeds.py).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..add_task import new_task_fraction, steps_for_samples
 from ..run_config import DEFAULT_NEW_TASK_SHARE, EQUAL_SHARE, parse_new_task_share
 from . import runner
 from .report import fmt, grouped_bars, mean, mean_dice, table, yes
@@ -50,9 +50,10 @@ def run_name(held: str, share: float | str | None) -> str:
 
 
 def matched_steps(add_steps: int, share: float | str, n_old: int) -> int:
-    """Add-task steps that give the new task as many samples as its own model gets in ``add_steps``."""
-    fraction = 1.0 / (n_old + 1) if share == EQUAL_SHARE else float(share)
-    return math.ceil(round(add_steps / fraction, 6))
+    """Add-task steps that give the new task as many samples as its own model gets in ``add_steps`` (the
+    experiment draws the tasks uniformly)."""
+    replayed = {f"old{i}": 1 for i in range(n_old)}  # only their number matters when drawn uniformly
+    return steps_for_samples(add_steps, new_task_fraction(1, replayed, share, "uniform"))
 
 
 @dataclass(frozen=True)
