@@ -77,6 +77,8 @@ def test_lcs_experiment_reports_every_table_and_resumes(tmp_path, monkeypatch):
         assert f"| lcs {run} |" in report and change in report
     manifest = (out / "runs" / "lcs_every-level" / "bundle.json").read_text()
     assert '"conditioning": "every-level"' in manifest
+    # the experiment's LCS is the paper's network (bottleneck conditioning), not `lsseg train lcs`'s default
+    assert '"conditioning"' not in (out / "runs" / "lcs_3" / "bundle.json").read_text()
     assert '"labels_per_image": 4' in (out / "runs" / "lcs_labels-per-image" / "bundle.json").read_text()
     with open(out / "budget.csv", newline="") as handle:
         spent = {r["run"]: int(r["samples"]) for r in csv.DictReader(handle)}

@@ -137,3 +137,22 @@ def test_lcs_validation_decides_labels_as_segment_does(tmp_path):
         assert method.validate(network, [item], torch.device("cpu")) == pytest.approx(
             np.mean(expected), abs=1e-6
         )
+
+
+def test_which_conditioning_lcs_trains_with(tmp_path):
+    """`lsseg train lcs` conditions every decoder level unless told otherwise; the setting is settled when the run
+    is configured (checkpoints record what trained), and the refining network has no such option."""
+    from lsseg_training.api import LCSRunConfig
+
+    def conditioning(**options) -> str | None:
+        return LCSRunConfig("d", "o", **options).conditioning
+
+    assert conditioning() == "every-level"
+    assert conditioning(conditioning="bottleneck") == "bottleneck"
+    assert conditioning(arch="lcs_refine") == "bottleneck"
+    assert LCSRunConfig("d", "o").lcs_variant_options() == {"conditioning": "every-level"}
+    data = phantoms(tmp_path / "data", tasks=1, dims=2, size=24, cases=3, test_cases=1)
+    for given, expected in (([], "every-level"), (["--conditioning", "bottleneck"], "bottleneck")):
+        out = tmp_path / f"lcs_{expected}"
+        assert lsseg("train", "lcs", "--data", data[0], "--out", out, "--steps", 1, *given, *TINY) == 0
+        assert load_bundle(out).network_config.conditioning == expected

@@ -145,10 +145,10 @@ def test_resume_of_other_config_or_method_refused(tmp_path, data, capsys):
 
 
 @pytest.mark.parametrize(
-    "change", [["--labels-per-image", "2"], ["--conditioning", "every-level"], ["--loss", "dice-bce"]]
+    "change", [["--labels-per-image", "2"], ["--conditioning", "bottleneck"], ["--loss", "dice-bce"]]
 )
 def test_resume_of_lcs_with_another_variant_refused(tmp_path, data, capsys, change):
-    """An LCS variant option changes what is trained, so a checkpoint of the published LCS is not resumed."""
+    """An LCS variant option changes what is trained, so a checkpoint of the default LCS is not resumed with it."""
     ckpt_dir = tmp_path / "ck"
     common = ["train", "lcs", "--data", data[0], "--checkpoint-dir", ckpt_dir, *TINY]
     assert lsseg(*common, "--out", tmp_path / "a", "--steps", 2) == 0

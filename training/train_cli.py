@@ -320,9 +320,9 @@ def register(subparsers) -> None:
     variants.add_argument(
         "--conditioning",
         choices=LCS_CONDITIONINGS,
-        default="bottleneck",
-        help="where the atlas image and mask join the U-Net: the bottleneck (the paper, default) or also every "
-        "decoder level on its own grid",
+        default=None,
+        help="where the atlas image and mask join the U-Net: also every decoder level on its own grid (default "
+        "with --arch lcs; measured above the paper's, docs/EXPERIMENTS.md) or the bottleneck only (Ma et al. 2022)",
     )
     variants.add_argument(
         "--labels-per-image",

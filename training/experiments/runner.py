@@ -20,7 +20,7 @@ from .. import api
 from ..api import AddTaskConfig, LCSRunConfig, TaskRunConfig, TrainSettings
 from ..checkpoint import LAST
 from ..evaluate import evaluate
-from ..run_config import PUBLISHED_HEAD
+from ..run_config import PUBLISHED_HEAD, PUBLISHED_LCS_CONDITIONING
 
 
 @dataclass(frozen=True)
@@ -181,6 +181,10 @@ def train_lcs(data: Path, out: Path, budget: Budget, coarse_map: Path | None = N
     if is_bundle(out):
         return False
     settings = _settings(budget, checkpoint_dir(out))
+    options = {
+        "conditioning": PUBLISHED_LCS_CONDITIONING,
+        **options,
+    }  # the paper's claims; variants change it
     api.train_lcs(LCSRunConfig(data, out, settings=settings, coarse_map=coarse_map, **options))
     return True
 
