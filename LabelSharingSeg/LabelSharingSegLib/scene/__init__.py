@@ -4,14 +4,16 @@ Modules: ``geometry`` (volume nodes <-> [i, j, k] arrays + voxel->RAS affine), `
 nodes: names, colours, terminology, masks), ``segmentlist`` (the atlas segment checklist following segment
 events), ``transaction`` (undo scene writes on failure), ``bundlechoice`` (picked path -> bundle path),
 ``jobs`` (progress and cancel callbacks), ``packages`` (missing packages and the install plan; never installs),
-``logic`` (:class:`SegmentationSceneLogic`, every decision). Runs compute in ``LabelSharingSegLib.worker``.
+``atlassegments`` (the drawn atlas segmentation: whose it is, its segments as masks), ``preparedrun`` (a run
+captured from the scene, computed on arrays), ``logic`` (:class:`SegmentationSceneLogic`, every decision). Runs
+compute in ``LabelSharingSegLib.worker``.
 
 Names are imported lazily so that ``packages`` can be used where ``slicer`` or torch are missing.
 """
 
 _LAZY = {
     "SegmentationSceneLogic": "logic",
-    "PreparedRun": "logic",
+    "PreparedRun": "preparedrun",
     "DEVICE_CHOICES": "logic",
     "SegmentChecklist": "segmentlist",
     "SceneTransaction": "transaction",

@@ -15,77 +15,21 @@ The engine is imported lazily so that this module loads (and can report missing 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from ..engine.errors import CancelledError, InputError, LabelSharingSegError
+from ..engine.errors import CancelledError, InputError
 from ..engine.labels import LabelInfo
 from ..worker.client import SubprocessWorker, WorkerJob
-from ..worker.methods import resolveMethod
-from ..worker.protocol import DEFAULT_METHODS, KIND_ATLAS_LABELS, KIND_TASK
+from . import atlassegments
 from . import geometry as geo
 from . import segments as seg
 from .bundlechoice import resolveBundlePath
 from .jobs import cancelCallable, progressCallable, raiseIfCancelled, scaledProgress
+from .preparedrun import ATLAS_KIND, TASK_KIND, PreparedRun
 from .transaction import SceneTransaction
 
 DEVICE_CHOICES = ("auto", "cuda", "cpu", "mps")
-TASK_KIND = KIND_TASK
-ATLAS_KIND = KIND_ATLAS_LABELS
-
-
-@dataclass
-class PreparedRun:
-    """Everything a run needs, captured on the main thread. ``compute`` touches no MRML node."""
-
-    kind: str
-    bundle: Any
-    device: str
-    image: np.ndarray
-    volumeGeometry: geo.VolumeGeometry
-    volumeNode: Any
-    outputNode: Any
-    outputName: str
-    taskName: str | None = None
-    masks: np.ndarray | None = None
-    masksAffine: np.ndarray | None = None  # the atlas grid the masks lie on (voxel -> RAS)
-    labels: list = field(default_factory=list)
-    terminologies: dict = field(default_factory=dict)
-    description: str = ""
-    align: bool | None = None  # register to the bundle's reference first; None: when the bundle has one
-    method: str = ""  # engine method (worker/methods.py); "" = the kind's default
-    options: dict = field(default_factory=dict)  # extra keyword arguments for the method
-
-    @property
-    def methodName(self) -> str:
-        return self.method or DEFAULT_METHODS[self.kind]
-
-    @property
-    def methodOptions(self) -> dict:
-        return {"align": self.align, **self.options}
-
-    def compute(self, progress=None, cancel=None):
-        """Run the engine in this process on arrays only. Returns the engine's SegmentationResult."""
-        report = progressCallable(progress)
-        isCancelled = cancelCallable(cancel)
-        raiseIfCancelled(isCancelled)
-        function = resolveMethod(self.methodName)
-        affine = self.volumeGeometry.engineAffine
-        common = dict(device=self.device, progress=report, cancel=isCancelled, **self.methodOptions)
-        if self.kind == TASK_KIND:
-            result = function(self.bundle, self.image, affine, self.taskName, **common)
-        else:
-            result = function(self.bundle, self.image, affine, self.masks, self.labels, **common)
-        raiseIfCancelled(isCancelled)
-        labelmap = np.asarray(result.labelmap)
-        if labelmap.shape != tuple(self.volumeGeometry.shape):
-            raise LabelSharingSegError(
-                f"internal error: the engine returned a label map of shape {labelmap.shape} for a volume of "
-                f"shape {tuple(self.volumeGeometry.shape)}; nothing was written"
-            )
-        return result
 
 
 class SegmentationSceneLogic:
@@ -327,80 +271,15 @@ class SegmentationSceneLogic:
         return volumeNode, segmentationNode
 
     def checkAtlasSegmentation(self, atlasSegmentationNode) -> None:
-        bundle = self._requireAtlasBundle()
-        if atlasSegmentationNode is None:
-            raise InputError("No atlas segmentation selected: click 'Load atlas' (logic.loadAtlas()) first.")
-        if not hasattr(atlasSegmentationNode, "IsA") or not atlasSegmentationNode.IsA(
-            "vtkMRMLSegmentationNode"
-        ):
-            raise InputError("The atlas segmentation must be a segmentation node (from 'Load atlas').")
-        bundleId = atlasSegmentationNode.GetAttribute(seg.ATTRIBUTE_BUNDLE_ID)
-        if atlasSegmentationNode.GetAttribute(seg.ATTRIBUTE_ROLE) != seg.ROLE_ATLAS_LABELS or not bundleId:
-            raise InputError(
-                f"'{atlasSegmentationNode.GetName()}' is not an atlas segmentation: click 'Load atlas' and draw "
-                "or edit segments on the segmentation it creates."
-            )
-        if bundleId != bundle.bundle_id:
-            raise InputError(
-                f"'{atlasSegmentationNode.GetName()}' belongs to the atlas of another bundle (id {bundleId[:12]}), "
-                f"not the loaded one (id {bundle.bundle_id[:12]}): load that bundle again, or click 'Load atlas' "
-                "for the loaded bundle and draw there."
-            )
+        """InputError unless ``atlasSegmentationNode`` is the loaded bundle's atlas segmentation."""
+        atlassegments.checkAtlasSegmentation(atlasSegmentationNode, self._requireAtlasBundle().bundle_id)
 
     def atlasSegmentMasks(self, atlasSegmentationNode, segmentIds=None):
         """(masks bool[K, *atlas_shape], list of segment IDs, names, colours, terminologies) read from the
         atlas segmentation on the bundle's atlas grid. Raises InputError for unknown or empty segments."""
         self.checkAtlasSegmentation(atlasSegmentationNode)
         shape, affine = self.atlasGeometry()
-        segmentation = atlasSegmentationNode.GetSegmentation()
-        available = seg.segmentIds(atlasSegmentationNode)
-        if segmentIds is None:
-            chosen = list(available)
-        else:
-            if isinstance(segmentIds, str):
-                segmentIds = [segmentIds]
-            chosen = []
-            for requested in segmentIds:
-                if requested in available:
-                    chosen.append(requested)
-                    continue
-                byName = seg.segmentIdsByName(atlasSegmentationNode, requested)
-                if not byName:
-                    raise InputError(
-                        f"'{atlasSegmentationNode.GetName()}' has no segment '{requested}' "
-                        f"(its segments: {', '.join(segmentation.GetSegment(s).GetName() for s in available)})"
-                    )
-                chosen.append(byName[0])
-        if not chosen:
-            raise InputError(
-                "No atlas segments selected: check at least one segment to segment on the target."
-            )
-        if len(set(chosen)) != len(chosen):
-            raise InputError("The same atlas segment was selected twice.")
-        names = [segmentation.GetSegment(s).GetName() for s in chosen]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise InputError(
-                f"Selected atlas segments share the name(s) {', '.join(duplicates)}: output segments are matched "
-                "by name, so rename them in the Segment Editor first."
-            )
-        masks = np.zeros((len(chosen),) + tuple(shape), dtype=bool)
-        for index, segmentId in enumerate(chosen):
-            outside = seg.segmentVoxelsOutside(atlasSegmentationNode, segmentId, shape, affine)
-            if outside:
-                raise InputError(
-                    f"Atlas segment '{names[index]}' reaches outside the atlas's field of view ({outside} voxel(s) "
-                    "would be lost): draw it inside the atlas image."
-                )
-            masks[index] = seg.segmentMask(atlasSegmentationNode, segmentId, shape, affine)
-            if not masks[index].any():
-                raise InputError(
-                    f"Atlas segment '{names[index]}' is empty on the atlas grid: draw it with the Segment Editor "
-                    "(inside the atlas image) or uncheck it."
-                )
-        colors = [tuple(float(c) for c in segmentation.GetSegment(s).GetColor()) for s in chosen]
-        terminologies = [seg.segmentTerminology(segmentation.GetSegment(s)) for s in chosen]
-        return masks, chosen, names, colors, terminologies
+        return atlassegments.atlasSegmentMasks(atlasSegmentationNode, segmentIds, shape, affine)
 
     def prepareSegmentAtlasLabels(
         self, volumeNode, atlasSegmentationNode, segmentIds=None, outputSegmentationNode=None
