@@ -231,3 +231,14 @@ def test_independent_atlas_labels_equal_one_label_at_a_time(lcs_bundle_path):
             bundle, target, target_affine, masks[k : k + 1], [info], device="cpu", align=False, method="lcs"
         )
         np.testing.assert_array_equal(together[k], single.labelmap == info.value)
+
+
+def test_lcs_chunk_size_counts_every_level_conditioning():
+    """Every-level conditioning adds channels at each decoder level, so fewer masks fit one memory budget."""
+    from LabelSharingSegLib.engine.atlas_segmentation import lcs_chunk_size
+    from LabelSharingSegLib.engine.network_config import LCSConfig
+
+    grid, budget = (64, 80, 64), 1024.0
+    paper = lcs_chunk_size(LCSConfig(channels=(8, 16, 32, 64)), grid, budget)
+    every = lcs_chunk_size(LCSConfig(channels=(8, 16, 32, 64), conditioning="every-level"), grid, budget)
+    assert 1 <= every < paper

@@ -145,10 +145,12 @@ def lcs_chunk_size(network_config: NetworkConfig, grid_shape: Sequence[int], bud
     voxels = float(np.prod(grid_shape))
     channels = network_config.channels
     dims = network_config.spatial_dims
+    extra = getattr(network_config, "decoder_extra", 0)  # every-level conditioning channels
     per_mask = 0.0
     for level, c in enumerate(channels):
-        # up-conv output, concatenation, conv + norm outputs, kept in float32
-        per_mask += 6 * c * voxels / (2 ** (dims * level)) * 4
+        # up-conv output, concatenation, conv + norm outputs (+ the level's conditioning, pooled and
+        # concatenated), kept in float32
+        per_mask += (6 * c + 2 * extra) * voxels / (2 ** (dims * level)) * 4
     return max(1, int(budget_mb * 1024**2 // per_mask))
 
 
