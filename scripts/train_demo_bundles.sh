@@ -6,7 +6,8 @@
 # scalp, neck, bias field, contrast, resolution and noise; docs/TRAINING.md) for scans as they come from the
 # scanner, and with its default output head (--head dynamic; 1795 s for 6000 steps on one thread). The LCS bundle
 # stores the undeformed template as its network reference and sees aligned scans through its brain
-# (docs/DEMO.md), so it trains on brain-only images as shipped.
+# (docs/DEMO.md), so it trains on brain-only images as shipped, with its default conditioning (--conditioning
+# every-level; 1543 s for 2400 steps on 2 busy threads).
 # Usage: bash scripts/train_demo_bundles.sh [WORK_DIR]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
