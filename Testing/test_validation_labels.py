@@ -94,3 +94,55 @@ def test_lcs_validation_decodes_every_label_and_scores_the_sample(tmp_path):
     items = method.prepare_items([{"image": torch.randn(1, 16, 16, 1), "label": atlas.clone()}])
     method.validate(model, items, torch.device("cpu"))
     assert sum(batches) == 8 and max(batches) <= VALIDATION_CHUNK  # all eight labels, chunked
+
+
+def test_an_atlas_lacking_a_label_keeps_the_shared_sample(tmp_path, monkeypatch):
+    """When LCS's atlas case lacks a label, LCS scores the multi-channel sample less that label, not a sample
+    drawn from other labels (both draw from the dataset's labels)."""
+    import nibabel as nib
+    import numpy as np
+
+    from lsseg_training.datasets import read_dataset
+    from lsseg_training.methods import LCSMethod
+
+    data = phantoms(tmp_path / "data", tasks=1, cases=4)[0]  # 3 labels
+    atlas_case = read_dataset(data).training[0]
+    label_file = atlas_case.label_path
+    img = nib.load(label_file)
+    values = np.asarray(img.dataobj)
+    assert (values == 3).any()
+    nib.save(nib.Nifti1Image(np.where(values == 3, 0, values).astype(values.dtype), img.affine), label_file)
+    seed = next(s for s in range(100) if validation_labels([1, 2, 3], 2, s) in ([1, 3], [2, 3]))
+    shared = validation_labels([1, 2, 3], 2, seed)
+    settings = TrainSettings(
+        steps=1, batch=1, channels=(4, 8), device="cpu", quiet=True, val_labels=2, seed=seed
+    )
+    scored = []
+    validate = LCSMethod.validate
+
+    def watch(self, model, items, device):
+        scored.append(list(self.val_values))
+        return validate(self, model, items, device)
+
+    monkeypatch.setattr(LCSMethod, "validate", watch)
+    api.train_lcs(LCSRunConfig(data, tmp_path / "lcs", settings=settings))
+    assert scored[0] == [v for v in shared if v != 3]
+    assert _manifest(tmp_path / "lcs")["validation_labels"] == scored[0]
+
+
+def test_the_report_names_labels_lcs_could_not_validate(monkeypatch):
+    from lsseg_training.experiments import lcs as lcs_experiment
+
+    chosen = {"lcs_8": [1, 5], "multichannel_8": [1, 3, 5], "lcs_4": [2, 4], "multichannel_4": [2, 4]}
+
+    class Folders:
+        def run(self, name):
+            return name
+
+    monkeypatch.setattr(runner, "validation_labels_of", lambda bundle: chosen[bundle])
+    lines = lcs_experiment._validation_lines(Folders(), [4, 8], runner.Budget(steps=1, val_labels=3))
+    assert "  - 4 labels: 2, 4 (LCS and multi-channel the same: **yes**)" in lines
+    assert (
+        "  - 8 labels: 1, 3, 5 (LCS and multi-channel the same: **no**, except 3, not on LCS's atlas case)"
+        in lines
+    )

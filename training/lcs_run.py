@@ -101,6 +101,18 @@ def plan_atlas(config: LCSRunConfig, dataset: NnUNetDataset, hierarchy: LabelHie
     )
 
 
+def _validation_sample(dataset, atlas: AtlasPlan, settings) -> list[int]:
+    """The labels validation scores. With a cap the sample is drawn from the dataset's (trained) label values, as
+    a multi-channel run on the same data draws it, then labels the atlas case lacks are dropped (LCS cannot
+    condition on them); so both methods score the same labels wherever the atlas has them."""
+    if settings.val_labels is None:
+        return validation_labels(atlas.present, None, settings.seed)
+    declared = {int(atlas.lut[v]) for v in dataset.foreground_labels() if v < len(atlas.lut)}
+    sample = validation_labels(declared | set(atlas.present), settings.val_labels, settings.seed)
+    kept = [v for v in sample if v in atlas.present]
+    return kept or validation_labels(atlas.present, settings.val_labels, settings.seed)
+
+
 def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> session.TrainedBundle:
     if config.arch == "lcs_refine":
         from .refine_run import train_refine
@@ -128,7 +140,7 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
     network = factory.network_config_for(
         "lcs", [], atlas.prep.spatial_dims, list(settings.channels), conditioning=config.conditioning
     )
-    val_labels = validation_labels(atlas.present, settings.val_labels, settings.seed)
+    val_labels = _validation_sample(dataset, atlas, settings)
     method = LCSMethod(
         atlas.raw,
         atlas.labels,

@@ -263,9 +263,13 @@ def _validation_lines(ws, counts, budget) -> list[str]:
     ]
     for k in counts:
         chosen = {m: runner.validation_labels_of(ws.run(f"{m}_{k}")) for m in METHODS}
-        same = chosen["lcs"] == chosen["multichannel"]
-        shown = ", ".join(map(str, chosen["lcs"] or []))
-        lines.append(f"  - {k} labels: {shown or 'all'} (LCS and multi-channel the same: {yes(same)})")
+        lcs, multichannel = chosen["lcs"] or [], chosen["multichannel"] or []
+        same = yes(lcs == multichannel)
+        lacking = sorted(set(multichannel) - set(lcs))
+        if lacking and set(lcs) <= set(multichannel):  # LCS cannot condition on labels its atlas case lacks
+            same += f", except {', '.join(map(str, lacking))}, not on LCS's atlas case"
+        shown = ", ".join(map(str, multichannel or lcs))
+        lines.append(f"  - {k} labels: {shown or 'all'} (LCS and multi-channel the same: {same})")
     return lines
 
 
