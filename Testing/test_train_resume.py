@@ -361,3 +361,24 @@ def test_individual_killed_between_tasks_resumes_and_skips_finished_ones(tmp_pat
     assert load_bundle(out / "Phantom1").task_names() == ["Phantom1"]
     rows = (tmp_path / "individual.training" / "Phantom1" / "log.csv").read_text().strip().splitlines()
     assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, 7))
+
+
+@pytest.mark.parametrize(
+    "method,earlier_default,hint",
+    [
+        ("lcs", ["--conditioning", "bottleneck"], "resume it with --conditioning bottleneck"),
+        ("labelsharing", ["--head", "linear"], "resume it with --head linear"),
+    ],
+)
+def test_a_run_of_an_earlier_default_is_told_how_to_resume(
+    tmp_path, data, capsys, method, earlier_default, hint
+):
+    """Runs checkpointed before a default changed are refused on resume with the option that restores it."""
+    ckpt_dir = tmp_path / "ck"
+    sources = [data[0]] if method == "lcs" else data
+    common = ["train", method, "--data", *sources, "--checkpoint-dir", ckpt_dir, *TINY]
+    assert lsseg(*common, *earlier_default, "--out", tmp_path / "a", "--steps", 2) == 0
+    capsys.readouterr()
+    assert lsseg(*common, "--out", tmp_path / "b", "--steps", 4, "--resume") == 2
+    assert hint in capsys.readouterr().err
+    assert lsseg(*common, *earlier_default, "--out", tmp_path / "b", "--steps", 4, "--resume") == 0

@@ -74,7 +74,36 @@ class RunIdentity:
             return ""
         current = self.to_dict()
         differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-        return "differing settings: " + ", ".join(differ) if differ else ""
+        if not differ:
+            return ""
+        return (
+            "differing settings: "
+            + ", ".join(differ)
+            + "".join(f"; {h}" for h in _changed_defaults(saved, current))
+        )
+
+
+def _changed_defaults(saved: dict, current: dict) -> list[str]:
+    """How to resume a run that an earlier default trained: the option that restores that default."""
+    was, now = saved.get("network") or {}, current.get("network") or {}
+    if not isinstance(was, dict) or not isinstance(now, dict):
+        return []
+    hints = []
+    if (
+        current.get("method") == "lcs"
+        and was.get("conditioning", "bottleneck") == "bottleneck"
+        and now.get("conditioning") == "every-level"
+    ):
+        hints.append(
+            "the checkpoint's network has the paper's conditioning (the bottleneck only, the default before "
+            "every-level): resume it with --conditioning bottleneck"
+        )
+    if current.get("method") == "labelsharing" and was.get("arch") == "unet" and now.get("arch") == "dodnet":
+        hints.append(
+            "the checkpoint's network has the published head (the default before the dynamic head): resume it "
+            "with --head linear"
+        )
+    return hints
 
 
 def read_saved_identity(checkpoint_dir: Path) -> dict | None:
