@@ -181,10 +181,8 @@ def train_lcs(data: Path, out: Path, budget: Budget, coarse_map: Path | None = N
     if is_bundle(out):
         return False
     settings = _settings(budget, checkpoint_dir(out))
-    options = {
-        "conditioning": PUBLISHED_LCS_CONDITIONING,
-        **options,
-    }  # the paper's claims; variants change it
+    # the experiment measures the paper's network unless a variant changes the conditioning
+    options = {"conditioning": PUBLISHED_LCS_CONDITIONING, **options}
     api.train_lcs(LCSRunConfig(data, out, settings=settings, coarse_map=coarse_map, **options))
     return True
 
