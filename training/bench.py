@@ -3,7 +3,8 @@
 * ``lsseg bench lcs``   - LCS inference over K atlas labels: a naive loop (full network per label, the encoder
   re-run every time) vs our split (encoder once, conditioned decoder batched in chunks). Also checks that
   both give the same probabilities. Then the cost of ``--many`` labels vs one label, in one run, for the paper's
-  LCS and for the refine network that runs in a box around each label (goal: ratio <= 10).
+  LCS, for LCS with every-level conditioning (``lsseg train lcs``'s default) and for the refine network that runs
+  in a box around each label (goal: ratio <= 10).
 * ``lsseg bench heads`` - label sharing vs the multi-channel baseline vs one model per task for given task
   label counts: output channels, parameters and forward time.
 * ``lsseg bench train`` - training throughput of every method, device vs legacy input pipeline
@@ -55,8 +56,9 @@ def register(subparsers) -> None:
     )
     lcs.add_argument(
         "--archs",
-        default="lcs,lcs_refine",
-        help="architectures of the K-vs-1 measurement (comma-separated; default both)",
+        default="lcs,lcs_every_level,lcs_refine",
+        help="networks of the K-vs-1 measurement (comma-separated from lcs = the paper's conditioning, "
+        "lcs_every_level = the training default, lcs_refine; default all three)",
     )
     lcs.set_defaults(func=run_lcs)
     heads = sub.add_parser("heads", help="label sharing vs multi-channel vs individual models")
@@ -158,25 +160,35 @@ def _blob_masks(count: int, grid: tuple[int, ...], seed: int) -> torch.Tensor:
 
 
 def _many_vs_one(args: argparse.Namespace, device: torch.device) -> dict:
-    """Segmenting K labels vs 1, in one run: the paper's LCS (conditioned decoder over the whole grid, batched)
-    and the refine network (encoder once, local head in a box around each label, batched)."""
+    """Segmenting K labels vs 1, in one run: LCS (conditioned decoder over the whole grid, batched) with the
+    paper's conditioning and with every-level conditioning, and the refine network (encoder once, local head in a
+    box around each label, batched)."""
     from LabelSharingSegLib.engine.registered import refined_in_boxes
 
     grid = tuple(int(g) for g in args.grid.split(","))
     masks = _blob_masks(args.many, grid, seed=0).to(device)
     scan, atlas = torch.randn((1, 1, *grid), device=device), torch.randn((1, 1, *grid), device=device)
-    lcs = build_network(LCSConfig(spatial_dims=3, channels=(8, 16, 32, 64)))
-    # the shipped refine bundle's widths (lcs-refine-brain-aal: encoder 8, head 16)
-    refine = build_network(RefineLCSConfig(spatial_dims=3, channels=(8, 16)))
-    lcs, refine = lcs.to(device).eval(), refine.to(device).eval()
+    # the shipped bundles' widths (lcs-brain-aal: 8-64; lcs-refine-brain-aal: encoder 8, head 16)
+    lcs_nets = {
+        name: build_network(LCSConfig(spatial_dims=3, channels=(8, 16, 32, 64), conditioning=conditioning))
+        .to(device)
+        .eval()
+        for name, conditioning in (("lcs", "bottleneck"), ("lcs_every_level", "every-level"))
+    }
+    refine = build_network(RefineLCSConfig(spatial_dims=3, channels=(8, 16))).to(device).eval()
 
-    def paper(count: int):
-        with torch.no_grad():
-            encoded = lcs.encode(scan)
-            for s in range(0, count, args.chunk):
-                lcs.decode_conditioned(
-                    encoded, lcs.condition(atlas, masks[s : min(count, s + args.chunk), None])
-                )
+    def conditioned(name: str):
+        lcs = lcs_nets[name]
+
+        def run(count: int):
+            with torch.no_grad():
+                encoded = lcs.encode(scan)
+                for s in range(0, count, args.chunk):
+                    lcs.decode_conditioned(
+                        encoded, lcs.condition(atlas, masks[s : min(count, s + args.chunk), None])
+                    )
+
+        return run
 
     def boxed(count: int):
         with torch.no_grad():
@@ -186,12 +198,13 @@ def _many_vs_one(args: argparse.Namespace, device: torch.device) -> dict:
 
     rows = {}
     wanted = {a.strip() for a in getattr(args, "archs", "lcs,lcs_refine").split(",")}
-    unknown = wanted - {"lcs", "lcs_refine"}
+    runs = {"lcs": conditioned("lcs"), "lcs_every_level": conditioned("lcs_every_level"), "lcs_refine": boxed}
+    unknown = wanted - set(runs)
     if unknown:
         raise InputError(
-            f"--archs: unknown architecture(s) {', '.join(sorted(unknown))}; choose lcs, lcs_refine"
+            f"--archs: unknown network(s) {', '.join(sorted(unknown))}; choose {', '.join(runs)}"
         )
-    for name, fn in (("lcs", paper), ("lcs_refine", boxed)):
+    for name, fn in runs.items():
         if name not in wanted:
             continue
         one = _timed(lambda fn=fn: fn(1), args.repeats, device)
