@@ -138,7 +138,7 @@ def run_lcs(args: argparse.Namespace) -> int:
     ]
     for arch, row in many["rows"].items():
         lines.append(
-            f"  {arch:11s} 1 label {row['one_s']:.3f} s, {args.many} labels {row['many_s']:.3f} s -> "
+            f"  {arch:15s} 1 label {row['one_s']:.3f} s, {args.many} labels {row['many_s']:.3f} s -> "
             f"ratio {row['ratio']:.2f}"
         )
     _report(result, args.json, "\n".join(lines))
