@@ -249,3 +249,11 @@ def test_the_experiment_measures_label_sharing_with_the_head_asked_for(tmp_path,
     refused = ["experiment", "labelsharing", "--data", *data, "--out", tmp_path / "v", "--holdout", *ARGS]
     assert lsseg(*refused, "--head", "dynamic", "--variants", "wide") == 2
     assert "run them without --head dynamic" in capsys.readouterr().err
+
+
+def test_the_seeds_summary_reproduces_the_head():
+    """The multi-seed summary's command line carries --head, or rerunning it would measure another head."""
+    from lsseg_training.experiments.seeds import _option_args
+
+    assert _option_args({"head": "dynamic", "holdout": ["A"]}) == ["--holdout", "A", "--head", "dynamic"]
+    assert "--head" not in _option_args({"head": "linear"}) and "--head" not in _option_args({})

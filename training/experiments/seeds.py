@@ -16,6 +16,7 @@ from pathlib import Path
 
 from LabelSharingSegLib.engine.errors import InputError
 
+from ..run_config import PUBLISHED_HEAD
 from . import incremental, runner
 from .labelsharing import METHODS, run_labelsharing
 from .report import fmt, header, mean, mean_dice, table, write_report
@@ -106,6 +107,8 @@ def _option_args(options: dict) -> list[str]:
         args += ["--new-task-share", *map(str, options["new_task_shares"])]
     if options.get("matched_shares"):
         args += ["--matched-share", *map(str, options["matched_shares"])]
+    if options.get("head", PUBLISHED_HEAD) != PUBLISHED_HEAD:
+        args += ["--head", options["head"]]
     return args
 
 
