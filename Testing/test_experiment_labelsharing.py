@@ -94,6 +94,18 @@ def test_killed_experiment_resumes_and_reports_everything(tmp_path):
     matched = json.loads((out / "runs" / "add_Phantom1_replay_share0.5_steps4" / "bundle.json").read_text())
     assert matched["training"]["steps"] == 4 and matched["training"]["new_task_share"] == 0.5
     assert lsseg(*command[:-2], "0.75") == 2
+    # another held-out task may join too: only its runs train, the finished ones are kept
+    kept = tree_hashes(out / "runs" / "add_Phantom1_replay")
+    grown = [*command[: command.index("Phantom1") + 1], "Phantom0", *command[command.index("Phantom1") + 1 :]]
+    assert lsseg(*grown, "0.5", "--matched-share", "0.5") == 0
+    assert tree_hashes(out / "runs" / "add_Phantom1_replay") == kept
+    log = (out / "log.txt").read_text()
+    assert "train labelsharing without Phantom1: already done, skipped" in log
+    assert (out / "runs" / "base_without_Phantom0" / "bundle.json").is_file()
+    report = (out / "report.md").read_text()
+    assert "| Phantom0 | no replay |" in report and "| Phantom1 | no replay |" in report
+    assert "--holdout Phantom1 Phantom0" in report.splitlines()[2]
+    assert lsseg(*command, "0.5", "--matched-share", "0.5") == 2  # dropping a held-out task is refused
 
 
 def test_unknown_holdout_task_is_refused(tmp_path, capsys):

@@ -64,7 +64,8 @@ def register(subparsers) -> None:
     ls.add_argument(
         "--holdout",
         nargs="*",
-        help="tasks held out for incremental learning (default: every task; none given: skip)",
+        help="tasks held out for incremental learning (default: every task; none given: skip; more may be added "
+        "to a finished experiment)",
     )
     ls.add_argument(
         "--variants",

@@ -114,7 +114,7 @@ def run_labelsharing(
         # recorded only when not the published head, so experiments written before the option continue
         **({"head": head} if head != PUBLISHED_HEAD else {}),
     }
-    extendable = ("variants", "new_task_shares", "matched_shares")
+    extendable = ("holdout", "variants", "new_task_shares", "matched_shares")
     ws = Workspace(out, config, echo=not budget.quiet, extendable=extendable)
     ws.log(f"labelsharing experiment: tasks {', '.join(tasks)}; {budget.steps} steps x batch {budget.batch}")
 
