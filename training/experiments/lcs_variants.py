@@ -86,7 +86,7 @@ LCS_VARIANTS = {
         LCSVariant(
             "every-level",
             "conditioning",
-            "atlas image and mask at every decoder level too",
+            "atlas image and mask at every decoder level too (`lsseg train lcs`'s default)",
             {"conditioning": "every-level"},
             coarse_to_fine=True,  # can a never-trained fine mask be read when the decoder sees it at full resolution?
         ),
