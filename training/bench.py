@@ -169,16 +169,11 @@ def _many_vs_one(args: argparse.Namespace, device: torch.device) -> dict:
     masks = _blob_masks(args.many, grid, seed=0).to(device)
     scan, atlas = torch.randn((1, 1, *grid), device=device), torch.randn((1, 1, *grid), device=device)
     # the shipped bundles' widths (lcs-brain-aal: 8-64; lcs-refine-brain-aal: encoder 8, head 16)
-    lcs_nets = {
-        name: build_network(LCSConfig(spatial_dims=3, channels=(8, 16, 32, 64), conditioning=conditioning))
-        .to(device)
-        .eval()
-        for name, conditioning in (("lcs", "bottleneck"), ("lcs_every_level", "every-level"))
-    }
     refine = build_network(RefineLCSConfig(spatial_dims=3, channels=(8, 16))).to(device).eval()
 
-    def conditioned(name: str):
-        lcs = lcs_nets[name]
+    def conditioned(conditioning: str):
+        config = LCSConfig(spatial_dims=3, channels=(8, 16, 32, 64), conditioning=conditioning)
+        lcs = build_network(config).to(device).eval()
 
         def run(count: int):
             with torch.no_grad():
@@ -197,8 +192,13 @@ def _many_vs_one(args: argparse.Namespace, device: torch.device) -> dict:
                 pass
 
     rows = {}
-    wanted = {a.strip() for a in getattr(args, "archs", "lcs,lcs_refine").split(",")}
-    runs = {"lcs": conditioned("lcs"), "lcs_every_level": conditioned("lcs_every_level"), "lcs_refine": boxed}
+    runs = {
+        "lcs": conditioned("bottleneck"),
+        "lcs_every_level": conditioned("every-level"),
+        "lcs_refine": boxed,
+    }
+    archs = getattr(args, "archs", None)
+    wanted = set(runs) if archs is None else {a.strip() for a in archs.split(",")}
     unknown = wanted - set(runs)
     if unknown:
         raise InputError(

@@ -42,9 +42,8 @@ DEFAULT_LABELSHARING_HEAD = "dynamic"
 DEFAULT_CHANNELS = (8, 16, 32, 64, 128)
 DEFAULT_STEPS = 1000
 LCS_ARCHS = ("lcs", "lcs_refine")
-PUBLISHED_LCS_CONDITIONING = (
-    "bottleneck"  # the atlas image and mask join the bottleneck only (Ma et al. 2022)
-)
+# the atlas image and mask join the bottleneck only (Ma et al. 2022)
+PUBLISHED_LCS_CONDITIONING = "bottleneck"
 # `lsseg train lcs`'s default: the atlas image and mask also join every decoder level on its own grid. It was above
 # the paper's conditioning in all four paired runs (two seeds at 300 and at 1200 steps, +0.10 to +0.17 mean Dice on
 # 116 labels) and on never-trained fine labels, for 1.8% more parameters (docs/EXPERIMENTS.md, "LCS").

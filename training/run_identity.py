@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkpoint import CheckpointError
-from .run_config import RESUME_MAY_CHANGE, TrainSettings
+from .run_config import (
+    DEFAULT_LCS_CONDITIONING,
+    PUBLISHED_LCS_CONDITIONING,
+    RESUME_MAY_CHANGE,
+    TrainSettings,
+)
 
 CONFIG_FILE = "config.json"
 
@@ -91,8 +96,8 @@ def _changed_defaults(saved: dict, current: dict) -> list[str]:
     hints = []
     if (
         current.get("method") == "lcs"
-        and was.get("conditioning", "bottleneck") == "bottleneck"
-        and now.get("conditioning") == "every-level"
+        and was.get("conditioning", PUBLISHED_LCS_CONDITIONING) == PUBLISHED_LCS_CONDITIONING
+        and now.get("conditioning") == DEFAULT_LCS_CONDITIONING
     ):
         hints.append(
             "the checkpoint's network has the paper's conditioning (the bottleneck only, the default before "
