@@ -149,3 +149,33 @@ def test_evaluate_a_second_label_set_drawn_on_the_atlas(tmp_path, capsys):
     unrelated = phantoms(tmp_path / "phantoms", tasks=1, dims=3, size=24, cases=2, test_cases=1)
     assert lsseg("evaluate", lcs, "--data", *unrelated, "--out", tmp_path / "r3", "--device", "cpu") == 2
     assert "none of its cases is the bundle's atlas case" in capsys.readouterr().err
+
+
+def test_evaluate_with_align_off_needs_no_registration(tmp_path, monkeypatch, capsys):
+    """Test cases already in the atlas's space (a GPU machine may lack SimpleITK): `--align off` scores the LCS
+    bundle where the scans lie, leaves the registration baselines out and says why; a refine bundle is refused."""
+    from pathlib import Path
+
+    from lsseg_training.data.build import build_set
+
+    (aal,) = build_set("brain-aal", tmp_path / "data", cases=2, test_cases=1, spacing=8.0, progress=None)
+    lcs = tmp_path / "lcs"
+    hierarchy = aal / "label_hierarchy.json"
+    assert (
+        lsseg("train", "lcs", "--data", aal, "--out", lcs, "--steps", 1, "--coarse-map", hierarchy, *TINY)
+        == 0
+    )
+    monkeypatch.setitem(__import__("sys").modules, "SimpleITK", None)  # any registration would now fail
+    report = tmp_path / "report"
+    args = ("--data", aal, "--device", "cpu", "--no-hd95", "--align", "off")
+    assert lsseg("evaluate", lcs, *args, "--out", report) == 0
+    with open(report / "fine_methods.csv", newline="") as handle:
+        assert {r["method"] for r in csv.DictReader(handle)} == {"naive (world)", "LCS (Ma et al. 2022)"}
+    with open(report / "metrics.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) > 0
+    assert "--align off" in (report / "summary.md").read_text()
+    capsys.readouterr()
+    shipped = Path(__file__).resolve().parents[1] / "LabelSharingSeg/Resources/Bundles/lcs-refine-brain-aal"
+    assert lsseg("evaluate", shipped, *args, "--out", tmp_path / "refine") == 2
+    assert "corrects a registration" in capsys.readouterr().err
+    assert not (tmp_path / "refine").exists()

@@ -51,3 +51,13 @@ def test_configure_sets_torch_and_registration_threads(clean_env):
     finally:
         torch.set_num_threads(before[0])
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before[1])
+
+
+def test_configure_without_simpleitk_sets_torch_threads(clean_env):
+    """A GPU machine given only what training needs has no SimpleITK: no registration pool to size, no error."""
+    before = torch.get_num_threads()
+    clean_env.setitem(__import__("sys").modules, "SimpleITK", None)
+    try:
+        assert configure_threads(1) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

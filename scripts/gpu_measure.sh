@@ -5,39 +5,12 @@
 # pipelines, the GPU levers one at a time, and two trainings side by side against one alone, with nvidia-smi
 # sampled every second. EXTRA=1 adds --fused-optimizer off and --compile (about 3 minutes more: a second call). Everything lands in $OUT (at most 8 files come back: keep it that way).
 set -u
-PY=${PYTHON:-python3}  # the lent machine's python3 holds torch
-OUT=${OUT:-$PWD/gpu-out}
-mkdir -p "$OUT"
-if [ -d .whl ]; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
-fi
-# the project without installing it: its two import names point at the checkout
-mkdir -p /tmp/pkgs
-ln -sfn "$PWD/training" /tmp/pkgs/lsseg_training
-ln -sfn "$PWD/LabelSharingSeg/LabelSharingSegLib" /tmp/pkgs/LabelSharingSegLib
-export PYTHONPATH=/tmp/pkgs${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-# SMOKE=1 PYTHON=.venv/bin/python: the same script on the CPU with tiny sizes, to check it before spending device time
+source "$(dirname "$0")/gpu_env.sh"
 if [ "${SMOKE:-0}" = 1 ]; then
-    dev=cpu steps=3 sbs_steps=3 small="--size-2d 32 --size-3d 32 --cases 2" size3d=32 repeats=1
+    steps=3 sbs_steps=3 small="--size-2d 32 --size-3d 32 --cases 2" size3d=32 repeats=1
 else
-    dev=cuda steps=40 sbs_steps=150 small="" size3d=64 repeats=2
+    steps=40 sbs_steps=150 small="" size3d=64 repeats=2
 fi
-# an `lsseg` command on PATH (also for `timeout` and `taskset`, which cannot run shell functions)
-printf '#!/usr/bin/env bash\nexec "%s" -c "import sys; from lsseg_training.cli import main; sys.exit(main(sys.argv[1:]))" "$@"\n' \
-    "$(cd "$(dirname "$(command -v "$PY")")" && pwd)/$(basename "$PY")" > /tmp/pkgs/lsseg
-chmod +x /tmp/pkgs/lsseg
-export PATH=/tmp/pkgs:$PATH
-
-nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used,power.draw --format=csv -l 1 > "$OUT/smi.csv" 2>&1 &
-smi=$!
-{
-    nvidia-smi -L
-    "$PY" -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))'
-} > "$OUT/device.txt" 2>&1
-
-section() { echo "=== $(date +%T) $*" | tee -a "$OUT/log.txt"; }
-
 section "1. every method, device vs legacy pipeline, default settings"
 timeout 240 lsseg bench train --device $dev --steps $steps --repeats $repeats $small --json > "$OUT/bench_default.json" 2>> "$OUT/log.txt"
 
@@ -80,4 +53,4 @@ timeout 120 lsseg bench train --device $dev --methods lcs --pipelines device --s
     --json > "$OUT/bench_compile.json" 2>> "$OUT/log.txt"
 fi
 section done
-kill "$smi" 2>/dev/null
+gpu_env_done

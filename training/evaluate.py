@@ -86,7 +86,7 @@ def _rows_for(method, kind, task, case_id, prediction, truth, labels, spacing, w
         }
 
 
-def _evaluate_task_bundle(bundle, method, datasets, device, with_hd95):
+def _evaluate_task_bundle(bundle, method, datasets, device, with_hd95, align: bool):
     rows = []
     network = bundle.build_network(device)
     for dataset in datasets:
@@ -97,7 +97,13 @@ def _evaluate_task_bundle(bundle, method, datasets, device, with_hd95):
         for case in _test_cases(dataset):
             image, truth, affine = load_case(case)
             result = segment_task(
-                bundle, as_volume(image[0]), affine, task, device=str(device), network=network
+                bundle,
+                as_volume(image[0]),
+                affine,
+                task,
+                device=str(device),
+                network=network,
+                align=None if align else False,
             )
             rows += _rows_for(
                 method,
@@ -153,12 +159,17 @@ def _atlas_index(registrations: dict, image: np.ndarray, affine: np.ndarray) -> 
     return len(atlases) - 1
 
 
-def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95, registrations: dict):
+def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95, registrations: dict, align: bool):
     """Rows for the trained (atlas) labels and, with a coarse map, the Table 1 entries and every fine-label
     method side by side (sidebyside.py; with notes on registrations that diverged). ``registrations``: each
-    scan's registration to an atlas, shared by the bundles of one evaluation whose atlas is the same image."""
+    scan's registration to an atlas, shared by the bundles of one evaluation whose atlas is the same image.
+    ``align`` False: the scans already lie in the atlas's space (no registration, so no registration baselines)."""
     rows, table1, side, notes = [], [], [], []
     refine = bundle.network_config.arch == "lcs_refine"
+    if refine and not align:
+        raise InputError(
+            f"{bundle.path}: a refine bundle corrects a registration; it cannot be evaluated with --align off"
+        )
     atlas_key = _atlas_index(registrations, *bundle.atlas_image())
     network = bundle.build_network(device)
     atlas_labels, atlas_affine, infos = bundle.atlas_labels()
@@ -199,7 +210,7 @@ def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95, registrati
                     device=str(device),
                     network=network,
                     method="lcs",
-                    align=shared.get("alignment"),
+                    align=shared.get("alignment") if align else False,
                 )
                 if result.alignment is not None:
                     shared.setdefault("alignment", result.alignment)
@@ -232,7 +243,7 @@ def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95, registrati
                 fine_masks,
                 fine_infos,
                 str(device),
-                result.alignment,
+                result.alignment if align else False,
                 deformable if refine else None,
             )
             predictions: dict = {}
@@ -423,10 +434,18 @@ def check_report_folder(out: Path, overwrite: bool) -> None:
 
 
 def evaluate(
-    bundle_paths, data_paths, out, *, device: str = "auto", with_hd95: bool = True, overwrite: bool = False
+    bundle_paths,
+    data_paths,
+    out,
+    *,
+    device: str = "auto",
+    with_hd95: bool = True,
+    overwrite: bool = False,
+    align: bool = True,
 ) -> str:
     """Evaluate bundles on the datasets' labelled test cases and write the report folder ``out`` (atomically:
-    a complete report or none); returns the summary markdown."""
+    a complete report or none); returns the summary markdown. ``align`` False: the test cases are segmented where
+    they lie, not registered to each bundle's reference first."""
     out = Path(out)
     check_report_folder(out, overwrite)
     datasets = [require_valid_dataset(p) for p in data_paths]
@@ -440,11 +459,12 @@ def evaluate(
         bundle = load_bundle(path)
         if bundle.kind.has_atlas:
             more, t1, s1, n1 = _evaluate_lcs_bundle(
-                bundle, method, datasets, torch_device, with_hd95, registrations
+                bundle, method, datasets, torch_device, with_hd95, registrations, align
             )
             table1, side, notes = table1 + t1, side + s1, notes + n1
         else:
-            more, s1, n1 = _evaluate_task_bundle(bundle, method, datasets, torch_device, with_hd95), [], []
+            more = _evaluate_task_bundle(bundle, method, datasets, torch_device, with_hd95, align)
+            s1, n1 = [], []
         if not more and not s1:
             raise InputError(
                 f"{path}: none of its tasks/labels matches a --data folder "

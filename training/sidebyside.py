@@ -66,7 +66,8 @@ def deformable_registration(bundle, volume, affine, alignment) -> tuple[Propagat
 
 def network_decisions(bundle, network, volume, affine, masks, infos, device, alignment, deformable):
     """(method, bool masks (K, *scan)): each label decided on its own by the bundle's network - a refine network
-    correcting the scan's ``deformable`` registration, or the paper's LCS from its ``alignment``."""
+    correcting the scan's ``deformable`` registration, or the paper's LCS from its ``alignment`` (False: the scan
+    already lies in the atlas's space)."""
     if bundle.network_config.arch == "lcs_refine":
         decided, _ = refined_independently(
             bundle, volume, affine, masks, infos, device=device, network=network, propagation=deformable
@@ -91,8 +92,13 @@ def registration_predictions(
     (second value) and left out, never used. ``deformable``/``note``: a registration already computed."""
     _, atlas_affine = bundle.atlas_image()
     out = {NAIVE: carry_independently(fine_masks, atlas_affine, Propagation(None), volume.shape, affine)}
-    if alignment is None:  # 2D bundles are not aligned: registration needs 3D scans
-        return out, "no registration methods: the bundle is 2D (registration needs 3D scans)"
+    if (
+        alignment is None
+    ):  # 2D bundles are not aligned (registration needs 3D scans), nor scans with --align off
+        return (
+            out,
+            "no registration methods: the scans were not aligned to the atlas (a 2D bundle, or --align off)",
+        )
     out[AFFINE] = carry_independently(fine_masks, atlas_affine, Propagation(alignment), volume.shape, affine)
     if deformable is None and note is None:
         deformable, note = deformable_registration(bundle, volume, affine, alignment)

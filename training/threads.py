@@ -57,7 +57,9 @@ def configure_threads(override: int | None = None) -> int:
     ``OMP_NUM_THREADS``, so without this a capped run still registers on every core."""
     threads = threads_per_process(override)
     torch.set_num_threads(threads)
-    import SimpleITK as sitk
-
+    try:
+        import SimpleITK as sitk
+    except ModuleNotFoundError:  # a GPU machine given only what training needs: no registration pool to size
+        return threads
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     return threads

@@ -418,6 +418,13 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     p.add_argument("--device", default="auto", help=f"{', '.join(DEVICE_CHOICES)} or cuda:N")
     p.add_argument("--no-hd95", action="store_true", help="skip HD95 (faster)")
+    p.add_argument(
+        "--align",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto: register each test case to the bundle's reference first, as `lsseg segment` does; off: the "
+        "test cases already lie in the bundle's space (no SimpleITK needed; registration baselines left out)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -501,6 +508,7 @@ def cmd_evaluate(args) -> int:
         device=args.device,
         with_hd95=not args.no_hd95,
         overwrite=args.overwrite,
+        align=args.align == "auto",
     )
     print(report)
     return 0

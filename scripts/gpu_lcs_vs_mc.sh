@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Run ON the lent GPU machine, in one device call (at most 9.3 minutes), after, here:
+#   bash scripts/gpu_wheels.sh && bash scripts/gpu_data.sh DATA/Dataset801_BrainAAL   (the 2 mm AAL brain)
+#   device run, carry [".whl", ".gpudata"], timeout 600:  bash scripts/gpu_lcs_vs_mc.sh
+# Issue #15's GPU question: LCS against one multi-channel U-Net on 116 AAL labels at 2 mm (the issue's run:
+# multi-channel 0.764, LCS 0.533 at 6000 steps). Three trainings side by side on the one GPU, each on its own 5
+# of the 16 cores, with the same budget (6000 steps x batch 2, stopped at the same wall-clock limit if slower) and the same
+# U-Net widths: LCS as `lsseg train lcs` trains it (every-level conditioning), LCS as Ma et al. 2022 (bottleneck)
+# and the multi-channel U-Net. Then `lsseg evaluate` of all three on the held-out test cases, the memory of both
+# methods against the label count on the GPU (as `lsseg experiment lcs` measures it), and `lsseg bench train`
+# (issue #10) in the time left. The test cases lie in the atlas's space, so they are scored without registration
+# (`--align off`: the machine has no SimpleITK). At most 8 files come back from $OUT: keep it that way.
+set -u
+source "$(dirname "$0")/gpu_env.sh"
+deadline=$((SECONDS + ${BUDGET_S:-540}))
+left() { echo $((deadline - SECONDS)); }
+data=${DATA:-$PWD/.gpudata/Dataset801_BrainAAL}
+work=${WORK:-/tmp/lcs-vs-mc}
+rm -rf "$work" && mkdir -p "$work"
+if [ "${SMOKE:-0}" = 1 ]; then
+    steps=4 minutes=1 channels=4,8,16,32 val_every=4 val_labels=4 bench="--steps 3 --size-2d 32 --size-3d 32 --cases 2"
+    cores=(0-1 0-1 0-1) threads=1
+else
+    steps=6000 minutes=5.5 channels=16,32,64,128,256 val_every=500 val_labels=24 bench="--steps 40"
+    cores=(0-4 5-9 10-14) threads=5
+fi
+
+train() {  # name cpus method [options]
+    local name=$1 cpus=$2 method=$3
+    shift 3
+    timeout $(($(left) - 120)) taskset -c "$cpus" lsseg train "$method" --data "$data" --out "$work/$name" \
+        --steps $steps --batch 2 --spacing 2,2,2 --channels $channels --seed 0 --time-limit $minutes \
+        --val-every $val_every --val-labels $val_labels --threads $threads --device $dev --quiet "$@" > "$work/train-$name.log" 2>&1
+    echo "$name: rc $? $(tail -n 2 "$work/train-$name.log" | tr '\n' ' ')" | tee -a "$OUT/log.txt"
+}
+section "1. three trainings side by side: $steps steps x batch 2, at most $minutes min each, channels $channels"
+train lcs-every-level ${cores[0]} lcs &
+train lcs-paper ${cores[1]} lcs --conditioning bottleneck &
+train multichannel ${cores[2]} multichannel &
+wait
+
+section "2. evaluate on the test cases"
+bundles=()
+for name in lcs-every-level lcs-paper multichannel; do
+    [ -f "$work/$name/bundle.json" ] && bundles+=("$work/$name")
+done
+[ ${#bundles[@]} -gt 0 ] && timeout $(($(left) - 60)) lsseg evaluate "${bundles[@]}" --data "$data" --no-hd95 \
+    --align off --device $dev --out "$work/evaluation" >> "$OUT/log.txt" 2>&1
+
+section "3. memory against the label count"
+timeout $(($(left) - 40)) "$PY" - "$dev" "$channels" > "$OUT/memory.json" 2>> "$OUT/log.txt" <<'PY'
+import json, sys
+from lsseg_training.experiments.memory import measure
+device, channels = sys.argv[1], [int(c) for c in sys.argv[2].split(",")]
+rows = [
+    measure(method, labels, 3, 64, channels, 2, device)
+    for labels in (1, 2, 4, 8, 16, 32, 64, 116, 128)
+    for method in ("lcs", "multichannel")
+]
+print(json.dumps(rows, indent=1))
+PY
+
+section "4. lsseg bench train in the time left ($(left) s)"
+if [ "$(left)" -gt 100 ]; then
+    timeout $(($(left) - 15)) lsseg bench train --device $dev --repeats 1 $bench --json > "$OUT/bench_train.json" 2>> "$OUT/log.txt"
+fi
+section done
+gpu_env_done
+# everything else (training logs, throughput, validation curves, evaluation) in one archive, each bundle's weights
+# beside it (16 MB a file at most), to evaluate here with registration too
+cat "$OUT/device.txt" >> "$OUT/log.txt" && rm -f "$OUT/device.txt"
+for name in lcs-every-level lcs-paper multichannel; do
+    cp "$work/$name/weights.safetensors" "$OUT/weights-$name.safetensors" 2>/dev/null
+done
+(cd "$work" && tar czf "$OUT/results.tgz" --exclude='*.safetensors' --exclude='*.pt' .)
+ls -la "$OUT"
