@@ -35,9 +35,12 @@ train() {  # name cpus method [options]
 }
 section "1. three trainings side by side: $steps steps x batch 2, at most $minutes min each, channels $channels"
 train lcs-every-level ${cores[0]} lcs &
+pids=($!)
 train lcs-paper ${cores[1]} lcs --conditioning bottleneck &
+pids+=($!)
 train multichannel ${cores[2]} multichannel &
-wait
+pids+=($!)
+wait "${pids[@]}"  # the trainings only: a bare `wait` would also wait for the nvidia-smi sampler, which never ends
 
 section "2. evaluate on the test cases"
 bundles=()

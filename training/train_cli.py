@@ -422,8 +422,9 @@ def register(subparsers) -> None:
         "--align",
         choices=("auto", "off"),
         default="auto",
-        help="auto: register each test case to the bundle's reference first, as `lsseg segment` does; off: the "
-        "test cases already lie in the bundle's space (no SimpleITK needed; registration baselines left out)",
+        help="auto: register each test case to the bundle's reference first, as `lsseg segment` does; off: "
+        "segment them as they are, as the network saw its training cases (no SimpleITK needed; registration "
+        "baselines left out)",
     )
     p.set_defaults(func=cmd_evaluate)
 
