@@ -69,7 +69,7 @@ def test_evaluate_writes_csv_summary_plots_and_table1(tmp_path):
     methods = {r["method"] for r in side}
     # the phantoms are 2D slices: no registration, so naive and LCS only, and the summary says why
     assert methods == {"naive (world)", "LCS (Ma et al. 2022)"}
-    assert "registration needs 3D scans" in summary
+    assert "not aligned to the atlas (a 2D bundle" in summary
     assert {r["fine_name"] for r in side} == {"medium_blob", "small_blob"}
     assert len(side) == len(methods) * 2 * 2  # methods x test cases x fine labels
     means = {m: np.nanmean([float(r["dice"]) for r in side if r["method"] == m]) for m in methods}

@@ -92,13 +92,9 @@ def registration_predictions(
     (second value) and left out, never used. ``deformable``/``note``: a registration already computed."""
     _, atlas_affine = bundle.atlas_image()
     out = {NAIVE: carry_independently(fine_masks, atlas_affine, Propagation(None), volume.shape, affine)}
-    if (
-        alignment is None
-    ):  # 2D bundles are not aligned (registration needs 3D scans), nor scans with --align off
-        return (
-            out,
-            "no registration methods: the scans were not aligned to the atlas (a 2D bundle, or --align off)",
-        )
+    if alignment is None:  # 2D bundles are not aligned, nor scans evaluated with --align off
+        why = "the scans were not aligned to the atlas (a 2D bundle: registration needs 3D scans; or --align off)"
+        return out, f"no registration methods: {why}"
     out[AFFINE] = carry_independently(fine_masks, atlas_affine, Propagation(alignment), volume.shape, affine)
     if deformable is None and note is None:
         deformable, note = deformable_registration(bundle, volume, affine, alignment)
