@@ -176,6 +176,6 @@ def test_evaluate_with_align_off_needs_no_registration(tmp_path, monkeypatch, ca
     assert "--align off" in (report / "summary.md").read_text()
     capsys.readouterr()
     shipped = Path(__file__).resolve().parents[1] / "LabelSharingSeg/Resources/Bundles/lcs-refine-brain-aal"
-    assert lsseg("evaluate", shipped, *args, "--out", tmp_path / "refine") == 2
+    assert lsseg("evaluate", lcs, shipped, *args, "--out", tmp_path / "refine") == 2  # before lcs is scored
     assert "corrects a registration" in capsys.readouterr().err
     assert not (tmp_path / "refine").exists()

@@ -166,10 +166,6 @@ def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95, registrati
     ``align`` False: the scans already lie in the atlas's space (no registration, so no registration baselines)."""
     rows, table1, side, notes = [], [], [], []
     refine = bundle.network_config.arch == "lcs_refine"
-    if refine and not align:
-        raise InputError(
-            f"{bundle.path}: a refine bundle corrects a registration; it cannot be evaluated with --align off"
-        )
     atlas_key = _atlas_index(registrations, *bundle.atlas_image())
     network = bundle.build_network(device)
     atlas_labels, atlas_affine, infos = bundle.atlas_labels()
@@ -455,8 +451,13 @@ def evaluate(
     methods = _method_names([Path(p) for p in bundle_paths])
     rows, table1, side, notes = [], [], [], []
     registrations: dict = {}
-    for path, method in zip(bundle_paths, methods):
-        bundle = load_bundle(path)
+    bundles = [load_bundle(path) for path in bundle_paths]
+    refine = [bundle.path for bundle in bundles if bundle.network_config.arch == "lcs_refine"]
+    if refine and not align:  # refused before any bundle is evaluated
+        raise InputError(
+            f"{refine[0]}: a refine bundle corrects a registration; it cannot be evaluated with --align off"
+        )
+    for path, bundle, method in zip(bundle_paths, bundles, methods):
         if bundle.kind.has_atlas:
             more, t1, s1, n1 = _evaluate_lcs_bundle(
                 bundle, method, datasets, torch_device, with_hd95, registrations, align
