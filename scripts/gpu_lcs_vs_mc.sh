@@ -3,13 +3,15 @@
 #   bash scripts/gpu_wheels.sh && bash scripts/gpu_data.sh DATA/Dataset801_BrainAAL   (the 2 mm AAL brain)
 #   device run, carry [".whl", ".gpudata"], timeout 600:  bash scripts/gpu_lcs_vs_mc.sh
 # Issue #15's GPU question: LCS against one multi-channel U-Net on 116 AAL labels at 2 mm (the issue's run:
-# multi-channel 0.764, LCS 0.533 at 6000 steps). Three trainings side by side on the one GPU, each on its own 5
-# of the 16 cores, with the same budget (6000 steps x batch 2, stopped at the same wall-clock limit if slower) and the same
-# U-Net widths: LCS as `lsseg train lcs` trains it (every-level conditioning), LCS as Ma et al. 2022 (bottleneck)
-# and the multi-channel U-Net. Then `lsseg evaluate` of all three on the held-out test cases, the memory of both
-# methods against the label count on the GPU (as `lsseg experiment lcs` measures it), and `lsseg bench train`
-# (issue #10) in the time left. The test cases lie in the atlas's space, so they are scored without registration
-# (`--align off`: the machine has no SimpleITK). At most 8 files come back from $OUT: keep it that way.
+# multi-channel 0.764, LCS 0.533 at 6000 steps; this script's first run, docs/EXPERIMENTS.md: 0.775 against 0.418).
+# By default three trainings side by side on the one GPU, each on its own 5 of the 16 cores, with the same budget
+# (6000 steps x batch 2, stopped at the same wall-clock limit if slower) and the same U-Net widths: LCS as
+# `lsseg train lcs` trains it (every-level conditioning), LCS as Ma et al. 2022 (bottleneck) and the multi-channel
+# U-Net; RUNS (below) sets other trainings. Then `lsseg evaluate` of all of them on the held-out test cases, the
+# memory of both methods against the label count on the GPU (as `lsseg experiment lcs` measures it), and
+# `lsseg bench train` (issue #10) in the time left. The test cases lie in the frame the networks trained in, so
+# they are scored as they are (`--align off`: the machine has no SimpleITK). At most 8 files come back from $OUT:
+# keep it that way.
 set -u
 source "$(dirname "$0")/gpu_env.sh"
 deadline=$((SECONDS + ${BUDGET_S:-540}))
@@ -17,13 +19,20 @@ left() { echo $((deadline - SECONDS)); }
 data=${DATA:-$PWD/.gpudata/Dataset801_BrainAAL}
 work=${WORK:-/tmp/lcs-vs-mc}
 rm -rf "$work" && mkdir -p "$work"
+# RUNS: the trainings, "name method [options]" separated by ';' (e.g. to test an LCS lever at this budget:
+# RUNS="lcs-k8 lcs --labels-per-image 8; multichannel multichannel"); each gets an equal share of 15 cores
+RUNS=${RUNS:-"lcs-every-level lcs; lcs-paper lcs --conditioning bottleneck; multichannel multichannel"}
+IFS=';' read -ra runs <<< "$RUNS"
 if [ "${SMOKE:-0}" = 1 ]; then
     steps=4 minutes=1 channels=4,8,16,32 val_every=4 val_labels=4 bench="--steps 3 --size-2d 32 --size-3d 32 --cases 2"
-    cores=(0-1 0-1 0-1) threads=1
+    threads=1
 else
     steps=6000 minutes=5.5 channels=16,32,64,128,256 val_every=500 val_labels=24 bench="--steps 40"
-    cores=(0-4 5-9 10-14) threads=5
+    threads=$((15 / ${#runs[@]}))
 fi
+cores_of() {  # run index -> its cores (all cores in a smoke run)
+    if [ "${SMOKE:-0}" = 1 ]; then echo "0-$(($(nproc) - 1))"; else echo "$(($1 * threads))-$(($1 * threads + threads - 1))"; fi
+}
 
 train() {  # name cpus method [options]
     local name=$1 cpus=$2 method=$3
@@ -33,18 +42,18 @@ train() {  # name cpus method [options]
         --val-every $val_every --val-labels $val_labels --threads $threads --device $dev --quiet "$@" > "$work/train-$name.log" 2>&1
     echo "$name: rc $? $(tail -n 2 "$work/train-$name.log" | tr '\n' ' ')" | tee -a "$OUT/log.txt"
 }
-section "1. three trainings side by side: $steps steps x batch 2, at most $minutes min each, channels $channels"
-train lcs-every-level ${cores[0]} lcs &
-pids=($!)
-train lcs-paper ${cores[1]} lcs --conditioning bottleneck &
-pids+=($!)
-train multichannel ${cores[2]} multichannel &
-pids+=($!)
+section "1. ${#runs[@]} trainings side by side: $steps steps x batch 2, at most $minutes min each, channels $channels"
+pids=() names=()
+for i in "${!runs[@]}"; do
+    read -ra run <<< "${runs[$i]}"
+    train "${run[0]}" "$(cores_of "$i")" "${run[@]:1}" &
+    pids+=($!) names+=("${run[0]}")
+done
 wait "${pids[@]}"  # the trainings only: a bare `wait` would also wait for the nvidia-smi sampler, which never ends
 
 section "2. evaluate on the test cases"
 bundles=()
-for name in lcs-every-level lcs-paper multichannel; do
+for name in "${names[@]}"; do
     [ -f "$work/$name/bundle.json" ] && bundles+=("$work/$name")
 done
 [ ${#bundles[@]} -gt 0 ] && timeout $(($(left) - 60)) lsseg evaluate "${bundles[@]}" --data "$data" --no-hd95 \
@@ -72,7 +81,7 @@ gpu_env_done
 # everything else (training logs, throughput, validation curves, evaluation) in one archive, each bundle's weights
 # beside it (16 MB a file at most), to evaluate here with registration too
 cat "$OUT/device.txt" >> "$OUT/log.txt" && rm -f "$OUT/device.txt"
-for name in lcs-every-level lcs-paper multichannel; do
+for name in "${names[@]:0:3}"; do  # 8 files come back at most: the weights of the first three runs
     cp "$work/$name/weights.safetensors" "$OUT/weights-$name.safetensors" 2>/dev/null
 done
 (cd "$work" && tar czf "$OUT/results.tgz" --exclude='*.safetensors' --exclude='*.pt' .)
