@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,8 +156,6 @@ def test_evaluate_a_second_label_set_drawn_on_the_atlas(tmp_path, capsys):
 def test_evaluate_with_align_off_needs_no_registration(tmp_path, monkeypatch, capsys):
     """Test cases already in the atlas's space (a GPU machine may lack SimpleITK): `--align off` scores the LCS
     bundle where the scans lie, leaves the registration baselines out and says why; a refine bundle is refused."""
-    from pathlib import Path
-
     from lsseg_training.data.build import build_set
 
     (aal,) = build_set("brain-aal", tmp_path / "data", cases=2, test_cases=1, spacing=8.0, progress=None)
@@ -165,7 +165,7 @@ def test_evaluate_with_align_off_needs_no_registration(tmp_path, monkeypatch, ca
         lsseg("train", "lcs", "--data", aal, "--out", lcs, "--steps", 1, "--coarse-map", hierarchy, *TINY)
         == 0
     )
-    monkeypatch.setitem(__import__("sys").modules, "SimpleITK", None)  # any registration would now fail
+    monkeypatch.setitem(sys.modules, "SimpleITK", None)  # any registration would now fail
     report = tmp_path / "report"
     args = ("--data", aal, "--device", "cpu", "--no-hd95", "--align", "off")
     assert lsseg("evaluate", lcs, *args, "--out", report) == 0

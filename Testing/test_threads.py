@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -56,7 +58,7 @@ def test_configure_sets_torch_and_registration_threads(clean_env):
 def test_configure_without_simpleitk_sets_torch_threads(clean_env):
     """A GPU machine given only what training needs has no SimpleITK: no registration pool to size, no error."""
     before = torch.get_num_threads()
-    clean_env.setitem(__import__("sys").modules, "SimpleITK", None)
+    clean_env.setitem(sys.modules, "SimpleITK", None)
     try:
         assert configure_threads(1) == 1 and torch.get_num_threads() == 1
     finally:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run HERE: copy nnU-Net datasets into .gpudata/ (ignored by git) small enough to carry to the lent GPU machine
 # (64 MiB a call, wheels and checkout included). Images are stored as int16 with a NIfTI scale factor: half the
-# float32 size; the largest change is about 1e-5 of the intensity range. Labels and the other files are copied as they are.
+# float32 size; the largest change is about 1e-5 of the intensity range. Labels and the other files are copied as
+# they are.
 # Usage: bash scripts/gpu_data.sh DATASET_DIR...   (e.g. the 2 mm Dataset801_BrainAAL of `lsseg data build`)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
