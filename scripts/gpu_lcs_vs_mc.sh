@@ -42,7 +42,7 @@ train() {  # name cpus method [options]
         --val-every $val_every --val-labels $val_labels --threads $threads --device $dev --quiet "$@" > "$work/train-$name.log" 2>&1
     echo "$name: rc $? $(tail -n 2 "$work/train-$name.log" | tr '\n' ' ')" | tee -a "$OUT/log.txt"
 }
-section "1. ${#runs[@]} trainings side by side: $steps steps x batch 2, at most $minutes min each, channels $channels"
+section "1. trainings side by side (${#runs[@]}): $steps steps x batch 2, at most $minutes min each, channels $channels"
 pids=() names=()
 for i in "${!runs[@]}"; do
     read -ra run <<< "${runs[$i]}"
