@@ -16,6 +16,7 @@ from LabelSharingSegLib.engine.preprocessing_config import Preprocessing
 
 from . import bundle_factory as factory
 from . import run_session as session
+from .case_alignment import atlas_space_affines
 from .datasets import NnUNetDataset, as_volume, load_case
 from .distributed import distributed_session
 from .label_hierarchy import LabelHierarchy, read_coarse_map
@@ -137,6 +138,21 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
     if not others:
         others = [c for c in dataset.training if c.case_id == atlas.case_id]
     train_cases, val_cases = split_cases(others, settings.val_fraction, settings.seed)
+    aligned, left_out = {}, []
+    if config.align_cases == "affine":
+        if atlas.prep.spatial_dims != 3:
+            raise InputError(
+                "--align-cases affine needs 3D data: a 2D case cannot be registered to the atlas"
+            )
+        aligned, left_out = atlas_space_affines(
+            train_cases + val_cases, atlas.raw.numpy(), atlas.grid_affine, settings.quiet
+        )
+        if left_out:
+            print(f"registration to the atlas refused, case(s) left out: {', '.join(left_out)}", flush=True)
+        train_cases = [c for c in train_cases if c.case_id in aligned]
+        val_cases = [c for c in val_cases if c.case_id in aligned]
+        if not train_cases:
+            raise InputError("no training case could be registered to the atlas; nothing to train on")
     network = factory.network_config_for(
         "lcs", [], atlas.prep.spatial_dims, list(settings.channels), conditioning=config.conditioning
     )
@@ -152,7 +168,7 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
         labels_per_image=config.labels_per_image,
         loss=config.loss,
     )
-    transform = ToAtlasGrid(atlas.prep, atlas.grid_affine, atlas.grid_shape)
+    transform = ToAtlasGrid(atlas.prep, atlas.grid_affine, atlas.grid_shape, aligned)
     max_value = len(atlas.lut) - 1
 
     def mapped(cases):
@@ -204,6 +220,8 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
                 merge_prob=config.merge_prob,
                 labels_per_image=config.labels_per_image,
                 loss=config.loss,
+                align_cases=config.align_cases,
+                **({"left_out_cases": left_out} if left_out else {}),
                 **({} if settings.val_labels is None else {"validation_labels": val_labels}),
             )
             factory.write_lcs_bundle(

@@ -56,6 +56,9 @@ EQUAL_SHARE = "equal"
 DEFAULT_NEW_TASK_SHARE: float | str = EQUAL_SHARE
 # soft Dice on the conditioned label (Ma et al. 2022), or plus binary cross-entropy
 LCS_LOSSES = ("dice", "dice-bce")
+# none: training cases where their world coordinates put them (Ma et al. 2022); affine: each registered to the atlas
+# first, as inference registers a scan (case_alignment.py)
+LCS_CASE_ALIGNMENTS = ("none", "affine")
 MAX_LABELS_PER_IMAGE = 64
 
 # What ``--resume`` may change: how long to train and how the run is watched. A larger ``steps`` continues the run;
@@ -324,6 +327,7 @@ class LCSRunConfig:
     conditioning: str | None = None
     labels_per_image: int = 1
     loss: str = "dice"
+    align_cases: str = "none"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
@@ -352,8 +356,19 @@ class LCSRunConfig:
         )
         _require(self.loss in LCS_LOSSES, f"--loss must be one of {', '.join(LCS_LOSSES)}, got {self.loss!r}")
         _require(
+            self.align_cases in LCS_CASE_ALIGNMENTS,
+            f"--align-cases must be one of {', '.join(LCS_CASE_ALIGNMENTS)}, got {self.align_cases!r}",
+        )
+        _require(
             self.arch == "lcs" or self.lcs_variant_options() == {},
-            f"--conditioning, --labels-per-image and --loss are options of --arch lcs, not {self.arch}",
+            f"--conditioning, --labels-per-image, --loss and --align-cases are options of --arch lcs, not {self.arch}",
+        )
+        # a network trained on cases registered to the atlas expects scans registered to the atlas, which is what
+        # inference does for a bundle without a reference; a reference would show them elsewhere
+        _require(
+            self.align_cases == "none" or self.reference is None,
+            "--align-cases affine trains on cases registered to the atlas, and scans are then registered to the "
+            "atlas too; leave out --reference",
         )
         _require(
             _finite(self.split_prob) and 0 <= self.split_prob <= 1,
@@ -374,8 +389,14 @@ class LCSRunConfig:
             "conditioning": self.conditioning,
             "labels_per_image": self.labels_per_image,
             "loss": self.loss,
+            "align_cases": self.align_cases,
         }
-        published = {"conditioning": PUBLISHED_LCS_CONDITIONING, "labels_per_image": 1, "loss": "dice"}
+        published = {
+            "conditioning": PUBLISHED_LCS_CONDITIONING,
+            "labels_per_image": 1,
+            "loss": "dice",
+            "align_cases": "none",
+        }
         return {k: v for k, v in chosen.items() if v != published[k]}
 
 

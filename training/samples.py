@@ -10,6 +10,7 @@ augmentations the killed run would have drawn, with no random-generator state to
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,15 +77,24 @@ class ToModelGrid:
 
 class ToAtlasGrid:
     """Deterministic transform for LCS: the target resampled onto the atlas grid as inference does
-    (bilinear from the raw image, then intensity normalisation), its labels by nearest neighbour."""
+    (bilinear from the raw image, then intensity normalisation), its labels by nearest neighbour. ``affines``
+    (case id -> voxel -> atlas-space affine) replaces a case's own affine: the case registered to the atlas."""
 
-    def __init__(self, preprocessing: Preprocessing, atlas_affine: np.ndarray, atlas_shape):
+    def __init__(
+        self,
+        preprocessing: Preprocessing,
+        atlas_affine: np.ndarray,
+        atlas_shape,
+        affines: Mapping[str, np.ndarray] | None = None,
+    ):
         self.prep = preprocessing
         self.affine = atlas_affine
         self.shape = tuple(int(s) for s in atlas_shape)
+        self.affines = dict(affines or {})
 
     def __call__(self, item: dict) -> dict:
         image, label, affine = load_case(item["case"])
+        affine = self.affines.get(item["case"].case_id, affine)
         channels = []
         for c in range(image.shape[0]):
             raw = as_volume(image[c])

@@ -24,6 +24,7 @@ from .run_config import (
     INTENSITY_MODES,
     LABEL_MAPPINGS,
     LCS_ARCHS,
+    LCS_CASE_ALIGNMENTS,
     LCS_CONDITIONINGS,
     LCS_LOSSES,
     OPTIMIZERS,
@@ -338,6 +339,14 @@ def register(subparsers) -> None:
         default="dice",
         help="soft Dice on the conditioned label (the paper, default) or soft Dice plus binary cross-entropy",
     )
+    variants.add_argument(
+        "--align-cases",
+        choices=LCS_CASE_ALIGNMENTS,
+        default="none",
+        help="none: training cases where their world coordinates place them (the paper, default); affine: each "
+        "registered to the atlas first, as `lsseg segment` registers a scan (needs SimpleITK, or the alignments "
+        "in $LSSEG_CACHE_DIR; not with --reference)",
+    )
     refine = p.add_argument_group(
         "refining registration (--arch lcs_refine; see docs/TRAINING.md)",
     )
@@ -466,6 +475,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             conditioning=args.conditioning,
             labels_per_image=args.labels_per_image,
             loss=args.loss,
+            align_cases=args.align_cases,
         )
     if args.kind == "add-task":
         return AddTaskConfig(

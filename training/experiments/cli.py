@@ -140,7 +140,8 @@ def register(subparsers) -> None:
         help="LCS variants at the dataset's full label count, each testing one reason LCS may trail: no-merge, "
         "labels-per-image, every-level, dice-bce, wide, long (4x the steps), every-level-long, combined "
         "(every-level, no-merge and labels-per-image together); reseeded is the seed-to-seed control, "
-        "every-level-reseeded its pair (variants may be added to a finished experiment)",
+        "every-level-reseeded its pair; every-level-aligned: every-level on training cases registered to the atlas "
+        "first (variants may be added to a finished experiment)",
     )
     _budget_options(lcs, 1000)
     lcs.set_defaults(func=cmd_lcs)

@@ -14,7 +14,9 @@ count, each changing one thing the issue suspects, under the published LCS's bud
 * ``reseeded``         - the control: the published LCS with the next seed, so a variant's difference can be
   read against the spread between two seeds;
 * ``every-level-reseeded`` - ``every-level`` with the next seed: its difference to ``reseeded`` repeats the
-  conditioning comparison on a second seed (a paired comparison; any ``NAME-reseeded`` pairs the same way).
+  conditioning comparison on a second seed (a paired comparison; any ``NAME-reseeded`` pairs the same way);
+* ``every-level-aligned`` - the cases' pose: ``every-level`` with every training case registered to the atlas
+  first (affine), as inference registers a scan (paired with ``every-level``).
 
 Each image-sample budget (steps x batch) is the published LCS's except ``long``; ``labels-per-image`` spends more
 decoder passes per step, so the report gives every run's training seconds beside its Dice.
@@ -114,6 +116,12 @@ LCS_VARIANTS = {
             {"conditioning": "every-level"},
             seed_offset=1,
         ),
+        LCSVariant(
+            "every-level-aligned",
+            "the cases' pose",
+            "every-level conditioning, each training case registered to the atlas first (paired with every-level)",
+            {"conditioning": "every-level", "align_cases": "affine"},
+        ),
     )
 }
 
@@ -188,8 +196,10 @@ def _best(curve: list[tuple[int, float]]) -> float:
 
 def _baseline_of(method: str, dice: dict) -> str:
     """What a run is compared with: the published LCS, except that NAME-reseeded meets the reseeded published
-    LCS (same seed) and NAME-long the published LCS trained as long."""
-    for suffix, base in (("-reseeded", "lcs reseeded"), ("-long", "lcs long")):
+    LCS (same seed), NAME-long the published LCS trained as long and NAME-aligned the same network trained on
+    cases as they are."""
+    pairs = (("-reseeded", "lcs reseeded"), ("-long", "lcs long"), ("-aligned", "lcs every-level"))
+    for suffix, base in pairs:
         if method.endswith(suffix) and base in dice:
             return base
     return "lcs"
