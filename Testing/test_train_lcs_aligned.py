@@ -5,6 +5,8 @@ named; options that cannot go together are refused before anything is written.""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -93,6 +95,18 @@ def test_aligned_cases_are_what_inference_shows_the_network(tmp_path, monkeypatc
         alignment = affine_alignment(image[0], affine, atlas_image, atlas_affine)
         prepared = PreparedLCS(bundle, image[0], alignment.aligned_affine(affine), torch.device("cpu"))
         assert torch.allclose(item["image"], prepared.target[0, 0], atol=1e-5), item["case"].case_id
+
+    # the registrations were kept, so a machine without SimpleITK (the lent GPU's) trains from them
+    cache = tmp_path / "aligned.training" / "registrations"
+    assert len(list(cache.glob("*.npz"))) == len(SHIFTS_MM) - 1
+    seen.clear()
+    sitk = sys.modules.get("SimpleITK")
+    monkeypatch.setitem(sys.modules, "SimpleITK", None)  # any import of it now fails
+    again = ["--data", data, "--out", tmp_path / "again", "--steps", 1, "--align-cases", "affine"]
+    assert lsseg("train", "lcs", *again, "--registration-cache", cache, *TINY_3D) == 0
+    pairs = zip(seen["method"].items, method.items, strict=True)
+    assert all(torch.equal(a["image"], b["image"]) for a, b in pairs)
+    monkeypatch.setitem(sys.modules, "SimpleITK", sitk)
 
     # trained as the paper trains, the same cases sit where their world coordinates put them: shifted off the atlas
     seen.clear()

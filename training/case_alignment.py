@@ -6,26 +6,25 @@ sits where its world coordinates put it, so the network must also learn to undo 
 a case and the atlas, which inference has already removed. With this option training sees cases as inference
 will show them: each case is registered by the engine's own affine registration (the same function and
 settings as inference, with the atlas on the model grid as the bundle stores it) and resampled onto the atlas
-grid through that registration. Registrations are remembered by content (engine/registration_cache.py), so a
-rerun, or another run on the same data and atlas, does not register again; with the cache folder filled
-beforehand, training needs no SimpleITK.
+grid through that registration. Registrations are kept in the run's registration cache
+(pair_registrations.py), so a rerun, or another run on the same data and atlas, does not register again, and a
+machine without SimpleITK trains from a cache filled elsewhere.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
-from LabelSharingSegLib.engine.errors import LabelSharingSegError
-from LabelSharingSegLib.engine.registration_cache import affine_alignment
-
 from .datasets import Case, as_volume, load_case
+from .pair_registrations import cached_alignment
 
 
 def atlas_space_affines(
-    cases: Sequence[Case], atlas_image: np.ndarray, atlas_affine: np.ndarray, quiet: bool = False
+    cases: Sequence[Case], atlas_image: np.ndarray, atlas_affine: np.ndarray, cache: Path, quiet: bool = False
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """({case id: voxel -> atlas-space affine}, ids of cases whose registration diverged or was refused: they are
     left out of training, as inference would refuse to segment such a scan)."""
@@ -34,11 +33,8 @@ def atlas_space_affines(
     for n, case in enumerate(cases):
         began = time.time()
         image, _, affine = load_case(case)
-        try:
-            alignment = affine_alignment(as_volume(image[0]), affine, atlas_image, atlas_affine)
-        except LabelSharingSegError:
-            alignment = None
-        if alignment is None or not alignment.accepted:
+        alignment = cached_alignment(cache, atlas_image, atlas_affine, as_volume(image[0]), affine)
+        if not alignment.accepted:
             left_out.append(case.case_id)
         else:
             affines[case.case_id] = alignment.aligned_affine(affine)

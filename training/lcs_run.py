@@ -114,6 +114,26 @@ def _validation_sample(dataset, atlas: AtlasPlan, settings) -> list[int]:
     return kept or validation_labels(atlas.present, settings.val_labels, settings.seed)
 
 
+def _aligned_cases(config: LCSRunConfig, checkpoint_dir, atlas: AtlasPlan, cases, ctx):
+    """(case id -> atlas-space affine, ids left out): the main process registers (or reads the cache), the
+    others read what it stored."""
+    cache = config.registration_cache or checkpoint_dir / "registrations"
+    quiet = config.settings.quiet
+
+    def register(quiet: bool):
+        return atlas_space_affines(cases, atlas.raw.numpy(), atlas.grid_affine, cache, quiet)
+
+    if ctx.is_main:
+        session.claim_folder(checkpoint_dir)  # the cache may live inside it
+        aligned, left_out = register(quiet)
+        if left_out:
+            print(f"registration to the atlas refused, case(s) left out: {', '.join(left_out)}", flush=True)
+    ctx.barrier()
+    if not ctx.is_main:
+        aligned, left_out = register(True)
+    return aligned, left_out
+
+
 def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> session.TrainedBundle:
     if config.arch == "lcs_refine":
         from .refine_run import train_refine
@@ -138,21 +158,8 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
     if not others:
         others = [c for c in dataset.training if c.case_id == atlas.case_id]
     train_cases, val_cases = split_cases(others, settings.val_fraction, settings.seed)
-    aligned, left_out = {}, []
-    if config.align_cases == "affine":
-        if atlas.prep.spatial_dims != 3:
-            raise InputError(
-                "--align-cases affine needs 3D data: a 2D case cannot be registered to the atlas"
-            )
-        aligned, left_out = atlas_space_affines(
-            train_cases + val_cases, atlas.raw.numpy(), atlas.grid_affine, settings.quiet
-        )
-        if left_out:
-            print(f"registration to the atlas refused, case(s) left out: {', '.join(left_out)}", flush=True)
-        train_cases = [c for c in train_cases if c.case_id in aligned]
-        val_cases = [c for c in val_cases if c.case_id in aligned]
-        if not train_cases:
-            raise InputError("no training case could be registered to the atlas; nothing to train on")
+    if config.align_cases == "affine" and atlas.prep.spatial_dims != 3:
+        raise InputError("--align-cases affine needs 3D data: a 2D case cannot be registered to the atlas")
     network = factory.network_config_for(
         "lcs", [], atlas.prep.spatial_dims, list(settings.channels), conditioning=config.conditioning
     )
@@ -168,18 +175,25 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
         labels_per_image=config.labels_per_image,
         loss=config.loss,
     )
-    transform = ToAtlasGrid(atlas.prep, atlas.grid_affine, atlas.grid_shape, aligned)
     max_value = len(atlas.lut) - 1
 
-    def mapped(cases):
+    def mapped(cases, aligned):
+        transform = ToAtlasGrid(atlas.prep, atlas.grid_affine, atlas.grid_shape, aligned)
         items = cache_items([(c, 0) for c in cases], transform, settings.cache_workers)
         for item in items:
             item["label"] = atlas.lut[item["label"].clamp(0, max_value)]
         return method.prepare_items(items)
 
     with distributed_session(settings.device, settings.threads) as ctx:
-        items = mapped(train_cases)
-        val_items = mapped(val_cases) if ctx.is_main else []
+        aligned, left_out = {}, []
+        if config.align_cases == "affine":
+            aligned, left_out = _aligned_cases(config, checkpoint_dir, atlas, train_cases + val_cases, ctx)
+            train_cases = [c for c in train_cases if c.case_id in aligned]
+            val_cases = [c for c in val_cases if c.case_id in aligned]
+            if not train_cases:
+                raise InputError("no training case could be registered to the atlas; nothing to train on")
+        items = mapped(train_cases, aligned)
+        val_items = mapped(val_cases, aligned) if ctx.is_main else []
         method.make_sampler(
             items, settings.foreground_prob, settings.augment, settings.pipeline_settings(), ctx.device
         )

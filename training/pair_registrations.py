@@ -6,6 +6,9 @@ exactly as inference registers a new scan. That costs about a minute per case on
 stored as ``<key>.npz`` in a cache folder; the key is a hash of everything the result depends on (both images
 and affines, the stage and the registration code's settings), so a changed input can never reuse a stale file.
 Files are plain arrays read with ``allow_pickle=False`` (never unpickled) and written atomically.
+
+``lsseg train lcs --align-cases affine`` keeps the affine stage alone the same way (``cached_alignment``), a
+refused registration included, so a machine without SimpleITK can train from alignments computed elsewhere.
 """
 
 from __future__ import annotations
@@ -24,14 +27,21 @@ from LabelSharingSegLib.engine.registration import Alignment
 
 # bump when the registration code changes what it computes for the same inputs
 CACHE_VERSION = "refine-registration-1"
+ALIGNMENT_VERSION = "case-alignment-1"  # the affine stage alone (lsseg train lcs --align-cases affine)
 _ALIGNMENT_FLOATS = ("metric", "identity_metric", "overlap", "identity_overlap")
 _DEFORMATION_FLOATS = ("similarity_affine", "similarity", "min_jacobian", "folded_fraction")
 
 
 def registration_key(
-    atlas_image: np.ndarray, atlas_affine: np.ndarray, image: np.ndarray, affine: np.ndarray
+    atlas_image: np.ndarray,
+    atlas_affine: np.ndarray,
+    image: np.ndarray,
+    affine: np.ndarray,
+    version: str = CACHE_VERSION,
 ) -> str:
-    digest = hashlib.sha256(CACHE_VERSION.encode())
+    """Hash of both images and affines and ``version`` (what is registered, and how); no software probed, so a
+    machine without SimpleITK finds the files another machine computed."""
+    digest = hashlib.sha256(version.encode())
     for array in (atlas_image, atlas_affine, image, affine):
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype.str}{array.shape}".encode())
@@ -39,13 +49,28 @@ def registration_key(
     return digest.hexdigest()[:32]
 
 
+def alignment_arrays(alignment: Alignment) -> dict[str, np.ndarray]:
+    """An alignment as plain arrays (``np.savez``), read back by :func:`alignment_of`."""
+    return {
+        "matrix": alignment.matrix,
+        "alignment_floats": np.array([getattr(alignment, f) for f in _ALIGNMENT_FLOATS]),
+        "accepted": np.array(alignment.accepted),
+    }
+
+
+def alignment_of(data) -> Alignment:
+    return Alignment(
+        np.asarray(data["matrix"], np.float64),
+        **dict(zip(_ALIGNMENT_FLOATS, map(float, data["alignment_floats"]))),
+        accepted=bool(data["accepted"]),
+    )
+
+
 def _to_bytes(propagation: Propagation) -> bytes:
     alignment, deformation = propagation.alignment, propagation.deformation
     assert alignment is not None and deformation is not None
     arrays = {
-        "matrix": alignment.matrix,
-        "alignment_floats": np.array([getattr(alignment, f) for f in _ALIGNMENT_FLOATS]),
-        "accepted": np.array(alignment.accepted),
+        **alignment_arrays(alignment),
         "displacement": deformation.displacement.astype(np.float32),
         "grid_affine": deformation.affine,
         "deformation_floats": np.array([getattr(deformation, f) for f in _DEFORMATION_FLOATS]),
@@ -58,11 +83,7 @@ def _to_bytes(propagation: Propagation) -> bytes:
 
 def _from_file(path: Path) -> Propagation:
     with np.load(path, allow_pickle=False) as data:
-        alignment = Alignment(
-            np.asarray(data["matrix"], np.float64),
-            **dict(zip(_ALIGNMENT_FLOATS, map(float, data["alignment_floats"]))),
-            accepted=bool(data["accepted"]),
-        )
+        alignment = alignment_of(data)
         deformation = Deformation(
             np.asarray(data["displacement"], np.float32),
             np.asarray(data["grid_affine"], np.float64),
@@ -94,3 +115,33 @@ def cached_registration(
     Path(cache).mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, _to_bytes(propagation))
     return propagation
+
+
+def cached_alignment(
+    cache: Path,
+    atlas_image: np.ndarray,
+    atlas_affine: np.ndarray,
+    image: np.ndarray,
+    affine: np.ndarray,
+) -> Alignment:
+    """The affine registration of a case to the atlas (scan <- atlas, as inference computes it for a scan), from
+    ``cache`` or computed and stored there. A registration that diverged or found nothing to register is kept as
+    refused (``accepted`` False), so it is not attempted again."""
+    key = registration_key(atlas_image, atlas_affine, image, affine, ALIGNMENT_VERSION)
+    path = Path(cache) / f"{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return alignment_of(data)
+        except (OSError, ValueError, KeyError):
+            path.unlink(missing_ok=True)  # a damaged cache file is recomputed
+    try:
+        alignment = register_atlas(atlas_image, atlas_affine, image, affine, stage="affine").alignment
+    except LabelSharingSegError as error:
+        alignment = Alignment(np.eye(4), float("nan"), accepted=False, warning=str(error))
+    assert alignment is not None
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **alignment_arrays(alignment))
+    Path(cache).mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, buffer.getvalue())
+    return alignment
