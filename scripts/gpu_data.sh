@@ -4,6 +4,11 @@
 # float32 size; the largest change is about 1e-5 of the intensity range. Labels and the other files are copied as
 # they are.
 # Usage: bash scripts/gpu_data.sh DATASET_DIR...   (e.g. the 2 mm Dataset801_BrainAAL of `lsseg data build`)
+# ALIGN=1 also registers every training case of each copy to its atlas (the first training case) for
+# `lsseg train lcs --align-cases affine`, kept in .gpudata/alignments: the GPU machine has no SimpleITK and trains
+# from them (pass `--align-cases affine --registration-cache .gpudata/alignments`). The atlas grid depends on the
+# spacing and the network's depth: ALIGN_SPACING (default 2,2,2) and ALIGN_CHANNELS (default 16,32,64,128,256,
+# gpu_lcs_vs_mc.sh's) must be the GPU run's.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 grep -qx '/.gpudata/' "$root/.git/info/exclude" 2>/dev/null || echo '/.gpudata/' >> "$root/.git/info/exclude"
@@ -25,5 +30,12 @@ for path in sorted(Path(sys.argv[1]).glob("images*/*.nii.gz")):
     compact.set_data_dtype(np.int16)  # nibabel chooses the scale factor
     nib.save(compact, path)
 PY
+    if [ "${ALIGN:-0}" = 1 ]; then  # one CPU step of the GPU run's LCS: it registers every case first
+        scratch=$(mktemp -d)
+        "$root/.venv/bin/lsseg" train lcs --data "$dst" --out "$scratch/lcs" --align-cases affine \
+            --registration-cache "$root/.gpudata/alignments" --spacing "${ALIGN_SPACING:-2,2,2}" \
+            --channels "${ALIGN_CHANNELS:-16,32,64,128,256}" --steps 1 --batch 2 --seed 0 --device cpu --val-fraction 0
+        rm -rf "$scratch"
+    fi
 done
 du -sh "$root/.gpudata"/*

@@ -20,7 +20,10 @@ data=${DATA:-$PWD/.gpudata/Dataset801_BrainAAL}
 work=${WORK:-/tmp/lcs-vs-mc}
 rm -rf "$work" && mkdir -p "$work"
 # RUNS: the trainings, "name method [options]" separated by ';' (e.g. to test an LCS lever at this budget:
-# RUNS="lcs-k8 lcs --labels-per-image 8; multichannel multichannel"); each gets an equal share of 15 cores
+# RUNS="lcs-k8 lcs --labels-per-image 8; multichannel multichannel"); each gets an equal share of 15 cores.
+# LCS on cases registered to the atlas (the CPU's best LCS, docs/EXPERIMENTS.md): prepare with ALIGN=1
+# scripts/gpu_data.sh, then RUNS="lcs-aligned lcs --align-cases affine --registration-cache $PWD/.gpudata/alignments;
+# ..."; score its weights here with `lsseg evaluate` (alignment on), not by this script's --align off.
 RUNS=${RUNS:-"lcs-every-level lcs; lcs-paper lcs --conditioning bottleneck; multichannel multichannel"}
 IFS=';' read -ra runs <<< "$RUNS"
 if [ "${SMOKE:-0}" = 1 ]; then
