@@ -106,6 +106,10 @@ def test_aligned_cases_are_what_inference_shows_the_network(tmp_path, monkeypatc
     assert lsseg("train", "lcs", *again, "--registration-cache", cache, *TINY_3D) == 0
     pairs = zip(seen["method"].items, method.items, strict=True)
     assert all(torch.equal(a["image"], b["image"]) for a, b in pairs)
+    # without SimpleITK and without the registrations: one clear line, nothing written
+    fresh = ["--data", data, "--out", tmp_path / "fresh", "--steps", 1, "--align-cases", "affine"]
+    assert lsseg("train", "lcs", *fresh, "--registration-cache", tmp_path / "empty", *TINY_3D) == 2
+    assert not (tmp_path / "fresh").exists()
     monkeypatch.setitem(sys.modules, "SimpleITK", sitk)
 
     # trained as the paper trains, the same cases sit where their world coordinates put them: shifted off the atlas

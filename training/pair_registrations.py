@@ -21,7 +21,7 @@ import numpy as np
 
 from LabelSharingSegLib.engine.atomic import write_bytes_atomic
 from LabelSharingSegLib.engine.deformable import Deformation
-from LabelSharingSegLib.engine.errors import LabelSharingSegError
+from LabelSharingSegLib.engine.errors import InputError, LabelSharingSegError
 from LabelSharingSegLib.engine.propagation import Propagation, register_atlas
 from LabelSharingSegLib.engine.registration import Alignment
 
@@ -137,6 +137,11 @@ def cached_alignment(
             path.unlink(missing_ok=True)  # a damaged cache file is recomputed
     try:
         alignment = register_atlas(atlas_image, atlas_affine, image, affine, stage="affine").alignment
+    except ImportError as error:  # SimpleITK missing: the lent GPU machine, without a filled cache
+        raise InputError(
+            f"registering a case to the atlas needs SimpleITK ({error}); fill the registration cache on a machine "
+            "that has it (`ALIGN=1 scripts/gpu_data.sh`) and pass it with --registration-cache"
+        ) from error
     except LabelSharingSegError as error:
         alignment = Alignment(np.eye(4), float("nan"), accepted=False, warning=str(error))
     assert alignment is not None
