@@ -116,9 +116,7 @@ def test_aligned_cases_are_what_inference_shows_the_network(tmp_path, monkeypatc
     seen.clear()
     out = tmp_path / "as_placed"
     assert lsseg("train", "lcs", "--data", data, "--out", out, "--steps", 1, *TINY_3D) == 0
-    assert "align_cases" not in load_bundle(out).manifest.training or (
-        load_bundle(out).manifest.training["align_cases"] == "none"
-    )
+    assert load_bundle(out).manifest.training["align_cases"] == "none"
     shifted = [
         seen["method"].crop(item["label"][None])[0] for item in seen["method"].items + seen["val_items"]
     ]

@@ -118,14 +118,13 @@ def _aligned_cases(config: LCSRunConfig, checkpoint_dir, atlas: AtlasPlan, cases
     """(case id -> atlas-space affine, ids left out): the main process registers (or reads the cache), the
     others read what it stored."""
     cache = config.registration_cache or checkpoint_dir / "registrations"
-    quiet = config.settings.quiet
 
     def register(quiet: bool):
         return atlas_space_affines(cases, atlas.raw.numpy(), atlas.grid_affine, cache, quiet)
 
     if ctx.is_main:
         session.claim_folder(checkpoint_dir)  # the cache may live inside it
-        aligned, left_out = register(quiet)
+        aligned, left_out = register(config.settings.quiet)
         if left_out:
             print(f"registration to the atlas refused, case(s) left out: {', '.join(left_out)}", flush=True)
     ctx.barrier()
