@@ -173,6 +173,7 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
         val_labels=val_labels,
         labels_per_image=config.labels_per_image,
         loss=config.loss,
+        label_draw=config.label_draw,
     )
     max_value = len(atlas.lut) - 1
 
@@ -233,6 +234,7 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
                 merge_prob=config.merge_prob,
                 labels_per_image=config.labels_per_image,
                 loss=config.loss,
+                label_draw=config.label_draw,
                 align_cases=config.align_cases,
                 **({"left_out_cases": left_out} if left_out else {}),
                 **({} if settings.val_labels is None else {"validation_labels": val_labels}),

@@ -216,13 +216,15 @@ class LCSMethod:
         val_labels: list[int] | None = None,
         labels_per_image: int = 1,
         loss: str = "dice",
+        label_draw: str = "random",
     ):
         """``atlas_raw``: the atlas image on its grid, (X, Y, Z), before normalisation (as the bundle stores
         it); ``atlas_label``: (X, Y, Z) label values on the same grid; ``val_labels``: the label values
         validation scores (default: all ``label_values``; every label is decoded either way);
         ``labels_per_image``: labels conditioned on each sampled image per step (one encoder pass, that many
-        decoder passes; 1 in Ma et al. 2022); ``loss``: 'dice' (soft Dice, as the paper) or 'dice-bce' (plus
-        binary cross-entropy)."""
+        decoder passes; 1 in Ma et al. 2022); ``loss``: 'dice' (soft Dice, as the paper), 'dice-bce' (plus
+        binary cross-entropy) or 'competing' (the labels of one image in one softmax, ``competing_probabilities``);
+        ``label_draw``: the labels of one image beyond the first drawn 'random'ly or among its atlas 'neighbours'."""
         self.factor = network_config.downsample_factor
         self.spatial_dims = prep.spatial_dims
         self.spacing_mm = float(np.mean(prep.spacing))
@@ -231,12 +233,16 @@ class LCSMethod:
         self.merge_prob = merge_prob
         self.labels_per_image = labels_per_image
         self.loss_kind = loss
+        self.label_draw = label_draw
         self.grid = tuple(int(s) for s in atlas_label.shape)
         net_grid = self.grid[:2] if self.spatial_dims == 2 else self.grid
         self.pads = centred_pad_amounts(net_grid, self.factor)
         atlas_norm = normalise_intensity(torch.as_tensor(atlas_raw), prep.intensity)
         self.atlas_image = self._to_net(atlas_norm[None])  # (1, *net grid)
         self.atlas_label = self._to_net(torch.as_tensor(atlas_label)[None].float())[0].long()
+        self.neighbours = (
+            atlas_neighbours(self.atlas_label.numpy(), self.values) if label_draw == "neighbours" else {}
+        )
 
     def _to_net(self, volume: torch.Tensor) -> torch.Tensor:
         """(C, X, Y, Z) on the atlas grid -> (C, *net grid): 2D drops the singleton slice axis, then centred zero
@@ -291,12 +297,38 @@ class LCSMethod:
 
     def draw_label_sets(self, rng: np.random.Generator) -> list[list[int]]:
         """The label sets one sampled image is conditioned on this step: ``labels_per_image`` distinct first
-        labels (each possibly merged with another). One set draws exactly as ``draw_labels``."""
+        labels (each possibly merged with another). One set draws exactly as ``draw_labels``. For the competing
+        loss the sets are disjoint: a voxel's truth is then at most one of them, as a softmax needs."""
         if self.labels_per_image == 1:
             return [self.draw_labels(rng)]
         count = min(self.labels_per_image, len(self.values))
-        firsts = rng.choice(len(self.values), size=count, replace=False)
-        return [self._maybe_merged(rng, self.values[int(i)]) for i in firsts]
+        if self.label_draw == "neighbours":
+            firsts = self._first_and_neighbours(rng, count)
+        else:
+            firsts = [self.values[int(i)] for i in rng.choice(len(self.values), size=count, replace=False)]
+        if self.loss_kind != "competing":
+            return [self._maybe_merged(rng, first) for first in firsts]
+        taken, sets = set(firsts), []
+        for first in firsts:
+            chosen = [first]
+            free = [v for v in self.values if v not in taken]
+            if free and rng.random() < self.merge_prob:
+                chosen.append(free[int(rng.integers(len(free)))])
+                taken.add(chosen[-1])
+            sets.append(chosen)
+        return sets
+
+    def _first_and_neighbours(self, rng: np.random.Generator, count: int) -> list[int]:
+        """A first label at random, then up to ``count - 1`` of the labels bordering it on the atlas; random
+        others fill the rest, so every image has ``count`` labels."""
+        first = self.values[int(rng.integers(len(self.values)))]
+        near = self.neighbours.get(first, [])
+        chosen = [first] + [
+            near[int(i)] for i in rng.choice(len(near), size=min(count - 1, len(near)), replace=False)
+        ]
+        rest = [v for v in self.values if v not in chosen]
+        chosen += [rest[int(i)] for i in rng.choice(len(rest), size=count - len(chosen), replace=False)]
+        return chosen
 
     def batch(self, seed: int, rank: int, step: int, batch_size: int) -> dict:
         if getattr(self, "device_batches", None) is not None:
@@ -332,7 +364,10 @@ class LCSMethod:
         image = batch["image"].to(device)
         atlas = self._atlas_on(device)
         logits = model(image, atlas, batch["atlas_mask"].to(device)).float()
-        probs = torch.sigmoid(logits)
+        if self.loss_kind == "competing":
+            probs = competing_probabilities(logits, per_image=logits.shape[0] // image.shape[0])
+        else:
+            probs = torch.sigmoid(logits)
         target = batch["target"].to(device)
         dims = tuple(range(1, probs.ndim))
         soft = (2 * (probs * target).sum(dims) + 1.0) / (probs.sum(dims) + target.sum(dims) + 1.0)
@@ -371,6 +406,35 @@ class LCSMethod:
                 if not math.isnan(score):
                     scores.append(score)
         return float(np.mean(scores)) if scores else float("nan")
+
+
+def competing_probabilities(logits: torch.Tensor, per_image: int) -> torch.Tensor:
+    """(B * K, 1, ...) logits, K consecutive ones conditioned on one image -> (B * K, 1, ...) probabilities of one
+    softmax per image over its K logits and a fixed 0 logit for 'none of them'.
+
+    Inference gives a voxel the label of the largest logit, or background where no sigmoid reaches 0.5, i.e. no
+    logit beats 0: exactly the argmax of this softmax. With K = 1 it is the sigmoid."""
+    grouped = logits.reshape(-1, per_image, *logits.shape[2:])
+    none = torch.zeros_like(grouped[:, :1])
+    probs = torch.softmax(torch.cat([grouped, none], dim=1), dim=1)[:, :per_image]
+    return probs.reshape(logits.shape)
+
+
+def atlas_neighbours(atlas_label: np.ndarray, values: list[int]) -> dict[int, list[int]]:
+    """For each label value, the other values among ``values`` that touch it face to face on the atlas grid."""
+    wanted = np.asarray(sorted(values))
+    pairs = []
+    for axis in range(atlas_label.ndim):
+        lower = np.moveaxis(atlas_label, axis, 0)[:-1].ravel()
+        upper = np.moveaxis(atlas_label, axis, 0)[1:].ravel()
+        differ = (lower != upper) & np.isin(lower, wanted) & np.isin(upper, wanted)
+        pairs.append(np.stack([lower[differ], upper[differ]], axis=1))
+    found = np.unique(np.concatenate(pairs), axis=0)
+    neighbours: dict[int, set[int]] = {int(v): set() for v in wanted}
+    for a, b in found:
+        neighbours[int(a)].add(int(b))
+        neighbours[int(b)].add(int(a))
+    return {v: sorted(near) for v, near in neighbours.items()}
 
 
 def voronoi_seeds(mask: np.ndarray, affine: np.ndarray, parts: int, rng: np.random.Generator) -> np.ndarray:

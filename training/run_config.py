@@ -54,8 +54,12 @@ DEFAULT_LCS_CONDITIONING = "every-level"
 # kept the old tasks within 0.01 (docs/EXPERIMENTS.md, "Incremental learning: the new task's share").
 EQUAL_SHARE = "equal"
 DEFAULT_NEW_TASK_SHARE: float | str = EQUAL_SHARE
-# soft Dice on the conditioned label (Ma et al. 2022), or plus binary cross-entropy
-LCS_LOSSES = ("dice", "dice-bce")
+# soft Dice on the conditioned label (Ma et al. 2022), or plus binary cross-entropy, or soft Dice on the labels
+# conditioned on one image competing in one softmax with a fixed 'none of them' logit, as inference decides
+LCS_LOSSES = ("dice", "dice-bce", "competing")
+# how the labels conditioned on one image are drawn beyond the first: anywhere, or among the atlas labels that border
+# the first (where inference decides between labels)
+LCS_LABEL_DRAWS = ("random", "neighbours")
 # none: training cases where their world coordinates put them (Ma et al. 2022); affine: each registered to the atlas
 # first, as inference registers a scan (case_alignment.py)
 LCS_CASE_ALIGNMENTS = ("none", "affine")
@@ -327,6 +331,7 @@ class LCSRunConfig:
     conditioning: str | None = None
     labels_per_image: int = 1
     loss: str = "dice"
+    label_draw: str = "random"
     align_cases: str = "none"
 
     def __post_init__(self) -> None:
@@ -356,12 +361,23 @@ class LCSRunConfig:
         )
         _require(self.loss in LCS_LOSSES, f"--loss must be one of {', '.join(LCS_LOSSES)}, got {self.loss!r}")
         _require(
+            self.label_draw in LCS_LABEL_DRAWS,
+            f"--label-draw must be one of {', '.join(LCS_LABEL_DRAWS)}, got {self.label_draw!r}",
+        )
+        # with one label per image both would train exactly the paper's network under another name
+        _require(
+            self.labels_per_image >= 2 or (self.loss != "competing" and self.label_draw == "random"),
+            "--loss competing and --label-draw neighbours decide between the labels of one image: "
+            "give --labels-per-image 2 or more",
+        )
+        _require(
             self.align_cases in LCS_CASE_ALIGNMENTS,
             f"--align-cases must be one of {', '.join(LCS_CASE_ALIGNMENTS)}, got {self.align_cases!r}",
         )
         _require(
             self.arch == "lcs" or self.lcs_variant_options() == {},
-            f"--conditioning, --labels-per-image, --loss and --align-cases are options of --arch lcs, not {self.arch}",
+            "--conditioning, --labels-per-image, --loss, --label-draw and --align-cases are options of --arch lcs, "
+            f"not {self.arch}",
         )
         # a network trained on cases registered to the atlas expects scans registered to the atlas, which is what
         # inference does for a bundle without a reference; a reference would show them elsewhere
@@ -389,12 +405,14 @@ class LCSRunConfig:
             "conditioning": self.conditioning,
             "labels_per_image": self.labels_per_image,
             "loss": self.loss,
+            "label_draw": self.label_draw,
             "align_cases": self.align_cases,
         }
         published = {
             "conditioning": PUBLISHED_LCS_CONDITIONING,
             "labels_per_image": 1,
             "loss": "dice",
+            "label_draw": "random",
             "align_cases": "none",
         }
         return {k: v for k, v in chosen.items() if v != published[k]}

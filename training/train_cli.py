@@ -26,6 +26,7 @@ from .run_config import (
     LCS_ARCHS,
     LCS_CASE_ALIGNMENTS,
     LCS_CONDITIONINGS,
+    LCS_LABEL_DRAWS,
     LCS_LOSSES,
     OPTIMIZERS,
     SCHEDULES,
@@ -337,7 +338,17 @@ def register(subparsers) -> None:
         "--loss",
         choices=LCS_LOSSES,
         default="dice",
-        help="soft Dice on the conditioned label (the paper, default) or soft Dice plus binary cross-entropy",
+        help="dice: soft Dice on each conditioned label alone (the paper, default); dice-bce: plus binary "
+        "cross-entropy; competing: the K labels of one image (--labels-per-image) compete in one softmax with a "
+        "fixed 'none of them' logit, which is how `lsseg segment` decides between labels, then soft Dice",
+    )
+    variants.add_argument(
+        "--label-draw",
+        choices=LCS_LABEL_DRAWS,
+        default="random",
+        help="with --labels-per-image K > 1, how the labels beyond the first are drawn: random (distinct, "
+        "anywhere; default) or neighbours (among the atlas labels bordering the first, where decisions between "
+        "labels happen; filled at random when it has fewer)",
     )
     variants.add_argument(
         "--align-cases",
@@ -475,6 +486,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             conditioning=args.conditioning,
             labels_per_image=args.labels_per_image,
             loss=args.loss,
+            label_draw=args.label_draw,
             align_cases=args.align_cases,
         )
     if args.kind == "add-task":
