@@ -23,7 +23,9 @@ rm -rf "$work" && mkdir -p "$work"
 # RUNS="lcs-k8 lcs --labels-per-image 8; multichannel multichannel"); each gets an equal share of 15 cores.
 # LCS on cases registered to the atlas (the CPU's best LCS, docs/EXPERIMENTS.md): prepare with ALIGN=1
 # scripts/gpu_data.sh, then RUNS="lcs-aligned lcs --align-cases affine --registration-cache $PWD/.gpudata/alignments;
-# ..."; score its weights here with `lsseg evaluate` (alignment on), not by this script's --align off.
+# ..."; score its weights here with `lsseg evaluate` (alignment on), not by this script's --align off. On the CPU
+# four labels per image added +0.03/+0.04 to aligned LCS (docs/EXPERIMENTS.md, "Deciding between labels"): the run
+# that says whether it holds here is "lcs-aligned-k4 lcs --align-cases affine --labels-per-image 4 ...".
 RUNS=${RUNS:-"lcs-every-level lcs; lcs-paper lcs --conditioning bottleneck; multichannel multichannel"}
 IFS=';' read -ra runs <<< "$RUNS"
 if [ "${SMOKE:-0}" = 1 ]; then
