@@ -94,7 +94,7 @@ def test_competing_sets_are_disjoint_and_neighbours_come_first():
     assert merged > 100  # merges still happen, drawn from the labels left free
 
 
-def test_competing_loss_trains_and_its_gradient_reaches_every_label():
+def test_competing_loss_gives_every_parameter_a_finite_gradient():
     method = _method(labels_per_image=2, loss="competing", label_draw="neighbours", merge_prob=0.0)
     atlas = torch.as_tensor(_stripes())
     items = method.prepare_items([{"image": atlas[None].float(), "label": atlas}])

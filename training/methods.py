@@ -288,10 +288,12 @@ class LCSMethod:
         first = self.values[int(rng.integers(len(self.values)))]
         return self._maybe_merged(rng, first)
 
-    def _maybe_merged(self, rng: np.random.Generator, first: int) -> list[int]:
+    def _maybe_merged(self, rng: np.random.Generator, first: int, taken: set[int] | None = None) -> list[int]:
+        """``first``, merged with a partner in ``merge_prob`` of the draws; the partner avoids ``taken``
+        (default: ``first`` alone)."""
+        others = [v for v in self.values if v not in (taken or {first})]
         chosen = [first]
-        if len(self.values) > 1 and rng.random() < self.merge_prob:
-            others = [v for v in self.values if v != first]
+        if others and rng.random() < self.merge_prob:
             chosen.append(others[int(rng.integers(len(others)))])
         return chosen
 
@@ -310,12 +312,8 @@ class LCSMethod:
             return [self._maybe_merged(rng, first) for first in firsts]
         taken, sets = set(firsts), []
         for first in firsts:
-            chosen = [first]
-            free = [v for v in self.values if v not in taken]
-            if free and rng.random() < self.merge_prob:
-                chosen.append(free[int(rng.integers(len(free)))])
-                taken.add(chosen[-1])
-            sets.append(chosen)
+            sets.append(self._maybe_merged(rng, first, taken))
+            taken.update(sets[-1])
         return sets
 
     def _first_and_neighbours(self, rng: np.random.Generator, count: int) -> list[int]:
