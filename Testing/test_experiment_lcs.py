@@ -147,3 +147,33 @@ def test_coarse_to_fine_table_has_every_registration_baseline(tmp_path):
     assert "Registration baselines: not measured" in "\n".join(
         _coarse_section(table1, [], {}, "m", Root(), [])
     )
+
+
+def test_aligned_variants_pair_with_the_run_they_change_and_need_3d(tmp_path):
+    flat = phantoms(tmp_path / "flat", tasks=1, cases=3)[0]
+    refused = tmp_path / "refused"
+    command = ["experiment", "lcs", "--data", flat, "--out", refused, "--steps", 2, "--channels", "4,8,16"]
+    command += ["--device", "cpu", "--threads", 1, "--variants", "every-level", "aligned-k4"]
+    assert lsseg(*command) == 2
+    assert not refused.exists()  # refused before anything trained or was written
+
+    data = phantoms(tmp_path / "data", tasks=1, dims=3, size=24, cases=3)[0]
+    out = tmp_path / "exp"
+    command = ["experiment", "lcs", "--data", data, "--out", out, "--steps", 2, "--label-counts", "3"]
+    command += ["--memory-label-counts", "2", "--channels", "4,8,16", "--device", "cpu", "--threads", 1]
+    command += ["--variants", "every-level", "every-level-aligned", "aligned-k4", "aligned-k4-competing"]
+    assert lsseg(*command) == 0
+    report = (out / "report.md").read_text()
+    rows = {
+        line.split(" | ")[0].lstrip("| "): line for line in report.splitlines() if line.startswith("| lcs ")
+    }
+    # each one is compared with the run it changes by one option, not with the published LCS
+    assert rows["lcs every-level"].endswith("|") and " vs " not in rows["lcs every-level"]
+    assert " vs every-level |" in rows["lcs every-level-aligned"]
+    assert " vs every-level-aligned |" in rows["lcs aligned-k4"]
+    assert " vs aligned-k4 |" in rows["lcs aligned-k4-competing"]
+    manifest = (out / "runs" / "lcs_aligned-k4-competing" / "bundle.json").read_text()
+    for option in ('"align_cases": "affine"', '"labels_per_image": 4', '"loss": "competing"',
+                   '"label_draw": "neighbours"', '"conditioning": "every-level"'):  # fmt: skip
+        assert option in manifest, option
+    assert '"loss": "competing"' not in (out / "runs" / "lcs_aligned-k4" / "bundle.json").read_text()

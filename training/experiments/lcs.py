@@ -99,6 +99,9 @@ def run_lcs(
     if any(k < 1 for k in memory_counts):
         raise InputError("--memory-label-counts must be positive")
     dims, memory_size = _memory_size(dataset, budget)
+    aligned = [v.name for v in chosen if v.options.get("align_cases", "none") != "none"]
+    if aligned and dims != 3:  # refused before any run trains, not after the others
+        raise InputError(f"--variants {', '.join(aligned)} register cases to the atlas: they need 3D data")
     config = {
         "experiment": "lcs",
         "data": str(Path(dataset.root).resolve()),

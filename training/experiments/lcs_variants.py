@@ -16,7 +16,11 @@ count, each changing one thing the issue suspects, under the published LCS's bud
 * ``every-level-reseeded`` - ``every-level`` with the next seed: its difference to ``reseeded`` repeats the
   conditioning comparison on a second seed (a paired comparison; any ``NAME-reseeded`` pairs the same way);
 * ``every-level-aligned`` - the cases' pose: ``every-level`` with every training case registered to the atlas
-  first (affine), as inference registers a scan (paired with ``every-level``).
+  first (affine), as inference registers a scan (paired with ``every-level``);
+* ``aligned-k4``       - labels per step on top of that: ``every-level-aligned`` with 4 labels per image (paired
+  with ``every-level-aligned``);
+* ``aligned-k4-competing`` - inference's decision between labels: ``aligned-k4`` whose 4 labels compete in one
+  softmax, drawn among atlas neighbours (paired with ``aligned-k4``).
 
 Each image-sample budget (steps x batch) is the published LCS's except ``long``; ``labels-per-image`` spends more
 decoder passes per step, so the report gives every run's training seconds beside its Dice.
@@ -47,6 +51,7 @@ class LCSVariant:
     channel_factor: int = 1
     step_factor: int = 1  # above 1 only for the training-length variant
     seed_offset: int = 0
+    paired_with: str | None = None  # the variant it differs from by one change (None: the published LCS)
     coarse_to_fine: bool = (
         False  # also trained on the coarse labels for Table 1 (fine atlas labels never trained)
     )
@@ -75,6 +80,8 @@ class LCSVariant:
         )
 
 
+_ALIGNED = {"conditioning": "every-level", "align_cases": "affine"}  # the best LCS on the CPU so far
+
 LCS_VARIANTS = {
     v.name: v
     for v in (
@@ -101,6 +108,7 @@ LCS_VARIANTS = {
             "every-level conditioning, 4x the steps (paired with long)",
             {"conditioning": "every-level"},
             step_factor=4,
+            paired_with="long",
         ),
         LCSVariant(
             "combined",
@@ -115,12 +123,29 @@ LCS_VARIANTS = {
             "every-level conditioning, seed + 1 (paired with reseeded)",
             {"conditioning": "every-level"},
             seed_offset=1,
+            paired_with="reseeded",
         ),
         LCSVariant(
             "every-level-aligned",
             "the cases' pose",
             "every-level conditioning, each training case registered to the atlas first (paired with every-level)",
-            {"conditioning": "every-level", "align_cases": "affine"},
+            _ALIGNED,
+            paired_with="every-level",
+        ),
+        LCSVariant(
+            "aligned-k4",
+            "labels per step, cases registered",
+            "every-level-aligned with 4 labels per image (paired with every-level-aligned)",
+            {**_ALIGNED, "labels_per_image": 4},
+            paired_with="every-level-aligned",
+        ),
+        LCSVariant(
+            "aligned-k4-competing",
+            "inference's decision between labels",
+            "aligned-k4 with the 4 labels competing in one softmax, drawn among atlas neighbours (paired with "
+            "aligned-k4)",
+            {**_ALIGNED, "labels_per_image": 4, "loss": "competing", "label_draw": "neighbours"},
+            paired_with="aligned-k4",
         ),
     )
 }
@@ -195,14 +220,11 @@ def _best(curve: list[tuple[int, float]]) -> float:
 
 
 def _baseline_of(method: str, dice: dict) -> str:
-    """What a run is compared with: the published LCS, except that NAME-reseeded meets the reseeded published
-    LCS (same seed), NAME-long the published LCS trained as long and NAME-aligned the same network trained on
-    cases as they are."""
-    pairs = (("-reseeded", "lcs reseeded"), ("-long", "lcs long"), ("-aligned", "lcs every-level"))
-    for suffix, base in pairs:
-        if method.endswith(suffix) and base in dice:
-            return base
-    return "lcs"
+    """What a run is compared with: the variant it differs from by one change (``paired_with``) when that ran too,
+    else the published LCS."""
+    variant = next((v for v in LCS_VARIANTS.values() if v.method == method), None)
+    paired = f"lcs {variant.paired_with}" if variant is not None and variant.paired_with else None
+    return paired if paired in dice else "lcs"
 
 
 def section(
@@ -233,14 +255,14 @@ def section(
         versus = "" if method in ("lcs", "multichannel") else fmt(dice[method] - dice[base])
         if versus and spread is not None and method != control:
             versus += " (within spread)" if abs(dice[method] - dice[base]) <= spread else " (beyond spread)"
-            versus += f" vs {base.removeprefix('lcs ')}" if base != "lcs" else ""
+        versus += f" vs {base.removeprefix('lcs ')}" if versus and base != "lcs" else ""
         entries.append(
             [method, suspect, change, f["parameters"], round(f["seconds"]), f"{f['first_loss']:.3f} -> "
              f"{f['last_loss']:.3f}", _best(f["curve"]), dice[method], versus]
         )  # fmt: skip
     lines += table(
         ["run", "suspect tested", "change", "parameters", "seconds", "loss first -> last",
-         "best validation Dice", "test mean Dice", "minus published LCS trained alike"],
+         "best validation Dice", "test mean Dice", "minus the run it changes (published LCS unless named)"],
         entries,
     )  # fmt: skip
     if spread is not None:
