@@ -85,3 +85,26 @@ def test_bench_train_json_has_every_field_on_cpu(capsys):
             assert 0.0 <= r["data_wait_share"] <= 1.0 and r["data_ms_per_step"] >= 0
             assert r["peak_memory_mb"] > 0 and r["peak_memory_kind"] == "process_resident"
             assert r["gpu_utilisation"] is None  # no GPU: null, not a made-up number
+
+
+def test_bench_train_compares_settings_in_one_run(capsys):
+    argv = ["bench", "train", "--methods", "lcs", "--pipelines", "device", "--steps", "2", "--size-3d", "16"]
+    argv += ["--cases", "2", "--device", "cpu", "--train-args", "--channels 4,8,16 --batch 1", "--json"]
+    assert main([*argv, "--compare", "--labels-per-image 2", "--amp bf16"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out[out.index("{") :])
+    assert result["train_args"] == "--channels 4,8,16 --batch 1"
+    assert "steps_per_s_vs_baseline" not in result["methods"]["lcs"]["device"]  # the baseline itself
+    assert [c["train_args"] for c in result["compare"]] == ["--labels-per-image 2", "--amp bf16"]
+    for compared in result["compare"]:
+        row, base = compared["methods"]["lcs"]["device"], result["methods"]["lcs"]["device"]
+        assert row["steps_per_s_vs_baseline"] == round(row["steps_per_s"] / base["steps_per_s"], 3)
+        assert row["peak_memory_vs_baseline"] > 0
+    # the text report names each setting; a repeated or empty setting is refused
+    assert main([*argv[:-1], "--compare", "--labels-per-image 2"]) == 0
+    assert (
+        "with --labels-per-image 2 (steps/s and peak memory over the baseline's above):"
+        in capsys.readouterr().out
+    )
+    assert main([*argv, "--compare", "--amp bf16", " --amp bf16"]) == 2
+    assert main([*argv, "--compare", " "]) == 2

@@ -14,14 +14,13 @@ fi
 section "1. every method, device vs legacy pipeline, default settings"
 timeout 240 lsseg bench train --device $dev --steps $steps --repeats $repeats $small --json > "$OUT/bench_default.json" 2>> "$OUT/log.txt"
 
-section "2. levers, device pipeline, one at a time"
-levers=("--amp off" "--channels-last" "--loss-sync-every 1")
+section "2. levers, device pipeline, each against the defaults in the same run (--compare)"
+levers=("--amp off" "--channels-last" "--loss-sync-every 1" "--labels-per-image 3")  # the last: LCS only (its phantom has 3 labels)
 [ "${EXTRA:-0}" = 1 ] && levers+=("--fused-optimizer off")
-for lever in "${levers[@]}"; do
-    section "lever: $lever"
-    timeout 45 lsseg bench train --device $dev --methods labelsharing_2d,lcs --pipelines device --steps $steps $small \
-        "--train-args=$lever" --json >> "$OUT/bench_levers.jsonl" 2>> "$OUT/log.txt"
-done
+timeout 150 lsseg bench train --device $dev --methods lcs --pipelines device --steps $steps $small \
+    --compare "${levers[@]}" --json > "$OUT/bench_levers.jsonl" 2>> "$OUT/log.txt"
+timeout 60 lsseg bench train --device $dev --methods labelsharing_2d --pipelines device --steps $steps $small \
+    --compare "${levers[@]:0:3}" --json >> "$OUT/bench_levers.jsonl" 2>> "$OUT/log.txt"
 
 section "3. two trainings side by side vs one alone (LCS 3D, half the cores each)"
 data=/tmp/sbs

@@ -7,7 +7,9 @@ the mean GPU utilisation (NVML through ``torch.cuda.utilization``; null where un
 run's ``throughput.json``, plus the data time per step in milliseconds. The first step of every run is warm-up
 and not counted. ``device_vs_legacy`` is samples/s of the device pipeline over the legacy one and
 ``legacy_vs_device_data_time`` the ratio of their data time per step, measured one after the other in this
-process (``--repeats N``: alternately N times, each pipeline's fastest run kept).
+process (``--repeats N``: alternately N times, each pipeline's fastest run kept). ``--compare ARGS ...`` measures
+further settings (a lever, ``--labels-per-image 4``, ...) in the same run and gives each one's steps/s and peak
+memory as ratios to the baseline's.
 """
 
 from __future__ import annotations
@@ -69,6 +71,15 @@ def register(sub) -> None:
         help="extra `lsseg train` options for every run, e.g. '--channels 4,8,16 --batch 4' (default: none, "
         "i.e. each method's default settings)",
     )
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        default=[],
+        metavar="ARGS",
+        help="further `lsseg train` options, each measured in the same run beside --train-args alone (the "
+        "baseline) and reported as its ratio to it, e.g. --compare '--labels-per-image 4' '--amp off' (each on top "
+        "of --train-args; with --repeats the settings alternate too)",
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=run_train)
 
@@ -112,15 +123,19 @@ def run_train(args: argparse.Namespace) -> int:
 
     from LabelSharingSegLib.engine.errors import InputError
 
-    from .cli import main
     from .data.phantom import make_phantom_tasks
 
     methods = _choices(args.methods, METHODS, "methods")
     pipelines = _choices(args.pipelines, PIPELINES, "pipelines")
     if args.steps < 2 or args.repeats < 1:
         raise InputError("--steps must be at least 2 (the first step is warm-up) and --repeats at least 1")
+    compared = [c.strip() for c in args.compare]
+    if "" in compared or len(set(compared)) != len(compared):
+        raise InputError("--compare: each setting once, and none empty (the baseline is measured anyway)")
+    settings = ["", *compared]  # "" = the baseline: --train-args alone
     extra = shlex.split(args.train_args)
-    rows: dict[str, dict] = {}
+    # setting -> method -> pipeline -> its fastest row
+    rows: dict[str, dict[str, dict]] = {setting: {} for setting in settings}
     with tempfile.TemporaryDirectory(prefix="lsseg-bench-train-") as tmp:
         root = Path(tmp)
         data: dict[tuple[int, int], list[Path]] = {}
@@ -132,42 +147,19 @@ def run_train(args: argparse.Namespace) -> int:
                 data[key] = make_phantom_tasks(
                     root / f"data{dims}d{tasks}", tasks=tasks, dims=dims, size=size, cases=args.cases, seed=0
                 )
-            rows[name] = {}
-            for repeat, pipeline in [(r, p) for r in range(args.repeats) for p in pipelines]:
-                out = root / f"{name}_{pipeline}_{repeat}"
-                argv = ["train", command, "--data", *map(str, data[key]), "--out", str(out)]
-                argv += [
-                    "--steps",
-                    str(args.steps),
-                    "--val-fraction",
-                    "0",
-                    "--quiet",
-                    "--device",
-                    args.device,
-                ]
-                argv += ["--checkpoint-every", str(args.steps), "--pipeline", pipeline, "--sync-data-timing"]
-                argv += extra
-                with contextlib.redirect_stdout(io.StringIO()) as captured:
-                    code = main(argv)
-                if code != 0:
-                    raise InputError(
-                        f"bench run {name} / {pipeline} failed ({code}): {captured.getvalue()[-500:]}"
-                    )
-                ckpt = out.with_name(out.name + ".training")
-                row = _combine(sorted(ckpt.rglob(THROUGHPUT_FILE)))
-                best = rows[name].get(pipeline)
+            runs = [(r, i, p) for r in range(args.repeats) for i in range(len(settings)) for p in pipelines]
+            for repeat, index, pipeline in runs:
+                out = root / f"{name}_{index}_{pipeline}_{repeat}"
+                argv = [command, "--data", *map(str, data[key]), "--out", str(out)] + extra
+                row = _measure(argv + shlex.split(settings[index]), args, pipeline, f"{name} / {pipeline}")
+                best = rows[settings[index]].setdefault(name, {}).get(pipeline)
                 if best is None or row["samples_per_s"] > best["samples_per_s"]:
-                    rows[name][pipeline] = row
-            if "device" in rows[name] and "legacy" in rows[name]:
-                legacy = rows[name]["legacy"]["samples_per_s"]
-                rows[name]["device_vs_legacy"] = round(
-                    rows[name]["device"]["samples_per_s"] / max(legacy, 1e-9), 3
-                )
-                data_device = max(rows[name]["device"]["data_ms_per_step"], 1e-6)
-                rows[name]["legacy_vs_device_data_time"] = round(
-                    rows[name]["legacy"]["data_ms_per_step"] / data_device, 3
-                )
-    first = next(iter(next(iter(rows.values())).values()))
+                    rows[settings[index]][name][pipeline] = row
+            for setting in settings:
+                _pipeline_ratios(rows[setting][name])
+                if setting:
+                    _baseline_ratios(rows[setting][name], rows[""][name], pipelines)
+    first = next(iter(next(iter(rows[""].values())).values()))
     result = {
         "device": first["device"],
         "device_name": first["device_name"],
@@ -175,29 +167,77 @@ def run_train(args: argparse.Namespace) -> int:
         "steps": args.steps,
         "repeats": args.repeats,
         "train_args": args.train_args,
-        "methods": rows,
+        "methods": rows[""],
+        "compare": [{"train_args": setting, "methods": rows[setting]} for setting in settings[1:]],
     }
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
+    _print_table(result, pipelines)
+    return 0
+
+
+def _measure(train_argv: list[str], args: argparse.Namespace, pipeline: str, what: str) -> dict:
+    """One real `lsseg train` run (``train_argv`` after ``train``) through ``pipeline``: its throughput row."""
+    from LabelSharingSegLib.engine.errors import InputError
+
+    from .cli import main
+
+    out = Path(train_argv[train_argv.index("--out") + 1])
+    argv = ["train", *train_argv, "--steps", str(args.steps), "--val-fraction", "0", "--quiet"]
+    argv += ["--device", args.device, "--checkpoint-every", str(args.steps), "--pipeline", pipeline]
+    argv += ["--sync-data-timing"]
+    with contextlib.redirect_stdout(io.StringIO()) as captured:
+        code = main(argv)
+    if code != 0:
+        raise InputError(f"bench run {what} failed ({code}): {captured.getvalue()[-500:]}")
+    return _combine(sorted(out.with_name(out.name + ".training").rglob(THROUGHPUT_FILE)))
+
+
+def _pipeline_ratios(row: dict) -> None:
+    """The device pipeline against the legacy one, where both ran."""
+    if "device" in row and "legacy" in row:
+        legacy = row["legacy"]["samples_per_s"]
+        row["device_vs_legacy"] = round(row["device"]["samples_per_s"] / max(legacy, 1e-9), 3)
+        data_device = max(row["device"]["data_ms_per_step"], 1e-6)
+        row["legacy_vs_device_data_time"] = round(row["legacy"]["data_ms_per_step"] / data_device, 3)
+
+
+def _baseline_ratios(row: dict, baseline: dict, pipelines: list[str]) -> None:
+    """A compared setting's steps/s and peak memory over the baseline's, per pipeline (same run, same data)."""
+    for pipeline in pipelines:
+        mine, base = row[pipeline], baseline[pipeline]
+        mine["steps_per_s_vs_baseline"] = round(mine["steps_per_s"] / max(base["steps_per_s"], 1e-9), 3)
+        if mine["peak_memory_mb"] is not None and base["peak_memory_mb"]:
+            mine["peak_memory_vs_baseline"] = round(mine["peak_memory_mb"] / base["peak_memory_mb"], 3)
+
+
+def _print_table(result: dict, pipelines: list[str]) -> None:
     print(
         f"training throughput on {result['device_name']} ({result['device']}, {result['threads']} threads), "
-        f"{args.steps} steps per run, first step not counted, best of {args.repeats}"
+        f"{result['steps']} steps per run, first step not counted, best of {result['repeats']}"
     )
     header = f"  {'method':16s} {'pipeline':8s} {'steps/s':>8s} {'samples/s':>10s} {'data wait':>9s} "
     print(header + f"{'data ms':>8s} {'peak MB':>8s} {'GPU util':>8s}")
-    for name, row in rows.items():
-        for pipeline in pipelines:
-            r = row[pipeline]
-            util = "n/a" if r["gpu_utilisation"] is None else f"{r['gpu_utilisation']:.0f}%"
-            peak = "n/a" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
-            print(
-                f"  {name:16s} {pipeline:8s} {r['steps_per_s']:8.3f} {r['samples_per_s']:10.3f} "
-                f"{100 * r['data_wait_share']:8.1f}% {r['data_ms_per_step']:8.1f} {peak:>8s} {util:>8s}"
-            )
-        if "device_vs_legacy" in row:
-            print(
-                f"  {name:16s} device / legacy samples/s: {row['device_vs_legacy']:.2f}x; legacy / device data "
-                f"time per step: {row['legacy_vs_device_data_time']:.2f}x"
-            )
-    return 0
+    for setting in [{"train_args": "", "methods": result["methods"]}, *result["compare"]]:
+        if setting["train_args"]:
+            print(f"  with {setting['train_args']} (steps/s and peak memory over the baseline's above):")
+        for name, row in setting["methods"].items():
+            for pipeline in pipelines:
+                r = row[pipeline]
+                util = "n/a" if r["gpu_utilisation"] is None else f"{r['gpu_utilisation']:.0f}%"
+                peak = "n/a" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
+                versus = ""
+                if "steps_per_s_vs_baseline" in r:
+                    versus = f"  {r['steps_per_s_vs_baseline']:.2f}x steps/s"
+                    if "peak_memory_vs_baseline" in r:
+                        versus += f", {r['peak_memory_vs_baseline']:.2f}x memory"
+                print(
+                    f"  {name:16s} {pipeline:8s} {r['steps_per_s']:8.3f} {r['samples_per_s']:10.3f} "
+                    f"{100 * r['data_wait_share']:8.1f}% {r['data_ms_per_step']:8.1f} {peak:>8s} {util:>8s}{versus}"
+                )
+            if "device_vs_legacy" in row:
+                print(
+                    f"  {name:16s} device / legacy samples/s: {row['device_vs_legacy']:.2f}x; legacy / device "
+                    f"data time per step: {row['legacy_vs_device_data_time']:.2f}x"
+                )
