@@ -215,8 +215,8 @@ ROWS = [
             *TINY,
         ],
         2,
-        "--conditioning, --labels-per-image, --loss, --label-draw and --align-cases are options of --arch lcs, "
-        "not lcs_refine",
+        "--conditioning, --labels-per-image, --loss, --label-draw, --align-cases and --label-codes are options of "
+        "--arch lcs, not lcs_refine",
     ),  # fmt: skip
     Row(
         "time-limit-zero",

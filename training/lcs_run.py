@@ -159,8 +159,9 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
     train_cases, val_cases = split_cases(others, settings.val_fraction, settings.seed)
     if config.align_cases == "affine" and atlas.prep.spatial_dims != 3:
         raise InputError("--align-cases affine needs 3D data: a 2D case cannot be registered to the atlas")
+    codes = {"label_codes": len(atlas.present)} if config.label_codes else {}  # code k: the k-th atlas label
     network = factory.network_config_for(
-        "lcs", [], atlas.prep.spatial_dims, list(settings.channels), conditioning=config.conditioning
+        "lcs", [], atlas.prep.spatial_dims, list(settings.channels), conditioning=config.conditioning, **codes
     )
     val_labels = _validation_sample(dataset, atlas, settings)
     method = LCSMethod(
@@ -174,6 +175,7 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
         labels_per_image=config.labels_per_image,
         loss=config.loss,
         label_draw=config.label_draw,
+        label_codes=config.label_codes,
     )
     max_value = len(atlas.lut) - 1
 
@@ -236,6 +238,7 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
                 loss=config.loss,
                 label_draw=config.label_draw,
                 align_cases=config.align_cases,
+                label_codes=config.label_codes,
                 **({"left_out_cases": left_out} if left_out else {}),
                 **({} if settings.val_labels is None else {"validation_labels": val_labels}),
             )

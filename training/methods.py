@@ -195,6 +195,7 @@ class TaskMethod:
 
 
 VALIDATION_CHUNK = 16  # LCS conditionings decoded at once in validation (bounds its memory)
+UNCODED_SHARE = 0.25  # with --label-codes: single labels trained without their code, as drawn labels come
 
 
 class LCSMethod:
@@ -217,6 +218,7 @@ class LCSMethod:
         labels_per_image: int = 1,
         loss: str = "dice",
         label_draw: str = "random",
+        label_codes: bool = False,
     ):
         """``atlas_raw``: the atlas image on its grid, (X, Y, Z), before normalisation (as the bundle stores
         it); ``atlas_label``: (X, Y, Z) label values on the same grid; ``val_labels``: the label values
@@ -224,7 +226,8 @@ class LCSMethod:
         ``labels_per_image``: labels conditioned on each sampled image per step (one encoder pass, that many
         decoder passes; 1 in Ma et al. 2022); ``loss``: 'dice' (soft Dice, as the paper), 'dice-bce' (plus
         binary cross-entropy) or 'competing' (the labels of one image in one softmax, ``competing_probabilities``);
-        ``label_draw``: the labels of one image beyond the first drawn 'random'ly or among its atlas 'neighbours'."""
+        ``label_draw``: the labels of one image beyond the first drawn 'random'ly or among its atlas 'neighbours';
+        ``label_codes``: the network has a code per label (code k: ``label_values[k - 1]``, 0: none)."""
         self.factor = network_config.downsample_factor
         self.spatial_dims = prep.spatial_dims
         self.spacing_mm = float(np.mean(prep.spacing))
@@ -234,6 +237,7 @@ class LCSMethod:
         self.labels_per_image = labels_per_image
         self.loss_kind = loss
         self.label_draw = label_draw
+        self.code_of = {v: k + 1 for k, v in enumerate(self.values)} if label_codes else None
         self.grid = tuple(int(s) for s in atlas_label.shape)
         net_grid = self.grid[:2] if self.spatial_dims == 2 else self.grid
         self.pads = centred_pad_amounts(net_grid, self.factor)
@@ -328,14 +332,26 @@ class LCSMethod:
         chosen += [rest[int(i)] for i in rng.choice(len(rest), size=count - len(chosen), replace=False)]
         return chosen
 
+    def draw_codes(self, rng: np.random.Generator, label_sets: list[list[int]]) -> list[int]:
+        """The code each drawn label set is decoded with: its label's code, or 0 (none) for a merged pair and for
+        ``UNCODED_SHARE`` of single labels, so the uncoded path that drawn atlas labels take keeps training. Draws
+        nothing from ``rng`` without codes (those runs' draws stay as they were)."""
+        if self.code_of is None:
+            return []
+        return [
+            self.code_of[chosen[0]] if len(chosen) == 1 and rng.random() >= UNCODED_SHARE else 0
+            for chosen in label_sets
+        ]
+
     def batch(self, seed: int, rank: int, step: int, batch_size: int) -> dict:
         if getattr(self, "device_batches", None) is not None:
             return self.device_batches(seed, rank, step, batch_size)
         rng = step_rng(seed, rank, step)
-        images, masks, targets = [], [], []
+        images, masks, targets, codes = [], [], [], []
         for _ in range(batch_size):
             item = self.items[int(rng.integers(len(self.items)))]
             label_sets = self.draw_label_sets(rng)
+            codes += self.draw_codes(rng, label_sets)
             image = item["image"]
             if self.augmentation is not None:
                 self.augmentation.set_random_state(seed=int(rng.integers(2**31)))
@@ -348,6 +364,7 @@ class LCSMethod:
             "image": torch.stack(images),
             "atlas_mask": torch.stack(masks),
             "target": torch.stack(targets),
+            **({"codes": torch.tensor(codes)} if self.code_of is not None else {}),
         }
 
     def _atlas_on(self, device: torch.device) -> torch.Tensor:
@@ -361,7 +378,8 @@ class LCSMethod:
     def loss(self, model, batch: dict, device: torch.device) -> torch.Tensor:
         image = batch["image"].to(device)
         atlas = self._atlas_on(device)
-        logits = model(image, atlas, batch["atlas_mask"].to(device)).float()
+        codes = batch["codes"].to(device) if "codes" in batch else None
+        logits = model(image, atlas, batch["atlas_mask"].to(device), codes).float()
         if self.loss_kind == "competing":
             probs = competing_probabilities(logits, per_image=logits.shape[0] // image.shape[0])
         else:
@@ -391,7 +409,8 @@ class LCSMethod:
             for start in range(0, len(self.values), VALIDATION_CHUNK):
                 chosen = self.values[start : start + VALIDATION_CHUNK]
                 masks = torch.stack([(self.atlas_label == v)[None].float() for v in chosen]).to(device)
-                logits = net.decode_conditioned(encoded, net.condition(atlas, masks))
+                codes = None if self.code_of is None else torch.tensor([self.code_of[v] for v in chosen])
+                logits = net.decode_conditioned(encoded, net.condition(atlas, masks), codes)
                 probs = torch.sigmoid(logits.float())[:, 0].cpu()
                 best, best_index = keep_most_probable(best, best_index, probs, start)
             decided = torch.where(

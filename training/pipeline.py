@@ -201,10 +201,11 @@ class LCSBatches:
 
     def __call__(self, seed: int, rank: int, step: int, batch_size: int) -> dict:
         rng = step_rng(seed, rank, step)
-        images, masks, targets, labels, distances = [], [], [], [], []
+        images, masks, targets, labels, distances, codes = [], [], [], [], [], []
         for _ in range(batch_size):
             index = int(rng.integers(len(self.images)))
             label_sets = self.method.draw_label_sets(rng)
+            codes += self.method.draw_codes(rng, label_sets)
             images.append(self.images[index])
             labels.append(self.labels[index])
             if self.distances is not None:
@@ -224,7 +225,10 @@ class LCSBatches:
             else:
                 image = self.appearance(rng, generator, image, torch.stack(labels))
                 image = vary_intensity(rng, generator, image)
-        return {"image": image, "atlas_mask": torch.stack(masks), "target": torch.stack(targets)}
+        batch = {"image": image, "atlas_mask": torch.stack(masks), "target": torch.stack(targets)}
+        if self.method.code_of is not None:
+            batch["codes"] = torch.tensor(codes, device=self.device)
+        return batch
 
 
 NEARNESS_MM = 10.0  # length scale of the nearness channel

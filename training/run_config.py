@@ -333,6 +333,7 @@ class LCSRunConfig:
     loss: str = "dice"
     label_draw: str = "random"
     align_cases: str = "none"
+    label_codes: bool = False  # a learned code per trained atlas label beside its mask (networks.LCSNet)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
@@ -376,8 +377,8 @@ class LCSRunConfig:
         )
         _require(
             self.arch == "lcs" or self.lcs_variant_options() == {},
-            "--conditioning, --labels-per-image, --loss, --label-draw and --align-cases are options of --arch lcs, "
-            f"not {self.arch}",
+            "--conditioning, --labels-per-image, --loss, --label-draw, --align-cases and --label-codes are options "
+            f"of --arch lcs, not {self.arch}",
         )
         # a network trained on cases registered to the atlas expects scans registered to the atlas, which is what
         # inference does for a bundle without a reference; a reference would show them elsewhere
@@ -407,6 +408,7 @@ class LCSRunConfig:
             "loss": self.loss,
             "label_draw": self.label_draw,
             "align_cases": self.align_cases,
+            "label_codes": self.label_codes,
         }
         published = {
             "conditioning": PUBLISHED_LCS_CONDITIONING,
@@ -414,6 +416,7 @@ class LCSRunConfig:
             "loss": "dice",
             "label_draw": "random",
             "align_cases": "none",
+            "label_codes": False,
         }
         return {k: v for k, v in chosen.items() if v != published[k]}
 

@@ -358,6 +358,14 @@ def register(subparsers) -> None:
         "registered to the atlas first, as `lsseg segment` registers a scan (needs SimpleITK, or the alignments "
         "in $LSSEG_CACHE_DIR; not with --reference)",
     )
+    variants.add_argument(
+        "--label-codes",
+        action="store_true",
+        help="give the network a learned code per trained atlas label beside its mask (scaling and shifting every "
+        "decoder level; not in the paper): a voxel's label is then known by name as well as by its atlas mask. "
+        "Merged pairs and a quarter of the single labels train without a code, the path labels drawn on the atlas "
+        "later take",
+    )
     refine = p.add_argument_group(
         "refining registration (--arch lcs_refine; see docs/TRAINING.md)",
     )
@@ -488,6 +496,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             loss=args.loss,
             label_draw=args.label_draw,
             align_cases=args.align_cases,
+            label_codes=args.label_codes,
         )
     if args.kind == "add-task":
         return AddTaskConfig(

@@ -20,7 +20,9 @@ count, each changing one thing the issue suspects, under the published LCS's bud
 * ``aligned-k4``       - labels per step on top of that: ``every-level-aligned`` with 4 labels per image (paired
   with ``every-level-aligned``);
 * ``aligned-k4-competing`` - inference's decision between labels: ``aligned-k4`` whose 4 labels compete in one
-  softmax, drawn among atlas neighbours (paired with ``aligned-k4``).
+  softmax, drawn among atlas neighbours (paired with ``aligned-k4``);
+* ``aligned-codes``    - knowing the label by name: ``every-level-aligned`` with a learned code per trained label
+  beside its mask (``--label-codes``; paired with ``every-level-aligned``).
 
 Each image-sample budget (steps x batch) is the published LCS's except ``long``; ``labels-per-image`` spends more
 decoder passes per step, so the report gives every run's training seconds beside its Dice.
@@ -146,6 +148,14 @@ LCS_VARIANTS = {
             "aligned-k4)",
             {**_ALIGNED, "labels_per_image": 4, "loss": "competing", "label_draw": "neighbours"},
             paired_with="aligned-k4",
+        ),
+        LCSVariant(
+            "aligned-codes",
+            "knowing the label by name",
+            "every-level-aligned with a learned code per trained label beside its mask (paired with "
+            "every-level-aligned)",
+            {**_ALIGNED, "label_codes": True},
+            paired_with="every-level-aligned",
         ),
     )
 }

@@ -24,7 +24,7 @@ from .atlas_brain import background_level, keep_brain, network_brain, network_po
 from .atlas_methods import ATLAS_METHODS, default_atlas_method
 from .bundle import Bundle
 from .device import resolve_device
-from .errors import InputError
+from .errors import BundleError, InputError
 from .inference import (
     CancelCheck,
     ProgressCallback,
@@ -197,10 +197,33 @@ class PreparedLCS:
         return pad_spatial(m, self.pads).to(self.device)
 
 
+def atlas_label_codes(bundle: Bundle, masks, labels: Sequence[LabelInfo]) -> list[int] | None:
+    """The label code each mask is decoded with, for a network trained with codes (None otherwise): code k for
+    a mask that is exactly the bundle's k-th atlas label (atlas_labels.csv order, as training numbered them) under
+    its value, 0 ("no code") for anything else - a label drawn or edited on the atlas, a merged one."""
+    count = getattr(bundle.network_config, "label_codes", 0)
+    if not count:
+        return None
+    labelmap, _, infos = bundle.atlas_labels()
+    if len(infos) != count:
+        raise BundleError(
+            f"{bundle.path}: the network has {count} label codes but the atlas {len(infos)} labels"
+        )
+    code_of = {info.value: k + 1 for k, info in enumerate(infos)}
+    codes = []
+    for index, label in enumerate(labels):
+        code = code_of.get(label.value, 0)
+        if code and not np.array_equal(np.asarray(masks[index], dtype=bool), labelmap == label.value):
+            code = 0  # the value of a trained label, but not its atlas outline
+        codes.append(code)
+    return codes
+
+
 def lcs_probabilities_chunks(
-    network, prepared: PreparedLCS, masks: np.ndarray, chunk: int, report: _Reporter
+    network, prepared: PreparedLCS, masks: np.ndarray, chunk: int, report: _Reporter, codes=None
 ):
-    """Yield (first index, probabilities (n, *atlas grid)) per chunk; the encoder runs once."""
+    """Yield (first index, probabilities (n, *atlas grid)) per chunk; the encoder runs once. ``codes``: one
+    label code per mask (``atlas_label_codes``), or None."""
     with torch.no_grad(), _autocast(prepared.device):
         encoded = network.encode(prepared.target)
         for start in range(0, masks.shape[0], chunk):
@@ -211,7 +234,8 @@ def lcs_probabilities_chunks(
             conditioning = network.condition(
                 prepared.atlas, prepared.masks_tensor(masks[start : start + chunk])
             )
-            logits = network.decode_conditioned(encoded, conditioning)
+            chunk_codes = None if codes is None else torch.tensor(codes[start : start + chunk])
+            logits = network.decode_conditioned(encoded, conditioning, chunk_codes)
             probs = crop_spatial(torch.sigmoid(logits.float())[:, 0], prepared.pads).cpu()
             if prepared.dims == 2:
                 probs = probs[..., None]
@@ -233,6 +257,7 @@ class _LCSRun:
     prepared: PreparedLCS
     network: torch.nn.Module
     chunk: int
+    codes: list[int] | None
 
 
 def _lcs_setup(
@@ -260,7 +285,8 @@ def _lcs_setup(
     net = network if network is not None else bundle.build_network(torch_device)
     budget = memory_budget_mb if memory_budget_mb is not None else _default_budget_mb(torch_device)
     chunk = lcs_chunk_size(bundle.network_config, prepared.target.shape[2:], budget)
-    return _LCSRun(image, affine, masks, report, note, working_affine, alignment, prepared, net, chunk)
+    codes = atlas_label_codes(bundle, masks, labels)
+    return _LCSRun(image, affine, masks, report, note, working_affine, alignment, prepared, net, chunk, codes)
 
 
 def keep_most_probable(
@@ -324,7 +350,9 @@ def segment_atlas_labels(
     )
     best = torch.zeros(run.prepared.atlas_shape)
     best_index = torch.zeros(run.prepared.atlas_shape, dtype=torch.int32)
-    for start, probs in lcs_probabilities_chunks(run.network, run.prepared, run.masks, run.chunk, run.report):
+    for start, probs in lcs_probabilities_chunks(
+        run.network, run.prepared, run.masks, run.chunk, run.report, run.codes
+    ):
         best, best_index = keep_most_probable(best, best_index, probs, start)
     lookup = torch.tensor([label.value for label in labels], dtype=torch.int32)
     on_atlas = torch.where(best >= LCS_THRESHOLD, lookup[best_index.long()], torch.zeros_like(best_index))
@@ -366,7 +394,9 @@ def atlas_labels_independently(
         bundle, image, affine, masks, labels, device, progress, cancel, memory_budget_mb, network, align
     )
     out = np.zeros((run.masks.shape[0], *run.image.shape), dtype=bool)
-    for start, probs in lcs_probabilities_chunks(run.network, run.prepared, run.masks, run.chunk, run.report):
+    for start, probs in lcs_probabilities_chunks(
+        run.network, run.prepared, run.masks, run.chunk, run.report, run.codes
+    ):
         decided = (probs >= LCS_THRESHOLD).float()
         back = resample_to_grid(
             decided, run.working_affine, run.image.shape, mode="nearest", src_affine=run.prepared.atlas_affine

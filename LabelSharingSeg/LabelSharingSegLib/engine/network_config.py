@@ -170,6 +170,9 @@ class LCSConfig(BackboneConfig):
     out_channels: int = 1
     atlas_image_pool: str = "avg"
     conditioning: str = "bottleneck"
+    # learned codes of the trained atlas labels (not in the paper): each scales and shifts every decoder level for
+    # its label; code 0 is "no code", the path every label without one takes (drawn labels, merged pairs)
+    label_codes: int = 0
 
     def _check_own(self) -> None:
         if self.out_channels != 1:
@@ -178,6 +181,12 @@ class LCSConfig(BackboneConfig):
             )
         check_choice("network.atlas_image_pool", self.atlas_image_pool, POOLS)
         check_choice("network.conditioning", self.conditioning, LCS_CONDITIONINGS)
+        if (
+            not isinstance(self.label_codes, int)
+            or isinstance(self.label_codes, bool)
+            or self.label_codes < 0
+        ):
+            raise ConfigError(f"network.label_codes must be an integer >= 0 (got {shown(self.label_codes)})")
 
     @property
     def bottleneck_extra(self) -> int:
@@ -191,10 +200,13 @@ class LCSConfig(BackboneConfig):
         out = super().to_dict()
         if self.conditioning == "bottleneck":  # the paper's network keeps the manifest older readers know
             del out["conditioning"]
+        if not self.label_codes:
+            del out["label_codes"]
         return out
 
     def _head_parameters(self) -> int:
-        return self.channels[0] + 1
+        codes = 2 * (self.label_codes + 1) * sum(self.channels) if self.label_codes else 0
+        return self.channels[0] + 1 + codes
 
 
 # voxels each side a refine head's output depends on: its receptive field radius, one per 3^d convolution

@@ -120,17 +120,20 @@ class UNetBackbone(nn.Module):
         bottleneck_input: torch.Tensor,
         skips: list[torch.Tensor],
         level_inputs: list[torch.Tensor] | None = None,
+        modulate=None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (top-level decoder features, bottleneck features). ``level_inputs``: extra channels per
-        decoder level, coarsest first (``config.decoder_extra`` each)."""
+        decoder level, coarsest first (``config.decoder_extra`` each); ``modulate(features, level)``: applied to
+        the bottleneck's output (level 0) and each decoder level's (1, 2, ...), e.g. a FiLM."""
         bottom = self.bottleneck(bottleneck_input)
-        x = bottom
+        x = bottom if modulate is None else modulate(bottom, 0)
         for k, (up, block, skip) in enumerate(zip(self.upsamplers, self.decoder, reversed(skips))):
             x = up(x)
             parts = [x, share_batch(skip, x.shape[0])]
             if level_inputs is not None:
                 parts.append(level_inputs[k])
             x = block(torch.cat(parts, dim=1))
+            x = x if modulate is None else modulate(x, k + 1)
         return x, bottom
 
 
@@ -177,6 +180,14 @@ class LCSNet(nn.Module):
         # conditioning channels (config.bottleneck_extra): the atlas image channels + one binary mask
         self.backbone = UNetBackbone(config)
         self.head = _conv(config.spatial_dims)(self.backbone.out_features, 1, 1)
+        if config.label_codes:
+            self.widths = [config.channels[-1], *reversed(config.channels[:-1])]  # bottleneck, then up
+            # code 0 ("no code") stays zero (padding_idx: never updated), so decoding without codes is exactly
+            # decoding with code 0; the others start at zero too, the network as without codes
+            self.code_scale = nn.Embedding(config.label_codes + 1, sum(self.widths), padding_idx=0)
+            self.code_shift = nn.Embedding(config.label_codes + 1, sum(self.widths), padding_idx=0)
+            nn.init.zeros_(self.code_scale.weight)
+            nn.init.zeros_(self.code_shift.weight)
 
     def _pool(self, x: torch.Tensor, kind: str, factor: int) -> torch.Tensor:
         if factor == 1:
@@ -212,24 +223,53 @@ class LCSNet(nn.Module):
         return self.backbone.encode(image)
 
     def decode_conditioned(
-        self, encoded: tuple[list[torch.Tensor], torch.Tensor], conditioning: torch.Tensor | tuple
+        self,
+        encoded: tuple[list[torch.Tensor], torch.Tensor],
+        conditioning: torch.Tensor | tuple,
+        codes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Label-dependent part for a batch of B conditionings (from ``condition``) -> logits (B, 1, ...).
 
         ``encoded`` may come from fewer volumes than conditionings: one volume is broadcast to every
         conditioning, n volumes each serve B / n consecutive ones (several labels per volume in training).
+        ``codes``: (B,) label codes of a network with ``label_codes`` (0 or None: no code).
         """
         skips, bottom_in = encoded
         parts = conditioning if isinstance(conditioning, tuple) else (conditioning,)
         bottom_in = share_batch(bottom_in, parts[0].shape[0])
         levels = list(parts[1:]) if len(parts) > 1 else None
-        features, _ = self.backbone.decode(torch.cat([bottom_in, parts[0]], dim=1), skips, levels)
+        modulate = self._code_film(codes, parts[0].shape[0])
+        features, _ = self.backbone.decode(torch.cat([bottom_in, parts[0]], dim=1), skips, levels, modulate)
         return self.head(features)
 
+    def _code_film(self, codes: torch.Tensor | None, batch: int):
+        """``features * (1 + scale) + shift`` of each conditioning's code at every decoder level; None without
+        codes (the network as Ma et al. 2022 build it)."""
+        if codes is None or not self.config.label_codes:
+            return None
+        codes = codes.long().view(-1).to(self.code_scale.weight.device)
+        if codes.shape[0] != batch:
+            raise InputError(f"{codes.shape[0]} label codes for {batch} conditionings")
+        if bool(((codes < 0) | (codes > self.config.label_codes)).any()):
+            raise InputError(f"label codes must lie in 0-{self.config.label_codes}")
+        scales = self.code_scale(codes).split(self.widths, dim=1)
+        shifts = self.code_shift(codes).split(self.widths, dim=1)
+        shape = (batch, -1, *([1] * self.config.spatial_dims))
+
+        def modulate(features: torch.Tensor, level: int) -> torch.Tensor:
+            scale, shift = scales[level].view(shape), shifts[level].view(shape)
+            return features * (1 + scale.to(features.dtype)) + shift.to(features.dtype)
+
+        return modulate
+
     def forward(
-        self, image: torch.Tensor, atlas_image: torch.Tensor, atlas_mask: torch.Tensor
+        self,
+        image: torch.Tensor,
+        atlas_image: torch.Tensor,
+        atlas_mask: torch.Tensor,
+        codes: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.decode_conditioned(self.encode(image), self.condition(atlas_image, atlas_mask))
+        return self.decode_conditioned(self.encode(image), self.condition(atlas_image, atlas_mask), codes)
 
 
 class DoDNet(nn.Module):
