@@ -25,7 +25,11 @@ rm -rf "$work" && mkdir -p "$work"
 # scripts/gpu_data.sh, then RUNS="lcs-aligned lcs --align-cases affine --registration-cache $PWD/.gpudata/alignments;
 # ..."; score its weights here with `lsseg evaluate` (alignment on), not by this script's --align off. On the CPU
 # four labels per image added +0.03/+0.04 to aligned LCS (docs/EXPERIMENTS.md, "Deciding between labels"): the run
-# that says whether it holds here is "lcs-aligned-k4 lcs --align-cases affine --labels-per-image 4 ...".
+# that says whether it holds here is "lcs-aligned-k4 lcs --align-cases affine --labels-per-image 4 ...". Label codes
+# (--label-codes) changed nothing on the CPU, where each code saw about 8 samples; at this budget with 4 labels per
+# image each sees about 155: a fourth run "lcs-aligned-k4-codes lcs --align-cases affine --labels-per-image 4
+# --label-codes ..." says whether they help once trained. Each bundle keeps its best-validation weights (picked on
+# a sample of labels); on the CPU at 4x the steps those came from step 1440 and scored 0.011 below the last step's.
 RUNS=${RUNS:-"lcs-every-level lcs; lcs-paper lcs --conditioning bottleneck; multichannel multichannel"}
 IFS=';' read -ra runs <<< "$RUNS"
 if [ "${SMOKE:-0}" = 1 ]; then
