@@ -234,8 +234,14 @@ def lcs_probabilities_chunks(
             conditioning = network.condition(
                 prepared.atlas, prepared.masks_tensor(masks[start : start + chunk])
             )
-            chunk_codes = None if codes is None else torch.tensor(codes[start : start + chunk])
-            logits = network.decode_conditioned(encoded, conditioning, chunk_codes)
+            if (
+                codes is None
+            ):  # the network as Ma et al. 2022 build it (or any with their two-argument decoder)
+                logits = network.decode_conditioned(encoded, conditioning)
+            else:
+                logits = network.decode_conditioned(
+                    encoded, conditioning, torch.tensor(codes[start : start + chunk])
+                )
             probs = crop_spatial(torch.sigmoid(logits.float())[:, 0], prepared.pads).cpu()
             if prepared.dims == 2:
                 probs = probs[..., None]
