@@ -409,8 +409,12 @@ class LCSMethod:
             for start in range(0, len(self.values), VALIDATION_CHUNK):
                 chosen = self.values[start : start + VALIDATION_CHUNK]
                 masks = torch.stack([(self.atlas_label == v)[None].float() for v in chosen]).to(device)
-                codes = None if self.code_of is None else torch.tensor([self.code_of[v] for v in chosen])
-                logits = net.decode_conditioned(encoded, net.condition(atlas, masks), codes)
+                conditioning = net.condition(atlas, masks)
+                if self.code_of is None:
+                    logits = net.decode_conditioned(encoded, conditioning)
+                else:
+                    codes = torch.tensor([self.code_of[v] for v in chosen])
+                    logits = net.decode_conditioned(encoded, conditioning, codes)
                 probs = torch.sigmoid(logits.float())[:, 0].cpu()
                 best, best_index = keep_most_probable(best, best_index, probs, start)
             decided = torch.where(
