@@ -150,8 +150,9 @@ def run_train(args: argparse.Namespace) -> int:
             runs = [(r, i, p) for r in range(args.repeats) for i in range(len(settings)) for p in pipelines]
             for repeat, index, pipeline in runs:
                 out = root / f"{name}_{index}_{pipeline}_{repeat}"
-                argv = [command, "--data", *map(str, data[key]), "--out", str(out)] + extra
-                row = _measure(argv + shlex.split(settings[index]), args, pipeline, f"{name} / {pipeline}")
+                head = [command, "--data", *map(str, data[key]), "--out", str(out)]
+                options = extra + shlex.split(settings[index])
+                row = _measure(head, options, args, pipeline, f"{name} / {pipeline}")
                 best = rows[settings[index]].setdefault(name, {}).get(pipeline)
                 if best is None or row["samples_per_s"] > best["samples_per_s"]:
                     rows[settings[index]][name][pipeline] = row
@@ -177,16 +178,17 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _measure(train_argv: list[str], args: argparse.Namespace, pipeline: str, what: str) -> dict:
-    """One real `lsseg train` run (``train_argv`` after ``train``) through ``pipeline``: its throughput row."""
+def _measure(head: list[str], options: list[str], args: argparse.Namespace, pipeline: str, what: str) -> dict:
+    """One real `lsseg train` run through ``pipeline``: ``head`` (method, data, out), the bench's own settings,
+    then ``options`` (last, so that they win); its throughput row."""
     from LabelSharingSegLib.engine.errors import InputError
 
     from .cli import main
 
-    out = Path(train_argv[train_argv.index("--out") + 1])
-    argv = ["train", *train_argv, "--steps", str(args.steps), "--val-fraction", "0", "--quiet"]
+    out = Path(head[head.index("--out") + 1])
+    argv = ["train", *head, "--steps", str(args.steps), "--val-fraction", "0", "--quiet"]
     argv += ["--device", args.device, "--checkpoint-every", str(args.steps), "--pipeline", pipeline]
-    argv += ["--sync-data-timing"]
+    argv += ["--sync-data-timing", *options]
     with contextlib.redirect_stdout(io.StringIO()) as captured:
         code = main(argv)
     if code != 0:

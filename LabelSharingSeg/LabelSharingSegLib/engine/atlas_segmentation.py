@@ -234,9 +234,8 @@ def lcs_probabilities_chunks(
             conditioning = network.condition(
                 prepared.atlas, prepared.masks_tensor(masks[start : start + chunk])
             )
-            if (
-                codes is None
-            ):  # the network as Ma et al. 2022 build it (or any with their two-argument decoder)
+            # without codes, the two-argument call of the paper's network (which any stand-in network may have)
+            if codes is None:
                 logits = network.decode_conditioned(encoded, conditioning)
             else:
                 logits = network.decode_conditioned(
