@@ -29,7 +29,8 @@ rm -rf "$work" && mkdir -p "$work"
 # (--label-codes) changed nothing on the CPU, where each code saw about 8 samples; at this budget with 4 labels per
 # image each sees about 155: a fourth run "lcs-aligned-k4-codes lcs --align-cases affine --labels-per-image 4
 # --label-codes ..." says whether they help once trained. Each bundle keeps its best-validation weights (picked on
-# a sample of labels); on the CPU at 4x the steps those came from step 1440 and scored 0.011 below the last step's.
+# a sample of labels); on the CPU at 4x the steps two of four runs kept early steps' (1440, 960), 0.011 and 0.022
+# below their last step's.
 RUNS=${RUNS:-"lcs-every-level lcs; lcs-paper lcs --conditioning bottleneck; multichannel multichannel"}
 IFS=';' read -ra runs <<< "$RUNS"
 if [ "${SMOKE:-0}" = 1 ]; then
