@@ -155,6 +155,26 @@ def _check_divisible(x: torch.Tensor, factor: int) -> None:
         raise InputError(f"spatial size {tuple(x.shape[2:])} must be divisible by {factor}")
 
 
+def film_widths(config) -> list[int]:
+    """Channels of the features a FiLM modulates, in ``UNetBackbone.decode``'s level order: the bottleneck, then
+    up the decoder."""
+    return [config.channels[-1], *reversed(config.channels[:-1])]
+
+
+def film(scale: nn.Embedding, shift: nn.Embedding, index: torch.Tensor, widths: list[int], dims: int):
+    """``modulate(features, level)`` for ``UNetBackbone.decode``: ``features * (1 + scale) + shift`` with each
+    sample's row (``index``, (B,)) of the two tables, split into one slice per level."""
+    scales = scale(index).split(widths, dim=1)
+    shifts = shift(index).split(widths, dim=1)
+    shape = (index.shape[0], -1, *([1] * dims))
+
+    def modulate(features: torch.Tensor, level: int) -> torch.Tensor:
+        s, b = scales[level].view(shape), shifts[level].view(shape)
+        return features * (1 + s.to(features.dtype)) + b.to(features.dtype)
+
+    return modulate
+
+
 class UNet(nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
@@ -181,7 +201,7 @@ class LCSNet(nn.Module):
         self.backbone = UNetBackbone(config)
         self.head = _conv(config.spatial_dims)(self.backbone.out_features, 1, 1)
         if config.label_codes:
-            self.widths = [config.channels[-1], *reversed(config.channels[:-1])]  # bottleneck, then up
+            self.widths = film_widths(config)
             # code 0 ("no code") stays zero (padding_idx: never updated), so decoding without codes is exactly
             # decoding with code 0; the others start at zero too, the network as without codes
             self.code_scale = nn.Embedding(config.label_codes + 1, sum(self.widths), padding_idx=0)
@@ -252,15 +272,7 @@ class LCSNet(nn.Module):
             raise InputError(f"{codes.shape[0]} label codes for {batch} conditionings")
         if bool(((codes < 0) | (codes > self.config.label_codes)).any()):
             raise InputError(f"label codes must lie in 0-{self.config.label_codes}")
-        scales = self.code_scale(codes).split(self.widths, dim=1)
-        shifts = self.code_shift(codes).split(self.widths, dim=1)
-        shape = (batch, -1, *([1] * self.config.spatial_dims))
-
-        def modulate(features: torch.Tensor, level: int) -> torch.Tensor:
-            scale, shift = scales[level].view(shape), shifts[level].view(shape)
-            return features * (1 + scale.to(features.dtype)) + shift.to(features.dtype)
-
-        return modulate
+        return film(self.code_scale, self.code_shift, codes, self.widths, self.config.spatial_dims)
 
     def forward(
         self,
@@ -379,10 +391,7 @@ class TaskFiLMUNet(nn.Module):
         self.config = config
         self.backbone = UNetBackbone(config)
         self.head = _conv(config.spatial_dims)(self.backbone.out_features, config.out_channels, 1)
-        self.widths = [
-            config.channels[-1],
-            *reversed(config.channels[:-1]),
-        ]  # bottleneck, then up the decoder
+        self.widths = film_widths(config)
         self.task_scale = nn.Embedding(config.num_tasks, sum(self.widths))
         self.task_shift = nn.Embedding(config.num_tasks, sum(self.widths))
         nn.init.zeros_(self.task_scale.weight)
@@ -391,20 +400,9 @@ class TaskFiLMUNet(nn.Module):
     def forward(self, x: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
         _check_divisible(x, self.config.downsample_factor)
         task = task_index.long().view(-1).expand(x.shape[0]) if task_index.numel() == 1 else task_index.long()
-        scales = self.task_scale(task).split(self.widths, dim=1)
-        shifts = self.task_shift(task).split(self.widths, dim=1)
-        shape = (x.shape[0], -1, *([1] * self.config.spatial_dims))
-
-        def modulate(features: torch.Tensor, level: int) -> torch.Tensor:
-            scale, shift = scales[level].view(shape), shifts[level].view(shape)
-            return features * (1 + scale.to(features.dtype)) + shift.to(features.dtype)
-
+        modulate = film(self.task_scale, self.task_shift, task, self.widths, self.config.spatial_dims)
         skips, bottom_in = self.backbone.encode(x)
-        features = modulate(self.backbone.bottleneck(bottom_in), 0)
-        for level, (up, block, skip) in enumerate(
-            zip(self.backbone.upsamplers, self.backbone.decoder, reversed(skips)), start=1
-        ):
-            features = modulate(block(torch.cat([up(features), skip], dim=1)), level)
+        features, _ = self.backbone.decode(bottom_in, skips, modulate=modulate)
         return self.head(features)
 
 
