@@ -157,5 +157,5 @@ def test_align_cases_is_refused_where_it_cannot_apply(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "leave out --reference" in err and "options of --arch lcs, not lcs_refine" in err
     assert "needs 3D data" in err
-    with pytest.raises(InputError, match="--align-cases must be one of none, affine"):
-        LCSRunConfig(data3d, tmp_path / "out", align_cases="deformable")
+    with pytest.raises(InputError, match="--align-cases must be one of none, affine, deformable"):
+        LCSRunConfig(data3d, tmp_path / "out", align_cases="rigid")

@@ -9,36 +9,66 @@ settings as inference, with the atlas on the model grid as the bundle stores it)
 grid through that registration. Registrations are kept in the run's registration cache
 (pair_registrations.py), so a rerun, or another run on the same data and atlas, does not register again, and a
 machine without SimpleITK trains from a cache filled elsewhere.
+
+``--align-cases deformable`` goes one step further: the atlas is also registered onto each aligned case by the
+engine's deformable registration (as ``register-deformable`` propagation does for a scan), and the network is
+conditioned on the atlas image and masks carried onto the case that way (engine/atlas_warp.py): it learns to
+correct a registration, seeing the whole scan, and inference registers each scan the same way.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from LabelSharingSegLib.engine.deformable import Deformation
+
 from .datasets import Case, as_volume, load_case
-from .pair_registrations import cached_alignment
+from .pair_registrations import cached_alignment, cached_registration
 
 
-def atlas_space_affines(
-    cases: Sequence[Case], atlas_image: np.ndarray, atlas_affine: np.ndarray, cache: Path, quiet: bool = False
-) -> tuple[dict[str, np.ndarray], list[str]]:
-    """({case id: voxel -> atlas-space affine}, ids of cases whose registration diverged or was refused: they are
-    left out of training, as inference would refuse to segment such a scan)."""
-    affines: dict[str, np.ndarray] = {}
-    left_out: list[str] = []
+@dataclass
+class CaseRegistrations:
+    """``affines``: case id -> voxel -> atlas-space affine; ``deformations``: case id -> the atlas's deformable
+    registration onto the aligned case (``--align-cases deformable`` only); ``left_out``: ids of cases whose
+    registration diverged or was refused, left out of training as inference would refuse to segment such a scan."""
+
+    affines: dict[str, np.ndarray] = field(default_factory=dict)
+    deformations: dict[str, Deformation] = field(default_factory=dict)
+    left_out: list[str] = field(default_factory=list)
+
+
+def register_cases(
+    cases: Sequence[Case],
+    atlas_image: np.ndarray,
+    atlas_affine: np.ndarray,
+    cache: Path,
+    quiet: bool = False,
+    deformable: bool = False,
+) -> CaseRegistrations:
+    """Every case registered to the atlas (affine; with ``deformable`` also the atlas deformably onto it)."""
+    found = CaseRegistrations()
     for n, case in enumerate(cases):
         began = time.time()
         image, _, affine = load_case(case)
-        alignment = cached_alignment(cache, atlas_image, atlas_affine, as_volume(image[0]), affine)
-        if not alignment.accepted:
-            left_out.append(case.case_id)
+        volume = as_volume(image[0])
+        if deformable:
+            propagation = cached_registration(cache, atlas_image, atlas_affine, volume, affine)
+            alignment = propagation.alignment if propagation is not None else None
         else:
-            affines[case.case_id] = alignment.aligned_affine(affine)
+            alignment = cached_alignment(cache, atlas_image, atlas_affine, volume, affine)
+        if alignment is None or not alignment.accepted:
+            found.left_out.append(case.case_id)
+        else:
+            found.affines[case.case_id] = alignment.aligned_affine(affine)
+            if deformable:
+                assert propagation is not None and propagation.deformation is not None
+                found.deformations[case.case_id] = propagation.deformation
         if not quiet:
-            outcome = "left out" if case.case_id in left_out else "registered to the atlas"
+            outcome = "left out" if case.case_id in found.left_out else "registered to the atlas"
             print(f"{case.case_id} {outcome} ({n + 1}/{len(cases)}, {time.time() - began:.1f} s)", flush=True)
-    return affines, left_out
+    return found

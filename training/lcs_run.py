@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from LabelSharingSegLib.engine.atlas_warp import warp_image, warp_masks, warped_points
 from LabelSharingSegLib.engine.errors import InputError
 from LabelSharingSegLib.engine.labels import LabelInfo, default_color
 from LabelSharingSegLib.engine.networks import build_network
@@ -16,7 +17,7 @@ from LabelSharingSegLib.engine.preprocessing_config import Preprocessing
 
 from . import bundle_factory as factory
 from . import run_session as session
-from .case_alignment import atlas_space_affines
+from .case_alignment import CaseRegistrations, register_cases
 from .datasets import NnUNetDataset, as_volume, load_case
 from .distributed import distributed_session
 from .label_hierarchy import LabelHierarchy, read_coarse_map
@@ -114,23 +115,37 @@ def _validation_sample(dataset, atlas: AtlasPlan, settings) -> list[int]:
     return kept or validation_labels(atlas.present, settings.val_labels, settings.seed)
 
 
-def _aligned_cases(config: LCSRunConfig, checkpoint_dir, atlas: AtlasPlan, cases, ctx):
-    """(case id -> atlas-space affine, ids left out): the main process registers (or reads the cache), the
-    others read what it stored."""
+def _aligned_cases(config: LCSRunConfig, checkpoint_dir, atlas: AtlasPlan, cases, ctx) -> CaseRegistrations:
+    """Every case registered to the atlas (``--align-cases``): the main process registers (or reads the cache),
+    the others read what it stored."""
     cache = config.registration_cache or checkpoint_dir / "registrations"
 
-    def register(quiet: bool):
-        return atlas_space_affines(cases, atlas.raw.numpy(), atlas.grid_affine, cache, quiet)
+    def register(quiet: bool) -> CaseRegistrations:
+        deformable = config.align_cases == "deformable"
+        return register_cases(cases, atlas.raw.numpy(), atlas.grid_affine, cache, quiet, deformable)
 
     if ctx.is_main:
         session.claim_folder(checkpoint_dir)  # the cache may live inside it
-        aligned, left_out = register(config.settings.quiet)
-        if left_out:
-            print(f"registration to the atlas refused, case(s) left out: {', '.join(left_out)}", flush=True)
+        found = register(config.settings.quiet)
+        if found.left_out:
+            print(
+                f"registration to the atlas refused, case(s) left out: {', '.join(found.left_out)}",
+                flush=True,
+            )
     ctx.barrier()
     if not ctx.is_main:
-        aligned, left_out = register(True)
-    return aligned, left_out
+        found = register(True)
+    return found
+
+
+def _carry_atlas(items: list[dict], atlas: AtlasPlan, deformations: dict) -> None:
+    """``--align-cases deformable``: each case gets the atlas image and label map carried onto it by its
+    registration (engine/atlas_warp.py, as inference carries them onto a scan)."""
+    for item in items:
+        deformation = deformations[item["case"].case_id]
+        points = warped_points(deformation, atlas.grid_shape, atlas.grid_affine)
+        item["atlas_image"] = warp_image(atlas.raw, atlas.grid_affine, points)
+        item["atlas_label"] = warp_masks(atlas.labels[None], atlas.grid_affine, points)[0].round().long()
 
 
 def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> session.TrainedBundle:
@@ -157,9 +172,13 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
     if not others:
         others = [c for c in dataset.training if c.case_id == atlas.case_id]
     train_cases, val_cases = split_cases(others, settings.val_fraction, settings.seed)
-    if config.align_cases == "affine" and atlas.prep.spatial_dims != 3:
-        raise InputError("--align-cases affine needs 3D data: a 2D case cannot be registered to the atlas")
+    if config.align_cases != "none" and atlas.prep.spatial_dims != 3:
+        raise InputError(
+            f"--align-cases {config.align_cases} needs 3D data: a 2D case cannot be registered to the atlas"
+        )
     codes = {"label_codes": len(atlas.present)} if config.label_codes else {}  # code k: the k-th atlas label
+    if config.align_cases == "deformable":
+        codes["atlas_warp"] = "deformable"
     network = factory.network_config_for(
         "lcs", [], atlas.prep.spatial_dims, list(settings.channels), conditioning=config.conditioning, **codes
     )
@@ -179,23 +198,26 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
     )
     max_value = len(atlas.lut) - 1
 
-    def mapped(cases, aligned):
-        transform = ToAtlasGrid(atlas.prep, atlas.grid_affine, atlas.grid_shape, aligned)
+    def mapped(cases, registered: CaseRegistrations):
+        transform = ToAtlasGrid(atlas.prep, atlas.grid_affine, atlas.grid_shape, registered.affines)
         items = cache_items([(c, 0) for c in cases], transform, settings.cache_workers)
         for item in items:
             item["label"] = atlas.lut[item["label"].clamp(0, max_value)]
+        if registered.deformations:
+            _carry_atlas(items, atlas, registered.deformations)
         return method.prepare_items(items)
 
     with distributed_session(settings.device, settings.threads) as ctx:
-        aligned, left_out = {}, []
-        if config.align_cases == "affine":
-            aligned, left_out = _aligned_cases(config, checkpoint_dir, atlas, train_cases + val_cases, ctx)
-            train_cases = [c for c in train_cases if c.case_id in aligned]
-            val_cases = [c for c in val_cases if c.case_id in aligned]
+        registered = CaseRegistrations()
+        if config.align_cases != "none":
+            registered = _aligned_cases(config, checkpoint_dir, atlas, train_cases + val_cases, ctx)
+            train_cases = [c for c in train_cases if c.case_id in registered.affines]
+            val_cases = [c for c in val_cases if c.case_id in registered.affines]
             if not train_cases:
                 raise InputError("no training case could be registered to the atlas; nothing to train on")
-        items = mapped(train_cases, aligned)
-        val_items = mapped(val_cases, aligned) if ctx.is_main else []
+        left_out = registered.left_out
+        items = mapped(train_cases, registered)
+        val_items = mapped(val_cases, registered) if ctx.is_main else []
         method.make_sampler(
             items, settings.foreground_prob, settings.augment, settings.pipeline_settings(), ctx.device
         )

@@ -241,6 +241,7 @@ class LCSMethod:
         self.grid = tuple(int(s) for s in atlas_label.shape)
         net_grid = self.grid[:2] if self.spatial_dims == 2 else self.grid
         self.pads = centred_pad_amounts(net_grid, self.factor)
+        self.intensity = prep.intensity
         atlas_norm = normalise_intensity(torch.as_tensor(atlas_raw), prep.intensity)
         self.atlas_image = self._to_net(atlas_norm[None])  # (1, *net grid)
         self.atlas_label = self._to_net(torch.as_tensor(atlas_label)[None].float())[0].long()
@@ -264,10 +265,21 @@ class LCSMethod:
         return crop_spatial(volume, self.pads)
 
     def prepare_items(self, items: list[dict]) -> list[dict]:
+        """Items onto the network grid; an item's own ``atlas_image`` (raw) and ``atlas_label``, the atlas carried
+        onto that case (``--align-cases deformable``), replace the atlas for it, normalised as inference does."""
         for item in items:
             item["image"] = self._to_net(item["image"])
             item["label"] = self._to_net(item["label"][None].float())[0].long()
+            if "atlas_image" in item:
+                carried = normalise_intensity(item["atlas_image"], self.intensity)
+                item["atlas_image"] = self._to_net(carried[None])
+                item["atlas_label"] = self._to_net(item["atlas_label"][None].float())[0].long()
         return items
+
+    def atlas_of(self, item: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(atlas image (1, *net grid), atlas label map) an item is conditioned on: its own carried atlas, or the
+        atlas as it lies."""
+        return item.get("atlas_image", self.atlas_image), item.get("atlas_label", self.atlas_label)
 
     def make_sampler(
         self,
@@ -347,7 +359,7 @@ class LCSMethod:
         if getattr(self, "device_batches", None) is not None:
             return self.device_batches(seed, rank, step, batch_size)
         rng = step_rng(seed, rank, step)
-        images, masks, targets, codes = [], [], [], []
+        images, masks, targets, codes, atlases = [], [], [], [], []
         for _ in range(batch_size):
             item = self.items[int(rng.integers(len(self.items)))]
             label_sets = self.draw_label_sets(rng)
@@ -357,15 +369,24 @@ class LCSMethod:
                 self.augmentation.set_random_state(seed=int(rng.integers(2**31)))
                 image = torch.as_tensor(self.augmentation({"image": image})["image"]).float()
             images.append(image)
+            atlas_image, atlas_label = self.atlas_of(item)
             for chosen in map(torch.tensor, label_sets):
-                masks.append(torch.isin(self.atlas_label, chosen)[None].float())
+                masks.append(torch.isin(atlas_label, chosen)[None].float())
                 targets.append(torch.isin(item["label"], chosen)[None].float())
+                atlases.append(atlas_image)
         return {
             "image": torch.stack(images),
             "atlas_mask": torch.stack(masks),
             "target": torch.stack(targets),
             **({"codes": torch.tensor(codes)} if self.code_of is not None else {}),
+            **({"atlas_image": torch.stack(atlases)} if self.carries_atlas(self.items) else {}),
         }
+
+    @staticmethod
+    def carries_atlas(items: list[dict]) -> bool:
+        """Whether the items bring their own atlas (``--align-cases deformable``): then every batch carries one
+        atlas image per conditioning."""
+        return bool(items) and "atlas_image" in items[0]
 
     def _atlas_on(self, device: torch.device) -> torch.Tensor:
         """The (1, 1, *grid) atlas image on ``device``, copied there once rather than every step."""
@@ -377,7 +398,7 @@ class LCSMethod:
 
     def loss(self, model, batch: dict, device: torch.device) -> torch.Tensor:
         image = batch["image"].to(device)
-        atlas = self._atlas_on(device)
+        atlas = batch["atlas_image"].to(device) if "atlas_image" in batch else self._atlas_on(device)
         codes = batch["codes"].to(device) if "codes" in batch else None
         logits = model(image, atlas, batch["atlas_mask"].to(device), codes).float()
         if self.loss_kind == "competing":
@@ -399,16 +420,17 @@ class LCSMethod:
         sigmoid alone instead ranked weights by something inference never does (issue #15). ``val_labels``
         caps the labels scored, not those decoded."""
         net = _unwrap(model)
-        atlas = self.atlas_image[None].to(device)
         lookup = torch.tensor(self.values, dtype=torch.int32)
         scores = []
         for item in items:
+            atlas_image, atlas_label = self.atlas_of(item)
+            atlas = atlas_image[None].to(device)
             encoded = net.encode(item["image"][None].to(device))
             best = torch.zeros(item["label"].shape)
             best_index = torch.zeros(item["label"].shape, dtype=torch.int32)
             for start in range(0, len(self.values), VALIDATION_CHUNK):
                 chosen = self.values[start : start + VALIDATION_CHUNK]
-                masks = torch.stack([(self.atlas_label == v)[None].float() for v in chosen]).to(device)
+                masks = torch.stack([(atlas_label == v)[None].float() for v in chosen]).to(device)
                 conditioning = net.condition(atlas, masks)
                 if self.code_of is None:
                     logits = net.decode_conditioned(encoded, conditioning)

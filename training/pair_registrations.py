@@ -93,6 +93,14 @@ def _from_file(path: Path) -> Propagation:
     return Propagation(alignment, deformation)
 
 
+def _without_sitk(error: ImportError) -> InputError:
+    """SimpleITK missing (the lent GPU machine): registrations must come from a cache filled elsewhere."""
+    return InputError(
+        f"registering a case to the atlas needs SimpleITK ({error}); fill the registration cache on a machine "
+        "that has it (`ALIGN=1 scripts/gpu_data.sh`) and pass it with --registration-cache"
+    )
+
+
 def cached_registration(
     cache: Path,
     atlas_image: np.ndarray,
@@ -110,6 +118,8 @@ def cached_registration(
             path.unlink(missing_ok=True)  # a damaged cache file is recomputed
     try:
         propagation = register_atlas(atlas_image, atlas_affine, image, affine, stage="deformable")
+    except ImportError as error:
+        raise _without_sitk(error) from error
     except LabelSharingSegError:
         return None
     Path(cache).mkdir(parents=True, exist_ok=True)
@@ -137,11 +147,8 @@ def cached_alignment(
             path.unlink(missing_ok=True)  # a damaged cache file is recomputed
     try:
         alignment = register_atlas(atlas_image, atlas_affine, image, affine, stage="affine").alignment
-    except ImportError as error:  # SimpleITK missing: the lent GPU machine, without a filled cache
-        raise InputError(
-            f"registering a case to the atlas needs SimpleITK ({error}); fill the registration cache on a machine "
-            "that has it (`ALIGN=1 scripts/gpu_data.sh`) and pass it with --registration-cache"
-        ) from error
+    except ImportError as error:
+        raise _without_sitk(error) from error
     except LabelSharingSegError as error:
         alignment = Alignment(np.eye(4), float("nan"), accepted=False, warning=str(error))
     assert alignment is not None

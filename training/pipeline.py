@@ -188,7 +188,9 @@ class LCSBatches:
         self.device, self.loader_workers = cache_device(tensors, device, settings)
         self.images = [i["image"].float().to(self.device) for i in items]
         self.labels = [i["label"].to(self.device) for i in items]
-        self.atlas_label = method.atlas_label.to(self.device)
+        # each item's own atlas when the atlas is carried onto every case (--align-cases deformable)
+        self.atlases = [tuple(t.to(self.device) for t in method.atlas_of(i)) for i in items]
+        self.carries_atlas = method.carries_atlas(items)
         self.appearance = AppearanceAugment(settings.appearance, spacing_mm=spacing_mm)
         self.distances: list[torch.Tensor] | None = None
         if "head" in settings.appearance:
@@ -201,7 +203,7 @@ class LCSBatches:
 
     def __call__(self, seed: int, rank: int, step: int, batch_size: int) -> dict:
         rng = step_rng(seed, rank, step)
-        images, masks, targets, labels, distances, codes = [], [], [], [], [], []
+        images, masks, targets, labels, distances, codes, atlases = [], [], [], [], [], [], []
         for _ in range(batch_size):
             index = int(rng.integers(len(self.images)))
             label_sets = self.method.draw_label_sets(rng)
@@ -210,9 +212,11 @@ class LCSBatches:
             labels.append(self.labels[index])
             if self.distances is not None:
                 distances.append(self.distances[index])
+            atlas_image, atlas_label = self.atlases[index]
             for chosen in label_sets:  # consecutive conditionings of one image share its encoder pass
-                masks.append(_any_of(self.atlas_label, chosen)[None].float())
+                masks.append(_any_of(atlas_label, chosen)[None].float())
                 targets.append(_any_of(self.labels[index], chosen)[None].float())
+                atlases.append(atlas_image)
         image = torch.stack(images)
         if self.settings.augment:
             generator = device_generator(rng, self.device)
@@ -228,6 +232,8 @@ class LCSBatches:
         batch = {"image": image, "atlas_mask": torch.stack(masks), "target": torch.stack(targets)}
         if self.method.code_of is not None:
             batch["codes"] = torch.tensor(codes, device=self.device)
+        if self.carries_atlas:
+            batch["atlas_image"] = torch.stack(atlases)
         return batch
 
 

@@ -61,8 +61,9 @@ LCS_LOSSES = ("dice", "dice-bce", "competing")
 # the first (where inference decides between labels)
 LCS_LABEL_DRAWS = ("random", "neighbours")
 # none: training cases where their world coordinates put them (Ma et al. 2022); affine: each registered to the atlas
-# first, as inference registers a scan (case_alignment.py)
-LCS_CASE_ALIGNMENTS = ("none", "affine")
+# first, as inference registers a scan (case_alignment.py); deformable: also the atlas carried onto each case by
+# deformable registration before it conditions the network (engine/atlas_warp.py)
+LCS_CASE_ALIGNMENTS = ("none", "affine", "deformable")
 MAX_LABELS_PER_IMAGE = 64
 
 # What ``--resume`` may change: how long to train and how the run is watched. A larger ``steps`` continues the run;
@@ -384,7 +385,7 @@ class LCSRunConfig:
         # inference does for a bundle without a reference; a reference would show them elsewhere
         _require(
             self.align_cases == "none" or self.reference is None,
-            "--align-cases affine trains on cases registered to the atlas, and scans are then registered to the "
+            f"--align-cases {self.align_cases} trains on cases registered to the atlas, and scans are then registered to the "
             "atlas too; leave out --reference",
         )
         _require(

@@ -355,8 +355,10 @@ def register(subparsers) -> None:
         choices=LCS_CASE_ALIGNMENTS,
         default="none",
         help="none: training cases where their world coordinates place them (the paper, default); affine: each "
-        "registered to the atlas first, as `lsseg segment` registers a scan (needs SimpleITK, or the alignments "
-        "in $LSSEG_CACHE_DIR; not with --reference)",
+        "registered to the atlas first, as `lsseg segment` registers a scan; deformable: that, and the atlas image "
+        "and masks carried onto each case by deformable registration before they condition the network (which "
+        "then corrects a registration; `lsseg segment` registers each scan the same way). Both need SimpleITK, or "
+        "the registrations in --registration-cache; not with --reference",
     )
     variants.add_argument(
         "--label-codes",

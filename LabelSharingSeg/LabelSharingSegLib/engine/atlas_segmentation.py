@@ -22,6 +22,7 @@ import torch
 
 from .atlas_brain import background_level, keep_brain, network_brain, network_pose
 from .atlas_methods import ATLAS_METHODS, default_atlas_method
+from .atlas_warp import warp_image, warp_masks, warped_points
 from .bundle import Bundle
 from .device import resolve_device
 from .errors import BundleError, InputError
@@ -44,7 +45,7 @@ from .preprocessing import (
     pad_spatial,
     resample_to_grid,
 )
-from .propagation import check_drawn_masks
+from .propagation import check_drawn_masks, register_atlas
 from .registration import Alignment
 
 LCS_THRESHOLD = 0.5
@@ -171,10 +172,16 @@ class PreparedLCS:
         affine: np.ndarray,
         device: torch.device,
         brain_window: bool = False,
+        atlas_points: torch.Tensor | None = None,
     ):
-        """``brain_window``: keep only the atlas's brain of the (aligned) target, see ``atlas_brain``."""
+        """``brain_window``: keep only the atlas's brain of the (aligned) target, see ``atlas_brain``;
+        ``atlas_points``: where the atlas is read for each voxel of the target (``atlas_warp.warped_points``), for a
+        network conditioned on the atlas carried onto the scan; None: the atlas as it lies."""
         prep = bundle.preprocessing
         atlas_image, atlas_affine = bundle.atlas_image()
+        self.atlas_points = atlas_points
+        if atlas_points is not None:
+            atlas_image = warp_image(torch.as_tensor(atlas_image), atlas_affine, atlas_points).numpy()
         self.atlas_shape = atlas_image.shape
         self.atlas_affine = atlas_affine
         self.dims = prep.spatial_dims
@@ -193,8 +200,35 @@ class PreparedLCS:
         self.atlas = pad_spatial(atlas[None, None], self.pads).to(device)
 
     def masks_tensor(self, masks: np.ndarray) -> torch.Tensor:
-        m = torch.as_tensor(masks[..., 0] if self.dims == 2 else masks)[:, None].float()
-        return pad_spatial(m, self.pads).to(self.device)
+        m = torch.as_tensor(masks[..., 0] if self.dims == 2 else masks).float()
+        if self.atlas_points is not None:
+            m = warp_masks(m, self.atlas_affine, self.atlas_points)
+        return pad_spatial(m[:, None], self.pads).to(self.device)
+
+
+def scan_atlas_points(
+    bundle: Bundle, image: np.ndarray, affine: np.ndarray, alignment: Alignment | None, report
+) -> torch.Tensor | None:
+    """For a network conditioned on the atlas carried onto the scan (``network.atlas_warp``), where it reads the
+    atlas: the deformable registration of the atlas onto the aligned scan, as training registered every case
+    (``lsseg train lcs --align-cases deformable``). None for every other network."""
+    if getattr(bundle.network_config, "atlas_warp", "none") == "none":
+        return None
+    if alignment is None or not alignment.accepted:
+        raise InputError(
+            f"{bundle.path}: this network reads the atlas registered onto the scan, and the scan was not registered "
+            "to the atlas (alignment refused or turned off); use the method 'register-deformable'"
+        )
+    if bundle.network_reference() is not None:
+        raise BundleError(
+            f"{bundle.path}: a network that reads the atlas registered onto the scan cannot have a separate "
+            "network reference"
+        )
+    report(0.1, "registering the atlas onto the scan (deformable)")
+    atlas_image, atlas_affine = bundle.atlas_image()
+    found = register_atlas(atlas_image, atlas_affine, image, affine, stage="deformable", alignment=alignment)
+    assert found.deformation is not None
+    return warped_points(found.deformation, atlas_image.shape, atlas_affine)
 
 
 def atlas_label_codes(bundle: Bundle, masks, labels: Sequence[LabelInfo]) -> list[int] | None:
@@ -286,7 +320,10 @@ def _lcs_setup(
     window = alignment is not None and alignment.accepted
     if window:
         working_affine = np.linalg.inv(alignment.matrix @ network_pose(bundle)) @ np.asarray(affine, float)
-    prepared = PreparedLCS(bundle, image, working_affine, torch_device, brain_window=window)
+    points = scan_atlas_points(bundle, image, affine, alignment, report)
+    prepared = PreparedLCS(
+        bundle, image, working_affine, torch_device, brain_window=window, atlas_points=points
+    )
     net = network if network is not None else bundle.build_network(torch_device)
     budget = memory_budget_mb if memory_budget_mb is not None else _default_budget_mb(torch_device)
     chunk = lcs_chunk_size(bundle.network_config, prepared.target.shape[2:], budget)

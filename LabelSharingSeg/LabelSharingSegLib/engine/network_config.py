@@ -32,6 +32,9 @@ NORMS = ("instance", "batch", "none")
 POOLS = ("avg", "max")
 # where LCS's atlas conditioning joins the U-Net: the bottleneck only (Ma et al. 2022), or also every decoder level
 LCS_CONDITIONINGS = ("bottleneck", "every-level")
+# how the atlas meets the scan before it conditions LCS: as affinely aligned (the paper's), or also carried onto the
+# scan by deformable registration (the network then corrects a registration: lsseg train lcs --align-cases deformable)
+LCS_ATLAS_WARPS = ("none", "deformable")
 CONTROLLER_INPUTS = ("image+task", "task", "image", "none")  # DoDNetConfig.controller_inputs
 
 
@@ -173,6 +176,7 @@ class LCSConfig(BackboneConfig):
     # learned codes of the trained atlas labels (not in the paper): each scales and shifts every decoder level for
     # its label; code 0 is "no code", the path every label without one takes (drawn labels, merged pairs)
     label_codes: int = 0
+    atlas_warp: str = "none"
 
     def _check_own(self) -> None:
         if self.out_channels != 1:
@@ -187,6 +191,11 @@ class LCSConfig(BackboneConfig):
             or self.label_codes < 0
         ):
             raise ConfigError(f"network.label_codes must be an integer >= 0 (got {shown(self.label_codes)})")
+        check_choice("network.atlas_warp", self.atlas_warp, LCS_ATLAS_WARPS)
+        if self.atlas_warp != "none" and self.spatial_dims != 3:
+            raise ConfigError(
+                "network.atlas_warp needs a 3D network: a 2D atlas cannot be registered to a scan"
+            )
 
     @property
     def bottleneck_extra(self) -> int:
@@ -202,6 +211,8 @@ class LCSConfig(BackboneConfig):
             del out["conditioning"]
         if not self.label_codes:
             del out["label_codes"]
+        if self.atlas_warp == "none":
+            del out["atlas_warp"]
         return out
 
     def _head_parameters(self) -> int:

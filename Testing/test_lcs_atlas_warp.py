@@ -1,0 +1,158 @@
+"""``lsseg train lcs --align-cases deformable``: the atlas is carried onto every (aligned) training case by deformable
+registration before it conditions the network, the bundle records it (``network.atlas_warp``), and inference
+carries the atlas onto each scan the same way: what the network is conditioned on for a scan equals what it was
+trained with on that case. A scan that cannot be registered is refused with one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import atlas_volume
+from train_helpers import lsseg
+
+import lsseg_training.run_session as run_session
+from LabelSharingSegLib.engine.atlas_segmentation import PreparedLCS, scan_atlas_points, segment_atlas_labels
+from LabelSharingSegLib.engine.bundle import load_bundle
+from LabelSharingSegLib.engine.errors import ConfigError, InputError
+from LabelSharingSegLib.engine.network_config import LCSConfig
+from LabelSharingSegLib.engine.registration_cache import affine_alignment
+from lsseg_training.datasets import load_case, make_case_folders, read_dataset, write_case, write_dataset_json
+
+TINY_3D = ["--channels", "4,8,16", "--device", "cpu", "--quiet", "--batch", "2", "--val-fraction", "0.25"]
+# (world shift of the case in mm, where its first blob moved to in voxels): anatomy that differs locally from the
+# atlas (case 0), which an affine registration cannot fit and a deformable one can
+CASES = (((0, 0, 0), (0, 0, 0)), ((4, 0, 0), (3, 0, 0)), ((0, -4, 2), (0, 3, 0)), ((-2, 2, 0), (-2, 2, 0)))
+
+
+def _blobs(first_moved_by) -> np.ndarray:
+    shape = (24, 28, 20)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
+    labels = np.zeros(shape, np.int16)
+    centre = np.array([8, 10, 10]) + np.asarray(first_moved_by)
+    labels[np.linalg.norm(grid - centre[:, None, None, None], axis=0) < 6] = 1
+    labels[np.linalg.norm(grid - np.array([16, 18, 10])[:, None, None, None], axis=0) < 4] = 2
+    labels[4:8, 20:25, 4:8] = 3
+    return labels
+
+
+def _deformed_cases(root):
+    _, _, affine, names = atlas_volume()
+    folder = root / "Dataset902_Deformed"
+    folder.mkdir(parents=True)
+    make_case_folders(folder)
+    for i, (shift, moved_by) in enumerate(CASES):
+        labels = _blobs(moved_by)
+        rng = np.random.default_rng(i)
+        image = (labels * 30.0 + 20.0 + rng.normal(0, 1, labels.shape)).astype(np.float32)
+        placed = affine.copy()
+        placed[:3, 3] += shift
+        write_case(folder, "train", f"deformed_{i:03d}", image, labels, placed)
+    write_dataset_json(
+        folder,
+        name="Deformed",
+        labels={"background": 0, **{info.name: info.value for info in names}},
+        channel_names={"0": "T1"},
+        num_training=len(CASES),
+    )
+    return folder
+
+
+def _dice(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a > 0, b > 0
+    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny training run with --align-cases deformable, and what the trainer was handed."""
+    root = tmp_path_factory.mktemp("atlas_warp")
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setenv("LSSEG_CACHE_DIR", str(root / "cache"))
+    seen: dict = {}
+    real_train = run_session.train
+
+    def recording_train(method, model, val_items, options, ctx, *args, **kwargs):
+        seen["method"], seen["val_items"] = method, val_items
+        return real_train(method, model, val_items, options, ctx, *args, **kwargs)
+
+    monkeypatch.setattr(run_session, "train", recording_train)
+    data = _deformed_cases(root)
+    out = root / "carried"
+    # one thread: SimpleITK's multi-threaded demons need not repeat a registration to the last bit, and the test
+    # compares training's registration of a case with inference's of the same scan
+    args = [
+        "--data",
+        data,
+        "--out",
+        out,
+        "--steps",
+        2,
+        "--align-cases",
+        "deformable",
+        "--threads",
+        1,
+        *TINY_3D,
+    ]
+    assert lsseg("train", "lcs", *args) == 0
+    yield data, out, seen
+    monkeypatch.undo()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_training_conditions_each_case_on_the_atlas_carried_onto_it(trained):
+    data, out, seen = trained
+    bundle = load_bundle(out)
+    assert bundle.network_config.atlas_warp == "deformable"
+    assert bundle.manifest.training["align_cases"] == "deformable"
+    method = seen["method"]
+    items = method.items + seen["val_items"]
+    assert len(items) == len(CASES) - 1  # every case but the atlas
+    assert all(item["atlas_image"].shape == item["image"].shape for item in items)
+    # the first blob, moved on every case, is found where the case has it once the atlas is carried there
+    plain = method.crop(method.atlas_label[None])[0] == 1
+    for item in items:
+        truth = method.crop(item["label"][None])[0] == 1
+        carried = method.crop(item["atlas_label"][None])[0] == 1
+        assert _dice(carried, truth) > _dice(plain, truth) + 0.02, item["case"].case_id
+
+    # inference carries the atlas onto each scan exactly as training carried it onto that case
+    by_id = {c.case_id: c for c in read_dataset(data).training}
+    atlas_image, atlas_affine = bundle.reference_image()
+    for item in items:
+        image, _, affine = load_case(by_id[item["case"].case_id])
+        alignment = affine_alignment(image[0], affine, atlas_image, atlas_affine)
+        points = scan_atlas_points(bundle, image[0], affine, alignment, lambda *_: None)
+        prepared = PreparedLCS(
+            bundle, image[0], alignment.aligned_affine(affine), torch.device("cpu"), atlas_points=points
+        )
+        assert torch.allclose(item["atlas_image"], prepared.atlas[0, 0], atol=1e-4), item["case"].case_id
+        atlas_map, _, _ = bundle.atlas_labels()
+        masks = np.stack([atlas_map == v for v in (1, 2, 3)])
+        expected = torch.stack([(item["atlas_label"] == v).float() for v in (1, 2, 3)])
+        assert torch.equal(prepared.masks_tensor(masks)[:, 0], expected), item["case"].case_id
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_segmenting_registers_the_atlas_onto_the_scan_or_refuses(trained):
+    data, out, _ = trained
+    bundle = load_bundle(out)
+    case = read_dataset(data).training[1]
+    image, _, affine = load_case(case)
+    atlas_map, _, infos = bundle.atlas_labels()
+    masks = np.stack([atlas_map == info.value for info in infos])
+    result = segment_atlas_labels(bundle, image[0], affine, masks, infos, method="lcs", device="cpu")
+    assert result.labelmap.shape == image[0].shape and result.alignment is not None
+    with pytest.raises(InputError, match="reads the atlas registered onto the scan"):
+        segment_atlas_labels(bundle, image[0], affine, masks, infos, method="lcs", device="cpu", align=False)
+
+
+def test_the_atlas_warp_is_recorded_only_where_it_applies():
+    plain = LCSConfig(spatial_dims=3, channels=(4, 8))
+    assert "atlas_warp" not in plain.to_dict()  # older readers see the manifest they know
+    carried = LCSConfig(spatial_dims=3, channels=(4, 8), atlas_warp="deformable")
+    assert carried.to_dict()["atlas_warp"] == "deformable"
+    with pytest.raises(ConfigError, match="atlas_warp needs a 3D network"):
+        LCSConfig(spatial_dims=2, channels=(4, 8), atlas_warp="deformable")
+    with pytest.raises(ConfigError, match="network.atlas_warp must be one of none, deformable"):
+        LCSConfig(spatial_dims=3, channels=(4, 8), atlas_warp="bspline")
