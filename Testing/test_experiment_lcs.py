@@ -162,7 +162,7 @@ def test_aligned_variants_pair_with_the_run_they_change_and_need_3d(tmp_path):
     command = ["experiment", "lcs", "--data", data, "--out", out, "--steps", 2, "--label-counts", "3"]
     command += ["--memory-label-counts", "2", "--channels", "4,8,16", "--device", "cpu", "--threads", 1]
     command += ["--variants", "every-level", "every-level-aligned", "aligned-k4", "aligned-k4-competing"]
-    command += ["aligned-codes"]
+    command += ["aligned-codes", "aligned-deformable"]
     assert lsseg(*command) == 0
     report = (out / "report.md").read_text()
     rows = {
@@ -175,6 +175,10 @@ def test_aligned_variants_pair_with_the_run_they_change_and_need_3d(tmp_path):
     assert " vs aligned-k4 |" in rows["lcs aligned-k4-competing"]
     assert " vs every-level-aligned |" in rows["lcs aligned-codes"]
     assert '"label_codes": 3' in (out / "runs" / "lcs_aligned-codes" / "bundle.json").read_text()
+    assert " vs every-level-aligned |" in rows["lcs aligned-deformable"]
+    assert (
+        '"atlas_warp": "deformable"' in (out / "runs" / "lcs_aligned-deformable" / "bundle.json").read_text()
+    )
     manifest = (out / "runs" / "lcs_aligned-k4-competing" / "bundle.json").read_text()
     for option in ('"align_cases": "affine"', '"labels_per_image": 4', '"loss": "competing"',
                    '"label_draw": "neighbours"', '"conditioning": "every-level"'):  # fmt: skip

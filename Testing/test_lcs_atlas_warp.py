@@ -5,6 +5,8 @@ trained with on that case. A scan that cannot be registered is refused with one 
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -131,6 +133,24 @@ def test_training_conditions_each_case_on_the_atlas_carried_onto_it(trained):
         masks = np.stack([atlas_map == v for v in (1, 2, 3)])
         expected = torch.stack([(item["atlas_label"] == v).float() for v in (1, 2, 3)])
         assert torch.equal(prepared.masks_tensor(masks)[:, 0], expected), item["case"].case_id
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_machine_without_simpleitk_trains_from_the_kept_registrations(trained, tmp_path, monkeypatch):
+    data, out, seen = trained
+    first = seen["method"].items
+    cache = out.parent / "carried.training" / "registrations"
+    assert len(list(cache.glob("*.npz"))) == len(CASES) - 1
+    kept = dict(seen)
+    monkeypatch.setitem(sys.modules, "SimpleITK", None)  # any import of it now fails
+    again = ["--data", data, "--out", tmp_path / "again", "--steps", 1, "--align-cases", "deformable"]
+    assert lsseg("train", "lcs", *again, "--registration-cache", cache, "--threads", 1, *TINY_3D) == 0
+    retrained = seen["method"].items
+    seen.update(kept)  # the module's other tests read the first run
+    for a, b in zip(retrained, first, strict=True):
+        assert torch.equal(a["atlas_image"], b["atlas_image"]) and torch.equal(
+            a["atlas_label"], b["atlas_label"]
+        )
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

@@ -8,7 +8,8 @@
 # `lsseg train lcs --align-cases affine`, kept in .gpudata/alignments: the GPU machine has no SimpleITK and trains
 # from them (pass `--align-cases affine --registration-cache .gpudata/alignments`). The atlas grid depends on the
 # spacing and the network's depth: ALIGN_SPACING (default 2,2,2) and ALIGN_CHANNELS (default 16,32,64,128,256,
-# gpu_lcs_vs_mc.sh's) must be the GPU run's.
+# gpu_lcs_vs_mc.sh's) must be the GPU run's. ALIGN=deformable keeps the deformable registrations as well, for
+# `--align-cases deformable` (the same cache folder serves both).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 grep -qx '/.gpudata/' "$root/.git/info/exclude" 2>/dev/null || echo '/.gpudata/' >> "$root/.git/info/exclude"
@@ -30,9 +31,11 @@ for path in sorted(Path(sys.argv[1]).glob("images*/*.nii.gz")):
     compact.set_data_dtype(np.int16)  # nibabel chooses the scale factor
     nib.save(compact, path)
 PY
-    if [ "${ALIGN:-0}" = 1 ]; then  # one CPU step of the GPU run's LCS: it registers every case first
+    if [ "${ALIGN:-0}" != 0 ]; then  # one CPU step of the GPU run's LCS: it registers every case first
+        mode=affine
+        [ "$ALIGN" = deformable ] && mode=deformable
         scratch=$(mktemp -d)
-        "$root/.venv/bin/lsseg" train lcs --data "$dst" --out "$scratch/lcs" --align-cases affine \
+        "$root/.venv/bin/lsseg" train lcs --data "$dst" --out "$scratch/lcs" --align-cases "$mode" \
             --registration-cache "$root/.gpudata/alignments" --spacing "${ALIGN_SPACING:-2,2,2}" \
             --channels "${ALIGN_CHANNELS:-16,32,64,128,256}" --steps 1 --batch 2 --seed 0 --device cpu --val-fraction 0
         rm -rf "$scratch"

@@ -30,7 +30,9 @@ rm -rf "$work" && mkdir -p "$work"
 # image each sees about 155: a fourth run "lcs-aligned-k4-codes lcs --align-cases affine --labels-per-image 4
 # --label-codes ..." says whether they help once trained. Each bundle keeps its best-validation weights (picked on
 # a sample of labels); on the CPU at 4x the steps two of four runs kept early steps' (1440, 960), 0.011 and 0.022
-# below their last step's.
+# below their last step's. LCS correcting a deformable registration (--align-cases deformable; prepare with
+# ALIGN=deformable scripts/gpu_data.sh): "lcs-deformable lcs --align-cases deformable --registration-cache ...";
+# its bundle reads the atlas registered onto each scan, so step 2 (--align off) leaves it to be scored here.
 RUNS=${RUNS:-"lcs-every-level lcs; lcs-paper lcs --conditioning bottleneck; multichannel multichannel"}
 IFS=';' read -ra runs <<< "$RUNS"
 if [ "${SMOKE:-0}" = 1 ]; then
@@ -64,7 +66,9 @@ wait "${pids[@]}"  # the trainings only: a bare `wait` would also wait for the n
 section "2. evaluate on the test cases"
 bundles=()
 for name in "${names[@]}"; do
-    [ -f "$work/$name/bundle.json" ] && bundles+=("$work/$name")
+    [ -f "$work/$name/bundle.json" ] || continue
+    grep -q '"atlas_warp"' "$work/$name/bundle.json" && continue  # needs registration (no SimpleITK here)
+    bundles+=("$work/$name")
 done
 [ ${#bundles[@]} -gt 0 ] && timeout $(($(left) - 60)) lsseg evaluate "${bundles[@]}" --data "$data" --no-hd95 \
     --align off --device $dev --out "$work/evaluation" >> "$OUT/log.txt" 2>&1

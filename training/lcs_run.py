@@ -176,11 +176,12 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
         raise InputError(
             f"--align-cases {config.align_cases} needs 3D data: a 2D case cannot be registered to the atlas"
         )
-    codes = {"label_codes": len(atlas.present)} if config.label_codes else {}  # code k: the k-th atlas label
+    # network options beyond the paper's: code k is the k-th atlas label; the atlas carried onto every scan
+    extra: dict = {"label_codes": len(atlas.present)} if config.label_codes else {}
     if config.align_cases == "deformable":
-        codes["atlas_warp"] = "deformable"
+        extra["atlas_warp"] = "deformable"
     network = factory.network_config_for(
-        "lcs", [], atlas.prep.spatial_dims, list(settings.channels), conditioning=config.conditioning, **codes
+        "lcs", [], atlas.prep.spatial_dims, list(settings.channels), conditioning=config.conditioning, **extra
     )
     val_labels = _validation_sample(dataset, atlas, settings)
     method = LCSMethod(

@@ -143,7 +143,8 @@ def register(subparsers) -> None:
         "every-level-reseeded its pair; every-level-aligned: every-level on training cases registered to the atlas "
         "first (3D data); aligned-k4: that with 4 labels per image; aligned-k4-competing: those 4 labels competing "
         "in one softmax, drawn among atlas neighbours; aligned-codes: every-level-aligned with a learned code per "
-        "trained label (variants may be added to a finished experiment)",
+        "trained label; aligned-deformable: every-level-aligned conditioned on the atlas carried onto each case by "
+        "deformable registration (variants may be added to a finished experiment)",
     )
     _budget_options(lcs, 1000)
     lcs.set_defaults(func=cmd_lcs)

@@ -22,7 +22,10 @@ count, each changing one thing the issue suspects, under the published LCS's bud
 * ``aligned-k4-competing`` - inference's decision between labels: ``aligned-k4`` whose 4 labels compete in one
   softmax, drawn among atlas neighbours (paired with ``aligned-k4``);
 * ``aligned-codes``    - knowing the label by name: ``every-level-aligned`` with a learned code per trained label
-  beside its mask (``--label-codes``; paired with ``every-level-aligned``).
+  beside its mask (``--label-codes``; paired with ``every-level-aligned``);
+* ``aligned-deformable`` - correcting a registration: ``every-level-aligned`` conditioned on the atlas carried onto
+  each case by deformable registration (``--align-cases deformable``; inference registers each scan the same way;
+  paired with ``every-level-aligned``).
 
 Each image-sample budget (steps x batch) is the published LCS's except ``long``; ``labels-per-image`` spends more
 decoder passes per step, so the report gives every run's training seconds beside its Dice.
@@ -155,6 +158,14 @@ LCS_VARIANTS = {
             "every-level-aligned with a learned code per trained label beside its mask (paired with "
             "every-level-aligned)",
             {**_ALIGNED, "label_codes": True},
+            paired_with="every-level-aligned",
+        ),
+        LCSVariant(
+            "aligned-deformable",
+            "correcting a registration",
+            "every-level-aligned conditioned on the atlas carried onto each case by deformable registration "
+            "(paired with every-level-aligned)",
+            {**_ALIGNED, "align_cases": "deformable"},
             paired_with="every-level-aligned",
         ),
     )
