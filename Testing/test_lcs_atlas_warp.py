@@ -5,6 +5,7 @@ trained with on that case. A scan that cannot be registered is refused with one 
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 import numpy as np
@@ -15,11 +16,13 @@ from train_helpers import lsseg
 
 import lsseg_training.run_session as run_session
 from LabelSharingSegLib.engine.atlas_segmentation import PreparedLCS, scan_atlas_points, segment_atlas_labels
+from LabelSharingSegLib.engine.atlas_warp import warped_points
 from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.errors import ConfigError, InputError
 from LabelSharingSegLib.engine.network_config import LCSConfig
 from LabelSharingSegLib.engine.registration_cache import affine_alignment
 from lsseg_training.datasets import load_case, make_case_folders, read_dataset, write_case, write_dataset_json
+from lsseg_training.pair_registrations import _from_file, compact_for_transfer
 
 TINY_3D = ["--channels", "4,8,16", "--device", "cpu", "--quiet", "--batch", "2", "--val-fraction", "0.25"]
 # (world shift of the case in mm, where its first blob moved to in voxels): anatomy that differs locally from the
@@ -151,6 +154,25 @@ def test_a_machine_without_simpleitk_trains_from_the_kept_registrations(trained,
         assert torch.equal(a["atlas_image"], b["atlas_image"]) and torch.equal(
             a["atlas_label"], b["atlas_label"]
         )
+
+
+def test_registrations_compacted_for_the_gpu_machine_move_points_by_a_fraction_of_a_voxel(trained, tmp_path):
+    _, out, _ = trained
+    kept = out.parent / "carried.training" / "registrations"
+    copy = tmp_path / "compact"
+    shutil.copytree(kept, copy)
+    assert compact_for_transfer(copy) == len(CASES) - 1
+    assert compact_for_transfer(copy) == 0  # already compact: left alone
+    atlas_image, atlas_affine = load_bundle(out).atlas_image()
+    for path in sorted(kept.glob("*.npz")):
+        full, small = _from_file(path), _from_file(copy / path.name)
+        assert (copy / path.name).stat().st_size < path.stat().st_size
+        assert np.array_equal(full.alignment.matrix, small.alignment.matrix)
+        assert small.deformation.displacement.shape[1:] == tuple(
+            n // 2 + 1 for n in full.deformation.displacement.shape[1:]
+        )
+        moved = [warped_points(p.deformation, atlas_image.shape, atlas_affine) for p in (full, small)]
+        assert float((moved[0] - moved[1]).norm(dim=-1).max()) < 0.1 * 2.0  # a tenth of the atlas's 2 mm voxels
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

@@ -9,7 +9,9 @@
 # from them (pass `--align-cases affine --registration-cache .gpudata/alignments`). The atlas grid depends on the
 # spacing and the network's depth: ALIGN_SPACING (default 2,2,2) and ALIGN_CHANNELS (default 16,32,64,128,256,
 # gpu_lcs_vs_mc.sh's) must be the GPU run's. ALIGN=deformable keeps the deformable registrations as well, for
-# `--align-cases deformable` (the same cache folder serves both).
+# `--align-cases deformable` (the same cache folder serves both), compacted for the trip (half resolution, float16:
+# about 0.4 MB a case at 2 mm instead of 6 MB, points moved by at most 0.1 mm; pair_registrations.compact_for_transfer)
+# because the GPU machine takes at most 64 MiB along.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 grep -qx '/.gpudata/' "$root/.git/info/exclude" 2>/dev/null || echo '/.gpudata/' >> "$root/.git/info/exclude"
@@ -39,6 +41,10 @@ PY
             --registration-cache "$root/.gpudata/alignments" --spacing "${ALIGN_SPACING:-2,2,2}" \
             --channels "${ALIGN_CHANNELS:-16,32,64,128,256}" --steps 1 --batch 2 --seed 0 --device cpu --val-fraction 0
         rm -rf "$scratch"
+        if [ "$mode" = deformable ]; then
+            "$py" -c 'import sys; from lsseg_training.pair_registrations import compact_for_transfer as c
+print(c(sys.argv[1]), "deformable registrations compacted")' "$root/.gpudata/alignments"
+        fi
     fi
 done
 du -sh "$root/.gpudata"/*

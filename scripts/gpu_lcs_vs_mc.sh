@@ -31,7 +31,8 @@ rm -rf "$work" && mkdir -p "$work"
 # --label-codes ..." says whether they help once trained. Each bundle keeps its best-validation weights (picked on
 # a sample of labels); on the CPU at 4x the steps two of four runs kept early steps' (1440, 960), 0.011 and 0.022
 # below their last step's. LCS correcting a deformable registration (--align-cases deformable; prepare with
-# ALIGN=deformable scripts/gpu_data.sh): "lcs-deformable lcs --align-cases deformable --registration-cache ...";
+# ALIGN=deformable scripts/gpu_data.sh, which compacts the registrations to fit the trip; the CPU's best LCS, level
+# with deformable propagation there): "lcs-deformable lcs --align-cases deformable --registration-cache ...";
 # its bundle reads the atlas registered onto each scan, so step 2 (--align off) leaves it to be scored here.
 RUNS=${RUNS:-"lcs-every-level lcs; lcs-paper lcs --conditioning bottleneck; multichannel multichannel"}
 IFS=';' read -ra runs <<< "$RUNS"
