@@ -121,6 +121,17 @@ def test_training_conditions_each_case_on_the_atlas_carried_onto_it(trained):
         carried = method.crop(item["atlas_label"][None])[0] == 1
         assert _dice(carried, truth) > _dice(plain, truth) + 0.02, item["case"].case_id
 
+    # both batch pipelines hand every conditioning the atlas carried onto its own case
+    carried_images = [item["atlas_image"] for item in method.items]
+    device_batches = method.device_batches
+    for pipeline in (device_batches, None):  # None: the legacy per-sample pipeline
+        method.device_batches = pipeline
+        batch = method.batch(0, 0, 1, 2)
+        assert batch["atlas_image"].shape[0] == batch["atlas_mask"].shape[0] == 2
+        for given in batch["atlas_image"]:
+            assert any(torch.equal(given, image) for image in carried_images)
+    method.device_batches = device_batches
+
     # inference carries the atlas onto each scan exactly as training carried it onto that case
     by_id = {c.case_id: c for c in read_dataset(data).training}
     atlas_image, atlas_affine = bundle.reference_image()
@@ -172,7 +183,9 @@ def test_registrations_compacted_for_the_gpu_machine_move_points_by_a_fraction_o
             n // 2 + 1 for n in full.deformation.displacement.shape[1:]
         )
         moved = [warped_points(p.deformation, atlas_image.shape, atlas_affine) for p in (full, small)]
-        assert float((moved[0] - moved[1]).norm(dim=-1).max()) < 0.1 * 2.0  # a tenth of the atlas's 2 mm voxels
+        assert (
+            float((moved[0] - moved[1]).norm(dim=-1).max()) < 0.1 * 2.0
+        )  # a tenth of the atlas's 2 mm voxels
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

@@ -188,9 +188,15 @@ class LCSBatches:
         self.device, self.loader_workers = cache_device(tensors, device, settings)
         self.images = [i["image"].float().to(self.device) for i in items]
         self.labels = [i["label"].to(self.device) for i in items]
-        # each item's own atlas when the atlas is carried onto every case (--align-cases deformable)
-        self.atlases = [tuple(t.to(self.device) for t in method.atlas_of(i)) for i in items]
+        # each item's own atlas when the atlas is carried onto every case (--align-cases deformable), else one copy
         self.carries_atlas = method.carries_atlas(items)
+        shared = (method.atlas_image.to(self.device), method.atlas_label.to(self.device))
+        self.atlases = [
+            (i["atlas_image"].to(self.device), i["atlas_label"].to(self.device))
+            if self.carries_atlas
+            else shared
+            for i in items
+        ]
         self.appearance = AppearanceAugment(settings.appearance, spacing_mm=spacing_mm)
         self.distances: list[torch.Tensor] | None = None
         if "head" in settings.appearance:
