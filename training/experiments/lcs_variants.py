@@ -25,7 +25,7 @@ count, each changing one thing the issue suspects, under the published LCS's bud
   beside its mask (``--label-codes``; paired with ``every-level-aligned``);
 * ``aligned-deformable`` - correcting a registration: ``every-level-aligned`` conditioned on the atlas carried onto
   each case by deformable registration (``--align-cases deformable``; inference registers each scan the same way;
-  paired with ``every-level-aligned``).
+  paired with ``every-level-aligned``; also trained on the coarse labels for Table 1).
 
 Each image-sample budget (steps x batch) is the published LCS's except ``long``; ``labels-per-image`` spends more
 decoder passes per step, so the report gives every run's training seconds beside its Dice.
@@ -167,6 +167,7 @@ LCS_VARIANTS = {
             "(paired with every-level-aligned)",
             {**_ALIGNED, "align_cases": "deformable"},
             paired_with="every-level-aligned",
+            coarse_to_fine=True,  # drawn labels: does a network given the registration carry them better than it?
         ),
     )
 }
