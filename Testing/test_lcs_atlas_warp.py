@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import atlas_volume
-from train_helpers import lsseg
+from train_helpers import lsseg, record_training
 
-import lsseg_training.run_session as run_session
 from LabelSharingSegLib.engine.atlas_segmentation import PreparedLCS, scan_atlas_points, segment_atlas_labels
 from LabelSharingSegLib.engine.atlas_warp import warped_points
 from LabelSharingSegLib.engine.bundle import load_bundle
@@ -74,14 +73,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("atlas_warp")
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setenv("LSSEG_CACHE_DIR", str(root / "cache"))
-    seen: dict = {}
-    real_train = run_session.train
-
-    def recording_train(method, model, val_items, options, ctx, *args, **kwargs):
-        seen["method"], seen["val_items"] = method, val_items
-        return real_train(method, model, val_items, options, ctx, *args, **kwargs)
-
-    monkeypatch.setattr(run_session, "train", recording_train)
+    seen = record_training(monkeypatch)
     data = _deformed_cases(root)
     out = root / "carried"
     # one thread: SimpleITK's multi-threaded demons need not repeat a registration to the last bit, and the test

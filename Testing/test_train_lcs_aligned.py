@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import atlas_volume
-from train_helpers import lsseg, phantoms
+from train_helpers import lsseg, phantoms, record_training
 
-import lsseg_training.run_session as run_session
 from LabelSharingSegLib.engine.atlas_segmentation import PreparedLCS
 from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.errors import InputError
@@ -57,23 +56,11 @@ def _dice(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(2 * (a & b).sum() / (a.sum() + b.sum()))
 
 
-def _record_training(monkeypatch) -> dict:
-    seen: dict = {}
-    real_train = run_session.train
-
-    def recording_train(method, model, val_items, options, ctx, *args, **kwargs):
-        seen["method"], seen["val_items"] = method, val_items
-        return real_train(method, model, val_items, options, ctx, *args, **kwargs)
-
-    monkeypatch.setattr(run_session, "train", recording_train)
-    return seen
-
-
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_aligned_cases_are_what_inference_shows_the_network(tmp_path, monkeypatch):
     monkeypatch.setenv("LSSEG_CACHE_DIR", str(tmp_path / "cache"))
     data = _shifted_cases(tmp_path)
-    seen = _record_training(monkeypatch)
+    seen = record_training(monkeypatch)
     out = tmp_path / "aligned"
     assert (
         lsseg("train", "lcs", "--data", data, "--out", out, "--steps", 1, "--align-cases", "affine", *TINY_3D)
@@ -127,7 +114,7 @@ def test_aligned_cases_are_what_inference_shows_the_network(tmp_path, monkeypatc
 def test_a_case_that_cannot_be_registered_is_left_out_and_named(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LSSEG_CACHE_DIR", str(tmp_path / "cache"))
     data = _shifted_cases(tmp_path, blank_case=True)
-    seen = _record_training(monkeypatch)
+    seen = record_training(monkeypatch)
     out = tmp_path / "aligned"
     assert (
         lsseg("train", "lcs", "--data", data, "--out", out, "--steps", 1, "--align-cases", "affine", *TINY_3D)

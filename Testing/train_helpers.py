@@ -97,3 +97,19 @@ def lsseg_process(*args, env=None, sleep_per_step: float = 0.0, **kwargs) -> sub
 
 def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def record_training(monkeypatch) -> dict:
+    """Patch training so the dict returned holds what the trainer was last handed: the method (its items) and the
+    validation items (``monkeypatch``: pytest's fixture or a ``pytest.MonkeyPatch``)."""
+    import lsseg_training.run_session as run_session
+
+    seen: dict = {}
+    real_train = run_session.train
+
+    def recording_train(method, model, val_items, options, ctx, *args, **kwargs):
+        seen["method"], seen["val_items"] = method, val_items
+        return real_train(method, model, val_items, options, ctx, *args, **kwargs)
+
+    monkeypatch.setattr(run_session, "train", recording_train)
+    return seen
