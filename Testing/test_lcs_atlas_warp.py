@@ -78,20 +78,8 @@ def trained(tmp_path_factory):
     out = root / "carried"
     # one thread: SimpleITK's multi-threaded demons need not repeat a registration to the last bit, and the test
     # compares training's registration of a case with inference's of the same scan
-    args = [
-        "--data",
-        data,
-        "--out",
-        out,
-        "--steps",
-        2,
-        "--align-cases",
-        "deformable",
-        "--threads",
-        1,
-        *TINY_3D,
-    ]
-    assert lsseg("train", "lcs", *args) == 0
+    args = ["--data", data, "--out", out, "--steps", 2, "--align-cases", "deformable", "--threads", 1]
+    assert lsseg("train", "lcs", *args, *TINY_3D) == 0
     yield data, out, seen
     monkeypatch.undo()
 
