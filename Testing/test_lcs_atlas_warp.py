@@ -118,7 +118,7 @@ def test_training_conditions_each_case_on_the_atlas_carried_onto_it(trained):
     for item in items:
         image, _, affine = load_case(by_id[item["case"].case_id])
         alignment = affine_alignment(image[0], affine, atlas_image, atlas_affine)
-        points = scan_atlas_points(bundle, image[0], affine, alignment, lambda *_: None)
+        points = scan_atlas_points(bundle, bundle.atlas_image(), image[0], affine, alignment, lambda *_: None)
         prepared = PreparedLCS(
             bundle, image[0], alignment.aligned_affine(affine), torch.device("cpu"), atlas_points=points
         )

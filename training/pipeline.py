@@ -190,13 +190,14 @@ class LCSBatches:
         self.labels = [i["label"].to(self.device) for i in items]
         # each item's own atlas when the atlas is carried onto every case (--align-cases deformable), else one copy
         self.carries_atlas = method.carries_atlas(items)
-        shared = (method.atlas_image.to(self.device), method.atlas_label.to(self.device))
-        self.atlases = [
-            (i["atlas_image"].to(self.device), i["atlas_label"].to(self.device))
-            if self.carries_atlas
-            else shared
-            for i in items
-        ]
+        if self.carries_atlas:
+            self.atlases = [
+                (i["atlas_image"].to(self.device), i["atlas_label"].to(self.device)) for i in items
+            ]
+        else:
+            self.atlases = [(method.atlas_image.to(self.device), method.atlas_label.to(self.device))] * len(
+                items
+            )
         self.appearance = AppearanceAugment(settings.appearance, spacing_mm=spacing_mm)
         self.distances: list[torch.Tensor] | None = None
         if "head" in settings.appearance:

@@ -64,8 +64,8 @@ def reference_alignment(bundle: Bundle, image, affine, progress=None, cancel=Non
 
 
 def _reference_alignment(bundle: Bundle, image, affine, masks, labels, progress, cancel) -> Alignment | None:
-    atlas_image, _ = bundle.atlas_image()
-    masks = check_atlas_masks(masks, atlas_image.shape, labels)  # bad drawings fail before any registration
+    atlas = bundle.atlas_image()
+    masks = check_atlas_masks(masks, atlas[0].shape, labels)  # bad drawings fail before any registration
     check_drawn_masks(masks, [label.name for label in labels])
     return reference_alignment(bundle, image, affine, progress, cancel)
 
@@ -207,11 +207,17 @@ class PreparedLCS:
 
 
 def scan_atlas_points(
-    bundle: Bundle, image: np.ndarray, affine: np.ndarray, alignment: Alignment | None, report
+    bundle: Bundle,
+    atlas: tuple[np.ndarray, np.ndarray],
+    image: np.ndarray,
+    affine: np.ndarray,
+    alignment: Alignment | None,
+    report,
 ) -> torch.Tensor | None:
     """For a network conditioned on the atlas carried onto the scan (``network.atlas_warp``), where it reads the
     atlas: the deformable registration of the atlas onto the aligned scan, as training registered every case
-    (``lsseg train lcs --align-cases deformable``). None for every other network."""
+    (``lsseg train lcs --align-cases deformable``). ``atlas``: the bundle's atlas image and affine, as loaded by
+    the caller. None for every other network."""
     if getattr(bundle.network_config, "atlas_warp", "none") == "none":
         return None
     if alignment is None or not alignment.accepted:
@@ -225,7 +231,7 @@ def scan_atlas_points(
             "network reference"
         )
     report(0.1, "registering the atlas onto the scan (deformable)")
-    atlas_image, atlas_affine = bundle.atlas_image()
+    atlas_image, atlas_affine = atlas
     found = register_atlas(atlas_image, atlas_affine, image, affine, stage="deformable", alignment=alignment)
     assert found.deformation is not None
     return warped_points(found.deformation, atlas_image.shape, atlas_affine)
@@ -308,8 +314,8 @@ def _lcs_setup(
         )
     image, affine = check_image(image, affine)
     _require_volume(bundle, image)
-    atlas_image, _ = bundle.atlas_image()
-    masks = check_atlas_masks(masks, atlas_image.shape, labels)
+    atlas = bundle.atlas_image()
+    masks = check_atlas_masks(masks, atlas[0].shape, labels)
     check_drawn_masks(masks, [label.name for label in labels])
     report = _Reporter(progress, cancel)
     torch_device, note = resolve_device(device)
@@ -320,7 +326,7 @@ def _lcs_setup(
     window = alignment is not None and alignment.accepted
     if window:
         working_affine = np.linalg.inv(alignment.matrix @ network_pose(bundle)) @ np.asarray(affine, float)
-    points = scan_atlas_points(bundle, image, affine, alignment, report)
+    points = scan_atlas_points(bundle, atlas, image, affine, alignment, report)
     prepared = PreparedLCS(
         bundle, image, working_affine, torch_device, brain_window=window, atlas_points=points
     )
