@@ -94,6 +94,14 @@ def test_competing_sets_are_disjoint_and_neighbours_come_first():
     assert merged > 100  # merges still happen, drawn from the labels left free
 
 
+def test_more_labels_per_image_than_the_atlas_has_is_refused():
+    with pytest.raises(
+        InputError, match="--labels-per-image 6 asks for more labels per image than the atlas has"
+    ):
+        _method(labels_per_image=6)  # the atlas has 5 labels
+    assert _method(labels_per_image=5).labels_per_image == 5
+
+
 def test_competing_loss_gives_every_parameter_a_finite_gradient():
     method = _method(labels_per_image=2, loss="competing", label_draw="neighbours", merge_prob=0.0)
     atlas = torch.as_tensor(_stripes())

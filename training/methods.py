@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from LabelSharingSegLib.engine.atlas_segmentation import LCS_THRESHOLD, keep_most_probable
 from LabelSharingSegLib.engine.bundle import TaskInfo
 from LabelSharingSegLib.engine.bundle_kind import BundleKind
+from LabelSharingSegLib.engine.errors import InputError
 from LabelSharingSegLib.engine.inference import predict_logits
 from LabelSharingSegLib.engine.network_config import NetworkConfig
 
@@ -232,6 +233,13 @@ class LCSMethod:
         self.spatial_dims = prep.spatial_dims
         self.spacing_mm = float(np.mean(prep.spacing))
         self.values = [int(v) for v in label_values]
+        if labels_per_image > len(
+            self.values
+        ):  # the draw would cap it, and the run would not be the one asked for
+            raise InputError(
+                f"--labels-per-image {labels_per_image} asks for more labels per image than the atlas has "
+                f"({len(self.values)}); give at most {len(self.values)}"
+            )
         self.val_values = self.values if val_labels is None else [int(v) for v in val_labels]
         self.merge_prob = merge_prob
         self.labels_per_image = labels_per_image

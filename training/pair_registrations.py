@@ -103,7 +103,8 @@ def _without_sitk(error: ImportError) -> InputError:
     """SimpleITK missing (the lent GPU machine): registrations must come from a cache filled elsewhere."""
     return InputError(
         f"registering a case to the atlas needs SimpleITK ({error}); fill the registration cache on a machine "
-        "that has it (`ALIGN=1 scripts/gpu_data.sh`) and pass it with --registration-cache"
+        "that has it (`ALIGN=1 scripts/gpu_data.sh`; `ALIGN=deformable` for --align-cases deformable) and pass "
+        "it with --registration-cache"
     )
 
 

@@ -41,6 +41,7 @@ from pathlib import Path
 from LabelSharingSegLib.engine.errors import InputError
 from LabelSharingSegLib.engine.network_config import network_config_from_dict
 
+from ..label_hierarchy import read_coarse_map
 from . import runner
 from .budget import BudgetLedger
 from .report import curves_plot, fmt, mean_dice, table
@@ -193,6 +194,15 @@ def record_budgets(
             ledger.record("coarse-to-fine", variant.method, f"lcs_coarse_{variant.name}", vb.steps, vb.batch)
 
 
+def _options_for(variant: LCSVariant, label_count: int) -> dict:
+    """The variant's training options on data with ``label_count`` labels: labels per image capped at the labels
+    there are (`lsseg train lcs` refuses more; on small data every label is then conditioned each step)."""
+    options = dict(variant.options)
+    if "labels_per_image" in options:
+        options["labels_per_image"] = min(options["labels_per_image"], label_count)
+    return options
+
+
 def train_and_evaluate(
     ws: Workspace, data: Path, variants: list[LCSVariant], budget: runner.Budget, label_count: int
 ) -> list[dict]:
@@ -201,7 +211,7 @@ def train_and_evaluate(
     for variant in variants:
         path = ws.run(variant.run)
         ws.timed(f"train {variant.method}", runner.train_lcs, data, path, variant.budget(budget),
-                 **variant.options)  # fmt: skip
+                 **_options_for(variant, label_count))  # fmt: skip
         more = runner.evaluate_bundle(path, [data], ws.evaluation(variant.run), variant.method, budget.device)
         rows += [{**r, "label_count": label_count} for r in more]
     return rows
@@ -212,10 +222,11 @@ def train_coarse(
 ) -> dict[str, list[dict]]:
     """The coarse-to-fine variants trained on the coarse labels and evaluated: Table 1 rows by variant method."""
     table1: dict[str, list[dict]] = {}
+    coarse_count = len(set(read_coarse_map(coarse_map).fine_to_coarse.values()))
     for variant in (v for v in variants if v.coarse_to_fine):
         run = f"lcs_coarse_{variant.name}"
         ws.timed(f"train {variant.method} on coarse labels", runner.train_lcs, data, ws.run(run),
-                 variant.budget(budget), coarse_map, **variant.options)  # fmt: skip
+                 variant.budget(budget), coarse_map, **_options_for(variant, coarse_count))  # fmt: skip
         runner.evaluate_bundle(ws.run(run), [data], ws.evaluation(run), run, budget.device)
         path = ws.evaluation(run) / "table1.csv"
         table1[variant.method] = runner.read_csv(path) if path.is_file() else []
