@@ -27,7 +27,7 @@ from LabelSharingSegLib.engine.atomic import (
 )
 from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.device import resolve_device
-from LabelSharingSegLib.engine.errors import InputError
+from LabelSharingSegLib.engine.errors import InputError, LabelSharingSegError
 from LabelSharingSegLib.engine.inference import segment_task
 from LabelSharingSegLib.engine.labels import LabelInfo
 from LabelSharingSegLib.engine.propagation import MIN_LABEL_VOXELS
@@ -40,6 +40,7 @@ from .csv_tables import write_csv
 from .datasets import as_volume, load_case, require_valid_dataset
 from .label_set_eval import evaluate_label_set, labels_on_atlas_grid
 from .metrics import dice, label_metrics, nanmean, voxel_spacing
+from .multi_atlas import AtlasCase, fuse_atlases
 
 FIELDS = (
     "method",
@@ -159,11 +160,55 @@ def _atlas_index(registrations: dict, image: np.ndarray, affine: np.ndarray) -> 
     return len(atlases) - 1
 
 
-def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95, registrations: dict, align: bool):
+def _atlas_cases(dataset, first: str | None, count: int, coarse_map: dict[int, int]) -> list[AtlasCase]:
+    """The ``count`` training cases multi-atlas registration uses: the bundle's atlas case first (when it is one
+    of them), then the others in the dataset's order; label maps through the bundle's coarse map, as the truth."""
+    cases = sorted(dataset.training, key=lambda c: c.case_id != first)
+    if len(cases) < count:
+        raise InputError(
+            f"--atlas-baselines {count}: {dataset.root} has only {len(cases)} training case(s) to use as atlases"
+        )
+    chosen = []
+    for case in cases[:count]:
+        image, label, affine = load_case(case)
+        labelmap = as_volume(label).astype(np.int64)
+        if coarse_map:
+            labelmap = _lcs_truth_lut(coarse_map, int(labelmap.max(initial=0)))[labelmap]
+        chosen.append(AtlasCase(case.case_id, as_volume(image[0]), labelmap, affine))
+    return chosen
+
+
+def _baseline_rows(
+    bundle, method, task, case, volume, affine, masks, infos, truth, alignment, atlases, with_hd95
+):
+    """(rows, notes) of the registration baselines on one scan: the bundle's atlas carried by deformable
+    registration (the product's ``register-deformable``) and ``atlases`` fused (multi_atlas.py)."""
+    spacing, rows, notes = voxel_spacing(affine), [], []
+    try:
+        single = segment_atlas_labels(
+            bundle, volume, affine, masks, infos, method="register-deformable", align=alignment
+        ).labelmap
+        rows += _rows_for(f"{method}: deformable propagation", "registration", task, case.case_id, single,
+                          truth, infos, spacing, with_hd95)  # fmt: skip
+    except LabelSharingSegError as error:
+        notes.append(f"{case.case_id}: deformable propagation left out: {error}")
+    fused, more = fuse_atlases(atlases, [info.value for info in infos], volume, affine)
+    notes += [f"{case.case_id}: {note}" for note in more]
+    if fused is not None:
+        rows += _rows_for(f"{method}: multi-atlas x{len(atlases)}", "registration", task, case.case_id, fused,
+                          truth, infos, spacing, with_hd95)  # fmt: skip
+    return rows, notes
+
+
+def _evaluate_lcs_bundle(
+    bundle, method, datasets, device, with_hd95, registrations: dict, align: bool, atlas_baselines: int = 0
+):
     """Rows for the trained (atlas) labels and, with a coarse map, the Table 1 entries and every fine-label
     method side by side (sidebyside.py; with notes on registrations that diverged). ``registrations``: each
     scan's registration to an atlas, shared by the bundles of one evaluation whose atlas is the same image.
-    ``align`` False: the scans already lie in the atlas's space (no registration, so no registration baselines)."""
+    ``align`` False: the scans already lie in the atlas's space (no registration, so no registration baselines).
+    ``atlas_baselines`` N > 0: the trained labels also by deformable propagation of the bundle's atlas and by
+    multi-atlas registration of N training cases (``_baseline_rows``)."""
     rows, table1, side, notes = [], [], [], []
     refine = bundle.network_config.arch == "lcs_refine"
     atlas_key = _atlas_index(registrations, *bundle.atlas_image())
@@ -180,6 +225,7 @@ def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95, registrati
             side, notes = side + more_side, notes + more_notes
             continue
         task = dataset.task_name()
+        atlases: list[AtlasCase] | None = None
         fine_atlas = (
             labels_on_atlas_grid(dataset, training.get("atlas_case"), atlas_affine, atlas_labels.shape)
             if coarse_map
@@ -215,6 +261,12 @@ def _evaluate_lcs_bundle(bundle, method, datasets, device, with_hd95, registrati
             rows += _rows_for(
                 method, "lcs", task, case.case_id, result.labelmap, mapped, infos, spacing, with_hd95
             )
+            if atlas_baselines and align:
+                if atlases is None:  # loaded once per dataset, when the first scan needs them
+                    atlases = _atlas_cases(dataset, training.get("atlas_case"), atlas_baselines, coarse_map)
+                more_rows, more_notes = _baseline_rows(bundle, method, task, case, volume, affine, masks, infos,
+                                                       mapped, result.alignment, atlases, with_hd95)  # fmt: skip
+                rows, notes = rows + more_rows, notes + more_notes
             if fine_atlas is None:
                 continue
             # a label left with one voxel on the atlas grid cannot be carried (and is refused): left out, noted
@@ -438,10 +490,13 @@ def evaluate(
     with_hd95: bool = True,
     overwrite: bool = False,
     align: bool = True,
+    atlas_baselines: int = 0,
 ) -> str:
     """Evaluate bundles on the datasets' labelled test cases and write the report folder ``out`` (atomically:
     a complete report or none); returns the summary markdown. ``align`` False: the test cases are segmented where
-    they lie, not registered to each bundle's reference first."""
+    they lie, not registered to each bundle's reference first. ``atlas_baselines`` N > 0: LCS bundles' trained
+    labels are also segmented by deformable propagation of the bundle's atlas and by multi-atlas registration of
+    N training cases of the data, reported as methods of their own."""
     out = Path(out)
     check_report_folder(out, overwrite)
     datasets = [require_valid_dataset(p) for p in data_paths]
@@ -453,6 +508,16 @@ def evaluate(
     registrations: dict = {}
     bundles = [load_bundle(path) for path in bundle_paths]
     refine = [bundle.path for bundle in bundles if bundle.network_config.arch == "lcs_refine"]
+    if atlas_baselines < 0:
+        raise InputError(f"--atlas-baselines must be 0 or more, got {atlas_baselines}")
+    if atlas_baselines and not align:
+        raise InputError(
+            "--atlas-baselines registers atlases onto each scan; it cannot be used with --align off"
+        )
+    if atlas_baselines and not any(bundle.kind.has_atlas for bundle in bundles):
+        raise InputError(
+            "--atlas-baselines compares LCS bundles with registration; none of the bundles is one"
+        )
     if refine and not align:  # refused before any bundle is evaluated
         raise InputError(
             f"{refine[0]}: a refine bundle corrects a registration; it cannot be evaluated with --align off"
@@ -460,7 +525,7 @@ def evaluate(
     for path, bundle, method in zip(bundle_paths, bundles, methods):
         if bundle.kind.has_atlas:
             more, t1, s1, n1 = _evaluate_lcs_bundle(
-                bundle, method, datasets, torch_device, with_hd95, registrations, align
+                bundle, method, datasets, torch_device, with_hd95, registrations, align, atlas_baselines
             )
             table1, side, notes = table1 + t1, side + s1, notes + n1
         else:
@@ -472,6 +537,8 @@ def evaluate(
                 f"({', '.join(d.task_name() for d in datasets)})" + "".join(f"; {n}" for n in n1[:2])
             )
         rows += more
+    # registration baselines are methods of their own, after the bundles they accompany
+    methods += [m for m in dict.fromkeys(r["method"] for r in rows) if m not in methods]
     with atomic_folder(out) as staging:
         write_csv(staging / "metrics.csv", rows, FIELDS, _fmt)
         if table1:

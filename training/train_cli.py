@@ -456,6 +456,16 @@ def register(subparsers) -> None:
         "segment them as they are, as the network saw its training cases (no SimpleITK needed; registration "
         "baselines left out)",
     )
+    p.add_argument(
+        "--atlas-baselines",
+        type=int,
+        default=0,
+        metavar="N",
+        help="LCS bundles: also segment the trained labels by deformable propagation of the bundle's atlas and by "
+        "multi-atlas registration of N training cases of the data (each registered onto the scan, labels fused "
+        "by weighted vote), as methods of their own: what registration alone gives with one and with N "
+        "annotated cases",
+    )
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -543,6 +553,7 @@ def cmd_evaluate(args) -> int:
         with_hd95=not args.no_hd95,
         overwrite=args.overwrite,
         align=args.align == "auto",
+        atlas_baselines=args.atlas_baselines,
     )
     print(report)
     return 0
