@@ -165,7 +165,17 @@ def test_aligned_variants_pair_with_the_run_they_change_and_need_3d(tmp_path):
     command += ["--variants", "every-level", "every-level-aligned", "aligned-k4", "aligned-k4-competing"]
     command += ["aligned-codes", "aligned-deformable"]
     assert lsseg(*command) == 0
+    # registration with one and with 2 annotated cases joins the finished experiment, scored beside LCS
+    assert lsseg(*command, "--atlas-baselines", 2) == 0
     report = (out / "report.md").read_text()
+    assert "--atlas-baselines 2" in report.splitlines()[2]
+    for name in ("registration: deformable propagation", "registration: multi-atlas x2"):
+        assert f"| {name} | " in report
+        assert f"- LCS at least {name.removeprefix('registration: ')} (no network) at 3 labels: " in report
+    with open(out / "metrics.csv", newline="") as handle:
+        scored = [r for r in csv.DictReader(handle) if r["method"] == "registration: multi-atlas x2"]
+    assert scored and {r["label_count"] for r in scored} == {"3"}
+    assert lsseg(*command, "--atlas-baselines", 4) == 2  # the phantom data has 3 training cases
     rows = {
         line.split(" | ")[0].lstrip("| "): line for line in report.splitlines() if line.startswith("| lcs ")
     }

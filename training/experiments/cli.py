@@ -146,6 +146,15 @@ def register(subparsers) -> None:
         "trained label; aligned-deformable: every-level-aligned conditioned on the atlas carried onto each case by "
         "deformable registration (variants may be added to a finished experiment)",
     )
+    lcs.add_argument(
+        "--atlas-baselines",
+        nargs="*",
+        type=int,
+        metavar="N",
+        help="3D data: also score, at the full label count, deformable propagation of LCS's atlas and multi-atlas "
+        "registration of N training cases (`lsseg evaluate --atlas-baselines`), one row per N: what registration "
+        "alone gives with one and with N annotated cases (may be added to a finished experiment)",
+    )
     _budget_options(lcs, 1000)
     lcs.set_defaults(func=cmd_lcs)
 
@@ -207,6 +216,7 @@ def cmd_lcs(args) -> int:
         memory_label_counts=args.memory_label_counts,
         coarse_map=args.coarse_map,
         variants=args.variants,
+        atlas_baselines=args.atlas_baselines,
     )
     print(report.read_text(encoding="utf-8"))
     print(f"Report: {report}")

@@ -85,9 +85,12 @@ def run_lcs(
     memory_label_counts: list[int] | None = None,
     coarse_map: Path | None = None,
     variants: list[str] | None = None,
+    atlas_baselines: list[int] | None = None,
 ) -> Path:
     """Run (or continue) the experiment into ``out``; returns ``out/report.md``. ``variants``: LCS variants
-    (lcs_variants.py) at the dataset's full label count; they may be added to a finished experiment."""
+    (lcs_variants.py) at the dataset's full label count; ``atlas_baselines``: numbers of annotated cases whose
+    multi-atlas registration is scored beside LCS at that count (``_atlas_baselines``). Both may be added to a
+    finished experiment."""
     chosen = parse_lcs_variants(variants)
     dataset = planning.load_datasets([Path(data)])[0]
     total = len(dataset.foreground_labels())
@@ -102,6 +105,14 @@ def run_lcs(
     aligned = [v.name for v in chosen if v.options.get("align_cases", "none") != "none"]
     if aligned and dims != 3:  # refused before any run trains, not after the others
         raise InputError(f"--variants {', '.join(aligned)} register cases to the atlas: they need 3D data")
+    baselines = sorted(set(atlas_baselines or []))
+    if baselines and dims != 3:
+        raise InputError("--atlas-baselines registers annotated cases onto each scan: it needs 3D data")
+    if any(n < 1 or n > len(dataset.training) for n in baselines):
+        raise InputError(
+            f"--atlas-baselines {' '.join(map(str, baselines))}: choose from 1 to {len(dataset.training)}, "
+            f"the training cases of {dataset.root}"
+        )
     config = {
         "experiment": "lcs",
         "data": str(Path(dataset.root).resolve()),
@@ -110,10 +121,15 @@ def run_lcs(
         "memory_label_counts": memory_counts,
         "coarse_map": str(Path(coarse_map).resolve()) if coarse_map else None,
         **({"variants": [v.name for v in chosen]} if chosen else {}),
+        **({"atlas_baselines": baselines} if baselines else {}),
     }
     if chosen and total not in counts:
         raise InputError(f"--variants are trained at all {total} labels: include {total} in --label-counts")
-    ws = Workspace(out, config, echo=not budget.quiet, extendable=("variants",))
+    if baselines and total not in counts:
+        raise InputError(
+            f"--atlas-baselines are scored at all {total} labels: include {total} in --label-counts"
+        )
+    ws = Workspace(out, config, echo=not budget.quiet, extendable=("variants", "atlas_baselines"))
     ledger = BudgetLedger()
     for k in counts:
         for method in METHODS:
@@ -139,6 +155,7 @@ def run_lcs(
                                           budget.device)  # fmt: skip
             rows += [{**r, "label_count": k} for r in more]
     rows += train_and_evaluate(ws, Path(dataset.root), chosen, budget, total)
+    rows += _atlas_baselines(ws, Path(dataset.root), baselines, budget, total)
 
     map_path, map_source = _coarse_map(dataset, coarse_map, ws)
     table1: list[dict] = []
@@ -176,6 +193,26 @@ def run_lcs(
     return report
 
 
+def _atlas_baselines(
+    ws: Workspace, data: Path, counts: list[int], budget: runner.Budget, total: int
+) -> list[dict]:
+    """Registration rows beside LCS at the full label count: deformable propagation of LCS's atlas (once) and
+    multi-atlas registration of each N training cases, named ``"registration: ..."``; each evaluation is kept
+    in ``evals/`` (the registrations themselves in the engine's registration cache)."""
+    rows: list[dict] = []
+    for n in counts:
+        more = ws.timed(f"score registration with {n} annotated case(s)", runner.evaluate_bundle, ws.run(f"lcs_{total}"),
+                        [data], ws.evaluation(f"registration_x{n}"), "registration", budget.device,
+                        atlas_baselines=n)  # fmt: skip
+        single = "registration: deformable propagation"
+        rows += [
+            {**r, "label_count": total}
+            for r in more
+            if r["method"] == f"registration: multi-atlas x{n}" or (r["method"] == single and n == counts[0])
+        ]
+    return rows
+
+
 def _memory(ws: Workspace, counts: list[int], dims: int, size: int, budget: runner.Budget) -> list[dict]:
     """Memory rows, measured once per experiment folder (memory.csv is kept and read back)."""
     path = ws.root / "memory.csv"
@@ -202,6 +239,8 @@ def _report(
     command += ["--memory-label-counts", ",".join(map(str, ws.config["memory_label_counts"]))]
     command += ["--coarse-map", ws.config["coarse_map"]] if ws.config["coarse_map"] else []
     command += ["--variants", *[v.name for v in variants]] if variants else []
+    baselines = ws.config.get("atlas_baselines") or []
+    command += ["--atlas-baselines", *map(str, baselines)] if baselines else []
     lines = header("LCS against a multi-channel U-Net (Ma, Lee, Sabuncu 2022)", ws.config, command)
     lines += [
         "## Data, seeds and budgets",
@@ -217,8 +256,17 @@ def _report(
     dice = {m: [mean_dice(rows, method=m, label_count=k) for k in counts] for m in METHODS}
     top = counts[-1]
     lines += [f"## Mean Dice at {top} labels", ""]
-    lines += table(["method", "mean Dice"], [[m, dice[m][-1]] for m in METHODS])
+    registration = _registration_rows(rows, top)
+    lines += table(["method", "mean Dice"], [[m, dice[m][-1]] for m in METHODS] + registration)
     lines += [f"For comparison: {PAPER}.", ""]
+    if registration:
+        lines += [
+            "Registration rows: no network, the scan's labels carried from annotated cases by the engine's "
+            "deformable registration (`lsseg evaluate --atlas-baselines`): LCS's atlas alone, and N training cases "
+            "fused by vote - what a clinician with one or N annotated scans gets without training. LCS reads one "
+            "annotated case at test time, the multi-channel network learnt from all of them.",
+            "",
+        ]
     lines += ["## Dice against the label count", ""]
     lines += table(
         ["labels", *METHODS, "LCS - multi-channel"],
@@ -242,6 +290,11 @@ def _report(
         f"- LCS at least multi-channel at {top} labels: {yes(dice['lcs'][-1] >= dice['multichannel'][-1])} "
         f"({fmt(dice['lcs'][-1])} vs {fmt(dice['multichannel'][-1])})",
         f"- LCS training memory flat in the label count while multi-channel grows: {yes(flat and grows)}",
+        *[
+            f"- LCS at least {name.removeprefix('registration: ')} (no network) at {top} labels: "
+            f"{yes(dice['lcs'][-1] >= value)} ({fmt(dice['lcs'][-1])} vs {fmt(value)})"
+            for name, value in registration
+        ],
         "",
         "## Plots",
         "",
@@ -253,6 +306,17 @@ def _report(
         "checkpoints), `evals/` (each evaluation; `evals/lcs_coarse/table1.csv` per case), `log.txt`.",
     ]
     return write_report(ws.root / "report.md", lines)
+
+
+def _registration_rows(rows: list[dict], label_count: int) -> list[list]:
+    """[name, mean Dice] of the registration baselines scored at ``label_count`` (none when not asked for)."""
+    names = dict.fromkeys(
+        r["method"]
+        for r in rows
+        if r["method"].startswith("registration: ") and str(r["label_count"]) == str(label_count)
+    )
+    ordered = sorted(names, key=lambda m: (not m.endswith("deformable propagation"), len(m), m))
+    return [[name, mean_dice(rows, method=name, label_count=label_count)] for name in ordered]
 
 
 def _validation_lines(ws, counts, budget) -> list[str]:

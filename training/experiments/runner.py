@@ -212,13 +212,22 @@ def fine_methods(evaluation: Path) -> list[dict]:
 def evaluate_bundle(
     bundle: Path, data: list[Path], out: Path, method: str, device: str = "auto", **options
 ) -> list[dict]:
-    """Dice rows of one bundle on the datasets' test cases, the ``method`` column set to our name.
+    """Dice rows of one bundle on the datasets' test cases, the ``method`` column set to our name (registration
+    baselines, ``options`` ``atlas_baselines``: ``"<method>: <baseline>"``).
 
     Kept in ``out`` (metrics.csv, and table1.csv for coarse LCS bundles); a finished evaluation is read back."""
     metrics = Path(out) / "metrics.csv"
     if not metrics.is_file():
         evaluate([bundle], data, out, device=device, with_hd95=False, **options)
-    return [{**row, "method": method} for row in read_csv(metrics)]
+    return [
+        {
+            **row,
+            "method": f"{method}: {row['method'].split(': ', 1)[1]}"
+            if row["kind"] == "registration"
+            else method,
+        }
+        for row in read_csv(metrics)
+    ]
 
 
 def read_csv(path: Path) -> list[dict]:
