@@ -34,6 +34,13 @@ def _case(case) -> AtlasCase:
     return AtlasCase(case.case_id, as_volume(image[0]), as_volume(label).astype(np.int64), affine)
 
 
+def _carried(atlas: AtlasCase, values, scan, affine) -> np.ndarray:
+    """One atlas carried onto the scan as `register-deformable` carries the bundle's atlas."""
+    masks = np.stack([atlas.labelmap == v for v in values])
+    found = register_atlas(atlas.image, atlas.affine, scan, affine)
+    return carry_labels(masks, values, atlas.affine, found, scan.shape, affine)
+
+
 def _mean_dice(prediction, truth, values) -> float:
     scores = [dice(prediction == v, truth == v) for v in values]
     return float(np.nanmean([s for s in scores if not math.isnan(s)]))
@@ -53,27 +60,12 @@ def test_the_vote_outweighs_an_atlas_whose_labels_are_wrong(brain):
 
     fused, notes = fuse_atlases([first, second, wrong], values, scan, affine)
     assert notes == [] and fused is not None and fused.shape == scan.shape
-    alone = carry_labels(
-        np.stack([wrong.labelmap == v for v in values]),
-        values,
-        wrong.affine,
-        register_atlas(wrong.image, wrong.affine, scan, affine),
-        scan.shape,
-        affine,
-    )
+    alone = _carried(wrong, values, scan, affine)
     # two atlases that agree outvote the one that is wrong everywhere
     assert _mean_dice(fused, truth, values) > _mean_dice(alone, truth, values) + 0.2
     # one atlas fused is that atlas carried as `register-deformable` carries it (the same rule)
     single, _ = fuse_atlases([first], values, scan, affine)
-    carried = carry_labels(
-        np.stack([first.labelmap == v for v in values]),
-        values,
-        first.affine,
-        register_atlas(first.image, first.affine, scan, affine),
-        scan.shape,
-        affine,
-    )
-    assert np.array_equal(single, carried)
+    assert np.array_equal(single, _carried(first, values, scan, affine))
     assert set(np.unique(fused)) <= {0, *values}
 
 

@@ -194,13 +194,13 @@ def run_lcs(
 
 
 def _atlas_baselines(
-    ws: Workspace, data: Path, counts: list[int], budget: runner.Budget, total: int
+    ws: Workspace, data: Path, atlas_numbers: list[int], budget: runner.Budget, total: int
 ) -> list[dict]:
     """Registration rows beside LCS at the full label count: deformable propagation of LCS's atlas (once) and
     multi-atlas registration of each N training cases, named ``"registration: ..."``; each evaluation is kept
     in ``evals/`` (the registrations themselves in the engine's registration cache)."""
     rows: list[dict] = []
-    for n in counts:
+    for n in atlas_numbers:
         more = ws.timed(f"score registration with {n} annotated case(s)", runner.evaluate_bundle, ws.run(f"lcs_{total}"),
                         [data], ws.evaluation(f"registration_x{n}"), "registration", budget.device,
                         atlas_baselines=n)  # fmt: skip
@@ -208,7 +208,8 @@ def _atlas_baselines(
         rows += [
             {**r, "label_count": total}
             for r in more
-            if r["method"] == f"registration: multi-atlas x{n}" or (r["method"] == single and n == counts[0])
+            if r["method"] == f"registration: multi-atlas x{n}"
+            or (r["method"] == single and n == atlas_numbers[0])
         ]
     return rows
 
