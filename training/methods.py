@@ -233,9 +233,8 @@ class LCSMethod:
         self.spatial_dims = prep.spatial_dims
         self.spacing_mm = float(np.mean(prep.spacing))
         self.values = [int(v) for v in label_values]
-        if labels_per_image > len(
-            self.values
-        ):  # the draw would cap it, and the run would not be the one asked for
+        # more than there are: the draw would cap it, and the run would not be the one asked for
+        if labels_per_image > len(self.values):
             raise InputError(
                 f"--labels-per-image {labels_per_image} asks for more labels per image than the atlas has "
                 f"({len(self.values)}); give at most {len(self.values)}"
