@@ -278,7 +278,7 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
                 training=meta,
                 reference=reference,
             )
-            session.mark_bundle_written(checkpoint_dir, config.out)
+            session.mark_bundle_written(checkpoint_dir, config.out, options.bundle_weights)
         ctx.barrier()
         trained = session.TrainedBundle(config.out, result, options)
         session.print_summary(ctx, trained)

@@ -170,7 +170,7 @@ def train_refine(config: LCSRunConfig, on_step: StepCallback | None = None) -> s
                 arch="lcs_refine",
                 reference=reference,
             )
-            session.mark_bundle_written(checkpoint_dir, config.out)
+            session.mark_bundle_written(checkpoint_dir, config.out, options.bundle_weights)
         ctx.barrier()
         trained = session.TrainedBundle(config.out, result, options)
         session.print_summary(ctx, trained)

@@ -32,6 +32,9 @@ LABEL_MAPPINGS = ("rank", "shuffled")
 # label sharing's output head (--head): what the DoD-Net-style controller generates it from (issue #15 item 5)
 HEAD_CONTROLLER_INPUTS = {"dynamic": "image+task", "task": "task", "image": "image", "mlp": "none"}
 HEADS = ("linear", *HEAD_CONTROLLER_INPUTS)
+# which weights the bundle holds: those of the best validation, or those the run ended with (a small validation
+# sample, e.g. --val-labels 16 of 116, picks noisily among weights that keep improving)
+BUNDLE_WEIGHTS = ("best", "last")
 PUBLISHED_HEAD = (
     "linear"  # one 1x1 convolution (Anand et al. 2024); the only head the baselines and --task-film take
 )
@@ -74,6 +77,7 @@ RESUME_MAY_CHANGE = (
     "time_limit_min",
     "val_every",
     "val_labels",
+    "bundle_weights",
     "checkpoint_every",
     "quiet",
     "tensorboard",
@@ -144,6 +148,7 @@ class TrainSettings:
     val_fraction: float = 0.2
     val_every: int = 0  # 0: ten times per run
     val_labels: int | None = None  # score at most this many labels, a seeded sample (validation_labels.py)
+    bundle_weights: str = "best"  # BUNDLE_WEIGHTS
     checkpoint_every: int = 50
     checkpoint_dir: Path | None = None  # None: OUT + '.training'
     resume: bool = False
@@ -227,6 +232,10 @@ class TrainSettings:
         _require(
             self.val_labels is None or (isinstance(self.val_labels, int) and self.val_labels >= 1),
             f"--val-labels must be >= 1, got {self.val_labels}",
+        )
+        _require(
+            self.bundle_weights in BUNDLE_WEIGHTS,
+            f"--bundle-weights must be one of {', '.join(BUNDLE_WEIGHTS)}, got {self.bundle_weights!r}",
         )
         _require(self.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
         if self.checkpoint_dir is not None:

@@ -100,16 +100,21 @@ def check_checkpoint_dir(folder: Path, resume: bool) -> None:
         raise InputError(f"{folder.parent}: folder of the checkpoint folder does not exist; create it first")
 
 
-def _write_folder_file(folder: Path, bundle: Path | None) -> None:
+def _write_folder_file(folder: Path, bundle: Path | None, weights: str = "best") -> None:
     content = {"format": FOLDER_FORMAT, "bundle": None if bundle is None else str(bundle)}
+    if bundle is not None:
+        content["weights"] = weights
     write_text_atomic(folder / FOLDER_FILE, json.dumps(content, indent=2) + "\n")
 
 
-def _bundle_written(folder: Path) -> str | None:
+def _bundle_written(folder: Path) -> tuple[str | None, str]:
+    """The last bundle the folder's run wrote (None: none yet) and which weights it holds (best before
+    ``--bundle-weights`` existed)."""
     try:
-        return json.loads((folder / FOLDER_FILE).read_text(encoding="utf-8")).get("bundle")
+        content = json.loads((folder / FOLDER_FILE).read_text(encoding="utf-8"))
+        return content.get("bundle"), str(content.get("weights", "best"))
     except (OSError, ValueError, AttributeError, RecursionError):
-        return None
+        return None, "best"
 
 
 def claim_folder(folder: Path) -> None:
@@ -119,8 +124,8 @@ def claim_folder(folder: Path) -> None:
         _write_folder_file(folder, None)
 
 
-def mark_bundle_written(folder: Path, bundle: Path) -> None:
-    _write_folder_file(folder, bundle)
+def mark_bundle_written(folder: Path, bundle: Path, weights: str) -> None:
+    _write_folder_file(folder, bundle, weights)
 
 
 # ------------------------------------------------------------------------------------------------ the loop
@@ -160,17 +165,19 @@ def _logged_losses(folder: Path) -> list[float]:
 def _result_of_finished_run(
     model, options: TrainOptions, identity: RunIdentity, describe
 ) -> TrainResult | None:
-    """The saved result when the checkpoint already reached ``options.steps`` but its bundle was never written
-    (killed while writing it); None when training has to run."""
+    """The saved result when the checkpoint already reached ``options.steps`` and its bundle was never written
+    (killed while writing it) or is asked for with the other weights (``--bundle-weights``); None when training
+    has to run."""
     folder = Path(options.checkpoint_dir)
     _, metadata = read_checkpoint(folder / LAST)
     step = int(metadata["state"]["step"])
-    if step < options.steps or _bundle_written(folder):
-        return None  # more steps to train, or finished and delivered: ``train`` explains
+    delivered, delivered_weights = _bundle_written(folder)
+    if step < options.steps or (delivered and delivered_weights == options.bundle_weights):
+        return None  # more steps to train, or finished and delivered so: ``train`` explains
     state = load_checkpoint(folder / LAST, model, None, identity.fingerprint(), describe)
     weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     best_step = int(state["best_step"])
-    if best_step > 0 and (folder / BEST).is_file():
+    if best_step > 0 and options.bundle_weights == "best" and (folder / BEST).is_file():
         tensors, _ = read_checkpoint(folder / BEST)
         weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     losses = _logged_losses(folder)
@@ -184,6 +191,7 @@ def _result_of_finished_run(
         losses[-1] if losses else math.nan,
         losses,
         planned_steps=options.steps,
+        weights=options.bundle_weights,
     )
 
 
@@ -207,7 +215,10 @@ def run_loop(
         finished = _result_of_finished_run(model, options, identity, describe)
         if finished is not None:
             if ctx.is_main:
-                print(f"{folder}: the run had finished {finished.steps} steps; writing its bundle again")
+                print(
+                    f"{folder}: the run had finished {finished.steps} steps; writing its bundle again "
+                    f"(the weights of step {finished.weights_step})"
+                )
             return finished
     if ctx.is_main:
         claim_folder(folder)
@@ -231,16 +242,20 @@ def print_summary(ctx: DistContext, trained: TrainedBundle, extra: str = "") -> 
         if result.best_step > 0
         else "n/a (no validation cases)"
     )
+    which = (
+        "the best weights so far" if result.weights_step == result.best_step else "the last step's weights"
+    )
     stopped = ""
     if result.stopped_by_time:
         stopped = (
             f"Time limit ({options.time_limit / 60:g} min) reached: stopped at step {result.steps} of "
-            f"{result.planned_steps}; the bundle holds the best weights so far (continue with a new --out, "
+            f"{result.planned_steps}; the bundle holds {which} (continue with a new --out, "
             f"--checkpoint-dir {options.checkpoint_dir} --resume)\n"
         )
     print(
         f"{stopped}Trained {result.steps} steps in {result.seconds:.1f} s; loss {result.first_loss:.4f} -> "
-        f"{result.last_loss:.4f}; best validation Dice {best}\nBundle: {out}\n"
+        f"{result.last_loss:.4f}; best validation Dice {best}\nBundle: {out} (the weights of step "
+        f"{result.weights_step})\n"
         f"Checkpoints and log.csv: {options.checkpoint_dir}{extra}"
     )
 
@@ -302,6 +317,9 @@ def training_meta(
             "best_step": result.best_step,
             "final_loss": result.last_loss,
         },
+        # which weights the bundle holds (--bundle-weights) and the step they are from
+        "weights": result.weights,
+        "weights_step": result.weights_step,
         **extra,
     }
 

@@ -159,7 +159,7 @@ def train_task_model(
             training=meta,
             reference=reference,
         )
-        mark_bundle_written(checkpoint_dir, out)
+        mark_bundle_written(checkpoint_dir, out, options.bundle_weights)
     ctx.barrier()
     return TrainedBundle(out, result, options)
 

@@ -17,6 +17,7 @@ from .appearance import APPEARANCE_CHOICES
 from .pipeline import PIPELINES
 from .run_config import (
     AMP_MODES,
+    BUNDLE_WEIGHTS,
     DEFAULT_CHANNELS,
     DEFAULT_NEW_TASK_SHARE,
     EQUAL_SHARE,
@@ -170,6 +171,14 @@ def _add_budget_options(p: argparse.ArgumentParser) -> None:
         type=int,
         help="score at most N labels in validation, a fixed sample drawn with --seed (default: all; "
         "makes LCS validation affordable at many labels)",
+    )
+    v.add_argument(
+        "--bundle-weights",
+        choices=BUNDLE_WEIGHTS,
+        default="best",
+        help="the weights the bundle holds: best, those of the best validation (the last without validation "
+        "cases); last, those the run ended with. With --resume on a finished run and a new --out, writes a "
+        "bundle of its other weights without training",
     )
     v.add_argument(
         "--checkpoint-every", type=int, default=50, help="write the resumable checkpoint every N steps"

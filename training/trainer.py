@@ -61,6 +61,7 @@ class TrainOptions:
     quiet: bool = False
     tensorboard: bool = False
     time_limit: float | None = None  # seconds of training loop; None: no limit
+    bundle_weights: str = "best"  # best: the best validation's weights (the last without validation); last
     compile: bool = False  # torch.compile the network
     channels_last: bool = False  # channels-last memory layout for the network and its input
     fused_optimizer: str = "auto"  # auto (on CUDA), on, off
@@ -120,6 +121,12 @@ class TrainResult:
     losses: list = field(default_factory=list)
     planned_steps: int = 0
     stopped_by_time: bool = False  # the time limit ended the run before ``planned_steps``
+    weights: str = "best"  # which of the run's weights ``state_dict`` holds (TrainOptions.bundle_weights)
+
+    @property
+    def weights_step(self) -> int:
+        """The step whose weights ``state_dict`` holds."""
+        return self.best_step if self.best_step > 0 and self.weights == "best" else self.steps
 
 
 def learning_rate(options: TrainOptions, step: int) -> float:
@@ -231,7 +238,8 @@ def train(
     describe=None,
     on_step: StepCallback | None = None,
 ) -> TrainResult:
-    """Run (or resume) the loop; returns the best (or last, without validation) weights on rank 0.
+    """Run (or resume) the loop; returns on rank 0 the weights ``options.bundle_weights`` asks for: the best
+    validation's (the last without validation) or the last step's.
 
     ``on_step(StepEvent)`` runs after every step, once its checkpoint is written (tests use it to slow a run
     down or to look at the weights)."""
@@ -251,7 +259,8 @@ def train(
             raise TrainingError(
                 f"{last_path}: the run already finished {start} steps, so --steps {options.steps} "
                 f"adds none; pass --steps larger than {start} to extend it (the learning-rate "
-                "schedule is recomputed for the new total)"
+                "schedule is recomputed for the new total), or a new --out with --bundle-weights "
+                f"{'best' if options.bundle_weights == 'last' else 'last'} for a bundle of its other weights"
             )
     elif last_path.exists():
         raise TrainingError(
@@ -474,8 +483,9 @@ def train(
                 "fused_optimizer": use_fused_optimizer(options, device),
             },
         )
+    keep_best = best_step > 0 and options.bundle_weights == "best"
     final_state = (
-        best_state if best_step > 0 else {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        best_state if keep_best else {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     )
     return TrainResult(
         final_state,
@@ -488,4 +498,5 @@ def train(
         losses,
         planned_steps=options.steps,
         stopped_by_time=stopped_by_time,
+        weights=options.bundle_weights,
     )
