@@ -38,9 +38,31 @@ def test_what_the_head_is_generated_from():
     assert shared.controller.in_features == 1 and per_task.controller.in_features == 2
     assert build_network(_config("image+task")).controller.in_features == 16 + 2
     assert build_network(_config("image")).controller.in_features == 16
-    for inputs in ("none", "task", "image", "image+task"):
+    assert build_network(_config("detached-image+task")).controller.in_features == 16 + 2
+    for inputs in ("none", "task", "image", "image+task", "detached-image", "detached-image+task"):
         config = _config(inputs)
         assert config.parameter_count() == sum(p.numel() for p in build_network(config).parameters())
+
+
+@pytest.mark.parametrize("inputs", ["image+task", "image"])
+def test_detached_image_features_same_head_no_gradient_into_the_unet(inputs):
+    """``detached-``: the same forward pass as the attached head with the same weights, but the controller passes
+    no gradient back into the bottleneck (what the ablation removes), while the controller itself still learns."""
+    torch.manual_seed(2)
+    attached = build_network(_config(inputs)).eval()
+    detached = build_network(_config(f"detached-{inputs}")).eval()
+    detached.load_state_dict(attached.state_dict())
+    x, task = torch.randn(2, 1, 16, 16), torch.tensor([0, 1])
+    with torch.no_grad():
+        assert torch.equal(attached(x, task), detached(x, task))
+    bottom = torch.randn(2, 16, 4, 4, requires_grad=True)
+    for net, reaches_bottom in ((attached, True), (detached, False)):
+        generated = net.controller(net._controller_input(bottom, task))
+        (grad,) = torch.autograd.grad(generated.square().sum(), bottom, allow_unused=True)
+        assert (grad is not None and grad.abs().sum() > 0) == reaches_bottom
+    detached.train()
+    detached(x, task).square().mean().backward()
+    assert detached.controller.weight.grad.abs().sum() > 0  # the head still learns from the image
 
 
 def test_dodnet_bundles_written_before_the_option_read_and_write_unchanged():
@@ -52,7 +74,7 @@ def test_dodnet_bundles_written_before_the_option_read_and_write_unchanged():
         network_config_from_dict({**written, "controller_inputs": "label"})
 
 
-@pytest.mark.parametrize("inputs", ["image+task", "task", "image", "none"])
+@pytest.mark.parametrize("inputs", ["image+task", "task", "image", "none", "detached-image+task"])
 def test_widening_keeps_every_old_task_and_channel_exactly(inputs):
     """add-task with more tasks and more shared outputs: the old tasks' logits on the old channels are unchanged."""
     torch.manual_seed(1)
@@ -150,3 +172,18 @@ def test_the_published_head_on_request_and_in_the_experiments(head_bundle, tmp_p
     budget = Budget(steps=1)
     assert _settings(budget, tmp_path / "ckpt").head == "linear"
     assert _settings(Budget(steps=1, extra={"head": "dynamic"}), tmp_path / "ckpt").head == "dynamic"
+
+
+def test_detached_head_trains_into_a_bundle_and_an_experiment_variant(head_bundle, tmp_path):
+    from lsseg_training.experiments.variants import VARIANTS
+
+    _, data, _ = head_bundle
+    out = tmp_path / "detached"
+    assert _train_two_tasks(data, out, 2, "--head", "dynamic-detached") == 0
+    bundle = load_bundle(out)
+    assert (bundle.network_config.arch, bundle.network_config.controller_inputs) == (
+        "dodnet",
+        "detached-image+task",
+    )
+    assert VARIANTS["detached-head"].settings == {"head": "dynamic-detached"}
+    assert VARIANTS["detached-image-head"].settings == {"head": "image-detached"}

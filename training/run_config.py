@@ -30,7 +30,15 @@ INTENSITY_MODES = ("zscore", "percentile", "ct_window", "none")
 TASK_SAMPLING = ("uniform", "labels")
 LABEL_MAPPINGS = ("rank", "shuffled")
 # label sharing's output head (--head): what the DoD-Net-style controller generates it from (issue #15 item 5)
-HEAD_CONTROLLER_INPUTS = {"dynamic": "image+task", "task": "task", "image": "image", "mlp": "none"}
+HEAD_CONTROLLER_INPUTS = {
+    "dynamic": "image+task",
+    "task": "task",
+    "image": "image",
+    "mlp": "none",
+    # the same heads with no gradient from the controller into the U-Net (why an image-dependent head helps)
+    "dynamic-detached": "detached-image+task",
+    "image-detached": "detached-image",
+}
 HEADS = ("linear", *HEAD_CONTROLLER_INPUTS)
 # which weights the bundle holds: those of the best validation, or those the run ended with (a small validation
 # sample, e.g. --val-labels 16 of 116, picks noisily among weights that keep improving)

@@ -154,7 +154,8 @@ def _add_budget_options(p: argparse.ArgumentParser) -> None:
         help="label sharing's output head over its n*+1 shared channels: dynamic (default), DoD-Net's head, three "
         "1x1 convolutions whose weights a controller generates from the task code and the image; linear, one 1x1 "
         "convolution as published (Anand et al. 2024; the default with --task-film); task, from the task code only; "
-        "image, from the image only; mlp, the same head for every task",
+        "image, from the image only; mlp, the same head for every task; dynamic-detached and image-detached, "
+        "dynamic and image with no gradient from the controller into the U-Net (an ablation)",
     )
     v = p.add_argument_group("validation, checkpoints, logs")
     v.add_argument(

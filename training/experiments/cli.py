@@ -72,9 +72,9 @@ def register(subparsers) -> None:
         nargs="*",
         metavar="VARIANT",
         help="label-sharing variants to train with the same budget, each testing one reason it may trail: "
-        "task-code, shuffled-mapping, label-sampling, wide, dynamic-head, task-head, image-head, mlp-head; reseeded "
-        "is the "
-        "seed-to-seed control (variants may be added to a finished experiment)",
+        "task-code, shuffled-mapping, label-sampling, wide, dynamic-head, task-head, image-head, detached-head, "
+        "detached-image-head, mlp-head; reseeded is the seed-to-seed control (variants may be added to a finished "
+        "experiment)",
     )
     ls.add_argument(
         "--new-task-share",

@@ -13,6 +13,9 @@ outputs; Anand et al. 2024):
   part at a time: DoD-Net's head (a normalisation and three 1x1 convolutions whose weights a controller generates)
   over label sharing's shared outputs, generated from the task code and the image, from the task code only, from
   the image only, or the same head for every task (``--head dynamic|task|image|mlp``);
+* ``detached-head``, ``detached-image-head`` - why an image-dependent head helps: the dynamic and image-only heads
+  with the pooled image features detached (``--head dynamic-detached|image-detached``), which keeps the head's
+  adaptation to each image and removes the gradient path the controller opens into the bottleneck;
 * ``reseeded``         - the control: label sharing as published with the next seed, so a variant's difference can
   be read against the spread between two seeds.
 
@@ -104,6 +107,21 @@ VARIANTS = {
             "an image-dependent output head",
             "dynamic head from the image only (no task code)",
             {"head": "image"},
+        ),
+        # the image-conditioned heads with the pooled features detached: same forward pass, but the controller no
+        # longer gives the bottleneck a short gradient path from the loss; what is left is the head's adaptation
+        # to each image
+        Variant(
+            "detached-head",
+            "the controller's gradient path into the bottleneck",
+            "dynamic head, image features without gradient",
+            {"head": "dynamic-detached"},
+        ),
+        Variant(
+            "detached-image-head",
+            "the controller's gradient path into the bottleneck",
+            "image-only head, image features without gradient",
+            {"head": "image-detached"},
         ),
         Variant(
             "mlp-head",

@@ -35,7 +35,9 @@ LCS_CONDITIONINGS = ("bottleneck", "every-level")
 # how the atlas meets the scan before it conditions LCS: as affinely aligned (the paper's), or also carried onto the
 # scan by deformable registration (the network then corrects a registration: lsseg train lcs --align-cases deformable)
 LCS_ATLAS_WARPS = ("none", "deformable")
-CONTROLLER_INPUTS = ("image+task", "task", "image", "none")  # DoDNetConfig.controller_inputs
+# DoDNetConfig.controller_inputs; "detached-": the pooled image features reach the controller without a gradient
+# back into the U-Net (an ablation, issue #15: does the image help the head, or the short gradient path it opens?)
+CONTROLLER_INPUTS = ("image+task", "task", "image", "none", "detached-image+task", "detached-image")
 
 
 @dataclass(frozen=True)
@@ -270,7 +272,9 @@ class DoDNetConfig(BackboneConfig):
 
     ``controller_inputs`` says what the controller generates the head's weights from: ``image+task`` (DoD-Net:
     the pooled bottleneck features and the task one-hot), ``task`` (the task code only: one small head per task),
-    ``image`` (the image only) or ``none`` (learned weights, the same for every task and image). Label sharing may
+    ``image`` (the image only) or ``none`` (learned weights, the same for every task and image); ``detached-image``
+    and ``detached-image+task`` generate the same head with the same forward pass, but no gradient flows from the
+    controller back into the U-Net through the pooled features. Label sharing may
     carry this head too (``--head``, issue #15 item 5): its ``n* + 1`` outputs stay the shared channels.
     """
 

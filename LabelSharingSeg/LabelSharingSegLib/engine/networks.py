@@ -308,7 +308,10 @@ class DoDNet(nn.Module):
         """(B, controller_features): what the head's weights are generated from (``controller_inputs``)."""
         batch, parts = bottom.shape[0], []
         if "image" in self.config.controller_inputs:
-            parts.append(bottom.flatten(2).mean(dim=2))
+            pooled = bottom.flatten(2).mean(dim=2)
+            # detached: the head still adapts to the image, but the loss reaches the bottleneck only through the
+            # decoder, as it does without a controller
+            parts.append(pooled.detach() if self.config.controller_inputs.startswith("detached-") else pooled)
         if "task" in self.config.controller_inputs:
             onehot = F.one_hot(task_index.long().view(-1), self.config.num_tasks).to(bottom.dtype)
             parts.append(onehot.expand(batch, -1) if onehot.shape[0] != batch else onehot)
