@@ -92,3 +92,15 @@ def test_unknown_bundle_weights_refused(tmp_path, data, capsys):
         _train(data, tmp_path / "x", "--bundle-weights", "median")
     assert "invalid choice: 'median'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_without_validation_the_bundle_says_it_holds_the_last_weights(tmp_path, data):
+    out = tmp_path / "noval"
+    assert _train(data, out, "--val-fraction", 0) == 0
+    training = load_bundle(out).manifest.training
+    assert (training["weights"], training["weights_step"], training["metrics"]["best_step"]) == (
+        "last",
+        STEPS,
+        -1,
+    )
+    assert _equal(load_bundle(out).state_dict, _checkpoint_weights(tmp_path / "noval.training" / LAST))

@@ -317,8 +317,8 @@ def training_meta(
             "best_step": result.best_step,
             "final_loss": result.last_loss,
         },
-        # which weights the bundle holds (--bundle-weights) and the step they are from
-        "weights": result.weights,
+        # which weights the bundle holds (--bundle-weights; the last without validation) and their step
+        "weights": result.weights if result.best_step > 0 else "last",
         "weights_step": result.weights_step,
         **extra,
     }
