@@ -224,6 +224,29 @@ def test_seeds_run_one_experiment_each_and_compare_them(tmp_path, capsys):
     # the seeds differ (weights, split, sampling), so the summary compares two different runs
     by_seed = {s: [r["dice"] for r in rows if r["seed"] == s] for s in ("3", "5")}
     assert by_seed["3"] != by_seed["5"]
+    # the goals seed by seed, recomputed here from seeds.csv
+    dice = {(r["seed"], r["method"], r["task"]): float(r["dice"]) for r in rows}
+    met = 0
+    for seed in ("3", "5"):
+        gaps = {
+            t: dice[(seed, "labelsharing", t)] - dice[(seed, "individual", t)]
+            for t in ("Phantom0", "Phantom1")
+        }
+        worst = min(gaps, key=gaps.get)
+        means = {
+            m: (dice[(seed, m, "Phantom0")] + dice[(seed, m, "Phantom1")]) / 2
+            for m in ("labelsharing", "multichannel", "dodnet")
+        }
+        goals = [gaps[worst] >= -0.02, means["labelsharing"] > means["multichannel"]]
+        goals.append(means["labelsharing"] > means["dodnet"])
+        met += all(goals)
+        cells = " | ".join("**yes**" if g else "**no**" for g in [*goals, all(goals)])
+        assert f"| {seed} | {gaps[worst]:.3f} ({worst}) | {cells} |" in summary
+    assert (
+        "## The issue's goals, seed by seed" in summary
+        and f"All three met on **{met} of 2** seeds." in summary
+    )
+    assert "| seeds within 0.03 |" in summary and "| seeds at most 0.01 |" in summary
 
     kept = tree_hashes(out / "seed_3" / "runs")
     assert lsseg(*command, "--seeds", 3, 5, "--variants", "mlp-head") == 0  # rerun: nothing retrained
