@@ -282,8 +282,31 @@ def test_the_experiment_measures_label_sharing_with_the_head_asked_for(tmp_path,
     assert "label sharing: as published" in (published / "report.md").read_text()
     capsys.readouterr()
     refused = ["experiment", "labelsharing", "--data", *data, "--out", tmp_path / "v", "--holdout", *ARGS]
-    assert lsseg(*refused, "--head", "dynamic", "--variants", "wide") == 2
-    assert "run them without --head dynamic" in capsys.readouterr().err
+    assert lsseg(*refused, "--head", "dynamic", "--variants", "wide", "task-code", "image-head") == 2
+    error = capsys.readouterr().err
+    assert "--variants task-code, image-head: they change label sharing's head" in error
+    assert not (tmp_path / "v").exists()
+
+
+def test_variants_run_over_the_head_asked_for(tmp_path):
+    """With --head dynamic, a variant that leaves the head alone changes label sharing with that head, and the
+    report compares it with label sharing with that head."""
+    from LabelSharingSegLib.engine.bundle import load_bundle
+
+    data = phantoms(tmp_path / "data", tasks=2, cases=3)
+    out = tmp_path / "exp"
+    command = ["experiment", "labelsharing", "--data", *data, "--out", out, "--holdout", *ARGS]
+    assert lsseg(*command, "--head", "dynamic", "--variants", "wide") == 0
+    base = load_bundle(out / "runs" / "labelsharing").network_config
+    wide = load_bundle(out / "runs" / "labelsharing_wide").network_config
+    assert (
+        wide.arch == base.arch == "dodnet"
+        and wide.controller_inputs == base.controller_inputs == "image+task"
+    )
+    assert wide.channels == tuple(2 * c for c in base.channels)
+    report = (out / "report.md").read_text()
+    assert "Against label sharing with `--head dynamic`" in report
+    assert "--variants wide" in report.splitlines()[2] and "--head dynamic" in report.splitlines()[2]
 
 
 def test_the_seeds_summary_reproduces_the_head():

@@ -97,7 +97,8 @@ def register(subparsers) -> None:
         default=PUBLISHED_HEAD,
         help="label sharing's output head in this experiment, its incremental runs included: linear (default), as "
         "published (Anand et al. 2024), the paper's claims; dynamic, `lsseg train labelsharing`'s default "
-        "(variants measure changes to the published method, so they need linear)",
+        "(with another head, --variants shuffled-mapping, label-sampling, wide and reseeded change label sharing "
+        "with that head; the head variants and task-code need linear)",
     )
     ls.add_argument(
         "--seeds",
