@@ -9,6 +9,7 @@ from LabelSharingSegLib.engine.errors import InputError
 
 from ..run_config import HEADS, PUBLISHED_HEAD
 from ..train_cli import _float_list, _int_list
+from .variants import variants_over_any_head
 
 
 def _budget_options(p: argparse.ArgumentParser, steps: int) -> None:
@@ -97,8 +98,8 @@ def register(subparsers) -> None:
         default=PUBLISHED_HEAD,
         help="label sharing's output head in this experiment, its incremental runs included: linear (default), as "
         "published (Anand et al. 2024), the paper's claims; dynamic, `lsseg train labelsharing`'s default "
-        "(with another head, --variants shuffled-mapping, label-sampling, wide and reseeded change label sharing "
-        "with that head; the head variants and task-code need linear)",
+        f"(with another head, --variants {', '.join(variants_over_any_head())} change label sharing with that "
+        "head; the head variants and task-code need linear)",
     )
     ls.add_argument(
         "--seeds",

@@ -21,7 +21,7 @@ from ..run_config import HEADS, PUBLISHED_HEAD
 from . import incremental, runner
 from .budget import BudgetLedger, split_steps
 from .report import fmt, grouped_bars, header, mean, mean_dice, table, write_report, yes
-from .variants import VARIANTS, Variant, conflict_rows, parse_variants
+from .variants import Variant, conflict_rows, parse_variants, variants_over_any_head
 from .variants import section as variant_section
 from .workspace import Workspace
 
@@ -91,10 +91,9 @@ def run_labelsharing(
         # over another head; the others change one thing of label sharing with the head asked for
         clashing = [v.name for v in chosen if not v.over_any_head]
         if clashing:
-            fitting = ", ".join(n for n, v in VARIANTS.items() if v.over_any_head)
             raise InputError(
                 f"--variants {', '.join(clashing)}: they change label sharing's head, which --head {head} sets; "
-                f"with --head choose from {fitting}"
+                f"with --head choose from {', '.join(variants_over_any_head())}"
             )
     shares = incremental.parse_shares(new_task_shares)
     matched = incremental.parse_shares(matched_shares) if matched_shares else []
@@ -275,7 +274,6 @@ def _report(ws, tasks, budget, add_steps, ledger, rows, bundles, added, variants
     methods = [*METHODS, *[v.method for v in variants]]
     all_dice = {m: [mean_dice(rows, method=m, task=t) for t in tasks] for m in methods}
     all_params = {m: _parameters(bundles[m])[0] for m in methods}
-    head = ws.config.get("head", PUBLISHED_HEAD)
     baseline = "as published (Anand et al. 2024)" if head == PUBLISHED_HEAD else f"with `--head {head}`"
     lines += variant_section(variants, tasks, all_dice, all_params, conflicts, baseline)
     if variants:

@@ -143,6 +143,11 @@ VARIANTS = {
 }
 
 
+def variants_over_any_head() -> list[str]:
+    """The variants that may run with any ``--head`` (the others set the head themselves)."""
+    return [name for name, v in VARIANTS.items() if v.over_any_head]
+
+
 def parse_variants(names: list[str] | None) -> list[Variant]:
     unknown = [n for n in names or [] if n not in VARIANTS]
     if unknown:
