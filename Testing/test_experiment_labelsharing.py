@@ -6,6 +6,7 @@ import csv
 import json
 import signal
 import time
+from pathlib import Path
 
 from train_helpers import lsseg, lsseg_process, phantoms, tree_hashes
 
@@ -315,3 +316,31 @@ def test_the_seeds_summary_reproduces_the_head():
 
     assert _option_args({"head": "dynamic", "holdout": ["A"]}) == ["--holdout", "A", "--head", "dynamic"]
     assert "--head" not in _option_args({"head": "linear"}) and "--head" not in _option_args({})
+
+
+def test_the_experiment_pools_dice_as_asked_for_every_method(tmp_path):
+    """Default: by channel, as the experiments before the option (they continue unchanged); --dice-pooling task:
+    every method by task (only label sharing's and DoD-Net's loss change); the task-dice variant: label sharing only."""
+    from LabelSharingSegLib.engine.bundle import load_bundle
+    from lsseg_training.experiments.seeds import _option_args
+
+    def pooling(run: Path) -> str | None:
+        return load_bundle(run).manifest.training.get("dice_pooling")
+
+    data = phantoms(tmp_path / "data", tasks=2, cases=3)
+    by_task = tmp_path / "task"
+    command = ["experiment", "labelsharing", "--data", *data, "--holdout", *ARGS]
+    assert lsseg(*command, "--out", by_task, "--dice-pooling", "task") == 0
+    runs = by_task / "runs"
+    assert pooling(runs / "labelsharing") == pooling(runs / "dodnet") == "task"
+    assert pooling(runs / "multichannel") is None  # its loss is the same either way: nothing recorded
+    report = (by_task / "report.md").read_text()
+    assert "--dice-pooling task" in report.splitlines()[2] and "(`--dice-pooling task`)" in report
+    by_channel = tmp_path / "channel"
+    assert lsseg(*command, "--out", by_channel, "--variants", "task-dice") == 0
+    runs = by_channel / "runs"
+    assert pooling(runs / "labelsharing") is None and pooling(runs / "dodnet") is None
+    assert pooling(runs / "labelsharing_task-dice") == "task"
+    assert "--dice-pooling" not in (by_channel / "report.md").read_text().splitlines()[2]
+    assert _option_args({"dice_pooling": "task"}) == ["--dice-pooling", "task"]
+    assert _option_args({"dice_pooling": "channel"}) == []

@@ -159,9 +159,11 @@ def train_lcs(config: LCSRunConfig, on_step: StepCallback | None = None) -> sess
         or settings.head_chosen
         or settings.label_mapping != "rank"
         or settings.task_sampling != "uniform"
+        or settings.dice_pooling is not None
     ):
         raise InputError(
-            "--task-film, --head, --label-mapping and --task-sampling are options of task training, not lcs"
+            "--task-film, --head, --label-mapping, --task-sampling and --dice-pooling are options of task "
+            "training, not lcs"
         )
     checkpoint_dir = session.claim_outputs(config.out, settings)
     dataset = load_datasets([config.data])[0]

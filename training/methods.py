@@ -4,7 +4,8 @@ the loss, and the validation score. The data pipeline, optimiser and loop are sh
 * Task methods (labelsharing, multichannel, individual, dodnet): a task's label values are mapped to output
   channels with the bundle's own ``TaskInfo.channels`` (the same table inference decodes with). Only the
   sample's task channels and background compete in the softmax, exactly as at inference; the loss is
-  cross-entropy + soft Dice (batch Dice over the task's foreground channels).
+  cross-entropy + soft Dice: batch Dice per output channel (``channel``), or per label of each task over the
+  batch's samples of that task (``task``, where tasks share channels: ``TaskMethod.dice_loss``).
 * LCS (Ma et al. 2022): each sample draws a random atlas label and, with probability 0.5, merges it with a second
   one; the network gets the atlas image + that label's atlas mask and is trained with soft Dice on the
   conditioned label only. Its inputs are normalised and padded (centred, with the engine's own helpers) exactly
@@ -37,6 +38,7 @@ from LabelSharingSegLib.engine.preprocessing_config import Preprocessing
 
 from .metrics import dice as dice_score
 from .pipeline import LCSBatches, PipelineSettings, TaskBatches
+from .run_config import DEFAULT_DICE_POOLING, DICE_POOLINGS
 from .samples import PatchSampler, build_augmentation, step_rng
 
 MASKED_LOGIT = -1.0e4  # fits float16 and bfloat16
@@ -57,9 +59,14 @@ class TaskMethod:
         prep: Preprocessing,
         val_labels: dict[int, list[int]] | None = None,
         task_weights: dict[int, float] | None = None,
+        dice_pooling: str = DEFAULT_DICE_POOLING,
     ):
         """``val_labels``: per task index, the label values validation scores (default: all of the task's);
-        ``task_weights``: how often each task is drawn (default: equally often)."""
+        ``task_weights``: how often each task is drawn (default: equally often); ``dice_pooling``: what one soft
+        Dice pools over, an output channel across the batch (``channel``) or one label of one task across the
+        batch's samples of that task (``task``)."""
+        if dice_pooling not in DICE_POOLINGS:
+            raise InputError(f"dice pooling must be one of {', '.join(DICE_POOLINGS)}, got {dice_pooling!r}")
         self.task_weights = task_weights
         self.kind = BundleKind.parse(kind)
         self.takes_task = network_config.TAKES_TASK  # DoD-Net and label sharing with a task code
@@ -84,6 +91,10 @@ class TaskMethod:
             self.luts.append(lut)
             masks.append(mask)
         self.channel_masks = torch.stack(masks)
+        # Pooling by task differs from pooling by channel only where tasks share a channel (label sharing,
+        # DoD-Net); elsewhere the channel sum is the same sum, and stays bit for bit what it was.
+        shared = int(self.channel_masks[:, 1:].sum(0).max()) > 1 if len(tasks) > 1 else False
+        self.dice_per_task = dice_pooling == "task" and shared
 
     # -- data ------------------------------------------------------------------------------------------
     def prepare_items(self, items: list[dict]) -> list[dict]:
@@ -159,8 +170,11 @@ class TaskMethod:
         onehot = F.one_hot(target, self.out_channels).movedim(-1, 1).to(probs.dtype)
         dims = tuple(range(2, logits.ndim))
         weight = allowed.to(probs.dtype)
-        intersect = ((probs * onehot).sum(dims) * weight).sum(0)
-        total = ((probs.sum(dims) + onehot.sum(dims)) * weight).sum(0)
+        intersect = (probs * onehot).sum(dims) * weight  # (B, K)
+        total = (probs.sum(dims) + onehot.sum(dims)) * weight
+        if self.dice_per_task:
+            return ce + self._dice_loss_per_task(intersect, total, batch["task"].cpu(), device)
+        intersect, total = intersect.sum(0), total.sum(0)
         used = allowed_host.any(0).clone()
         used[0] = False
         soft_dice = (2 * intersect + 1.0) / (total + 1.0)
@@ -169,6 +183,29 @@ class TaskMethod:
         weight_used = used.to(device=device, dtype=soft_dice.dtype, non_blocking=True)
         dice_loss = 1.0 - (soft_dice * weight_used).sum() / float(used.sum())
         return ce + dice_loss
+
+    def _dice_loss_per_task(
+        self, intersect: torch.Tensor, total: torch.Tensor, task_host: torch.Tensor, device: torch.device
+    ) -> torch.Tensor:
+        """Soft Dice loss with each task's labels pooled over that task's samples only: a channel that several
+        tasks share holds a different label in each (a thin CSF beside a whole lobe), and one Dice over all of
+        them would let the largest label decide. Each task present contributes its mean label Dice loss, as a
+        model of its own computes it, weighted by its share of the batch's samples.
+
+        ``intersect``, ``total``: (B, K) per sample and channel, zero on channels outside the sample's task."""
+        n_tasks = len(self.tasks)
+        # the grouping is built on the host: no device-to-host sync inside the step
+        groups_host = F.one_hot(task_host, n_tasks).T.to(torch.float32)  # (T, B)
+        samples = groups_host.sum(1)  # (T,)
+        labels_host = self.channel_masks.clone()
+        labels_host[:, 0] = False
+        labels_host &= (samples > 0)[:, None]  # (T, K): the labels of the tasks in this batch
+        task_weight = samples / samples.sum() / labels_host.sum(1).clamp(min=1)  # per label of each task
+        label_weight = labels_host.to(torch.float32) * task_weight[:, None]
+        groups = groups_host.to(device=device, dtype=intersect.dtype, non_blocking=True)
+        soft_dice = (2 * (groups @ intersect) + 1.0) / (groups @ total + 1.0)  # (T, K)
+        weights = label_weight.to(device=device, dtype=soft_dice.dtype, non_blocking=True)
+        return weights.sum() - (soft_dice * weights).sum()
 
     # -- validation ------------------------------------------------------------------------------------
     @torch.no_grad()

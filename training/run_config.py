@@ -40,6 +40,13 @@ HEAD_CONTROLLER_INPUTS = {
     "image-detached": "detached-image",
 }
 HEADS = ("linear", *HEAD_CONTROLLER_INPUTS)
+# what one soft Dice of the task methods pools over: one label of one task across the batch's samples of that task,
+# or an output channel across the batch (they differ only where tasks share channels: label sharing, DoD-Net)
+DICE_POOLINGS = ("task", "channel")
+# the default: pooled by channel, a thin label (CSF) and a whole lobe sharing a channel were one Dice, which the lobe
+# decided. Pooled by task, label sharing gained on its smallest task and its thinnest label on every one of 4 seeds
+# (docs/EXPERIMENTS.md, "One Dice per label of each task").
+DEFAULT_DICE_POOLING = "task"
 # which weights the bundle holds: those of the best validation, or those the run ended with (a small validation
 # sample, e.g. --val-labels 16 of 116, picks noisily among weights that keep improving)
 BUNDLE_WEIGHTS = ("best", "last")
@@ -148,6 +155,7 @@ class TrainSettings:
     head: str | None = (
         None  # None: the method's default (head_for); linear: as published; else HEAD_CONTROLLER_INPUTS
     )
+    dice_pooling: str | None = None  # None: DEFAULT_DICE_POOLING (task methods only); else DICE_POOLINGS
     augment: bool = True
     cache_workers: int = 0
     channels: tuple[int, ...] = DEFAULT_CHANNELS
@@ -221,6 +229,10 @@ class TrainSettings:
         _require(
             not (self.task_film and self.head not in (None, PUBLISHED_HEAD)),
             f"--task-film and --head {self.head} are two different label-sharing networks; choose one",
+        )
+        _require(
+            self.dice_pooling is None or self.dice_pooling in DICE_POOLINGS,
+            f"--dice-pooling must be one of {', '.join(DICE_POOLINGS)}, got {self.dice_pooling!r}",
         )
         _require(self.cache_workers >= 0, f"--cache-workers must be >= 0, got {self.cache_workers}")
         object.__setattr__(self, "channels", _positive_ints(self.channels, "--channels"))

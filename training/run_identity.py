@@ -108,6 +108,11 @@ def _changed_defaults(saved: dict, current: dict) -> list[str]:
             "the checkpoint's network has the published head (the default before the dynamic head): resume it "
             "with --head linear"
         )
+    if "dice_pooling" not in saved and current.get("dice_pooling") == "task":
+        hints.append(
+            "the checkpoint's loss pooled its soft Dice by output channel (the default before --dice-pooling "
+            "task): resume it with --dice-pooling channel"
+        )
     return hints
 
 

@@ -21,7 +21,7 @@ from .datasets import NnUNetDataset
 from .distributed import DistContext, distributed_session
 from .methods import TaskMethod
 from .planning import load_datasets, plan_preprocessing, reference_image, split_cases, task_infos
-from .run_config import TaskRunConfig, TrainSettings
+from .run_config import DEFAULT_DICE_POOLING, TaskRunConfig, TrainSettings
 from .run_identity import RunIdentity
 from .run_session import (
     TrainedBundle,
@@ -97,7 +97,8 @@ def train_task_model(
         weights = {t.index: float(len(t.labels)) for t in plan.tasks}
     else:
         weights = None
-    method = TaskMethod(plan.kind, plan.tasks, network, prep, val_labels, weights)
+    pooling = settings.dice_pooling or DEFAULT_DICE_POOLING
+    method = TaskMethod(plan.kind, plan.tasks, network, prep, val_labels, weights, pooling)
     to_grid = ToModelGrid(prep)
     items = method.prepare_items(cache_items(train_cases, to_grid, settings.cache_workers))
     val_items = (
@@ -123,6 +124,8 @@ def train_task_model(
             "foreground_prob": settings.foreground_prob,
             # recorded only when not the default, so runs started before the option existed still resume
             **({} if settings.task_sampling == "uniform" else {"task_sampling": settings.task_sampling}),
+            # recorded only where it changes the loss (tasks sharing channels), so earlier runs still resume
+            **({"dice_pooling": "task"} if method.dice_per_task else {}),
             **(plan.identity_extra or {}),
         },
     )
@@ -134,6 +137,8 @@ def train_task_model(
             extra["task_sampling"] = settings.task_sampling
         if settings.label_mapping != "rank":
             extra["label_mapping"] = settings.label_mapping
+        if method.dice_per_task:
+            extra["dice_pooling"] = "task"
         if settings.val_labels is not None:  # which labels chose the best weights (all when not capped)
             extra["validation_labels"] = {t.name: val_labels[t.index] for t in plan.tasks}
         meta = training_meta(

@@ -20,6 +20,7 @@ from .run_config import (
     BUNDLE_WEIGHTS,
     DEFAULT_CHANNELS,
     DEFAULT_NEW_TASK_SHARE,
+    DICE_POOLINGS,
     EQUAL_SHARE,
     HEADS,
     INTENSITY_MODES,
@@ -156,6 +157,14 @@ def _add_budget_options(p: argparse.ArgumentParser) -> None:
         "convolution as published (Anand et al. 2024; the default with --task-film); task, from the task code only; "
         "image, from the image only; mlp, the same head for every task; dynamic-detached and image-detached, "
         "dynamic and image with no gradient from the controller into the U-Net (an ablation)",
+    )
+    ls.add_argument(
+        "--dice-pooling",
+        choices=DICE_POOLINGS,
+        default=None,
+        help="task methods: what one soft Dice of the loss pools over: task, one label of one task across the "
+        "batch's samples of that task (default); channel, an output channel across the batch (the default before "
+        "2026-12). They differ only where tasks share output channels (labelsharing, dodnet)",
     )
     v = p.add_argument_group("validation, checkpoints, logs")
     v.add_argument(

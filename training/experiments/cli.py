@@ -7,9 +7,10 @@ from pathlib import Path
 
 from LabelSharingSegLib.engine.errors import InputError
 
-from ..run_config import HEADS, PUBLISHED_HEAD
+from ..run_config import DICE_POOLINGS, HEADS, PUBLISHED_HEAD
 from ..train_cli import _float_list, _int_list
-from .variants import variants_over_any_head
+from .labelsharing import EXPERIMENT_DICE_POOLING
+from .variants import VARIANTS, variants_over_any_head
 
 
 def _budget_options(p: argparse.ArgumentParser, steps: int) -> None:
@@ -73,9 +74,8 @@ def register(subparsers) -> None:
         nargs="*",
         metavar="VARIANT",
         help="label-sharing variants to train with the same budget, each testing one reason it may trail: "
-        "task-code, shuffled-mapping, label-sampling, wide, dynamic-head, task-head, image-head, detached-head, "
-        "detached-image-head, mlp-head; reseeded is the seed-to-seed control (variants may be added to a finished "
-        "experiment)",
+        f"{', '.join(name for name in VARIANTS if name != 'reseeded')}; reseeded is the seed-to-seed control "
+        "(variants may be added to a finished experiment)",
     )
     ls.add_argument(
         "--new-task-share",
@@ -100,6 +100,14 @@ def register(subparsers) -> None:
         "published (Anand et al. 2024), the paper's claims; dynamic, `lsseg train labelsharing`'s default "
         f"(with another head, --variants {', '.join(variants_over_any_head())} change label sharing with that "
         "head; the head variants and task-code need linear)",
+    )
+    ls.add_argument(
+        "--dice-pooling",
+        choices=DICE_POOLINGS,
+        default=EXPERIMENT_DICE_POOLING,
+        help="every method's soft Dice: channel (default), one Dice per output channel over the batch, as the "
+        "experiments before this option; task, one per label of each task over that task's samples, `lsseg "
+        "train`'s default (differs only where tasks share channels: label sharing and DoD-Net)",
     )
     ls.add_argument(
         "--seeds",
@@ -195,6 +203,7 @@ def cmd_labelsharing(args) -> int:
         "new_task_shares": args.new_task_share,
         "matched_shares": args.matched_share,
         "head": args.head,
+        "dice_pooling": args.dice_pooling,
     }
     if args.seeds and args.seed is not None:
         raise InputError("--seed and --seeds: give one of them")

@@ -17,13 +17,17 @@ from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.errors import InputError
 
 from .. import planning
-from ..run_config import HEADS, PUBLISHED_HEAD
+from ..run_config import DICE_POOLINGS, HEADS, PUBLISHED_HEAD
 from . import incremental, runner
 from .budget import BudgetLedger, split_steps
 from .report import fmt, grouped_bars, header, mean, mean_dice, table, write_report, yes
 from .variants import Variant, conflict_rows, parse_variants, variants_over_any_head
 from .variants import section as variant_section
 from .workspace import Workspace
+
+# the experiment's loss pooling unless --dice-pooling says otherwise: by channel, as every experiment before the option
+# (they continue and reproduce unchanged); `lsseg train`'s default is by task (run_config.DEFAULT_DICE_POOLING)
+EXPERIMENT_DICE_POOLING = "channel"
 
 METHODS = ("labelsharing", "individual", "multichannel", "dodnet")
 # the issue's goal: label sharing at least one model per task minus this, on every task
@@ -77,13 +81,17 @@ def run_labelsharing(
     new_task_shares: list[float | str] | None = None,
     matched_shares: list[float | str] | None = None,
     head: str = PUBLISHED_HEAD,
+    dice_pooling: str = EXPERIMENT_DICE_POOLING,
 ) -> Path:
     """Run (or continue) the experiment into ``out``; returns ``out/report.md``. ``variants``: label-sharing
     variants (variants.py) trained with the same budget; ``new_task_shares``: the new task's shares of the samples
     in add-task with replay (default: add-task's default); ``matched_shares``: shares also run with the new task's
     own-model sample count. All may be added to a finished experiment. ``head``: label sharing's output head
-    (default: as published), for the labelsharing method and the incremental runs."""
+    (default: as published), for the labelsharing method and the incremental runs. ``dice_pooling``: the task
+    methods' soft Dice pooling (``--dice-pooling``; default: by channel, as the experiments before the option)."""
     chosen = parse_variants(variants)
+    if dice_pooling not in DICE_POOLINGS:
+        raise InputError(f"--dice-pooling must be one of {', '.join(DICE_POOLINGS)}, got {dice_pooling!r}")
     if head not in HEADS:
         raise InputError(f"--head must be one of {', '.join(HEADS)}, got {head!r}")
     if head != PUBLISHED_HEAD:
@@ -120,12 +128,15 @@ def run_labelsharing(
         **({"matched_shares": matched} if holdout and matched else {}),
         # recorded only when not the published head, so experiments written before the option continue
         **({"head": head} if head != PUBLISHED_HEAD else {}),
+        **({"dice_pooling": dice_pooling} if dice_pooling != EXPERIMENT_DICE_POOLING else {}),
     }
     extendable = ("holdout", "variants", "new_task_shares", "matched_shares")
     ws = Workspace(out, config, echo=not budget.quiet, extendable=extendable)
     ws.log(f"labelsharing experiment: tasks {', '.join(tasks)}; {budget.steps} steps x batch {budget.batch}")
 
-    # label sharing's runs (the method and the incremental bases) carry the head; the baselines have their own
+    # every run has the experiment's loss; label sharing's runs (the method and the incremental bases) carry the
+    # head, the baselines have their own
+    budget = budget.with_extra(dice_pooling=dice_pooling)
     ls_budget = budget.with_extra(head=head)
     rows: list[dict] = []
     bundles: dict[str, list[Path]] = {}
@@ -199,6 +210,8 @@ def _report(ws, tasks, budget, add_steps, ledger, rows, bundles, added, variants
     command += ["--matched-share", *map(str, matched)] if matched else []
     head = ws.config.get("head", PUBLISHED_HEAD)
     command += ["--head", head] if head != PUBLISHED_HEAD else []
+    pooling = ws.config.get("dice_pooling", EXPERIMENT_DICE_POOLING)
+    command += ["--dice-pooling", pooling] if pooling != EXPERIMENT_DICE_POOLING else []
     lines = header(
         "Label sharing against its baselines under equal compute (Anand et al. 2024)", ws.config, command
     )
@@ -211,6 +224,12 @@ def _report(ws, tasks, budget, add_steps, ledger, rows, bundles, added, variants
             "as published (Anand et al. 2024; one 1x1 convolution over the shared outputs)"
             if head == PUBLISHED_HEAD
             else f"`--head {head}` (`lsseg train labelsharing`'s default), over the same n* + 1 shared outputs"
+        ),
+        "- loss of every method: cross-entropy + soft Dice, "
+        + (
+            "one Dice per label of each task over that task's samples (`--dice-pooling task`)"
+            if pooling == "task"
+            else "one Dice per output channel over the batch (`--dice-pooling channel`)"
         ),
         f"- seed {budget.seed}; network channels {','.join(map(str, budget.channels))}; learning rate {budget.lr}; "
         f"validation fraction {budget.val_fraction}; augmentation {'on' if budget.augment else 'off'}",

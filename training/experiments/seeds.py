@@ -19,7 +19,7 @@ from LabelSharingSegLib.engine.errors import InputError
 from ..run_config import PUBLISHED_HEAD
 from . import incremental, runner
 from .incremental import ADDED_TASK_GOAL, FORGETTING_GOAL
-from .labelsharing import METHODS, PER_TASK_GOAL, run_labelsharing
+from .labelsharing import EXPERIMENT_DICE_POOLING, METHODS, PER_TASK_GOAL, run_labelsharing
 from .report import fmt, header, mean, mean_dice, table, write_report, yes
 from .variants import parse_variants
 
@@ -153,6 +153,8 @@ def _option_args(options: dict) -> list[str]:
         args += ["--matched-share", *map(str, options["matched_shares"])]
     if options.get("head", PUBLISHED_HEAD) != PUBLISHED_HEAD:
         args += ["--head", options["head"]]
+    if options.get("dice_pooling", EXPERIMENT_DICE_POOLING) != EXPERIMENT_DICE_POOLING:
+        args += ["--dice-pooling", options["dice_pooling"]]
     return args
 
 

@@ -9,6 +9,9 @@ outputs; Anand et al. 2024):
   instead of by relative size (``--label-mapping shuffled``);
 * ``label-sampling``   - task imbalance: tasks drawn in proportion to their label count (``--task-sampling labels``);
 * ``wide``             - capacity: twice the channels at every level;
+* ``task-dice``        - the loss: the soft Dice of each task's label over that task's samples in the batch, not of
+  each output channel over the whole batch, where a thin label and a large one sharing a channel are one Dice
+  (``--dice-pooling task``);
 * ``dynamic-head``, ``task-head``, ``image-head``, ``mlp-head`` - what DoD-Net has that label sharing lacks, one
   part at a time: DoD-Net's head (a normalisation and three 1x1 convolutions whose weights a controller generates)
   over label sharing's shared outputs, generated from the task code and the image, from the task code only, from
@@ -101,6 +104,12 @@ VARIANTS = {
             {"task_sampling": "labels"},
         ),
         Variant("wide", "capacity", "2x channels at every level", channel_factor=2),
+        Variant(
+            "task-dice",
+            "one Dice over different tasks' labels sharing a channel",
+            "soft Dice per label of each task",
+            {"dice_pooling": "task"},
+        ),
         # what DoD-Net has that label sharing lacks, one part at a time (rank mapping and shared outputs kept)
         Variant(
             "dynamic-head",
