@@ -5,7 +5,7 @@ the loss, and the validation score. The data pipeline, optimiser and loop are sh
   channels with the bundle's own ``TaskInfo.channels`` (the same table inference decodes with). Only the
   sample's task channels and background compete in the softmax, exactly as at inference; the loss is
   cross-entropy + soft Dice: batch Dice per output channel (``channel``), or per label of each task over the
-  batch's samples of that task (``task``, where tasks share channels: ``TaskMethod.dice_loss``).
+  batch's samples of that task (``task``; ``TaskMethod._dice_loss_per_task``).
 * LCS (Ma et al. 2022): each sample draws a random atlas label and, with probability 0.5, merges it with a second
   one; the network gets the atlas image + that label's atlas mask and is trained with soft Dice on the
   conditioned label only. Its inputs are normalised and padded (centred, with the engine's own helpers) exactly
@@ -93,7 +93,7 @@ class TaskMethod:
         self.channel_masks = torch.stack(masks)
         # Pooling by task differs from pooling by channel only where tasks share a channel (label sharing,
         # DoD-Net); elsewhere the channel sum is the same sum, and stays bit for bit what it was.
-        shared = int(self.channel_masks[:, 1:].sum(0).max()) > 1 if len(tasks) > 1 else False
+        shared = bool((self.channel_masks[:, 1:].sum(0) > 1).any())
         self.dice_per_task = dice_pooling == "task" and shared
 
     # -- data ------------------------------------------------------------------------------------------
