@@ -123,7 +123,10 @@ def test_evaluate_a_second_label_set_drawn_on_the_atlas(tmp_path, capsys):
         m: np.nanmean([float(r["dice"]) for r in side if r["method"] == m])
         for m in {r["method"] for r in side}
     }
-    assert means["affine propagation"] > 0.2  # the same scan family at 8 mm: registration carries labels
+    # the labels drawn on the atlas sit where the scans have them: registration carries them. Deformable, not
+    # affine: at 8 mm a fine label is a few voxels, and affine alone scored 0.156 against the world coordinates'
+    # 0.200 on one of our machines (AMD EPYC; the same with SimpleITK 2.4.1-2.5.7, numpy 2.2-2.4, scipy 1.15-1.17)
+    assert means["deformable propagation"] > max(0.25, means["naive (world)"] + 0.05)
     # one section and one pair of plots per label set; the coarse (trained) labels only for brain-aal
     summary = (report / "summary.md").read_text()
     for task in ("BrainAAL", "BrainNeuromorphometrics"):
