@@ -4,10 +4,10 @@
 # The shipped training took 10-30 minutes per bundle on the 2-core CPU, far longer on busy cores (each run also
 # stops at its --time-limit). Label sharing trains with whole-head appearance (--appearance head,...: skull,
 # scalp, neck, bias field, contrast, resolution and noise; docs/TRAINING.md) for scans as they come from the
-# scanner, and with its default output head (--head dynamic; 1795 s for 6000 steps on one thread). The LCS bundle
-# stores the undeformed template as its network reference and sees aligned scans through its brain
-# (docs/DEMO.md), so it trains on brain-only images as shipped, with its default conditioning (--conditioning
-# every-level; 1543 s for 2400 steps on 2 busy threads).
+# scanner, with its default output head and loss (--head dynamic, --dice-pooling task; 548 s for 6000 steps on one
+# thread, which the shipped bundle was trained with). The LCS bundle stores the undeformed template as its network
+# reference and sees aligned scans through its brain (docs/DEMO.md), so it trains on brain-only images as shipped,
+# with its default conditioning (--conditioning every-level; 1543 s for 2400 steps on 2 busy threads).
 # Usage: bash scripts/train_demo_bundles.sh [WORK_DIR]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,7 +24,7 @@ cd "$work"
 "$lsseg" train labelsharing \
   --data data/Dataset811_AxialTissue data/Dataset812_SagittalLobes data/Dataset813_CoronalSubcortical \
   --out labelsharing-multitask --steps 6000 --batch 8 --patch 96,96 --spacing 1.5,1.5 --seed 0 --time-limit 120 \
-  --appearance head,bias,gamma,noise,resolution \
+  --appearance head,bias,gamma,noise,resolution --threads 1 \
   --reference data/Dataset801_BrainAAL/reference_template.nii.gz \
   --name "Label sharing: brain slices (axial tissue, sagittal lobes, coronal subcortical)" --quiet
 "$lsseg" train lcs --data data/Dataset801_BrainAAL \
