@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from train_helpers import TINY, lsseg, phantoms
 
 from LabelSharingSegLib.engine.bundle import load_bundle
+from LabelSharingSegLib.engine.errors import InputError
 from LabelSharingSegLib.engine.labels import LabelInfo, default_color
 from LabelSharingSegLib.engine.manifest import TaskInfo
 from LabelSharingSegLib.engine.network_config import UNetConfig
@@ -56,6 +57,12 @@ def _batch(tasks: list[int], out_channels: int, seed: int = 0) -> tuple[dict, to
     return batch, logits
 
 
+def _masked(method: TaskMethod, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+    """The logits with other tasks' channels masked, as the loss sees them."""
+    allowed = method.channel_masks[batch["task"]].view(*logits.shape[:2], 1, 1)
+    return logits.masked_fill(~allowed, -1.0e4)
+
+
 def test_pooling_by_task_gives_each_task_the_dice_loss_of_its_own_model():
     tasks = [_task("thin", 0, {1: 1, 2: 2}), _task("large", 1, {1: 1})]
     order = [0, 1, 0, 0]
@@ -73,20 +80,13 @@ def test_pooling_by_task_gives_each_task_the_dice_loss_of_its_own_model():
         }
         own = _method([_task(task.name, 0, task.channels)], 3, "channel")
         own_loss = own.loss(FixedLogits(logits[rows]), alone, torch.device("cpu"))
-        own_ce = F.cross_entropy(own_logits(own, logits[rows], alone), alone["target"])
+        own_ce = F.cross_entropy(_masked(own, logits[rows], alone), alone["target"])
         expected += len(rows) / len(order) * float(own_loss - own_ce)
     ce = float(loss) - expected
-    masked = own_logits(_method(tasks, 3, "channel"), logits, batch)
+    masked = _masked(_method(tasks, 3, "channel"), logits, batch)
     assert ce == pytest.approx(float(F.cross_entropy(masked, batch["target"])), abs=1e-5)
-    assert float(loss) != pytest.approx(
-        float(channel), abs=1e-3
-    )  # the large label no longer decides channel 1
-
-
-def own_logits(method: TaskMethod, logits: torch.Tensor, batch: dict) -> torch.Tensor:
-    """The logits with other tasks' channels masked, as the loss sees them."""
-    allowed = method.channel_masks[batch["task"]].view(*logits.shape[:2], 1, 1)
-    return logits.masked_fill(~allowed, -1.0e4)
+    # pooled by channel, the large label decided channel 1
+    assert float(loss) != pytest.approx(float(channel), abs=1e-3)
 
 
 def test_pooling_by_task_weighs_a_thin_label_as_its_own_model_does():
@@ -123,9 +123,9 @@ def test_pooling_by_task_changes_nothing_where_no_channel_is_shared(kind):
 
 
 def test_unknown_pooling_is_refused():
-    with pytest.raises(Exception, match="dice pooling must be one of task, channel"):
+    with pytest.raises(InputError, match="dice pooling must be one of task, channel"):
         _method([_task("a", 0, {1: 1})], 2, "sample")
-    with pytest.raises(Exception, match="--dice-pooling must be one of task, channel"):
+    with pytest.raises(InputError, match="--dice-pooling must be one of task, channel"):
         TrainSettings(dice_pooling="sample")
 
 
@@ -157,18 +157,8 @@ def test_methods_without_shared_channels_record_no_pooling(tmp_path):
 
 def test_lcs_refuses_pooling_by_task(tmp_path, capsys):
     data = phantoms(tmp_path / "phantoms")
-    command = [
-        "train",
-        "lcs",
-        "--data",
-        data[0],
-        "--out",
-        tmp_path / "lcs",
-        "--steps",
-        1,
-        "--dice-pooling",
-        "task",
-    ]
+    out = tmp_path / "lcs"
+    command = ["train", "lcs", "--data", data[0], "--out", out, "--steps", 1, "--dice-pooling", "task"]
     assert lsseg(*command, *TINY) != 0
     assert "--dice-pooling are options of task training, not lcs" in capsys.readouterr().err
-    assert not (tmp_path / "lcs").exists()
+    assert not out.exists()
