@@ -91,9 +91,11 @@ class TaskMethod:
             self.luts.append(lut)
             masks.append(mask)
         self.channel_masks = torch.stack(masks)
+        self.label_channels = self.channel_masks.clone()  # (T, K): each task's foreground channels
+        self.label_channels[:, 0] = False
         # Pooling by task differs from pooling by channel only where tasks share a channel (label sharing,
         # DoD-Net); elsewhere the channel sum is the same sum, and stays bit for bit what it was.
-        shared = bool((self.channel_masks[:, 1:].sum(0) > 1).any())
+        shared = bool((self.label_channels.sum(0) > 1).any())
         self.dice_per_task = dice_pooling == "task" and shared
 
     # -- data ------------------------------------------------------------------------------------------
@@ -197,9 +199,8 @@ class TaskMethod:
         # the grouping is built on the host: no device-to-host sync inside the step
         groups_host = F.one_hot(task_host, n_tasks).T.to(torch.float32)  # (T, B)
         samples = groups_host.sum(1)  # (T,)
-        labels_host = self.channel_masks.clone()
-        labels_host[:, 0] = False
-        labels_host &= (samples > 0)[:, None]  # (T, K): the labels of the tasks in this batch
+        # (T, K): the labels of the tasks in this batch
+        labels_host = self.label_channels & (samples > 0)[:, None]
         task_weight = samples / samples.sum() / labels_host.sum(1).clamp(min=1)  # per label of each task
         label_weight = labels_host.to(torch.float32) * task_weight[:, None]
         groups = groups_host.to(device=device, dtype=intersect.dtype, non_blocking=True)
