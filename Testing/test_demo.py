@@ -30,7 +30,8 @@ def _csv_mean(path, column, **where):
 
 def test_tiny_demo_writes_every_promised_file(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--tiny", "--train", "--minutes", "3", "--device", "cpu"]) == 0
+    # the default --device auto (the CPU here): the real scan's fine-label rows once failed on it
+    assert main(["demo", "--out", str(out), "--tiny", "--train", "--minutes", "3"]) == 0
     printed = capsys.readouterr().out
     assert "Report:" in printed and "Open in Slicer" in printed
     report = (out / "report.md").read_text()

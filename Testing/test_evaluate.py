@@ -123,10 +123,11 @@ def test_evaluate_a_second_label_set_drawn_on_the_atlas(tmp_path, capsys):
         m: np.nanmean([float(r["dice"]) for r in side if r["method"] == m])
         for m in {r["method"] for r in side}
     }
-    # the labels drawn on the atlas sit where the scans have them: registration carries them. Deformable, not
-    # affine: at 8 mm a fine label is a few voxels, and affine alone scored 0.156 against the world coordinates'
-    # 0.200 on one of our machines (AMD EPYC; the same with SimpleITK 2.4.1-2.5.7, numpy 2.2-2.4, scipy 1.15-1.17)
-    assert means["deformable propagation"] > max(0.25, means["naive (world)"] + 0.05)
+    # the labels drawn on the atlas sit where the scans have them: registration carries them (measured: world
+    # 0.201, affine 0.245, deformable 0.337). At 8 mm the earlier starting-pose search kept a start tilted 15
+    # degrees whose mutual information beat the untilted one by 0.003, and affine scored 0.156, below the world
+    assert means["affine propagation"] > means["naive (world)"] + 0.02
+    assert means["deformable propagation"] > max(0.25, means["affine propagation"] + 0.05)
     # one section and one pair of plots per label set; the coarse (trained) labels only for brain-aal
     summary = (report / "summary.md").read_text()
     for task in ("BrainAAL", "BrainNeuromorphometrics"):

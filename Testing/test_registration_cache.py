@@ -52,7 +52,9 @@ def counted(monkeypatch):
     return affine, deformable
 
 
-def test_same_scan_and_atlas_registered_once_per_process_and_across_calls(counted, registration_cache):
+def test_same_scan_and_atlas_registered_once_per_process_and_across_calls(
+    counted, registration_cache, monkeypatch
+):
     affine_calls, deformable_calls = counted
     atlas, scan, affine = _pair()
     first = register_atlas(atlas, affine, scan, affine, stage="deformable")
@@ -75,6 +77,11 @@ def test_same_scan_and_atlas_registered_once_per_process_and_across_calls(counte
     assert affine_calls.calls == 2
     register_atlas(atlas, affine, scan, affine, stage="deformable", deformable_method="bspline")
     assert (affine_calls.calls, deformable_calls.calls) == (2, 2)
+    # another starting-pose search may find another alignment: an earlier search's is not reused
+    monkeypatch.setattr(cache, "SEARCH_REVISION", cache.SEARCH_REVISION + 1)
+    cache.clear_memory()
+    register_atlas(atlas, affine, scan, affine, stage="affine")
+    assert affine_calls.calls == 3
 
 
 def test_unreadable_foreign_or_pickled_cache_files_are_recomputed(registration_cache):

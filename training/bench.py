@@ -68,11 +68,13 @@ def register(subparsers) -> None:
     heads.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     heads.add_argument("--json", action="store_true")
     heads.set_defaults(func=run_heads)
+    from .bench_alignment import register as register_alignment
     from .bench_registration import register as register_registration
     from .bench_train import register as register_train
 
     register_train(sub)
     register_registration(sub)
+    register_alignment(sub)
 
 
 def _timed(fn, repeats: int, device: torch.device) -> float:

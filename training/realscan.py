@@ -76,19 +76,26 @@ def scanner_transform() -> np.ndarray:
 def scanner_scan(spacing: float) -> ScannerScan:
     """Colin 27 in the scanner pose, on a scanner-aligned sagittal grid (voxel axes A, S, R; ``spacing`` mm
     in plane, 1.2 x ``spacing`` between slices) covering the whole head."""
+    return scan_in_pose(scanner_transform(), (spacing, spacing, 1.2 * spacing), ("A", "S", "R"))
+
+
+def scan_in_pose(transform: np.ndarray, spacing, axes=("A", "S", "R")) -> ScannerScan:
+    """Colin 27 moved by ``transform`` (MNI world -> scanner world), on a scanner-aligned grid covering the whole
+    head: voxel axis n runs along world axis ``axes[n]`` (R, A or S) with ``spacing[n]`` mm, e.g. thick axial
+    slices with ``(1, 1, 5)`` and ``("R", "A", "S")``."""
     import torch
 
     from LabelSharingSegLib.engine.preprocessing import resample_to_grid
 
     real = sources.load_real_scan()
-    transform = scanner_transform()
     moved = transform @ real.affine
     corners = np.array(np.meshgrid(*[[0, n - 1] for n in real.image.shape], indexing="ij")).reshape(3, -1)
     world = moved[:3, :3] @ corners + moved[:3, 3:4]
     low, high = world.min(axis=1), world.max(axis=1)
     affine = np.eye(4)
     shape = []
-    for column, (axis, step) in enumerate(zip((1, 2, 0), (spacing, spacing, 1.2 * spacing))):
+    for column, (name, step) in enumerate(zip(axes, spacing)):
+        axis = "RAS".index(name)
         affine[:3, column] = 0.0
         affine[axis, column] = step
         affine[axis, 3] = low[axis]

@@ -45,6 +45,8 @@ def fine_label_rows(scan, bundles: list, brain: Path, device: str) -> tuple[list
     """(side-by-side rows, notes) for the fine labels of ``brain``'s atlas case on ``scan`` (realscan.ScannerScan),
     segmented with ``bundles`` (LCS bundles; the refine one is recognised by its network). The registration
     methods run once per atlas, from the alignment ``lsseg segment`` computes, and their rows name its bundle."""
+    from .demo_examples import _network
+
     dataset = read_dataset(brain)
     names = dataset.foreground_labels()
     by_name = {name: value for value, name in names.items()}
@@ -81,7 +83,7 @@ def fine_label_rows(scan, bundles: list, brain: Path, device: str) -> tuple[list
                 continue
             method, decided = sidebyside.network_decisions(
                 bundle,
-                bundle.build_network(device),
+                _network(bundle, device),  # resolves --device auto (the demo's default)
                 scan.image,
                 scan.affine,
                 masks,

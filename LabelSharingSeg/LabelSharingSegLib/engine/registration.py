@@ -4,8 +4,10 @@ A real scan is rarely in the bundle's template/atlas space: other position, orie
 and often a whole head (skull, scalp, neck) where the reference is brain only, or the reverse. We register
 the scan (moving) to the reference (fixed) with Mattes mutual information, restricted to both images'
 foreground masks (so a brain-only image is compared with the brain of a whole head, never with its skull,
-scalp or background), from several starting poses (each tried briefly, the best kept), then a rigid and an
-affine stage over a 3-level pyramid.
+scalp or background), from many starting poses (tilts up to 30 degrees about left-right and 15 about the
+other axes, combined, each placed by the top of the imaged object along its tilted superior axis; scored on
+binned images, the best few tried briefly, the best kept), then a rigid and an affine stage over a 3-level
+pyramid.
 
 The result is a 4x4 matrix ``M`` in RAS millimetres mapping reference world points to scan world points.
 Because inference always resamples through affines, aligning a scan needs nothing but a corrected affine: a
@@ -29,10 +31,21 @@ import numpy as np
 from .errors import InputError
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # ITK works in LPS, our affines are RAS
-# Starting poses tried before the full optimisation: rotations (degrees about the R, A, S axes) combined with
-# the translations of _start_translations. Head tilt in a scanner is mostly about the left-right axis.
+# Starting poses tried before the full optimisation, rotations in degrees about the R, A, S axes. The full
+# optimisation recovers about 10 degrees and 10 mm from where it starts, so the starts must fall that close.
+# Single-axis tilts, each combined with every translation of _start_translations:
 _START_ROTATIONS = ((0, 0, 0), (15, 0, 0), (-15, 0, 0), (0, 0, 15), (0, 0, -15), (0, 15, 0), (0, -15, 0))
+# and a grid of combined tilts, each with the translations of _slab_translations (which follow the rotation).
+# A head in a scanner is tilted most about the left-right axis (nodding; scans planned on other landmarks).
+_GRID_PITCH = (-30, -15, 0, 15, 30)
+_GRID_ROLL_YAW = (-15, 0, 15)
 _REFINED_STARTS = 4  # best-scoring starting poses refined before choosing one
+_UNTILTED_STARTS = ("world, rotation (0, 0, 0)", "centres, rotation (0, 0, 0)")  # refined whatever they score
+_SCORE_SHRINK = 2  # starting poses are scored on images binned by this factor (about 9x faster)
+_SCALP_MM = 12.0  # between the top of the brain and the top of the head
+# Raised whenever the search can find another alignment for the same images: part of the registration cache's
+# key, so an alignment found by an earlier search is not reused (2: the tilted grid of starting poses).
+SEARCH_REVISION = 2
 _WORKING_SPACING_MM = 2.0  # finer references are compared at this spacing: enough for an affine
 MIN_REGISTRATION_VOXELS = 4
 
@@ -169,6 +182,8 @@ class _Pair:
     moving_centre: np.ndarray
     fixed_top: float  # highest superior (S) coordinate of the foreground, RAS mm
     moving_top: float
+    fixed_points: np.ndarray  # (N, 3) LPS mm of (a sample of) the foreground voxels
+    moving_points: np.ndarray
 
 
 def _prepare(scan, scan_affine, reference, reference_affine) -> _Pair:
@@ -184,13 +199,43 @@ def _prepare(scan, scan_affine, reference, reference_affine) -> _Pair:
         world = affine[:3, :3] @ index.T + affine[:3, 3:4]
         centre = (_LPS[:3, :3] @ world.mean(axis=1)).astype(np.float64)
         top = float(np.percentile(world[2], 99.5))
+        step = max(1, len(index) // 50_000)  # a sample is enough for centroids and percentiles
+        points = (_LPS[:3, :3] @ world[:, ::step]).T
         image = _to_sitk(scaled.astype(np.float32), affine)
         mask_image = sitk.Cast(_to_sitk(mask.astype(np.uint8), affine), sitk.sitkUInt8)
-        return image, mask_image, centre, top
+        return image, mask_image, centre, top, points
 
-    fixed, fixed_mask, fixed_centre, fixed_top = one(reference, reference_affine)
-    moving, moving_mask, moving_centre, moving_top = one(scan, scan_affine)
-    return _Pair(fixed, moving, fixed_mask, moving_mask, fixed_centre, moving_centre, fixed_top, moving_top)
+    fixed, fixed_mask, fixed_centre, fixed_top, fixed_points = one(reference, reference_affine)
+    moving, moving_mask, moving_centre, moving_top, moving_points = one(scan, scan_affine)
+    return _Pair(
+        fixed,
+        moving,
+        fixed_mask,
+        moving_mask,
+        fixed_centre,
+        moving_centre,
+        fixed_top,
+        moving_top,
+        fixed_points,
+        moving_points,
+    )
+
+
+def _binned(pair: _Pair) -> _Pair:
+    """The pair on images binned by _SCORE_SHRINK, for scoring many starting poses (the pair itself when the
+    reference is too small to bin)."""
+    import SimpleITK as sitk
+
+    if min(pair.fixed.GetSize()) // _SCORE_SHRINK < 16:
+        return pair
+    factors = [_SCORE_SHRINK] * 3
+    return replace(
+        pair,
+        fixed=sitk.BinShrink(pair.fixed, factors),
+        moving=sitk.BinShrink(pair.moving, factors),
+        fixed_mask=sitk.Shrink(pair.fixed_mask, factors),
+        moving_mask=sitk.Shrink(pair.moving_mask, factors),
+    )
 
 
 def _method(pair: _Pair, seed: int, *, shrink, sigmas, iterations: int, percentage: float = 0.15):
@@ -261,26 +306,58 @@ def _start_translations(pair: _Pair) -> dict[str, np.ndarray]:
     top = centres.copy()
     top[2] = pair.moving_top - pair.fixed_top
     candidates = {"centres": centres, "tops": top}
-    scalp = 12.0  # mm between the top of the brain and the top of the head
-    candidates["tops-scalp-down"] = top - np.array([0.0, 0.0, scalp])
-    candidates["tops-scalp-up"] = top + np.array([0.0, 0.0, scalp])
+    candidates["tops-scalp-down"] = top - np.array([0.0, 0.0, _SCALP_MM])
+    candidates["tops-scalp-up"] = top + np.array([0.0, 0.0, _SCALP_MM])
     candidates["world"] = np.zeros(3)
     return candidates
 
 
-def _best_start(pair: _Pair, seed: int, progress) -> tuple[object, str]:
-    """Every starting pose is scored as it is; the few best get a short coarse rigid registration each, and
-    the one that ends with the best metric wins (scoring all poses first keeps this fast)."""
+def _slab_translations(pair: _Pair, rotation_deg) -> dict[str, np.ndarray]:
+    """Shifts (LPS mm, fixed -> moving) for a starting rotation: the reference's foreground centre onto the
+    centre of the scan's top slab as tall as the reference's foreground, "top" along the reference's superior
+    axis as the rotation carries it into the scan. A brain-only reference then lands on the brain of a whole
+    head in any tilt (its neck and shoulders below the slab), and a brain on a brain."""
+    rotation = np.array(_euler(pair, rotation_deg, np.zeros(3)).GetMatrix()).reshape(3, 3)
+    up = rotation @ np.array([0.0, 0.0, 1.0])  # LPS: +z is superior
+    low, high = np.percentile(pair.fixed_points[:, 2], [0.5, 99.5])
+    heights = pair.moving_points @ up
+    top = float(np.percentile(heights, 99.5))
+    shifts = {}
+    for name, below_top in (("top slab", 0.0), ("top slab-scalp-down", _SCALP_MM)):
+        inside = (heights <= top - below_top) & (heights >= top - below_top - (high - low))
+        if np.count_nonzero(inside) >= 8:
+            shifts[name] = pair.moving_points[inside].mean(axis=0) - pair.fixed_centre
+    return shifts
+
+
+def _start_poses(pair: _Pair) -> list[tuple[str, object]]:
+    """(name, transform) of every starting pose: the single-axis tilts with the fixed translations, and the
+    grid of combined tilts with the translations that follow each tilt."""
     poses = [
         (f"{name}, rotation {rotation}", _euler(pair, rotation, shift))
         for name, shift in _start_translations(pair).items()
         for rotation in _START_ROTATIONS
     ]
-    scored = sorted(poses, key=lambda pose: _evaluate(pair, pose[1], seed, percentage=0.05))
+    for rotation in ((r, a, s) for r in _GRID_PITCH for a in _GRID_ROLL_YAW for s in _GRID_ROLL_YAW):
+        for name, shift in _slab_translations(pair, rotation).items():
+            poses.append((f"{name}, rotation {rotation}", _euler(pair, rotation, shift)))
+    return poses
+
+
+def _best_start(pair: _Pair, seed: int, progress) -> tuple[object, str]:
+    """Every starting pose is scored as it is, on binned images; the few best get a short coarse rigid
+    registration each, and the one that ends with the best metric wins (scoring all poses first keeps this
+    fast)."""
+    binned = _binned(pair)
+    scored = sorted(_start_poses(pair), key=lambda pose: _evaluate(binned, pose[1], seed, percentage=0.2))
+    # the untilted starts are always tried: among many tilted poses a near-symmetric object can crowd them
+    # out of the best few, and a scan already close to the reference must not end farther from it
+    untilted = [pose for pose in scored[_REFINED_STARTS:] if pose[0] in _UNTILTED_STARTS]
+    refined = scored[:_REFINED_STARTS] + untilted
     best, best_value, best_name = None, math.inf, ""
-    for number, (name, transform) in enumerate(scored[:_REFINED_STARTS]):
+    for number, (name, transform) in enumerate(refined):
         if progress:
-            progress(0.4 * number / _REFINED_STARTS, "aligning the scan: trying starting poses")
+            progress(0.4 * number / len(refined), "aligning the scan: trying starting poses")
         method = _method(pair, seed, shrink=[4], sigmas=[2.0], iterations=40)
         method.SetInitialTransform(transform, inPlace=True)
         try:

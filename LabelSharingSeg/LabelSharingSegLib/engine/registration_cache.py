@@ -32,7 +32,7 @@ from .. import __version__
 from .atomic import write_bytes_atomic
 from .deformable import Deformation, register_deformable
 from .errors import LabelSharingSegError
-from .registration import Alignment, register_affine
+from .registration import SEARCH_REVISION, Alignment, register_affine
 
 CACHE_DIR_ENV = "LSSEG_CACHE_DIR"
 OFF = ("off", "0", "no", "false", "none")
@@ -236,7 +236,7 @@ def affine_alignment(
         "reference": np.asarray(reference),
         "reference_affine": np.asarray(reference_affine, np.float64),
     }
-    key = content_key("affine", arrays, {})
+    key = content_key("affine", arrays, {"search": SEARCH_REVISION})
 
     def compute() -> Alignment:
         return register_affine(scan, scan_affine, reference, reference_affine, progress=progress)
