@@ -137,7 +137,7 @@ def test_the_alignment_bench_aligns_the_real_scan_in_random_head_poses(capsys):
     assert lsseg("bench", "alignment", shipped_bundles_dir() / LS_BUNDLE, *args) == 0
     result = json.loads(capsys.readouterr().out)
     assert [(r["grid"], r["pose"]) for r in result["rows"]] == [("6mm", 0), ("6mm", 1), ("6mm", 2)]
-    # measured 2.2-2.6 mm: Colin 27's brain against the template's, at 6 mm voxels
+    # measured 2.3-2.5 mm: Colin 27's brain against the template's, at 6 mm voxels
     assert all(r["accepted"] and r["error_mm"] < 5.0 for r in result["rows"]), result["rows"]
     assert result["summary"]["6mm"]["failed"] == 0
     assert lsseg("bench", "alignment", shipped_bundles_dir() / LS_BUNDLE, "--grids", "1mm") == 2
