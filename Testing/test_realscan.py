@@ -141,3 +141,13 @@ def test_the_alignment_bench_aligns_the_real_scan_in_random_head_poses(capsys):
     assert all(r["accepted"] and r["error_mm"] < 5.0 for r in result["rows"]), result["rows"]
     assert result["summary"]["6mm"]["failed"] == 0
     assert lsseg("bench", "alignment", shipped_bundles_dir() / LS_BUNDLE, "--grids", "1mm") == 2
+
+
+def test_the_alignment_bench_cuts_the_top_of_the_head_along_the_superior_voxel_axis():
+    from lsseg_training.bench_alignment import cut_top
+
+    image = np.zeros((6, 30, 8), dtype=np.float32)
+    image[1:5, 4:26, 2:6] = 100.0  # the head: rows 4-25 along the second voxel axis, which runs along S
+    cut = cut_top(image, ("R", "S", "A"), (1.0, 2.0, 1.0), 10.0)  # 10 mm = 5 rows at 2 mm
+    assert cut.shape == (6, 21, 8) and np.array_equal(cut, image[:, :21])
+    assert cut_top(image, ("R", "S", "A"), (1.0, 2.0, 1.0), 0.0) is image
