@@ -40,7 +40,7 @@ _START_ROTATIONS = ((0, 0, 0), (15, 0, 0), (-15, 0, 0), (0, 0, 15), (0, 0, -15),
 _GRID_PITCH = (-30, -15, 0, 15, 30)
 _GRID_ROLL_YAW = (-15, 0, 15)
 _REFINED_STARTS = 4  # best-scoring starting poses refined before choosing one
-_UNTILTED_STARTS = ("world, rotation (0, 0, 0)", "centres, rotation (0, 0, 0)")  # refined whatever they score
+_UNTILTED_SHIFTS = ("world", "centres")  # with no tilt, refined whatever they score
 _SCORE_SHRINK = 2  # starting poses are scored on images binned by this factor (about 9x faster)
 _SCALP_MM = 12.0  # between the top of the brain and the top of the head
 # Raised whenever the search can find another alignment for the same images: part of the registration cache's
@@ -330,17 +330,22 @@ def _slab_translations(pair: _Pair, rotation_deg) -> dict[str, np.ndarray]:
     return shifts
 
 
+def _pose_name(shift_name: str, rotation) -> str:
+    """A starting pose's name, as ``Alignment.start`` reports it."""
+    return f"{shift_name}, rotation {tuple(rotation)}"
+
+
 def _start_poses(pair: _Pair) -> list[tuple[str, object]]:
     """(name, transform) of every starting pose: the single-axis tilts with the fixed translations, and the
     grid of combined tilts with the translations that follow each tilt."""
     poses = [
-        (f"{name}, rotation {rotation}", _euler(pair, rotation, shift))
+        (_pose_name(name, rotation), _euler(pair, rotation, shift))
         for name, shift in _start_translations(pair).items()
         for rotation in _START_ROTATIONS
     ]
     for rotation in ((r, a, s) for r in _GRID_PITCH for a in _GRID_ROLL_YAW for s in _GRID_ROLL_YAW):
         for name, shift in _slab_translations(pair, rotation).items():
-            poses.append((f"{name}, rotation {rotation}", _euler(pair, rotation, shift)))
+            poses.append((_pose_name(name, rotation), _euler(pair, rotation, shift)))
     return poses
 
 
@@ -352,7 +357,8 @@ def _best_start(pair: _Pair, seed: int, progress) -> tuple[object, str]:
     scored = sorted(_start_poses(pair), key=lambda pose: _evaluate(binned, pose[1], seed, percentage=0.2))
     # the untilted starts are always tried: among many tilted poses a near-symmetric object can crowd them
     # out of the best few, and a scan already close to the reference must not end farther from it
-    untilted = [pose for pose in scored[_REFINED_STARTS:] if pose[0] in _UNTILTED_STARTS]
+    untilted_names = {_pose_name(name, (0, 0, 0)) for name in _UNTILTED_SHIFTS}
+    untilted = [pose for pose in scored[_REFINED_STARTS:] if pose[0] in untilted_names]
     refined = scored[:_REFINED_STARTS] + untilted
     best, best_value, best_name = None, math.inf, ""
     for number, (name, transform) in enumerate(refined):
