@@ -577,7 +577,8 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.setVisible(False)
         self.ui.cancelButton.setVisible(False)
         try:
-            outputNode = self.logic.applyRun(run, job.result())
+            result = job.result()
+            outputNode = self.logic.applyRun(run, result)
         except CancelledError:
             self.ui.statusLabel.setText("Cancelled: the scene was not changed.")
         except Exception as error:
@@ -589,7 +590,7 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if self.ui.autoShow3DCheckBox.checked:
                 outputNode.CreateClosedSurfaceRepresentation()
             seconds = time.monotonic() - self._runStart
-            self.ui.statusLabel.setText(f"Done in {seconds:.1f} s: '{outputNode.GetName()}'.")
+            self.ui.statusLabel.setText(self.logic.finishedMessage(outputNode.GetName(), seconds, result))
         finally:
             job.cleanup()
         self._updateButtons()

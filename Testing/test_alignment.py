@@ -74,6 +74,7 @@ def test_registration_recovers_a_random_affine(reference):
     probe = ref_affine @ np.array([[image.shape[0] / 2], [image.shape[1] / 2], [image.shape[2] / 2], [1.0]])
     error = np.linalg.norm((alignment.matrix - transform) @ probe)
     assert error < 2.0  # mm at the brain's centre (voxels are 3 mm)
+    assert alignment.confident and alignment.warning is None  # a true alignment is a sharp optimum
 
 
 def test_labels_come_back_onto_the_moved_anatomy(reference, tmp_path):
@@ -190,18 +191,55 @@ def test_a_whole_head_tilted_far_from_a_brain_only_reference_is_aligned(degrees,
     15 degrees, shifts from the centres or tops of the two objects) lay outside what the optimiser recovers,
     and these poses ended 8.4 and 40.5 mm off. The tilted grid of starts, placed by the top slab along each
     tilt, finds them."""
-    from scipy.spatial.transform import Rotation
+    error, alignment = _phantom_error(_turned(degrees, shift))
+    # mm; voxels are 4 mm (measured 1.9, 3.4)
+    assert alignment.accepted and alignment.confident and error < 4.0, (error, alignment.start)
 
-    pose = np.eye(4)
-    pose[:3, :3] = Rotation.from_euler("xyz", degrees, degrees=True).as_matrix()
-    pose[:3, 3] = shift
+
+def _phantom_error(pose: np.ndarray) -> tuple[float, object]:
+    """Mean distance (mm) of the brain-only phantom reference's voxels under the found vs the true ``pose``,
+    and the alignment, for a whole-head phantom in ``pose``."""
     reference, reference_affine = _phantom_head(np.eye(4), 4.0, whole_head=False)
     scan, scan_affine = _phantom_head(pose, 4.0, whole_head=True)
     alignment = register_affine(scan, scan_affine, reference, reference_affine)
     brain = np.argwhere(reference > 0)[::5]
     points = np.c_[brain, np.ones(len(brain))] @ reference_affine.T
-    error = np.linalg.norm((points @ alignment.matrix.T - points @ pose.T)[:, :3], axis=1).mean()
-    assert alignment.accepted and error < 4.0, (
-        error,
-        alignment.start,
-    )  # mm; voxels are 4 mm (measured 1.9, 3.4)
+    distances = np.linalg.norm((points @ alignment.matrix.T - points @ pose.T)[:, :3], axis=1)
+    return float(distances.mean()), alignment
+
+
+def _turned(degrees, shift) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+
+    pose = np.eye(4)
+    pose[:3, :3] = Rotation.from_euler("xyz", degrees, degrees=True).as_matrix()
+    pose[:3, 3] = shift
+    return pose
+
+
+# turned 35 degrees about front-back on top of 25 and 20 about the others: beyond the first grid of starts
+_FAR_POSE = ((25.0, -35.0, 20.0), (10.0, -15.0, 20.0))
+
+
+def test_a_flat_wrong_alignment_is_kept_but_marked_uncertain(monkeypatch):
+    """Without the wider search (emptied here) the first search ends 12.6 mm off with a better metric than no
+    alignment, which the quality check accepts; the confidence check finds its match flat (measured
+    sharpness 0.48 against 0.8-0.9 for true alignments of the phantom) and says to check it."""
+    from LabelSharingSegLib.engine import registration
+
+    monkeypatch.setattr(registration, "_WIDE_PITCH", ())
+    error, alignment = _phantom_error(_turned(*_FAR_POSE))
+    assert error > 8.0 and alignment.accepted and alignment.metric < alignment.identity_metric
+    assert not alignment.confident and alignment.peak_sharpness < registration.PEAK_CONFIDENT
+    assert "may be wrong" in alignment.warning and "UNCERTAIN" in alignment.summary()
+
+
+def test_a_flat_first_result_is_searched_again_from_wider_tilts():
+    """The same pose with the wider search: found from a start tilted 30 degrees about front-back, outside the
+    first grid, and confident (measured 1.7 mm, sharpness 0.90)."""
+    from LabelSharingSegLib.engine.registration import PEAK_CONFIDENT
+
+    error, alignment = _phantom_error(_turned(*_FAR_POSE))
+    assert error < 4.0 and alignment.accepted and alignment.confident, (error, alignment.start)
+    assert alignment.peak_sharpness > PEAK_CONFIDENT and ", -30, " in alignment.start
+    assert "UNCERTAIN" not in alignment.summary()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
@@ -82,6 +83,28 @@ def test_same_scan_and_atlas_registered_once_per_process_and_across_calls(
     cache.clear_memory()
     register_atlas(atlas, affine, scan, affine, stage="affine")
     assert affine_calls.calls == 3
+
+
+def test_a_cached_alignment_keeps_its_confidence_check():
+    """An uncertain alignment read back from its cache file is still uncertain, with its warning."""
+    from LabelSharingSegLib.engine.registration import Alignment
+
+    uncertain = Alignment(
+        np.eye(4),
+        -0.03,
+        -0.01,
+        0.9,
+        0.8,
+        warning="may be wrong",
+        start="s",
+        peak_sharpness=0.2,
+        confident=False,
+    )
+    back = cache.decode_alignment(cache.encode_alignment(uncertain))
+    assert (
+        back == replace(uncertain, matrix=back.matrix) and not back.confident and back.peak_sharpness == 0.2
+    )
+    assert back.summary() == uncertain.summary()
 
 
 def test_unreadable_foreign_or_pickled_cache_files_are_recomputed(registration_cache):

@@ -119,3 +119,22 @@ def test_killing_the_worker_leaves_the_scene_untouched_and_no_files(scene):
         worker.result()
     assert not output.exists() and not worker.job.workDir.exists()
     assert fixtures.sceneSnapshot(scene) == before
+
+
+@pytest.mark.parametrize(
+    "accepted, confident, note",
+    [(True, True, None), (False, True, "alignment refused"), (True, False, "alignment uncertain")],
+)
+def test_the_status_line_says_when_the_alignment_needs_checking(accepted, confident, note):
+    """The module's status after a run: where the output went, and a refused or uncertain automatic alignment
+    (otherwise only in the log, which a clinician does not watch)."""
+    from LabelSharingSegLib.worker.client import ReportedAlignment, WorkerResult
+
+    alignment = ReportedAlignment("summary", accepted, confident)
+    result = WorkerResult(np.zeros((2, 2, 2)), np.eye(4), [], 1.0, None, alignment)
+    message = SegmentationSceneLogic.finishedMessage("out", 2.04, result)
+    assert message.startswith("Done in 2.0 s: 'out'.")
+    assert (note is None) == (message == "Done in 2.0 s: 'out'.")
+    assert note is None or (f"Automatic {note}" in message and "check the result" in message)
+    no_alignment = WorkerResult(np.zeros((2, 2, 2)), np.eye(4), [], 1.0, None, None)
+    assert SegmentationSceneLogic.finishedMessage("out", 2.04, no_alignment) == "Done in 2.0 s: 'out'."

@@ -300,3 +300,9 @@ def test_result_carries_the_alignment_report(tmp_path):
     result = job.result()
     assert result.alignment.summary() == "alignment refused: overlap 0.12" and not result.alignment.accepted
     assert result.labelmap.shape == (3, 4, 5) and result.seconds == 1.5 and result.labels[0].name == "a"
+    # an accepted but uncertain alignment (a flat optimum) is reported as such
+    line = WorkerEvent(
+        "done", alignment="UNCERTAIN", alignmentAccepted=True, alignmentConfident=False
+    ).toLine()
+    again = WorkerEvent.fromLine(line)
+    assert again is not None and again.alignmentAccepted and not again.alignmentConfident

@@ -122,6 +122,10 @@ def _mean_distance(points: np.ndarray, found: np.ndarray, expected: np.ndarray) 
     return float(np.linalg.norm((points @ found.T - points @ expected.T)[:, :3], axis=1).mean())
 
 
+def _unflagged(row: dict) -> bool:
+    return row["accepted"] and row["confident"]
+
+
 def run_alignment(args: argparse.Namespace) -> int:
     unknown = [g for g in args.grids.split(",") if g not in GRIDS]
     if unknown or args.poses < 1:
@@ -154,6 +158,8 @@ def run_alignment(args: argparse.Namespace) -> int:
                     "error_mm": round(error, 2),
                     "failed": error > FAILED_MM,
                     "accepted": alignment.accepted,
+                    "confident": alignment.confident,
+                    "peak_sharpness": round(alignment.peak_sharpness, 3),
                     "mutual_information": round(alignment.metric, 4),
                     "no_alignment_mutual_information": round(alignment.identity_metric, 4),
                     "start": alignment.start,
@@ -161,10 +167,16 @@ def run_alignment(args: argparse.Namespace) -> int:
                 }
             )
             if not args.json:
-                print(f"{grid} pose {number}: {error:.1f} mm, start {alignment.start} ({seconds:.1f} s)")
+                flag = "" if alignment.accepted and alignment.confident else " (flagged)"
+                print(
+                    f"{grid} pose {number}: {error:.1f} mm{flag}, start {alignment.start} ({seconds:.1f} s)"
+                )
     summary = {
         grid: {
             "failed": sum(r["failed"] for r in rows if r["grid"] == grid),
+            # a flagged alignment was refused or marked uncertain: the user is told to check it
+            "failed_unflagged": sum(_unflagged(r) and r["failed"] for r in rows if r["grid"] == grid),
+            "flagged": sum(not _unflagged(r) for r in rows if r["grid"] == grid),
             "poses": len(poses),
             "median_error_mm": round(float(np.median([r["error_mm"] for r in rows if r["grid"] == grid])), 2),
             "mean_seconds": round(float(np.mean([r["seconds"] for r in rows if r["grid"] == grid])), 1),
@@ -176,7 +188,8 @@ def run_alignment(args: argparse.Namespace) -> int:
     else:
         for grid, s in summary.items():
             print(
-                f"{grid}: {s['failed']} of {s['poses']} poses failed (> {FAILED_MM:.0f} mm), median error "
+                f"{grid}: {s['failed']} of {s['poses']} poses failed (> {FAILED_MM:.0f} mm; "
+                f"{s['failed_unflagged']} of them unflagged), {s['flagged']} flagged, median error "
                 f"{s['median_error_mm']:.1f} mm, {s['mean_seconds']:.1f} s per alignment"
             )
     return 0

@@ -207,8 +207,9 @@ def run_segment(args: argparse.Namespace) -> int:
         print()
         if result.device_note:
             print(result.device_note)
-    if result.alignment is not None and (not args.quiet or not result.alignment.accepted):
-        print(result.alignment.summary())
+    alignment = result.alignment
+    if alignment is not None and (not args.quiet or not alignment.accepted or not alignment.confident):
+        print(alignment.summary())
     with atomic_paths([args.output, names_path], [nifti_ending(args.output), ".csv"]) as (
         map_part,
         names_part,

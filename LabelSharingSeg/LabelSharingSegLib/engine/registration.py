@@ -17,6 +17,11 @@ writes the result back onto the scan's own grid.
 Quality check: the same masked metric is evaluated with no alignment (world coordinates as stored). An
 alignment scoring worse than that is refused: the result then keeps the world coordinates (identity
 matrix), ``accepted`` is False and ``warning`` says why, so callers show it rather than fail.
+
+Confidence check: a true alignment is a sharp optimum (moving the reference a little off it loses nearly as
+much of the match as moving an image off itself), a wrong one found from a poor start a flat hollow (see
+PEAK_CONFIDENT; `lsseg bench alignment` measures both). A flat result is searched again from a wider grid of starting poses, and the better of the two
+kept; one that stays flat is kept but marked ``confident=False`` with a ``warning`` to check the overlay.
 """
 
 from __future__ import annotations
@@ -39,13 +44,26 @@ _START_ROTATIONS = ((0, 0, 0), (15, 0, 0), (-15, 0, 0), (0, 0, 15), (0, 0, -15),
 # A head in a scanner is tilted most about the left-right axis (nodding; scans planned on other landmarks).
 _GRID_PITCH = (-30, -15, 0, 15, 30)
 _GRID_ROLL_YAW = (-15, 0, 15)
+# Searched when the first search ends in a flat optimum (see the confidence check): tilts up to 45 degrees about
+# left-right and 30 about the other axes (a head turned 55 degrees in all was found only from these).
+_WIDE_PITCH = (-45, -30, -15, 0, 15, 30, 45)
+_WIDE_ROLL_YAW = (-30, -15, 0, 15, 30)
 _REFINED_STARTS = 4  # best-scoring starting poses refined before choosing one
 _UNTILTED_SHIFTS = ("world", "centres")  # with no tilt, refined whatever they score
 _SCORE_SHRINK = 2  # starting poses are scored on images binned by this factor (about 9x faster)
 _SCALP_MM = 12.0  # between the top of the brain and the top of the head
 # Raised whenever the search can find another alignment for the same images: part of the registration cache's
-# key, so an alignment found by an earlier search is not reused (2: the tilted grid of starting poses).
-SEARCH_REVISION = 2
+# key, so an alignment found by an earlier search is not reused (2: the tilted grid of starting poses; 3: the
+# confidence check and its wider search).
+SEARCH_REVISION = 3
+# The confidence check moves the reference off the found pose by a sixth of its foreground's RMS radius (10 mm
+# for a brain) along each axis and turns it by 10 degrees about each axis, both ways, and measures the share of
+# the match lost; the reference moved off itself the same way loses more (most for a textured image, less for a
+# smooth one). The found pose is confident when it loses at least PEAK_CONFIDENT of what the reference loses
+# against itself (measured: true alignments 0.7-0.95, wrong ones 0.2-0.5).
+_PEAK_SHIFT_FRACTION = 1 / 6
+_PEAK_TURN_DEG = 10.0
+PEAK_CONFIDENT = 0.55
 _WORKING_SPACING_MM = 2.0  # finer references are compared at this spacing: enough for an affine
 MIN_REGISTRATION_VOXELS = 4
 
@@ -57,7 +75,10 @@ class Alignment:
     ``metric``: the final masked mutual information (lower is better); ``identity_metric``: the same without
     alignment; ``overlap``: fraction of the reference's foreground that falls inside the scan's foreground
     after alignment (``identity_overlap``: without). ``accepted`` is False when the quality check refused the
-    registration; ``matrix`` is then the identity and ``warning`` explains.
+    registration; ``matrix`` is then the identity and ``warning`` explains. ``peak_sharpness``: the share of the
+    match lost when the reference is moved a little off the found pose, relative to what the images lose moved
+    off themselves; ``confident`` is False when that is below PEAK_CONFIDENT (a flat optimum, as wrong
+    alignments are), ``warning`` then says to check the result.
     """
 
     matrix: np.ndarray
@@ -68,6 +89,8 @@ class Alignment:
     accepted: bool = True
     warning: str | None = None
     start: str = ""
+    peak_sharpness: float = float("nan")
+    confident: bool = True
 
     def aligned_affine(self, scan_affine: np.ndarray) -> np.ndarray:
         """The scan's voxel -> reference-space affine."""
@@ -80,8 +103,12 @@ class Alignment:
             f"reference foreground inside the scan {_percent(self.overlap)} "
             f"(no alignment {_percent(self.identity_overlap)})"
         )
+        if not math.isnan(self.peak_sharpness):
+            quality += f", sharpness of the match {_percent(self.peak_sharpness)} of the images' own"
         if not self.accepted:
             return f"alignment refused, world coordinates kept: {self.warning}; {quality}"
+        if not self.confident:
+            return f"aligned the scan to the bundle's reference, UNCERTAIN: {self.warning}; {quality}"
         return f"aligned the scan to the bundle's reference: {quality}"
 
 
@@ -335,31 +362,42 @@ def _pose_name(shift_name: str, rotation) -> str:
     return f"{shift_name}, rotation {tuple(rotation)}"
 
 
+def _grid_poses(pair: _Pair, pitches, roll_yaws, skip=frozenset()) -> list[tuple[str, object]]:
+    """(name, transform) of a grid of combined tilts (degrees about R; about A and S), each with the translations
+    that follow the tilt; rotations in ``skip`` are left out."""
+    rotations = ((r, a, s) for r in pitches for a in roll_yaws for s in roll_yaws)
+    return [
+        (_pose_name(name, rotation), _euler(pair, rotation, shift))
+        for rotation in rotations
+        if rotation not in skip
+        for name, shift in _slab_translations(pair, rotation).items()
+    ]
+
+
 def _start_poses(pair: _Pair) -> list[tuple[str, object]]:
-    """(name, transform) of every starting pose: the single-axis tilts with the fixed translations, and the
-    grid of combined tilts with the translations that follow each tilt."""
+    """(name, transform) of every starting pose of the first search: the single-axis tilts with the fixed
+    translations, and the grid of combined tilts with the translations that follow each tilt."""
     poses = [
         (_pose_name(name, rotation), _euler(pair, rotation, shift))
         for name, shift in _start_translations(pair).items()
         for rotation in _START_ROTATIONS
     ]
-    for rotation in ((r, a, s) for r in _GRID_PITCH for a in _GRID_ROLL_YAW for s in _GRID_ROLL_YAW):
-        for name, shift in _slab_translations(pair, rotation).items():
-            poses.append((_pose_name(name, rotation), _euler(pair, rotation, shift)))
-    return poses
+    return poses + _grid_poses(pair, _GRID_PITCH, _GRID_ROLL_YAW)
 
 
-def _best_start(pair: _Pair, seed: int, progress) -> tuple[object, str]:
-    """Every starting pose is scored as it is, on binned images; the few best get a short coarse rigid
-    registration each, and the one that ends with the best metric wins (scoring all poses first keeps this
-    fast)."""
+def _wide_start_poses(pair: _Pair) -> list[tuple[str, object]]:
+    """The wider grid searched after a flat first result, less the tilts the first search already tried."""
+    tried = frozenset((r, a, s) for r in _GRID_PITCH for a in _GRID_ROLL_YAW for s in _GRID_ROLL_YAW)
+    return _grid_poses(pair, _WIDE_PITCH, _WIDE_ROLL_YAW, skip=tried)
+
+
+def _best_start(pair: _Pair, seed: int, progress, poses, always=frozenset()) -> tuple[object, str]:
+    """Every starting pose of ``poses`` is scored as it is, on binned images; the few best (and those named in
+    ``always``) get a short coarse rigid registration each, and the one that ends with the best metric wins
+    (scoring all poses first keeps this fast)."""
     binned = _binned(pair)
-    scored = sorted(_start_poses(pair), key=lambda pose: _evaluate(binned, pose[1], seed, percentage=0.2))
-    # the untilted starts are always tried: among many tilted poses a near-symmetric object can crowd them
-    # out of the best few, and a scan already close to the reference must not end farther from it
-    untilted_names = {_pose_name(name, (0, 0, 0)) for name in _UNTILTED_SHIFTS}
-    untilted = [pose for pose in scored[_REFINED_STARTS:] if pose[0] in untilted_names]
-    refined = scored[:_REFINED_STARTS] + untilted
+    scored = sorted(poses, key=lambda pose: _evaluate(binned, pose[1], seed, percentage=0.2))
+    refined = scored[:_REFINED_STARTS] + [pose for pose in scored[_REFINED_STARTS:] if pose[0] in always]
     best, best_value, best_name = None, math.inf, ""
     for number, (name, transform) in enumerate(refined):
         if progress:
@@ -376,6 +414,93 @@ def _best_start(pair: _Pair, seed: int, progress) -> tuple[object, str]:
     if best is None:  # no short run succeeded (e.g. a tiny image): the full stages start from the best score
         best_name, best = scored[0]
     return best, best_name
+
+
+def _run_stages(pair: _Pair, transform, stages, seed: int, progress) -> tuple[object, str | None]:
+    """The rigid and/or affine stages over the pyramid from ``transform``; returns the transform and why it
+    failed (None when it did not)."""
+    import SimpleITK as sitk
+
+    for number, stage in enumerate(stages):
+        if progress:
+            progress(0.4 + 0.6 * number / len(stages), f"aligning the scan to the reference ({stage})")
+        if stage == "affine" and not isinstance(transform, sitk.AffineTransform):
+            affine = sitk.AffineTransform(3)
+            affine.SetCenter(transform.GetCenter())
+            affine.SetMatrix(transform.GetMatrix())
+            affine.SetTranslation(transform.GetTranslation())
+            transform = affine
+        elif stage == "rigid" and isinstance(transform, sitk.AffineTransform):
+            continue  # a given general affine start is refined by the affine stage only
+        method = _method(pair, seed, shrink=[4, 2, 1], sigmas=[2.0, 1.0, 0.0], iterations=200)
+        method.SetInitialTransform(transform, inPlace=True)
+        try:
+            method.Execute(pair.fixed, pair.moving)
+        except RuntimeError as exc:  # e.g. the images drifted apart: refused below, like any bad result
+            return transform, f"the registration failed ({str(exc).strip().splitlines()[-1][:160]})"
+    return transform, None
+
+
+def _match(pair: _Pair, transform, fixed_values: np.ndarray, fixed_inside: np.ndarray) -> float:
+    """Mutual information (nats, 32 x 32 bins) between the reference's foreground and the scan carried onto it
+    by ``transform``, where the scan's foreground lands. Our own histogram, not ITK's metric: resampling onto
+    the reference's grid costs what the reference costs, where ITK's set-up grows with the scan."""
+    import SimpleITK as sitk
+
+    # copies, not views: a view would outlive the resampled image it points into
+    moved = sitk.GetArrayFromImage(sitk.Resample(pair.moving, pair.fixed, transform, sitk.sitkLinear, 0.0))
+    lands = sitk.Resample(pair.moving_mask, pair.fixed, transform, sitk.sitkNearestNeighbor, 0)
+    inside = fixed_inside & (sitk.GetArrayFromImage(lands) > 0)
+    if np.count_nonzero(inside) < 64:
+        return 0.0
+    joint = np.histogram2d(fixed_values[inside], moved[inside], bins=32, range=((0, 1), (0, 1)))[0]
+    joint /= joint.sum()
+    outer = np.outer(joint.sum(axis=1), joint.sum(axis=0))
+    used = joint > 0
+    return float((joint[used] * np.log(joint[used] / outer[used])).sum())
+
+
+def _peak_drop(pair: _Pair, transform) -> float:
+    """The mean share of the match lost when the reference is moved off ``transform``'s pose by
+    _PEAK_SHIFT_FRACTION of its foreground's RMS radius along each axis or turned by _PEAK_TURN_DEG about each
+    axis, both ways (12 poses); 0.0 when the found pose matches nothing."""
+    import SimpleITK as sitk
+    from scipy.spatial.transform import Rotation
+
+    fixed_values = sitk.GetArrayFromImage(pair.fixed)
+    fixed_inside = sitk.GetArrayFromImage(pair.fixed_mask) > 0
+    found = _match(pair, transform, fixed_values, fixed_inside)
+    if not found > 0:
+        return 0.0
+    matrix = _transform_to_ras_matrix(transform)
+    centre = _LPS[:3, :3] @ pair.fixed_centre  # RAS mm
+    radius = float(np.sqrt(((pair.fixed_points - pair.fixed_centre) ** 2).sum(axis=1).mean()))
+    moves = []
+    for axis in range(3):
+        for sign in (-1.0, 1.0):
+            shift = np.eye(4)
+            shift[axis, 3] = sign * _PEAK_SHIFT_FRACTION * radius
+            turn = np.eye(4)
+            turn[:3, :3] = Rotation.from_rotvec(
+                sign * math.radians(_PEAK_TURN_DEG) * np.eye(3)[axis]
+            ).as_matrix()
+            turn[:3, 3] = centre - turn[:3, :3] @ centre  # about the reference's centre
+            moves += [shift, turn]
+    moved = [
+        _match(pair, _ras_matrix_to_transform(matrix @ m, pair.fixed_centre), fixed_values, fixed_inside)
+        for m in moves
+    ]
+    return float(1.0 - np.mean(moved) / found)
+
+
+def _peak_sharpness(pair: _Pair, transform) -> float:
+    """How sharp the match is at ``transform``, as a share of how sharp the reference's match with itself is
+    (see PEAK_CONFIDENT)."""
+    import SimpleITK as sitk
+
+    alone = replace(pair, moving=pair.fixed, moving_mask=pair.fixed_mask)
+    own = _peak_drop(alone, sitk.AffineTransform(3))
+    return _peak_drop(pair, transform) / max(own, 1e-6)
 
 
 def register_affine(
@@ -406,29 +531,27 @@ def register_affine(
         raise InputError(f"alignment stages must be 'rigid' and/or 'affine', got {stages}")
     pair = _prepare(scan, scan_affine, reference, reference_affine)
     if initial is not None:
-        transform, start = _ras_matrix_to_transform(initial, pair.fixed_centre), "given"
+        start_transform, start = _ras_matrix_to_transform(initial, pair.fixed_centre), "given"
     else:
-        transform, start = _best_start(pair, seed, progress)
-    failure = None
-    for number, stage in enumerate(stages):
-        if progress:
-            progress(0.4 + 0.6 * number / len(stages), f"aligning the scan to the reference ({stage})")
-        if stage == "affine" and not isinstance(transform, sitk.AffineTransform):
-            affine = sitk.AffineTransform(3)
-            affine.SetCenter(transform.GetCenter())
-            affine.SetMatrix(transform.GetMatrix())
-            affine.SetTranslation(transform.GetTranslation())
-            transform = affine
-        elif stage == "rigid" and isinstance(transform, sitk.AffineTransform):
-            continue  # a given general affine start is refined by the affine stage only
-        method = _method(pair, seed, shrink=[4, 2, 1], sigmas=[2.0, 1.0, 0.0], iterations=200)
-        method.SetInitialTransform(transform, inPlace=True)
-        try:
-            method.Execute(pair.fixed, pair.moving)
-        except RuntimeError as exc:  # e.g. the images drifted apart: refused below, like any bad result
-            failure = f"the registration failed ({str(exc).strip().splitlines()[-1][:160]})"
-            break
+        # the untilted starts are always tried: among many tilted poses a near-symmetric object can crowd them
+        # out of the best few, and a scan already close to the reference must not end farther from it
+        untilted = frozenset(_pose_name(name, (0, 0, 0)) for name in _UNTILTED_SHIFTS)
+        start_transform, start = _best_start(pair, seed, progress, _start_poses(pair), always=untilted)
+    transform, failure = _run_stages(pair, start_transform, stages, seed, progress)
     metric = _evaluate(pair, transform, seed)
+    sharpness = _peak_sharpness(pair, transform) if failure is None else float("nan")
+    wide_poses = (
+        _wide_start_poses(pair) if initial is None and failure is None and sharpness < PEAK_CONFIDENT else []
+    )
+    if wide_poses:
+        if progress:
+            progress(0.9, "aligning the scan: the match is flat, trying more starting poses")
+        wide_start, wide_name = _best_start(pair, seed, None, wide_poses)
+        wide, wide_failure = _run_stages(pair, wide_start, stages, seed, None)
+        wide_metric = _evaluate(pair, wide, seed)
+        if wide_failure is None and wide_metric < metric:
+            transform, start, metric = wide, wide_name, wide_metric
+            sharpness = _peak_sharpness(pair, transform)
     identity = sitk.AffineTransform(3)
     identity_metric = _evaluate(pair, identity, seed)
     result = Alignment(
@@ -438,11 +561,20 @@ def register_affine(
         _overlap(pair, transform),
         _overlap(pair, identity),
         start=start,
+        peak_sharpness=sharpness,
     )
     if progress:
         progress(1.0, "alignment done")
     if metric < identity_metric and failure is None:
-        return result
+        if sharpness >= PEAK_CONFIDENT:
+            return result
+        return replace(
+            result,
+            confident=False,
+            warning=f"the match is flat around the found pose (moved off it, it loses {_percent(sharpness)} of "
+            f"what the images lose moved off themselves; a true alignment loses 70% or more), so the alignment "
+            f"may be wrong; check the result over the scan, or place the scan near the reference first",
+        )
     warning = failure or (
         f"the registration scored worse than the scan's own world coordinates (mutual information "
         f"{metric:.3f} vs {identity_metric:.3f})"

@@ -160,8 +160,19 @@ def _prune(folder: Path) -> None:
 
 
 def encode_alignment(alignment: Alignment) -> dict[str, np.ndarray]:
-    numbers = [alignment.metric, alignment.identity_metric, alignment.overlap, alignment.identity_overlap]
-    text = {"warning": alignment.warning or "", "start": alignment.start, "accepted": alignment.accepted}
+    numbers = [
+        alignment.metric,
+        alignment.identity_metric,
+        alignment.overlap,
+        alignment.identity_overlap,
+        alignment.peak_sharpness,
+    ]
+    text = {
+        "warning": alignment.warning or "",
+        "start": alignment.start,
+        "accepted": alignment.accepted,
+        "confident": alignment.confident,
+    }
     return {
         "matrix": np.asarray(alignment.matrix, np.float64),
         "numbers": np.asarray(numbers, np.float64),
@@ -173,7 +184,7 @@ def decode_alignment(arrays: Mapping[str, np.ndarray]) -> Alignment:
     matrix = np.asarray(arrays["matrix"], np.float64)
     numbers = np.asarray(arrays["numbers"], np.float64)
     text = json.loads(str(arrays["text"]))
-    if matrix.shape != (4, 4) or numbers.shape != (4,) or not np.isfinite(matrix).all():
+    if matrix.shape != (4, 4) or numbers.shape != (5,) or not np.isfinite(matrix).all():
         raise ValueError("not an alignment")
     return Alignment(
         matrix,
@@ -184,6 +195,8 @@ def decode_alignment(arrays: Mapping[str, np.ndarray]) -> Alignment:
         accepted=bool(text["accepted"]),
         warning=text["warning"] or None,
         start=str(text["start"]),
+        peak_sharpness=float(numbers[4]),
+        confident=bool(text["confident"]),
     )
 
 

@@ -378,8 +378,10 @@ class SegmentationSceneLogic:
         segment whose name this run does not produce. On any exception the scene is left exactly as it was.
         """
         alignment = getattr(result, "alignment", None)
-        if alignment is not None:  # the Slicer log shows the alignment's quality, a refused one as a warning
-            log = logging.info if alignment.accepted else logging.warning
+        if (
+            alignment is not None
+        ):  # the log shows the alignment's quality, a refused or uncertain one as a warning
+            log = logging.info if _alignmentTrusted(alignment) else logging.warning
             log(f"LabelSharingSeg: {alignment.summary()}")
         labels = list(result.labels) or (run.labels if run.kind == ATLAS_KIND else self._taskLabels(run))
         specs = seg.specsFromLabelmap(np.asarray(result.labelmap), labels, run.terminologies)
@@ -405,8 +407,31 @@ class SegmentationSceneLogic:
         return outputNode
 
     @staticmethod
+    def finishedMessage(outputName: str, seconds: float, result) -> str:
+        """The status line after ``applyRun``: where the output went and, when the automatic alignment was
+        refused or is uncertain, that the result needs checking (the details are in the log)."""
+        message = f"Done in {seconds:.1f} s: '{outputName}'."
+        alignment = getattr(result, "alignment", None)
+        if alignment is None or _alignmentTrusted(alignment):
+            return message
+        if not alignment.accepted:
+            return message + (
+                " Automatic alignment refused (the scan's world coordinates were used): check the result over "
+                "the scan; details in the Python console."
+            )
+        return message + (
+            " Automatic alignment uncertain (it may be wrong): check the result over the scan; details in the "
+            "Python console."
+        )
+
+    @staticmethod
     def _taskLabels(run: PreparedRun):
         return run.bundle.task_labels(run.taskName)
 
 
 __all__ = ["SegmentationSceneLogic", "PreparedRun", "DEVICE_CHOICES", "CancelledError"]
+
+
+def _alignmentTrusted(alignment) -> bool:
+    """Accepted by the quality check and confident (an engine Alignment or the worker's ReportedAlignment)."""
+    return bool(alignment.accepted and getattr(alignment, "confident", True))

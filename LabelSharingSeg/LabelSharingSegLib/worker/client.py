@@ -43,6 +43,7 @@ class ReportedAlignment:
 
     text: str
     accepted: bool
+    confident: bool = True
 
     def summary(self) -> str:
         return self.text
@@ -236,7 +237,11 @@ class WorkerJob:
         ]
         labelmap, affine = load_nifti(self.request.output, dtype=np.int32)
         done = self._done
-        alignment = ReportedAlignment(done.alignment, done.alignmentAccepted) if done.alignment else None
+        alignment = (
+            ReportedAlignment(done.alignment, done.alignmentAccepted, done.alignmentConfident)
+            if done.alignment
+            else None
+        )
         return WorkerResult(labelmap, affine, labels, done.seconds, done.deviceNote or None, alignment)
 
     def cleanup(self) -> None:

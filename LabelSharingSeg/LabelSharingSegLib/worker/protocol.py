@@ -168,6 +168,9 @@ class WorkerEvent:
     deviceNote: str = ""
     alignment: str = ""  # done: the engine's alignment summary when the scan was aligned first
     alignmentAccepted: bool = True
+    alignmentConfident: bool = (
+        True  # False: accepted but uncertain (a flat optimum), the user is told to check
+    )
 
     def toLine(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

@@ -98,4 +98,5 @@ def runRequest(request: WorkerRequest, emit: EventSink) -> WorkerEvent:
         deviceNote=str(getattr(result, "device_note", "") or ""),
         alignment=alignment.summary() if alignment is not None else "",
         alignmentAccepted=bool(getattr(alignment, "accepted", True)),
+        alignmentConfident=bool(getattr(alignment, "confident", True)),
     )
