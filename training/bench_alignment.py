@@ -11,7 +11,8 @@ distance (mm) between where the reference's foreground voxels land under the reg
 pose; the true pose assumes the reference in MNI space (the shipped templates), so a few mm remain where
 Colin 27's brain differs from the template's. Bundles whose reference is not in MNI space (an atlas case) read
 the error against the first pose's result (``--against first``) instead: a failure shows in either as tens of
-mm.
+mm. An alignment refused by the quality check or marked uncertain by the confidence check is "flagged" (the user
+is told to check it); the summary counts the failures that were not.
 """
 
 from __future__ import annotations
