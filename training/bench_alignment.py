@@ -1,9 +1,10 @@
 """``lsseg bench alignment``: how reliably a whole-head scan is aligned to a bundle's reference, over head
 poses and slice thicknesses (timings never asserted in tests; numbers go to docs/DEMO.md).
 
-The scan is Colin 27 (a real whole head that no training case was made from, realscan.py) in the demo's
-scanner pose and in ``--poses - 1`` more poses: that pose tilted by a random rotation (uniform in
-+-``--degrees`` about each axis) and shifted (+-``--shift`` mm), each resampled onto every grid of ``--grids``.
+The scan is Colin 27 (a real whole head that no training case was made from, realscan.py), or with
+``--scan second-head`` pycortex's subject S1 (another person, data/sources.py), in the demo's scanner pose and in
+``--poses - 1`` more poses: that pose tilted by a random rotation (uniform in +-``--degrees`` about each axis)
+and shifted (+-``--shift`` mm), each resampled onto every grid of ``--grids``.
 ``--cut-top`` takes the top of the head off each scan (a field of view ending below the vertex). Each is
 registered as ``lsseg segment`` does (to the bundle's network reference where it has one, else to its
 reference image or atlas), and the result is compared with the pose that made the scan. The error is the mean
@@ -28,6 +29,7 @@ from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.errors import InputError
 from LabelSharingSegLib.engine.registration import foreground_mask, register_affine, robust_scale
 
+from .data.sources import load_second_head
 from .realscan import scan_in_pose, scanner_transform
 
 FAILED_MM = 10.0  # an error above this is counted as a failed alignment
@@ -74,6 +76,13 @@ def register(sub) -> None:
         default="segment",
         help="segment: what lsseg segment aligns to (default); atlas: an LCS bundle's atlas image, as for a "
         "bundle without a reference (use with --against first)",
+    )
+    bench.add_argument(
+        "--scan",
+        choices=("colin27", "second-head"),
+        default="colin27",
+        help="colin27: Colin 27, in MNI space (default); second-head: pycortex's subject S1, another person "
+        "without a known pose (needs --against first)",
     )
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
     bench.set_defaults(func=run_alignment)
@@ -133,6 +142,9 @@ def run_alignment(args: argparse.Namespace) -> int:
         raise InputError(
             f"--grids from {', '.join(GRIDS)} and --poses >= 1, got {args.grids!r}, {args.poses}"
         )
+    if args.scan == "second-head" and args.against != "first":
+        raise InputError("--scan second-head has no known pose: use --against first")
+    head = load_second_head() if args.scan == "second-head" else None
     reference, reference_affine = _reference(load_bundle(args.bundle), args.to)
     index = np.argwhere(foreground_mask(robust_scale(reference)))[::7]
     points = np.c_[index, np.ones(len(index))] @ np.asarray(reference_affine).T  # reference world, RAS mm
@@ -142,7 +154,7 @@ def run_alignment(args: argparse.Namespace) -> int:
         spacing, axes = GRIDS[grid]
         first = None
         for number, pose in enumerate(poses):
-            scan = scan_in_pose(pose, spacing, axes)
+            scan = scan_in_pose(pose, spacing, axes, head)
             image = cut_top(scan.image, axes, spacing, args.cut_top)
             start = time.perf_counter()
             alignment = register_affine(image, scan.affine, reference, reference_affine)

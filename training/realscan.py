@@ -79,17 +79,23 @@ def scanner_scan(spacing: float) -> ScannerScan:
     return scan_in_pose(scanner_transform(), (spacing, spacing, 1.2 * spacing), ("A", "S", "R"))
 
 
-def scan_in_pose(transform: np.ndarray, spacing, axes=("A", "S", "R")) -> ScannerScan:
+def scan_in_pose(transform: np.ndarray, spacing, axes=("A", "S", "R"), head=None) -> ScannerScan:
     """Colin 27 moved by ``transform`` (MNI world -> scanner world), on a scanner-aligned grid covering the whole
     head: voxel axis n runs along world axis ``axes[n]`` (R, A or S) with ``spacing[n]`` mm, e.g. thick axial
-    slices with ``(1, 1, 5)`` and ``("R", "A", "S")``."""
+    slices with ``(1, 1, 5)`` and ``("R", "A", "S")``. ``head``: another head as (image, affine), without truth
+    (its ``truth`` is all zeros, ``names`` empty; its world is not MNI)."""
     import torch
 
     from LabelSharingSegLib.engine.preprocessing import resample_to_grid
 
-    real = sources.load_real_scan()
-    moved = transform @ real.affine
-    corners = np.array(np.meshgrid(*[[0, n - 1] for n in real.image.shape], indexing="ij")).reshape(3, -1)
+    if head is None:
+        real = sources.load_real_scan()
+        source, source_affine, labels, names = real.image, real.affine, real.truth.array, real.truth.names
+    else:
+        source, source_affine = head
+        labels, names = np.zeros(np.shape(source), np.int16), ()
+    moved = transform @ source_affine
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in np.shape(source)], indexing="ij")).reshape(3, -1)
     world = moved[:3, :3] @ corners + moved[:3, 3:4]
     low, high = world.min(axis=1), world.max(axis=1)
     affine = np.eye(4)
@@ -105,9 +111,9 @@ def scan_in_pose(transform: np.ndarray, spacing, axes=("A", "S", "R")) -> Scanne
         data = torch.as_tensor(np.array(array, dtype=np.float32))[None]
         return resample_to_grid(data, affine, tuple(shape), mode=mode, src_affine=moved)[0].numpy()
 
-    image = carry(real.image, "bilinear").astype(np.float32)
-    truth = carry(real.truth.array, "nearest").round().astype(np.int16)
-    return ScannerScan(image, affine, truth, real.truth.names, np.linalg.inv(transform))
+    image = carry(source, "bilinear").astype(np.float32)
+    truth = carry(labels, "nearest").round().astype(np.int16)
+    return ScannerScan(image, affine, truth, names, np.linalg.inv(transform))
 
 
 def held_out_template(spacing: float) -> ScannerScan:

@@ -448,6 +448,36 @@ def load_real_scan(key: str = REAL_TEST_SCAN) -> RealScan:
     return RealScan(key, image, affine, truth)
 
 
+# A second real whole head, of another person, without truth labels (it measures alignment only): the T1 of
+# pycortex's demo subject S1 (whole head with face, 1 mm, FreeSurfer-conformed), fetched by scripts/system_data.sh
+# from pycortex 1.4.0's source archive on PyPI, under pycortex's BSD-2-Clause licence (Copyright (c) 2013,
+# Regents of the University of California).
+HEADS_DIR_ENV = "LSSEG_HEADS_DIR"
+SECOND_HEAD_FILE = "pycortex-S1-T1.nii.gz"
+
+
+def second_head_path() -> Path:
+    import os
+
+    folder = Path(os.environ.get(HEADS_DIR_ENV) or Path.home() / ".cache" / "lsseg" / "heads")
+    path = folder / SECOND_HEAD_FILE
+    if not path.is_file():
+        raise DatasetError(
+            f"{path} is missing: bash scripts/system_data.sh fetches it (pycortex 1.4.0's source archive from "
+            f"PyPI, 67 MB), or set {HEADS_DIR_ENV} to a folder holding {SECOND_HEAD_FILE}"
+        )
+    return path
+
+
+@lru_cache(maxsize=1)
+def load_second_head() -> tuple[np.ndarray, np.ndarray]:
+    """(float32 intensities as stored, read-only; affine) of the second real whole head."""
+    image = nib.load(str(second_head_path()))
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    data.setflags(write=False)
+    return data, np.asarray(image.affine, dtype=np.float64)
+
+
 def aal_coarse_lookup(names: tuple[str, ...]) -> np.ndarray:
     """Lookup table AAL value (1-based, ``names[v - 1]``) -> coarse value (1-based in AAL_COARSE_NAMES)."""
     lut = np.zeros(len(names) + 1, dtype=np.int32)

@@ -19,7 +19,7 @@ alignment scoring worse than that is refused: the result then keeps the world co
 matrix), ``accepted`` is False and ``warning`` says why, so callers show it rather than fail.
 
 Confidence check: a true alignment is a sharp optimum (moving the reference a little off it loses nearly as
-much of the match as moving the reference off itself), a wrong one found from a poor start a flat hollow (see
+much of the match as moving either image off itself), a wrong one found from a poor start a flat hollow (see
 PEAK_CONFIDENT; `lsseg bench alignment` measures both). A flat result is searched again from a wider grid of
 starting poses (tilts up to 45 degrees about left-right and 30 about the other axes), the better of the two
 kept; one that stays flat is kept but marked ``confident=False``, with a ``warning`` to check the result.
@@ -59,11 +59,11 @@ _SCALP_MM = 12.0  # between the top of the brain and the top of the head
 SEARCH_REVISION = 3
 # The confidence check moves the reference off the found pose by a sixth of its foreground's RMS radius (10 mm
 # for a brain) along each axis and turns it by 10 degrees about each axis, both ways, and measures the share of
-# the match lost; the reference moved off itself the same way loses more (most for a textured image, less for a
-# smooth one). The found pose is confident when it loses at least PEAK_CONFIDENT of what the reference loses
-# against itself. Measured (`lsseg bench alignment`, Testing/test_alignment.py): true alignments of a real
-# head 0.63-0.73 (0.65 with grey and white matter merged into one grey), wrong ones 0.14-0.20; of a smooth
-# phantom 0.77-0.90 and 0.46-0.51.
+# the match lost; each image moved off itself the same way loses more (most for a sharp, textured image, less
+# for a smooth or coarse one). The found pose is confident when it loses at least PEAK_CONFIDENT of what the
+# less sharp of the two loses against itself. Measured (`lsseg bench alignment`, Testing/test_alignment.py):
+# true alignments of two real heads 0.57-0.75 (to the shipped template 0.69-0.75, to an LCS atlas case directly
+# 0.57-0.65), wrong ones 0.09-0.23 (and 0.43 for one 7.6 mm off); on a smooth phantom 0.80-0.90 and 0.48-0.51.
 _PEAK_SHIFT_FRACTION = 1 / 6
 _PEAK_TURN_DEG = 10.0
 PEAK_CONFIDENT = 0.55
@@ -497,12 +497,15 @@ def _peak_drop(pair: _Pair, transform) -> float:
 
 
 def _peak_sharpness(pair: _Pair, transform) -> float:
-    """How sharp the match is at ``transform``, as a share of how sharp the reference's match with itself is
-    (see PEAK_CONFIDENT)."""
+    """How sharp the match is at ``transform``, as a share of how sharp each image's match with itself is, the
+    less sharp of the two (a coarse or blurred scan cannot match sharply; see PEAK_CONFIDENT)."""
     import SimpleITK as sitk
 
-    alone = replace(pair, moving=pair.fixed, moving_mask=pair.fixed_mask)
-    own = _peak_drop(alone, sitk.AffineTransform(3))
+    reference_alone = replace(pair, moving=pair.fixed, moving_mask=pair.fixed_mask)
+    # the scan where it lands on the reference's grid, against the scan itself moved the same ways
+    landed = sitk.Resample(pair.moving, pair.fixed, transform, sitk.sitkLinear, 0.0)
+    scan_alone = replace(pair, fixed=landed)
+    own = min(_peak_drop(reference_alone, sitk.AffineTransform(3)), _peak_drop(scan_alone, transform))
     return _peak_drop(pair, transform) / max(own, 1e-6)
 
 
@@ -575,7 +578,7 @@ def register_affine(
             result,
             confident=False,
             warning=f"the match is flat around the found pose (its sharpness is {_percent(sharpness)} of the "
-            f"reference's own; true alignments measured 60% or more), so the alignment may be wrong; check the "
+            f"images' own; true alignments measured 57% or more), so the alignment may be wrong; check the "
             f"result over the scan, or place the scan near the reference first",
         )
     warning = failure or (
