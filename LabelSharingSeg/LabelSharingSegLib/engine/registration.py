@@ -21,8 +21,9 @@ matrix), ``accepted`` is False and ``warning`` says why, so callers show it rath
 Confidence check: a true alignment is a sharp optimum (moving the reference a little off it loses nearly as
 much of the match as moving either image off itself), a wrong one found from a poor start a flat hollow (see
 PEAK_CONFIDENT; `lsseg bench alignment` measures both). A flat result is searched again from a wider grid of
-starting poses (tilts up to 45 degrees about left-right and 30 about the other axes), the better of the two
-kept; one that stays flat is kept but marked ``confident=False``, with a ``warning`` to check the result.
+starting poses (tilts up to 45 degrees about left-right and 30 about the other axes), and its result kept when
+it matches both better and clearly more sharply; one that stays flat is kept but marked ``confident=False``,
+with a ``warning`` to check the result.
 """
 
 from __future__ import annotations
@@ -63,10 +64,11 @@ SEARCH_REVISION = 3
 # for a smooth or coarse one). The found pose is confident when it loses at least PEAK_CONFIDENT of what the
 # less sharp of the two loses against itself. Measured (`lsseg bench alignment`, Testing/test_alignment.py):
 # true alignments of two real heads 0.57-0.75 (to the shipped template 0.69-0.75, to an LCS atlas case directly
-# 0.57-0.65), wrong ones 0.09-0.23 (and 0.43 for one 7.6 mm off); on a smooth phantom 0.80-0.90 and 0.48-0.51.
+# 0.57-0.65), wrong ones 0.09-0.34 (and 0.43-0.45 for one 7 mm off); on a smooth phantom 0.80-0.90 and 0.48-0.51.
 _PEAK_SHIFT_FRACTION = 1 / 6
 _PEAK_TURN_DEG = 10.0
 PEAK_CONFIDENT = 0.55
+_SHARPER_BY = 0.1  # the wider search's result replaces a flat one only when at least this much sharper
 _WORKING_SPACING_MM = 2.0  # finer references are compared at this spacing: enough for an affine
 MIN_REGISTRATION_VOXELS = 4
 
@@ -554,10 +556,12 @@ def register_affine(
             progress(0.9, "aligning the scan: the match is flat, trying more starting poses")
         wide_start, wide_name = _best_start(pair, seed, None, wide_poses)
         wide, wide_failure = _run_stages(pair, wide_start, stages, seed, None)
-        wide_metric = _evaluate(pair, wide, seed)
-        if wide_failure is None and wide_metric < metric:
-            transform, start, metric = wide, wide_name, wide_metric
-            sharpness = _peak_sharpness(pair, transform)
+        if wide_failure is None:
+            wide_metric, wide_sharpness = _evaluate(pair, wide, seed), _peak_sharpness(pair, wide)
+            # taken only when it matches better and clearly more sharply: on a smooth, ambiguous image another
+            # pose can match a hair better and be no truer (seen: 0.3% better MI, equally flat, 4 mm elsewhere)
+            if wide_metric < metric and wide_sharpness > sharpness + _SHARPER_BY:
+                transform, start, metric, sharpness = wide, wide_name, wide_metric, wide_sharpness
     identity = sitk.AffineTransform(3)
     identity_metric = _evaluate(pair, identity, seed)
     result = Alignment(
