@@ -32,6 +32,11 @@ from .transaction import SceneTransaction
 DEVICE_CHOICES = ("auto", "cuda", "cpu", "mps")
 
 
+def _alignmentTrusted(alignment) -> bool:
+    """Accepted by the quality check and confident (an engine Alignment or the worker's ReportedAlignment)."""
+    return bool(alignment.accepted and getattr(alignment, "confident", True))
+
+
 class SegmentationSceneLogic:
     """Holds the loaded bundle and the device choice; implements both segmentation flows on ``scene``.
 
@@ -378,9 +383,8 @@ class SegmentationSceneLogic:
         segment whose name this run does not produce. On any exception the scene is left exactly as it was.
         """
         alignment = getattr(result, "alignment", None)
-        if (
-            alignment is not None
-        ):  # the log shows the alignment's quality, a refused or uncertain one as a warning
+        # the log shows the alignment's quality, a refused or uncertain one as a warning
+        if alignment is not None:
             log = logging.info if _alignmentTrusted(alignment) else logging.warning
             log(f"LabelSharingSeg: {alignment.summary()}")
         labels = list(result.labels) or (run.labels if run.kind == ATLAS_KIND else self._taskLabels(run))
@@ -430,8 +434,3 @@ class SegmentationSceneLogic:
 
 
 __all__ = ["SegmentationSceneLogic", "PreparedRun", "DEVICE_CHOICES", "CancelledError"]
-
-
-def _alignmentTrusted(alignment) -> bool:
-    """Accepted by the quality check and confident (an engine Alignment or the worker's ReportedAlignment)."""
-    return bool(alignment.accepted and getattr(alignment, "confident", True))

@@ -168,9 +168,8 @@ class WorkerEvent:
     deviceNote: str = ""
     alignment: str = ""  # done: the engine's alignment summary when the scan was aligned first
     alignmentAccepted: bool = True
-    alignmentConfident: bool = (
-        True  # False: accepted but uncertain (a flat optimum), the user is told to check
-    )
+    # False: accepted, but uncertain (a flat optimum); the user is told to check the result
+    alignmentConfident: bool = True
 
     def toLine(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
