@@ -92,8 +92,7 @@ def scan_in_pose(transform: np.ndarray, spacing, axes=("A", "S", "R"), head=None
         real = sources.load_real_scan()
         source, source_affine, labels, names = real.image, real.affine, real.truth.array, real.truth.names
     else:
-        source, source_affine = head
-        labels, names = np.zeros(np.shape(source), np.int16), ()
+        (source, source_affine), labels, names = head, None, ()
     moved = transform @ source_affine
     corners = np.array(np.meshgrid(*[[0, n - 1] for n in np.shape(source)], indexing="ij")).reshape(3, -1)
     world = moved[:3, :3] @ corners + moved[:3, 3:4]
@@ -112,7 +111,10 @@ def scan_in_pose(transform: np.ndarray, spacing, axes=("A", "S", "R"), head=None
         return resample_to_grid(data, affine, tuple(shape), mode=mode, src_affine=moved)[0].numpy()
 
     image = carry(source, "bilinear").astype(np.float32)
-    truth = carry(labels, "nearest").round().astype(np.int16)
+    if labels is None:  # no truth to carry: an empty one, without resampling a volume of zeros
+        truth = np.zeros(image.shape, np.int16)
+    else:
+        truth = carry(labels, "nearest").round().astype(np.int16)
     return ScannerScan(image, affine, truth, names, np.linalg.inv(transform))
 
 
