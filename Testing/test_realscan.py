@@ -174,3 +174,25 @@ def test_the_alignment_bench_cuts_the_top_of_the_head_along_the_superior_voxel_a
     cut = cut_top(image, ("R", "S", "A"), (1.0, 2.0, 1.0), 10.0)  # 10 mm = 5 rows at 2 mm
     assert cut.shape == (6, 21, 8) and np.array_equal(cut, image[:, :21])
     assert cut_top(image, ("R", "S", "A"), (1.0, 2.0, 1.0), 0.0) is image
+
+
+def test_an_aligned_segmentation_reports_progress_that_only_moves_forward(colin):
+    """Alignment reports 0.02-0.1 of the work; the network's windows once restarted at 0.05 after it."""
+    from LabelSharingSegLib.engine.bundle import load_bundle
+    from LabelSharingSegLib.engine.inference import segment_task
+    from lsseg_training.demo import LS_BUNDLE, shipped_bundles_dir
+
+    head, _, grid = colin
+    seen: list[tuple[float, str]] = []
+    result = segment_task(
+        load_bundle(shipped_bundles_dir() / LS_BUNDLE),
+        head,
+        grid,
+        "AxialTissue",
+        device="cpu",
+        progress=lambda f, m: seen.append((f, m)),
+    )
+    assert result.alignment is not None and result.alignment.accepted
+    assert any("aligning" in m for _, m in seen) and any("network" in m for _, m in seen)
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0

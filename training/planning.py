@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from LabelSharingSegLib.engine.errors import InputError
+from LabelSharingSegLib.engine.errors import DatasetError, InputError
 from LabelSharingSegLib.engine.labelspace import SharedLabelSpace, average_relative_sizes
+from LabelSharingSegLib.engine.modality import modality_mismatch, modality_of_channels
 from LabelSharingSegLib.engine.nifti_io import load_nifti
 from LabelSharingSegLib.engine.preprocessing_config import Preprocessing
 
 from . import bundle_factory as factory
-from .datasets import NnUNetDataset, require_valid_dataset
+from .datasets import NnUNetDataset, load_case, require_valid_dataset
 from .run_config import TrainSettings
 from .samples import spacing_in_model_axes
 
@@ -78,7 +79,29 @@ def plan_preprocessing(settings: TrainSettings, datasets: list[NnUNetDataset], f
         patch = [min(cap, s + (-s) % factor) for s in shape[:dims]]
     if len(patch) != dims:
         raise InputError(f"--patch needs {dims} values for {dims}D data")
-    return factory.make_preprocessing(dims, spacing, list(patch), {"mode": settings.intensity}, factor=factor)
+    return factory.make_preprocessing(
+        dims,
+        spacing,
+        list(patch),
+        {"mode": settings.intensity},
+        factor=factor,
+        modality=declared_modality(datasets),
+    )
+
+
+def declared_modality(datasets: list[NnUNetDataset]) -> str | None:
+    """The kind of scan ('MR', 'CT') the datasets' channel names all declare, else None; checked on each
+    dataset's first training case, so that a wrong declaration stops training instead of a clinician's scan."""
+    modality = modality_of_channels(name for dataset in datasets for name in dataset.channel_names.values())
+    for dataset in datasets if modality is not None else []:
+        case = dataset.training[0]
+        problem = modality_mismatch(load_case(case)[0], modality)
+        if problem is not None:
+            raise DatasetError(
+                f"{dataset.root}/dataset.json names its channels {list(dataset.channel_names.values())} "
+                f"({modality}), but its case {case.case_id!r} {problem}; fix the channel names or the images"
+            )
+    return modality
 
 
 def task_infos(

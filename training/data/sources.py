@@ -456,17 +456,21 @@ HEADS_DIR_ENV = "LSSEG_HEADS_DIR"
 SECOND_HEAD_FILE = "pycortex-S1-T1.nii.gz"
 
 
-def second_head_path() -> Path:
+def _heads_file(name: str, source: str) -> Path:
     import os
 
     folder = Path(os.environ.get(HEADS_DIR_ENV) or Path.home() / ".cache" / "lsseg" / "heads")
-    path = folder / SECOND_HEAD_FILE
+    path = folder / name
     if not path.is_file():
         raise DatasetError(
-            f"{path} is missing: bash scripts/system_data.sh fetches it (pycortex 1.4.0's source archive from "
-            f"PyPI, 67 MB), or set {HEADS_DIR_ENV} to a folder holding {SECOND_HEAD_FILE}"
+            f"{path} is missing: bash scripts/system_data.sh fetches it ({source}), or set {HEADS_DIR_ENV} to a "
+            f"folder holding {name}"
         )
     return path
+
+
+def second_head_path() -> Path:
+    return _heads_file(SECOND_HEAD_FILE, "pycortex 1.4.0's source archive from PyPI, 67 MB")
 
 
 @lru_cache(maxsize=1)
@@ -476,6 +480,46 @@ def load_second_head() -> tuple[np.ndarray, np.ndarray]:
     data = np.asarray(image.dataobj, dtype=np.float32)
     data.setflags(write=False)
     return data, np.asarray(image.affine, dtype=np.float64)
+
+
+# A real head CT (whole skull, calibrated Hounsfield units, 0.96 x 0.96 x 1.5 mm): InVesalius's example project
+# Cranium.inv3, from the Debian package invesalius-examples (GPL-2; InVesalius, CTI Renato Archer, Brazil), fetched
+# by scripts/system_data.sh. It tests that MR bundles refuse CTs; it is in no training set.
+CT_HEAD_FILE = "invesalius-Cranium.inv3"
+
+
+def ct_head_path() -> Path:
+    return _heads_file(CT_HEAD_FILE, "the Debian package invesalius-examples, 19 MB")
+
+
+@lru_cache(maxsize=1)
+def load_ct_head() -> tuple[np.ndarray, np.ndarray]:
+    """(float32 Hounsfield units, read-only; affine) of the real head CT, read from the InVesalius project: a tar
+    archive whose main.plist names the voxel file, its type and its shape (slices, rows, columns) and spacing.
+    Axes are mapped as DICOM axial slices (columns to the left, rows to the back); left/right is not verified."""
+    import plistlib
+    import tarfile
+
+    path = ct_head_path()
+    with tarfile.open(path, "r:*") as archive:
+        files = {Path(member.name).name: member for member in archive.getmembers() if member.isfile()}
+
+        def read(name: str) -> bytes:
+            handle = archive.extractfile(files[name]) if name in files else None
+            if handle is None:
+                raise DatasetError(f"{path}: the project holds no file {name!r}")
+            return handle.read()
+
+        header = plistlib.loads(read("main.plist"))
+        matrix = header["matrix"]
+        shape = tuple(int(n) for n in matrix["shape"])
+        voxels = np.frombuffer(read(matrix["filename"]), dtype=np.dtype(matrix["dtype"]).newbyteorder("<"))
+    if voxels.size != int(np.prod(shape)):
+        raise DatasetError(f"{path}: {voxels.size} voxels where main.plist says shape {list(shape)}")
+    data = np.ascontiguousarray(voxels.reshape(shape).transpose(2, 1, 0), dtype=np.float32)
+    data.setflags(write=False)
+    column, row, slice_ = (float(s) for s in header["spacing"])
+    return data, np.diag([-column, -row, slice_, 1.0])
 
 
 def aal_coarse_lookup(names: tuple[str, ...]) -> np.ndarray:

@@ -33,7 +33,7 @@ from .inference import (
     _align,
     _autocast,
     _Reporter,
-    _require_volume,
+    _require_usable_scan,
 )
 from .labels import LabelInfo
 from .network_config import NetworkConfig
@@ -313,7 +313,7 @@ def _lcs_setup(
             f"{bundle.path}: a {bundle.kind} bundle has no atlas; atlas labels need an LCS bundle"
         )
     image, affine = check_image(image, affine)
-    _require_volume(bundle, image)
+    _require_usable_scan(bundle, image)
     atlas = bundle.atlas_image()
     masks = check_atlas_masks(masks, atlas[0].shape, labels)
     check_drawn_masks(masks, [label.name for label in labels])
@@ -374,7 +374,7 @@ def segment_atlas_labels(
         method = default_atlas_method(bundle.network_config.arch, bundle.preprocessing.spatial_dims)
     if method not in ATLAS_METHODS:
         raise InputError(f"unknown atlas-label method {method!r} (choose {', '.join(ATLAS_METHODS)})")
-    _require_volume(bundle, check_image(image, affine)[0])  # every method, registration included
+    _require_usable_scan(bundle, check_image(image, affine)[0])  # every method, registration included
     if method != "lcs" and align is None and bundle.manifest.reference_image is not None:
         align = _reference_alignment(bundle, image, affine, masks, labels, progress, cancel)
     if method.startswith("register-"):

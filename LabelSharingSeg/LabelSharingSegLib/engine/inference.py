@@ -22,6 +22,7 @@ from .bundle import Bundle
 from .device import resolve_device
 from .errors import CancelledError, InputError
 from .labels import LabelInfo
+from .modality import check_scan_modality
 from .planes import plane_grid
 from .preprocessing import check_image, normalise_intensity, resample_to_grid, to_model_grid
 from .preprocessing_config import Preprocessing
@@ -104,12 +105,14 @@ def _align(
     return alignment.aligned_affine(affine), alignment
 
 
-def _require_volume(bundle: Bundle, image: np.ndarray) -> None:
-    """A 3D bundle needs a volume: a single slice would be stretched over the whole grid (as the Slicer logic says)."""
+def _require_usable_scan(bundle: Bundle, image: np.ndarray) -> None:
+    """A 3D bundle needs a volume: a single slice would be stretched over the whole grid (as the Slicer logic
+    says); and the scan must be of the kind the bundle was trained on, where it declares one (CT vs MR)."""
     if bundle.network_config.spatial_dims == 3 and min(image.shape) < 2:
         raise InputError(
             f"image: a 2D image (shape {tuple(image.shape)}) cannot be segmented by a 3D bundle; give a 3D volume"
         )
+    check_scan_modality(image, bundle.preprocessing.scan_modality)
 
 
 def _window_count(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
@@ -138,7 +141,7 @@ def _predict_logits(
     done = [0]
 
     def predictor(patch: torch.Tensor) -> torch.Tensor:
-        report(done[0] / total * 0.9 + 0.05, "running the network")
+        report(0.1 + 0.85 * done[0] / total, "running the network")  # after alignment (0.02-0.1)
         with torch.no_grad(), _autocast(device):
             patch = patch.to(device)
             if task_index is None:
@@ -219,7 +222,7 @@ def segment_task(
         )
     info = bundle.task(task)
     image, affine = check_image(image, affine)
-    _require_volume(bundle, image)
+    _require_usable_scan(bundle, image)
     report = _Reporter(progress, cancel)
     torch_device, note = resolve_device(device)
     report(0.0, "preparing the image")

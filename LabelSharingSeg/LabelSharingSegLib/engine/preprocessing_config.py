@@ -22,6 +22,7 @@ from .config_checks import (
     require,
 )
 from .errors import ConfigError
+from .modality import MODALITIES
 
 INTENSITY_MODES = ("zscore", "percentile", "ct_window", "none")
 # Generous bounds: far beyond any real model, small enough that nothing absurd gets allocated.
@@ -86,7 +87,9 @@ class IntensityConfig:
 class Preprocessing:
     """Model grid and input handling of a bundle: ``spacing`` (mm per axis), ``patch_size`` (voxels, the
     sliding-window size), ``orientation`` (axis codes 3D images are reoriented to), ``overlap`` of the
-    sliding windows and the intensity normalisation. 2D bundles give two values per list."""
+    sliding windows, the intensity normalisation and ``modality``, the kind of scan trained on ('MR', 'CT' or
+    None: not declared; :mod:`.modality` refuses scans that plainly are not that kind). 2D bundles give two
+    values per list."""
 
     spatial_dims: int
     spacing: tuple[float, ...]
@@ -94,6 +97,7 @@ class Preprocessing:
     orientation: str = "RAS"
     overlap: float = 0.5
     intensity: IntensityConfig = field(default_factory=IntensityConfig)
+    modality: str | None = None
 
     _FIELDS: ClassVar[tuple[str, ...]] = (
         "spatial_dims",
@@ -102,6 +106,7 @@ class Preprocessing:
         "orientation",
         "overlap",
         "intensity",
+        "modality",
     )
 
     def __post_init__(self) -> None:
@@ -132,6 +137,12 @@ class Preprocessing:
         check_number("preprocessing.overlap", self.overlap, 0.0, 0.95)
         if not isinstance(self.intensity, IntensityConfig):
             raise ConfigError("preprocessing.intensity must be an intensity configuration")
+        if self.modality is not None:
+            check_choice("preprocessing.modality", self.modality, MODALITIES)
+            if self.intensity.mode == "ct_window" and self.modality != "CT":
+                raise ConfigError(
+                    f"preprocessing.modality {self.modality} contradicts intensity mode ct_window (a CT window)"
+                )
         object.__setattr__(self, "spacing", spacing)
         object.__setattr__(self, "patch_size", patch)
         object.__setattr__(self, "overlap", float(self.overlap))
@@ -157,7 +168,15 @@ class Preprocessing:
             "patch_size": list(self.patch_size),
             "overlap": self.overlap,
             "intensity": self.intensity.to_dict(),
+            **({} if self.modality is None else {"modality": self.modality}),
         }
+
+    @property
+    def scan_modality(self) -> str | None:
+        """The kind of scan this bundle expects: the declared one, CT for a CT window, else None."""
+        if self.modality is not None:
+            return self.modality
+        return "CT" if self.intensity.mode == "ct_window" else None
 
     def replace(self, **changes: Any) -> Preprocessing:
         """A copy with ``changes`` applied (and validated)."""
