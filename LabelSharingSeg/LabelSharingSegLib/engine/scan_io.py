@@ -1,0 +1,250 @@
+"""Reading a scan as it comes from a scanner or from Slicer: a DICOM series (a folder, or one of its files),
+NIfTI, NRRD or MetaImage. Every reader returns the same thing: float32 voxels indexed [i, j, k] and the affine
+from voxel (i, j, k) to RAS millimetres, as :mod:`.nifti_io` does for NIfTI.
+
+DICOM series are read with SimpleITK (GDCM), which applies each file's rescale slope and intercept (a CT comes
+out in Hounsfield units). A series whose slices are not evenly spaced along one straight line (a missing slice,
+several images at one position such as echoes or time points, a gantry tilt) is refused: stacking it as one
+volume would misplace anatomy silently.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .nifti_io import has_nifti_ending, load_nifti
+
+ITK_ENDINGS = (".nrrd", ".nhdr", ".mha", ".mhd")
+DICOM_ENDINGS = (".dcm", ".ima")
+# Refused before any voxel is allocated: far beyond any scan (a 1024^3 float32 volume is 4 GiB), and a header of
+# a few bytes may declare more.
+MAX_SCAN_VOXELS = 2**31
+# Slice positions may differ from even steps by this share of a step (scanners round positions to 0.01 mm or so).
+_SPACING_TOLERANCE = 0.02
+_RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class Scan:
+    """Voxels (float32 [i, j, k]), the voxel -> RAS mm affine, and what was read, in words."""
+
+    image: np.ndarray
+    affine: np.ndarray
+    description: str
+
+
+def load_scan(path: str | os.PathLike, *, series: str | None = None) -> Scan:
+    """Read ``path``: a folder holding a DICOM series (``series``: its Series Instance UID, needed when the
+    folder holds several), one DICOM file (its series is read, from its folder), or a NIfTI, NRRD or MetaImage
+    file. Raises InputError naming the file and what is wrong."""
+    path = Path(path)
+    if path.is_dir():
+        if has_nifti_ending(path):
+            raise InputError(f"{path}: is a folder, not a NIfTI file")
+        return _dicom_series(path, series)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    name = path.name.lower()
+    if series is not None and not name.endswith(DICOM_ENDINGS):
+        raise InputError(f"{path}: --series chooses a DICOM series; give a DICOM folder or file")
+    if has_nifti_ending(path):
+        image, affine = load_nifti(path)
+        return Scan(image, affine, f"NIfTI {path.name}")
+    if name.endswith(ITK_ENDINGS):
+        return _itk_file(path)
+    if name.endswith(DICOM_ENDINGS) or _is_dicom(path):
+        return _dicom_series(path.parent, series or _series_of(path))
+    raise InputError(
+        f"{path}: not a scan this reads (a DICOM folder or file, .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd)"
+    )
+
+
+def _is_dicom(path: Path) -> bool:
+    """DICOM Part 10 files carry 'DICM' after a 128-byte preamble, whatever their name."""
+    with open(path, "rb") as handle:
+        handle.seek(128)
+        return handle.read(4) == b"DICM"
+
+
+def _header(path: Path):
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(f"{path}: cannot read ({_itk_message(exc)})") from None
+    return reader
+
+
+def _itk_message(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:200]
+
+
+def _check_declared(path: Path, size, components: int) -> None:
+    voxels = int(np.prod([int(n) for n in size], dtype=np.int64))
+    if voxels > MAX_SCAN_VOXELS:
+        raise InputError(
+            f"{path}: the header declares {voxels} voxels (size {list(size)}), more than any scan"
+        )
+    if components != 1:
+        raise InputError(
+            f"{path}: {components} values per voxel (colour or vector image); give a scalar (greyscale) scan"
+        )
+
+
+def _itk_file(path: Path) -> Scan:
+    import SimpleITK as sitk
+
+    reader = _header(path)
+    _check_declared(path, reader.GetSize(), reader.GetNumberOfComponents())
+    if reader.GetDimension() not in (2, 3):
+        raise InputError(f"{path}: a {reader.GetDimension()}D image; give one 3D volume (or a 2D slice)")
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"{path}: cannot read ({_itk_message(exc)})") from None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: a colour or vector image; give a scalar (greyscale) scan")
+    voxels, affine = _array_and_affine(sitk, image)
+    return Scan(voxels, affine, f"{path.suffix[1:].upper()} {path.name}")
+
+
+def _array_and_affine(sitk, image) -> tuple[np.ndarray, np.ndarray]:
+    """SimpleITK image (LPS, array [k, j, i]) -> (float32 [i, j, k], RAS affine); 2D images get a third axis."""
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    dims = image.GetDimension()
+    direction = np.eye(3)
+    direction[:dims, :dims] = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dims, dims)
+    spacing = np.ones(3)
+    spacing[:dims] = image.GetSpacing()
+    origin = np.zeros(3)
+    origin[:dims] = image.GetOrigin()
+    lps = np.eye(4)
+    lps[:3, :3] = direction * spacing
+    lps[:3, 3] = origin
+    voxels = (
+        np.ascontiguousarray(array.transpose()) if dims == 3 else np.ascontiguousarray(array.T)[..., None]
+    )
+    return voxels, _RAS_FROM_LPS @ lps
+
+
+def _series_of(path: Path) -> str:
+    reader = _header(path)
+    if not reader.HasMetaDataKey("0020|000e"):
+        raise InputError(f"{path}: a DICOM file without a Series Instance UID")
+    return reader.GetMetaData("0020|000e").strip()
+
+
+def _tag(reader, key: str, default: str = "") -> str:
+    return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else default
+
+
+def _dicom_series(folder: Path, series: str | None) -> Scan:
+    import SimpleITK as sitk
+
+    found = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    if not found:
+        raise InputError(f"{folder}: no DICOM series in this folder (its sub-folders are not searched)")
+    if series is None and len(found) > 1:
+        listing = "; ".join(_series_line(folder, uid) for uid in found)
+        raise InputError(f"{folder}: {len(found)} DICOM series, choose one with --series UID: {listing}")
+    uid = series if series is not None else found[0]
+    if uid not in found:
+        raise InputError(f"{folder}: no DICOM series {uid!r} (found: {', '.join(found)})")
+    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+    first = _header(Path(files[0]))
+    if len(files) == 1:  # one file: a single slice or a multi-frame (enhanced) image
+        scan = _itk_file(Path(files[0]))
+        return Scan(scan.image, scan.affine, _series_words(first, uid, len(files)))
+    _check_declared(folder, list(first.GetSize()[:2]) + [len(files)], first.GetNumberOfComponents())
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()  # each file's tags, read in the same pass as its voxels
+    # ITK warns on stderr of spacing variations far below what _check_stack refuses
+    warned = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"{folder}: cannot read DICOM series {uid} ({_itk_message(exc)})") from None
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warned)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{folder}: series {uid} is a colour image; give a greyscale scan")
+    _check_stack(folder, [_SliceTags(reader, index) for index in range(len(files))])
+    voxels, affine = _array_and_affine(sitk, image)
+    return Scan(voxels, affine, _series_words(first, uid, len(files)))
+
+
+class _SliceTags:
+    """The tags of one file of a series as the series reader read them (the interface of a file's reader)."""
+
+    def __init__(self, reader, index: int):
+        self._reader, self._index = reader, index
+
+    def HasMetaDataKey(self, key: str) -> bool:  # noqa: N802 (SimpleITK's name)
+        return bool(self._reader.HasMetaDataKey(self._index, key))
+
+    def GetMetaData(self, key: str) -> str:  # noqa: N802
+        return str(self._reader.GetMetaData(self._index, key))
+
+
+def _series_words(reader, uid: str, count: int) -> str:
+    described = _tag(reader, "0008|103e") or "no description"
+    return f"DICOM series {uid} ({_tag(reader, '0008|0060', 'modality not given')}, {described!r}), {count} file(s)"
+
+
+def _series_line(folder: Path, uid: str) -> str:
+    import SimpleITK as sitk
+
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+    return _series_words(_header(Path(files[0])), uid, len(files))
+
+
+def _numbers(reader, key: str, count: int, where: str) -> np.ndarray:
+    try:
+        values = np.array([float(v) for v in _tag(reader, key).split("\\")])
+    except ValueError:
+        values = np.array([])
+    if values.size != count or not np.isfinite(values).all():
+        raise InputError(f"{where}: DICOM tag {key} is missing or malformed; cannot place the slices")
+    return values
+
+
+def _check_stack(folder: Path, headers: list) -> None:
+    """The files must be slices of one straight, evenly spaced stack (see the module docstring)."""
+    orientations = np.array([_numbers(h, "0020|0037", 6, str(folder)) for h in headers])
+    if np.abs(orientations - orientations[0]).max() > 1e-3:
+        raise InputError(f"{folder}: the series' slices are not all parallel (a localizer mixed in?)")
+    row, column = orientations[0][:3], orientations[0][3:]
+    normal = np.cross(row, column)
+    positions = np.array([_numbers(h, "0020|0032", 3, str(folder)) for h in headers])
+    along = positions @ normal
+    order = np.argsort(along)
+    steps = np.diff(along[order])
+    step = float(np.median(steps))
+    if steps.min() < 1e-3:
+        raise InputError(
+            f"{folder}: several images lie at one position (echoes, time points or a 4D series); export or "
+            "choose one 3D volume"
+        )
+    if np.abs(steps - step).max() > _SPACING_TOLERANCE * step:
+        raise InputError(
+            f"{folder}: the slices are unevenly spaced (steps {steps.min():.2f} to {steps.max():.2f} mm along the "
+            "slice normal): slices are missing or the series mixes stacks; read as one volume it would be "
+            "distorted"
+        )
+    drift = np.diff(positions[order], axis=0) - np.outer(steps, normal)
+    if np.linalg.norm(drift, axis=1).max() > _SPACING_TOLERANCE * step + 1e-3:
+        raise InputError(
+            f"{folder}: each slice is shifted sideways from the last (a gantry tilt): the volume is sheared; "
+            "resample it to an upright grid first (e.g. Slicer's DICOM import does)"
+        )

@@ -1,0 +1,221 @@
+"""Scans as they come from a scanner or from Slicer: DICOM series (a real scanner series, and series written
+here from a real head in oblique poses), NRRD and MetaImage read to the same voxels and RAS affine as NIfTI;
+series that cannot be one volume, and hostile files, are refused with the reason."""
+
+from __future__ import annotations
+
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from LabelSharingSegLib.engine.bundle import load_bundle
+from LabelSharingSegLib.engine.errors import InputError
+from LabelSharingSegLib.engine.inference import segment_task
+from LabelSharingSegLib.engine.preprocessing import resample_to_grid
+from LabelSharingSegLib.engine.scan_io import MAX_SCAN_VOXELS, load_scan
+from lsseg_training.cli import main
+from lsseg_training.data import sources
+
+_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _turned(degrees: float) -> np.ndarray:
+    """A 3 mm grid turned about the left-right and then the up-down axis (an oblique acquisition)."""
+    a, b = np.radians(degrees), np.radians(degrees / 2)
+    pitch = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    yaw = np.array([[np.cos(b), -np.sin(b), 0], [np.sin(b), np.cos(b), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = yaw @ pitch @ np.diag([3.0, 3.0, 4.0])
+    affine[:3, 3] = [-85.0, -110.0, -60.0]
+    return affine
+
+
+@pytest.fixture(scope="module")
+def head():
+    """Colin 27's whole head resampled onto an oblique 3 mm x 3 mm x 4 mm grid, as whole numbers (int16)."""
+    image, affine = sources.load_system_image(sources.COLIN27_HEAD)
+    grid = _turned(20.0)
+    shape = (58, 72, 50)
+    voxels = resample_to_grid(torch.as_tensor(image)[None], grid, shape, mode="bilinear", src_affine=affine)[
+        0
+    ]
+    return np.round(voxels.numpy()).astype(np.float32), grid
+
+
+def _write_series(
+    folder,
+    image,
+    affine,
+    *,
+    uid="1.2.826.0.1.3680043.2.1143.7",
+    description="T1 test",
+    modality="MR",
+    skip=(),
+    repeat=(),
+):
+    """Write ``image`` (float [i, j, k], RAS affine) as one DICOM file per slice k, as a scanner would: position
+    and orientation of each slice, its number, the series' UID, description and modality."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lps = _LPS @ affine
+    volume = sitk.GetImageFromArray(image.astype(np.int16).transpose(2, 1, 0))
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    direction = lps[:3, :3] / spacing
+    volume.SetSpacing([float(s) for s in spacing])
+    volume.SetDirection([float(v) for v in direction.ravel()])
+    volume.SetOrigin([float(v) for v in lps[:3, 3]])
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    orientation = "\\".join(f"{v:.6f}" for v in (*direction[:, 0], *direction[:, 1]))
+    slices = [k for k in range(image.shape[2]) if k not in skip] + list(repeat)
+    for number, k in enumerate(slices):
+        piece = volume[:, :, k]
+        position = volume.TransformIndexToPhysicalPoint((0, 0, k))
+        for tag, value in (
+            ("0008|0060", modality),
+            ("0008|103e", description),
+            ("0020|000d", "1.2.826.0.1.3680043.2.1143.1"),
+            ("0020|000e", uid),
+            ("0020|0013", str(number + 1)),
+            ("0020|0032", "\\".join(f"{v:.6f}" for v in position)),
+            ("0020|0037", orientation),
+            ("0018|0050", f"{spacing[2]:.6f}"),
+            ("0008|0018", f"{uid}.{number + 1}"),
+        ):
+            piece.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice_{number:03d}.dcm"))
+        writer.Execute(piece)
+    return folder
+
+
+def test_a_real_scanner_series_reads_as_its_folder_or_any_of_its_files(tmp_path):
+    folder = sources.dicom_series_path()
+    scan = load_scan(folder)
+    assert scan.image.shape == (256, 256, 20) and scan.image.dtype == np.float32
+    assert "FSE PD AXIAL OBL" in scan.description and "(MR" in scan.description
+    # oblique axial slices 7 mm apart, tilted about left-right (the series' own orientation and positions)
+    assert np.allclose(np.linalg.norm(scan.affine[:3, :3], axis=0), [0.859375, 0.859375, 7.0005], atol=1e-3)
+    assert 0.1 < abs(scan.affine[1, 2]) / 7.0 < 0.2
+    one = load_scan(folder / "brain_007.dcm")
+    assert np.array_equal(one.image, scan.image) and np.allclose(one.affine, scan.affine)
+    # the same voxels in the same place as SimpleITK's own reading of the series, converted to RAS
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder)))
+    itk = reader.Execute()
+    assert np.array_equal(sitk.GetArrayFromImage(itk).transpose(2, 1, 0), scan.image)
+    corner = np.array(itk.TransformIndexToPhysicalPoint((255, 0, 19)))
+    assert np.allclose(scan.affine @ [255, 0, 19, 1], [-corner[0], -corner[1], corner[2], 1], atol=1e-3)
+
+
+def test_dicom_nrrd_and_metaimage_give_the_voxels_and_affine_of_nifti(head, tmp_path):
+    image, affine = head
+    series = _write_series(tmp_path / "dicom", image, affine)
+    scan = load_scan(series)
+    assert np.array_equal(scan.image, image)
+    assert np.allclose(scan.affine, affine, atol=1e-4)
+    for ending in ("nrrd", "mha", "nii.gz"):
+        path = tmp_path / f"head.{ending}"
+        if ending == "nii.gz":
+            nib.save(nib.Nifti1Image(image.astype(np.int16), affine), str(path))
+        else:
+            volume = sitk.GetImageFromArray(image.astype(np.int16).transpose(2, 1, 0))
+            lps = _LPS @ affine
+            spacing = np.linalg.norm(lps[:3, :3], axis=0)
+            volume.SetSpacing([float(s) for s in spacing])
+            volume.SetDirection([float(v) for v in (lps[:3, :3] / spacing).ravel()])
+            volume.SetOrigin([float(v) for v in lps[:3, 3]])
+            sitk.WriteImage(volume, str(path))
+        read = load_scan(path)
+        assert np.array_equal(read.image, image), ending
+        assert np.allclose(read.affine, affine, atol=1e-5), ending
+
+
+def test_lsseg_segment_reads_a_dicom_folder_and_writes_on_its_grid(ls_bundle_path, head, tmp_path, capsys):
+    image, affine = head
+    series = _write_series(tmp_path / "dicom", image, affine)
+    out = tmp_path / "labels.nii.gz"
+    command = ["segment", str(ls_bundle_path), "-i", str(series), "-o", str(out), "--task", "brain"]
+    assert main([*command, "--device", "cpu", "--align", "off"]) == 0
+    printed = capsys.readouterr().out
+    assert "read DICOM series 1.2.826.0.1.3680043.2.1143.7 (MR, 'T1 test'), 50 file(s)" in printed
+    written = nib.load(str(out))
+    scan = load_scan(series)
+    expected = segment_task(
+        load_bundle(ls_bundle_path), scan.image, scan.affine, "brain", device="cpu", align=False
+    )
+    assert np.array_equal(np.asarray(written.dataobj), expected.labelmap)
+    assert written.shape == image.shape and np.allclose(written.affine, affine, atol=1e-4)
+
+
+def test_a_folder_of_several_series_asks_which(head, tmp_path, capsys, ls_bundle_path):
+    image, affine = head
+    folder = tmp_path / "study"
+    _write_series(folder, image, affine, uid="1.2.3.4.1", description="T1 sagittal")
+    _write_series(folder / "other", image[:, :, :20], affine, uid="1.2.3.4.2", description="PD axial")
+    for path in (folder / "other").iterdir():
+        shutil.move(str(path), str(folder / f"b_{path.name}"))
+    with pytest.raises(
+        InputError, match=r"2 DICOM series, choose one with --series UID: .*'T1 sagittal'.*'PD axi"
+    ):
+        load_scan(folder)
+    assert load_scan(folder, series="1.2.3.4.2").image.shape == (58, 72, 20)
+    assert load_scan(folder / "b_slice_003.dcm").image.shape == (58, 72, 20)  # a file picks its own series
+    with pytest.raises(InputError, match="no DICOM series '9.9'"):
+        load_scan(folder, series="9.9")
+    out = tmp_path / "o.nii.gz"
+    code = main(["segment", str(ls_bundle_path), "-i", str(folder), "-o", str(out), "--task", "brain"])
+    assert code == 2 and "--series UID" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (dict(skip=(20,)), "unevenly spaced"),
+        (dict(repeat=(10,)), "several images lie at one position"),
+    ],
+    ids=["missing slice", "two images at one position"],
+)
+def test_a_series_that_is_not_one_even_stack_is_refused(head, tmp_path, change, message):
+    image, affine = head
+    with pytest.raises(InputError, match=message):
+        load_scan(_write_series(tmp_path / "dicom", image, affine, **change))
+
+
+def test_a_sheared_series_is_refused(head, tmp_path):
+    """A gantry tilt: each slice shifted sideways from the last (slices still parallel, evenly spaced)."""
+    image, affine = head
+    sheared = affine.copy()
+    sheared[:3, 2] += affine[:3, 0] / np.linalg.norm(affine[:3, 0]) * 1.5  # 1.5 mm sideways per slice
+    with pytest.raises(InputError, match="gantry tilt"):
+        load_scan(_write_series(tmp_path / "dicom", image, sheared))
+
+
+def test_files_that_are_not_one_greyscale_scan_are_refused(tmp_path):
+    with pytest.raises(InputError, match="no DICOM series in this folder"):
+        load_scan(tmp_path)
+    with pytest.raises(InputError, match="not found"):
+        load_scan(tmp_path / "nothing.nrrd")
+    garbage = tmp_path / "broken.nrrd"
+    garbage.write_bytes(b"NRRD0004\ntype: what\n\n\x00\x01")
+    with pytest.raises(InputError, match="broken.nrrd: cannot read"):
+        load_scan(garbage)
+    huge = tmp_path / "huge.nrrd"  # a few bytes declaring 10^15 voxels: refused before allocating them
+    huge.write_bytes(
+        b"NRRD0004\ntype: short\ndimension: 3\nsizes: 100000 100000 100000\nendian: little\nencoding: raw\n\n\x00\x00"
+    )
+    with pytest.raises(InputError, match="more than any scan"):
+        load_scan(huge)
+    assert 100000**3 > MAX_SCAN_VOXELS
+    colour = tmp_path / "colour.mha"
+    sitk.WriteImage(sitk.Image([8, 8, 8], sitk.sitkVectorUInt8, 3), str(colour))
+    with pytest.raises(InputError, match="colour or vector image"):
+        load_scan(colour)
+    text = tmp_path / "notes.txt"
+    text.write_text("not a scan")
+    with pytest.raises(InputError, match="not a scan this reads"):
+        load_scan(text)
+    with pytest.raises(InputError, match="--series chooses a DICOM series"):
+        load_scan(colour, series="1.2")
