@@ -467,7 +467,7 @@ CASES = [
         "seg-output-not-nifti",
         (*LS, *SCAN, "-o", "{out}/seg.png"),
         exit=2,
-        error=r"must end in \.nii or \.nii\.gz",
+        error=r"must end in \.nii, \.nii\.gz or \.seg\.nrrd",
     ),
     Case(
         "seg-output-long-name",

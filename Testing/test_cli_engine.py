@@ -83,6 +83,46 @@ def test_segment_task_writes_map_on_input_grid_and_names(ls_bundle_path, tmp_pat
     assert "wrote" in capsys.readouterr().out
 
 
+def test_segment_writes_a_slicer_segmentation_with_the_label_maps_voxels(ls_bundle_path, tmp_path, capsys):
+    import slicer  # slicer-core: Slicer's own reader opens the file
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    image = tmp_path / "scan.nii.gz"
+    _write_image(image)
+    common = [
+        "segment",
+        str(ls_bundle_path),
+        "-i",
+        str(image),
+        "--task",
+        "brain",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
+    assert main([*common, "-o", str(tmp_path / "seg.nii.gz")]) == 0
+    assert main([*common, "-o", str(tmp_path / "seg.seg.nrrd")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert not (tmp_path / "seg.seg.csv").exists() and not (tmp_path / "seg.seg.nrrd.csv").exists()
+    labelmap = np.asarray(nib.load(str(tmp_path / "seg.nii.gz")).dataobj)
+    scene = slicer.vtkMRMLScene()
+    logic = slicer.vtkSlicerSegmentationsModuleLogic()
+    logic.SetMRMLScene(scene)
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(tmp_path / "seg.seg.nrrd"))
+    assert storage.ReadData(node)
+    segmentation = node.GetSegmentation()
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    assert names == ["white matter", "grey matter", "ventricles"]
+    for value, name in enumerate(names, start=1):
+        segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(name))
+        voxels = vtk_to_numpy(segment.GetRepresentation("Binary labelmap").GetPointData().GetScalars())
+        assert (voxels == segment.GetLabelValue()).sum() == (labelmap == value).sum(), name
+    assert main([*common, "-o", str(tmp_path / "seg.nrrd")]) == 2
+    assert "output must end in .nii, .nii.gz or .seg.nrrd" in capsys.readouterr().err
+
+
 def test_segment_atlas_labels(lcs_bundle_path, tmp_path):
     from LabelSharingSegLib.engine.bundle import load_bundle
 

@@ -150,6 +150,21 @@ def test_lsseg_segment_reads_a_dicom_folder_and_writes_on_its_grid(ls_bundle_pat
     assert written.shape == image.shape and np.allclose(written.affine, affine, atol=1e-4)
 
 
+def test_a_series_whose_header_says_ct_is_refused_by_an_mr_bundle(head, tmp_path, capsys):
+    """The header is read before the voxels are judged: this CT-labelled series holds MR intensities."""
+    from lsseg_training.demo import LS_BUNDLE, shipped_bundles_dir
+
+    image, affine = head
+    series = _write_series(tmp_path / "dicom", image, affine, modality="CT", description="head CT")
+    assert load_scan(series).stated_modality == "CT"
+    assert load_scan(sources.dicom_series_path()).stated_modality == "MR"
+    out = tmp_path / "o.nii.gz"
+    command = ["segment", str(shipped_bundles_dir() / LS_BUNDLE), "-i", str(series), "-o", str(out)]
+    assert main([*command, "--task", "AxialTissue"]) == 2
+    err = capsys.readouterr().err
+    assert "its header says it is CT, and this bundle was trained on MR scans" in err and not out.exists()
+
+
 def test_a_folder_of_several_series_asks_which(head, tmp_path, capsys, ls_bundle_path):
     image, affine = head
     folder = tmp_path / "study"

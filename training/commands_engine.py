@@ -15,9 +15,12 @@ from LabelSharingSegLib.engine.device import DEVICE_CHOICES
 from LabelSharingSegLib.engine.errors import InputError
 from LabelSharingSegLib.engine.labels import LabelInfo, default_color, labels_from_csv, labels_to_csv
 from LabelSharingSegLib.engine.labelspace import SharedLabelSpace, average_relative_sizes
+from LabelSharingSegLib.engine.modality import check_stated_modality
 from LabelSharingSegLib.engine.nifti_io import has_nifti_ending, load_nifti, nifti_ending, write_nifti_file
 from LabelSharingSegLib.engine.outputs import require_writable_outputs
 from LabelSharingSegLib.engine.scan_io import load_scan
+
+from .segnrrd import SEG_NRRD_ENDING, write_seg_nrrd
 
 
 def register(subparsers) -> None:
@@ -56,7 +59,14 @@ def register(subparsers) -> None:
         metavar="UID",
         help="the DICOM series to read (Series Instance UID) when the input folder holds several",
     )
-    segment.add_argument("-o", "--output", type=Path, required=True, help="output label map (.nii/.nii.gz)")
+    segment.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="output: a label map (.nii/.nii.gz, with a names table OUT.csv beside it) or a Slicer "
+        "segmentation (.seg.nrrd, names and colours inside)",
+    )
     target = segment.add_mutually_exclusive_group(required=True)
     target.add_argument("--task", help="task name (label-sharing and baseline bundles)")
     target.add_argument(
@@ -180,9 +190,12 @@ def run_segment(args: argparse.Namespace) -> int:
     from LabelSharingSegLib.engine.inference import segment_task
     from LabelSharingSegLib.engine.registration_cache import disk_cache_off
 
-    if not has_nifti_ending(args.output):
-        raise InputError(f"{args.output}: output must end in .nii or .nii.gz")
-    names_path = _names_path(args.output)
+    as_segmentation = str(args.output).lower().endswith(SEG_NRRD_ENDING)
+    if not (has_nifti_ending(args.output) or as_segmentation):
+        raise InputError(f"{args.output}: output must end in .nii, .nii.gz or {SEG_NRRD_ENDING}")
+    # a Slicer segmentation carries the names and colours itself; a label map gets a names table beside it
+    names_path = None if as_segmentation else _names_path(args.output)
+    outputs = [args.output] if names_path is None else [args.output, names_path]
     atlas_labels = (
         None if args.atlas_labels is None or str(args.atlas_labels) == "bundle" else args.atlas_labels
     )
@@ -192,10 +205,11 @@ def run_segment(args: argparse.Namespace) -> int:
         ("--atlas-labels", atlas_labels),
         ("--atlas-names", args.atlas_names),
     ]
-    require_writable_outputs([args.output, names_path], inputs, overwrite=args.overwrite)  # before any work
+    require_writable_outputs(outputs, inputs, overwrite=args.overwrite)  # before any work
     remove_stale_parts(args.output.parent)
     bundle = load_bundle(args.bundle)
     scan = load_scan(args.input, series=args.series)
+    check_stated_modality(scan.stated_modality, bundle.preprocessing.scan_modality, what=str(args.input))
     image, affine = scan.image, scan.affine
     if not args.quiet:
         print(f"read {scan.description}: {image.shape} voxels")
@@ -226,14 +240,18 @@ def run_segment(args: argparse.Namespace) -> int:
     alignment = result.alignment
     if alignment is not None and (not args.quiet or not alignment.accepted or not alignment.confident):
         print(alignment.summary())
-    with atomic_paths([args.output, names_path], [nifti_ending(args.output), ".csv"]) as (
-        map_part,
-        names_part,
-    ):
-        write_nifti_file(map_part, result.labelmap, result.affine)  # both staged, then renamed together
-        names_part.write_text(labels_to_csv(result.labels), encoding="utf-8")
+    if names_path is None:
+        write_seg_nrrd(args.output, result.labelmap, result.affine, result.labels)
+    else:
+        with atomic_paths([args.output, names_path], [nifti_ending(args.output), ".csv"]) as (
+            map_part,
+            names_part,
+        ):
+            write_nifti_file(map_part, result.labelmap, result.affine)  # both staged, then renamed together
+            names_part.write_text(labels_to_csv(result.labels), encoding="utf-8")
     counts = {int(v): int(c) for v, c in zip(*np.unique(result.labelmap, return_counts=True))}
-    print(f"wrote {args.output} ({result.labelmap.shape}, {len(result.labels)} labels) and {names_path}")
+    beside = "" if names_path is None else f" and {names_path}"
+    print(f"wrote {args.output} ({result.labelmap.shape}, {len(result.labels)} labels){beside}")
     for label in result.labels:
         print(f"  {label.value:5d}  {label.name:30s} {counts.get(label.value, 0)} voxels")
     return 0

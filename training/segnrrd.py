@@ -18,6 +18,7 @@ from LabelSharingSegLib.engine.errors import InputError
 from LabelSharingSegLib.engine.labels import LabelInfo
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+SEG_NRRD_ENDING = ".seg.nrrd"
 
 
 def _vector(values) -> str:
@@ -34,8 +35,8 @@ def write_seg_nrrd(
 ) -> Path:
     """Write ``labelmap`` ([i, j, k], values = ``labels``' values, 0 background) with RAS ``affine`` atomically."""
     path = Path(path)
-    if not path.name.lower().endswith(".seg.nrrd"):
-        raise InputError(f"{path}: a Slicer segmentation file must end in .seg.nrrd")
+    if not path.name.lower().endswith(SEG_NRRD_ENDING):
+        raise InputError(f"{path}: a Slicer segmentation file must end in {SEG_NRRD_ENDING}")
     labelmap = np.asarray(labelmap)
     if labelmap.ndim != 3:
         raise InputError(f"{path}: label map must be 3D, got shape {labelmap.shape}")
@@ -76,6 +77,6 @@ def write_seg_nrrd(
         ]
     header = ("\n".join(lines) + "\n\n").encode("utf-8")
     body = gzip.compress(data.astype(data.dtype.newbyteorder("<")).tobytes(order="F"), compresslevel=6)
-    with atomic_path(path, suffix=".seg.nrrd") as tmp:
+    with atomic_path(path, suffix=SEG_NRRD_ENDING) as tmp:
         tmp.write_bytes(header + body)
     return path

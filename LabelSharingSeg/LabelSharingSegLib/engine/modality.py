@@ -93,3 +93,13 @@ def check_scan_modality(image: np.ndarray, modality: str | None, *, what: str = 
     problem = modality_mismatch(image, modality)
     if problem is not None:
         raise InputError(f"{what}: {problem}. {_WHAT_TO_DO[str(modality)]}")
+
+
+def check_stated_modality(stated: str | None, modality: str | None, *, what: str = "image") -> None:
+    """Raise InputError when a scan's header states a kind of scan (DICOM Modality 'MR' or 'CT') other than
+    ``modality``, the bundle's; other or missing statements are left to the voxels (:func:`check_scan_modality`)."""
+    if stated in MODALITIES and modality is not None and stated != modality:
+        raise InputError(
+            f"{what}: its header says it is {stated}, and this bundle was trained on {modality} scans; "
+            f"{_WHAT_TO_DO[modality]}"
+        )

@@ -31,11 +31,13 @@ _RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 @dataclass(frozen=True)
 class Scan:
-    """Voxels (float32 [i, j, k]), the voxel -> RAS mm affine, and what was read, in words."""
+    """Voxels (float32 [i, j, k]), the voxel -> RAS mm affine, what was read, in words, and the kind of scan its
+    header states (DICOM Modality such as 'MR', 'CT'; None where the format has no such field)."""
 
     image: np.ndarray
     affine: np.ndarray
     description: str
+    stated_modality: str | None = None
 
 
 def load_scan(path: str | os.PathLike, *, series: str | None = None) -> Scan:
@@ -163,7 +165,9 @@ def _dicom_series(folder: Path, series: str | None) -> Scan:
     first = _header(Path(files[0]))
     if len(files) == 1:  # one file: a single slice or a multi-frame (enhanced) image
         scan = _itk_file(Path(files[0]))
-        return Scan(scan.image, scan.affine, _series_words(first, uid, len(files)))
+        return Scan(
+            scan.image, scan.affine, _series_words(first, uid, len(files)), _tag(first, "0008|0060") or None
+        )
     _check_declared(folder, list(first.GetSize()[:2]) + [len(files)], first.GetNumberOfComponents())
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
@@ -181,7 +185,7 @@ def _dicom_series(folder: Path, series: str | None) -> Scan:
         raise InputError(f"{folder}: series {uid} is a colour image; give a greyscale scan")
     _check_stack(folder, [_SliceTags(reader, index) for index in range(len(files))])
     voxels, affine = _array_and_affine(sitk, image)
-    return Scan(voxels, affine, _series_words(first, uid, len(files)))
+    return Scan(voxels, affine, _series_words(first, uid, len(files)), _tag(first, "0008|0060") or None)
 
 
 class _SliceTags:
