@@ -192,3 +192,19 @@ def test_a_ct_bundle_refuses_a_real_mr_head(trained, mr_heads, tmp_path, capsys)
     image, affine = mr_heads["pycortex S1"]
     with pytest.raises(InputError, match="does not look like a CT"):
         segment_task(load_bundle(ct_bundle), image, affine, "Bone")
+
+
+def test_the_declared_kind_of_scan_does_not_change_which_run_resumes():
+    """A run started before bundles declared their kind of scan (the same run otherwise) still resumes."""
+    from lsseg_training.run_config import TrainSettings
+    from lsseg_training.run_identity import RunIdentity
+
+    base = Preprocessing(spatial_dims=2, spacing=(1.0, 1.0), patch_size=(32, 32))
+    identities = [
+        RunIdentity("labelsharing", {"arch": "unet"}, prep, ("a",), ("b",), TrainSettings(), 1)
+        for prep in (base, base.replace(modality="MR"))
+    ]
+    assert identities[0].fingerprint() == identities[1].fingerprint()
+    wider = base.replace(spacing=(2.0, 2.0))  # what does train the weights still counts
+    other = RunIdentity("labelsharing", {"arch": "unet"}, wider, ("a",), ("b",), TrainSettings(), 1)
+    assert other.fingerprint() != identities[0].fingerprint()

@@ -227,6 +227,22 @@ def test_cancel_mid_run_leaves_the_scene_unchanged(scene, ls_bundle_path):
     assert _snapshot(scene) == before
 
 
+def test_a_real_ct_volume_is_refused_by_the_shipped_mr_bundle_and_nothing_is_added(scene):
+    """A clinician loads a head CT and picks the shipped (T1 MR) bundle: one message with the evidence, the
+    scene as it was, the volume untouched."""
+    from lsseg_training.data import sources
+    from lsseg_training.demo import LS_BUNDLE, shipped_bundles_dir
+
+    image, affine = sources.load_ct_head()
+    volume = geo.createScalarVolumeNode(scene, "Cranium CT", image, affine)
+    logic = _logic(scene, shipped_bundles_dir() / LS_BUNDLE)
+    voxels, before = _voxels(volume), _snapshot(scene)
+    with pytest.raises(InputError, match="looks like a CT, not an MR scan: 58% of its voxels lie near -1000"):
+        logic.segmentTask(volume, "AxialTissue")
+    assert _snapshot(scene) == before
+    np.testing.assert_array_equal(_voxels(volume), voxels)
+
+
 def test_failed_run_leaves_the_scene_unchanged(scene, ls_bundle_path):
     logic = _logic(scene, ls_bundle_path)
     volume = _target(scene)

@@ -31,6 +31,14 @@ def _plain(value):
     return value
 
 
+def _weights_preprocessing(preprocessing):
+    """The preprocessing without its ``modality``: the kind of scan a bundle declares (checked on its inputs) does
+    not train the weights, and runs started before bundles declared it must still resume."""
+    if isinstance(preprocessing, dict):
+        return {key: value for key, value in preprocessing.items() if key != "modality"}
+    return preprocessing
+
+
 @dataclass(frozen=True)
 class RunIdentity:
     method: str
@@ -47,7 +55,7 @@ class RunIdentity:
         identity = {
             "method": self.method,
             "network": _plain(self.network),
-            "preprocessing": _plain(self.preprocessing),
+            "preprocessing": _weights_preprocessing(_plain(self.preprocessing)),
             "train_cases": list(self.train_cases),
             "val_cases": list(self.val_cases),
             "batch": s.batch,
