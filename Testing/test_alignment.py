@@ -11,7 +11,7 @@ from LabelSharingSegLib.engine.atlas_segmentation import segment_atlas_labels
 from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.labels import LabelInfo
 from LabelSharingSegLib.engine.preprocessing import resample_to_grid
-from LabelSharingSegLib.engine.registration import register_affine
+from LabelSharingSegLib.engine.registration import Alignment, register_affine
 from lsseg_training.offatlas import move_off_atlas, random_transform
 
 sources = pytest.importorskip("lsseg_training.data.sources")
@@ -243,3 +243,16 @@ def test_a_flat_first_result_is_searched_again_from_wider_tilts():
     assert error < 4.0 and alignment.accepted and alignment.confident, (error, alignment.start)
     assert alignment.peak_sharpness > PEAK_CONFIDENT and ", -30, " in alignment.start
     assert "UNCERTAIN" not in alignment.summary()
+
+
+def test_the_summary_gives_the_sharpness_of_a_used_pose_only():
+    """Seen on a real proton-density series: a refused pose's sharpness printed as '-0%' beside world coordinates
+    that were kept instead of it."""
+    refused = Alignment(
+        np.eye(4), -0.014, -0.034, 0.72, 0.94, accepted=False, warning="w", peak_sharpness=-0.003
+    )
+    assert "sharpness" not in refused.summary() and refused.summary().startswith("alignment refused")
+    flat = Alignment(np.eye(4), -0.2, -0.1, 0.9, 0.5, confident=False, warning="w", peak_sharpness=-0.003)
+    assert "sharpness of the match 0% of the images' own" in flat.summary()
+    sharp = Alignment(np.eye(4), -0.3, -0.1, 0.99, 0.5, peak_sharpness=0.71)
+    assert sharp.summary().endswith("sharpness of the match 71% of the images' own")
