@@ -165,6 +165,22 @@ def test_a_series_whose_header_says_ct_is_refused_by_an_mr_bundle(head, tmp_path
     assert "its header says it is CT, and this bundle was trained on MR scans" in err and not out.exists()
 
 
+def test_a_series_nested_in_an_export_tree_is_found_from_its_top_folder(head, tmp_path):
+    """A CD or PACS export puts series some folders down (DICOM/<patient>/<study>/<series>/)."""
+    image, affine = head
+    top = tmp_path / "export"
+    _write_series(top / "DICOM" / "PAT1" / "ST1" / "SE1", image, affine, description="T1 nested")
+    (top / "README.TXT").write_text("exported")
+    scan = load_scan(top)
+    assert "'T1 nested'" in scan.description and np.array_equal(scan.image, image)
+    _write_series(
+        top / "DICOM" / "PAT1" / "ST1" / "SE2", image[:, :, :10], affine, uid="1.2.3.9", description="b"
+    )
+    with pytest.raises(InputError, match="2 DICOM series"):
+        load_scan(top)
+    assert load_scan(top, series="1.2.3.9").image.shape == (58, 72, 10)
+
+
 def test_a_folder_of_several_series_asks_which(head, tmp_path, capsys, ls_bundle_path):
     image, affine = head
     folder = tmp_path / "study"
@@ -209,7 +225,7 @@ def test_a_sheared_series_is_refused(head, tmp_path):
 
 
 def test_files_that_are_not_one_greyscale_scan_are_refused(tmp_path):
-    with pytest.raises(InputError, match="no DICOM series in this folder"):
+    with pytest.raises(InputError, match="no DICOM series in this folder or its sub-folders"):
         load_scan(tmp_path)
     with pytest.raises(InputError, match="not found"):
         load_scan(tmp_path / "nothing.nrrd")

@@ -111,7 +111,9 @@ class Alignment:
         # the sharpness of a refused pose says nothing about the world coordinates kept instead; below zero (the
         # match improves off the pose: no optimum at all) it reads as 0%
         if not math.isnan(self.peak_sharpness) and self.accepted:
-            quality += f", sharpness of the match {_percent(max(self.peak_sharpness, 0.0))} of the images' own"
+            quality += (
+                f", sharpness of the match {_percent(max(self.peak_sharpness, 0.0))} of the images' own"
+            )
         if not self.accepted:
             return f"alignment refused, world coordinates kept: {self.warning}; {quality}"
         if not self.confident:

@@ -27,6 +27,7 @@ MAX_SCAN_VOXELS = 2**31
 # Slice positions may differ from even steps by this share of a step (scanners round positions to 0.01 mm or so).
 _SPACING_TOLERANCE = 0.02
 _RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_MAX_FOLDERS = 2000  # a DICOM export's tree, not a whole disk
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,8 @@ class Scan:
 
 
 def load_scan(path: str | os.PathLike, *, series: str | None = None) -> Scan:
-    """Read ``path``: a folder holding a DICOM series (``series``: its Series Instance UID, needed when the
-    folder holds several), one DICOM file (its series is read, from its folder), or a NIfTI, NRRD or MetaImage
+    """Read ``path``: a folder holding a DICOM series in it or its sub-folders (``series``: its Series Instance
+    UID, needed when the folder holds several), one DICOM file (its series is read, from its folder), or a NIfTI, NRRD or MetaImage
     file. Raises InputError naming the file and what is wrong."""
     path = Path(path)
     if path.is_dir():
@@ -149,19 +150,41 @@ def _tag(reader, key: str, default: str = "") -> str:
     return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else default
 
 
+def _series_in(folder: Path) -> list[str]:
+    """Series Instance UIDs of the DICOM files in ``folder`` and its sub-folders (a CD or PACS export nests them),
+    in the order first met."""
+    import SimpleITK as sitk
+
+    found: list[str] = []
+    for count, (where, names, _) in enumerate(os.walk(folder)):
+        if count >= _MAX_FOLDERS:
+            raise InputError(
+                f"{folder}: more than {_MAX_FOLDERS} folders below it; give the folder of the series"
+            )
+        names.sort()
+        found += [uid for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(where) if uid not in found]
+    return found
+
+
+def _series_files(folder: Path, uid: str) -> list[str]:
+    import SimpleITK as sitk
+
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid, False, True))
+
+
 def _dicom_series(folder: Path, series: str | None) -> Scan:
     import SimpleITK as sitk
 
-    found = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    found = _series_in(folder)
     if not found:
-        raise InputError(f"{folder}: no DICOM series in this folder (its sub-folders are not searched)")
+        raise InputError(f"{folder}: no DICOM series in this folder or its sub-folders")
     if series is None and len(found) > 1:
         listing = "; ".join(_series_line(folder, uid) for uid in found)
         raise InputError(f"{folder}: {len(found)} DICOM series, choose one with --series UID: {listing}")
     uid = series if series is not None else found[0]
     if uid not in found:
         raise InputError(f"{folder}: no DICOM series {uid!r} (found: {', '.join(found)})")
-    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+    files = _series_files(folder, uid)
     first = _header(Path(files[0]))
     if len(files) == 1:  # one file: a single slice or a multi-frame (enhanced) image
         scan = _itk_file(Path(files[0]))
@@ -207,9 +230,7 @@ def _series_words(reader, uid: str, count: int) -> str:
 
 
 def _series_line(folder: Path, uid: str) -> str:
-    import SimpleITK as sitk
-
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+    files = _series_files(folder, uid)
     return _series_words(_header(Path(files[0])), uid, len(files))
 
 
