@@ -42,9 +42,10 @@ def register(subparsers) -> None:
         description="Segment a scan with a bundle: a task of a label-sharing (or baseline) bundle "
         "(--task), or atlas labels with an LCS bundle (--atlas-labels: a label map on the bundle's atlas "
         "grid, one value per structure; --atlas-names names them). Writes a label map on the input grid "
-        "and a names table beside it (OUT.csv: value,name,color), both or neither; existing files are "
-        "replaced only with --overwrite, and never when they are one of the inputs. The scan may be a DICOM "
-        "series (its folder, or one of its files), NIfTI, NRRD or MetaImage.",
+        "and a names table beside it (OUT.csv: value,name,color), both or neither, or a Slicer segmentation "
+        "(OUT.seg.nrrd); existing files are replaced only with --overwrite, and never when they are one of "
+        "the inputs. The scan may be a DICOM series (a folder holding it, also in sub-folders, or one of its "
+        "files), NIfTI, NRRD or MetaImage.",
     )
     segment.add_argument("bundle", type=Path, help="bundle folder or .zip")
     segment.add_argument(
