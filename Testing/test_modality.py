@@ -24,8 +24,13 @@ from LabelSharingSegLib.engine.modality import (
     modality_mismatch,
     modality_of_channel,
     modality_of_channels,
+    weighting_of_channels,
+    weighting_of_name,
+    weighting_of_timing,
+    weighting_warning,
 )
 from LabelSharingSegLib.engine.preprocessing_config import IntensityConfig, Preprocessing
+from LabelSharingSegLib.engine.scan_io import load_scan
 from lsseg_training.cli import main
 from lsseg_training.data import sources
 from lsseg_training.datasets import make_case_folders, write_case, write_dataset_json
@@ -85,6 +90,12 @@ def test_a_bundle_declares_its_kind_and_a_ct_window_means_ct():
         Preprocessing.from_dict({**mr.to_dict(), "modality": "PET"})
     with pytest.raises(ConfigError, match="contradicts intensity mode ct_window"):
         Preprocessing(**base, intensity=IntensityConfig(mode="ct_window"), modality="MR")
+    t1 = Preprocessing(**base, modality="MR", contrast="T1")
+    assert Preprocessing.from_dict(t1.to_dict()) == t1
+    with pytest.raises(ConfigError, match="contrast is an MR weighting: it needs modality MR"):
+        Preprocessing(**base, contrast="T1")
+    with pytest.raises(ConfigError, match="preprocessing.contrast must be one of T1, T2, FLAIR, PD"):
+        Preprocessing(**base, modality="MR", contrast="DWI")
 
 
 def test_the_shipped_bundles_refuse_the_real_ct_before_aligning_it(ct_head, tmp_path):
@@ -162,6 +173,8 @@ def trained(tmp_path_factory):
 def test_training_declares_the_kind_its_channel_names_say(trained):
     _, _, _, mr_bundle, ct_bundle = trained
     assert load_bundle(mr_bundle).preprocessing.modality == "MR"
+    assert load_bundle(mr_bundle).preprocessing.contrast == "T1"  # channel name 'T1'
+    assert load_bundle(ct_bundle).preprocessing.contrast is None
     assert load_bundle(ct_bundle).preprocessing.modality == "CT"
     assert "Input: CT scans, spacing" in load_bundle(ct_bundle).summary()  # `lsseg info`, the module's panel
 
@@ -202,9 +215,64 @@ def test_the_declared_kind_of_scan_does_not_change_which_run_resumes():
     base = Preprocessing(spatial_dims=2, spacing=(1.0, 1.0), patch_size=(32, 32))
     identities = [
         RunIdentity("labelsharing", {"arch": "unet"}, prep, ("a",), ("b",), TrainSettings(), 1)
-        for prep in (base, base.replace(modality="MR"))
+        for prep in (base, base.replace(modality="MR", contrast="T1"))
     ]
     assert identities[0].fingerprint() == identities[1].fingerprint()
     wider = base.replace(spacing=(2.0, 2.0))  # what does train the weights still counts
     other = RunIdentity("labelsharing", {"arch": "unet"}, wider, ("a",), ("b",), TrainSettings(), 1)
     assert other.fingerprint() != identities[0].fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("name", "weighting"),
+    [
+        ("T1", "T1"),
+        ("t1w", "T1"),
+        ("T1gd", "T1"),
+        ("sag MPRAGE", "T1"),
+        ("AX T1 FLAIR", "T1"),  # T1-FLAIR is T1-weighted
+        ("AX T2 FLAIR", "FLAIR"),
+        ("FLAIR", "FLAIR"),
+        ("AX T2 FSE", "T2"),
+        ("t2w", "T2"),
+        ("T2* GRE", None),
+        ("FSE PD AXIAL OBL", "PD"),
+        ("DWI b1000", None),
+        ("localizer", None),
+        ("CT", None),
+    ],
+)
+def test_series_descriptions_and_channel_names_say_the_weighting(name, weighting):
+    assert weighting_of_name(name) == weighting
+
+
+def test_timing_says_the_weighting_where_the_name_does_not():
+    assert weighting_of_timing(2300, 22, None) == "PD"  # the real series: long TR, short TE
+    assert weighting_of_timing(500, 12, None) == "T1"  # spin echo T1
+    assert weighting_of_timing(2300, 2.9, 900) == "T1"  # MPRAGE: long TR as reported, inversion-prepared
+    assert weighting_of_timing(8.2, 3.2, 450) == "T1"  # IR-SPGR (TR as echo spacing)
+    assert weighting_of_timing(4000, 100, None) == "T2"
+    assert weighting_of_timing(9000, 120, 2500) == "FLAIR"
+    assert weighting_of_timing(1200, 45, None) is None  # in between: not said
+    assert weighting_of_timing(None, None, None) is None
+    assert weighting_of_channels(["T1", "t1w"]) == "T1" and weighting_of_channels(["T1", "T2"]) is None
+
+
+def test_a_real_pd_series_is_named_and_warned_about_but_segmented(tmp_path, capsys):
+    folder = sources.dicom_series_path()
+    scan = load_scan(folder)
+    assert scan.stated_weighting == "PD"
+    assert scan.weighting_evidence == "series 'FSE PD AXIAL OBL', TR 2300 ms, TE 22 ms"
+    shipped = shipped_bundles_dir() / LS_BUNDLE
+    assert load_bundle(shipped).preprocessing.contrast == "T1"
+    assert "Input: T1-weighted MR scans" in load_bundle(shipped).summary()
+    out = tmp_path / "labels.nii.gz"
+    command = ["segment", str(shipped), "-i", str(folder), "-o", str(out), "--task", "SagittalLobes"]
+    assert main([*command, "--align", "off", "--quiet", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "WARNING: the scan's DICOM header describes a PD-weighted scan (series 'FSE PD AXIAL OBL', TR 2300"
+        in err
+    )
+    assert "trained on T1-weighted scans" in err and out.exists()
+    assert weighting_warning("T1", "series 'T1'", "T1") is None and weighting_warning(None, "", "T1") is None

@@ -31,9 +31,11 @@ def make_preprocessing(
     overlap: float = 0.5,
     factor: int = 16,
     modality: str | None = None,
+    contrast: str | None = None,
 ) -> Preprocessing:
     """The bundle's preprocessing, validated (patch divisible by the network's pooling factor); ``modality``:
-    the kind of scan trained on ('MR', 'CT'), which inference then checks scans against."""
+    the kind of scan trained on ('MR', 'CT'), which inference then checks scans against; ``contrast``: its MR
+    weighting."""
     if len(spacing) != spatial_dims or len(patch_size) != spatial_dims:
         raise InputError(f"spacing and patch size need {spatial_dims} values each")
     if any(p % factor for p in patch_size):
@@ -46,6 +48,7 @@ def make_preprocessing(
             overlap=overlap,
             intensity=IntensityConfig.from_dict(intensity or {"mode": "zscore"}),
             modality=modality,
+            contrast=contrast if modality == "MR" else None,
         )
     except ConfigError as exc:  # these values come from the command line or the data plan
         raise InputError(str(exc)) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from LabelSharingSegLib.engine.device import DEVICE_CHOICES
 from LabelSharingSegLib.engine.errors import InputError
 from LabelSharingSegLib.engine.labels import LabelInfo, default_color, labels_from_csv, labels_to_csv
 from LabelSharingSegLib.engine.labelspace import SharedLabelSpace, average_relative_sizes
-from LabelSharingSegLib.engine.modality import check_stated_modality
+from LabelSharingSegLib.engine.modality import check_stated_modality, weighting_warning
 from LabelSharingSegLib.engine.nifti_io import has_nifti_ending, load_nifti, nifti_ending, write_nifti_file
 from LabelSharingSegLib.engine.outputs import require_writable_outputs
 from LabelSharingSegLib.engine.scan_io import load_scan
@@ -214,6 +215,9 @@ def run_segment(args: argparse.Namespace) -> int:
     image, affine = scan.image, scan.affine
     if not args.quiet:
         print(f"read {scan.description}: {image.shape} voxels")
+    warning = weighting_warning(scan.stated_weighting, scan.weighting_evidence, bundle.preprocessing.contrast)
+    if warning is not None:  # shown even with --quiet, as an uncertain alignment is
+        print(f"WARNING: {warning}", file=sys.stderr)
     progress = None if args.quiet else _print_progress
     align = {"auto": None, "on": True, "off": False}[args.align]
     with disk_cache_off() if args.no_cache else contextlib.nullcontext():

@@ -22,7 +22,14 @@ from .datasets import NnUNetDataset, as_volume, load_case
 from .distributed import distributed_session
 from .label_hierarchy import LabelHierarchy, read_coarse_map
 from .methods import LCSMethod
-from .planning import declared_modality, detect_dims, load_datasets, reference_image, split_cases
+from .planning import (
+    declared_contrast,
+    declared_modality,
+    detect_dims,
+    load_datasets,
+    reference_image,
+    split_cases,
+)
 from .run_config import LCSRunConfig
 from .run_identity import RunIdentity
 from .samples import ToAtlasGrid, cache_items
@@ -97,9 +104,14 @@ def plan_atlas(config: LCSRunConfig, dataset: NnUNetDataset, hierarchy: LabelHie
     if not present:
         raise InputError(f"atlas case {atlas_id!r} has no labels on the model grid")
     patch = [s + (-s) % factor for s in grid_shape[:dims]]
-    modality = declared_modality([dataset])
     prep = factory.make_preprocessing(
-        dims, spacing, patch, {"mode": settings.intensity}, factor=factor, modality=modality
+        dims,
+        spacing,
+        patch,
+        {"mode": settings.intensity},
+        factor=factor,
+        modality=declared_modality([dataset]),
+        contrast=declared_contrast([dataset]),
     )
     return AtlasPlan(
         atlas_id, on_grid(raw, "bilinear"), atlas_labels, grid_affine, grid_shape, present, names, lut, prep

@@ -9,7 +9,7 @@ import numpy as np
 
 from LabelSharingSegLib.engine.errors import DatasetError, InputError
 from LabelSharingSegLib.engine.labelspace import SharedLabelSpace, average_relative_sizes
-from LabelSharingSegLib.engine.modality import modality_mismatch, modality_of_channels
+from LabelSharingSegLib.engine.modality import modality_mismatch, modality_of_channels, weighting_of_channels
 from LabelSharingSegLib.engine.nifti_io import load_nifti
 from LabelSharingSegLib.engine.preprocessing_config import Preprocessing
 
@@ -86,7 +86,13 @@ def plan_preprocessing(settings: TrainSettings, datasets: list[NnUNetDataset], f
         {"mode": settings.intensity},
         factor=factor,
         modality=declared_modality(datasets),
+        contrast=declared_contrast(datasets),
     )
+
+
+def declared_contrast(datasets: list[NnUNetDataset]) -> str | None:
+    """The MR weighting ('T1', 'T2', 'FLAIR', 'PD') the datasets' channel names all declare, else None."""
+    return weighting_of_channels(name for dataset in datasets for name in dataset.channel_names.values())
 
 
 def declared_modality(datasets: list[NnUNetDataset]) -> str | None:

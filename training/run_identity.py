@@ -32,10 +32,10 @@ def _plain(value):
 
 
 def _weights_preprocessing(preprocessing):
-    """The preprocessing without its ``modality``: the kind of scan a bundle declares (checked on its inputs) does
-    not train the weights, and runs started before bundles declared it must still resume."""
+    """The preprocessing without its ``modality`` and ``contrast``: the kind of scan a bundle declares (checked on
+    its inputs) does not train the weights, and runs started before bundles declared it must still resume."""
     if isinstance(preprocessing, dict):
-        return {key: value for key, value in preprocessing.items() if key != "modality"}
+        return {key: value for key, value in preprocessing.items() if key not in ("modality", "contrast")}
     return preprocessing
 
 

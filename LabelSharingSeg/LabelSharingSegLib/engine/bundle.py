@@ -166,7 +166,12 @@ class Bundle:
             f"{net.out_channels} output channel(s)"
         )
         prep = self.preprocessing
-        kind = f"{prep.scan_modality} scans" if prep.scan_modality else "scans of any kind (none declared)"
+        weighting = f"{prep.contrast}-weighted " if prep.contrast else ""
+        kind = (
+            f"{weighting}{prep.scan_modality} scans"
+            if prep.scan_modality
+            else "scans of any kind (none declared)"
+        )
         lines.append(f"Input: {kind}, spacing {list(prep.spacing)} mm, intensity {prep.intensity.mode}")
         for task in self.tasks:
             names = ", ".join(label.name for label in task.labels)

@@ -45,6 +45,57 @@ def modality_of_channels(names: Iterable[str]) -> str | None:
     return kinds[0] if kinds and all(kind == kinds[0] for kind in kinds) else None
 
 
+# MR weightings a bundle may declare (``preprocessing.contrast``) and a DICOM header may reveal. A network trained
+# on one sees another as a different image: the real proton-density series of the tests, given to the shipped T1
+# bundle, was not even aligned to its reference.
+WEIGHTINGS = ("T1", "T2", "FLAIR", "PD")
+_T1_NAME = re.compile(r"(^|[^a-z0-9])(t1|mprage|spgr|bravo|tfe)", re.IGNORECASE)
+_T2_NAME = re.compile(r"(^|[^a-z0-9])t2(?!\*|star)", re.IGNORECASE)
+_PD_NAME = re.compile(r"(^|[^a-z0-9])pd", re.IGNORECASE)
+_FLAIR_NAME = re.compile(r"flair", re.IGNORECASE)
+
+
+def weighting_of_name(name: str) -> str | None:
+    """The MR weighting a channel name or series description names ('T1', 'T2', 'FLAIR', 'PD'), else None
+    (none, or T2*, another contrast). T1-FLAIR is T1-weighted; T2-FLAIR, or FLAIR alone, is FLAIR."""
+    text = str(name)
+    t1 = bool(_T1_NAME.search(text))
+    if _FLAIR_NAME.search(text):
+        return "T1" if t1 else "FLAIR"
+    if t1:
+        return "T1"
+    if _T2_NAME.search(text):
+        return "T2"
+    if _PD_NAME.search(text):
+        return "PD"
+    return None
+
+
+def weighting_of_channels(names: Iterable[str]) -> str | None:
+    """The one weighting every channel name says, or None."""
+    kinds = [weighting_of_name(name) for name in names]
+    return kinds[0] if kinds and all(kind == kinds[0] for kind in kinds) else None
+
+
+def weighting_of_timing(tr_ms: float | None, te_ms: float | None, ti_ms: float | None) -> str | None:
+    """The weighting MR physics reads from repetition, echo and inversion times (ms), None when they do not say
+    it clearly: a long inversion nulls fluid (FLAIR); a long echo weights T2; a medium inversion prepares T1
+    (MPRAGE, IR-SPGR); short repetition and echo weight T1; long repetition with short echo weights PD."""
+    if ti_ms is not None and ti_ms >= 1500:
+        return "FLAIR"
+    if te_ms is not None and te_ms >= 60:
+        return "T2"
+    if ti_ms is not None and 300 <= ti_ms < 1500:
+        return "T1"
+    if tr_ms is None or te_ms is None:
+        return None
+    if tr_ms <= 1000 and te_ms <= 30:
+        return "T1"
+    if tr_ms >= 1500 and te_ms <= 40:
+        return "PD"
+    return None
+
+
 def _sample(image: np.ndarray) -> np.ndarray:
     flat = np.asarray(image).reshape(-1)
     return flat[:: flat.size // _SAMPLED_VOXELS] if flat.size > 2 * _SAMPLED_VOXELS else flat
@@ -103,3 +154,14 @@ def check_stated_modality(stated: str | None, modality: str | None, *, what: str
             f"{what}: its header says it is {stated}, and this bundle was trained on {modality} scans; "
             f"{_WHAT_TO_DO[modality]}"
         )
+
+
+def weighting_warning(stated: str | None, evidence: str, contrast: str | None) -> str | None:
+    """A warning when a scan's header reveals another MR weighting than the bundle's ``contrast`` (None when
+    either is unknown or they agree). A warning, not a refusal: headers are read by rules that can be fooled."""
+    if stated is None or contrast is None or stated == contrast:
+        return None
+    return (
+        f"the scan's DICOM header describes a {stated}-weighted scan ({evidence}), and this bundle was trained on "
+        f"{contrast}-weighted scans: its labels may be wrong"
+    )

@@ -22,7 +22,7 @@ from .config_checks import (
     require,
 )
 from .errors import ConfigError
-from .modality import MODALITIES
+from .modality import MODALITIES, WEIGHTINGS
 
 INTENSITY_MODES = ("zscore", "percentile", "ct_window", "none")
 # Generous bounds: far beyond any real model, small enough that nothing absurd gets allocated.
@@ -87,9 +87,10 @@ class IntensityConfig:
 class Preprocessing:
     """Model grid and input handling of a bundle: ``spacing`` (mm per axis), ``patch_size`` (voxels, the
     sliding-window size), ``orientation`` (axis codes 3D images are reoriented to), ``overlap`` of the
-    sliding windows, the intensity normalisation and ``modality``, the kind of scan trained on ('MR', 'CT' or
-    None: not declared; :mod:`.modality` refuses scans that plainly are not that kind). 2D bundles give two
-    values per list."""
+    sliding windows, the intensity normalisation, ``modality``, the kind of scan trained on ('MR', 'CT' or
+    None: not declared; :mod:`.modality` refuses scans that plainly are not that kind) and, for MR, ``contrast``,
+    its weighting ('T1', 'T2', 'FLAIR', 'PD' or None; a DICOM header revealing another one is warned about).
+    2D bundles give two values per list."""
 
     spatial_dims: int
     spacing: tuple[float, ...]
@@ -98,6 +99,7 @@ class Preprocessing:
     overlap: float = 0.5
     intensity: IntensityConfig = field(default_factory=IntensityConfig)
     modality: str | None = None
+    contrast: str | None = None
 
     _FIELDS: ClassVar[tuple[str, ...]] = (
         "spatial_dims",
@@ -107,6 +109,7 @@ class Preprocessing:
         "overlap",
         "intensity",
         "modality",
+        "contrast",
     )
 
     def __post_init__(self) -> None:
@@ -143,6 +146,10 @@ class Preprocessing:
                 raise ConfigError(
                     f"preprocessing.modality {self.modality} contradicts intensity mode ct_window (a CT window)"
                 )
+        if self.contrast is not None:
+            check_choice("preprocessing.contrast", self.contrast, WEIGHTINGS)
+            if self.modality != "MR":
+                raise ConfigError("preprocessing.contrast is an MR weighting: it needs modality MR")
         object.__setattr__(self, "spacing", spacing)
         object.__setattr__(self, "patch_size", patch)
         object.__setattr__(self, "overlap", float(self.overlap))
@@ -169,6 +176,7 @@ class Preprocessing:
             "overlap": self.overlap,
             "intensity": self.intensity.to_dict(),
             **({} if self.modality is None else {"modality": self.modality}),
+            **({} if self.contrast is None else {"contrast": self.contrast}),
         }
 
     @property

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .modality import weighting_of_name, weighting_of_timing
 from .nifti_io import has_nifti_ending, load_nifti
 
 ITK_ENDINGS = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -39,6 +40,8 @@ class Scan:
     affine: np.ndarray
     description: str
     stated_modality: str | None = None
+    stated_weighting: str | None = None  # MR weighting ('T1', 'T2', 'FLAIR', 'PD') the header reveals
+    weighting_evidence: str = ""  # what revealed it, in words
 
 
 def load_scan(path: str | os.PathLike, *, series: str | None = None) -> Scan:
@@ -188,9 +191,7 @@ def _dicom_series(folder: Path, series: str | None) -> Scan:
     first = _header(Path(files[0]))
     if len(files) == 1:  # one file: a single slice or a multi-frame (enhanced) image
         scan = _itk_file(Path(files[0]))
-        return Scan(
-            scan.image, scan.affine, _series_words(first, uid, len(files)), _tag(first, "0008|0060") or None
-        )
+        return _dicom_scan(scan.image, scan.affine, first, uid, len(files))
     _check_declared(folder, list(first.GetSize()[:2]) + [len(files)], first.GetNumberOfComponents())
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
@@ -208,7 +209,32 @@ def _dicom_series(folder: Path, series: str | None) -> Scan:
         raise InputError(f"{folder}: series {uid} is a colour image; give a greyscale scan")
     _check_stack(folder, [_SliceTags(reader, index) for index in range(len(files))])
     voxels, affine = _array_and_affine(sitk, image)
-    return Scan(voxels, affine, _series_words(first, uid, len(files)), _tag(first, "0008|0060") or None)
+    return _dicom_scan(voxels, affine, first, uid, len(files))
+
+
+def _dicom_scan(voxels: np.ndarray, affine: np.ndarray, first, uid: str, count: int) -> Scan:
+    """The scan with what its (first file's) header states: modality and, for MR, the weighting, read from the
+    series description or else from the repetition, echo and inversion times."""
+    modality = _tag(first, "0008|0060") or None
+    weighting, evidence = None, ""
+    if modality == "MR":
+        described = _tag(first, "0008|103e")
+        times = {
+            name: _milliseconds(first, key)
+            for name, key in (("TR", "0018|0080"), ("TE", "0018|0081"), ("TI", "0018|0082"))
+        }
+        timing = ", ".join(f"{name} {value:g} ms" for name, value in times.items() if value is not None)
+        weighting = weighting_of_name(described) or weighting_of_timing(times["TR"], times["TE"], times["TI"])
+        evidence = ", ".join(part for part in (f"series {described!r}" if described else "", timing) if part)
+    return Scan(voxels, affine, _series_words(first, uid, count), modality, weighting, evidence)
+
+
+def _milliseconds(reader, key: str) -> float | None:
+    try:
+        value = float(_tag(reader, key).split("\\")[0])
+    except ValueError:
+        return None
+    return value if np.isfinite(value) and value > 0 else None
 
 
 class _SliceTags:
