@@ -46,8 +46,8 @@ class Scan:
 
 def load_scan(path: str | os.PathLike, *, series: str | None = None) -> Scan:
     """Read ``path``: a folder holding a DICOM series in it or its sub-folders (``series``: its Series Instance
-    UID, needed when the folder holds several), one DICOM file (its series is read, from its folder), or a NIfTI, NRRD or MetaImage
-    file. Raises InputError naming the file and what is wrong."""
+    UID, needed when the folder holds several), one DICOM file (its series is read, from its folder), or a
+    NIfTI, NRRD or MetaImage file. Raises InputError naming the file and what is wrong."""
     path = Path(path)
     if path.is_dir():
         if has_nifti_ending(path):
