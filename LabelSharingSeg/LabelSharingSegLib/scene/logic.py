@@ -20,6 +20,7 @@ import numpy as np
 
 from ..engine.errors import CancelledError, InputError
 from ..engine.labels import LabelInfo
+from ..engine.modality import check_scan_modality
 from ..worker.client import SubprocessWorker, WorkerJob
 from . import atlassegments
 from . import geometry as geo
@@ -162,6 +163,8 @@ class SegmentationSceneLogic:
             )
         if not np.all(np.isfinite(image)):
             raise InputError(f"'{volumeNode.GetName()}' contains NaN or infinite voxel values.")
+        # here, before a worker starts, so that a CT given to an MR bundle is refused at once
+        check_scan_modality(image, bundle.preprocessing.scan_modality, what=f"'{volumeNode.GetName()}'")
         return image, geometry
 
     def _checkOutputNode(self, outputNode):
