@@ -1,6 +1,7 @@
 """A bundle refuses a scan of the other kind (CT vs MR) with the evidence, before aligning or writing anything:
 real scans (a head CT in Hounsfield units, two T1 heads), the shipped bundles, and bundles trained here whose
-kind comes from their datasets' channel names."""
+kind comes from their datasets' channel names. An MR bundle's weighting (T1, T2, FLAIR, PD) is compared with what
+a DICOM header reveals, and another one is warned about (a real proton-density series)."""
 
 from __future__ import annotations
 
