@@ -39,10 +39,14 @@ def modality_of_channel(name: str) -> str | None:
     return None
 
 
+def _agreed(kinds: list[str | None]) -> str | None:
+    """The one value all of ``kinds`` say, or None when any says none or they disagree."""
+    return kinds[0] if kinds and all(kind == kinds[0] for kind in kinds) else None
+
+
 def modality_of_channels(names: Iterable[str]) -> str | None:
     """The one kind every channel name says, or None when any says neither or they disagree."""
-    kinds = [modality_of_channel(name) for name in names]
-    return kinds[0] if kinds and all(kind == kinds[0] for kind in kinds) else None
+    return _agreed([modality_of_channel(name) for name in names])
 
 
 # MR weightings a bundle may declare (``preprocessing.contrast``) and a DICOM header may reveal. A network trained
@@ -73,8 +77,7 @@ def weighting_of_name(name: str) -> str | None:
 
 def weighting_of_channels(names: Iterable[str]) -> str | None:
     """The one weighting every channel name says, or None."""
-    kinds = [weighting_of_name(name) for name in names]
-    return kinds[0] if kinds and all(kind == kinds[0] for kind in kinds) else None
+    return _agreed([weighting_of_name(name) for name in names])
 
 
 def weighting_of_timing(tr_ms: float | None, te_ms: float | None, ti_ms: float | None) -> str | None:
