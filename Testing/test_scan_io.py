@@ -40,10 +40,9 @@ def head():
     image, affine = sources.load_system_image(sources.COLIN27_HEAD)
     grid = _turned(20.0)
     shape = (58, 72, 50)
-    voxels = resample_to_grid(torch.as_tensor(image)[None], grid, shape, mode="bilinear", src_affine=affine)[
-        0
-    ]
-    return np.round(voxels.numpy()).astype(np.float32), grid
+    source = torch.as_tensor(image)[None]
+    voxels = resample_to_grid(source, grid, shape, mode="bilinear", src_affine=affine)[0].numpy()
+    return np.round(voxels).astype(np.float32), grid
 
 
 def _write_series(
