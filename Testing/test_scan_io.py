@@ -45,6 +45,17 @@ def head():
     return np.round(voxels).astype(np.float32), grid
 
 
+def _itk_volume(image, affine):
+    """``image`` (float [i, j, k], RAS affine) as an int16 SimpleITK volume (LPS, array [k, j, i])."""
+    lps = _LPS @ affine
+    volume = sitk.GetImageFromArray(image.astype(np.int16).transpose(2, 1, 0))
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    volume.SetSpacing([float(s) for s in spacing])
+    volume.SetDirection([float(v) for v in (lps[:3, :3] / spacing).ravel()])
+    volume.SetOrigin([float(v) for v in lps[:3, 3]])
+    return volume
+
+
 def _write_series(
     folder,
     image,
@@ -59,13 +70,9 @@ def _write_series(
     """Write ``image`` (float [i, j, k], RAS affine) as one DICOM file per slice k, as a scanner would: position
     and orientation of each slice, its number, the series' UID, description and modality."""
     folder.mkdir(parents=True, exist_ok=True)
-    lps = _LPS @ affine
-    volume = sitk.GetImageFromArray(image.astype(np.int16).transpose(2, 1, 0))
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    direction = lps[:3, :3] / spacing
-    volume.SetSpacing([float(s) for s in spacing])
-    volume.SetDirection([float(v) for v in direction.ravel()])
-    volume.SetOrigin([float(v) for v in lps[:3, 3]])
+    volume = _itk_volume(image, affine)
+    direction = np.asarray(volume.GetDirection()).reshape(3, 3)
+    spacing = volume.GetSpacing()
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     orientation = "\\".join(f"{v:.6f}" for v in (*direction[:, 0], *direction[:, 1]))
@@ -120,13 +127,7 @@ def test_dicom_nrrd_and_metaimage_give_the_voxels_and_affine_of_nifti(head, tmp_
         if ending == "nii.gz":
             nib.save(nib.Nifti1Image(image.astype(np.int16), affine), str(path))
         else:
-            volume = sitk.GetImageFromArray(image.astype(np.int16).transpose(2, 1, 0))
-            lps = _LPS @ affine
-            spacing = np.linalg.norm(lps[:3, :3], axis=0)
-            volume.SetSpacing([float(s) for s in spacing])
-            volume.SetDirection([float(v) for v in (lps[:3, :3] / spacing).ravel()])
-            volume.SetOrigin([float(v) for v in lps[:3, 3]])
-            sitk.WriteImage(volume, str(path))
+            sitk.WriteImage(_itk_volume(image, affine), str(path))
         read = load_scan(path)
         assert np.array_equal(read.image, image), ending
         assert np.allclose(read.affine, affine, atol=1e-5), ending
