@@ -1,7 +1,10 @@
 """The atlas's brain as a window on an aligned scan (engine/atlas_brain.py): LCS sees a whole-head scan as a
-brain-only image once it is aligned, and sees everything when it is not."""
+brain-only image once it is aligned, and sees everything when it is not; a scan left with no trusted pose is not
+segmented at all."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -105,6 +108,59 @@ def test_an_aligned_scan_is_seen_through_the_window_and_an_unaligned_one_whole(b
             brain_only_lcs, head, AFFINE, masks, labels, device="cpu", network=spy, align=align, method="lcs"
         )
         torch.testing.assert_close(spy.seen[0], expected.target)
+
+
+def test_a_scan_with_no_trusted_pose_is_refused_before_the_network_runs(brain_only_lcs, ls_bundle_path):
+    """A refused alignment whose world coordinates were measured to match the reference no better leaves the scan
+    no pose to segment it in: refused, by task bundles and LCS alike, the network never run. World coordinates
+    that match sharply (a scan already in the reference's space) are used as before."""
+    from LabelSharingSegLib.engine.bundle import load_bundle
+    from LabelSharingSegLib.engine.errors import UnplacedScanError
+    from LabelSharingSegLib.engine.inference import segment_task
+
+    head = _whole_head()
+    atlas_labels, _, labels = brain_only_lcs.atlas_labels()
+    masks = np.stack([atlas_labels == label.value for label in labels])
+    refused = Alignment(np.eye(4), -0.1, -0.5, accepted=False, warning="worse than none")
+    unplaced, placed = replace(refused, identity_sharpness=0.13), replace(refused, identity_sharpness=0.8)
+    assert not unplaced.places_scan and placed.places_scan and refused.places_scan  # NaN: never measured
+    assert "sharpness of the match in world coordinates 13%" in unplaced.summary()
+    task_bundle = load_bundle(ls_bundle_path)
+    task = task_bundle.task_names()[0]
+    spy, task_spy = _Spy(brain_only_lcs.build_network()), _Calls(task_bundle.build_network())
+    refusal = "nothing was segmented: worse than none; the match in world coordinates is 13%"
+    with pytest.raises(UnplacedScanError, match=refusal):
+        segment_atlas_labels(
+            brain_only_lcs,
+            head,
+            AFFINE,
+            masks,
+            labels,
+            device="cpu",
+            network=spy,
+            align=unplaced,
+            method="lcs",
+        )
+    with pytest.raises(UnplacedScanError, match=refusal):
+        segment_task(task_bundle, head, AFFINE, task, device="cpu", network=task_spy, align=unplaced)
+    assert not spy.seen and not task_spy.seen
+    segment_atlas_labels(
+        brain_only_lcs, head, AFFINE, masks, labels, device="cpu", network=spy, align=placed, method="lcs"
+    )
+    segment_task(task_bundle, head, AFFINE, task, device="cpu", network=task_spy, align=placed)
+    assert spy.seen and task_spy.seen
+
+
+class _Calls(torch.nn.Module):
+    """A task bundle's network, recording each call."""
+
+    def __init__(self, network):
+        super().__init__()
+        self.network, self.seen = network, []
+
+    def forward(self, *args, **kwargs):
+        self.seen.append(args[0].shape)
+        return self.network(*args, **kwargs)
 
 
 def _ellipsoid(shift_voxels: float = 0.0) -> tuple[np.ndarray, np.ndarray]:

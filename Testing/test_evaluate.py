@@ -183,3 +183,39 @@ def test_evaluate_with_align_off_needs_no_registration(tmp_path, monkeypatch, ca
     assert lsseg("evaluate", lcs, shipped, *args, "--out", tmp_path / "refine") == 2  # before lcs is scored
     assert "corrects a registration" in capsys.readouterr().err
     assert not (tmp_path / "refine").exists()
+
+
+def test_a_scan_refused_for_want_of_a_pose_is_scored_empty_and_noted(tmp_path, monkeypatch):
+    """A test case whose alignment is refused while its world coordinates match nothing is what `lsseg segment`
+    refuses: the evaluation goes on, scores it as the empty segmentation a user gets, and says so. (The
+    registration is replaced by such a result; how one arises on a real scan: Testing/test_realscan.py.)"""
+    from LabelSharingSegLib.engine import inference
+    from LabelSharingSegLib.engine.registration import Alignment
+    from lsseg_training.data.build import build_set
+
+    (aal,) = build_set("brain-aal", tmp_path / "data", cases=2, test_cases=1, spacing=8.0, progress=None)
+    bundles = [tmp_path / "multichannel", tmp_path / "lcs"]
+    reference = (
+        "--reference",
+        sorted((aal / "imagesTr").iterdir())[0],
+    )  # so that the task bundle aligns scans
+    assert (
+        lsseg("train", "multichannel", "--data", aal, "--out", bundles[0], "--steps", 1, *reference, *TINY)
+        == 0
+    )
+    coarse = ("--coarse-map", aal / "label_hierarchy.json")  # AAL's finest labels are single voxels at 8 mm
+    assert lsseg("train", "lcs", "--data", aal, "--out", bundles[1], "--steps", 1, *coarse, *TINY) == 0
+    unplaced = Alignment(
+        np.eye(4), -0.01, -0.03, accepted=False, warning="worse than no alignment", identity_sharpness=0.1
+    )
+    monkeypatch.setattr(inference, "affine_alignment", lambda *args, **kwargs: unplaced)
+    report = tmp_path / "report"
+    assert lsseg("evaluate", *bundles, "--data", aal, "--device", "cpu", "--no-hd95", "--out", report) == 0
+    with open(report / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["method"] for r in rows} == {"multichannel", "lcs"}
+    scored = [float(r["dice"]) for r in rows if not math.isnan(float(r["dice"]))]
+    assert scored and all(value == 0.0 for value in scored)  # every label present in the truth missed
+    summary = (report / "summary.md").read_text()
+    for method in ("multichannel", "lcs"):
+        assert f"{method} refused the scan, scored as an empty segmentation" in summary

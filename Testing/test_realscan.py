@@ -103,6 +103,46 @@ def test_the_quality_check_refuses_a_registration_worse_than_none(colin):
     assert unchecked.warning and not np.allclose(unchecked.matrix, np.eye(4))
 
 
+def test_a_refused_alignment_keeps_world_coordinates_only_where_they_place_the_scan(colin):
+    """Refused from a wrong start, the registration keeps the world coordinates. Those of a head stored in the
+    reference's space match as sharply as a true alignment (measured 99%), so the scan is still segmented; those of
+    a head stored 60 mm off match flatly (measured 14%), so it is not (``places_scan``)."""
+    head, brain, affine = colin
+    wrong = np.eye(4)
+    wrong[:3, :3] = np.diag([1.0, -1.0, -1.0])
+    wrong[:3, 3] = [0.0, 30.0, -40.0]
+    far = affine.copy()
+    far[:3, 3] += [0.0, 60.0, 0.0]
+    kept = register_affine(head, affine, brain, affine, initial=wrong, stages=("rigid",))
+    lost = register_affine(head, far, brain, affine, initial=wrong, stages=("rigid",))
+    assert not kept.accepted and kept.identity_sharpness > 0.9 and kept.places_scan
+    assert not lost.accepted and lost.identity_sharpness < 0.3 and not lost.places_scan
+    assert "sharpness of the match in world coordinates" in lost.summary()
+
+
+def test_a_real_series_with_no_pose_on_the_reference_is_refused_and_nothing_written(tmp_path, capsys):
+    """A real proton-density series (scripts/system_data.sh) given to the shipped T1 bundle: the registration
+    scores worse than none and the scanner's coordinates match the template flatly (measured 13% as sharp as the
+    images' own), so it is refused with one line (it was once segmented, exit status 0). Alignment off segments it
+    in world coordinates as asked (Testing/test_modality.py)."""
+    from train_helpers import lsseg
+
+    from LabelSharingSegLib.engine.registration import PEAK_CONFIDENT
+    from lsseg_training.demo import LS_BUNDLE, shipped_bundles_dir
+
+    out = tmp_path / "labels.nii.gz"
+    command = ["segment", str(shipped_bundles_dir() / LS_BUNDLE), "-i", str(sources.dicom_series_path())]
+    assert lsseg(*command, "-o", out, "--task", "SagittalLobes", "--quiet", "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    assert (
+        "could not be aligned to the bundle's reference, and its own world coordinates do not place it" in err
+    )
+    assert "nothing was segmented" in err and "with automatic alignment off" in err
+    sharpness = float(err.split("the match in world coordinates is ")[1].split("%")[0]) / 100
+    assert sharpness < PEAK_CONFIDENT - 0.2
+    assert not any(tmp_path.iterdir())  # nothing written, not even a part file
+
+
 def test_every_shipped_bundle_segments_the_real_scan(tmp_path):
     """The demo's real-scan section with the shipped bundles (a coarse 6 mm scanner grid to stay quick): label
     sharing aligned and not, and on the held-out template against the same AAL truth; LCS aligned and not; the

@@ -99,12 +99,19 @@ def test_a_cached_alignment_keeps_its_confidence_check():
         start="s",
         peak_sharpness=0.2,
         confident=False,
+        identity_sharpness=0.0,  # NaN would not equal itself
     )
     back = cache.decode_alignment(cache.encode_alignment(uncertain))
     assert (
         back == replace(uncertain, matrix=back.matrix) and not back.confident and back.peak_sharpness == 0.2
     )
     assert back.summary() == uncertain.summary()
+    # a refused one keeps whether its world coordinates place the scan (what decides if it is segmented at all)
+    for world in (0.13, 0.7):
+        refused = replace(uncertain, accepted=False, confident=True, identity_sharpness=world)
+        back = cache.decode_alignment(cache.encode_alignment(refused))
+        assert back == replace(refused, matrix=back.matrix) and back.places_scan == (world > 0.55)
+        assert back.summary() == refused.summary()
 
 
 def test_unreadable_foreign_or_pickled_cache_files_are_recomputed(registration_cache):

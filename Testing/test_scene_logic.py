@@ -11,7 +11,7 @@ from vtk.util import numpy_support  # noqa: E402
 
 from LabelSharingSegLib.engine import inference  # noqa: E402
 from LabelSharingSegLib.engine.bundle import load_bundle  # noqa: E402
-from LabelSharingSegLib.engine.errors import CancelledError, InputError  # noqa: E402
+from LabelSharingSegLib.engine.errors import CancelledError, InputError, LabelSharingSegError  # noqa: E402
 from LabelSharingSegLib.scene import geometry as geo  # noqa: E402
 from LabelSharingSegLib.scene import segments as seg  # noqa: E402
 from LabelSharingSegLib.scene.logic import SegmentationSceneLogic  # noqa: E402
@@ -241,6 +241,24 @@ def test_a_real_ct_volume_is_refused_by_the_shipped_mr_bundle_and_nothing_is_add
         logic.prepareSegmentTask(volume, "AxialTissue")  # at once, before the module starts a worker
     with pytest.raises(InputError, match="looks like a CT, not an MR scan"):
         logic.segmentTask(volume, "AxialTissue")
+    assert _snapshot(scene) == before
+    np.testing.assert_array_equal(_voxels(volume), voxels)
+
+
+def test_a_real_series_with_no_pose_on_the_reference_is_refused_and_nothing_is_added(scene):
+    """A real proton-density series (scripts/system_data.sh) with the shipped T1 bundle: its alignment is refused
+    and its scanner coordinates match the template no better, so the run stops with the engine's message
+    (Testing/test_realscan.py) and the scene is as it was, where labels were once added."""
+    from LabelSharingSegLib.engine.scan_io import load_scan
+    from lsseg_training.data import sources
+    from lsseg_training.demo import LS_BUNDLE, shipped_bundles_dir
+
+    series = load_scan(sources.dicom_series_path())
+    volume = geo.createScalarVolumeNode(scene, "FSE PD AXIAL OBL", series.image, series.affine)
+    logic = _logic(scene, shipped_bundles_dir() / LS_BUNDLE)
+    voxels, before = _voxels(volume), _snapshot(scene)
+    with pytest.raises(LabelSharingSegError, match="do not place it there either, so nothing was segmented"):
+        logic.segmentTask(volume, "SagittalLobes")
     assert _snapshot(scene) == before
     np.testing.assert_array_equal(_voxels(volume), voxels)
 

@@ -27,7 +27,7 @@ from LabelSharingSegLib.engine.atomic import (
 )
 from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.device import resolve_device
-from LabelSharingSegLib.engine.errors import InputError, LabelSharingSegError
+from LabelSharingSegLib.engine.errors import InputError, LabelSharingSegError, UnplacedScanError
 from LabelSharingSegLib.engine.inference import segment_task
 from LabelSharingSegLib.engine.labels import LabelInfo
 from LabelSharingSegLib.engine.propagation import MIN_LABEL_VOXELS
@@ -87,8 +87,14 @@ def _rows_for(method, kind, task, case_id, prediction, truth, labels, spacing, w
         }
 
 
+def _unplaced_note(case_id: str, method: str, error: UnplacedScanError) -> str:
+    """The note for a scan the product refused for want of a pose: scored as the nothing a user gets."""
+    return f"{case_id}: {method} refused the scan, scored as an empty segmentation ({error})"
+
+
 def _evaluate_task_bundle(bundle, method, datasets, device, with_hd95, align: bool):
-    rows = []
+    """(rows, notes) of a task bundle on the test cases of the datasets holding its tasks."""
+    rows, notes = [], []
     network = bundle.build_network(device)
     for dataset in datasets:
         task = dataset.task_name()
@@ -97,27 +103,32 @@ def _evaluate_task_bundle(bundle, method, datasets, device, with_hd95, align: bo
         labels = bundle.task_labels(task)
         for case in _test_cases(dataset):
             image, truth, affine = load_case(case)
-            result = segment_task(
-                bundle,
-                as_volume(image[0]),
-                affine,
-                task,
-                device=str(device),
-                network=network,
-                align=None if align else False,
-            )
+            volume = as_volume(image[0])
+            try:
+                labelmap = segment_task(
+                    bundle,
+                    volume,
+                    affine,
+                    task,
+                    device=str(device),
+                    network=network,
+                    align=None if align else False,
+                ).labelmap
+            except UnplacedScanError as error:
+                labelmap = np.zeros(volume.shape, np.int16)
+                notes.append(_unplaced_note(case.case_id, method, error))
             rows += _rows_for(
                 method,
                 bundle.kind,
                 task,
                 case.case_id,
-                result.labelmap,
+                labelmap,
                 as_volume(truth),
                 labels,
                 voxel_spacing(affine),
                 with_hd95,
             )
-    return rows
+    return rows, notes
 
 
 def _lcs_truth_lut(coarse_map: dict[int, int], max_value: int) -> np.ndarray:
@@ -243,17 +254,27 @@ def _evaluate_lcs_bundle(
                     notes.append(f"{case.case_id}: LCS refine left out: {shared['note']}")
                     continue
             else:
-                result = segment_atlas_labels(
-                    bundle,
-                    volume,
-                    affine,
-                    masks,
-                    infos,
-                    device=str(device),
-                    network=network,
-                    method="lcs",
-                    align=shared.get("alignment") if align else False,
-                )
+                try:
+                    result = segment_atlas_labels(
+                        bundle,
+                        volume,
+                        affine,
+                        masks,
+                        infos,
+                        device=str(device),
+                        network=network,
+                        method="lcs",
+                        align=shared.get("alignment") if align else False,
+                    )
+                except UnplacedScanError as error:  # nothing for the comparisons that follow to build on
+                    notes.append(_unplaced_note(case.case_id, method, error))
+                    mapped = (
+                        _lcs_truth_lut(coarse_map, int(truth.max(initial=0)))[truth] if coarse_map else truth
+                    )
+                    empty = np.zeros(volume.shape, np.int16)
+                    rows += _rows_for(method, "lcs", task, case.case_id, empty, mapped, infos,
+                                      voxel_spacing(affine), with_hd95)  # fmt: skip
+                    continue
                 if result.alignment is not None:
                     shared.setdefault("alignment", result.alignment)
             mapped = _lcs_truth_lut(coarse_map, int(truth.max(initial=0)))[truth] if coarse_map else truth
@@ -529,8 +550,8 @@ def evaluate(
             )
             table1, side, notes = table1 + t1, side + s1, notes + n1
         else:
-            more = _evaluate_task_bundle(bundle, method, datasets, torch_device, with_hd95, align)
-            s1, n1 = [], []
+            more, n1 = _evaluate_task_bundle(bundle, method, datasets, torch_device, with_hd95, align)
+            s1, notes = [], notes + n1
         if not more and not s1:
             raise InputError(
                 f"{path}: none of its tasks/labels matches a --data folder "

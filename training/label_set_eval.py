@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from LabelSharingSegLib.engine.atlas_segmentation import atlas_labels_independently
+from LabelSharingSegLib.engine.errors import UnplacedScanError
 from LabelSharingSegLib.engine.labels import LabelInfo
 from LabelSharingSegLib.engine.preprocessing import resample_to_grid
 from LabelSharingSegLib.engine.propagation import MIN_LABEL_VOXELS
@@ -112,9 +113,13 @@ def evaluate_label_set(bundle, method, dataset, network, device) -> tuple[list[d
                     propagation=deformable,
                 )[0]
         else:
-            decided, alignment = atlas_labels_independently(
-                bundle, volume, affine, masks, infos, device=str(device), network=network
-            )
+            try:
+                decided, alignment = atlas_labels_independently(
+                    bundle, volume, affine, masks, infos, device=str(device), network=network
+                )
+            except UnplacedScanError as error:  # every method here starts from that alignment
+                notes.append(f"{case.case_id}: left out, {method} refused the scan ({error})")
+                continue
             predictions, note = sidebyside.registration_predictions(bundle, masks, volume, affine, alignment)
             predictions[sidebyside.LCS] = decided
         if note:

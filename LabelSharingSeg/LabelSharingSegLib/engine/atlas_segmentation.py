@@ -59,7 +59,10 @@ def reference_alignment(bundle: Bundle, image, affine, progress=None, cancel=Non
     check refuses it. ``lsseg evaluate`` starts from the same alignment as ``segment_atlas_labels``."""
     if bundle.manifest.reference_image is None:
         return None
-    _, alignment = _align(bundle, image, affine, True, _Reporter(progress, cancel), network=True)
+    report = _Reporter(progress, cancel)
+    # a scan this leaves with no pose is not refused here: the registration methods then register it to the
+    # atlas themselves, with checks of their own
+    _, alignment = _align(bundle, image, affine, True, report, network=True, require_pose=False)
     return alignment if alignment is not None and alignment.accepted else None
 
 

@@ -9,6 +9,11 @@ class InputError(LabelSharingSegError):
     """An image, mask, affine or argument a user passed is unusable."""
 
 
+class UnplacedScanError(InputError):
+    """A scan has no trusted pose on a bundle's reference: its alignment was refused and its own world
+    coordinates do not match the reference either, so it was not segmented."""
+
+
 class DatasetError(LabelSharingSegError):
     """A dataset folder (nnU-Net v2 raw layout) is missing, unreadable or inconsistent."""
 

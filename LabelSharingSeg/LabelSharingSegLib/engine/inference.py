@@ -20,14 +20,14 @@ import torch
 from .atlas_brain import network_pose
 from .bundle import Bundle
 from .device import resolve_device
-from .errors import CancelledError, InputError
+from .errors import CancelledError, InputError, UnplacedScanError
 from .labels import LabelInfo
 from .modality import check_scan_modality
 from .planes import plane_grid
 from .preprocessing import check_image, normalise_intensity, resample_to_grid, to_model_grid
 from .preprocessing_config import Preprocessing
 from .propagation import Propagation
-from .registration import Alignment, can_register, foreground_mask, robust_scale
+from .registration import PEAK_CONFIDENT, Alignment, can_register, foreground_mask, robust_scale
 from .registration_cache import affine_alignment
 
 ProgressCallback = Callable[[float, str], None]
@@ -73,13 +73,23 @@ def _autocast(device: torch.device):
 
 
 def _align(
-    bundle: Bundle, image: np.ndarray, affine: np.ndarray, align, report: _Reporter, network: bool = False
+    bundle: Bundle,
+    image: np.ndarray,
+    affine: np.ndarray,
+    align,
+    report: _Reporter,
+    network: bool = False,
+    require_pose: bool = True,
 ):
     """(working affine, alignment or None). ``align=None`` aligns when the bundle carries a reference image;
     an :class:`Alignment` from an earlier call on the same scan is reused (no second registration).
     ``network``: LCS with a network reference registers the scan to that reference (where the network
-    expects it) and returns the alignment to the atlas through the fixed pose between them (atlas_brain.py)."""
+    expects it) and returns the alignment to the atlas through the fixed pose between them (atlas_brain.py).
+    ``require_pose``: refuse a scan the alignment leaves with no trusted pose (:func:`require_scan_pose`);
+    False for callers that fall back on a registration of their own."""
     if isinstance(align, Alignment):
+        if require_pose:
+            require_scan_pose(align)
         return align.aligned_affine(affine), align
     # a 2D bundle also takes single slices and thin stacks of them: those are not aligned unless asked for
     thin = bundle.preprocessing.spatial_dims == 2 and not can_register(image)
@@ -100,9 +110,27 @@ def _align(
     alignment = affine_alignment(
         image, affine, reference, reference_affine, progress=lambda f, m: report(0.02 + 0.08 * f, m)
     )
+    if require_pose:
+        require_scan_pose(alignment)
     if stored is not None and alignment.accepted:  # scan <- reference, as scan <- atlas for every other use
         alignment = replace(alignment, matrix=alignment.matrix @ np.linalg.inv(network_pose(bundle)))
     return alignment.aligned_affine(affine), alignment
+
+
+def require_scan_pose(alignment: Alignment) -> None:
+    """Refuse a scan whose alignment was refused while its world coordinates match the reference no better: it
+    would be segmented in a pose known to be wrong (seen: a real proton-density series, given to a T1 bundle,
+    came back with labels and exit status 0). Stored in the reference's space already, it is kept as it is."""
+    if alignment.places_scan:
+        return
+    sharpness = max(alignment.identity_sharpness, 0.0)
+    raise UnplacedScanError(
+        f"the scan could not be aligned to the bundle's reference, and its own world coordinates do not place it "
+        f"there either, so nothing was segmented: {alignment.warning}; the match in world coordinates is "
+        f"{100 * sharpness:.0f}% as sharp as the images' own ({100 * PEAK_CONFIDENT:.0f}% or more where they "
+        f"place a scan). A scan of another kind than the bundle's (see its 'Input') fails this way; one that "
+        f"already lies in the reference's space can be segmented with automatic alignment off"
+    )
 
 
 def _require_usable_scan(bundle: Bundle, image: np.ndarray) -> None:

@@ -16,7 +16,11 @@ writes the result back onto the scan's own grid.
 
 Quality check: the same masked metric is evaluated with no alignment (world coordinates as stored). An
 alignment scoring worse than that is refused: the result then keeps the world coordinates (identity
-matrix), ``accepted`` is False and ``warning`` says why, so callers show it rather than fail.
+matrix), ``accepted`` is False and ``warning`` says why. How sharp a match those world coordinates are is then
+measured too (``identity_sharpness``, as the confidence check below measures a found pose). A scan stored in
+the reference's space already keeps them (``places_scan``). One that is not (the registration failed and the
+stored pose matches nothing either, as on a real proton-density series) has no pose to segment it in, and the
+segmentation entry points refuse it (inference.py).
 
 Confidence check: a true alignment is a sharp optimum (moving the reference a little off it loses nearly as
 much of the match as moving either image off itself), a wrong one found from a poor start a flat hollow (see
@@ -56,8 +60,8 @@ _SCORE_SHRINK = 2  # starting poses are scored on images binned by this factor (
 _SCALP_MM = 12.0  # between the top of the brain and the top of the head
 # Raised whenever the search can find another alignment for the same images: part of the registration cache's
 # key, so an alignment found by an earlier search is not reused (2: the tilted grid of starting poses; 3: the
-# confidence check and its wider search).
-SEARCH_REVISION = 3
+# confidence check and its wider search; 4: the sharpness of a refused alignment's world coordinates).
+SEARCH_REVISION = 4
 # The confidence check moves the reference off the found pose by a sixth of its foreground's RMS radius (10 mm
 # for a brain) along each axis and turns it by 10 degrees about each axis, both ways, and measures the share of
 # the match lost; each image moved off itself the same way loses more (most for a sharp, textured image, less
@@ -83,7 +87,8 @@ class Alignment:
     registration; ``matrix`` is then the identity and ``warning`` explains. ``peak_sharpness``: the share of the
     match lost when the reference is moved a little off the found pose, relative to what the images lose moved
     off themselves; ``confident`` is False when that is below PEAK_CONFIDENT (a flat optimum, as wrong
-    alignments are), ``warning`` then says to check the result.
+    alignments are), ``warning`` then says to check the result. ``identity_sharpness``: the same for the scan's
+    own world coordinates, measured when the alignment is refused (NaN otherwise).
     """
 
     matrix: np.ndarray
@@ -96,6 +101,14 @@ class Alignment:
     start: str = ""
     peak_sharpness: float = float("nan")
     confident: bool = True
+    identity_sharpness: float = float("nan")
+
+    @property
+    def places_scan(self) -> bool:
+        """Whether the scan has a pose on the reference: the alignment's, or, when it was refused, the world
+        coordinates it keeps, unless they were measured to match the reference less sharply than true
+        alignments do (never measured, NaN: kept, as an alignment built by hand or elsewhere may be)."""
+        return self.accepted or not self.identity_sharpness < PEAK_CONFIDENT
 
     def aligned_affine(self, scan_affine: np.ndarray) -> np.ndarray:
         """The scan's voxel -> reference-space affine."""
@@ -113,6 +126,11 @@ class Alignment:
         if not math.isnan(self.peak_sharpness) and self.accepted:
             quality += (
                 f", sharpness of the match {_percent(max(self.peak_sharpness, 0.0))} of the images' own"
+            )
+        if not math.isnan(self.identity_sharpness) and not self.accepted:
+            quality += (
+                f", sharpness of the match in world coordinates {_percent(max(self.identity_sharpness, 0.0))} "
+                f"of the images' own"
             )
         if not self.accepted:
             return f"alignment refused, world coordinates kept: {self.warning}; {quality}"
@@ -594,6 +612,8 @@ def register_affine(
         f"{metric:.3f} vs {identity_metric:.3f})"
     )
     warning += "; check that the scan shows the reference's anatomy, or place it near the reference first"
+    # whether the world coordinates kept instead are a pose to segment in (Alignment.places_scan)
+    result = replace(result, warning=warning, identity_sharpness=_peak_sharpness(pair, identity))
     if not check:
-        return replace(result, warning=warning)
-    return replace(result, matrix=np.eye(4), accepted=False, warning=warning)
+        return result
+    return replace(result, matrix=np.eye(4), accepted=False)

@@ -166,6 +166,7 @@ def encode_alignment(alignment: Alignment) -> dict[str, np.ndarray]:
         alignment.overlap,
         alignment.identity_overlap,
         alignment.peak_sharpness,
+        alignment.identity_sharpness,
     ]
     text = {
         "warning": alignment.warning or "",
@@ -184,7 +185,7 @@ def decode_alignment(arrays: Mapping[str, np.ndarray]) -> Alignment:
     matrix = np.asarray(arrays["matrix"], np.float64)
     numbers = np.asarray(arrays["numbers"], np.float64)
     text = json.loads(str(arrays["text"]))
-    if matrix.shape != (4, 4) or numbers.shape != (5,) or not np.isfinite(matrix).all():
+    if matrix.shape != (4, 4) or numbers.shape != (6,) or not np.isfinite(matrix).all():
         raise ValueError("not an alignment")
     return Alignment(
         matrix,
@@ -197,6 +198,7 @@ def decode_alignment(arrays: Mapping[str, np.ndarray]) -> Alignment:
         start=str(text["start"]),
         peak_sharpness=float(numbers[4]),
         confident=bool(text["confident"]),
+        identity_sharpness=float(numbers[5]),
     )
 
 
