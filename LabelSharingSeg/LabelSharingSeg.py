@@ -590,10 +590,17 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if self.ui.autoShow3DCheckBox.checked:
                 outputNode.CreateClosedSurfaceRepresentation()
             seconds = time.monotonic() - self._runStart
-            self.ui.statusLabel.setText(self.logic.finishedMessage(outputNode.GetName(), seconds, result))
+            message = self.logic.finishedMessage(outputNode.GetName(), seconds, result, run.warnings)
+            self.ui.statusLabel.setText(message)
         finally:
             job.cleanup()
         self._updateButtons()
+
+
+def _dicomFileForInstance(uid: str) -> str:
+    """The file of a DICOM instance in Slicer's DICOM database ("" when there is no database or no such file)."""
+    database = getattr(slicer, "dicomDatabase", None)
+    return str(database.fileForInstance(uid) or "") if database else ""
 
 
 def ctkPathFilters():
@@ -621,7 +628,10 @@ class LabelSharingSegLogic(SegmentationSceneLogic, ScriptedLoadableModuleLogic):
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         SegmentationSceneLogic.__init__(
-            self, slicer.mrmlScene, segmentationsLogic=slicer.modules.segmentations.logic()
+            self,
+            slicer.mrmlScene,
+            segmentationsLogic=slicer.modules.segmentations.logic(),
+            dicomFileForInstance=_dicomFileForInstance,
         )
 
     def getParameterNode(self):

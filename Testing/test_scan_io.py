@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from dicom_series import itk_volume, write_series
 
 from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.errors import InputError
@@ -19,8 +20,6 @@ from LabelSharingSegLib.engine.preprocessing import resample_to_grid
 from LabelSharingSegLib.engine.scan_io import MAX_SCAN_VOXELS, load_scan
 from lsseg_training.cli import main
 from lsseg_training.data import sources
-
-_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def _turned(degrees: float) -> np.ndarray:
@@ -45,58 +44,6 @@ def head():
     return np.round(voxels).astype(np.float32), grid
 
 
-def _itk_volume(image, affine):
-    """``image`` (float [i, j, k], RAS affine) as an int16 SimpleITK volume (LPS, array [k, j, i])."""
-    lps = _LPS @ affine
-    volume = sitk.GetImageFromArray(image.astype(np.int16).transpose(2, 1, 0))
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    volume.SetSpacing([float(s) for s in spacing])
-    volume.SetDirection([float(v) for v in (lps[:3, :3] / spacing).ravel()])
-    volume.SetOrigin([float(v) for v in lps[:3, 3]])
-    return volume
-
-
-def _write_series(
-    folder,
-    image,
-    affine,
-    *,
-    uid="1.2.826.0.1.3680043.2.1143.7",
-    description="T1 test",
-    modality="MR",
-    skip=(),
-    repeat=(),
-):
-    """Write ``image`` (float [i, j, k], RAS affine) as one DICOM file per slice k, as a scanner would: position
-    and orientation of each slice, its number, the series' UID, description and modality."""
-    folder.mkdir(parents=True, exist_ok=True)
-    volume = _itk_volume(image, affine)
-    direction = np.asarray(volume.GetDirection()).reshape(3, 3)
-    spacing = volume.GetSpacing()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    orientation = "\\".join(f"{v:.6f}" for v in (*direction[:, 0], *direction[:, 1]))
-    slices = [k for k in range(image.shape[2]) if k not in skip] + list(repeat)
-    for number, k in enumerate(slices):
-        piece = volume[:, :, k]
-        position = volume.TransformIndexToPhysicalPoint((0, 0, k))
-        for tag, value in (
-            ("0008|0060", modality),
-            ("0008|103e", description),
-            ("0020|000d", "1.2.826.0.1.3680043.2.1143.1"),
-            ("0020|000e", uid),
-            ("0020|0013", str(number + 1)),
-            ("0020|0032", "\\".join(f"{v:.6f}" for v in position)),
-            ("0020|0037", orientation),
-            ("0018|0050", f"{spacing[2]:.6f}"),
-            ("0008|0018", f"{uid}.{number + 1}"),
-        ):
-            piece.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"slice_{number:03d}.dcm"))
-        writer.Execute(piece)
-    return folder
-
-
 def test_a_real_scanner_series_reads_as_its_folder_or_any_of_its_files(tmp_path):
     folder = sources.dicom_series_path()
     scan = load_scan(folder)
@@ -118,7 +65,7 @@ def test_a_real_scanner_series_reads_as_its_folder_or_any_of_its_files(tmp_path)
 
 def test_dicom_nrrd_and_metaimage_give_the_voxels_and_affine_of_nifti(head, tmp_path):
     image, affine = head
-    series = _write_series(tmp_path / "dicom", image, affine)
+    series = write_series(tmp_path / "dicom", image, affine)
     scan = load_scan(series)
     assert np.array_equal(scan.image, image)
     assert np.allclose(scan.affine, affine, atol=1e-4)
@@ -127,7 +74,7 @@ def test_dicom_nrrd_and_metaimage_give_the_voxels_and_affine_of_nifti(head, tmp_
         if ending == "nii.gz":
             nib.save(nib.Nifti1Image(image.astype(np.int16), affine), str(path))
         else:
-            sitk.WriteImage(_itk_volume(image, affine), str(path))
+            sitk.WriteImage(itk_volume(image, affine), str(path))
         read = load_scan(path)
         assert np.array_equal(read.image, image), ending
         assert np.allclose(read.affine, affine, atol=1e-5), ending
@@ -135,7 +82,7 @@ def test_dicom_nrrd_and_metaimage_give_the_voxels_and_affine_of_nifti(head, tmp_
 
 def test_lsseg_segment_reads_a_dicom_folder_and_writes_on_its_grid(ls_bundle_path, head, tmp_path, capsys):
     image, affine = head
-    series = _write_series(tmp_path / "dicom", image, affine)
+    series = write_series(tmp_path / "dicom", image, affine)
     out = tmp_path / "labels.nii.gz"
     command = ["segment", str(ls_bundle_path), "-i", str(series), "-o", str(out), "--task", "brain"]
     assert main([*command, "--device", "cpu", "--align", "off"]) == 0
@@ -155,7 +102,7 @@ def test_a_series_whose_header_says_ct_is_refused_by_an_mr_bundle(head, tmp_path
     from lsseg_training.demo import LS_BUNDLE, shipped_bundles_dir
 
     image, affine = head
-    series = _write_series(tmp_path / "dicom", image, affine, modality="CT", description="head CT")
+    series = write_series(tmp_path / "dicom", image, affine, modality="CT", description="head CT")
     assert load_scan(series).stated_modality == "CT"
     assert load_scan(sources.dicom_series_path()).stated_modality == "MR"
     out = tmp_path / "o.nii.gz"
@@ -169,11 +116,11 @@ def test_a_series_nested_in_an_export_tree_is_found_from_its_top_folder(head, tm
     """A CD or PACS export puts series some folders down (DICOM/<patient>/<study>/<series>/)."""
     image, affine = head
     top = tmp_path / "export"
-    _write_series(top / "DICOM" / "PAT1" / "ST1" / "SE1", image, affine, description="T1 nested")
+    write_series(top / "DICOM" / "PAT1" / "ST1" / "SE1", image, affine, description="T1 nested")
     (top / "README.TXT").write_text("exported")
     scan = load_scan(top)
     assert "'T1 nested'" in scan.description and np.array_equal(scan.image, image)
-    _write_series(
+    write_series(
         top / "DICOM" / "PAT1" / "ST1" / "SE2", image[:, :, :10], affine, uid="1.2.3.9", description="b"
     )
     with pytest.raises(InputError, match="2 DICOM series"):
@@ -184,8 +131,8 @@ def test_a_series_nested_in_an_export_tree_is_found_from_its_top_folder(head, tm
 def test_a_folder_of_several_series_asks_which(head, tmp_path, capsys, ls_bundle_path):
     image, affine = head
     folder = tmp_path / "study"
-    _write_series(folder, image, affine, uid="1.2.3.4.1", description="T1 sagittal")
-    _write_series(folder / "other", image[:, :, :20], affine, uid="1.2.3.4.2", description="PD axial")
+    write_series(folder, image, affine, uid="1.2.3.4.1", description="T1 sagittal")
+    write_series(folder / "other", image[:, :, :20], affine, uid="1.2.3.4.2", description="PD axial")
     for path in (folder / "other").iterdir():
         shutil.move(str(path), str(folder / f"b_{path.name}"))
     with pytest.raises(
@@ -212,7 +159,7 @@ def test_a_folder_of_several_series_asks_which(head, tmp_path, capsys, ls_bundle
 def test_a_series_that_is_not_one_even_stack_is_refused(head, tmp_path, change, message):
     image, affine = head
     with pytest.raises(InputError, match=message):
-        load_scan(_write_series(tmp_path / "dicom", image, affine, **change))
+        load_scan(write_series(tmp_path / "dicom", image, affine, **change))
 
 
 def test_a_sheared_series_is_refused(head, tmp_path):
@@ -221,7 +168,7 @@ def test_a_sheared_series_is_refused(head, tmp_path):
     sheared = affine.copy()
     sheared[:3, 2] += affine[:3, 0] / np.linalg.norm(affine[:3, 0]) * 1.5  # 1.5 mm sideways per slice
     with pytest.raises(InputError, match="gantry tilt"):
-        load_scan(_write_series(tmp_path / "dicom", image, sheared))
+        load_scan(write_series(tmp_path / "dicom", image, sheared))
 
 
 def test_files_that_are_not_one_greyscale_scan_are_refused(tmp_path):

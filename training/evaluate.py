@@ -245,6 +245,8 @@ def _evaluate_lcs_bundle(
         for case in _test_cases(dataset):
             image, truth, affine = load_case(case)
             volume, truth = as_volume(image[0]), as_volume(truth).astype(np.int64)
+            mapped = _lcs_truth_lut(coarse_map, int(truth.max(initial=0)))[truth] if coarse_map else truth
+            spacing = voxel_spacing(affine)
             shared = registrations.setdefault((atlas_key, str(case.image_paths[0])), {})
             if refine:
                 result, deformable = _refined_result(
@@ -268,17 +270,13 @@ def _evaluate_lcs_bundle(
                     )
                 except UnplacedScanError as error:  # nothing for the comparisons that follow to build on
                     notes.append(_unplaced_note(case.case_id, method, error))
-                    mapped = (
-                        _lcs_truth_lut(coarse_map, int(truth.max(initial=0)))[truth] if coarse_map else truth
-                    )
                     empty = np.zeros(volume.shape, np.int16)
-                    rows += _rows_for(method, "lcs", task, case.case_id, empty, mapped, infos,
-                                      voxel_spacing(affine), with_hd95)  # fmt: skip
+                    rows += _rows_for(
+                        method, "lcs", task, case.case_id, empty, mapped, infos, spacing, with_hd95
+                    )
                     continue
                 if result.alignment is not None:
                     shared.setdefault("alignment", result.alignment)
-            mapped = _lcs_truth_lut(coarse_map, int(truth.max(initial=0)))[truth] if coarse_map else truth
-            spacing = voxel_spacing(affine)
             rows += _rows_for(
                 method, "lcs", task, case.case_id, result.labelmap, mapped, infos, spacing, with_hd95
             )

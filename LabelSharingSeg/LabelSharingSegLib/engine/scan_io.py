@@ -213,20 +213,43 @@ def _dicom_series(folder: Path, series: str | None) -> Scan:
 
 
 def _dicom_scan(voxels: np.ndarray, affine: np.ndarray, first, uid: str, count: int) -> Scan:
-    """The scan with what its (first file's) header states: modality and, for MR, the weighting, read from the
-    series description or else from the repetition, echo and inversion times."""
-    modality = _tag(first, "0008|0060") or None
-    weighting, evidence = None, ""
-    if modality == "MR":
-        described = _tag(first, "0008|103e")
-        times = {
-            name: _milliseconds(first, key)
-            for name, key in (("TR", "0018|0080"), ("TE", "0018|0081"), ("TI", "0018|0082"))
-        }
-        timing = ", ".join(f"{name} {value:g} ms" for name, value in times.items() if value is not None)
-        weighting = weighting_of_name(described) or weighting_of_timing(times["TR"], times["TE"], times["TI"])
-        evidence = ", ".join(part for part in (f"series {described!r}" if described else "", timing) if part)
-    return Scan(voxels, affine, _series_words(first, uid, count), modality, weighting, evidence)
+    """The scan with what its (first file's) header states (:func:`_statement`)."""
+    stated = _statement(first)
+    words = _series_words(first, uid, count)
+    return Scan(voxels, affine, words, stated.modality, stated.weighting, stated.evidence)
+
+
+@dataclass(frozen=True)
+class HeaderStatement:
+    """What a DICOM header states about the kind of scan: its Modality ('MR', 'CT', ...; None when not given)
+    and, for MR, the weighting it reveals ('T1', 'T2', 'FLAIR', 'PD' or None) and what revealed it, in words."""
+
+    modality: str | None = None
+    weighting: str | None = None
+    evidence: str = ""
+
+
+def dicom_header_statement(path: str | os.PathLike) -> HeaderStatement:
+    """What the header of one DICOM file states (no voxels are read), for a scan read by another program (Slicer's
+    DICOM module). InputError when the file cannot be read."""
+    return _statement(_header(Path(path)))
+
+
+def _statement(reader) -> HeaderStatement:
+    """Modality and, for MR, the weighting, read from the series description or else from the repetition, echo
+    and inversion times."""
+    modality = _tag(reader, "0008|0060") or None
+    if modality != "MR":
+        return HeaderStatement(modality)
+    described = _tag(reader, "0008|103e")
+    times = {
+        name: _milliseconds(reader, key)
+        for name, key in (("TR", "0018|0080"), ("TE", "0018|0081"), ("TI", "0018|0082"))
+    }
+    timing = ", ".join(f"{name} {value:g} ms" for name, value in times.items() if value is not None)
+    weighting = weighting_of_name(described) or weighting_of_timing(times["TR"], times["TE"], times["TI"])
+    evidence = ", ".join(part for part in (f"series {described!r}" if described else "", timing) if part)
+    return HeaderStatement(modality, weighting, evidence)
 
 
 def _milliseconds(reader, key: str) -> float | None:

@@ -15,17 +15,19 @@ The engine is imported lazily so that this module loads (and can report missing 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 
 from ..engine.errors import CancelledError, InputError
 from ..engine.labels import LabelInfo
-from ..engine.modality import check_scan_modality
+from ..engine.modality import check_scan_modality, check_stated_modality, weighting_warning
 from ..worker.client import SubprocessWorker, WorkerJob
 from . import atlassegments
 from . import geometry as geo
 from . import segments as seg
 from .bundlechoice import resolveBundlePath
+from .dicomheader import FileForInstance, volumeHeaderStatement
 from .jobs import cancelCallable, progressCallable, raiseIfCancelled, scaledProgress
 from .preparedrun import ATLAS_KIND, TASK_KIND, PreparedRun
 from .transaction import SceneTransaction
@@ -45,7 +47,15 @@ class SegmentationSceneLogic:
     ``slicer.modules.segmentations.logic()``); one is created when not given.
     """
 
-    def __init__(self, scene, device: str = "auto", segmentationsLogic=None):
+    def __init__(
+        self,
+        scene,
+        device: str = "auto",
+        segmentationsLogic=None,
+        dicomFileForInstance: FileForInstance | None = None,
+    ):
+        """``dicomFileForInstance``: the file of a DICOM SOP Instance UID (in the app: Slicer's DICOM database's
+        ``fileForInstance``), so that volumes loaded from DICOM have their headers checked (scene/dicomheader.py)."""
         import slicer
 
         if scene is None:
@@ -57,6 +67,7 @@ class SegmentationSceneLogic:
             segmentationsLogic = slicer.vtkSlicerSegmentationsModuleLogic()
             segmentationsLogic.SetMRMLScene(scene)
         self.segmentationsLogic = segmentationsLogic
+        self.dicomFileForInstance = dicomFileForInstance
         self.bundle = None
         # Automatic alignment to the bundle's reference image: None = whenever the bundle carries one
         # (scans as acquired are rarely in atlas space), True = always (error if none), False = never.
@@ -164,8 +175,17 @@ class SegmentationSceneLogic:
         if not np.all(np.isfinite(image)):
             raise InputError(f"'{volumeNode.GetName()}' contains NaN or infinite voxel values.")
         # here, before a worker starts, so that a CT given to an MR bundle is refused at once
-        check_scan_modality(image, bundle.preprocessing.scan_modality, what=f"'{volumeNode.GetName()}'")
-        return image, geometry
+        what, prep = f"'{volumeNode.GetName()}'", bundle.preprocessing
+        check_scan_modality(image, prep.scan_modality, what=what)
+        warnings = []
+        stated = volumeHeaderStatement(volumeNode, self.dicomFileForInstance)
+        if (
+            stated is not None
+        ):  # as `lsseg segment` checks a DICOM series: another modality refused, weighting warned
+            check_stated_modality(stated.modality, prep.scan_modality, what=what)
+            warning = weighting_warning(stated.weighting, stated.evidence, prep.contrast)
+            warnings += [f"{what}: {warning}"] if warning else []
+        return image, geometry, warnings
 
     def _checkOutputNode(self, outputNode):
         if outputNode is None:
@@ -192,7 +212,7 @@ class SegmentationSceneLogic:
         if not taskName:
             raise InputError(f"No task chosen: pick one of {', '.join(bundle.task_names())}.")
         bundle.task_labels(taskName)  # InputError naming the known tasks
-        image, geometry = self._checkInputVolume(volumeNode, bundle)
+        image, geometry, warnings = self._checkInputVolume(volumeNode, bundle)
         self._checkOutputNode(outputSegmentationNode)
         if outputSegmentationNode is not None:
             geo.localToLocal(volumeNode, outputSegmentationNode)
@@ -208,6 +228,7 @@ class SegmentationSceneLogic:
             taskName=taskName,
             description=f"Segmenting task '{taskName}' on '{volumeNode.GetName()}'",
             align=self.align,
+            warnings=warnings,
         )
 
     def segmentTask(self, volumeNode, taskName: str, outputSegmentationNode=None, progress=None, cancel=None):
@@ -293,7 +314,7 @@ class SegmentationSceneLogic:
         self, volumeNode, atlasSegmentationNode, segmentIds=None, outputSegmentationNode=None
     ) -> PreparedRun:
         bundle = self._requireAtlasBundle()
-        image, geometry = self._checkInputVolume(volumeNode, bundle, role="target volume")
+        image, geometry, warnings = self._checkInputVolume(volumeNode, bundle, role="target volume")
         self._checkOutputNode(outputSegmentationNode)
         if outputSegmentationNode is not None:
             geo.localToLocal(volumeNode, outputSegmentationNode)
@@ -320,6 +341,7 @@ class SegmentationSceneLogic:
             terminologies={index + 1: text for index, text in enumerate(terminologies) if text},
             description=f"Segmenting {len(labels)} atlas label(s) on '{volumeNode.GetName()}'",
             align=self.align,
+            warnings=warnings,
             method=self.atlasMethod,
             options=dict(self.atlasMethodOptions),
         )
@@ -390,6 +412,8 @@ class SegmentationSceneLogic:
         if alignment is not None:
             log = logging.info if _alignmentTrusted(alignment) else logging.warning
             log(f"LabelSharingSeg: {alignment.summary()}")
+        for warning in run.warnings:
+            logging.warning(f"LabelSharingSeg: {warning}")
         labels = list(result.labels) or (run.labels if run.kind == ATLAS_KIND else self._taskLabels(run))
         specs = seg.specsFromLabelmap(np.asarray(result.labelmap), labels, run.terminologies)
         outputNode = run.outputNode
@@ -414,22 +438,23 @@ class SegmentationSceneLogic:
         return outputNode
 
     @staticmethod
-    def finishedMessage(outputName: str, seconds: float, result) -> str:
-        """The status line after ``applyRun``: where the output went and, when the automatic alignment was
-        refused or is uncertain, that the result needs checking (the details are in the log)."""
-        message = f"Done in {seconds:.1f} s: '{outputName}'."
+    def finishedMessage(outputName: str, seconds: float, result, warnings: Sequence[str] = ()) -> str:
+        """The status line after ``applyRun``: where the output went; when the automatic alignment was refused or
+        is uncertain, that the result needs checking (the details are in the log); and the run's ``warnings``
+        about its input (``PreparedRun.warnings``)."""
+        parts = [f"Done in {seconds:.1f} s: '{outputName}'."]
         alignment = getattr(result, "alignment", None)
-        if alignment is None or _alignmentTrusted(alignment):
-            return message
-        if not alignment.accepted:
-            return message + (
-                " Automatic alignment refused (the scan's world coordinates were used): check the result over "
+        if alignment is not None and not alignment.accepted:
+            parts.append(
+                "Automatic alignment refused (the scan's world coordinates were used): check the result over "
                 "the scan; details in the Python console."
             )
-        return message + (
-            " Automatic alignment uncertain (it may be wrong): check the result over the scan; details in the "
-            "Python console."
-        )
+        elif alignment is not None and not _alignmentTrusted(alignment):
+            parts.append(
+                "Automatic alignment uncertain (it may be wrong): check the result over the scan; details in the "
+                "Python console."
+            )
+        return " ".join(parts + [f"Warning: {warning}." for warning in warnings])
 
     @staticmethod
     def _taskLabels(run: PreparedRun):

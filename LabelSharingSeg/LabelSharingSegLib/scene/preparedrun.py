@@ -40,6 +40,7 @@ class PreparedRun:
     terminologies: dict = field(default_factory=dict)
     description: str = ""
     align: bool | None = None  # register to the bundle's reference first; None: when the bundle has one
+    warnings: list[str] = field(default_factory=list)  # about the input, for the log and the status line
     method: str = ""  # engine method (worker/methods.py); "" = the kind's default
     options: dict = field(default_factory=dict)  # extra keyword arguments for the method
 
