@@ -1,6 +1,6 @@
 """DICOM series written here as a scanner writes them (one file per slice, with position, orientation, UIDs,
 description and modality), for the tests of reading scans (test_scan_io.py) and of Slicer's DICOM volumes
-(test_scene_dicom_header.py)."""
+(test_scene_scan_header.py)."""
 
 from __future__ import annotations
 

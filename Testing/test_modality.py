@@ -20,6 +20,7 @@ from LabelSharingSegLib.engine.errors import ConfigError, InputError
 from LabelSharingSegLib.engine.inference import segment_task
 from LabelSharingSegLib.engine.modality import (
     CT_AIR_SHARE,
+    HeaderStatement,
     air_share,
     check_scan_modality,
     modality_mismatch,
@@ -262,8 +263,9 @@ def test_timing_says_the_weighting_where_the_name_does_not():
 def test_a_real_pd_series_is_named_and_warned_about_but_segmented(tmp_path, capsys):
     folder = sources.dicom_series_path()
     scan = load_scan(folder)
-    assert scan.stated_weighting == "PD"
-    assert scan.weighting_evidence == "series 'FSE PD AXIAL OBL', TR 2300 ms, TE 22 ms"
+    assert scan.stated == HeaderStatement(
+        "MR", "PD", "series 'FSE PD AXIAL OBL', TR 2300 ms, TE 22 ms", "DICOM header"
+    )
     shipped = shipped_bundles_dir() / LS_BUNDLE
     assert load_bundle(shipped).preprocessing.contrast == "T1"
     assert "Input: T1-weighted MR scans" in load_bundle(shipped).summary()
@@ -276,4 +278,5 @@ def test_a_real_pd_series_is_named_and_warned_about_but_segmented(tmp_path, caps
         in err
     )
     assert "trained on T1-weighted scans" in err and out.exists()
-    assert weighting_warning("T1", "series 'T1'", "T1") is None and weighting_warning(None, "", "T1") is None
+    assert weighting_warning(HeaderStatement("MR", "T1", "series 'T1'", "DICOM header"), "T1") is None
+    assert weighting_warning(HeaderStatement("MR"), "T1") is None and weighting_warning(None, "T1") is None

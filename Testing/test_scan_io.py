@@ -4,6 +4,7 @@ series that cannot be one volume, and hostile files, are refused with the reason
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import nibabel as nib
@@ -16,6 +17,7 @@ from dicom_series import itk_volume, write_series
 from LabelSharingSegLib.engine.bundle import load_bundle
 from LabelSharingSegLib.engine.errors import InputError
 from LabelSharingSegLib.engine.inference import segment_task
+from LabelSharingSegLib.engine.modality import HeaderStatement
 from LabelSharingSegLib.engine.preprocessing import resample_to_grid
 from LabelSharingSegLib.engine.scan_io import MAX_SCAN_VOXELS, load_scan
 from lsseg_training.cli import main
@@ -103,13 +105,78 @@ def test_a_series_whose_header_says_ct_is_refused_by_an_mr_bundle(head, tmp_path
 
     image, affine = head
     series = write_series(tmp_path / "dicom", image, affine, modality="CT", description="head CT")
-    assert load_scan(series).stated_modality == "CT"
-    assert load_scan(sources.dicom_series_path()).stated_modality == "MR"
+    assert load_scan(series).stated.modality == "CT"
+    assert load_scan(sources.dicom_series_path()).stated.modality == "MR"
     out = tmp_path / "o.nii.gz"
     command = ["segment", str(shipped_bundles_dir() / LS_BUNDLE), "-i", str(series), "-o", str(out)]
     assert main([*command, "--task", "AxialTissue"]) == 2
     err = capsys.readouterr().err
-    assert "its header says it is CT, and this bundle was trained on MR scans" in err and not out.exists()
+    assert (
+        "its DICOM header says it is CT, and this bundle was trained on MR scans" in err and not out.exists()
+    )
+
+
+def _nifti(path, image, affine):
+    nib.save(nib.Nifti1Image(image.astype(np.int16), affine), str(path))
+    return path
+
+
+def test_a_bids_name_and_sidecar_state_the_weighting_and_another_one_is_warned_about(head, tmp_path, capsys):
+    """A NIfTI named as BIDS names it ('sub-01_T2w.nii.gz') with the JSON sidecar dcm2niix writes beside it:
+    the suffix names the weighting (before the sidecar's description and times, in seconds), a sidecar alone
+    reveals it by the description or the times, and `lsseg segment` warns as for a DICOM header."""
+    from lsseg_training.demo import LS_BUNDLE, shipped_bundles_dir
+
+    image, affine = head
+    t2 = _nifti(tmp_path / "sub-01_T2w.nii.gz", image, affine)
+    assert load_scan(t2).stated == HeaderStatement("MR", "T2", "BIDS suffix 'T2w'", "BIDS name")
+    sidecar = {"Modality": "MR", "SeriesDescription": "t2_tse_tra", "RepetitionTime": 4.0, "EchoTime": 0.1}
+    (tmp_path / "sub-01_T2w.json").write_text(json.dumps(sidecar))
+    evidence = "BIDS suffix 'T2w', series 't2_tse_tra', TR 4000 ms, TE 100 ms"
+    assert load_scan(t2).stated == HeaderStatement("MR", "T2", evidence, "BIDS name")
+    out = tmp_path / "labels.nii.gz"
+    command = ["segment", str(shipped_bundles_dir() / LS_BUNDLE), "-i", str(t2), "-o", str(out)]
+    assert main([*command, "--task", "AxialTissue", "--align", "off", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert f"WARNING: the scan's BIDS name describes a T2-weighted scan ({evidence}), and this bundle" in err
+    # no BIDS suffix: the sidecar's times say proton density (those of the real PD series)
+    plain = _nifti(tmp_path / "head.nii.gz", image, affine)
+    (tmp_path / "head.json").write_text(
+        json.dumps({"Modality": "MR", "RepetitionTime": 2.3, "EchoTime": 0.022})
+    )
+    assert load_scan(plain).stated == HeaderStatement("MR", "PD", "TR 2300 ms, TE 22 ms", "BIDS sidecar")
+    # a T1w name with a sidecar saying CT: the sidecar's modality wins, and an MR bundle refuses it
+    t1 = _nifti(tmp_path / "sub-01_T1w.nii.gz", image, affine)
+    (tmp_path / "sub-01_T1w.json").write_text(json.dumps({"Modality": "CT"}))
+    assert load_scan(t1).stated == HeaderStatement("CT", source="BIDS sidecar")
+    assert main(["segment", str(shipped_bundles_dir() / LS_BUNDLE), "-i", str(t1), "-o", str(out),
+                 "--task", "AxialTissue", "--overwrite"]) == 2  # fmt: skip
+    assert (
+        "its BIDS sidecar says it is CT, and this bundle was trained on MR scans" in capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",
+        b"[1, 2]",
+        json.dumps(
+            {"Modality": 5, "RepetitionTime": True, "EchoTime": "0.022", "SeriesDescription": 7}
+        ).encode(),
+        b'{"Modality": "MR", "EchoTime": 0.1, "pad": "' + b"x" * 1_000_001 + b'"}',
+        b"\xff\xfe\x00",
+        b"[" * 200_000,
+    ],
+)
+def test_a_sidecar_that_states_nothing_readable_is_passed_over(head, tmp_path, content):
+    """Broken, hostile or oversized sidecars state nothing (they are not the scan): the scan reads as without."""
+    image, affine = head
+    path = _nifti(tmp_path / "head.nii.gz", image, affine)
+    (tmp_path / "head.json").write_bytes(content)
+    scan = load_scan(path)
+    assert scan.stated == HeaderStatement()
+    assert np.array_equal(scan.image, image.astype(np.int16))
 
 
 def test_a_series_nested_in_an_export_tree_is_found_from_its_top_folder(head, tmp_path):

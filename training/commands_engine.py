@@ -211,11 +211,11 @@ def run_segment(args: argparse.Namespace) -> int:
     remove_stale_parts(args.output.parent)
     bundle = load_bundle(args.bundle)
     scan = load_scan(args.input, series=args.series)
-    check_stated_modality(scan.stated_modality, bundle.preprocessing.scan_modality, what=str(args.input))
+    check_stated_modality(scan.stated, bundle.preprocessing.scan_modality, what=str(args.input))
     image, affine = scan.image, scan.affine
     if not args.quiet:
         print(f"read {scan.description}: {image.shape} voxels")
-    warning = weighting_warning(scan.stated_weighting, scan.weighting_evidence, bundle.preprocessing.contrast)
+    warning = weighting_warning(scan.stated, bundle.preprocessing.contrast)
     if warning is not None:  # shown even with --quiet, as an uncertain alignment is
         print(f"WARNING: {warning}", file=sys.stderr)
     progress = None if args.quiet else _print_progress

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -149,22 +150,41 @@ def check_scan_modality(image: np.ndarray, modality: str | None, *, what: str = 
         raise InputError(f"{what}: {problem}. {_WHAT_TO_DO[str(modality)]}")
 
 
-def check_stated_modality(stated: str | None, modality: str | None, *, what: str = "image") -> None:
-    """Raise InputError when a scan's header states a kind of scan (DICOM Modality 'MR' or 'CT') other than
-    ``modality``, the bundle's; other or missing statements are left to the voxels (:func:`check_scan_modality`)."""
-    if stated in MODALITIES and modality is not None and stated != modality:
+@dataclass(frozen=True)
+class HeaderStatement:
+    """What a scan's metadata states about its kind: its modality ('MR', 'CT', ...; None when not given), for MR
+    the weighting it reveals ('T1', 'T2', 'FLAIR', 'PD' or None) and what revealed it, in words, and where that
+    was read (``source``: 'DICOM header', 'BIDS name', 'BIDS sidecar')."""
+
+    modality: str | None = None
+    weighting: str | None = None
+    evidence: str = ""
+    source: str = ""
+
+
+def check_stated_modality(
+    stated: HeaderStatement | None, modality: str | None, *, what: str = "image"
+) -> None:
+    """Raise InputError when a scan's metadata states a kind of scan ('MR' or 'CT') other than ``modality``, the
+    bundle's; other or missing statements are left to the voxels (:func:`check_scan_modality`)."""
+    if (
+        stated is not None
+        and stated.modality in MODALITIES
+        and modality is not None
+        and stated.modality != modality
+    ):
         raise InputError(
-            f"{what}: its header says it is {stated}, and this bundle was trained on {modality} scans; "
-            f"{_WHAT_TO_DO[modality]}"
+            f"{what}: its {stated.source or 'header'} says it is {stated.modality}, and this bundle was trained on "
+            f"{modality} scans; {_WHAT_TO_DO[modality]}"
         )
 
 
-def weighting_warning(stated: str | None, evidence: str, contrast: str | None) -> str | None:
-    """A warning when a scan's header reveals another MR weighting than the bundle's ``contrast`` (None when
-    either is unknown or they agree). A warning, not a refusal: headers are read by rules that can be fooled."""
-    if stated is None or contrast is None or stated == contrast:
+def weighting_warning(stated: HeaderStatement | None, contrast: str | None) -> str | None:
+    """A warning when a scan's metadata reveals another MR weighting than the bundle's ``contrast`` (None when
+    either is unknown or they agree). A warning, not a refusal: metadata is read by rules that can be fooled."""
+    if stated is None or stated.weighting is None or contrast is None or stated.weighting == contrast:
         return None
     return (
-        f"the scan's DICOM header describes a {stated}-weighted scan ({evidence}), and this bundle was trained on "
-        f"{contrast}-weighted scans: its labels may be wrong"
+        f"the scan's {stated.source} describes a {stated.weighting}-weighted scan ({stated.evidence}), and this "
+        f"bundle was trained on {contrast}-weighted scans: its labels may be wrong"
     )

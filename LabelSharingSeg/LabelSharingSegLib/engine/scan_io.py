@@ -10,6 +10,7 @@ volume would misplace anatomy silently.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .modality import weighting_of_name, weighting_of_timing
-from .nifti_io import has_nifti_ending, load_nifti
+from .modality import HeaderStatement, weighting_of_name, weighting_of_timing
+from .nifti_io import has_nifti_ending, load_nifti, nifti_ending
 
 ITK_ENDINGS = (".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_ENDINGS = (".dcm", ".ima")
@@ -29,19 +30,29 @@ MAX_SCAN_VOXELS = 2**31
 _SPACING_TOLERANCE = 0.02
 _RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _MAX_FOLDERS = 2000  # a DICOM export's tree, not a whole disk
+# BIDS anatomical suffixes (the last underscore-separated part of a file's name) that name an MR weighting
+_BIDS_WEIGHTINGS = {
+    "T1w": "T1",
+    "UNIT1": "T1",
+    "inplaneT1": "T1",
+    "T2w": "T2",
+    "inplaneT2": "T2",
+    "PDw": "PD",
+    "FLAIR": "FLAIR",
+}
+_MAX_SIDECAR_BYTES = 1_000_000  # a sidecar holds a few kB of acquisition parameters
 
 
 @dataclass(frozen=True)
 class Scan:
-    """Voxels (float32 [i, j, k]), the voxel -> RAS mm affine, what was read, in words, and the kind of scan its
-    header states (DICOM Modality such as 'MR', 'CT'; None where the format has no such field)."""
+    """Voxels (float32 [i, j, k]), the voxel -> RAS mm affine, what was read, in words, and what its metadata
+    states about the kind of scan: a DICOM header; a NIfTI file's BIDS name and sidecar; nothing for NRRD and
+    MetaImage."""
 
     image: np.ndarray
     affine: np.ndarray
     description: str
-    stated_modality: str | None = None
-    stated_weighting: str | None = None  # MR weighting ('T1', 'T2', 'FLAIR', 'PD') the header reveals
-    weighting_evidence: str = ""  # what revealed it, in words
+    stated: HeaderStatement = HeaderStatement()
 
 
 def load_scan(path: str | os.PathLike, *, series: str | None = None) -> Scan:
@@ -60,7 +71,7 @@ def load_scan(path: str | os.PathLike, *, series: str | None = None) -> Scan:
         raise InputError(f"{path}: --series chooses a DICOM series; give a DICOM folder or file")
     if has_nifti_ending(path):
         image, affine = load_nifti(path)
-        return Scan(image, affine, f"NIfTI {path.name}")
+        return Scan(image, affine, f"NIfTI {path.name}", bids_statement(path))
     if name.endswith(ITK_ENDINGS):
         return _itk_file(path)
     if name.endswith(DICOM_ENDINGS) or _is_dicom(path):
@@ -214,19 +225,7 @@ def _dicom_series(folder: Path, series: str | None) -> Scan:
 
 def _dicom_scan(voxels: np.ndarray, affine: np.ndarray, first, uid: str, count: int) -> Scan:
     """The scan with what its (first file's) header states (:func:`_statement`)."""
-    stated = _statement(first)
-    words = _series_words(first, uid, count)
-    return Scan(voxels, affine, words, stated.modality, stated.weighting, stated.evidence)
-
-
-@dataclass(frozen=True)
-class HeaderStatement:
-    """What a DICOM header states about the kind of scan: its Modality ('MR', 'CT', ...; None when not given)
-    and, for MR, the weighting it reveals ('T1', 'T2', 'FLAIR', 'PD' or None) and what revealed it, in words."""
-
-    modality: str | None = None
-    weighting: str | None = None
-    evidence: str = ""
+    return Scan(voxels, affine, _series_words(first, uid, count), _statement(first))
 
 
 def dicom_header_statement(path: str | os.PathLike) -> HeaderStatement:
@@ -240,16 +239,67 @@ def _statement(reader) -> HeaderStatement:
     and inversion times."""
     modality = _tag(reader, "0008|0060") or None
     if modality != "MR":
-        return HeaderStatement(modality)
-    described = _tag(reader, "0008|103e")
-    times = {
-        name: _milliseconds(reader, key)
-        for name, key in (("TR", "0018|0080"), ("TE", "0018|0081"), ("TI", "0018|0082"))
-    }
+        return HeaderStatement(modality, source="DICOM header")
+    keys = {"TR": "0018|0080", "TE": "0018|0081", "TI": "0018|0082"}
+    times = {name: _milliseconds(reader, key) for name, key in keys.items()}
+    return _mr_statement(None, "", _tag(reader, "0008|103e"), times, "DICOM header")
+
+
+def _mr_statement(
+    named: str | None, named_by: str, described: str, times: dict[str, float | None], source: str
+) -> HeaderStatement:
+    """An MR scan's weighting: ``named`` (by ``named_by``, in words) when given, else what the series description
+    names, else what the repetition, echo and inversion times (ms) say."""
+    weighting = (
+        named or weighting_of_name(described) or weighting_of_timing(times["TR"], times["TE"], times["TI"])
+    )
     timing = ", ".join(f"{name} {value:g} ms" for name, value in times.items() if value is not None)
-    weighting = weighting_of_name(described) or weighting_of_timing(times["TR"], times["TE"], times["TI"])
-    evidence = ", ".join(part for part in (f"series {described!r}" if described else "", timing) if part)
-    return HeaderStatement(modality, weighting, evidence)
+    parts = (named_by, f"series {described!r}" if described else "", timing)
+    return HeaderStatement("MR", weighting, ", ".join(part for part in parts if part), source)
+
+
+def bids_statement(path: str | os.PathLike) -> HeaderStatement:
+    """What a NIfTI file's BIDS name and JSON sidecar state: the name's suffix ('sub-01_T2w.nii.gz': T2), and the
+    sidecar beside it ('sub-01_T2w.json', as dcm2niix writes it: Modality, SeriesDescription, and RepetitionTime,
+    EchoTime and InversionTime in seconds). A sidecar that is missing, over 1 MB or not a JSON object states
+    nothing: it is not the scan, and the scan is not refused for it."""
+    path = Path(path)
+    stem = path.name[: len(path.name) - len(nifti_ending(path))]
+    suffix = stem.rsplit("_", 1)[-1]
+    named = _BIDS_WEIGHTINGS.get(suffix)
+    sidecar = _sidecar(path.with_name(stem + ".json"))
+    stated = sidecar.get("Modality")
+    modality = stated.strip().upper() if isinstance(stated, str) and stated.strip() else None
+    if modality is None and named:
+        modality = "MR"
+    if modality != "MR":  # stated by the sidecar, or by nothing
+        return HeaderStatement(modality, source="BIDS sidecar" if modality else "")
+    source = "BIDS name" if named else "BIDS sidecar"  # the name's weighting comes first
+    described = sidecar.get("SeriesDescription") or sidecar.get("ProtocolName") or ""
+    keys = {"TR": "RepetitionTime", "TE": "EchoTime", "TI": "InversionTime"}
+    times = {name: _seconds_as_ms(sidecar.get(key)) for name, key in keys.items()}
+    named_by = f"BIDS suffix {suffix!r}" if named else ""
+    return _mr_statement(named, named_by, described if isinstance(described, str) else "", times, source)
+
+
+def _sidecar(path: Path) -> dict:
+    """The JSON object in ``path``, or {} (missing, too big, unreadable, or not an object)."""
+    try:
+        if not path.is_file() or path.stat().st_size > _MAX_SIDECAR_BYTES:
+            return {}
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
+        return {}
+    return content if isinstance(content, dict) else {}
+
+
+def _seconds_as_ms(value) -> float | None:
+    """A BIDS time in seconds (a number, or the first of a list for several echoes) in milliseconds."""
+    if isinstance(value, list) and value:
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) * 1000.0 if np.isfinite(value) and value > 0 else None
 
 
 def _milliseconds(reader, key: str) -> float | None:

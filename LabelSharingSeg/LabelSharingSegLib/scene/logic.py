@@ -27,9 +27,9 @@ from . import atlassegments
 from . import geometry as geo
 from . import segments as seg
 from .bundlechoice import resolveBundlePath
-from .dicomheader import FileForInstance, volumeHeaderStatement
 from .jobs import cancelCallable, progressCallable, raiseIfCancelled, scaledProgress
 from .preparedrun import ATLAS_KIND, TASK_KIND, PreparedRun
+from .scanheader import FileForInstance, volumeHeaderStatement
 from .transaction import SceneTransaction
 
 DEVICE_CHOICES = ("auto", "cuda", "cpu", "mps")
@@ -55,7 +55,7 @@ class SegmentationSceneLogic:
         dicomFileForInstance: FileForInstance | None = None,
     ):
         """``dicomFileForInstance``: the file of a DICOM SOP Instance UID (in the app: Slicer's DICOM database's
-        ``fileForInstance``), so that volumes loaded from DICOM have their headers checked (scene/dicomheader.py)."""
+        ``fileForInstance``), so that volumes loaded from DICOM have their headers checked (scene/scanheader.py)."""
         import slicer
 
         if scene is None:
@@ -182,8 +182,8 @@ class SegmentationSceneLogic:
         if (
             stated is not None
         ):  # as `lsseg segment` checks a DICOM series: another modality refused, weighting warned
-            check_stated_modality(stated.modality, prep.scan_modality, what=what)
-            warning = weighting_warning(stated.weighting, stated.evidence, prep.contrast)
+            check_stated_modality(stated, prep.scan_modality, what=what)
+            warning = weighting_warning(stated, prep.contrast)
             warnings += [f"{what}: {warning}"] if warning else []
         return image, geometry, warnings
 

@@ -1,14 +1,16 @@
-"""Volumes loaded by Slicer's DICOM module (real MRML, slicer-core): the module reads the header of the first file a
-volume came from, as `lsseg segment` reads a series' own. A header stating another modality than the bundle's is
-refused when *Apply* is pressed; another MR weighting is warned about in the status line and the log. Slicer's
-DICOM database is stood in for by an index of a folder's files by SOP Instance UID (the lookup the module passes
-in is Slicer's ``slicer.dicomDatabase.fileForInstance``)."""
+"""What a volume's metadata states, read by the module (real MRML, slicer-core) as `lsseg segment` reads a scan's:
+the header of the first DICOM file a volume loaded by Slicer's DICOM module came from, or the BIDS name and
+sidecar of the NIfTI file Slicer read it from. Another modality than the bundle's is refused when *Apply* is
+pressed; another MR weighting is warned about in the status line and the log. Slicer's DICOM database is stood in
+for by an index of a folder's files by SOP Instance UID (the lookup the module passes in is Slicer's
+``slicer.dicomDatabase.fileForInstance``)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -18,8 +20,8 @@ from dicom_series import write_series
 from LabelSharingSegLib.engine.errors import InputError
 from LabelSharingSegLib.engine.scan_io import load_scan
 from LabelSharingSegLib.scene import geometry as geo
-from LabelSharingSegLib.scene.dicomheader import INSTANCE_UIDS_ATTRIBUTE
 from LabelSharingSegLib.scene.logic import SegmentationSceneLogic
+from LabelSharingSegLib.scene.scanheader import INSTANCE_UIDS_ATTRIBUTE
 from lsseg_training.data import sources
 from lsseg_training.demo import LS_BUNDLE, shipped_bundles_dir
 
@@ -90,7 +92,7 @@ def test_a_header_stating_ct_is_refused_by_an_mr_bundle_and_one_stating_t1_passe
     logic = _logic(scene, index)
     ct_volume = _dicom_volume(scene, stated_ct, "stated CT")
     with pytest.raises(
-        InputError, match="'stated CT': its header says it is CT, and this bundle was trained on MR"
+        InputError, match="'stated CT': its DICOM header says it is CT, and this bundle was trained on MR"
     ):
         logic.prepareSegmentTask(ct_volume, "SagittalLobes")
     assert logic.prepareSegmentTask(_dicom_volume(scene, stated_t1, "T1"), "SagittalLobes").warnings == []
@@ -100,3 +102,25 @@ def test_a_header_stating_ct_is_refused_by_an_mr_bundle_and_one_stating_t1_passe
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 64)
     assert _logic(scene, {uid: str(junk) for uid in index}).prepareSegmentTask(ct_volume, "SagittalLobes")
+
+
+def test_a_volume_read_from_a_bids_named_nifti_is_warned_about(scene, tmp_path):
+    """A volume Slicer read from 'sub-01_T2w.nii.gz' (its own storage node, as *Add Data* reads it): the BIDS
+    suffix names the weighting, and the shipped T1 bundle's run is warned about."""
+    image, affine = sources.load_system_image(sources.COLIN27_HEAD)
+    path = tmp_path / "sub-01_T2w.nii.gz"
+    nib.save(
+        nib.Nifti1Image(np.ascontiguousarray(image[::4, ::4, ::4]), affine @ np.diag([4, 4, 4, 1.0])), path
+    )
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "sub-01_T2w")
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.ReadData(volume)
+    volume.SetAndObserveStorageNodeID(storage.GetID())
+    run = _logic(scene, None).prepareSegmentTask(volume, "SagittalLobes")
+    assert run.warnings == [
+        "'sub-01_T2w': the scan's BIDS name describes a T2-weighted scan (BIDS suffix 'T2w'), and this bundle was "
+        "trained on T1-weighted scans: its labels may be wrong"
+    ]
+    path.rename(tmp_path / "moved.nii.gz")  # the file gone since: nothing known, nothing said
+    assert _logic(scene, None).prepareSegmentTask(volume, "SagittalLobes").warnings == []
