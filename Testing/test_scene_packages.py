@@ -3,7 +3,11 @@ check, and the bundle path the Browse dialog's choice resolves to. No MRML neede
 
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +19,32 @@ from LabelSharingSegLib.scene.packages import PackageRequirement, pipPlan
 
 def _nothing_importable(name):
     return False
+
+
+def test_the_module_loads_with_every_required_package_missing():
+    """Slicer loads the module before anything is installed, and the module must load to offer the install: what
+    LabelSharingSeg.py imports of its library at load time imports none of torch and the required packages (a
+    header reader imported at load once pulled in nibabel)."""
+    module = Path(__file__).resolve().parents[1] / "LabelSharingSeg" / "LabelSharingSeg.py"
+    imported = sorted(
+        node.module
+        for node in ast.parse(module.read_text()).body
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("LabelSharingSegLib")
+    )
+    assert "LabelSharingSegLib.scene.logic" in imported
+    blocked = ["torch", *(req.importName for req in packages.REQUIRED_PACKAGES)]
+    script = (
+        "import importlib, sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        f"for name in {imported!r}: importlib.import_module(name)\n"
+        "from LabelSharingSegLib.scene import packages\n"
+        "print(sorted(req.importName for req in packages.missingPackages()))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=module.parent, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(sorted(blocked[1:]))
 
 
 def test_this_environment_has_everything():

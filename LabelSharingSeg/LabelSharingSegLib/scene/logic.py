@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,8 +30,10 @@ from . import segments as seg
 from .bundlechoice import resolveBundlePath
 from .jobs import cancelCallable, progressCallable, raiseIfCancelled, scaledProgress
 from .preparedrun import ATLAS_KIND, TASK_KIND, PreparedRun
-from .scanheader import FileForInstance, volumeHeaderStatement
 from .transaction import SceneTransaction
+
+if TYPE_CHECKING:
+    from .scanheader import FileForInstance
 
 DEVICE_CHOICES = ("auto", "cuda", "cpu", "mps")
 
@@ -177,11 +180,12 @@ class SegmentationSceneLogic:
         # here, before a worker starts, so that a CT given to an MR bundle is refused at once
         what, prep = f"'{volumeNode.GetName()}'", bundle.preprocessing
         check_scan_modality(image, prep.scan_modality, what=what)
+        from .scanheader import volumeHeaderStatement  # reads NIfTI and DICOM: needs nibabel and SimpleITK
+
         warnings = []
         stated = volumeHeaderStatement(volumeNode, self.dicomFileForInstance)
-        if (
-            stated is not None
-        ):  # as `lsseg segment` checks a DICOM series: another modality refused, weighting warned
+        # as `lsseg segment` checks a scan's metadata: another modality refused, another MR weighting warned about
+        if stated is not None:
             check_stated_modality(stated, prep.scan_modality, what=what)
             warning = weighting_warning(stated, prep.contrast)
             warnings += [f"{what}: {warning}"] if warning else []
