@@ -187,13 +187,17 @@ def test_evaluate_with_align_off_needs_no_registration(tmp_path, monkeypatch, ca
 
 def test_a_scan_refused_for_want_of_a_pose_is_scored_empty_and_noted(tmp_path, monkeypatch):
     """A test case whose alignment is refused while its world coordinates match nothing is what `lsseg segment`
-    refuses: the evaluation goes on, scores it as the empty segmentation a user gets, and says so. (The
-    registration is replaced by such a result; how one arises on a real scan: Testing/test_realscan.py.)"""
+    refuses: the evaluation goes on, scores it as the empty segmentation a user gets, and says so; a second label
+    set drawn on the atlas, which every method there starts from that alignment for, leaves it out and says so.
+    (The registration is replaced by such a result; how one arises on a real scan: Testing/test_realscan.py.)"""
     from LabelSharingSegLib.engine import inference
     from LabelSharingSegLib.engine.registration import Alignment
     from lsseg_training.data.build import build_set
 
-    (aal,) = build_set("brain-aal", tmp_path / "data", cases=2, test_cases=1, spacing=8.0, progress=None)
+    aal, nmm = (
+        build_set(name, tmp_path / "data", cases=2, test_cases=1, spacing=8.0, progress=None)[0]
+        for name in ("brain-aal", "brain-nmm")
+    )
     bundles = [tmp_path / "multichannel", tmp_path / "lcs"]
     reference = (
         "--reference",
@@ -210,7 +214,9 @@ def test_a_scan_refused_for_want_of_a_pose_is_scored_empty_and_noted(tmp_path, m
     )
     monkeypatch.setattr(inference, "affine_alignment", lambda *args, **kwargs: unplaced)
     report = tmp_path / "report"
-    assert lsseg("evaluate", *bundles, "--data", aal, "--device", "cpu", "--no-hd95", "--out", report) == 0
+    assert (
+        lsseg("evaluate", *bundles, "--data", aal, nmm, "--device", "cpu", "--no-hd95", "--out", report) == 0
+    )
     with open(report / "metrics.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert {r["method"] for r in rows} == {"multichannel", "lcs"}
@@ -219,3 +225,4 @@ def test_a_scan_refused_for_want_of_a_pose_is_scored_empty_and_noted(tmp_path, m
     summary = (report / "summary.md").read_text()
     for method in ("multichannel", "lcs"):
         assert f"{method} refused the scan, scored as an empty segmentation" in summary
+    assert "left out, lcs refused the scan" in summary and not (report / "fine_methods.csv").exists()
