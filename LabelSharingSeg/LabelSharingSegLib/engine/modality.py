@@ -50,7 +50,7 @@ def modality_of_channels(names: Iterable[str]) -> str | None:
     return _agreed([modality_of_channel(name) for name in names])
 
 
-# MR weightings a bundle may declare (``preprocessing.contrast``) and a DICOM header may reveal. A network trained
+# MR weightings a bundle may declare (``preprocessing.contrast``) and a scan's metadata may reveal. A network trained
 # on one sees another as a different image: the real proton-density series of the tests, given to the shipped T1
 # bundle, was not even aligned to its reference.
 WEIGHTINGS = ("T1", "T2", "FLAIR", "PD")
