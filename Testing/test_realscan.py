@@ -179,9 +179,9 @@ def test_the_alignment_bench_aligns_the_real_scan_in_random_head_poses(capsys):
     result = json.loads(capsys.readouterr().out)
     assert [(r["grid"], r["pose"]) for r in result["rows"]] == [("6mm", 0), ("6mm", 1), ("6mm", 2)]
     # measured 2.3-2.5 mm: Colin 27's brain against the template's, at 6 mm voxels
-    assert all(r["accepted"] and r["confident"] and r["error_mm"] < 5.0 for r in result["rows"]), result[
-        "rows"
-    ]
+    assert all(
+        r["accepted"] and r["confident"] and r["places_scan"] and r["error_mm"] < 5.0 for r in result["rows"]
+    ), result["rows"]
     assert result["summary"]["6mm"]["failed"] == result["summary"]["6mm"]["flagged"] == 0
     assert lsseg("bench", "alignment", shipped_bundles_dir() / LS_BUNDLE, "--grids", "1mm") == 2
 

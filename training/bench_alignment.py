@@ -172,6 +172,7 @@ def run_alignment(args: argparse.Namespace) -> int:
                     "failed": error > FAILED_MM,
                     "accepted": alignment.accepted,
                     "confident": alignment.confident,
+                    "places_scan": alignment.places_scan,  # False: segmenting would refuse the scan
                     "peak_sharpness": round(alignment.peak_sharpness, 3),
                     "mutual_information": round(alignment.metric, 4),
                     "no_alignment_mutual_information": round(alignment.identity_metric, 4),
@@ -181,6 +182,7 @@ def run_alignment(args: argparse.Namespace) -> int:
             )
             if not args.json:
                 flag = "" if alignment.accepted and alignment.confident else " (flagged)"
+                flag = flag if alignment.places_scan else " (refused: no pose, not segmented)"
                 print(
                     f"{grid} pose {number}: {error:.1f} mm{flag}, start {alignment.start} ({seconds:.1f} s)"
                 )
