@@ -5,6 +5,7 @@ lcs_refine`` -> ``lsseg segment --method lcs-refine`` -> ``lsseg evaluate`` end 
 from __future__ import annotations
 
 import csv
+import math
 
 import numpy as np
 import pytest
@@ -195,7 +196,7 @@ def _side_rows(report):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_refine_trains_segments_and_is_evaluated_beside_every_method(tmp_path):
+def test_refine_trains_segments_and_is_evaluated_beside_every_method(tmp_path, monkeypatch):
     data, coarse = _tiny_brains(tmp_path)
     out = tmp_path / "refine"
     common = ["--data", data, "--coarse-map", coarse, "--device", "cpu", "--quiet", "--batch", "2"]
@@ -247,6 +248,22 @@ def test_refine_trains_segments_and_is_evaluated_beside_every_method(tmp_path):
     for method in ("naive (world)", "affine propagation", "deformable propagation", "LCS (Ma et al. 2022)"):
         assert sum(r["method"] == method for r in side) == 3, method
     assert [float(r["dice"]) for r in side if r["method"] == "LCS refine"] == refine
+
+    # a scan whose deformable registration diverges is refused by `lsseg segment`: scored empty and named
+    from lsseg_training import sidebyside
+
+    monkeypatch.setattr(
+        sidebyside, "deformable_registration", lambda *args: (None, "diverged (stood in here)")
+    )
+    refused = tmp_path / "refused"
+    assert lsseg("evaluate", out, "--data", data, "--out", refused, "--device", "cpu", "--no-hd95") == 0
+    with open(refused / "metrics.csv", newline="") as handle:
+        scored = [float(r["dice"]) for r in csv.DictReader(handle)]
+    assert scored and all(value == 0.0 or math.isnan(value) for value in scored) and 0.0 in scored
+    assert (
+        "refine refused the scan, scored as an empty segmentation (diverged (stood in here))"
+        in (refused / "summary.md").read_text()
+    )
 
     # invalid refine options are refused with one line
     assert lsseg(*args, "--steps", 1, "--split-prob", "1.5") == 2

@@ -87,9 +87,12 @@ def _rows_for(method, kind, task, case_id, prediction, truth, labels, spacing, w
         }
 
 
-def _unplaced_note(case_id: str, method: str, error: UnplacedScanError) -> str:
-    """The note for a scan the product refused for want of a pose: scored as the nothing a user gets."""
-    return f"{case_id}: {method} refused the scan, scored as an empty segmentation ({error})"
+def _refused(method, kind, task, case_id, shape, truth, labels, spacing, with_hd95, why) -> tuple[list, str]:
+    """(rows, note) of a test case the product refuses (no trusted pose, a registration that diverged): scored as
+    the empty segmentation a user gets, so that every method is compared on the same cases, and named."""
+    empty = np.zeros(shape, np.int16)
+    rows = list(_rows_for(method, kind, task, case_id, empty, truth, labels, spacing, with_hd95))
+    return rows, f"{case_id}: {method} refused the scan, scored as an empty segmentation ({why})"
 
 
 def _evaluate_task_bundle(bundle, method, datasets, device, with_hd95, align: bool):
@@ -103,7 +106,7 @@ def _evaluate_task_bundle(bundle, method, datasets, device, with_hd95, align: bo
         labels = bundle.task_labels(task)
         for case in _test_cases(dataset):
             image, truth, affine = load_case(case)
-            volume = as_volume(image[0])
+            volume, truth, spacing = as_volume(image[0]), as_volume(truth), voxel_spacing(affine)
             try:
                 labelmap = segment_task(
                     bundle,
@@ -115,18 +118,12 @@ def _evaluate_task_bundle(bundle, method, datasets, device, with_hd95, align: bo
                     align=None if align else False,
                 ).labelmap
             except UnplacedScanError as error:
-                labelmap = np.zeros(volume.shape, np.int16)
-                notes.append(_unplaced_note(case.case_id, method, error))
+                more, note = _refused(method, bundle.kind, task, case.case_id, volume.shape, truth, labels,
+                                      spacing, with_hd95, error)  # fmt: skip
+                rows, notes = rows + more, notes + [note]
+                continue
             rows += _rows_for(
-                method,
-                bundle.kind,
-                task,
-                case.case_id,
-                labelmap,
-                as_volume(truth),
-                labels,
-                voxel_spacing(affine),
-                with_hd95,
+                method, bundle.kind, task, case.case_id, labelmap, truth, labels, spacing, with_hd95
             )
     return rows, notes
 
@@ -252,8 +249,10 @@ def _evaluate_lcs_bundle(
                 result, deformable = _refined_result(
                     bundle, volume, affine, masks, infos, device, network, shared
                 )
-                if result is None:
-                    notes.append(f"{case.case_id}: LCS refine left out: {shared['note']}")
+                if result is None:  # the registration it refines diverged: `lsseg segment` refuses it too
+                    more, note = _refused(method, "lcs", task, case.case_id, volume.shape, mapped, infos, spacing,
+                                          with_hd95, shared["note"])  # fmt: skip
+                    rows, notes = rows + more, notes + [note]
                     continue
             else:
                 try:
@@ -269,11 +268,9 @@ def _evaluate_lcs_bundle(
                         align=shared.get("alignment") if align else False,
                     )
                 except UnplacedScanError as error:  # nothing for the comparisons that follow to build on
-                    notes.append(_unplaced_note(case.case_id, method, error))
-                    empty = np.zeros(volume.shape, np.int16)
-                    rows += _rows_for(
-                        method, "lcs", task, case.case_id, empty, mapped, infos, spacing, with_hd95
-                    )
+                    more, note = _refused(method, "lcs", task, case.case_id, volume.shape, mapped, infos, spacing,
+                                          with_hd95, error)  # fmt: skip
+                    rows, notes = rows + more, notes + [note]
                     continue
                 if result.alignment is not None:
                     shared.setdefault("alignment", result.alignment)
