@@ -65,6 +65,24 @@ def test_a_real_scanner_series_reads_as_its_folder_or_any_of_its_files(tmp_path)
     assert np.allclose(scan.affine @ [255, 0, 19, 1], [-corner[0], -corner[1], corner[2], 1], atol=1e-3)
 
 
+def test_a_series_of_one_file_reads_as_one_slice_with_its_header(head, tmp_path):
+    """One DICOM file (a single slice, as a scout or a one-image export): read through the file reader, its header
+    read once and stated as for a whole series."""
+    image, affine = head
+    one = write_series(tmp_path / "one", image[:, :, 20:21], affine @ _shifted(20), description="T2 single")
+    scan = load_scan(one)
+    assert scan.image.shape == (*image.shape[:2], 1) and np.array_equal(scan.image[..., 0], image[:, :, 20])
+    assert np.allclose(scan.affine[:3, 3], (affine @ [0, 0, 20, 1])[:3], atol=1e-3)
+    assert scan.stated == HeaderStatement("MR", "T2", "series 'T2 single'", "DICOM header")
+
+
+def _shifted(k: int) -> np.ndarray:
+    """Voxel index k along the third axis moved to 0."""
+    move = np.eye(4)
+    move[2, 3] = k
+    return move
+
+
 def test_dicom_nrrd_and_metaimage_give_the_voxels_and_affine_of_nifti(head, tmp_path):
     image, affine = head
     series = write_series(tmp_path / "dicom", image, affine)

@@ -117,10 +117,11 @@ def _check_declared(path: Path, size, components: int) -> None:
         )
 
 
-def _itk_file(path: Path) -> Scan:
+def _itk_file(path: Path, reader=None) -> Scan:
+    """``reader``: ``path``'s header when already read (a DICOM header can take seconds to parse)."""
     import SimpleITK as sitk
 
-    reader = _header(path)
+    reader = reader if reader is not None else _header(path)
     _check_declared(path, reader.GetSize(), reader.GetNumberOfComponents())
     if reader.GetDimension() not in (2, 3):
         raise InputError(f"{path}: a {reader.GetDimension()}D image; give one 3D volume (or a 2D slice)")
@@ -201,7 +202,7 @@ def _dicom_series(folder: Path, series: str | None) -> Scan:
     files = _series_files(folder, uid)
     first = _header(Path(files[0]))
     if len(files) == 1:  # one file: a single slice or a multi-frame (enhanced) image
-        scan = _itk_file(Path(files[0]))
+        scan = _itk_file(Path(files[0]), first)
         return _dicom_scan(scan.image, scan.affine, first, uid, len(files))
     _check_declared(folder, list(first.GetSize()[:2]) + [len(files)], first.GetNumberOfComponents())
     reader = sitk.ImageSeriesReader()
