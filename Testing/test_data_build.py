@@ -128,6 +128,40 @@ def test_multitask_has_three_distinct_tasks(built):
     assert len(shapes) == 3  # different planes give differently shaped slices of the same grid
 
 
+def test_multitask_records_the_region_its_slices_cover_and_training_takes_it_into_the_tasks(built):
+    """Each 2D set records its slab of slice positions within the brain's box (MNI mm), every case's slice lies
+    in it, and the bundle's task table takes plane and region from dataset.json (2D tasks segment an aligned scan
+    only there)."""
+    from lsseg_training.planning import task_infos
+
+    datasets = [read_dataset(f) for f in built["multitask"]]
+    for ds in datasets:
+        meta = ds.metadata["lsseg"]
+        region = meta["region_mm"]
+        normal = build.PLANE_AXIS[meta["plane"]]
+        for case in ds.training + ds.test:
+            _, _, affine = load_case(case)
+            position = affine[normal, 3]  # the slice's own position along the plane's normal
+            half = abs(affine[normal, 2]) / 2  # positions are rounded onto the set's grid
+            assert any(box[normal][0] - half <= position <= box[normal][1] + half for box in region), (
+                case.case_id
+            )
+            for box in region:
+                assert [box[a] for a in range(3) if a != normal] == [
+                    [float(build.BRAIN_BOX.low[a]), float(build.BRAIN_BOX.high[a])]
+                    for a in range(3)
+                    if a != normal
+                ]
+    assert (
+        len(datasets[[d.task_name() for d in datasets].index("SagittalLobes")].metadata["lsseg"]["region_mm"])
+        == 2
+    )
+    tasks, _ = task_infos("labelsharing", datasets)
+    for task, ds in zip(tasks, datasets):
+        assert task.plane == ds.metadata["lsseg"]["plane"]
+        assert [[list(i) for i in box] for box in task.region_mm] == ds.metadata["lsseg"]["region_mm"]
+
+
 def test_aal_hierarchy(built):
     folder = built["brain-aal"][0]
     ds = read_dataset(folder)

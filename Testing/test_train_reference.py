@@ -101,7 +101,7 @@ def test_a_2d_bundle_aligns_volumes_to_its_3d_reference_and_leaves_slices_alone(
     from LabelSharingSegLib.engine.errors import InputError
     from LabelSharingSegLib.engine.inference import segment_task
     from LabelSharingSegLib.engine.nifti_io import load_nifti
-    from lsseg_training.bundle_factory import set_task_planes
+    from lsseg_training.bundle_factory import set_task_slicing
 
     data2d = phantoms(tmp_path / "d2", tasks=1, dims=2, size=32, cases=3, test_cases=1)
     data3d = phantoms(tmp_path / "d3", tasks=1, dims=3, size=24, cases=1, test_cases=1)
@@ -121,7 +121,7 @@ def test_a_2d_bundle_aligns_volumes_to_its_3d_reference_and_leaves_slices_alone(
     )
     assert lsseg(*args, *TINY) == 0
     task = load_bundle(out).tasks[0].name
-    bundle = load_bundle(set_task_planes(out, {task: "axial"}))  # the reference is kept
+    bundle = load_bundle(set_task_slicing(out, {task: ("axial", ())}))  # the reference is kept
     assert bundle.has_reference() and bundle.preprocessing.spatial_dims == 2
 
     slice_image, slice_affine = load_nifti(sorted((data2d[0] / "imagesTs").iterdir())[0])

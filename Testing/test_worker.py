@@ -160,7 +160,7 @@ def test_methods_resolve_to_engine_functions_only():
 
 def test_options_are_checked_against_the_method_signature():
     assert checkOptions(inference.segment_task, "task", {"align": False}) == {"align": False}
-    with pytest.raises(InputError, match=r"unknown option\(s\) sigma \(accepted: align\)"):
+    with pytest.raises(InputError, match=r"unknown option\(s\) sigma \(accepted: align, all_slices\)"):
         checkOptions(inference.segment_task, "task", {"sigma": 1})
     with pytest.raises(InputError, match="set by the worker itself"):
         checkOptions(inference.segment_task, "task", {"device": "cpu"})

@@ -143,8 +143,10 @@ def add_task(config: AddTaskConfig, on_step: StepCallback | None = None) -> Trai
     network = bundle.network_config.replace(out_channels=space.n_shared + 1)
     if network.TAKES_TASK:  # a task code per task (unet_film, --head): one more for the new task
         network = network.replace(num_tasks=len(space.task_names))
-    # the old tasks keep their planes; the new one brings its dataset's
-    planes = {t.name: t.plane for t in bundle.tasks} | {new.task_name(): factory.dataset_plane(new)}
+    # the old tasks keep their planes and regions; the new one brings its dataset's
+    slicing = {t.name: (t.plane, t.region_mm) for t in bundle.tasks} | {
+        new.task_name(): factory.dataset_slicing(new)
+    }
     share = config.share()
     replayed = {d.task_name(): len(bundle.task(d.task_name()).labels) for d in replay}
     weights = replay_weights(new.task_name(), replayed, share, settings.task_sampling)
@@ -159,7 +161,7 @@ def add_task(config: AddTaskConfig, on_step: StepCallback | None = None) -> Trai
     extra = {"base_bundle": bundle.bundle_id} | ({"new_task_share": share} if weights else {})
     plan = TaskModelPlan(
         "labelsharing",
-        factory.with_planes(factory.labelsharing_tasks(space, colors), planes),
+        factory.with_slicing(factory.labelsharing_tasks(space, colors), slicing),
         space,
         prep=bundle.preprocessing,
         network=network,

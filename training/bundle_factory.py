@@ -19,6 +19,7 @@ from LabelSharingSegLib.engine.network_config import CONFIG_OF_ARCH, NetworkConf
 from LabelSharingSegLib.engine.networks import build_network
 from LabelSharingSegLib.engine.planes import PLANES
 from LabelSharingSegLib.engine.preprocessing_config import IntensityConfig, Preprocessing
+from LabelSharingSegLib.engine.trained_region import Region, read_region
 
 from .run_config import HEAD_CONTROLLER_INPUTS
 
@@ -100,20 +101,36 @@ def per_task_rank_tasks(task_labels: dict[str, dict[int, str]]) -> list[TaskInfo
     ]
 
 
-def dataset_plane(dataset) -> str | None:
-    """The plane a 2D dataset's slices were cut in, as ``lsseg data build`` records it (``dataset.json`` ->
-    ``lsseg.plane``); None when not recorded (own data: the slices are used as stored)."""
-    plane = (dataset.metadata.get("lsseg") or {}).get("plane")
+# a task's plane (2D; None: none recorded) and the region of the reference's world it was trained on (empty: none)
+TaskSlicing = tuple[str | None, Region]
+
+
+def dataset_slicing(dataset) -> TaskSlicing:
+    """The plane a 2D dataset's slices were cut in and the region of the reference's world its cases cover, as
+    ``lsseg data build`` records them (``dataset.json`` -> ``lsseg.plane``, ``lsseg.region_mm``); (None, ())
+    when not recorded (own data: the slices are used as stored, and the whole of a scan is segmented)."""
+    recorded = dataset.metadata.get("lsseg") or {}
+    plane = recorded.get("plane")
     if plane is not None and plane not in PLANES:
         raise InputError(
             f"{dataset.root}: dataset.json lsseg.plane {plane!r} is not one of {', '.join(PLANES)}"
         )
-    return plane
+    try:
+        region = read_region("lsseg.region_mm", recorded.get("region_mm"))
+    except ConfigError as exc:
+        raise InputError(f"{dataset.root}: dataset.json {exc}") from None
+    return plane, region
 
 
-def with_planes(tasks: list[TaskInfo], planes: dict[str, str | None]) -> list[TaskInfo]:
-    """The tasks with their training plane recorded (2D bundles segment a volume along it)."""
-    return [replace(task, plane=planes.get(task.name, task.plane)) for task in tasks]
+def with_slicing(tasks: list[TaskInfo], slicing: dict[str, TaskSlicing]) -> list[TaskInfo]:
+    """The tasks with their training plane and region recorded (2D bundles segment a volume along the plane, an
+    aligned scan is segmented only inside the region)."""
+    return [
+        replace(task, plane=slicing[task.name][0], region_mm=slicing[task.name][1])
+        if task.name in slicing
+        else task
+        for task in tasks
+    ]
 
 
 def network_config_for(
@@ -239,18 +256,21 @@ def write_lcs_bundle(
     )
 
 
-def set_task_planes(bundle_path: str | Path, planes: dict[str, str]) -> Path:
-    """Record the planes of a 2D bundle's tasks in place (weights and everything else unchanged; the
+def set_task_slicing(bundle_path: str | Path, slicing: dict[str, TaskSlicing]) -> Path:
+    """Record the planes and trained regions of a bundle's tasks in place (weights and everything else unchanged; the
     bundle writer recomputes the file hashes and validates before replacing). For bundles trained before
-    planes were recorded."""
+    planes or regions were recorded."""
     from LabelSharingSegLib.engine.bundle import load_bundle
 
     bundle = load_bundle(bundle_path)
-    unknown = sorted(set(planes) - set(bundle.task_names()))
+    unknown = sorted(set(slicing) - set(bundle.task_names()))
     if unknown:
         raise InputError(f"{bundle_path}: no task(s) {', '.join(unknown)}; its tasks: {bundle.task_names()}")
     manifest = replace(
-        bundle.manifest, tasks=tuple(with_planes(bundle.tasks, planes)), files={}, reference_image=None
+        bundle.manifest,
+        tasks=tuple(with_slicing(list(bundle.tasks), slicing)),
+        files={},
+        reference_image=None,
     )
     reference = bundle.reference_image() if bundle.has_reference() else None
     return write_bundle(bundle.path, manifest, bundle.state_dict, reference=reference, overwrite=True)

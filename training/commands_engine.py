@@ -103,6 +103,13 @@ def register(subparsers) -> None:
         help="register the scan to the bundle's reference image first (affine, SimpleITK); "
         "auto: when the bundle carries one (LCS atlases, 3D bundles with a reference)",
     )
+    segment.add_argument(
+        "--all-slices",
+        action="store_true",
+        help="segment the whole of an aligned scan; by default a task that records the region of the reference "
+        "it was trained on (the shipped 2D tasks: a slab of slices; lsseg info shows it) is segmented only "
+        "there, since its network was never shown the rest",
+    )
     segment.add_argument("--quiet", action="store_true", help="no progress output")
     segment.add_argument(
         "--no-cache",
@@ -218,14 +225,23 @@ def run_segment(args: argparse.Namespace) -> int:
     warning = weighting_warning(scan.stated, bundle.preprocessing.contrast)
     if warning is not None:  # shown even with --quiet, as an uncertain alignment is
         print(f"WARNING: {warning}", file=sys.stderr)
-    progress = None if args.quiet else _print_progress
+    progress = None if args.quiet else _ProgressPrinter()
     align = {"auto": None, "on": True, "off": False}[args.align]
     with disk_cache_off() if args.no_cache else contextlib.nullcontext():
         if args.task is not None:
             result = segment_task(
-                bundle, image, affine, args.task, device=args.device, progress=progress, align=align
+                bundle,
+                image,
+                affine,
+                args.task,
+                device=args.device,
+                progress=progress,
+                align=align,
+                all_slices=args.all_slices,
             )
         else:
+            if args.all_slices:
+                raise InputError("--all-slices goes with --task (a task's trained region)")
             masks, labels = _atlas_masks_from_labelmap(bundle, args.atlas_labels, args.atlas_names)
             result = segment_atlas_labels(
                 bundle,
@@ -245,6 +261,8 @@ def run_segment(args: argparse.Namespace) -> int:
     alignment = result.alignment
     if alignment is not None and (not args.quiet or not alignment.accepted or not alignment.confident):
         print(alignment.summary())
+    if result.coverage is not None and not args.quiet:
+        print(f"{result.coverage} (--all-slices segments every slice)")
     if names_path is None:
         write_seg_nrrd(args.output, result.labelmap, result.affine, result.labels)
     else:
@@ -271,8 +289,20 @@ def _names_path(output: Path) -> Path:
     return output.with_name(name + ".csv")
 
 
-def _print_progress(fraction: float, message: str) -> None:
-    print(f"\r[{int(fraction * 100):3d}%] {message:60s}", end="", flush=True)
+class _ProgressPrinter:
+    """Progress on stdout: one line rewritten in place on a terminal; to a file or pipe, one line per step rather
+    than a carriage return per network window (thousands of updates in a log)."""
+
+    def __init__(self) -> None:
+        self._terminal = sys.stdout.isatty()
+        self._step = ""
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self._terminal:
+            print(f"\r[{int(fraction * 100):3d}%] {message:60s}", end="", flush=True)
+        elif message != self._step:
+            self._step = message
+            print(f"[{int(fraction * 100):3d}%] {message}", flush=True)
 
 
 def run_info(args: argparse.Namespace) -> int:

@@ -116,13 +116,13 @@ def task_infos(
     """The bundle's task table (and the shared label space for label sharing: labels matched by size rank, or
     with ``shuffle_seed`` by a seeded random order, the control for the rank mapping)."""
     task_labels = {d.task_name(): d.foreground_labels() for d in datasets}
-    planes = {d.task_name(): factory.dataset_plane(d) for d in datasets}  # 2D: the plane slices were cut in
+    slicing = {d.task_name(): factory.dataset_slicing(d) for d in datasets}  # 2D plane, trained region
     if kind == "labelsharing":
         space = SharedLabelSpace.build([task_sizes(d) for d in datasets], shuffle_seed=shuffle_seed)
-        return factory.with_planes(factory.labelsharing_tasks(space), planes), space
+        return factory.with_slicing(factory.labelsharing_tasks(space), slicing), space
     if kind == "multichannel":
-        return factory.with_planes(factory.multichannel_tasks(task_labels), planes), None
-    return factory.with_planes(factory.per_task_rank_tasks(task_labels), planes), None
+        return factory.with_slicing(factory.multichannel_tasks(task_labels), slicing), None
+    return factory.with_slicing(factory.per_task_rank_tasks(task_labels), slicing), None
 
 
 def reference_image(path: Path | None, prep: Preprocessing):

@@ -363,8 +363,9 @@ def report_lines(out: Path, info: dict, demo_numbers: dict) -> list[str]:
         "neck, never used for training (training cases come from the brain-only ICBM templates). The file is "
         f"stored in MNI space, so it is placed in a scanner pose (head rotated {rx:g}/{ry:g}/{rz:g} degrees "
         f"about the R/A/S axes and shifted {SCANNER_SHIFT_MM} mm) and resampled onto a scanner grid. Truth: "
-        "the AAL regions drawn on this brain (`aal.nii.gz`), moved identically. 2D tasks are scored inside "
-        "the slab of slices they were trained on, for the labels AAL also defines. The deep-grey task is "
+        "the AAL regions drawn on this brain (`aal.nii.gz`), moved identically. Aligned, a 2D task is segmented "
+        "only inside the slab of slices it was trained on (the bundle records it); every 2D task is scored "
+        "inside that slab, for the labels AAL also defines. The deep-grey task is "
         "trained on Neuromorphometrics labels, whose structures AAL draws with other borders (docs/DEMO.md "
         "measures how far the two atlases differ), so its real-scan figure is compared with the held-out "
         "template scored against the same AAL truth (the row marked so), not with its test cases.",

@@ -23,6 +23,7 @@ import numpy as np
 from LabelSharingSegLib.engine.atomic import write_text_atomic
 from LabelSharingSegLib.engine.errors import DatasetError, InputError
 from LabelSharingSegLib.engine.nifti_io import load_nifti, save_nifti
+from LabelSharingSegLib.engine.trained_region import Region, region_to_json
 
 from ..datasets import check_dataset, make_case_folders, write_case, write_dataset_json
 from ..label_hierarchy import HIERARCHY_FILE
@@ -132,6 +133,20 @@ SETS: dict[str, tuple[TaskSpec, ...]] = {
 
 # older names still accepted by build_set
 SET_ALIASES = {"brain-neuromorphometrics": "brain-nmm"}
+
+
+def trained_region(spec: TaskSpec) -> Region:
+    """The region of MNI space a set's cases cover (recorded in its dataset.json): the brain's box, and for 2D
+    sets only their slab of slice positions along the normal (both hemispheres' where mirrored)."""
+    x, y, z = ((float(low), float(high)) for low, high in zip(BRAIN_BOX.low, BRAIN_BOX.high))
+    if spec.plane is None or spec.slab_mm is None:
+        return ((x, y, z),)
+    low, high = spec.slab_mm
+    parts = ([(-high, -low)] if spec.both_hemispheres else []) + [(low, high)]
+    normal = PLANE_AXIS[spec.plane]
+    return tuple(
+        (part if normal == 0 else x, part if normal == 1 else y, part if normal == 2 else z) for part in parts
+    )
 
 
 def set_names() -> tuple[str, ...]:
@@ -359,6 +374,7 @@ def _build_task(
                 "spacing_mm": spacing,
                 "spatial_dims": spec.spatial_dims,
                 "plane": spec.plane,
+                "region_mm": region_to_json(trained_region(spec)),
                 "train_templates": list(sources.TRAIN_TEMPLATES),
                 "test_template": sources.TEST_TEMPLATE,
                 "case_templates": case_templates,

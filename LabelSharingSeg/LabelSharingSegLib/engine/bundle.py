@@ -33,6 +33,7 @@ from .manifest import AtlasFiles, Manifest, TaskInfo, software_versions
 from .network_config import NetworkConfig
 from .networks import build_network
 from .preprocessing_config import Preprocessing
+from .trained_region import region_text
 
 __all__ = ["Bundle", "Manifest", "TaskInfo", "build_manifest", "load_bundle", "write_bundle", "zip_bundle"]
 
@@ -176,6 +177,10 @@ class Bundle:
         for task in self.tasks:
             names = ", ".join(label.name for label in task.labels)
             lines.append(f"Task {task.name} ({len(task.labels)} labels): {names}")
+            if task.region_mm:  # where an aligned scan is segmented (trained_region.py)
+                lines.append(f"  trained on {region_text(task.region_mm, task.plane)} of the reference")
+            elif task.plane is not None:
+                lines.append(f"  trained on {task.plane} slices")
         if m.atlas is not None:
             atlas = [label.name for label in labels_from_csv(self._require_lcs() / m.atlas.names)]
             lines.append(

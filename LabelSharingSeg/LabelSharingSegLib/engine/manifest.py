@@ -33,6 +33,7 @@ from .network_config import (
 )
 from .planes import PLANES
 from .preprocessing_config import Preprocessing
+from .trained_region import Region, read_region, region_to_json
 
 BUNDLE_FORMAT = "labelsharingseg.bundle"
 SCHEMA_VERSION = 2
@@ -52,6 +53,9 @@ class TaskInfo:
     # 2D bundles: the plane the task was trained in (axial, sagittal, coronal); None: a volume is cut along its
     # third voxel axis as given (bundles written before planes were recorded)
     plane: str | None = None
+    # the region of the training cases' world (the reference's) they covered; a scan aligned to the reference is
+    # segmented only there (trained_region.py). Empty: not recorded
+    region_mm: Region = ()
 
     def to_dict(self) -> dict:
         entry = {
@@ -61,6 +65,8 @@ class TaskInfo:
         }
         if self.plane is not None:
             entry["plane"] = self.plane
+        if self.region_mm:
+            entry["region_mm"] = region_to_json(self.region_mm)
         return entry
 
     @classmethod
@@ -89,7 +95,8 @@ class TaskInfo:
         plane = data.get("plane")
         if plane is not None and plane not in PLANES:
             raise ConfigError(f"{where}.plane: {shown(plane)} is not one of {', '.join(PLANES)}")
-        return cls(name, index, tuple(labels), channels, plane)
+        region = read_region(f"{where}.region_mm", data.get("region_mm"))
+        return cls(name, index, tuple(labels), channels, plane, region)
 
 
 @dataclass(frozen=True)

@@ -418,6 +418,9 @@ class SegmentationSceneLogic:
             log(f"LabelSharingSeg: {alignment.summary()}")
         for warning in run.warnings:
             logging.warning(f"LabelSharingSeg: {warning}")
+        coverage = getattr(result, "coverage", None)
+        if coverage:
+            logging.info(f"LabelSharingSeg: {coverage}")
         labels = list(result.labels) or (run.labels if run.kind == ATLAS_KIND else self._taskLabels(run))
         specs = seg.specsFromLabelmap(np.asarray(result.labelmap), labels, run.terminologies)
         outputNode = run.outputNode
@@ -444,8 +447,9 @@ class SegmentationSceneLogic:
     @staticmethod
     def finishedMessage(outputName: str, seconds: float, result, warnings: Sequence[str] = ()) -> str:
         """The status line after ``applyRun``: where the output went; when the automatic alignment was refused or
-        is uncertain, that the result needs checking (the details are in the log); and the run's ``warnings``
-        about its input (``PreparedRun.warnings``)."""
+        is uncertain, that the result needs checking (the details are in the log); which part of the scan was
+        segmented when not all of it (a 2D task's trained slab); and the run's ``warnings`` about its input
+        (``PreparedRun.warnings``)."""
         parts = [f"Done in {seconds:.1f} s: '{outputName}'."]
         alignment = getattr(result, "alignment", None)
         if alignment is not None and not alignment.accepted:
@@ -458,6 +462,9 @@ class SegmentationSceneLogic:
                 "Automatic alignment uncertain (it may be wrong): check the result over the scan; details in the "
                 "Python console."
             )
+        coverage = getattr(result, "coverage", None)
+        if coverage:  # labels missing over most of a head would otherwise look like a failure
+            parts.append(f"Note: {coverage[0].upper()}{coverage[1:]}.")
         return " ".join(parts + [f"Warning: {warning}." for warning in warnings])
 
     @staticmethod

@@ -59,6 +59,7 @@ class WorkerResult:
     seconds: float
     device_note: str | None
     alignment: ReportedAlignment | None = None
+    coverage: str | None = None  # which part of the scan was segmented, when not all of it
 
 
 @dataclass
@@ -242,7 +243,9 @@ class WorkerJob:
             if done.alignment
             else None
         )
-        return WorkerResult(labelmap, affine, labels, done.seconds, done.deviceNote or None, alignment)
+        return WorkerResult(
+            labelmap, affine, labels, done.seconds, done.deviceNote or None, alignment, done.coverage or None
+        )
 
     def cleanup(self) -> None:
         shutil.rmtree(self.workDir, ignore_errors=True)

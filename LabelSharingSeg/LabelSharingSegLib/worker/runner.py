@@ -99,4 +99,5 @@ def runRequest(request: WorkerRequest, emit: EventSink) -> WorkerEvent:
         alignment=alignment.summary() if alignment is not None else "",
         alignmentAccepted=bool(getattr(alignment, "accepted", True)),
         alignmentConfident=bool(getattr(alignment, "confident", True)),
+        coverage=str(getattr(result, "coverage", "") or ""),
     )
