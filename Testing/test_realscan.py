@@ -163,6 +163,12 @@ def test_every_shipped_bundle_segments_the_real_scan(tmp_path):
     assert numbers[("label sharing", "SagittalLobes", aligned)] > 0.5
     assert numbers[("LCS", "coarse atlas labels", aligned)] > 0.6
     assert numbers[("LCS refine", "coarse atlas labels", "aligned automatically")] > 0.6
+    # beside them, what registering the atlas gives (its coarse labels are the lobes; the deep structures need
+    # the fine AAL regions of a brain dataset, not given here)
+    for method in ("atlas registration, affine", "atlas registration, deformable"):
+        for task in ("SagittalLobes", "coarse atlas labels"):
+            assert numbers[(method, task, "aligned automatically")] > 0.5
+        assert (method, "CoronalSubcortical", "aligned automatically") not in numbers
     assert len(info["alignment"]) == 2 and "refused" not in " ".join(info["alignment"])
 
 
