@@ -146,14 +146,29 @@ def test_a_real_series_with_no_pose_on_the_reference_is_refused_and_nothing_writ
 def test_every_shipped_bundle_segments_the_real_scan(tmp_path):
     """The demo's real-scan section with the shipped bundles (a coarse 6 mm scanner grid to stay quick): label
     sharing aligned and not, and on the held-out template against the same AAL truth; LCS aligned and not; the
-    refine bundle's trained labels. Floors far below the 2 mm figures of docs/DEMO.md, far above chance."""
-    from lsseg_training.demo import LCS_BUNDLE, LS_BUNDLE, REFINE_BUNDLE, shipped_bundles_dir
+    refine bundle's trained labels; beside them, one model per task and the atlas registered onto the scan. Floors
+    far below the 2 mm figures of docs/DEMO.md, far above chance."""
+    from lsseg_training.demo import (
+        LCS_BUNDLE,
+        LS_BUNDLE,
+        REFINE_BUNDLE,
+        baseline_bundles_dir,
+        find_individual_bundles,
+        shipped_bundles_dir,
+    )
     from lsseg_training.realscan import TEMPLATE_MODE, real_scan_example, real_scan_numbers
 
     shipped = shipped_bundles_dir()
     # device "auto", as `lsseg demo` passes it by default (the fine-label rows once failed on it)
+    individual = find_individual_bundles(baseline_bundles_dir())
+    assert len(individual) == 3  # one model per task, kept beside the shipped bundles (baselines/)
     info = real_scan_example(
-        tmp_path, (shipped / LS_BUNDLE, shipped / LCS_BUNDLE), "auto", 6.0, refine=shipped / REFINE_BUNDLE
+        tmp_path,
+        (shipped / LS_BUNDLE, shipped / LCS_BUNDLE),
+        "auto",
+        6.0,
+        refine=shipped / REFINE_BUNDLE,
+        individual=individual,
     )
     numbers = {key: dice for key, (dice, _) in real_scan_numbers(info["csv"]).items()}
     aligned = "aligned automatically (default)"
@@ -169,6 +184,9 @@ def test_every_shipped_bundle_segments_the_real_scan(tmp_path):
         for task in ("SagittalLobes", "coarse atlas labels"):
             assert numbers[(method, task, "aligned automatically")] > 0.5
         assert (method, "CoronalSubcortical", "aligned automatically") not in numbers
+    # and one model per task, aligned as label sharing is (at 6 mm its deep structures score 0.23)
+    assert numbers[("one model per task", "SagittalLobes", aligned)] > 0.5
+    assert numbers[("one model per task", "CoronalSubcortical", aligned)] > 0.1
     assert len(info["alignment"]) == 2 and "refused" not in " ".join(info["alignment"])
 
 

@@ -48,5 +48,15 @@ cd "$work"
   --registration-cache registrations --name "LCS refine: brain atlas (AAL lobes trained, draw finer regions)" --quiet
 "$lsseg" evaluate lcs-brain-aal lcs-refine-brain-aal --data data/Dataset801_BrainAAL --no-hd95 \
   --out lcs-refine-brain-aal.evaluation
+# The baseline the demo shows beside label sharing: one model per task at the same total budget (6000 steps x 8
+# split over the three tasks: 2000 each; about 100 s per task on 2 threads). The demo finds it in the
+# repository's baselines/ folder (not part of the Slicer extension).
+[ -d individual-multitask ] || "$lsseg" train individual \
+  --data data/Dataset811_AxialTissue data/Dataset812_SagittalLobes data/Dataset813_CoronalSubcortical \
+  --out individual-multitask --steps 2000 --batch 8 --patch 96,96 --spacing 1.5,1.5 --seed 0 --time-limit 60 \
+  --appearance head,bias,gamma,noise,resolution --threads 2 \
+  --reference data/Dataset801_BrainAAL/reference_template.nii.gz \
+  --name "One model per task (baseline): brain slices" --quiet
+echo "Baseline: copy individual-multitask/ into baselines/ (the demo shows it beside label sharing)."
 echo "Bundles in $work: copy labelsharing-multitask/, lcs-brain-aal/ and lcs-refine-brain-aal/ (and their"
 echo ".evaluation/summary.md) into LabelSharingSeg/Resources/Bundles/ to ship them."

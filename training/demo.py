@@ -40,6 +40,9 @@ from .label_hierarchy import HIERARCHY_FILE
 LS_BUNDLE = "labelsharing-multitask"
 LCS_BUNDLE = "lcs-brain-aal"
 REFINE_BUNDLE = "lcs-refine-brain-aal"  # optional: evaluated beside the LCS bundle when the folder has it
+# optional: one model per task (`lsseg train individual --out`), shown beside label sharing when the baselines
+# folder (or --bundles) has it
+INDIVIDUAL_BUNDLES = "individual-multitask"
 MULTITASK_FOLDERS = ("Dataset811_AxialTissue", "Dataset812_SagittalLobes", "Dataset813_CoronalSubcortical")
 BRAIN_FOLDER = "Dataset801_BrainAAL"
 
@@ -112,6 +115,12 @@ def shipped_bundles_dir() -> Path:
     return Path(LabelSharingSegLib.__file__).resolve().parent.parent / "Resources" / "Bundles"
 
 
+def baseline_bundles_dir() -> Path:
+    """``baselines/`` at the repository root: bundles of the alternatives the demo shows beside the shipped ones,
+    kept out of the Slicer extension (absent from an installed package: the demo then shows no such rows)."""
+    return shipped_bundles_dir().parents[2] / "baselines"
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
@@ -134,7 +143,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--bundles",
         type=Path,
-        help=f"folder holding {LS_BUNDLE}/ and {LCS_BUNDLE}/ (default: the shipped bundles)",
+        help=f"folder holding {LS_BUNDLE}/ and {LCS_BUNDLE}/ (default: the shipped bundles), optionally "
+        f"{REFINE_BUNDLE}/ and {INDIVIDUAL_BUNDLES}/ (one model per task; default: the repository's baselines/)",
     )
     p.add_argument("--tiny", action="store_true", help="CI-sized data and training (fast, low accuracy)")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
@@ -262,6 +272,12 @@ def find_refine_bundle(folder: Path) -> Path | None:
     return next((c for c in (folder / REFINE_BUNDLE, folder / f"{REFINE_BUNDLE}.zip") if c.exists()), None)
 
 
+def find_individual_bundles(folder: Path) -> list[Path]:
+    """The one-model-per-task bundles beside the demo bundles (shipped; not trained by ``--train``), or none."""
+    root = folder / INDIVIDUAL_BUNDLES
+    return sorted(p for p in root.iterdir() if (p / "bundle.json").is_file()) if root.is_dir() else []
+
+
 # ------------------------------------------------------------------------------------------ command
 
 
@@ -284,7 +300,10 @@ def run_demo(args: argparse.Namespace) -> int:
     # the refine network is judged beside the paper's LCS, both on the same registrations
     refine = None if args.train else find_refine_bundle(args.bundles or shipped_bundles_dir())
     lcs_paths = [bundles[1], *([refine] if refine else [])]
-    for name, bundle_paths, data in (("labelsharing", [bundles[0]], multitask), ("lcs", lcs_paths, [brain])):
+    individual = [] if args.train else find_individual_bundles(args.bundles or baseline_bundles_dir())
+    evaluations = [("labelsharing", [bundles[0]], multitask), ("lcs", lcs_paths, [brain])]
+    evaluations += [("individual", individual, multitask)] if individual else []
+    for name, bundle_paths, data in evaluations:
         target = out / "evaluation" / name
         if (target / "summary.md").is_file():
             _say(f"reusing the evaluation in {target}")
@@ -295,13 +314,15 @@ def run_demo(args: argparse.Namespace) -> int:
     examples = labelsharing_examples(out, bundles[0], multitask, args.device)
     lcs = lcs_examples(out, bundles[1], brain, args.device)
     off = off_atlas_example(out, bundles[1], brain, args.device, settings.seed)
-    real = real_scan_section(out, bundles, args.device, settings.realscan_spacing, brain, refine)
+    real = real_scan_section(out, bundles, args.device, settings.realscan_spacing, brain, refine, individual)
     numbers = report_numbers(out, lcs_method=bundles[1].name, refine_method=refine.name if refine else None)
     report = write_report(out, numbers, bundles, source, examples, lcs, off, real)
     print()
     print(f"LabelSharingSeg demo finished in {time.perf_counter() - started:.0f} s")
     for task, row in numbers["labelsharing"].items():
         print(f"  label sharing  {task:22s} mean Dice {_f(row['dice'])} over {row['cases']} test case(s)")
+    for task, row in numbers["individual"].items():
+        print(f"  one model per task {task:18s} mean Dice {_f(row['dice'])}")
     print(f"  LCS            coarse (trained) labels  mean Dice {_f(numbers['lcs_coarse']['dice'])}")
     print(
         f"  LCS            fine labels, never trained mean Dice {_f(numbers['lcs_fine']['fine_dice'])} "

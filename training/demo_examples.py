@@ -4,6 +4,7 @@ LCS on coarse and fine atlas labels, an off-atlas scan, the real whole-head scan
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -280,15 +281,17 @@ def real_scan_section(
     spacing: float,
     brain: Path | None = None,
     refine: Path | None = None,
+    individual: Sequence[Path] = (),
 ) -> dict:
-    """Results on the real whole-head scan (with ``brain``: also the atlas case's fine labels by every method);
-    {"skipped": reason} when its Debian package is not installed."""
+    """Results on the real whole-head scan (with ``brain``: also the atlas case's fine labels by every method;
+    ``individual``: one-model-per-task bundles beside label sharing); {"skipped": reason} when its Debian
+    package is not installed."""
     from LabelSharingSegLib.engine.errors import DatasetError
 
     from .realscan import real_scan_example
 
     try:
-        return real_scan_example(out, bundles, device, spacing, brain, refine)
+        return real_scan_example(out, bundles, device, spacing, brain, refine, individual)
     except DatasetError as exc:
         _say(f"skipping the real scan: {exc}")
         return {"skipped": str(exc)}

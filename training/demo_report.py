@@ -46,6 +46,8 @@ def report_numbers(out: Path, lcs_method: str | None = None, refine_method: str 
         for m in dict.fromkeys(r["method"] for r in side)
     }
     tasks = sorted({r["task"] for r in ls_rows})
+    individual_path = out / "evaluation" / "individual" / "metrics.csv"
+    individual_rows = _read_csv(individual_path) if individual_path.is_file() else []
     return {
         "labelsharing": {
             t: {
@@ -54,6 +56,11 @@ def report_numbers(out: Path, lcs_method: str | None = None, refine_method: str 
                 "labels": len({r["label_value"] for r in ls_rows if r["task"] == t}),
             }
             for t in tasks
+        },
+        # one model per task (the baseline bundles beside the shipped ones, when present)
+        "individual": {
+            t: {"dice": _mean(r["dice"] for r in individual_rows if r["task"] == t)}
+            for t in sorted({r["task"] for r in individual_rows})
         },
         "lcs_coarse": {
             "dice": _mean(r["dice"] for r in lcs_rows),
@@ -129,11 +136,20 @@ def write_report(
         f"Shared label space: n* = {ls_bundle.label_space.n_shared} shared labels serve "
         f"{len(ls_bundle.task_names())} tasks (see `evaluation/labelsharing/summary.md` for per-label Dice).",
         "",
-        "| task | test cases | labels | mean Dice |",
-        "|---|---|---|---|",
     ]
+    own = numbers.get("individual", {})
+    if (
+        own
+    ):  # the obvious alternative beside it: a model of its own per task, trained at the same total budget
+        lines += [
+            "| task | test cases | labels | mean Dice | one model per task |",
+            "|---|---|---|---|---|",
+        ]
+    else:
+        lines += ["| task | test cases | labels | mean Dice |", "|---|---|---|---|"]
     for task, row in numbers["labelsharing"].items():
-        lines.append(f"| {task} | {row['cases']} | {row['labels']} | {_f(row['dice'])} |")
+        beside = f" {_f(own.get(task, {}).get('dice', float('nan')))} |" if own else ""
+        lines.append(f"| {task} | {row['cases']} | {row['labels']} | {_f(row['dice'])} |{beside}")
     lines += [""] + [f"![{e['task']}]({rel(e['figure'])})" for e in examples]
     lines += [
         "",

@@ -10,13 +10,16 @@ sees the scan through the atlas's brain; the 2D label-sharing tasks cut the alig
 for comparison, with ``--align off``. Dice is computed where truth exists: LCS coarse labels (AAL merged by the
 bundle's hierarchy) over the whole brain; the 2D tasks inside the slab of slices they were trained on (their
 plane and slab, in MNI millimetres), for the labels AAL also defines, and on the held-out template against the
-same AAL truth. The atlas case's fine labels on the scan, by every method: realscan_fine.py.
+same AAL truth. Beside them, the alternatives a clinician has: the atlas registered onto the scan carrying the
+same structures, and one model per task when such bundles are given. The atlas case's fine labels on the scan,
+by every method: realscan_fine.py.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,6 +189,7 @@ def real_scan_example(
     spacing: float,
     brain: Path | None = None,
     refine: Path | None = None,
+    individual: Sequence[Path] = (),
 ) -> dict:
     """Segment the real scan with every shipped bundle; write results, overlays and ``realscan.csv``. With the
     ``brain`` dataset (its atlas case's fine labels), also the fine labels by every method
@@ -221,12 +225,11 @@ def real_scan_example(
                 files += write_result(
                     target, f"labelsharing_{task.name}", result.labelmap, scan.affine, result.labels
                 )
+            rows += _slab_rows("label sharing", scan, task.name, mode, result)
             truth = _truth_for_task(scan, result.labels)
             shown = np.zeros_like(result.labelmap)
             for label in result.labels:
                 if label.value in truth and slab is not None:
-                    dice = _dice((result.labelmap == label.value) & slab, truth[label.value] & slab)
-                    rows.append(_row("label sharing", task.name, mode, label.name, dice))
                     shown[truth[label.value]] = label.value
             panels.append((f"label sharing, {mode}", result.labelmap))
         if shown is not None and shown.any():
@@ -242,17 +245,19 @@ def real_scan_example(
         )
         _say(f"real scan, label sharing {task.name}: wrote {files[-3]}")
 
+    # one model per task, beside label sharing: aligned (its default), scored in the same slab
+    for path in individual:
+        own = load_bundle(path)
+        for task in own.tasks:
+            result = segment_task(own, scan.image, scan.affine, task.name, device=device)
+            rows += _slab_rows(INDIVIDUAL, scan, task.name, "aligned automatically (default)", result)
+
     template = held_out_template(spacing)
     for task in ls.tasks:
         result = segment_task(
             ls, template.image, template.affine, task.name, device=device, network=network, align=False
         )
-        slab = _slab_mask(template, task.name)
-        truth = _truth_for_task(template, result.labels)
-        for label in result.labels:
-            if label.value in truth and slab is not None:
-                dice = _dice((result.labelmap == label.value) & slab, truth[label.value] & slab)
-                rows.append(_row("label sharing", task.name, TEMPLATE_MODE, label.name, dice))
+        rows += _slab_rows("label sharing", template, task.name, TEMPLATE_MODE, result)
 
     lcs = load_bundle(bundles[1])
     network = _network(lcs, device)
@@ -342,6 +347,24 @@ def real_scan_example(
     }
 
 
+def _slab_rows(bundle: str, scan: ScannerScan, task: str, mode: str, result) -> list[dict]:
+    """A 2D task's rows: each label's Dice inside the slab of slices it was trained on, where AAL defines it."""
+    slab = _slab_mask(scan, task)
+    truth = _truth_for_task(scan, result.labels)
+    return [
+        _row(
+            bundle,
+            task,
+            mode,
+            label.name,
+            _dice((result.labelmap == label.value) & slab, truth[label.value] & slab),
+        )
+        for label in result.labels
+        if label.value in truth and slab is not None
+    ]
+
+
+INDIVIDUAL = "one model per task"
 REGISTRATION_METHODS = {
     "register-affine": "atlas registration, affine",
     "register-deformable": "atlas registration, deformable",
@@ -455,6 +478,8 @@ def report_lines(out: Path, info: dict, demo_numbers: dict) -> list[str]:
             reference = demo_numbers.get("lcs_coarse", {}).get("dice", float("nan"))
         elif bundle == "LCS refine":
             reference = demo_numbers.get("refine_coarse", {}).get("dice", float("nan"))
+        elif bundle == INDIVIDUAL:
+            reference = demo_numbers.get("individual", {}).get(task, {}).get("dice", float("nan"))
         elif bundle in REGISTRATION_METHODS.values():
             reference = float("nan")  # the test cases' figures are by label set, not by these structures
         else:
