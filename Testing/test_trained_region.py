@@ -221,3 +221,44 @@ def test_lsseg_segment_says_what_part_it_segmented_and_logs_progress_a_line_per_
         != 0
     )
     assert "--all-slices goes with --task" in capsys.readouterr().err
+
+
+def test_a_3d_task_with_a_region_keeps_an_aligned_scan_to_its_box(ls_bundle_path, tmp_path):
+    """Any task may record a region, not only 2D ones: a 3D task's result is kept to its box, unchanged inside."""
+    import shutil
+
+    from LabelSharingSegLib.engine.registration import Alignment
+    from lsseg_training.bundle_factory import set_task_slicing
+
+    path = shutil.copytree(ls_bundle_path, tmp_path / "bundle")
+    region = (((-6.0, 40.0), (-40.0, 40.0), (-40.0, 3.0)),)
+    three_d = load_bundle(set_task_slicing(path, {"organs": (None, region)}))
+    assert three_d.task("organs").region_mm == region and three_d.task("brain").region_mm == ()
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(20, 18, 16)).astype(np.float32)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-20.0, -18.0, -16.0]
+    placed = Alignment(np.eye(4), metric=-0.5)  # the scan already lies in the reference's space
+    kept = segment_task(three_d, image, affine, "organs", device="cpu", align=placed)
+    every = segment_task(three_d, image, affine, "organs", device="cpu", align=placed, all_slices=True)
+    inside = voxels_in(region, affine, image.shape)
+    assert 0 < inside.sum() < inside.size
+    assert not kept.labelmap[~inside].any() and every.labelmap[~inside].any()
+    np.testing.assert_array_equal(kept.labelmap[inside], every.labelmap[inside])
+    assert kept.coverage is not None and "x -6 to 40, y -40 to 40, z -40 to 3 mm" in kept.coverage
+    # the other task records none: segmented whole
+    assert segment_task(three_d, image, affine, "brain", device="cpu", align=placed).coverage is None
+
+
+def test_a_dataset_json_with_a_broken_region_is_refused_with_its_folder(tmp_path):
+    from types import SimpleNamespace
+
+    from lsseg_training.bundle_factory import dataset_slicing
+
+    good = [[[-74, 74], [-22, -6], [-74, 84]]]
+    ok = SimpleNamespace(root=tmp_path, metadata={"lsseg": {"plane": "coronal", "region_mm": good}})
+    assert dataset_slicing(ok) == ("coronal", (((-74.0, 74.0), (-22.0, -6.0), (-74.0, 84.0)),))
+    assert dataset_slicing(SimpleNamespace(root=tmp_path, metadata={})) == (None, ())
+    bad = SimpleNamespace(root=tmp_path, metadata={"lsseg": {"plane": "coronal", "region_mm": [[[5, 1]]]}})
+    with pytest.raises(InputError, match=rf"{tmp_path}: dataset.json lsseg.region_mm\[0\] must be"):
+        dataset_slicing(bad)

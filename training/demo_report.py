@@ -138,9 +138,8 @@ def write_report(
         "",
     ]
     own = numbers.get("individual", {})
-    if (
-        own
-    ):  # the obvious alternative beside it: a model of its own per task, trained at the same total budget
+    # the obvious alternative beside it: a model of its own per task, trained at the same total budget
+    if own:
         lines += [
             "| task | test cases | labels | mean Dice | one model per task |",
             "|---|---|---|---|---|",
