@@ -448,7 +448,7 @@ class SegmentationSceneLogic:
     def finishedMessage(outputName: str, seconds: float, result, warnings: Sequence[str] = ()) -> str:
         """The status line after ``applyRun``: where the output went; when the automatic alignment was refused or
         is uncertain, that the result needs checking (the details are in the log); which part of the scan was
-        segmented when not all of it (a 2D task's trained slab); and the run's ``warnings`` about its input
+        segmented when not all of it (a task's trained region); and the run's ``warnings`` about its input
         (``PreparedRun.warnings``)."""
         parts = [f"Done in {seconds:.1f} s: '{outputName}'."]
         alignment = getattr(result, "alignment", None)

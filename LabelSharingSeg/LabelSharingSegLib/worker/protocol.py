@@ -170,9 +170,8 @@ class WorkerEvent:
     alignmentAccepted: bool = True
     # False: accepted, but uncertain (a flat optimum); the user is told to check the result
     alignmentConfident: bool = True
-    coverage: str = (
-        ""  # done: which part of the scan was segmented, when not all of it (engine result.coverage)
-    )
+    # done: which part of the scan was segmented, when not all of it (engine result.coverage)
+    coverage: str = ""
 
     def toLine(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
