@@ -262,3 +262,27 @@ def test_a_dataset_json_with_a_broken_region_is_refused_with_its_folder(tmp_path
     bad = SimpleNamespace(root=tmp_path, metadata={"lsseg": {"plane": "coronal", "region_mm": [[[5, 1]]]}})
     with pytest.raises(InputError, match=rf"{tmp_path}: dataset.json lsseg.region_mm\[0\] must be"):
         dataset_slicing(bad)
+
+
+def test_the_region_bench_counts_labels_outside_and_times_both_ways(bundle, capsys):
+    """``lsseg bench region`` on the shipped bundle (Colin 27 at 4 mm, one run each way): every slice labels
+    mostly outside each task's region, the region none, with the same labels inside; times reported, never
+    asserted. A bundle whose tasks record no region is refused."""
+    from train_helpers import lsseg
+
+    capsys.readouterr()
+    assert lsseg("bench", "region", bundle.path, "--spacing", 4, "--repeats", 1, "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["task"] for r in result["rows"]] == ["AxialTissue", "SagittalLobes", "CoronalSubcortical"]
+    for row in result["rows"]:
+        assert row["outside_region"] == 0 and row["same_inside"]
+        assert row["outside_every_slice"] > 0.5 * row["labelled_every_slice"]
+        assert row["seconds_every_slice"] > 0 and row["seconds_region"] > 0
+    assert lsseg("bench", "region", bundle.path, "--repeats", 0) == 2
+
+
+def test_the_region_bench_refuses_a_bundle_without_regions(ls_bundle_path, capsys):
+    from train_helpers import lsseg
+
+    assert lsseg("bench", "region", ls_bundle_path) == 2
+    assert "none of its tasks records the region" in capsys.readouterr().err

@@ -9,6 +9,8 @@
   label counts: output channels, parameters and forward time.
 * ``lsseg bench train`` - training throughput of every method, device vs legacy input pipeline
   (``bench_train.py``).
+* ``lsseg bench region`` - a task kept to the region it was trained on vs every slice, on a real whole head:
+  labelled voxels outside the region, and time (``bench_region.py``).
 * ``lsseg bench registration`` - deformable registration methods (fine-label Dice, time) and what the
   registration cache saves, on real test cases (``bench_registration.py``).
 """
@@ -69,12 +71,14 @@ def register(subparsers) -> None:
     heads.add_argument("--json", action="store_true")
     heads.set_defaults(func=run_heads)
     from .bench_alignment import register as register_alignment
+    from .bench_region import register as register_region
     from .bench_registration import register as register_registration
     from .bench_train import register as register_train
 
     register_train(sub)
     register_registration(sub)
     register_alignment(sub)
+    register_region(sub)
 
 
 def _timed(fn, repeats: int, device: torch.device) -> float:
