@@ -280,9 +280,7 @@ def real_scan_example(
         if result.alignment is not None:
             alignment_lines.append(f"LCS: {result.alignment.summary()}")
             _say(f"real scan: {result.alignment.summary()}")
-        for label in coarse_labels:
-            dice = _dice(result.labelmap == label.value, truth[label.value])
-            rows.append(_row("LCS", "coarse atlas labels", mode, label.name, dice))
+        rows += _dice_rows("LCS", "coarse atlas labels", mode, result, truth)
         if align is None:
             files += write_result(target, "lcs_coarse", result.labelmap, scan.affine, result.labels)
         panels.append((f"LCS, {mode}", result.labelmap))
@@ -309,9 +307,7 @@ def real_scan_example(
             method=REFINE_ATLAS_METHOD,
         )
         refine_truth = _truth_for_task(scan, refine_labels)
-        for label in refine_labels:
-            dice = _dice(result.labelmap == label.value, refine_truth[label.value])
-            rows.append(_row("LCS refine", "coarse atlas labels", "aligned automatically", label.name, dice))
+        rows += _dice_rows("LCS refine", "coarse atlas labels", "aligned automatically", result, refine_truth)
     # the strongest registration baseline: the finest atlas shipped (the refine bundle's, 2 mm, when given)
     atlas_bundle = refine_bundle if refine_bundle is not None else lcs
     registration_rows, registration_notes = _registration_rows(scan, atlas_bundle, ls, brain)
@@ -347,21 +343,27 @@ def real_scan_example(
     }
 
 
+def _dice_rows(
+    bundle: str, task: str, mode: str, result, truth: dict, where: np.ndarray | None = None
+) -> list[dict]:
+    """Each label's Dice against ``truth`` (value -> mask; labels without truth are left out), inside ``where``
+    (None: the whole scan)."""
+    rows = []
+    for label in result.labels:
+        if label.value in truth:
+            predicted, expected = result.labelmap == label.value, truth[label.value]
+            if where is not None:
+                predicted, expected = predicted & where, expected & where
+            rows.append(_row(bundle, task, mode, label.name, _dice(predicted, expected)))
+    return rows
+
+
 def _slab_rows(bundle: str, scan: ScannerScan, task: str, mode: str, result) -> list[dict]:
     """A 2D task's rows: each label's Dice inside the slab of slices it was trained on, where AAL defines it."""
     slab = _slab_mask(scan, task)
-    truth = _truth_for_task(scan, result.labels)
-    return [
-        _row(
-            bundle,
-            task,
-            mode,
-            label.name,
-            _dice((result.labelmap == label.value) & slab, truth[label.value] & slab),
-        )
-        for label in result.labels
-        if label.value in truth and slab is not None
-    ]
+    if slab is None:
+        return []
+    return _dice_rows(bundle, task, mode, result, _truth_for_task(scan, result.labels), slab)
 
 
 INDIVIDUAL = "one model per task"
@@ -418,13 +420,10 @@ def _registration_rows(
             except LabelSharingSegError as exc:  # a diverged registration is reported, not scored
                 notes.append(f"{name}, {task}: left out ({exc})")
                 continue
-            truth = _truth_for_task(scan, infos)
-            slab = None if task == "coarse atlas labels" else _slab_mask(scan, task)
-            for info in infos:
-                if info.value in truth:
-                    inside = np.ones(scan.image.shape, dtype=bool) if slab is None else slab
-                    dice = _dice((result.labelmap == info.value) & inside, truth[info.value] & inside)
-                    rows.append(_row(name, task, "aligned automatically", info.name, dice))
+            if task == "coarse atlas labels":  # over the whole brain, as the LCS rows
+                rows += _dice_rows(name, task, "aligned automatically", result, _truth_for_task(scan, infos))
+            else:
+                rows += _slab_rows(name, scan, task, "aligned automatically", result)
     return rows, notes
 
 
