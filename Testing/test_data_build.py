@@ -16,6 +16,7 @@ from lsseg_training.datasets import load_case, read_dataset
 
 SPACING = 6.0  # coarse: CI cost stays small
 SETS_3D = ("brain-aal", "brain-nmm", "brain-hcpex")
+SETS_2D = ("multitask", "multitask-brain")
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def built(tmp_path_factory) -> dict[str, list[Path]]:
     messages: list[str] = []
     result = {
         name: build_set(name, out, cases=2, test_cases=1, seed=3, spacing=SPACING, progress=messages.append)
-        for name in (*SETS_3D, "multitask")
+        for name in (*SETS_3D, *SETS_2D)
     }
     assert any("wrote" in m for m in messages)
     return result
@@ -32,10 +33,10 @@ def built(tmp_path_factory) -> dict[str, list[Path]]:
 
 def test_every_set_passes_data_check(built, capsys):
     folders = [str(p) for paths in built.values() for p in paths]
-    assert len(folders) == 6
+    assert len(folders) == 9
     assert lsseg_main(["data", "check", *folders]) == 0
     out = capsys.readouterr().out
-    assert "6 dataset(s) checked, 6 clean" in out
+    assert "9 dataset(s) checked, 9 clean" in out
 
 
 def test_layout_and_metadata(built):
@@ -57,7 +58,7 @@ def test_3d_sets_carry_the_undeformed_template_as_reference(built):
     for name, folders in built.items():
         for folder in folders:
             path = Path(folder) / build.REFERENCE_FILE
-            if name == "multitask":  # 2D slices: no reference
+            if name in SETS_2D:  # 2D slices: no reference
                 assert not path.exists()
                 continue
             reference, affine = load_nifti(path)
@@ -118,23 +119,26 @@ def test_labels_present_and_volumes_plausible(built):
         assert np.count_nonzero(label) > 0.2 * label.size
 
 
-def test_multitask_has_three_distinct_tasks(built):
-    folders = built["multitask"]
+@pytest.mark.parametrize("name", SETS_2D)
+def test_multitask_has_three_distinct_tasks(built, name):
+    folders = built[name]
     counts = sorted(len(read_dataset(f).foreground_labels()) for f in folders)
-    assert counts[0] == 3 and 6 <= counts[1] <= 10 and counts[2] >= 15
+    # (two random whole-brain slices at 6 mm may miss the small deep structures, which the build then drops)
+    assert counts[0] == 3 and 6 <= counts[1] <= 10 and counts[2] >= (15 if name == "multitask" else 5)
     planes = {read_dataset(f).metadata["lsseg"]["plane"] for f in folders}
     assert planes == {"axial", "sagittal", "coronal"}
     shapes = {load_case(read_dataset(f).training[0])[0].shape for f in folders}
     assert len(shapes) == 3  # different planes give differently shaped slices of the same grid
 
 
-def test_multitask_records_the_region_its_slices_cover_and_training_takes_it_into_the_tasks(built):
+@pytest.mark.parametrize("name", SETS_2D)
+def test_multitask_records_the_region_its_slices_cover_and_training_takes_it_into_the_tasks(built, name):
     """Each 2D set records its slab of slice positions within the brain's box (MNI mm), every case's slice lies
     in it, and the bundle's task table takes plane and region from dataset.json (2D tasks segment an aligned scan
-    only there)."""
+    only there). ``multitask-brain``'s slabs are the whole box."""
     from lsseg_training.planning import task_infos
 
-    datasets = [read_dataset(f) for f in built["multitask"]]
+    datasets = [read_dataset(f) for f in built[name]]
     for ds in datasets:
         meta = ds.metadata["lsseg"]
         region = meta["region_mm"]
@@ -152,10 +156,16 @@ def test_multitask_records_the_region_its_slices_cover_and_training_takes_it_int
                     for a in range(3)
                     if a != normal
                 ]
-    assert (
-        len(datasets[[d.task_name() for d in datasets].index("SagittalLobes")].metadata["lsseg"]["region_mm"])
-        == 2
-    )
+    regions = {d.task_name(): d.metadata["lsseg"]["region_mm"] for d in datasets}
+    brain_box = [[float(low), float(high)] for low, high in zip(build.BRAIN_BOX.low, build.BRAIN_BOX.high)]
+    if name == "multitask":  # narrow slabs; the sagittal one mirrored to both hemispheres
+        assert len(regions["SagittalLobes"]) == 2 and all(
+            region != [brain_box] for region in regions.values()
+        )
+    else:  # (two whole-brain slices at 6 mm miss labels, which training refuses: its task table is not built)
+        assert regions["AxialTissue"] == regions["SagittalLobes"] == [brain_box]
+        assert regions["CoronalSubcortical"] == [[brain_box[0], [-46.0, 30.0], brain_box[2]]]
+        return
     tasks, _ = task_infos("labelsharing", datasets)
     for task, ds in zip(tasks, datasets):
         assert task.plane == ds.metadata["lsseg"]["plane"]
@@ -283,6 +293,13 @@ def test_survival_report_flags_shrunk_labels():
     counts[0, 5] = 1
     report = build.label_survival(spec, counts, 2.0)
     assert [e["value"] for e in report] == [5] and report[0]["expected_voxels"] > 10
+
+
+def test_the_whole_brain_set_defaults_to_more_slices_than_the_slab_set(tmp_path):
+    """Its slices span five to ten times the slab set's positions: 240 training cases when none are named."""
+    folders = build_set("multitask-brain", tmp_path, test_cases=0, seed=0, spacing=8.0, progress=None)
+    assert [len(read_dataset(f).training) for f in folders] == [240, 240, 240]
+    assert all(spec.default_cases is None for spec in build.SETS["multitask"])
 
 
 def test_refuses_non_empty_output_and_force_replaces(tmp_path):

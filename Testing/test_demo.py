@@ -130,18 +130,19 @@ def test_shipped_bundles_segment_held_out_cases_above_floor(tmp_path):
     from LabelSharingSegLib.engine.inference import segment_task
     from lsseg_training.data.build import build_set
     from lsseg_training.datasets import load_case, read_dataset
-    from lsseg_training.demo import FULL
+    from lsseg_training.demo import FULL, MULTITASK_SET
     from lsseg_training.demo_examples import _coarse_lut
 
     ls = load_bundle(SHIPPED / LS_BUNDLE)
     lcs = load_bundle(SHIPPED / LCS_BUNDLE)
     assert ls.kind == "labelsharing" and lcs.kind == "lcs"
-    # test cases depend only on the seed and their index, so one training case is enough to rebuild them
+    # test cases depend only on the seed and their index, so one training case is enough to rebuild them; slices
+    # through the whole brain vary (an edge slice holds little), so eight of them per task
     folders = build_set(
-        "multitask",
+        MULTITASK_SET,
         tmp_path,
         cases=1,
-        test_cases=1,
+        test_cases=8,
         spacing=FULL.multitask_spacing,
         seed=FULL.seed,
         progress=None,
@@ -149,16 +150,22 @@ def test_shipped_bundles_segment_held_out_cases_above_floor(tmp_path):
     dice = {}
     for folder in folders:
         dataset = read_dataset(folder)
-        image, truth, affine = load_case(dataset.test[0])
-        result = segment_task(ls, image[0], affine, dataset.task_name(), device="cpu")
-        scores = [
-            2
-            * np.sum((result.labelmap == v) & (truth == v))
-            / max(1, np.sum(result.labelmap == v) + np.sum(truth == v))
-            for v in dataset.foreground_labels()
-            if (truth == v).any()
-        ]
-        dice[dataset.task_name()] = float(np.mean(scores))
+        # by name: a build this small drops labels no case holds and renumbers the rest
+        names = {value: name for name, value in dataset.labels.items()}
+        means = []
+        for case in dataset.test:
+            image, truth, affine = load_case(case)
+            result = segment_task(ls, image[0], affine, dataset.task_name(), device="cpu")
+            predicted = {label.name: result.labelmap == label.value for label in result.labels}
+            scores = [
+                2
+                * np.sum(predicted[names[v]] & (truth == v))
+                / max(1, np.sum(predicted[names[v]]) + np.sum(truth == v))
+                for v in dataset.foreground_labels()
+                if (truth == v).any()
+            ]
+            means.append(np.mean(scores))
+        dice[dataset.task_name()] = float(np.mean(means))
     brain = build_set(
         "brain-aal",
         tmp_path,
@@ -194,11 +201,12 @@ def test_shipped_bundles_segment_held_out_cases_above_floor(tmp_path):
         assert value > FLOORS[name], (name, value, dice)
 
 
-# Mean Dice over labels on test case 000 of each task, measured with the shipped bundles on the CPU (see
-# docs/DEMO.md): AxialTissue 0.719, SagittalLobes 0.826, CoronalSubcortical 0.508, LCS coarse labels 0.810
-# (aligned to its network reference, through the brain window; 0.761 without alignment). Floors leave ~0.1
-# for platform differences; a retrained or broken bundle that falls below them fails here.
-FLOORS = {"AxialTissue": 0.62, "SagittalLobes": 0.73, "CoronalSubcortical": 0.41, "lcs": 0.71}
+# Mean Dice over labels, measured with the shipped bundles on the CPU (see docs/DEMO.md): label sharing over test
+# cases 000-007 of each task, AxialTissue 0.616, SagittalLobes 0.686, CoronalSubcortical 0.697; LCS coarse labels
+# on brain test case 000, 0.810 (aligned to its network reference, through the brain window; 0.761 without
+# alignment). Floors leave ~0.1 for platform differences; a retrained or broken bundle that falls below them fails
+# here.
+FLOORS = {"AxialTissue": 0.52, "SagittalLobes": 0.59, "CoronalSubcortical": 0.6, "lcs": 0.71}
 
 
 def test_shipped_bundles_fit_the_size_budget():

@@ -107,8 +107,8 @@ def register(subparsers) -> None:
         "--all-slices",
         action="store_true",
         help="segment the whole of an aligned scan; by default a task that records the region of the reference "
-        "it was trained on (the shipped 2D tasks: a slab of slices; lsseg info shows it) is segmented only "
-        "there, since its network was never shown the rest",
+        "it was trained on (the shipped 2D tasks: the brain's box, or the span of the structures; lsseg info shows "
+        "it) is segmented only there, since its network was never shown the rest",
     )
     segment.add_argument("--quiet", action="store_true", help="no progress output")
     segment.add_argument(

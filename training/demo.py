@@ -1,7 +1,8 @@
 """``lsseg demo``: the whole product on real anatomy, from a fresh machine.
 
-1. Builds the demo data from packaged real atlases (``multitask``: three 2D tasks; ``brain-aal``: 3D AAL
-   regions with a fine -> coarse table); test cases come from a template no training case was made from.
+1. Builds the demo data from packaged real atlases (``multitask-brain``: three 2D tasks on slices through the
+   whole brain; ``brain-aal``: 3D AAL regions with a fine -> coarse table); test cases come from a template no
+   training case was made from.
 2. Uses the shipped bundles (``LabelSharingSeg/Resources/Bundles``) or, with ``--train``, trains both from
    scratch within a time budget.
 3. Evaluates (the same inference code Slicer uses): label sharing on every task; LCS on its trained coarse
@@ -43,7 +44,8 @@ REFINE_BUNDLE = "lcs-refine-brain-aal"  # optional: evaluated beside the LCS bun
 # optional: one model per task (`lsseg train individual --out`), shown beside label sharing when the baselines
 # folder (or --bundles) has it
 INDIVIDUAL_BUNDLES = "individual-multitask"
-MULTITASK_FOLDERS = ("Dataset811_AxialTissue", "Dataset812_SagittalLobes", "Dataset813_CoronalSubcortical")
+# the shipped label-sharing bundle's data: its three 2D tasks on slices through the whole brain
+MULTITASK_SET = "multitask-brain"
 BRAIN_FOLDER = "Dataset801_BrainAAL"
 
 
@@ -74,8 +76,8 @@ class DemoSettings:
 
 
 FULL = DemoSettings(
+    240,
     40,
-    10,
     1.0,
     20,
     5,
@@ -156,15 +158,15 @@ def register(subparsers) -> None:
 
 def prepare_data(root: Path, settings: DemoSettings) -> tuple[list[Path], Path]:
     """Build (or reuse) the multitask and brain-aal datasets; returns (multitask folders, brain folder)."""
-    from .data.build import build_set
+    from .data.build import SETS, build_set
 
-    multitask = [root / name for name in MULTITASK_FOLDERS]
+    multitask = [root / spec.folder for spec in SETS[MULTITASK_SET]]
     brain = root / BRAIN_FOLDER
     if all((d / "dataset.json").is_file() for d in multitask):
         _say(f"reusing multitask data in {root}")
     else:
         build_set(
-            "multitask",
+            MULTITASK_SET,
             root,
             cases=settings.multitask_cases,
             test_cases=settings.multitask_test_cases,

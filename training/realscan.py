@@ -8,8 +8,8 @@ scanner grid; the AAL regions drawn on this very brain are moved identically and
 Every shipped bundle segments it with default settings - automatic alignment to the bundle's reference (LCS then
 sees the scan through the atlas's brain; the 2D label-sharing tasks cut the aligned scan in their planes) - and,
 for comparison, with ``--align off``. Dice is computed where truth exists: LCS coarse labels (AAL merged by the
-bundle's hierarchy) over the whole brain; the 2D tasks inside the slab of slices they were trained on (their
-plane and slab, in MNI millimetres), for the labels AAL also defines, and on the held-out template against the
+bundle's hierarchy) over the whole brain; the 2D tasks inside the region they were trained on (the slab of
+slices their bundle records, in MNI millimetres), for the labels AAL also defines, and on the held-out template against the
 same AAL truth. Beside them, the alternatives a clinician has: the atlas registered onto the scan carrying the
 same structures, and one model per task when such bundles are given. The atlas case's fine labels on the scan,
 by every method: realscan_fine.py.
@@ -28,9 +28,10 @@ import numpy as np
 from LabelSharingSegLib.engine.atlas_brain import BRAIN_MARGIN_MM
 from LabelSharingSegLib.engine.atlas_methods import REFINE_ATLAS_METHOD
 from LabelSharingSegLib.engine.atlas_segmentation import segment_atlas_labels
-from LabelSharingSegLib.engine.bundle import load_bundle
+from LabelSharingSegLib.engine.bundle import TaskInfo, load_bundle
 from LabelSharingSegLib.engine.inference import segment_task
 from LabelSharingSegLib.engine.nifti_io import save_nifti
+from LabelSharingSegLib.engine.trained_region import Region, voxels_in
 
 from .csv_tables import write_csv
 from .data import sources
@@ -151,21 +152,12 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return float("nan") if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
-def _slab_mask(scan: ScannerScan, task: str) -> np.ndarray | None:
-    """Voxels of the scan inside the slab of slices ``task`` was trained on (None: not a demo task)."""
-    from .data.build import PLANE_AXIS, SETS
-
-    spec = next((s for s in SETS["multitask"] if s.name == task), None)
-    if spec is None or spec.slab_mm is None or spec.plane is None:
+def _region_mask(scan: ScannerScan, region: Region) -> np.ndarray | None:
+    """Voxels of the scan whose true MNI position lies in ``region`` (a task's trained region, from its bundle);
+    None, i.e. the whole scan, when the task records none."""
+    if not region:
         return None
-    index = np.indices(scan.image.shape, dtype=np.float32).reshape(3, -1)
-    world = scan.affine[:3, :3] @ index + scan.affine[:3, 3:4]
-    mni = scan.mni_from_world[:3, :3] @ world + scan.mni_from_world[:3, 3:4]
-    position = mni[PLANE_AXIS[spec.plane]]
-    if spec.both_hemispheres:
-        position = np.abs(position)
-    low, high = spec.slab_mm
-    return ((position >= low) & (position <= high)).reshape(scan.image.shape)
+    return voxels_in(region, scan.mni_from_world @ scan.affine, scan.image.shape)
 
 
 def _truth_for_task(scan: ScannerScan, labels) -> dict[int, np.ndarray]:
@@ -210,7 +202,7 @@ def real_scan_example(
     network = _network(ls, device)
     ls_modes = (("aligned automatically (default)", None), ("--align off", False))
     for task in ls.tasks:
-        slab = _slab_mask(scan, task.name)
+        region = _region_mask(scan, task.region_mm)
         panels = []
         shown = None
         for mode, align in ls_modes if ls.has_reference() else (("no alignment", False),):
@@ -225,12 +217,12 @@ def real_scan_example(
                 files += write_result(
                     target, f"labelsharing_{task.name}", result.labelmap, scan.affine, result.labels
                 )
-            rows += _slab_rows("label sharing", scan, task.name, mode, result)
+            rows += _region_rows("label sharing", scan, task, mode, result)
             truth = _truth_for_task(scan, result.labels)
             shown = np.zeros_like(result.labelmap)
             for label in result.labels:
-                if label.value in truth and slab is not None:
-                    shown[truth[label.value]] = label.value
+                if label.value in truth:
+                    shown[truth[label.value] if region is None else truth[label.value] & region] = label.value
             panels.append((f"label sharing, {mode}", result.labelmap))
         if shown is not None and shown.any():
             panels.insert(0, ("truth (AAL on this brain)", shown))
@@ -245,19 +237,21 @@ def real_scan_example(
         )
         _say(f"real scan, label sharing {task.name}: wrote {files[-3]}")
 
-    # one model per task, beside label sharing: aligned (its default), scored in the same slab
+    # one model per task, beside label sharing: aligned (its default), scored in label sharing's region
     for path in individual:
         own = load_bundle(path)
         for task in own.tasks:
             result = segment_task(own, scan.image, scan.affine, task.name, device=device)
-            rows += _slab_rows(INDIVIDUAL, scan, task.name, "aligned automatically (default)", result)
+            rows += _region_rows(
+                INDIVIDUAL, scan, ls.task(task.name), "aligned automatically (default)", result
+            )
 
     template = held_out_template(spacing)
     for task in ls.tasks:
         result = segment_task(
             ls, template.image, template.affine, task.name, device=device, network=network, align=False
         )
-        rows += _slab_rows("label sharing", template, task.name, TEMPLATE_MODE, result)
+        rows += _region_rows("label sharing", template, task, TEMPLATE_MODE, result)
 
     lcs = load_bundle(bundles[1])
     network = _network(lcs, device)
@@ -358,12 +352,17 @@ def _dice_rows(
     return rows
 
 
-def _slab_rows(bundle: str, scan: ScannerScan, task: str, mode: str, result) -> list[dict]:
-    """A 2D task's rows: each label's Dice inside the slab of slices it was trained on, where AAL defines it."""
-    slab = _slab_mask(scan, task)
-    if slab is None:
-        return []
-    return _dice_rows(bundle, task, mode, result, _truth_for_task(scan, result.labels), slab)
+def _region_rows(bundle: str, scan: ScannerScan, task: TaskInfo, mode: str, result) -> list[dict]:
+    """A 2D task's rows: each label's Dice inside the region ``task`` was trained on (its slab of slices), where
+    AAL defines the label."""
+    truth = _truth_for_task(scan, result.labels)
+    return _dice_rows(bundle, task.name, mode, result, truth, _region_mask(scan, task.region_mm))
+
+
+def region_dice(scan: ScannerScan, task: TaskInfo, result) -> float:
+    """Mean Dice of a task's labels that AAL defines, inside the task's region (NaN: none has truth there)."""
+    scores = [row["dice"] for row in _region_rows("", scan, task, "", result) if not math.isnan(row["dice"])]
+    return float(np.mean(scores)) if scores else float("nan")
 
 
 INDIVIDUAL = "one model per task"
@@ -423,7 +422,7 @@ def _registration_rows(
             if task == "coarse atlas labels":  # over the whole brain, as the LCS rows
                 rows += _dice_rows(name, task, "aligned automatically", result, _truth_for_task(scan, infos))
             else:
-                rows += _slab_rows(name, scan, task, "aligned automatically", result)
+                rows += _region_rows(name, scan, ls.task(task), "aligned automatically", result)
     return rows, notes
 
 
@@ -459,8 +458,8 @@ def report_lines(out: Path, info: dict, demo_numbers: dict) -> list[str]:
         f"stored in MNI space, so it is placed in a scanner pose (head rotated {rx:g}/{ry:g}/{rz:g} degrees "
         f"about the R/A/S axes and shifted {SCANNER_SHIFT_MM} mm) and resampled onto a scanner grid. Truth: "
         "the AAL regions drawn on this brain (`aal.nii.gz`), moved identically. Aligned, a 2D task is segmented "
-        "only inside the slab of slices it was trained on (the bundle records it); every 2D task is scored "
-        "inside that slab, for the labels AAL also defines. The deep-grey task is "
+        "only inside the region it was trained on (its slab of slices, which the bundle records); every 2D task "
+        "is scored inside that region, for the labels AAL also defines. The deep-grey task is "
         "trained on Neuromorphometrics labels, whose structures AAL draws with other borders (docs/DEMO.md "
         "measures how far the two atlases differ), so its real-scan figure is compared with the held-out "
         "template scored against the same AAL truth (the row marked so), not with its test cases. The atlas "

@@ -61,6 +61,7 @@ class TaskSpec:
     hierarchy: Hierarchy | None = None  # writes label_hierarchy.json (fine -> coarse) when given
     # draw every case's randomness as this folder does: its case i is then the same scan with other labels
     anatomy_of: str | None = None
+    default_cases: int | None = None  # training cases when the caller names none (else DEFAULT_CASES by dims)
 
     @property
     def spatial_dims(self) -> int:
@@ -126,6 +127,42 @@ SETS: dict[str, tuple[TaskSpec, ...]] = {
             "brain stem (Neuromorphometrics).",
             plane="coronal",
             slab_mm=(-22.0, -6.0),
+        ),
+    ),
+    # the same three tasks on slices through the whole brain box (the deep grey task: through its structures), so
+    # a whole-head scan is labelled across the brain instead of in a band (more cases: the positions span five to
+    # ten times the slabs above)
+    "multitask-brain": (
+        TaskSpec(
+            "Dataset821_AxialTissue",
+            "AxialTissue",
+            sources.atlas_tissue,
+            "Axial slices through the whole brain (z -74..84 mm MNI): CSF, grey and white matter.",
+            plane="axial",
+            slab_mm=(float(BRAIN_BOX.low[2]), float(BRAIN_BOX.high[2])),
+            default_cases=240,
+        ),
+        TaskSpec(
+            "Dataset822_SagittalLobes",
+            "SagittalLobes",
+            sources.atlas_aal_coarse,
+            "Sagittal slices through the whole brain (x -74..74 mm MNI): 8 structures merged from AAL (lobes, "
+            "insula, limbic, deep grey, cerebellum).",
+            plane="sagittal",
+            slab_mm=(float(BRAIN_BOX.low[0]), float(BRAIN_BOX.high[0])),
+            default_cases=240,
+        ),
+        TaskSpec(
+            "Dataset823_CoronalSubcortical",
+            "CoronalSubcortical",
+            sources.atlas_subcortical,
+            "Coronal slices through the deep grey (y -46..30 mm MNI, its structures' span plus 6 mm): "
+            "left/right deep grey structures, ventricles, white matter, brain stem (Neuromorphometrics).",
+            plane="coronal",
+            # the deep grey structures lie within y -40.5..24 mm in the atlas: slices further out hold only
+            # white matter and would take most of the samples from the structures the task is for
+            slab_mm=(-46.0, 30.0),
+            default_cases=240,
         ),
     ),
 }
@@ -427,7 +464,7 @@ def build_set(
 ) -> list[Path]:
     """Build the set ``name`` into ``out_dir`` (one nnU-Net dataset folder per task); return the folders written.
 
-    ``cases``: training cases per dataset (default 20 for 3D, 40 for 2D); ``test_cases``: default
+    ``cases``: training cases per dataset (default 20 for 3D, 40 for 2D, or the set's own); ``test_cases``: default
     max(2, cases // 4). Existing non-empty targets are refused unless ``overwrite`` (then only dataset folders
     are replaced, atomically).
     """
@@ -449,7 +486,7 @@ def build_set(
         check_target(target, overwrite)
     written = []
     for spec, target in targets:
-        n_train = cases if cases is not None else DEFAULT_CASES[spec.spatial_dims]
+        n_train = cases if cases is not None else (spec.default_cases or DEFAULT_CASES[spec.spatial_dims])
         n_test = test_cases if test_cases is not None else max(2, n_train // 4)
         written.append(
             _build_task(
