@@ -8,8 +8,8 @@ scanner grid; the AAL regions drawn on this very brain are moved identically and
 Every shipped bundle segments it with default settings - automatic alignment to the bundle's reference (LCS then
 sees the scan through the atlas's brain; the 2D label-sharing tasks cut the aligned scan in their planes) - and,
 for comparison, with ``--align off``. Dice is computed where truth exists: LCS coarse labels (AAL merged by the
-bundle's hierarchy) over the whole brain; the 2D tasks inside the region they were trained on (the slab of
-slices their bundle records, in MNI millimetres), for the labels AAL also defines, and on the held-out template against the
+bundle's hierarchy) over the whole brain; the 2D tasks inside the region their training slices were cut from
+(their bundle records it, in MNI millimetres), for the labels AAL also defines, and on the held-out template against the
 same AAL truth. Beside them, the alternatives a clinician has: the atlas registered onto the scan carrying the
 same structures, and one model per task when such bundles are given. The atlas case's fine labels on the scan,
 by every method: realscan_fine.py.
@@ -353,7 +353,7 @@ def _dice_rows(
 
 
 def _region_rows(bundle: str, scan: ScannerScan, task: TaskInfo, mode: str, result) -> list[dict]:
-    """A 2D task's rows: each label's Dice inside the region ``task`` was trained on (its slab of slices), where
+    """A 2D task's rows: each label's Dice inside the region ``task`` was trained on (its slices' span), where
     AAL defines the label."""
     truth = _truth_for_task(scan, result.labels)
     return _dice_rows(bundle, task.name, mode, result, truth, _region_mask(scan, task.region_mm))
@@ -378,7 +378,7 @@ def _registration_rows(
     """(rows, notes): what a clinician gets without a network - ``atlas_bundle``'s atlas registered onto the scan
     (affine, and affine + deformable, as ``lsseg segment --method register-...``) carrying the atlas's labels
     of the same structures, scored as the networks are: its coarse labels over the brain, and in each 2D task's
-    slab the labels AAL also defines (the lobes from its coarse labels; the deep structures from the fine AAL
+    region the labels AAL also defines (the lobes from its coarse labels; the deep structures from the fine AAL
     regions of ``brain``'s atlas case, when given)."""
     from LabelSharingSegLib.engine.errors import LabelSharingSegError
     from LabelSharingSegLib.engine.labels import LabelInfo
@@ -458,8 +458,9 @@ def report_lines(out: Path, info: dict, demo_numbers: dict) -> list[str]:
         f"stored in MNI space, so it is placed in a scanner pose (head rotated {rx:g}/{ry:g}/{rz:g} degrees "
         f"about the R/A/S axes and shifted {SCANNER_SHIFT_MM} mm) and resampled onto a scanner grid. Truth: "
         "the AAL regions drawn on this brain (`aal.nii.gz`), moved identically. Aligned, a 2D task is segmented "
-        "only inside the region it was trained on (its slab of slices, which the bundle records); every 2D task "
-        "is scored inside that region, for the labels AAL also defines. The deep-grey task is "
+        "only inside the region its slices were cut from (the bundle records it: for the shipped tasks the brain's "
+        "box, or the span of the task's structures); every 2D task is scored inside that region, for the labels "
+        "AAL also defines. The deep-grey task is "
         "trained on Neuromorphometrics labels, whose structures AAL draws with other borders (docs/DEMO.md "
         "measures how far the two atlases differ), so its real-scan figure is compared with the held-out "
         "template scored against the same AAL truth (the row marked so), not with its test cases. The atlas "
