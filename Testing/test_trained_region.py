@@ -314,8 +314,8 @@ def test_a_dataset_json_with_a_broken_region_is_refused_with_its_folder(tmp_path
 
 
 def test_the_region_bench_counts_labels_outside_and_times_both_ways(bundle, capsys):
-    """``lsseg bench region`` on the shipped network with slabs (Colin 27 at 4 mm, one run each way): every slice labels
-    mostly outside each task's region, the region none, with the same labels inside; times reported, never
+    """``lsseg bench region`` on the shipped network with slabs (Colin 27 at 4 mm, one run each way): every slice
+    labels mostly outside each task's region, the region none, with the same labels inside; times reported, never
     asserted. A bundle whose tasks record no region is refused."""
     from train_helpers import lsseg
 

@@ -9,8 +9,8 @@ Every shipped bundle segments it with default settings - automatic alignment to 
 sees the scan through the atlas's brain; the 2D label-sharing tasks cut the aligned scan in their planes) - and,
 for comparison, with ``--align off``. Dice is computed where truth exists: LCS coarse labels (AAL merged by the
 bundle's hierarchy) over the whole brain; the 2D tasks inside the region their training slices were cut from
-(their bundle records it, in MNI millimetres), for the labels AAL also defines, and on the held-out template against the
-same AAL truth. Beside them, the alternatives a clinician has: the atlas registered onto the scan carrying the
+(their bundle records it, in MNI millimetres), for the labels AAL also defines, and on the held-out template
+against the same AAL truth. Beside them, the alternatives a clinician has: the atlas registered onto the scan carrying the
 same structures, and one model per task when such bundles are given. The atlas case's fine labels on the scan,
 by every method: realscan_fine.py.
 """
@@ -242,9 +242,8 @@ def real_scan_example(
         own = load_bundle(path)
         for task in own.tasks:
             result = segment_task(own, scan.image, scan.affine, task.name, device=device)
-            rows += _region_rows(
-                INDIVIDUAL, scan, ls.task(task.name), "aligned automatically (default)", result
-            )
+            scored = ls.task(task.name) if task.name in ls.task_names() else task
+            rows += _region_rows(INDIVIDUAL, scan, scored, "aligned automatically (default)", result)
 
     template = held_out_template(spacing)
     for task in ls.tasks:
