@@ -202,11 +202,11 @@ def test_shipped_bundles_segment_held_out_cases_above_floor(tmp_path):
 
 
 # Mean Dice over labels, measured with the shipped bundles on the CPU (see docs/DEMO.md): label sharing over test
-# cases 000-007 of each task, AxialTissue 0.616, SagittalLobes 0.686, CoronalSubcortical 0.697; LCS coarse labels
+# cases 000-007 of each task, AxialTissue 0.619, SagittalLobes 0.697, CoronalSubcortical 0.709; LCS coarse labels
 # on brain test case 000, 0.810 (aligned to its network reference, through the brain window; 0.761 without
 # alignment). Floors leave ~0.1 for platform differences; a retrained or broken bundle that falls below them fails
 # here.
-FLOORS = {"AxialTissue": 0.52, "SagittalLobes": 0.59, "CoronalSubcortical": 0.6, "lcs": 0.71}
+FLOORS = {"AxialTissue": 0.52, "SagittalLobes": 0.6, "CoronalSubcortical": 0.61, "lcs": 0.71}
 
 
 def test_shipped_bundles_fit_the_size_budget():

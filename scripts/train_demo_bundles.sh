@@ -6,7 +6,7 @@
 # scalp, neck, bias field, contrast, resolution and noise; docs/TRAINING.md) for scans as they come from the
 # scanner, with its default output head and loss (--head dynamic, --dice-pooling task). Its data are the
 # multitask-brain set: slices through the whole brain (the deep grey task through its structures), 240 per task,
-# so a whole head is labelled across the brain; 18000 steps took 25-30 minutes on one thread. The LCS bundle
+# so a whole head is labelled across the brain; 36000 steps took 49 minutes on one thread. The LCS bundle
 # stores the undeformed template as its network reference and sees aligned scans through its brain
 # (docs/DEMO.md), so it trains on brain-only images as shipped, with its default conditioning
 # (--conditioning every-level; 1543 s for 2400 steps on 2 busy threads).
@@ -26,7 +26,7 @@ cd "$work"
 # the 2D bundle stores the template too: volumes are aligned to it, then cut in each task's plane (docs/DEMO.md)
 "$lsseg" train labelsharing \
   --data data/Dataset821_AxialTissue data/Dataset822_SagittalLobes data/Dataset823_CoronalSubcortical \
-  --out labelsharing-multitask --steps 18000 --batch 8 --patch 96,96 --spacing 1.5,1.5 --seed 0 --time-limit 120 \
+  --out labelsharing-multitask --steps 36000 --batch 8 --patch 96,96 --spacing 1.5,1.5 --seed 0 --time-limit 120 \
   --appearance head,bias,gamma,noise,resolution --threads 1 \
   --reference data/Dataset801_BrainAAL/reference_template.nii.gz \
   --name "Label sharing: brain slices (axial tissue, sagittal lobes, coronal subcortical)" --quiet
@@ -51,12 +51,12 @@ cd "$work"
   --registration-cache registrations --name "LCS refine: brain atlas (AAL lobes trained, draw finer regions)" --quiet
 "$lsseg" evaluate lcs-brain-aal lcs-refine-brain-aal --data data/Dataset801_BrainAAL --no-hd95 \
   --out lcs-refine-brain-aal.evaluation
-# The baseline the demo shows beside label sharing: one model per task at the same total budget (18000 steps x 8
-# split over the three tasks: 6000 each; 8-10 minutes per task on one thread). The demo finds it in the
-# repository's baselines/ folder (not part of the Slicer extension).
+# The baseline the demo shows beside label sharing: one model per task at the same total budget (36000 steps x 8
+# split over the three tasks: 12000 each; 23-24 minutes per task on one thread, three at once on 2 cores). The
+# demo finds it in the repository's baselines/ folder (not part of the Slicer extension).
 [ -d individual-multitask ] || "$lsseg" train individual \
   --data data/Dataset821_AxialTissue data/Dataset822_SagittalLobes data/Dataset823_CoronalSubcortical \
-  --out individual-multitask --steps 6000 --batch 8 --patch 96,96 --spacing 1.5,1.5 --seed 0 --time-limit 60 \
+  --out individual-multitask --steps 12000 --batch 8 --patch 96,96 --spacing 1.5,1.5 --seed 0 --time-limit 90 \
   --appearance head,bias,gamma,noise,resolution --threads 1 \
   --reference data/Dataset801_BrainAAL/reference_template.nii.gz \
   --name "One model per task (baseline): brain slices" --quiet
